@@ -1,0 +1,264 @@
+r"""Rotary position embedding (RoPE): frequencies, cos/sin tables, the rotation.
+
+Paper: Su, Lu, Pan, Murtadha, Wen, Liu, "RoFormer: Enhanced Transformer with
+Rotary Position Embedding", arXiv:2104.09864.
+
+Equations (RoFormer section 3.2):
+
+* Eq. (15): the base frequencies of the ``r/2`` rotation planes,
+  :math:`\theta_i = b^{-2i/r}`, ``i = 0 .. r/2 - 1`` (``b`` = ``rope_theta``,
+  10000 in the paper; ``r`` = the rotary dimension).
+* Eq. (13)-(14): position ``m`` rotates plane ``i`` by the angle
+  :math:`m\theta_i`:
+
+  .. math::
+     \begin{pmatrix} x'_a \\ x'_b \end{pmatrix} =
+     \begin{pmatrix} \cos m\theta_i & -\sin m\theta_i \\
+                     \sin m\theta_i &  \cos m\theta_i \end{pmatrix}
+     \begin{pmatrix} x_a \\ x_b \end{pmatrix}
+
+* Eq. (16): :math:`\langle R_m q, R_n k\rangle = \langle q, R_{n-m} k\rangle`,
+  so a score depends on the positions only through ``m - n``.
+
+Every scaling method in yarnref (PI, NTK, YaRN, Llama 3, LongRoPE) changes
+only the frequency vector :math:`\theta'` and an *attention factor* ``m_att``
+multiplied into cos and sin; this module applies whatever it is given.
+
+Conventions
+-----------
+* Pairing. ``"half"`` (GPT-NeoX, Llama in Hugging Face transformers, vLLM
+  ``is_neox_style=True``): plane ``i`` is the pair ``(x[i], x[i + r/2])``.
+  ``"interleaved"`` (GPT-J, Meta's complex form, DeepSeek in vLLM/ggml): plane
+  ``i`` is ``(x[2i], x[2i+1])``.  ``"interleaved_in_half_out"`` is what
+  transformers' DeepSeek-V3 ``apply_rotary_pos_emb_interleave`` does: it reads
+  interleaved pairs and writes them back in half-split order (the attention
+  scores are the same; the per-tensor outputs are a permutation).
+* Sign: counter-clockwise by ``+m theta`` (``a' = a cos - b sin``,
+  ``b' = b cos + a sin``), as in every stack.
+* Partial rotary: only the first ``r`` of ``head_dim`` features rotate; the rest
+  pass through.  The exponent in Eq. (15) uses ``r``, not ``head_dim``.
+* A position is a real number (integers in practice; PI makes them fractional).
+* Shapes: ``x`` is ``(batch, heads, seq, head_dim)`` (the torch SDPA layout);
+  cos/sin are ``(seq, r/2)``, or ``(batch, seq, r/2)`` for per-sequence
+  positions.
+* Precision: float64 by default.  ``precision="float32"`` reproduces what
+  transformers and vLLM compute (float32 frequencies, float32 ``p * theta``,
+  float32 cos/sin); ``out_precision="bfloat16"`` (or ``"float16"``) adds the
+  cast to the activation dtype.  Results are still float64 arrays, holding the
+  rounded values, so the difference from the exact table can be measured.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import InputError
+from .precision import check_precision, round_to
+
+__all__ = [
+    "PAIRINGS",
+    "rotary_dim",
+    "base_inv_freq",
+    "rope_angles",
+    "rope_cos_sin",
+    "apply_rope",
+    "interleaved_to_half",
+    "half_to_interleaved",
+]
+
+PAIRINGS = ("half", "interleaved", "interleaved_in_half_out")
+
+
+def rotary_dim(head_dim: int, partial_rotary_factor: float = 1.0) -> int:
+    """The number of rotated features, ``int(head_dim * partial_rotary_factor)``.
+
+    This is how transformers and vLLM compute it.  The result must be even and
+    positive (an odd rotary dim has no pairing).
+    """
+    if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)) or head_dim < 1:
+        raise InputError("head_dim", head_dim, "a positive integer")
+    if (
+        isinstance(partial_rotary_factor, bool)
+        or not isinstance(partial_rotary_factor, (int, float, np.floating, np.integer))
+        or not (0.0 < float(partial_rotary_factor) <= 1.0)
+    ):
+        raise InputError("partial_rotary_factor", partial_rotary_factor, "a number in (0, 1]")
+    r = int(head_dim * float(partial_rotary_factor))
+    if r < 2 or r % 2:
+        raise InputError(
+            "rotary_dim",
+            r,
+            f"an even number >= 2 (head_dim={head_dim} * partial_rotary_factor={partial_rotary_factor})",
+        )
+    return r
+
+
+def base_inv_freq(rotary_dim: int, base: float) -> np.ndarray:
+    r"""Eq. (15): :math:`\theta_i = 1 / b^{2i/r}`, shape ``(r/2,)``, float64.
+
+    Computed as ``1 / base ** (2i / r)``, the same expression transformers
+    evaluates (in float32 there).
+    """
+    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, (int, np.integer)) or rotary_dim < 2 or rotary_dim % 2:
+        raise InputError("rotary_dim", rotary_dim, "an even integer >= 2")
+    if isinstance(base, bool) or not isinstance(base, (int, float, np.floating, np.integer)) or not (
+        math.isfinite(float(base)) and float(base) > 1.0
+    ):
+        raise InputError("base", base, "a finite number > 1 (rope_theta)")
+    exponents = np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim  # (r/2,) = 2i/r
+    return 1.0 / (float(base) ** exponents)
+
+
+def _as_positions(positions) -> np.ndarray:
+    p = np.asarray(positions)
+    if p.dtype == bool or not (np.issubdtype(p.dtype, np.integer) or np.issubdtype(p.dtype, np.floating)):
+        raise InputError("positions", f"array of dtype {p.dtype}", "an integer or real array")
+    p = p.astype(np.float64)
+    if not np.all(np.isfinite(p)):
+        raise InputError("positions", "non-finite values", "finite positions")
+    return p
+
+
+def _as_inv_freq(inv_freq) -> np.ndarray:
+    f = np.asarray(inv_freq, dtype=np.float64)
+    if f.ndim != 1 or f.size == 0:
+        raise InputError("inv_freq", f"shape {f.shape}", "a non-empty 1-D array of r/2 frequencies")
+    if not np.all(np.isfinite(f)):
+        raise InputError("inv_freq", "non-finite values", "finite frequencies")
+    return f
+
+
+def rope_angles(inv_freq, positions, *, precision: str = "float64") -> np.ndarray:
+    """The rotation angles ``p * theta_i``, shape ``positions.shape + (r/2,)``.
+
+    With ``precision="float32"`` the frequencies, the positions and the product
+    are each rounded to float32, which is what ``position_ids.float() @
+    inv_freq.float()`` does in transformers.  An angle at position 1e6 is then
+    off by up to half a float32 ulp of 1e6, 0.03 rad.
+    """
+    check_precision(precision)
+    f = _as_inv_freq(inv_freq)
+    p = _as_positions(positions)
+    if precision == "float64":
+        return p[..., None] * f  # (..., r/2)
+    return round_to(round_to(p, precision)[..., None] * round_to(f, precision), precision)
+
+
+def rope_cos_sin(
+    inv_freq,
+    positions,
+    attention_factor: float = 1.0,
+    *,
+    precision: str = "float64",
+    out_precision: str | None = None,
+):
+    """cos and sin tables, each of shape ``positions.shape + (r/2,)``, times ``attention_factor``.
+
+    ``attention_factor`` is YaRN's / LongRoPE's magnitude ``m_att``; since it
+    multiplies both q and k, logits of the rotary features scale by its square.
+
+    ``precision`` is the precision the angles and cos/sin are computed in (see
+    :func:`rope_angles`); ``out_precision`` (default: ``precision``) is the one
+    the tables are stored in, e.g. ``"bfloat16"`` for transformers' cast to the
+    activation dtype.  The result is float64 either way.
+    """
+    check_precision(precision)
+    out_precision = precision if out_precision is None else check_precision(out_precision, "out_precision")
+    if isinstance(attention_factor, bool) or not isinstance(attention_factor, (int, float, np.floating, np.integer)) or not (
+        math.isfinite(float(attention_factor)) and float(attention_factor) > 0
+    ):
+        raise InputError("attention_factor", attention_factor, "a finite number > 0")
+    angles = rope_angles(inv_freq, positions, precision=precision)  # (..., r/2)
+    m = round_to(float(attention_factor), precision)
+    cos = round_to(round_to(np.cos(angles), precision) * m, precision)
+    sin = round_to(round_to(np.sin(angles), precision) * m, precision)
+    return round_to(cos, out_precision), round_to(sin, out_precision)
+
+
+def _check_pairing(pairing: str) -> None:
+    if pairing not in PAIRINGS:
+        raise InputError("pairing", pairing, f"one of {PAIRINGS}")
+
+
+def _check_rope_shapes(x, cos, sin):
+    if x.ndim < 2:
+        raise InputError("x", f"shape {x.shape}", "an array of shape (batch, heads, seq, head_dim)")
+    if cos.shape != sin.shape:
+        raise InputError("sin", f"shape {sin.shape}", f"the shape of cos, {cos.shape}")
+    seq, head_dim = x.shape[-2], x.shape[-1]
+    if cos.ndim not in (2, 3) or cos.shape[-2] != seq:
+        raise InputError(
+            "cos",
+            f"shape {cos.shape}",
+            f"(seq, rotary_dim/2) or (batch, seq, rotary_dim/2) with seq = {seq} (x has shape {x.shape})",
+        )
+    if cos.ndim == 3 and (x.ndim != 4 or cos.shape[0] not in (1, x.shape[0])):
+        raise InputError("cos", f"shape {cos.shape}", f"a batch dimension of 1 or {x.shape[0]} matching x {x.shape}")
+    r = 2 * cos.shape[-1]
+    if r > head_dim:
+        raise InputError("cos", f"shape {cos.shape}", f"rotary_dim/2 <= head_dim/2 = {head_dim // 2}")
+    return r
+
+
+def apply_rope(x, cos, sin, pairing: str = "half"):
+    """Rotate the first ``rotary_dim = 2 * cos.shape[-1]`` features of ``x``; pass the rest.
+
+    ``x``: ``(batch, heads, seq, head_dim)``; ``cos``, ``sin``: ``(seq, r/2)``
+    or ``(batch, seq, r/2)``, as returned by :func:`rope_cos_sin` (already
+    multiplied by the attention factor).  The rotation is computed in float64
+    and returned in ``x``'s dtype.
+    """
+    _check_pairing(pairing)
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InputError("x", f"dtype {x.dtype}", "a floating-point array")
+    cos = np.asarray(cos, dtype=np.float64)
+    sin = np.asarray(sin, dtype=np.float64)
+    r = _check_rope_shapes(x, cos, sin)
+    half = r // 2
+    if cos.ndim == 3:  # (batch, seq, r/2) -> (batch, 1, seq, r/2): shared by the heads
+        cos, sin = cos[:, None], sin[:, None]
+    xf = x.astype(np.float64)
+    rot, rest = xf[..., :r], xf[..., r:]
+    if pairing == "half":
+        a, b = rot[..., :half], rot[..., half:]  # plane i = (x[i], x[i + r/2])
+    else:
+        a, b = rot[..., 0::2], rot[..., 1::2]  # plane i = (x[2i], x[2i + 1])
+    a_new = a * cos - b * sin
+    b_new = b * cos + a * sin
+    if pairing == "interleaved":
+        out = np.stack([a_new, b_new], axis=-1).reshape(rot.shape)  # (..., r/2, 2) -> (..., r)
+    else:  # "half", and "interleaved_in_half_out" (reads interleaved, writes half-split)
+        out = np.concatenate([a_new, b_new], axis=-1)
+    return np.concatenate([out, rest], axis=-1).astype(x.dtype, copy=False)
+
+
+def interleaved_to_half(x, rotary_dim: int):
+    """Permute the first ``rotary_dim`` features from interleaved to half-split order.
+
+    Element ``2i`` moves to ``i`` and ``2i+1`` to ``i + r/2``.  With this
+    permutation P, interleaved RoPE of x equals ``P^-1 half(P x)``; it is the
+    permutation transformers' Llama converter applies to the rows of Wq and Wk.
+    """
+    x = np.asarray(x)
+    r = _check_rotary_dim_for(x, rotary_dim)
+    return np.concatenate([x[..., 0:r:2], x[..., 1:r:2], x[..., r:]], axis=-1)
+
+
+def half_to_interleaved(x, rotary_dim: int):
+    """The inverse of :func:`interleaved_to_half`."""
+    x = np.asarray(x)
+    r = _check_rotary_dim_for(x, rotary_dim)
+    rot = x[..., :r]
+    out = np.stack([rot[..., : r // 2], rot[..., r // 2 :]], axis=-1).reshape(rot.shape)  # (..., r/2, 2) -> (..., r)
+    return np.concatenate([out, x[..., r:]], axis=-1)
+
+
+def _check_rotary_dim_for(x: np.ndarray, rotary_dim) -> int:
+    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, (int, np.integer)) or rotary_dim < 2 or rotary_dim % 2:
+        raise InputError("rotary_dim", rotary_dim, "an even integer >= 2")
+    if x.ndim < 1 or rotary_dim > x.shape[-1]:
+        raise InputError("rotary_dim", rotary_dim, f"at most the last dimension of x, shape {x.shape}")
+    return int(rotary_dim)
