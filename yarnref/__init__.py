@@ -1,0 +1,72 @@
+"""yarnref: the reference implementation of how RoPE transformers reach long context.
+
+The NumPy code in this package is the specification (float64 unless asked
+otherwise).  The heavy operations dispatch to the current backend, so the same
+calls run on a GPU after ``yarnref.set_backend("torch")`` or ``"cupy"``::
+
+    import yarnref
+    inv_freq, m = yarnref.rope_frequencies(yarnref.get_preset("llama-3.1-8b"))
+    cos, sin = yarnref.rope_cos_sin(inv_freq, range(4096), m)
+    q_rot = yarnref.apply_rope(q, cos, sin)            # q: (batch, heads, seq, head_dim)
+    out = yarnref.attention(q_rot, k_rot, v, causal=True)
+
+Importing yarnref imports NumPy only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from . import backend as _backend_module
+from .backend import (
+    OPERATIONS,
+    Backend,
+    available_backends,
+    get_backend,
+    registered_backends,
+    set_backend,
+    use_backend,
+)
+from .errors import BackendError, ConfigError, DeviceMismatchError, InputError, YarnrefError
+from .rope import base_inv_freq, half_to_interleaved, interleaved_to_half, rope_angles, rotary_dim
+
+__version__ = "0.1.0"
+
+
+def _dispatcher(operation: str):
+    spec = _backend_module.spec_function(operation)
+
+    @functools.wraps(spec)
+    def dispatch(*args, **kwargs):
+        return getattr(get_backend(), operation)(*args, **kwargs)
+
+    dispatch.__doc__ = (spec.__doc__ or "") + (
+        f"\n\n    Runs on the current backend (:func:`yarnref.get_backend`); the NumPy spec is "
+        f":func:`{spec.__module__}.{spec.__name__}`.\n"
+    )
+    return dispatch
+
+
+for _op in OPERATIONS:
+    globals()[_op] = _dispatcher(_op)
+del _op
+
+__all__ = [
+    *OPERATIONS,
+    "Backend",
+    "BackendError",
+    "ConfigError",
+    "DeviceMismatchError",
+    "InputError",
+    "YarnrefError",
+    "available_backends",
+    "base_inv_freq",
+    "get_backend",
+    "half_to_interleaved",
+    "interleaved_to_half",
+    "registered_backends",
+    "rope_angles",
+    "rotary_dim",
+    "set_backend",
+    "use_backend",
+]

@@ -1,0 +1,165 @@
+r"""Softmax attention: the reference every other method is measured against.
+
+Paper: Vaswani et al., "Attention Is All You Need", arXiv:1706.03762, Eq. (1):
+
+.. math::  \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{d_k}}\right) V
+
+and the log-sum-exp of each row, which flash attention returns and which lets
+partial results over disjoint key sets be merged exactly (Dao et al.,
+FlashAttention, arXiv:2205.14135, section 3.1; Milakov & Gimelshein,
+arXiv:1805.02867):
+
+.. math::
+   \ell_p = \log \sum_{j \in K_p} e^{s_j}, \qquad
+   o = \sum_p e^{\ell_p - \ell}\, o_p, \qquad \ell = \log \sum_p e^{\ell_p}
+
+(:func:`merge_attention`).  This merge is how Dual Chunk Attention and the
+sparse kernels combine their parts.
+
+Conventions
+-----------
+* Layout ``(batch, heads, seq, head_dim)``, as torch SDPA.
+* GQA: k and v may have fewer heads; query head ``h`` reads kv head
+  ``h // (q_heads // kv_heads)`` (transformers' ``repeat_kv``).
+* Causal masks are aligned bottom-right: with ``q_len <= kv_len`` the queries
+  are the *last* ``q_len`` positions, so query ``i`` sees keys
+  ``j <= i + kv_len - q_len``.  Prefill, chunked prefill and decode are then
+  the same call.  (flash-attn >= 2.1 and SDPA with ``is_causal`` on a
+  ``q_len != kv_len`` call differ: SDPA aligns top-left.  yarnref follows
+  flash-attn.)  A query with no visible key gets output 0 and lse ``-inf``.
+* ``scale`` defaults to ``1/sqrt(head_dim)``; logits are ``scale * q.k``.
+* The log-sum-exp is natural-log, over the scaled logits, shape
+  ``(batch, heads, q_len)``.
+* Precision: computed in float64 and returned in the dtype of ``q`` (the lse
+  stays float64).  Queries are processed ``block_size`` at a time, so memory
+  is ``O(block_size * kv_len)`` per head, not ``O(q_len * kv_len)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["attention", "merge_attention", "repeat_kv", "check_qkv", "default_scale"]
+
+#: Queries per block in the blocked float64 reference.
+DEFAULT_BLOCK_SIZE = 512
+
+
+def default_scale(head_dim: int) -> float:
+    """``1 / sqrt(head_dim)``, the softmax scale of Eq. (1)."""
+    return 1.0 / math.sqrt(head_dim)
+
+
+def check_qkv(q, k, v, *, same_len: bool = False):
+    """Validate the shapes of q, k, v; return ``(batch, q_heads, kv_heads, q_len, kv_len, head_dim)``.
+
+    Works on any array type with ``.shape`` and ``.ndim`` (NumPy, torch, CuPy),
+    so the backends share it.
+    """
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if getattr(a, "ndim", None) != 4:
+            raise InputError(name, f"shape {tuple(getattr(a, 'shape', ()))}", "a 4-D array (batch, heads, seq, head_dim)")
+    b, hq, tq, d = q.shape
+    bk, hk, tk, dk = k.shape
+    if bk != b or dk != d:
+        raise InputError("k", f"shape {tuple(k.shape)}", f"batch {b} and head_dim {d} like q {tuple(q.shape)}")
+    if tuple(v.shape[:3]) != (bk, hk, tk):
+        raise InputError("v", f"shape {tuple(v.shape)}", f"(batch, kv_heads, kv_len) = {(bk, hk, tk)} like k")
+    if hk < 1 or hq % hk:
+        raise InputError("k", f"{hk} heads", f"a divisor of the {hq} query heads (GQA)")
+    if tq < 1 or tk < 1:
+        raise InputError("q", f"q_len={tq}, kv_len={tk}", "at least one query and one key")
+    if same_len and tq != tk:
+        raise InputError("k", f"kv_len={tk}", f"kv_len == q_len == {tq}")
+    return b, hq, hk, tq, tk, d
+
+
+def _check_scale(scale, head_dim):
+    if scale is None:
+        return default_scale(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) or not (
+        math.isfinite(float(scale)) and float(scale) > 0
+    ):
+        raise InputError("scale", scale, "None or a finite number > 0")
+    return float(scale)
+
+
+def repeat_kv(x, n_rep: int):
+    """``(batch, kv_heads, seq, d) -> (batch, kv_heads * n_rep, seq, d)``: each kv head repeated n_rep times."""
+    if n_rep == 1:
+        return x
+    return np.repeat(x, n_rep, axis=1)
+
+
+def attention(q, k, v, causal: bool = True, scale: float | None = None, return_lse: bool = False, *, block_size: int = DEFAULT_BLOCK_SIZE):
+    """Softmax attention of Eq. (1), blocked over queries.
+
+    ``q``: ``(batch, q_heads, q_len, head_dim)``; ``k``: ``(batch, kv_heads,
+    kv_len, head_dim)``; ``v``: ``(batch, kv_heads, kv_len, v_dim)``.
+    Returns ``out`` of shape ``(batch, q_heads, q_len, v_dim)`` in q's dtype, and
+    with ``return_lse`` also ``lse`` ``(batch, q_heads, q_len)`` (float64).
+    """
+    q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+    b, hq, hk, tq, tk, d = check_qkv(q, k, v)
+    if not isinstance(causal, (bool, np.bool_)):
+        raise InputError("causal", causal, "True or False")
+    scale = _check_scale(scale, d)
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise InputError("block_size", block_size, "a positive integer")
+    group = hq // hk
+    # (b, hk, group, tq, d): query heads grouped under the kv head they read.
+    qg = q.astype(np.float64).reshape(b, hk, group, tq, d)
+    kf = k.astype(np.float64)[:, :, None]  # (b, hk, 1, tk, d)
+    vf = v.astype(np.float64)[:, :, None]  # (b, hk, 1, tk, dv)
+    out = np.zeros((b, hk, group, tq, v.shape[-1]), dtype=np.float64)
+    lse = np.full((b, hk, group, tq), -np.inf, dtype=np.float64)
+    key_pos = np.arange(tk)
+    for start in range(0, tq, block_size):
+        stop = min(start + block_size, tq)
+        logits = scale * (qg[..., start:stop, :] @ np.swapaxes(kf, -1, -2))  # (b, hk, g, blk, tk)
+        if causal:
+            last_key = np.arange(start, stop) + (tk - tq)  # bottom-right alignment
+            logits = np.where(key_pos[None, :] <= last_key[:, None], logits, -np.inf)
+        row_max = logits.max(axis=-1, keepdims=True)  # (b, hk, g, blk, 1)
+        safe_max = np.where(np.isfinite(row_max), row_max, 0.0)
+        weights = np.exp(logits - safe_max)
+        denom = weights.sum(axis=-1, keepdims=True)
+        has_key = denom > 0
+        out[..., start:stop, :] = np.where(has_key, (weights @ vf) / np.where(has_key, denom, 1.0), 0.0)
+        with np.errstate(divide="ignore"):
+            lse[..., start:stop] = np.where(has_key, np.log(np.where(has_key, denom, 1.0)) + safe_max, -np.inf)[..., 0]
+    out = out.reshape(b, hq, tq, v.shape[-1]).astype(q.dtype, copy=False)
+    lse = lse.reshape(b, hq, tq)
+    return (out, lse) if return_lse else out
+
+
+def merge_attention(outputs, lses):
+    """Merge attention results over disjoint key sets into the attention over their union.
+
+    ``outputs``: a sequence of ``(..., q_len, v_dim)`` arrays; ``lses``: the
+    matching ``(..., q_len)`` log-sum-exps.  A part with lse ``-inf`` (no keys)
+    contributes nothing.  Returns ``(out, lse)``; out in the first output's
+    dtype, lse float64.  Computed in float64.
+    """
+    outputs, lses = list(outputs), list(lses)
+    if not outputs or len(outputs) != len(lses):
+        raise InputError("outputs", f"{len(outputs)} outputs and {len(lses)} lses", "a non-empty, equal number of each")
+    os_ = [np.asarray(o, dtype=np.float64) for o in outputs]
+    ls = [np.asarray(l, dtype=np.float64) for l in lses]
+    for i, (o, l) in enumerate(zip(os_, ls)):
+        if o.shape != os_[0].shape or l.shape != o.shape[:-1]:
+            raise InputError(f"outputs[{i}]", f"shape {o.shape} with lse {l.shape}", f"output {os_[0].shape} and lse {os_[0].shape[:-1]}")
+    stacked = np.stack(ls)  # (parts, ..., q_len)
+    m = stacked.max(axis=0)
+    safe_m = np.where(np.isfinite(m), m, 0.0)
+    w = np.exp(stacked - safe_m)  # exp(-inf) = 0 for empty parts
+    total = w.sum(axis=0)
+    nonempty = total > 0
+    out = sum(wi[..., None] * o for wi, o in zip(w, os_)) / np.where(nonempty, total, 1.0)[..., None]
+    with np.errstate(divide="ignore"):
+        lse = np.where(nonempty, np.log(np.where(nonempty, total, 1.0)) + safe_m, -np.inf)
+    return out.astype(np.asarray(outputs[0]).dtype, copy=False), lse

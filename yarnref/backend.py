@@ -1,0 +1,294 @@
+"""Backends: the interface, the registry, and the selection of the current one.
+
+yarnref's NumPy code is the specification.  A *backend* is an object that
+implements the same heavy operations (cos/sin tables, the rotation,
+attention, DCA, vertical-slash estimation, index conversion, sparse attention)
+for another array library: ``torch`` (CPU and CUDA) and ``cupy`` (CUDA) ship
+with yarnref in the top-level ``backends/`` folder.  Small things (frequency
+vectors of r/2 numbers, config parsing) stay in the spec and are shared.
+
+The interface
+-------------
+:data:`OPERATIONS` names every operation and the spec function that defines
+it.  A backend subclasses :class:`Backend` and defines a method of that name
+with the same parameters as the spec function; :class:`Backend` checks this
+when the subclass is created, so an incomplete backend fails at import, not
+at the first call.  Arrays in = arrays out: a GPU backend moves NumPy inputs
+to its device once and returns its own arrays, keeps dtypes, and raises
+:class:`~yarnref.errors.DeviceMismatchError` instead of moving or casting
+silently.
+
+Finding backends
+----------------
+Backends register under the entry-point group ``yarnref.backends`` (name ->
+``module:Class``); a third-party package adds one the same way.  The built-in
+``torch`` and ``cupy`` backends are also found by name in a plain source
+checkout (no installed metadata), which is how they run on a GPU machine
+where nothing is installed.  Nothing is imported until a backend is selected:
+``import yarnref`` imports NumPy only.
+
+Selecting one
+-------------
+``set_backend(name, **options)`` sets the process-wide default;
+``with use_backend(name, **options):`` overrides it in the current context
+(a :class:`contextvars.ContextVar`, so threads and asyncio tasks do not see
+each other's choice); ``get_backend()`` returns the one in force.
+``available_backends()`` lists the usable ones (a working device, not merely
+an importable module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import importlib.util
+import inspect
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import BackendError
+
+__all__ = [
+    "OPERATIONS",
+    "Backend",
+    "NumpyBackend",
+    "set_backend",
+    "use_backend",
+    "get_backend",
+    "available_backends",
+    "registered_backends",
+    "ENTRY_POINT_GROUP",
+]
+
+ENTRY_POINT_GROUP = "yarnref.backends"
+
+#: operation name -> "module:function" of the spec function that defines it.
+OPERATIONS: dict[str, str] = {
+    "rope_cos_sin": "yarnref.rope:rope_cos_sin",
+    "apply_rope": "yarnref.rope:apply_rope",
+    "attention": "yarnref.attention:attention",
+    "merge_attention": "yarnref.attention:merge_attention",
+}
+
+#: Built-in backends: name -> (module, class, folder under backends/ in a source checkout).
+_BUILTIN: dict[str, tuple[str, str]] = {
+    "torch": ("yarnref_torch", "TorchBackend"),
+    "cupy": ("yarnref_cupy", "CupyBackend"),
+}
+
+_INSTALL_HINTS = {
+    "torch": "pip install 'yarnref[torch]'",
+    "cupy": "pip install 'yarnref[cupy]' (CUDA 12) or 'yarnref[cupy-cuda13]', on a machine with an NVIDIA GPU",
+}
+
+
+def spec_function(operation: str):
+    """The spec (NumPy) function that defines ``operation``."""
+    module, _, attr = OPERATIONS[operation].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _parameter_names(fn) -> list[str]:
+    return [p.name for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+
+
+class Backend:
+    """Base class of every backend.
+
+    Subclasses set :attr:`name` and define one method per entry of
+    :data:`OPERATIONS`, with the spec function's parameters (names, order,
+    defaults).  They also implement :meth:`asarray` and :meth:`to_numpy`, and
+    may override :meth:`is_available`.
+    """
+
+    #: The registry name ("numpy", "torch", "cupy", ...).
+    name: str = ""
+
+    def __init_subclass__(cls, *, is_spec: bool = False, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if is_spec:  # the NumPy backend: every operation is the spec function itself
+            for op in OPERATIONS:
+                setattr(cls, op, staticmethod(spec_function(op)))
+        missing, mismatched = [], []
+        for op in OPERATIONS:
+            impl = getattr(cls, op, None)
+            if impl is None:
+                missing.append(op)
+                continue
+            want, got = _parameter_names(spec_function(op)), _parameter_names(impl)
+            if want != got:
+                mismatched.append(f"{op}{tuple(got)} (spec: {tuple(want)})")
+        if missing or mismatched:
+            raise TypeError(
+                f"backend {cls.__name__} does not implement the interface: missing {missing}, "
+                f"parameters differ for {mismatched}"
+            )
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """True if this backend can run here (its library imports and its device works)."""
+        return True
+
+    def asarray(self, x):
+        """``x`` as this backend's array, on its device, with its dtype kept."""
+        raise NotImplementedError
+
+    def to_numpy(self, x) -> np.ndarray:
+        """A NumPy copy of a backend array (for tests and reports, never on hot paths)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A short label such as ``numpy`` or ``torch-cuda``."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<yarnref backend {self.describe()}>"
+
+
+class NumpyBackend(Backend, is_spec=True):
+    """The spec itself: every operation is the readable NumPy function."""
+
+    name = "numpy"
+
+    def asarray(self, x):
+        return np.asarray(x)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return np.asarray(x)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def _entry_points() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def registered_backends() -> list[str]:
+    """Every backend name yarnref knows (usable or not), built-in ones first."""
+    names = ["numpy", *_BUILTIN]
+    names += sorted(n for n in _entry_points() if n not in names)
+    return names
+
+
+def _import_builtin_from_checkout(module: str):
+    """Import a built-in backend package from ``<checkout>/backends/<module>`` (no install needed)."""
+    package_dir = Path(__file__).resolve().parent.parent / "backends" / module
+    init = package_dir / "__init__.py"
+    if not init.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(module, init, submodule_search_locations=[str(package_dir)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        sys.modules.pop(module, None)
+        raise
+    return mod
+
+
+_class_cache: dict[str, type] = {}
+_class_lock = threading.Lock()
+
+
+def _backend_class(name: str) -> type:
+    with _class_lock:
+        if name in _class_cache:
+            return _class_cache[name]
+        if name == "numpy":
+            cls = NumpyBackend
+        else:
+            eps = _entry_points()
+            if name in eps:
+                cls = eps[name].load()
+            elif name in _BUILTIN:
+                module, attr = _BUILTIN[name]
+                mod = sys.modules.get(module)
+                if mod is None:
+                    try:
+                        mod = importlib.import_module(module)
+                    except ModuleNotFoundError as exc:
+                        if exc.name != module:
+                            raise
+                        mod = _import_builtin_from_checkout(module)
+                if mod is None:
+                    raise BackendError(f"backend {name!r} is not installed; {_INSTALL_HINTS[name]}")
+                cls = getattr(mod, attr)
+            else:
+                raise BackendError(
+                    f"unknown backend {name!r}; known backends: {registered_backends()}, "
+                    f"usable here: {available_backends()}"
+                )
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise BackendError(f"backend {name!r} resolves to {cls!r}, which is not a yarnref.backend.Backend subclass")
+        _class_cache[name] = cls
+        return cls
+
+
+def _usable(name: str) -> bool:
+    try:
+        return bool(_backend_class(name).is_available())
+    except Exception:  # an optional library that is missing or broken makes the backend unusable, not yarnref
+        return False
+
+
+def available_backends() -> list[str]:
+    """The names of the backends that can run here: importable and with a working device."""
+    return [n for n in registered_backends() if _usable(n)]
+
+
+def _make_backend(backend, options: dict) -> Backend:
+    if isinstance(backend, Backend):
+        if options:
+            raise BackendError(f"options {sorted(options)} given with a backend instance; pass a name instead")
+        return backend
+    if not isinstance(backend, str):
+        raise BackendError(f"backend={backend!r} is not allowed; expected a name such as {registered_backends()} or a Backend")
+    cls = _backend_class(backend)
+    if not cls.is_available():
+        hint = _INSTALL_HINTS.get(backend, "")
+        raise BackendError(
+            f"backend {backend!r} is installed but cannot run here (no working device?); "
+            f"usable here: {available_backends()}" + (f". To install: {hint}" if hint else "")
+        )
+    return cls(**options)
+
+
+_default_backend: Backend = NumpyBackend()
+_current: contextvars.ContextVar[Backend | None] = contextvars.ContextVar("yarnref_backend", default=None)
+
+
+def set_backend(backend: str | Backend, **options) -> Backend:
+    """Set the process-wide default backend and return it.
+
+    ``backend`` is a name (``"numpy"``, ``"torch"``, ``"cupy"`` or one
+    registered by a plugin) or a :class:`Backend` instance; ``options`` go to
+    the backend's constructor, e.g. ``set_backend("torch", device="cpu")``.
+    A ``use_backend`` block in force in the current context still wins.
+    """
+    global _default_backend
+    _default_backend = _make_backend(backend, options)
+    return _default_backend
+
+
+@contextlib.contextmanager
+def use_backend(backend: str | Backend, **options) -> Iterator[Backend]:
+    """Use ``backend`` inside the ``with`` block, in this thread or task only."""
+    token = _current.set(_make_backend(backend, options))
+    try:
+        yield _current.get()
+    finally:
+        _current.reset(token)
+
+
+def get_backend() -> Backend:
+    """The backend in force: the innermost ``use_backend``, else the ``set_backend`` default (numpy)."""
+    return _current.get() or _default_backend
