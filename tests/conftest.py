@@ -1,0 +1,76 @@
+"""Shared test fixtures: the backend fixture over every usable backend, and Hypothesis profiles.
+
+Backend ids: ``numpy`` (the spec), ``torch-cpu``, ``torch-cuda``, ``cupy``.
+GPU ids are skipped, not failed, where no CUDA device works.  Select a subset
+with ``YARNREF_TEST_BACKENDS=numpy,torch-cpu``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+import yarnref
+
+settings.register_profile(
+    "default",
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("ci", parent=settings.get_profile("default"), max_examples=25, derandomize=True)
+settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=300)
+settings.load_profile(os.environ.get("YARNREF_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
+
+BACKEND_IDS = ("numpy", "torch-cpu", "torch-cuda", "cupy")
+
+
+def _torch_cuda_ok() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def make_backend(backend_id: str):
+    """The backend for a test id, or ``pytest.skip`` if it cannot run here."""
+    wanted = os.environ.get("YARNREF_TEST_BACKENDS")
+    if wanted and backend_id not in wanted.split(","):
+        pytest.skip(f"{backend_id} not in YARNREF_TEST_BACKENDS={wanted}")
+    if backend_id == "numpy":
+        return yarnref.backend.NumpyBackend()
+    if backend_id.startswith("torch"):
+        pytest.importorskip("torch")
+        device = backend_id.split("-", 1)[1]
+        if device == "cuda" and not _torch_cuda_ok():
+            pytest.skip("no CUDA device for torch")
+        if "torch" not in yarnref.available_backends():
+            pytest.skip("the torch backend is not usable here")
+        return yarnref.backend._backend_class("torch")(device=device)
+    if backend_id == "cupy":
+        if "cupy" not in yarnref.available_backends():
+            pytest.skip("the cupy backend needs CuPy and a working CUDA device")
+        return yarnref.backend._backend_class("cupy")()
+    raise ValueError(backend_id)
+
+
+@pytest.fixture(params=BACKEND_IDS)
+def backend(request):
+    """Each usable backend in turn (the spec included)."""
+    return make_backend(request.param)
+
+
+@pytest.fixture(params=[b for b in BACKEND_IDS if b != "numpy"])
+def accel_backend(request):
+    """Each usable non-spec backend in turn."""
+    return make_backend(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261122)
