@@ -44,8 +44,9 @@ Conventions
 * Precision: float64 by default.  ``precision="float32"`` reproduces what
   transformers and vLLM compute (float32 frequencies, float32 ``p * theta``,
   float32 cos/sin); ``out_precision="bfloat16"`` (or ``"float16"``) adds the
-  cast to the activation dtype.  Results are still float64 arrays, holding the
-  rounded values, so the difference from the exact table can be measured.
+  cast to the activation dtype.  The tables keep ``inv_freq``'s dtype
+  (float64 normally) and hold the rounded values, so the difference from the
+  exact table can be measured.
 """
 
 from __future__ import annotations
@@ -162,7 +163,9 @@ def rope_cos_sin(
     ``precision`` is the precision the angles and cos/sin are computed in (see
     :func:`rope_angles`); ``out_precision`` (default: ``precision``) is the one
     the tables are stored in, e.g. ``"bfloat16"`` for transformers' cast to the
-    activation dtype.  The result is float64 either way.
+    activation dtype.  The tables have ``inv_freq``'s dtype (float64 for the
+    float64 frequencies :func:`yarnref.rope_frequencies` returns); their values
+    are the rounded ones whatever that dtype is.
     """
     check_precision(precision)
     out_precision = precision if out_precision is None else check_precision(out_precision, "out_precision")
@@ -174,7 +177,16 @@ def rope_cos_sin(
     m = round_to(float(attention_factor), precision)
     cos = round_to(round_to(np.cos(angles), precision) * m, precision)
     sin = round_to(round_to(np.sin(angles), precision) * m, precision)
-    return round_to(cos, out_precision), round_to(sin, out_precision)
+    out_dtype = _table_dtype(inv_freq)
+    return round_to(cos, out_precision).astype(out_dtype, copy=False), round_to(sin, out_precision).astype(out_dtype, copy=False)
+
+
+def _table_dtype(inv_freq) -> np.dtype:
+    """The dtype of the cos/sin tables: ``inv_freq``'s if it is a float array, else float64."""
+    dtype = getattr(inv_freq, "dtype", None)
+    if dtype is not None and np.issubdtype(dtype, np.floating):
+        return np.dtype(dtype)
+    return np.dtype(np.float64)
 
 
 def _check_pairing(pairing: str) -> None:
