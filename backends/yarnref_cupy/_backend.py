@@ -1,0 +1,236 @@
+"""The :class:`CupyBackend` class: validation, device handling, and dispatch to the modules.
+
+Each method has the spec function's parameters (names, order, defaults:
+:class:`yarnref.backend.Backend` checks this when the class is created),
+validates its arguments with the spec's own checks where they are shared
+(so that the errors are the same), converts its arrays onto the device
+(:mod:`._device`), and calls the module that computes it (:mod:`.rope`,
+:mod:`.attention`, :mod:`.dca`, :mod:`.sparse`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from yarnref.attention import _check_scale, check_qkv
+from yarnref.backend import Backend
+from yarnref.errors import InputError
+from yarnref.precision import check_precision
+from yarnref.rope import _check_pairing, _check_rope_shapes
+
+from . import attention as _attention
+from . import dca as _dca
+from ._arrays import check_float
+from ._device import Device, cuda_is_usable
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_positive_number(name: str, value) -> float:
+    if not _is_real(value) or not (math.isfinite(float(value)) and float(value) > 0):
+        raise InputError(name, value, "a finite number > 0")
+    return float(value)
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(name, value, "True or False")
+    return bool(value)
+
+
+class CupyBackend(Backend):
+    """yarnref's operations on an NVIDIA GPU through CuPy.
+
+    ``CupyBackend(device=None)``: ``device`` is a CUDA device id (default: the
+    current device).  Arrays in = arrays out: inputs are NumPy arrays (copied
+    to the device once), CuPy arrays on the device, or torch CUDA tensors
+    (zero-copy through DLPack); results are CuPy arrays.  Computed in float64
+    for float64 inputs, else in float32; outputs in the spec's dtypes, lse in
+    the compute dtype.
+
+    ``_xp`` is for yarnref's own tests only: ``CupyBackend(_xp=numpy)`` runs
+    every array operation with NumPy standing in for CuPy, on the host.
+    """
+
+    name = "cupy"
+
+    def __init__(self, device=None, *, _xp=None):
+        self._device = Device(device, xp=_xp)
+        self.xp = self._device.xp
+
+    # ----------------------------------------------------------------- backend protocol
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return cuda_is_usable()
+
+    def describe(self) -> str:
+        return "cupy"
+
+    @property
+    def device(self):
+        """The CUDA device id (None in the NumPy shim)."""
+        return self._device.id
+
+    def asarray(self, x):
+        return self._device.asarray(x)
+
+    def to_numpy(self, x) -> np.ndarray:
+        return self._device.to_numpy(x)
+
+    def _in(self, x, name: str):
+        return self._device.asarray(x, name)
+
+    # ----------------------------------------------------------------- RoPE
+
+    def rope_cos_sin(self, inv_freq, positions, attention_factor=1.0, *, precision="float64", out_precision=None):
+        check_precision(precision)
+        out_precision = precision if out_precision is None else check_precision(out_precision, "out_precision")
+        if not _is_real(attention_factor) or not (math.isfinite(float(attention_factor)) and float(attention_factor) > 0):
+            raise InputError("attention_factor", attention_factor, "a finite number > 0")
+        xp = self.xp
+        with self._device.context():
+            freqs = self._in(inv_freq, "inv_freq")
+            out_dtype = freqs.dtype if freqs.dtype.kind == "f" else np.dtype(np.float64)
+            if freqs.dtype.kind not in "fiu" or freqs.ndim != 1 or freqs.size == 0:
+                raise InputError("inv_freq", f"shape {freqs.shape}", "a non-empty 1-D array of r/2 frequencies")
+            freqs = freqs.astype(np.float64)
+            if not bool(xp.all(xp.isfinite(freqs))):
+                raise InputError("inv_freq", "non-finite values", "finite frequencies")
+            pos = self._in(positions, "positions")
+            if pos.dtype.kind not in "fiu":
+                raise InputError("positions", f"array of dtype {pos.dtype}", "an integer or real array")
+            pos = pos.astype(np.float64)
+            if not bool(xp.all(xp.isfinite(pos))):
+                raise InputError("positions", "non-finite values", "finite positions")
+            from .rope import cos_sin
+
+            return cos_sin(xp, freqs, pos, float(attention_factor), precision, out_precision, out_dtype)
+
+    def apply_rope(self, x, cos, sin, pairing="half"):
+        _check_pairing(pairing)
+        with self._device.context():
+            x = self._in(x, "x")
+            if x.dtype.kind != "f":
+                raise InputError("x", f"dtype {x.dtype}", "a floating-point array")
+            check_float("x", x)
+            cos, sin = self._in(cos, "cos"), self._in(sin, "sin")
+            for name, table in (("cos", cos), ("sin", sin)):
+                if table.dtype.kind not in "fiu":
+                    raise InputError(name, f"dtype {table.dtype}", "a real array")
+            r = _check_rope_shapes(x, cos, sin)
+            from .rope import apply_rope
+
+            return apply_rope(self.xp, x, cos, sin, r, pairing)
+
+    # ----------------------------------------------------------------- attention
+
+    def _qkv(self, q, k, v):
+        q, k, v = self._in(q, "q"), self._in(k, "k"), self._in(v, "v")
+        dims = check_qkv(q, k, v)
+        for name, a in (("q", q), ("k", k), ("v", v)):
+            check_float(name, a)
+        return q, k, v, dims
+
+    def attention(self, q, k, v, causal=True, scale=None, return_lse=False, *, block_size=512):
+        with self._device.context():
+            q, k, v, (_, _, _, _, _, d) = self._qkv(q, k, v)
+            causal = _check_bool("causal", causal)
+            scale = _check_scale(scale, d)
+            if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+                raise InputError("block_size", block_size, "a positive integer")
+            out, lse = _attention.attention(self.xp, q, k, v, causal, scale, int(block_size))
+            return (out, lse) if return_lse else out
+
+    def merge_attention(self, outputs, lses):
+        outputs, lses = list(outputs), list(lses)
+        if not outputs or len(outputs) != len(lses):
+            raise InputError("outputs", f"{len(outputs)} outputs and {len(lses)} lses", "a non-empty, equal number of each")
+        with self._device.context():
+            os_ = [self._in(o, f"outputs[{i}]") for i, o in enumerate(outputs)]
+            ls = [self._in(l, f"lses[{i}]") for i, l in enumerate(lses)]
+            for i, (o, l) in enumerate(zip(os_, ls)):
+                check_float(f"outputs[{i}]", o)
+                check_float(f"lses[{i}]", l)
+                if o.shape != os_[0].shape or l.shape != o.shape[:-1]:
+                    raise InputError(
+                        f"outputs[{i}]", f"shape {o.shape} with lse {l.shape}", f"output {os_[0].shape} and lse {os_[0].shape[:-1]}"
+                    )
+            return _attention.merge_attention(self.xp, os_, ls)
+
+    # ----------------------------------------------------------------- DCA
+
+    def dca_attention(
+        self,
+        q,
+        k,
+        v,
+        inv_freq,
+        chunk_size,
+        local_size,
+        scale=None,
+        *,
+        pairing="half",
+        attention_factor=1.0,
+        temperature="none",
+        max_position_embeddings=None,
+        original_max_position_embeddings=None,
+        seq_len=None,
+        key_write_lengths=None,
+        pi_factor=1.0,
+        form="union",
+        return_lse=False,
+    ):
+        from yarnref import dca as spec
+
+        xp = self.xp
+        with self._device.context():
+            q, k, v, (_, _, _, q_len, kv_len, head_dim) = self._qkv(q, k, v)
+            if q_len > kv_len:
+                raise InputError(
+                    "q", f"q_len={q_len}", f"at most kv_len = {kv_len} (the queries are the last q_len of the kv_len positions)"
+                )
+            chunk_len = spec._check_sizes(chunk_size, local_size)
+            freqs = self._in(inv_freq, "inv_freq")
+            if (
+                freqs.ndim != 1
+                or freqs.size == 0
+                or 2 * freqs.size > head_dim
+                or freqs.dtype.kind != "f"
+                or not bool(xp.all(xp.isfinite(freqs)))
+            ):
+                raise InputError(
+                    "inv_freq",
+                    f"array of shape {freqs.shape} and dtype {freqs.dtype}",
+                    f"a 1-D float array of r/2 finite frequencies, 1 <= r/2 <= head_dim/2 = {head_dim // 2}",
+                )
+            freqs = freqs.astype(np.float64)
+            scale = _check_positive_number("scale", 1.0 / math.sqrt(head_dim) if scale is None else scale)
+            if pairing not in spec.DCA_PAIRINGS:
+                raise InputError("pairing", pairing, f"one of {spec.DCA_PAIRINGS}")
+            attention_factor = _check_positive_number("attention_factor", attention_factor)
+            pi_factor = _check_positive_number("pi_factor", pi_factor)
+            if form not in spec.DCA_FORMS:
+                raise InputError("form", form, f"one of {spec.DCA_FORMS}")
+            return_lse = _check_bool("return_lse", return_lse)
+            if key_write_lengths is not None:
+                key_write_lengths = self._device.to_host_small(key_write_lengths, "key_write_lengths")
+            factors = spec.dca_temperature(
+                temperature,
+                kv_len,
+                seq_len=seq_len,
+                key_write_lengths=key_write_lengths,
+                max_position_embeddings=max_position_embeddings,
+                original_max_position_embeddings=original_max_position_embeddings,
+            )
+            segments = spec.dca_segments(kv_len, q_len, chunk_size, local_size)
+            out, lse = _dca.dca_attention(
+                xp, q, k, v, freqs, int(chunk_size), chunk_len, scale, pairing,
+                attention_factor * factors.table, float(factors.query), self._in(factors.key, "key_write_lengths"),
+                pi_factor, segments,
+            )
+            return (out, lse) if return_lse else out

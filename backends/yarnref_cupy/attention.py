@@ -1,0 +1,114 @@
+r"""Softmax attention on the GPU, blocked over queries (spec: :mod:`yarnref.attention`).
+
+Paper: Vaswani et al., arXiv:1706.03762, Eq. (1),
+:math:`\mathrm{softmax}(QK^\top / \sqrt{d_k})V`, with the row log-sum-exp
+:math:`\ell = \log\sum_j e^{s_j}` that lets parts over disjoint key sets be
+merged exactly (FlashAttention, arXiv:2205.14135, section 3.1):
+:math:`o = \sum_p e^{\ell_p - \ell} o_p`, :math:`\ell = \log\sum_p e^{\ell_p}`.
+
+:func:`softmax_attend` is the one kernel-shaped core every attention in this
+backend uses (dense, DCA parts, sparse gathers): two batched matmuls (cuBLAS
+``gemmStridedBatched`` under CuPy), a 0/-inf bias for masks, and an in-place
+softmax, over whatever key set the caller gathered.
+
+Conventions (the spec's)
+-----------
+* Layout ``(batch, heads, seq, head_dim)``; GQA: query head ``h`` reads kv
+  head ``h // (q_heads // kv_heads)``.  Query heads are grouped under their kv
+  head and folded into the matmul's row dimension, so k and v are never
+  repeated.
+* Causal masks aligned bottom-right: query ``i`` sees keys
+  ``j <= i + kv_len - q_len``.  A query with no visible key gets output 0 and
+  lse ``-inf``.
+* Computed in float64 for float64 inputs, else in float32 (no TF32: CuPy's
+  default).  Output in q's dtype; lse in the compute dtype.  Memory per query
+  block is ``O(block_size * kv_len)`` per head.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._arrays import compute_dtype, scalar, where_scalar
+
+
+def softmax_attend(xp, q, k, v, bias=None):
+    """Softmax attention of pre-scaled queries over one gathered key set.
+
+    ``q``: ``(..., G, M, D)``, already multiplied by the softmax scale (G query
+    heads share each kv head); ``k``: ``(..., N, D)``; ``v``: ``(..., N, Dv)``;
+    ``bias``: 0 / ``-inf``, broadcastable to ``(..., G, M, N)``, or None.  All
+    in one float dtype.  Returns ``out`` ``(..., G, M, Dv)`` and ``lse``
+    ``(..., G, M)``; rows whose keys are all masked get 0 and ``-inf``.
+    """
+    *lead, g, m, d = q.shape
+    n, dv = k.shape[-2], v.shape[-1]
+    dtype = q.dtype
+    if n == 0:
+        return xp.zeros((*lead, g, m, dv), dtype=dtype), xp.full((*lead, g, m), scalar(-np.inf, dtype), dtype=dtype)
+    rows = q.reshape(*lead, g * m, d)  # (..., G*M, D)
+    logits = xp.matmul(rows, xp.swapaxes(k, -1, -2)).reshape(*lead, g, m, n)  # (..., G, M, N)
+    if bias is not None:
+        logits += bias
+    row_max = logits.max(axis=-1, keepdims=True)  # (..., G, M, 1)
+    safe_max = where_scalar(xp, xp.isfinite(row_max), row_max, 0.0)
+    logits -= safe_max
+    xp.exp(logits, out=logits)  # the unnormalised weights; exp(-inf) = 0
+    denom = logits.sum(axis=-1, keepdims=True)  # (..., G, M, 1)
+    out = xp.matmul(logits.reshape(*lead, g * m, n), v).reshape(*lead, g, m, dv)  # (..., G, M, Dv)
+    has_key = denom > 0
+    safe_denom = where_scalar(xp, has_key, denom, 1.0)
+    out /= safe_denom
+    lse = where_scalar(xp, has_key, xp.log(safe_denom) + safe_max, -np.inf)[..., 0]  # (..., G, M)
+    return out, lse
+
+
+def causal_bias(xp, query_pos, key_pos, dtype):
+    """0 where ``key_pos <= query_pos`` else ``-inf``; shape ``(len(query_pos), len(key_pos))``."""
+    visible = key_pos[None, :] <= query_pos[:, None]
+    return xp.where(visible, scalar(0.0, dtype), scalar(-np.inf, dtype))
+
+
+def attention(xp, q, k, v, causal: bool, scale: float, block_size: int):
+    """Blocked attention; arguments validated by the caller.  Returns ``(out, lse)``."""
+    b, hq, tq, d = q.shape
+    hk, tk, dv = k.shape[1], k.shape[2], v.shape[-1]
+    group = hq // hk
+    cdt = compute_dtype(q, k, v)
+    qg = q.reshape(b, hk, group, tq, d)  # (b, hk, g, tq, d): query heads under the kv head they read
+    kc = k.astype(cdt, copy=False)  # (b, hk, tk, d)
+    vc = v.astype(cdt, copy=False)  # (b, hk, tk, dv)
+    out = xp.empty((b, hk, group, tq, dv), dtype=q.dtype)
+    lse = xp.empty((b, hk, group, tq), dtype=cdt)
+    offset = tk - tq  # bottom-right alignment: query i sits at key position i + offset
+    for start in range(0, tq, block_size):
+        stop = min(start + block_size, tq)
+        n_keys = tk
+        bias = None
+        if causal:
+            n_keys = max(0, min(tk, stop + offset))  # keys past the block's last query are never visible
+            if start + offset + 1 < n_keys:  # the first row sees fewer keys than the last: mask
+                bias = causal_bias(xp, xp.arange(start + offset, stop + offset), xp.arange(n_keys), cdt)
+        qb = qg[:, :, :, start:stop].astype(cdt) * scalar(scale, cdt)  # (b, hk, g, blk, d)
+        o, l = softmax_attend(xp, qb, kc[:, :, :n_keys], vc[:, :, :n_keys], bias)
+        out[:, :, :, start:stop] = o
+        lse[:, :, :, start:stop] = l
+    return out.reshape(b, hq, tq, dv), lse.reshape(b, hq, tq)
+
+
+def merge_attention(xp, outputs, lses):
+    """LSE-merge of parts over disjoint key sets; shapes validated by the caller.  Returns ``(out, lse)``."""
+    cdt = compute_dtype(*outputs, *lses)
+    stacked = xp.stack([l.astype(cdt, copy=False) for l in lses])  # (parts, ..., q_len)
+    m = stacked.max(axis=0)
+    safe_m = where_scalar(xp, xp.isfinite(m), m, 0.0)
+    w = xp.exp(stacked - safe_m)  # exp(-inf) = 0 for empty parts
+    total = w.sum(axis=0)
+    nonempty = total > 0
+    safe_total = where_scalar(xp, nonempty, total, 1.0)
+    acc = xp.zeros(outputs[0].shape, dtype=cdt)
+    for wi, o in zip(w, outputs):  # a loop over the parts (a handful), not over tokens
+        acc += wi[..., None] * o.astype(cdt, copy=False)
+    acc /= safe_total[..., None]
+    lse = where_scalar(xp, nonempty, xp.log(safe_total) + safe_m, -np.inf)
+    return acc.astype(outputs[0].dtype, copy=False), lse

@@ -1,0 +1,89 @@
+r"""RoPE on the GPU: cos/sin tables and the rotation (spec: :mod:`yarnref.rope`).
+
+Paper: Su et al., "RoFormer: Enhanced Transformer with Rotary Position
+Embedding", arXiv:2104.09864, Eq. (13)-(15): plane ``i`` at position ``m`` is
+rotated by :math:`m\theta_i`, :math:`a' = a\cos - b\sin`, :math:`b' = b\cos + a\sin`.
+
+Conventions (the spec's; see :mod:`yarnref.rope` for the full block)
+-----------
+* Pairings ``"half"`` (plane i = ``(x[i], x[i + r/2])``), ``"interleaved"``
+  (``(x[2i], x[2i+1])``) and ``"interleaved_in_half_out"`` (reads interleaved
+  pairs, writes them half-split).  Features past ``r = 2 * cos.shape[-1]``
+  pass through.
+* Tables: ``precision="float64"`` computes in float64; ``"float32"`` computes
+  natively in float32 on the device (float32 angles ``p * theta``, float32
+  ``cos``/``sin``, as transformers and vLLM do on a GPU: CUDA's ``cosf`` is
+  within 2 ulp of the correctly rounded value the spec uses);
+  ``"float16"``/``"bfloat16"`` are emulated in float64 with a rounding after
+  every step, exactly like the spec.  ``out_precision`` then rounds the
+  stored values.  The tables have ``inv_freq``'s float dtype (else float64).
+* The rotation is computed in float64 for float64 ``x`` and in float32
+  otherwise, and written in ``x``'s dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from yarnref.precision import round_to as spec_round_to
+
+from ._arrays import round_to, scalar
+
+
+def cos_sin(xp, inv_freq, positions, attention_factor: float, precision: str, out_precision: str, out_dtype):
+    """cos and sin tables of shape ``positions.shape + (r/2,)``.
+
+    ``inv_freq``: float64 device array ``(r/2,)``; ``positions``: float64
+    device array.  The arithmetic and rounding order is the spec's
+    (:func:`yarnref.rope.rope_cos_sin`).
+    """
+    if precision == "float32":  # native float32 on the device
+        work = np.float32
+        f = inv_freq.astype(work)
+        p = positions.astype(work)
+        angles = p[..., None] * f  # (..., r/2), one float32 rounding
+        m = scalar(attention_factor, work)
+        cos = xp.cos(angles) * m
+        sin = xp.sin(angles) * m
+    else:  # float64, or float16/bfloat16 emulated in float64 with the spec's roundings
+        work = np.float64
+        f = round_to(xp, inv_freq, precision)
+        p = round_to(xp, positions, precision)
+        angles = round_to(xp, p[..., None] * f, precision)  # (..., r/2)
+        # a host scalar (the spec's round_to gives bfloat16 0-d input back as shape (1,))
+        m = scalar(float(np.ravel(spec_round_to(float(attention_factor), precision))[0]), work)
+        cos = round_to(xp, round_to(xp, xp.cos(angles), precision) * m, precision)
+        sin = round_to(xp, round_to(xp, xp.sin(angles), precision) * m, precision)
+    cos = round_to(xp, cos, out_precision).astype(out_dtype, copy=False)
+    sin = round_to(xp, sin, out_precision).astype(out_dtype, copy=False)
+    return cos, sin
+
+
+def apply_rope(xp, x, cos, sin, rotary_dim: int, pairing: str):
+    """Rotate the first ``rotary_dim`` features of ``x`` (already validated); pass the rest.
+
+    ``x``: ``(batch, heads, seq, head_dim)``; ``cos``/``sin``: ``(seq, r/2)``
+    or ``(batch, seq, r/2)``.
+    """
+    cdt = np.float64 if x.dtype == np.float64 else np.float32
+    r, half = rotary_dim, rotary_dim // 2
+    cos = cos.astype(cdt, copy=False)
+    sin = sin.astype(cdt, copy=False)
+    if cos.ndim == 3:  # (batch, seq, r/2) -> (batch, 1, seq, r/2): shared by the heads
+        cos, sin = cos[:, None], sin[:, None]
+    rot = x[..., :r].astype(cdt)
+    if pairing == "half":
+        a, b = rot[..., :half], rot[..., half:]  # plane i = (x[i], x[i + r/2])
+    else:
+        a, b = rot[..., 0::2], rot[..., 1::2]  # plane i = (x[2i], x[2i + 1])
+    a_new = a * cos - b * sin
+    b_new = b * cos + a * sin
+    out = xp.empty_like(x)
+    if pairing == "interleaved":
+        out[..., 0:r:2] = a_new
+        out[..., 1:r:2] = b_new
+    else:  # "half", and "interleaved_in_half_out" (reads interleaved, writes half-split)
+        out[..., :half] = a_new
+        out[..., half:r] = b_new
+    out[..., r:] = x[..., r:]
+    return out

@@ -1,0 +1,439 @@
+"""The CuPy backend checked against the spec, with NumPy standing in for CuPy.
+
+``CupyBackend(_xp=numpy)`` (test-only) runs every array code path of the
+backend with ``xp = numpy``: the same lines that run with ``xp = cupy`` on a
+GPU.  Each test runs in two modes: ``shim`` (everywhere) and ``cupy`` (only
+where CuPy and a CUDA device work; skipped elsewhere), so on a GPU machine
+the same assertions check the real backend.
+
+What the shim cannot check (only the ``cupy`` mode does): CuPy's own
+kernels and dtype rules, cuBLAS, the DLPack exchange with torch, device
+checks, and the CUDA kernel of ``convert_vertical_slash_indexes`` (whose
+source is, however, compiled and run on the CPU here when a C++ compiler is
+available: see ``test_vs_kernel_source_on_cpu``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import yarnref
+spec_attention = importlib.import_module("yarnref.attention")
+spec_dca = importlib.import_module("yarnref.dca")
+spec_rope = importlib.import_module("yarnref.rope")
+from yarnref.backend import OPERATIONS, spec_function
+from yarnref.errors import DeviceMismatchError, InputError
+
+MODES = ("shim", "cupy")
+
+
+def _cupy_class():
+    return yarnref.backend._backend_class("cupy")
+
+
+@pytest.fixture(scope="module", params=MODES)
+def cb(request):
+    """The CuPy backend in each mode: NumPy shim, or the real one where a GPU works."""
+    cls = _cupy_class()
+    if request.param == "shim":
+        return cls(_xp=np)
+    if not cls.is_available():
+        pytest.skip("the cupy mode needs CuPy and a working CUDA device")
+    return cls()
+
+
+def _host(cb, x):
+    return np.asarray(cb.to_numpy(x), dtype=np.float64)
+
+
+def _is_shim(cb) -> bool:
+    return cb.xp is np
+
+
+# Tolerances against the float64 spec, by the backend's compute dtype.
+TOL = {np.float64: dict(rtol=1e-9, atol=1e-11), np.float32: dict(rtol=2e-4, atol=2e-5), np.float16: dict(rtol=2e-2, atol=5e-3)}
+
+
+def _close(actual, expected, dtype, what=""):
+    tol = TOL[np.dtype(dtype).type]
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    finite = np.isfinite(expected)
+    assert np.array_equal(np.isfinite(actual), finite), f"{what}: non-finite entries differ"
+    assert np.array_equal(actual[~finite], expected[~finite]), f"{what}: infinities differ"
+    np.testing.assert_allclose(actual[finite], expected[finite], err_msg=what, **tol)
+
+
+# ----------------------------------------------------------------------------- the interface
+
+#: The spec signatures of the operations whose spec may not be in OPERATIONS yet.
+PENDING = {
+    "vertical_slash_indices": "q, k, vertical_size, slash_size, last_q=64, *, scale=None, force_verticals=30, force_slashes=100",
+    "convert_vertical_slash_indexes": "q_len, kv_len, vertical_idx, slash_idx, block_size_m=64, block_size_n=64, causal=True",
+    "vertical_slash_mask": "q_len, kv_len, vertical_idx, slash_idx, mode='exact', causal=True, *, block_size_m=64, block_size_n=64",
+    "vertical_slash_attention": "q, k, v, vertical_idx, slash_idx, mode='kernel', scale=None, return_lse=False, *, causal=True, block_size_m=64, block_size_n=64",
+    "a_shape_attention": "q, k, v, n_init=128, n_local=3968, scale=None, return_lse=False",
+    "tri_shape_attention": "q, k, v, n_init=128, n_local=3968, n_last=100, scale=None, return_lse=False",
+}
+
+
+def _params(fn):
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+
+
+def test_every_operation_has_the_spec_signature():
+    cls = _cupy_class()
+    for op in OPERATIONS:
+        assert _params(getattr(cls, op)) == _params(spec_function(op)), op
+    for op, text in PENDING.items():
+        if op in OPERATIONS:
+            continue
+        namespace: dict = {}
+        exec(f"def f({text}): pass", namespace)
+        assert _params(getattr(cls, op)) == _params(namespace["f"]), op
+
+
+def test_importing_the_package_does_not_import_cupy():
+    code = (
+        "import sys, yarnref; cls = yarnref.backend._backend_class('cupy'); "
+        "assert 'cupy' not in sys.modules, 'import'; "
+        "b = cls(_xp=__import__('numpy')); assert 'cupy' not in sys.modules, 'shim'; print(b.describe())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "cupy"
+
+
+def test_is_available_is_false_without_cupy_or_device():
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        assert _cupy_class().is_available() is False
+    else:
+        assert isinstance(_cupy_class().is_available(), bool)
+
+
+def test_shim_converts_host_data_and_refuses_torch(cb):
+    if not _is_shim(cb):
+        pytest.skip("shim behaviour")
+    a = cb.asarray([1.0, 2.0])
+    assert isinstance(a, np.ndarray) and a.dtype == np.float64
+    torch = pytest.importorskip("torch")
+    with pytest.raises(DeviceMismatchError):
+        cb.attention(torch.zeros(1, 1, 2, 4), np.zeros((1, 1, 2, 4)), np.zeros((1, 1, 2, 4)))
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("out_precision", [None, "float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("freq_dtype", [np.float64, np.float32])
+def test_rope_cos_sin_matches_spec(cb, precision, out_precision, freq_dtype):
+    inv_freq = spec_rope.base_inv_freq(16, 10000.0).astype(freq_dtype)
+    positions = np.array([0, 1, 7, 100, 4095, 65537, 1_000_003])
+    if precision == "float16":  # float16 positions stop at 65504 (the spec's cast would overflow)
+        positions = positions[positions < 65504]
+    factor = 1.1
+    want_cos, want_sin = spec_rope.rope_cos_sin(inv_freq, positions, factor, precision=precision, out_precision=out_precision)
+    cos, sin = cb.rope_cos_sin(inv_freq, positions, factor, precision=precision, out_precision=out_precision)
+    assert cos.dtype == want_cos.dtype and sin.dtype == want_sin.dtype
+    assert cos.shape == (positions.size, 8)
+    got_cos, got_sin = _host(cb, cos), _host(cb, sin)
+    if precision == "float32":
+        # native float32 cos/sin: within a few float32 ulps of the correctly rounded spec,
+        # plus one ulp of the storage precision when it is rounded again.
+        out = out_precision or "float32"
+        ulp = {"float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}[out]
+        tol = 3 * 2.0**-23 * factor + ulp * factor
+        np.testing.assert_allclose(got_cos, want_cos, rtol=0, atol=tol)
+        np.testing.assert_allclose(got_sin, want_sin, rtol=0, atol=tol)
+    elif _is_shim(cb):  # the same arithmetic in the same order: bit-identical
+        assert np.array_equal(got_cos, want_cos) and np.array_equal(got_sin, want_sin)
+    else:  # the device's float64 cos/sin may differ from NumPy's by an ulp before rounding
+        out = out_precision or precision
+        ulp = {"float64": 2.0**-50, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}[out]
+        np.testing.assert_allclose(got_cos, want_cos, rtol=0, atol=2 * ulp * factor)
+        np.testing.assert_allclose(got_sin, want_sin, rtol=0, atol=2 * ulp * factor)
+
+
+def test_rope_cos_sin_accepts_ranges_lists_and_2d_positions(cb):
+    inv_freq = spec_rope.base_inv_freq(8, 500.0)
+    for positions in (range(5), [0, 3, 2], np.arange(6).reshape(2, 3), np.array([0.5, 1.25])):
+        want, _ = spec_rope.rope_cos_sin(inv_freq, positions)
+        got, _ = cb.rope_cos_sin(inv_freq, positions)
+        _close(_host(cb, got), want, np.float64, str(positions))
+
+
+def _round_to(cb, x, precision):
+    from yarnref_cupy._arrays import round_to
+
+    return round_to(cb.xp, cb.asarray(x), precision)
+
+
+def test_bfloat16_rounding_matches_spec_bits(cb):
+    from yarnref.precision import round_to as spec_round
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate(
+        [
+            rng.standard_normal(2000) * 10.0 ** rng.integers(-30, 30, 2000),
+            [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, 3.0e38, -3.0e38, 1e-40],
+        ]
+    )
+    for precision in ("bfloat16", "float16", "float32"):
+        if precision == "float16":  # in float16's range (a cast of 1e30 overflows, with a warning)
+            x = x[~(np.abs(x) > 6e4)]
+        got = _host(cb, _round_to(cb, x, precision))
+        want = spec_round(x, precision)
+        assert np.array_equal(got, want, equal_nan=True), precision
+
+
+@pytest.mark.parametrize("pairing", spec_rope.PAIRINGS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("batched_table", [False, True])
+def test_apply_rope_matches_spec(cb, pairing, dtype, batched_table, rng):
+    batch, heads, seq, head_dim, r = 2, 3, 5, 12, 8  # partial rotary: 4 features pass through
+    x = rng.standard_normal((batch, heads, seq, head_dim)).astype(dtype)
+    inv_freq = spec_rope.base_inv_freq(r, 10000.0)
+    positions = rng.integers(0, 5000, (batch, seq)) if batched_table else np.arange(seq) + 11
+    cos, sin = spec_rope.rope_cos_sin(inv_freq, positions, 1.3)
+    want = spec_rope.apply_rope(x, cos, sin, pairing)
+    got = cb.apply_rope(x, cos, sin, pairing)
+    assert got.dtype == dtype and got.shape == x.shape
+    _close(_host(cb, got), want, dtype)
+    assert np.array_equal(_host(cb, got)[..., r:], x[..., r:].astype(np.float64))  # pass-through is exact
+
+
+def test_apply_rope_rejects_bad_input(cb):
+    x = np.zeros((1, 1, 4, 8))
+    cos = np.ones((4, 4))
+    with pytest.raises(InputError, match="pairing"):
+        cb.apply_rope(x, cos, cos, "gptj")
+    with pytest.raises(InputError, match="cos"):
+        cb.apply_rope(x, np.ones((3, 4)), np.ones((3, 4)))
+    with pytest.raises(InputError, match="x"):
+        cb.apply_rope(np.zeros((1, 1, 4, 8), dtype=np.int64), cos, cos)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _qkv(rng, batch, q_heads, kv_heads, q_len, kv_len, head_dim, v_dim, dtype):
+    q = rng.standard_normal((batch, q_heads, q_len, head_dim)).astype(dtype)
+    k = rng.standard_normal((batch, kv_heads, kv_len, head_dim)).astype(dtype)
+    v = rng.standard_normal((batch, kv_heads, kv_len, v_dim)).astype(dtype)
+    return q, k, v
+
+
+@settings(max_examples=30)
+@given(
+    batch=st.integers(1, 2),
+    kv_heads=st.integers(1, 2),
+    group=st.integers(1, 3),
+    q_len=st.integers(1, 13),
+    kv_len=st.integers(1, 13),
+    block_size=st.integers(1, 6),
+    causal=st.booleans(),
+    dtype=st.sampled_from([np.float64, np.float32]),
+    seed=st.integers(0, 2**16),
+)
+def test_attention_matches_spec(cb, batch, kv_heads, group, q_len, kv_len, block_size, causal, dtype, seed):
+    rng = np.random.default_rng(seed)
+    q, k, v = _qkv(rng, batch, kv_heads * group, kv_heads, q_len, kv_len, 4, 3, dtype)
+    want, want_lse = spec_attention.attention(q, k, v, causal=causal, return_lse=True)
+    out, lse = cb.attention(q, k, v, causal, None, True, block_size=block_size)
+    assert out.dtype == dtype and out.shape == want.shape and lse.shape == want_lse.shape
+    _close(_host(cb, out), want, dtype, "out")
+    _close(_host(cb, lse), want_lse, dtype, "lse")
+    plain = cb.attention(q, k, v, causal=causal, block_size=block_size)
+    _close(_host(cb, plain), want, dtype, "out without lse")
+
+
+def test_attention_float16_and_scale(cb, rng):
+    q, k, v = _qkv(rng, 1, 4, 2, 9, 17, 8, 8, np.float16)
+    want, want_lse = spec_attention.attention(q, k, v, scale=0.2, return_lse=True)
+    out, lse = cb.attention(q, k, v, scale=0.2, return_lse=True, block_size=4)
+    assert out.dtype == np.float16 and lse.dtype == np.float32
+    _close(_host(cb, out), want, np.float16)
+    _close(_host(cb, lse), want_lse, np.float32)
+
+
+def test_attention_empty_rows_are_zero_with_minus_inf_lse(cb, rng):
+    q, k, v = _qkv(rng, 1, 2, 1, 6, 3, 4, 4, np.float64)  # causal with q_len > kv_len: 3 rows see nothing
+    out, lse = cb.attention(q, k, v, return_lse=True, block_size=2)
+    out, lse = _host(cb, out), _host(cb, lse)
+    assert np.all(out[:, :, :3] == 0) and np.all(lse[:, :, :3] == -np.inf)
+    assert np.all(np.isfinite(lse[:, :, 3:]))
+
+
+def test_attention_rejects_bad_input(cb, rng):
+    q, k, v = _qkv(rng, 1, 3, 2, 4, 4, 4, 4, np.float64)
+    with pytest.raises(InputError, match="k"):
+        cb.attention(q, k, v)  # 3 query heads over 2 kv heads
+    q, k, v = _qkv(rng, 1, 2, 1, 4, 4, 4, 4, np.float64)
+    for kwargs, name in ((dict(scale=-1.0), "scale"), (dict(block_size=0), "block_size"), (dict(causal=1), "causal")):
+        with pytest.raises(InputError, match=name):
+            cb.attention(q, k, v, **kwargs)
+    with pytest.raises(InputError, match="q"):
+        cb.attention(q.astype(np.int32), k, v)
+
+
+@settings(max_examples=20)
+@given(parts=st.integers(1, 4), q_len=st.integers(1, 6), seed=st.integers(0, 2**16), dtype=st.sampled_from([np.float64, np.float32]))
+def test_merge_attention_equals_attention_over_the_union(cb, parts, q_len, seed, dtype):
+    rng = np.random.default_rng(seed)
+    kv_len = 12
+    q, k, v = _qkv(rng, 2, 4, 2, q_len, kv_len, 4, 5, dtype)
+    cuts = np.sort(rng.choice(np.arange(1, kv_len), parts - 1, replace=False)) if parts > 1 else np.array([], dtype=int)
+    bounds = [0, *cuts.tolist(), kv_len]
+    outputs, lses = [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        o, l = cb.attention(q, k[:, :, a:b], v[:, :, a:b], causal=False, return_lse=True)
+        outputs.append(o)
+        lses.append(l)
+    # an empty part (lse -inf) contributes nothing
+    shape = _host(cb, outputs[0]).shape
+    outputs.append(cb.asarray(np.full(shape, 7.0, dtype=dtype)))
+    lses.append(cb.asarray(np.full(shape[:-1], -np.inf, dtype=dtype)))
+    out, lse = cb.merge_attention(outputs, lses)
+    want, want_lse = spec_attention.attention(q, k, v, causal=False, return_lse=True)
+    assert out.dtype == dtype
+    _close(_host(cb, out), want, dtype)
+    _close(_host(cb, lse), want_lse, dtype)
+
+
+def test_merge_attention_rejects_mismatched_parts(cb):
+    with pytest.raises(InputError, match="outputs"):
+        cb.merge_attention([np.zeros((1, 2, 3))], [])
+    with pytest.raises(InputError, match="outputs"):
+        cb.merge_attention([np.zeros((1, 2, 3)), np.zeros((1, 2, 4))], [np.zeros((1, 2)), np.zeros((1, 2))])
+
+
+# ----------------------------------------------------------------------------- DCA
+
+
+def _dca_case(rng, batch, q_heads, kv_heads, q_len, kv_len, head_dim, dtype):
+    q, k, v = _qkv(rng, batch, q_heads, kv_heads, q_len, kv_len, head_dim, head_dim, dtype)
+    return q, k, v
+
+
+@settings(max_examples=25)
+@given(
+    chunk_size=st.integers(3, 12),
+    local_frac=st.floats(0.05, 0.9),
+    kv_len=st.integers(1, 40),
+    q_frac=st.floats(0.0, 1.0),
+    group=st.integers(1, 2),
+    pairing=st.sampled_from(spec_dca.DCA_PAIRINGS),
+    partial=st.booleans(),
+    pi_factor=st.sampled_from([1.0, 2.0]),
+    dtype=st.sampled_from([np.float64, np.float32]),
+    seed=st.integers(0, 2**16),
+)
+def test_dca_attention_matches_spec(cb, chunk_size, local_frac, kv_len, q_frac, group, pairing, partial, pi_factor, dtype, seed):
+    rng = np.random.default_rng(seed)
+    local_size = min(chunk_size - 1, max(1, int(round(local_frac * chunk_size))))
+    q_len = max(1, int(round(q_frac * kv_len)))
+    head_dim = 8
+    q, k, v = _dca_case(rng, 1, 2 * group, 2, q_len, kv_len, head_dim, dtype)
+    inv_freq = spec_rope.base_inv_freq(4 if partial else 8, 100.0)
+    kwargs = dict(pairing=pairing, pi_factor=pi_factor, attention_factor=1.05, return_lse=True)
+    want, want_lse = spec_dca.dca_attention(q, k, v, inv_freq, chunk_size, local_size, **kwargs)
+    out, lse = cb.dca_attention(q, k, v, inv_freq, chunk_size, local_size, **kwargs)
+    assert out.dtype == dtype and out.shape == want.shape
+    _close(_host(cb, out), want, dtype, "out")
+    _close(_host(cb, lse), want_lse, dtype, "lse")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(temperature="chunkllama", max_position_embeddings=10, seq_len=50),
+        dict(temperature="chunkllama", max_position_embeddings=64),
+        dict(temperature="qwen", original_max_position_embeddings=8),
+        dict(temperature="qwen", original_max_position_embeddings=8, seq_len=60),
+        dict(temperature="qwen", original_max_position_embeddings=5, seq_len=40, key_write_lengths="grow"),
+        dict(form="merge", scale=0.3),
+    ],
+)
+def test_dca_attention_temperatures_match_spec(cb, kwargs, rng):
+    kv_len, q_len = 37, 15
+    q, k, v = _dca_case(rng, 2, 4, 2, q_len, kv_len, 8, np.float64)
+    inv_freq = spec_rope.base_inv_freq(8, 50.0)
+    kwargs = dict(kwargs)
+    if kwargs.get("key_write_lengths") == "grow":  # a decode-like cache: key j written at length max(j + 1, 30)
+        kwargs["key_write_lengths"] = np.maximum(np.arange(1, kv_len + 1), 30)
+    want, want_lse = spec_dca.dca_attention(q, k, v, inv_freq, 9, 3, return_lse=True, **kwargs)
+    out, lse = cb.dca_attention(q, k, v, inv_freq, 9, 3, return_lse=True, **kwargs)
+    _close(_host(cb, out), want, np.float64, "out")
+    _close(_host(cb, lse), want_lse, np.float64, "lse")
+
+
+def test_dca_attention_is_causal_rope_attention_up_to_chunk_size_plus_one(cb, rng):
+    chunk_size, local_size = 10, 3
+    n = chunk_size + 1
+    q, k, v = _dca_case(rng, 1, 2, 1, n, n, 8, np.float64)
+    inv_freq = spec_rope.base_inv_freq(8, 100.0)
+    cos, sin = spec_rope.rope_cos_sin(inv_freq, np.arange(n))
+    want = spec_attention.attention(spec_rope.apply_rope(q, cos, sin), spec_rope.apply_rope(k, cos, sin), v)
+    got = cb.dca_attention(q, k, v, inv_freq, chunk_size, local_size)
+    _close(_host(cb, got), want, np.float64)
+
+
+def test_dca_attention_rejects_bad_input(cb, rng):
+    q, k, v = _dca_case(rng, 1, 2, 1, 5, 4, 8, np.float64)
+    inv_freq = spec_rope.base_inv_freq(8, 100.0)
+    with pytest.raises(InputError, match="q"):
+        cb.dca_attention(q, k, v, inv_freq, 4, 1)  # q_len > kv_len
+    q = q[:, :, :3]
+    cases = [
+        ((inv_freq, 4, 4), {}, "local_size"),
+        ((np.ones(5), 4, 1), {}, "inv_freq"),
+        ((inv_freq, 4, 1), dict(pairing="interleaved_in_half_out"), "pairing"),
+        ((inv_freq, 4, 1), dict(form="blocks"), "form"),
+        ((inv_freq, 4, 1), dict(temperature="yarn"), "temperature"),
+        ((inv_freq, 4, 1), dict(temperature="qwen"), "original_max_position_embeddings"),
+        ((inv_freq, 4, 1), dict(max_position_embeddings=8), "max_position_embeddings"),
+        ((inv_freq, 4, 1), dict(pi_factor=0.0), "pi_factor"),
+    ]
+    for args, kwargs, name in cases:
+        with pytest.raises(InputError, match=name):
+            cb.dca_attention(q, k, v, *args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- the real device only
+
+
+def test_device_arrays_and_dlpack(cb):
+    if _is_shim(cb):
+        pytest.skip("needs the real cupy backend")
+    import cupy
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    a = cb.asarray(x)
+    assert isinstance(a, cupy.ndarray) and a.dtype == np.float32 and a.device.id == cb.device
+    assert cb.asarray(a) is a
+    torch = pytest.importorskip("torch")
+    t = torch.arange(6, dtype=torch.float32, device=f"cuda:{cb.device}")
+    c = cb.asarray(t)
+    assert isinstance(c, cupy.ndarray) and c.data.ptr == t.data_ptr()  # zero copy
+    with pytest.raises(DeviceMismatchError):
+        cb.asarray(torch.zeros(3))
+    with pytest.raises(DeviceMismatchError, match="bfloat16"):
+        cb.asarray(t.to(torch.bfloat16))
+    rng = np.random.default_rng(0)
+    q = torch.from_numpy(rng.standard_normal((1, 2, 5, 4))).to(f"cuda:{cb.device}")
+    out = cb.attention(q, q, q)
+    assert isinstance(out, cupy.ndarray) and out.dtype == np.float64
+    _close(cb.to_numpy(out), spec_attention.attention(q.cpu().numpy(), q.cpu().numpy(), q.cpu().numpy()), np.float64)
