@@ -1,0 +1,428 @@
+r"""Golden vectors: a model's RoPE numbers in one ``.npz`` file any language can read.
+
+A golden-vector file pins what the spec computes for one model config:
+the inverse frequencies and attention factor of
+:func:`yarnref.config.rope_frequencies`, the cos/sin tables at chosen
+positions (large ones included, where float32 stacks lose precision), and
+seeded random queries and keys with their rotations in both pairings.  Another
+implementation (an inference engine, a kernel, a port to C++/Rust/Go) loads
+the file, feeds the same inputs to its own code and compares.
+
+Equations (RoFormer, arXiv:2104.09864, Eq. 13-15; the scaling methods change
+only :math:`\theta'` and :math:`m_{att}`, see :mod:`yarnref.scaling`):
+
+.. math::
+   \mathrm{cos}[n, i] = m_{att} \cos(p_n \theta'_i), \qquad
+   \mathrm{sin}[n, i] = m_{att} \sin(p_n \theta'_i)
+
+   x'_a = x_a \mathrm{cos} - x_b \mathrm{sin}, \qquad
+   x'_b = x_b \mathrm{cos} + x_a \mathrm{sin}
+
+with the plane ``(a, b) = (i, i + r/2)`` for ``"half"`` and ``(2i, 2i + 1)``
+for ``"interleaved"``; features ``r .. head_dim - 1`` pass through unchanged.
+
+File layout (NumPy ``.npz``, no pickled objects; ``np.load(path)`` works
+without ``allow_pickle``):
+
+=====================  ==========================  =====================================================
+array                  shape, dtype                meaning
+=====================  ==========================  =====================================================
+``inv_freq``           ``(r/2,)`` float64          :math:`\theta'_i`
+``attention_factor``   ``()`` float64              :math:`m_{att}` (already inside cos and sin)
+``positions``          ``(n,)`` int64              the positions :math:`p_n`
+``cos``, ``sin``       ``(n, r/2)`` float64        the tables above
+``q``, ``k``           ``(batch, heads, n, D)``    seeded standard-normal inputs, float64 (``D`` =
+                       float64                     ``head_dim``; the rope sub-head for MLA models)
+``q_rot_half``, ...    ``(batch, heads, n, D)``    ``q``/``k`` rotated with pairing ``"half"`` and
+                       float64                     ``"interleaved"``: ``q_rot_half``, ``k_rot_half``,
+                                                   ``q_rot_interleaved``, ``k_rot_interleaved``
+``meta_json``          ``()`` unicode              provenance, as a JSON document (for NumPy readers)
+``meta_json_utf8``     ``(bytes,)`` uint8          the same JSON as UTF-8 bytes (for readers without
+                                                   NumPy unicode support, e.g. cnpy, ndarray-npy)
+=====================  ==========================  =====================================================
+
+Token ``n`` of ``q[b, h]`` sits at ``positions[n]``.  The metadata holds the
+yarnref, NumPy and Python versions, the creation time (UTC, ISO 8601), the
+config (as given), the parsed RoPE fields and their warnings, the options
+passed to :func:`~yarnref.config.rope_frequencies`, the seed and shapes, and
+these conventions as text.
+
+Recipe for another project (Python shown; any language with an ``.npz``
+reader does the same)::
+
+    import numpy as np, json
+    f = np.load("qwen.npz")
+    meta = json.loads(str(f["meta_json"]))
+    inv_freq, m = my_rope_frequencies(meta["config"])           # your code
+    cos, sin = my_cos_sin(inv_freq, f["positions"], m)           # your code
+    yarnref.vectors.check_vectors("qwen.npz", inv_freq=inv_freq, cos=cos, sin=sin,
+                                  q_rot_half=my_rope(f["q"], cos, sin), dtype="float32")
+
+:func:`check_vectors` compares with :func:`yarnref.testing.assert_close`, whose
+tolerances grow with the precision (``dtype``) and the largest position.
+
+Conventions
+-----------
+* Pairings ``"half"`` (GPT-NeoX, Llama in transformers) and ``"interleaved"``
+  (GPT-J, Meta, DeepSeek in vLLM/ggml); the sign is counter-clockwise by
+  ``+p theta``.
+* A position is a non-negative integer; cos/sin are computed in float64 from
+  ``positions * inv_freq`` and multiplied by the attention factor.
+* Default positions: :data:`DEFAULT_POSITIONS` below the model's context length
+  (:func:`context_length`), plus the boundaries ``original - 1``,
+  ``original`` and ``context - 1``.  Positions given explicitly are used as
+  given.
+* Everything is float64; inputs are ``numpy.random.default_rng(seed)``
+  standard normals, ``q`` drawn before ``k``.
+"""
+
+from __future__ import annotations
+
+import datetime as _datetime
+import json
+import math
+import platform
+from collections.abc import Mapping
+from numbers import Integral
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import RopeConfig, parse_rope_config, rope_frequencies
+from .errors import InputError
+from .rope import apply_rope, rope_cos_sin
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "DEFAULT_POSITIONS",
+    "VECTOR_PAIRINGS",
+    "ARRAY_NAMES",
+    "context_length",
+    "default_positions",
+    "make_vectors",
+    "write_vectors",
+    "read_vectors",
+    "check_vectors",
+]
+
+FORMAT = "yarnref-golden-vectors"
+FORMAT_VERSION = 1
+
+#: Positions written by default (those below the model's context length are kept).
+DEFAULT_POSITIONS = (0, 1, 2, 127, 4095, 4096, 32767, 131071, 1_000_000)
+
+#: The pairings whose rotations are stored.
+VECTOR_PAIRINGS = ("half", "interleaved")
+
+#: The arrays of a golden-vector file (besides the metadata), in file order.
+ARRAY_NAMES = (
+    "inv_freq",
+    "attention_factor",
+    "positions",
+    "cos",
+    "sin",
+    "q",
+    "k",
+    "q_rot_half",
+    "k_rot_half",
+    "q_rot_interleaved",
+    "k_rot_interleaved",
+)
+
+_CONVENTIONS = [
+    "theta'_i = inv_freq[i], i = 0 .. r/2-1 (r = rotary_dim); m = attention_factor",
+    "cos[n, i] = m * cos(positions[n] * inv_freq[i]); sin[n, i] = m * sin(positions[n] * inv_freq[i]); float64",
+    "rotation of plane (a, b): a' = a*cos - b*sin, b' = b*cos + a*sin (counter-clockwise by +p*theta)",
+    "pairing 'half' (GPT-NeoX / Llama in transformers): plane i = (x[i], x[i + r/2])",
+    "pairing 'interleaved' (GPT-J / Meta / DeepSeek in vLLM and ggml): plane i = (x[2i], x[2i+1])",
+    "features r .. head_dim-1 pass through unchanged (partial rotary)",
+    "q, k: shape (batch, heads, n_positions, head_dim); token n sits at positions[n]",
+    "q, k = numpy.random.default_rng(seed).standard_normal(shape), q drawn first",
+    "inv_freq and attention_factor are yarnref.rope_frequencies(config, seq_len, **frequency_options) "
+    "(transformers v5 semantics unless frequency_options say otherwise), computed in float64",
+]
+
+_ARRAY_DOC = {
+    "inv_freq": "(r/2,) float64: the scaled inverse frequencies theta'",
+    "attention_factor": "() float64: the factor multiplied into cos and sin",
+    "positions": "(n,) int64",
+    "cos": "(n, r/2) float64, attention factor included",
+    "sin": "(n, r/2) float64, attention factor included",
+    "q": "(batch, heads, n, head_dim) float64 seeded standard normal",
+    "k": "(batch, heads, n, head_dim) float64 seeded standard normal",
+    "q_rot_half": "q rotated, pairing 'half'",
+    "k_rot_half": "k rotated, pairing 'half'",
+    "q_rot_interleaved": "q rotated, pairing 'interleaved'",
+    "k_rot_interleaved": "k rotated, pairing 'interleaved'",
+}
+
+
+def context_length(config: Mapping | RopeConfig) -> int | None:
+    """The longest context the config is meant for: the largest of ``max_position_embeddings``
+    and ``factor * original_max_position_embeddings`` (``None`` if neither is known).
+
+    Qwen2.5's YaRN configs keep ``max_position_embeddings = 32768`` while
+    ``factor = 4`` over ``original = 32768`` reaches 131072, hence the maximum.
+    """
+    rc = parse_rope_config(config)
+    lengths = []
+    if rc.max_position_embeddings is not None:
+        lengths.append(rc.max_position_embeddings)
+    if rc.factor is not None and rc.original_max_position_embeddings is not None:
+        lengths.append(int(round(rc.factor * rc.original_max_position_embeddings)))
+    return max(lengths) if lengths else None
+
+
+def default_positions(config: Mapping | RopeConfig) -> np.ndarray:
+    """The default positions for ``config``, sorted, int64 (see the module's Conventions)."""
+    rc = parse_rope_config(config)
+    limit = context_length(rc)
+    chosen = set(DEFAULT_POSITIONS)
+    if limit is not None:
+        chosen = {p for p in chosen if p < limit}
+        chosen.add(limit - 1)
+        original = rc.original_max_position_embeddings
+        if original is not None and original < limit:
+            chosen.update({original - 1, original})
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def _check_positions(positions) -> np.ndarray:
+    p = np.asarray(positions)
+    if p.ndim != 1 or p.size == 0:
+        raise InputError("positions", f"an array of shape {p.shape}", "a non-empty 1-D sequence of integers >= 0")
+    if p.dtype == bool or not np.issubdtype(p.dtype, np.integer):
+        if not (np.issubdtype(p.dtype, np.floating) and np.all(np.isfinite(p)) and np.all(p == np.round(p))):
+            raise InputError("positions", f"values of dtype {p.dtype}", "integers >= 0")
+    if np.any(p < 0) or np.any(p > 2**53):
+        raise InputError("positions", f"values in [{p.min()}, {p.max()}]", "integers in [0, 2**53]")
+    return p.astype(np.int64)
+
+
+def _check_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise InputError(name, value, "a positive integer")
+    return int(value)
+
+
+def _jsonable(obj):
+    """A JSON-plain copy (mappings to dicts with str keys, sequences to lists); InputError if not representable."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, str)) or obj is None:
+        return obj
+    if isinstance(obj, Integral):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        if not math.isfinite(float(obj)):
+            raise InputError("config", obj, "finite numbers only (the config is stored as JSON)")
+        return float(obj)
+    raise InputError("config", type(obj).__name__, "JSON-representable values (numbers, strings, lists, mappings)")
+
+
+def make_vectors(
+    config: Mapping | RopeConfig,
+    *,
+    positions=None,
+    seed: int = 0,
+    batch: int = 1,
+    heads: int = 2,
+    seq_len: int | None = None,
+    **frequency_options,
+) -> dict[str, Any]:
+    """The golden vectors of ``config`` as a dict: the arrays of :data:`ARRAY_NAMES` plus ``"meta"`` (a dict).
+
+    ``positions``: integers >= 0 (default :func:`default_positions`);
+    ``seed``: the NumPy ``default_rng`` seed of ``q`` and ``k``; ``batch``,
+    ``heads``: their leading dims.  ``seq_len`` and ``frequency_options``
+    (``stack=...``, ``truncate=...``, ...) go to
+    :func:`yarnref.config.rope_frequencies`.
+    """
+    rc = parse_rope_config(config)
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+        raise InputError("seed", seed, "an integer >= 0")
+    batch = _check_count("batch", batch)
+    heads = _check_count("heads", heads)
+    pos = default_positions(rc) if positions is None else _check_positions(positions)
+    inv_freq, m = rope_frequencies(rc, seq_len, **frequency_options)
+    cos, sin = rope_cos_sin(inv_freq, pos, m)  # (n, r/2) each
+    rng = np.random.default_rng(int(seed))
+    shape = (batch, heads, pos.size, rc.head_dim)
+    q = rng.standard_normal(shape)
+    k = rng.standard_normal(shape)
+    arrays: dict[str, Any] = {
+        "inv_freq": np.asarray(inv_freq, dtype=np.float64),
+        "attention_factor": np.asarray(m, dtype=np.float64),
+        "positions": pos,
+        "cos": cos,
+        "sin": sin,
+        "q": q,
+        "k": k,
+    }
+    for pairing in VECTOR_PAIRINGS:
+        arrays[f"q_rot_{pairing}"] = apply_rope(q, cos, sin, pairing)
+        arrays[f"k_rot_{pairing}"] = apply_rope(k, cos, sin, pairing)
+
+    from . import __version__  # late: yarnref/__init__ may import this module
+
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "yarnref_version": __version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "created": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": _jsonable(rc.source),
+        "rope": {
+            "rope_type": rc.rope_type,
+            "head_dim": rc.head_dim,
+            "rotary_dim": rc.rotary_dim,
+            "base": rc.base,
+            "partial_rotary_factor": rc.partial_rotary_factor,
+            "factor": rc.factor,
+            "max_position_embeddings": rc.max_position_embeddings,
+            "original_max_position_embeddings": rc.original_max_position_embeddings,
+            "warnings": list(rc.warnings),
+        },
+        "seq_len": seq_len,
+        "frequency_options": _jsonable(frequency_options),
+        "seed": int(seed),
+        "batch": batch,
+        "heads": heads,
+        "pairings": list(VECTOR_PAIRINGS),
+        "arrays": dict(_ARRAY_DOC),
+        "conventions": list(_CONVENTIONS),
+    }
+    arrays["meta"] = meta
+    return arrays
+
+
+def write_vectors(
+    path,
+    config: Mapping | RopeConfig,
+    *,
+    positions=None,
+    seed: int = 0,
+    batch: int = 1,
+    heads: int = 2,
+    seq_len: int | None = None,
+    **frequency_options,
+) -> dict[str, Any]:
+    """Write the golden vectors of ``config`` to ``path`` (an ``.npz``) and return them (as :func:`make_vectors`).
+
+    ``read_vectors(path)`` gives back the same arrays and metadata.  NumPy adds
+    ``.npz`` to a path without it; the returned metadata records nothing about
+    the path.
+    """
+    vectors = make_vectors(
+        config, positions=positions, seed=seed, batch=batch, heads=heads, seq_len=seq_len, **frequency_options
+    )
+    text = json.dumps(vectors["meta"], sort_keys=True, allow_nan=False)
+    payload = {name: vectors[name] for name in ARRAY_NAMES}
+    payload["meta_json"] = np.array(text)  # () unicode
+    payload["meta_json_utf8"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)  # (bytes,) uint8
+    np.savez(Path(path), **payload)
+    return vectors
+
+
+def read_vectors(path) -> dict[str, Any]:
+    """Read a golden-vector file: the arrays of :data:`ARRAY_NAMES` plus ``"meta"`` (the provenance dict).
+
+    Raises :class:`~yarnref.errors.InputError` if the file is not a yarnref
+    golden-vector file (missing arrays, bad metadata, a newer format).
+    """
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as data:
+        missing = [name for name in (*ARRAY_NAMES, "meta_json") if name not in data.files]
+        if missing:
+            raise InputError("path", str(path), f"a {FORMAT} .npz file (missing arrays: {missing})")
+        out: dict[str, Any] = {name: data[name] for name in ARRAY_NAMES}
+        text = str(data["meta_json"])
+    try:
+        meta = json.loads(text)
+    except ValueError as error:
+        raise InputError("path", str(path), f"a {FORMAT} .npz file (meta_json is not JSON: {error})") from error
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise InputError("path", str(path), f"a {FORMAT} .npz file (meta_json has no format {FORMAT!r})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(
+            "path", str(path), f"format_version <= {FORMAT_VERSION} (this file has {meta.get('format_version')}; upgrade yarnref)"
+        )
+    out["meta"] = meta
+    return out
+
+
+#: Arrays compared by check_vectors whose error grows with the position (angles).
+_POSITIONAL = {"cos", "sin", "q_rot_half", "k_rot_half", "q_rot_interleaved", "k_rot_interleaved"}
+
+
+def check_vectors(
+    vectors,
+    *,
+    dtype: str | None = None,
+    inv_freq=None,
+    attention_factor=None,
+    cos=None,
+    sin=None,
+    q_rot_half=None,
+    k_rot_half=None,
+    q_rot_interleaved=None,
+    k_rot_interleaved=None,
+) -> list[str]:
+    """Compare another implementation's arrays with a golden-vector file; return the names checked.
+
+    ``vectors`` is a path or the dict of :func:`read_vectors`.  Each array
+    given is compared with the stored one by
+    :func:`yarnref.testing.assert_close` with ``dtype`` (the precision the
+    other implementation computed in, e.g. ``"float32"``; ``None`` means
+    float64) and, for cos/sin and the rotations, ``max_position`` = the largest
+    stored position.  Raises ``AssertionError`` naming the array on a
+    mismatch, :class:`~yarnref.errors.InputError` if nothing is given or a
+    shape differs.
+    """
+    from .testing import assert_close  # late: keeps this module importable on its own
+
+    stored = vectors if isinstance(vectors, Mapping) else read_vectors(vectors)
+    given = {
+        "inv_freq": inv_freq,
+        "attention_factor": attention_factor,
+        "cos": cos,
+        "sin": sin,
+        "q_rot_half": q_rot_half,
+        "k_rot_half": k_rot_half,
+        "q_rot_interleaved": q_rot_interleaved,
+        "k_rot_interleaved": k_rot_interleaved,
+    }
+    given = {name: value for name, value in given.items() if value is not None}
+    if not given:
+        raise InputError("arrays", None, f"at least one of {sorted(_CHECKABLE)} to compare")
+    max_position = int(np.max(stored["positions"]))
+    for name, actual in given.items():
+        expected = np.asarray(stored[name], dtype=np.float64)
+        actual = np.asarray(actual, dtype=np.float64)
+        if actual.shape != expected.shape:
+            raise InputError(name, f"shape {actual.shape}", f"the stored shape {expected.shape}")
+        assert_close(
+            actual,
+            expected,
+            dtype=dtype,
+            max_position=max_position if name in _POSITIONAL else 0,
+            err_msg=f"golden vector {name!r}",
+        )
+    return list(given)
+
+
+_CHECKABLE = (
+    "inv_freq",
+    "attention_factor",
+    "cos",
+    "sin",
+    "q_rot_half",
+    "k_rot_half",
+    "q_rot_interleaved",
+    "k_rot_interleaved",
+)
