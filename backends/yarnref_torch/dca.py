@@ -1,0 +1,197 @@
+r"""Dual Chunk Attention on torch (spec: :mod:`yarnref.dca`).
+
+Paper: An et al., "Training-Free Long-Context Scaling of Large Language
+Models" (ChunkLlama), arXiv:2402.17463, section 3; as run in Qwen2.5-1M
+(arXiv:2501.15383) by vLLM's DualChunkFlashAttention backend.
+
+With ``L = chunk_size - local_size`` and ``C = chunk_size``, keys sit at
+``P_k(j) = j mod L`` and a query ``i`` at (Eqs. (2)-(7))
+
+.. math::
+   P_q^{\mathrm{intra}}(i) = i \bmod L, \quad
+   P_q^{\mathrm{succ}}(i) = \min(i \bmod L + L, C), \quad
+   P_q^{\mathrm{inter}} = \min(2L - 1, C),
+
+the part chosen by the chunk distance (Eq. (8)), and one softmax over all keys
+``j <= i`` (Eq. (9)).
+
+How this backend computes it: the softmax over the union equals the LSE merge
+of the softmaxes over the three parts (paper Appendix A.2), so both ``form``
+values take the same path, the one vLLM takes.  Per DCA segment (the queries
+inside one chunk, :func:`yarnref.dca.dca_segments`): rotate the segment's
+queries to the intra, successive and inter positions, run
+:func:`~yarnref_torch.attention.attention_tensors` on the three key ranges
+(intra causal, the other two not) with the lse, and merge.  On CUDA in
+float16/bfloat16/float32 those calls are torch's fused flash / memory-efficient
+kernels, so no ``(seq, seq)`` score matrix ever exists; elsewhere they are the
+blocked path, ``O(block * kv_len)`` memory.
+
+Conventions
+-----------
+Those of :mod:`yarnref.dca`.  Un-rotated q and k; the queries are the last
+``q_len`` of ``kv_len`` positions; ``pi_factor`` divides every position;
+``attention_factor`` and the ChunkLlama temperature multiply cos and sin;
+the Qwen temperature multiplies each rotated key by its write-time factor and
+the scale by the query factor (:func:`yarnref.dca.dca_temperature`).
+
+Precision: the cos/sin tables are computed in float64 (positions never exceed
+``C``, so a float64 table over ``0..C`` is exact to float64) and read in the
+compute dtype.  float64 inputs are computed in float64; float32 inputs in
+float32; float16/bfloat16 inputs are rotated in float32, then (on CUDA, where
+the fused kernels need it) rounded to the input dtype for the attention, as
+vLLM rotates in the model dtype.  The output has q's dtype; the lse is float64
+for float64 inputs, float32 otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from yarnref.attention import check_qkv, default_scale
+from yarnref.dca import DCA_FORMS, DCA_PAIRINGS, dca_segments, dca_temperature
+from yarnref.errors import InputError
+
+from ._arrays import ArrayConverter, check_float, check_positive_number, check_same_dtype, compute_dtype, tensor_to_numpy
+from .attention import attention_tensors, check_bool, merge_tensors
+from .rope import rotate
+
+__all__ = ["dca_attention"]
+
+
+def _check_int(value, param: str, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(param, value, f"an integer >= {minimum}")
+    return int(value)
+
+
+def _position_table(inv_freq: torch.Tensor, n: int, pi_factor: float, factor: float, dtype: torch.dtype):
+    """cos and sin of ``(p / pi_factor) * theta`` times ``factor`` for ``p = 0 .. n-1``, each ``(n, r/2)``.
+
+    Computed in float64, returned in ``dtype``.
+    """
+    p = torch.arange(n, dtype=torch.float64, device=inv_freq.device) / pi_factor  # (n,) positions / PI factor
+    angles = p[:, None] * inv_freq.to(torch.float64)  # (n, r/2)
+    return (torch.cos(angles) * factor).to(dtype), (torch.sin(angles) * factor).to(dtype)
+
+
+def dca_attention(
+    conv: ArrayConverter,
+    q,
+    k,
+    v,
+    inv_freq,
+    chunk_size,
+    local_size,
+    scale=None,
+    *,
+    pairing="half",
+    attention_factor=1.0,
+    temperature="none",
+    max_position_embeddings=None,
+    original_max_position_embeddings=None,
+    seq_len=None,
+    key_write_lengths=None,
+    pi_factor=1.0,
+    form="union",
+    return_lse=False,
+):
+    """Dual Chunk Attention on un-rotated q and k; see :func:`yarnref.dca.dca_attention`."""
+    q, k, v = (check_float(conv.tensor(a, n), n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+    check_same_dtype("q", {"q": q, "k": k, "v": v})
+    batch, q_heads, _, q_len, kv_len, head_dim = check_qkv(q, k, v)
+    if q_len > kv_len:
+        raise InputError("q", f"q_len={q_len}", f"at most kv_len = {kv_len} (the queries are the last q_len of the kv_len positions)")
+    chunk_size = _check_int(chunk_size, "chunk_size", 2)
+    local_size = _check_int(local_size, "local_size", 1)
+    if local_size >= chunk_size:
+        raise InputError("local_size", local_size, f"an integer < chunk_size = {chunk_size} (chunk_len = chunk_size - local_size must be >= 1)")
+    chunk_len = chunk_size - local_size
+    freqs = conv.tensor(inv_freq, "inv_freq")
+    if (
+        freqs.ndim != 1
+        or freqs.numel() == 0
+        or 2 * freqs.numel() > head_dim
+        or not freqs.is_floating_point()
+        or not bool(torch.isfinite(freqs).all())
+    ):
+        raise InputError(
+            "inv_freq",
+            f"array of shape {tuple(freqs.shape)} and dtype {freqs.dtype}",
+            f"a 1-D float array of r/2 finite frequencies, 1 <= r/2 <= head_dim/2 = {head_dim // 2}",
+        )
+    scale = check_positive_number(default_scale(head_dim) if scale is None else scale, "scale")
+    if pairing not in DCA_PAIRINGS:
+        raise InputError("pairing", pairing, f"one of {DCA_PAIRINGS}")
+    attention_factor = check_positive_number(attention_factor, "attention_factor")
+    pi_factor = check_positive_number(pi_factor, "pi_factor")
+    if form not in DCA_FORMS:
+        raise InputError("form", form, f"one of {DCA_FORMS}")
+    return_lse = check_bool(return_lse, "return_lse")
+    if isinstance(key_write_lengths, torch.Tensor) or (key_write_lengths is not None and not isinstance(key_write_lengths, np.ndarray)):
+        # Validated on the host by the spec's rules: a (kv_len,) vector of integers, metadata like a shape.
+        key_write_lengths = tensor_to_numpy(conv.tensor(key_write_lengths, "key_write_lengths"))
+    factors = dca_temperature(
+        temperature,
+        kv_len,
+        seq_len=seq_len,
+        key_write_lengths=key_write_lengths,
+        max_position_embeddings=max_position_embeddings,
+        original_max_position_embeddings=original_max_position_embeddings,
+    )
+
+    cdt = compute_dtype(q.dtype)
+    # The dtype the rotated q/k are handed to attention in: the input's for CUDA half types (the
+    # fused kernels need it), else the compute dtype (the blocked path computes in it anyway).
+    work = q.dtype if (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)) else cdt
+    # Positions used: keys and intra queries j mod L < L; successive min(i mod L + L, C) and inter
+    # min(2L - 1, C), both <= min(2L - 1, C), and only once kv_len > L.
+    n_positions = min(2 * chunk_len - 1, chunk_size) + 1 if kv_len > chunk_len else kv_len
+    cos, sin = _position_table(freqs, n_positions, pi_factor, attention_factor * factors.table, cdt)  # (n_positions, r/2)
+
+    # Keys: rotated once, chunk by chunk (positions j mod L), times their write-time factor.
+    key_factor = None
+    if factors.key is not None and not np.all(factors.key == 1.0):
+        key_factor = torch.from_numpy(np.ascontiguousarray(factors.key)).to(q.device, cdt)  # (kv_len,)
+    k_rot = torch.empty(k.shape, dtype=work, device=k.device)
+    for start in range(0, kv_len, chunk_len):  # a loop over chunks (kv_len / L of them)
+        stop = min(start + chunk_len, kv_len)
+        part = rotate(k[:, :, start:stop].to(cdt), cos[: stop - start], sin[: stop - start], pairing)
+        if key_factor is not None:
+            part = part * key_factor[start:stop, None]  # (n, 1) over (batch, kv_heads, n, head_dim)
+        k_rot[:, :, start:stop] = part.to(work)
+    v_work = v.to(work)
+
+    offset = kv_len - q_len  # absolute position of query row 0
+    part_scale = scale * factors.query
+    out = torch.empty((batch, q_heads, q_len, v.shape[-1]), dtype=work, device=q.device)
+    lse = torch.empty((batch, q_heads, q_len), dtype=cdt, device=q.device)
+    for seg in dca_segments(kv_len, q_len, chunk_size, local_size):  # a loop over DCA segments
+        rows = slice(seg.begin - offset, seg.end - offset)
+        q_seg = q[:, :, rows].to(cdt)
+        r0, r1 = seg.begin - seg.intra[0], seg.end - seg.intra[0]  # in-chunk positions i mod L of the segment
+        outputs, lses = [], []
+        for part, (start, stop), causal in (
+            ("intra", seg.intra, True),  # bottom-right causal: query i sees [cs, i]
+            ("successive", seg.successive, False),
+            ("inter", seg.inter, False),
+        ):
+            if stop <= start:
+                continue
+            if part == "successive":
+                succ = torch.clamp(torch.arange(r0, r1, device=q.device) + chunk_len, max=chunk_size)  # min(r + L, C)
+                qc, qs = cos[succ], sin[succ]
+            elif part == "inter":
+                inter = min(2 * chunk_len - 1, chunk_size)  # one position for every query
+                qc, qs = cos[inter : inter + 1], sin[inter : inter + 1]
+            else:
+                qc, qs = cos[r0:r1], sin[r0:r1]  # i mod L
+            q_rot = rotate(q_seg, qc, qs, pairing).to(work)
+            o, l = attention_tensors(q_rot, k_rot[:, :, start:stop], v_work[:, :, start:stop], causal, part_scale, True)
+            outputs.append(o)
+            lses.append(l)
+        out[:, :, rows], lse[:, :, rows] = merge_tensors(outputs, lses)
+    out = out.to(q.dtype)
+    return (out, lse) if return_lse else out

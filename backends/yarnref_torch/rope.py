@@ -1,0 +1,116 @@
+r"""RoPE on torch: cos/sin tables and the rotation (spec: :mod:`yarnref.rope`).
+
+Paper: Su et al., "RoFormer: Enhanced Transformer with Rotary Position
+Embedding", arXiv:2104.09864, Eq. (13)-(15): plane ``i`` of position ``m`` is
+rotated by :math:`m\theta_i`,
+:math:`(a, b) \mapsto (a\cos m\theta_i - b\sin m\theta_i,\; b\cos m\theta_i + a\sin m\theta_i)`.
+
+Conventions
+-----------
+Those of :mod:`yarnref.rope`: pairings ``"half"``, ``"interleaved"`` and
+``"interleaved_in_half_out"``; partial rotary (only the first
+``r = 2 * cos.shape[-1]`` features rotate); ``x`` is ``(batch, heads, seq,
+head_dim)``; cos/sin are ``(seq, r/2)`` or ``(batch, seq, r/2)``.
+
+Precision.  :func:`rope_cos_sin` computes natively in ``precision``: with
+``"float32"`` the positions and the frequencies are float32 tensors and
+``p * theta``, ``cos`` and ``sin`` are float32 operations, which is what
+transformers' ``position_ids.float() @ inv_freq.float()`` does; with
+``"bfloat16"``/``"float16"`` each operation is rounded to that dtype.
+``out_precision`` is a real cast.  The tables have ``inv_freq``'s floating
+dtype (float64 for an integer ``inv_freq``), like the spec.  The only
+differences from the spec are in how cos/sin of an already rounded angle are
+evaluated (the spec evaluates them in float64 and rounds; torch's float32
+``cos`` is within an ulp or two), never in the angle itself.
+
+:func:`apply_rope` computes in float64 for a float64 ``x`` and in float32
+otherwise (the tables are read in that dtype), and returns ``x``'s dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from yarnref.errors import InputError
+from yarnref.precision import check_precision
+from yarnref.rope import _check_pairing, _check_rope_shapes
+
+from ._arrays import ArrayConverter, check_float, check_positive_number, compute_dtype, torch_dtype
+
+__all__ = ["rope_cos_sin", "apply_rope", "rotate"]
+
+
+def _check_finite(t: torch.Tensor, param: str, what: str) -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise InputError(param, "non-finite values", what)
+
+
+def rope_cos_sin(conv: ArrayConverter, inv_freq, positions, attention_factor=1.0, *, precision="float64", out_precision=None):
+    """cos and sin tables ``positions.shape + (r/2,)`` times ``attention_factor``; see :func:`yarnref.rope.rope_cos_sin`."""
+    check_precision(precision)
+    out_precision = precision if out_precision is None else check_precision(out_precision, "out_precision")
+    m = check_positive_number(attention_factor, "attention_factor")
+    f = conv.tensor(inv_freq, "inv_freq")
+    if f.dtype == torch.bool or f.is_complex():
+        raise InputError("inv_freq", f"dtype {f.dtype}", "a real array of frequencies")
+    if f.ndim != 1 or f.numel() == 0:
+        raise InputError("inv_freq", f"shape {tuple(f.shape)}", "a non-empty 1-D array of r/2 frequencies")
+    _check_finite(f, "inv_freq", "finite frequencies")
+    p = conv.tensor(positions, "positions")
+    if p.dtype == torch.bool or p.is_complex():
+        raise InputError("positions", f"array of dtype {p.dtype}", "an integer or real array")
+    _check_finite(p, "positions", "finite positions")
+    out_dtype = f.dtype if f.is_floating_point() else torch.float64
+
+    work = torch_dtype(precision)
+    # Each step is one operation in `work`, rounded once, as the spec's round_to chain.
+    p_w = p.to(torch.float64).to(work)  # positions as the stack holds them (int -> float64 -> work, like the spec)
+    f_w = f.to(torch.float64).to(work)
+    angles = p_w[..., None] * f_w  # (..., r/2) = p * theta_i, in `work`
+    m_w = torch.tensor(m, dtype=torch.float64, device=conv.device).to(work)
+    cos = torch.cos(angles) * m_w
+    sin = torch.sin(angles) * m_w
+    out = torch_dtype(out_precision)
+    return cos.to(out).to(out_dtype), sin.to(out).to(out_dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str) -> torch.Tensor:
+    """The rotation of :func:`apply_rope` on tensors already checked; no validation.
+
+    ``cos``/``sin`` are ``(seq, r/2)`` or ``(batch, 1, seq, r/2)`` (or anything
+    broadcasting against ``x[..., :r/2]``), in the compute dtype.
+    """
+    r = 2 * cos.shape[-1]
+    half = r // 2
+    cdt = compute_dtype(x.dtype)
+    rot = x[..., :r].to(cdt)
+    if pairing == "half":
+        a, b = rot[..., :half], rot[..., half:]  # plane i = (x[i], x[i + r/2])
+    else:
+        a, b = rot[..., 0::2], rot[..., 1::2]  # plane i = (x[2i], x[2i + 1])
+    a_new = a * cos - b * sin  # a' = a cos(m theta) - b sin(m theta)
+    b_new = b * cos + a * sin  # b' = b cos(m theta) + a sin(m theta)
+    if pairing == "interleaved":
+        out = torch.stack([a_new, b_new], dim=-1).reshape(rot.shape)  # (..., r/2, 2) -> (..., r)
+    else:  # "half", and "interleaved_in_half_out" (reads interleaved, writes half-split)
+        out = torch.cat([a_new, b_new], dim=-1)
+    if r == x.shape[-1]:
+        return out.to(x.dtype)
+    return torch.cat([out.to(x.dtype), x[..., r:]], dim=-1)  # the tail passes through untouched
+
+
+def apply_rope(conv: ArrayConverter, x, cos, sin, pairing="half"):
+    """Rotate the first ``2 * cos.shape[-1]`` features of ``x``; see :func:`yarnref.rope.apply_rope`."""
+    _check_pairing(pairing)
+    x = check_float(conv.tensor(x, "x"), "x")
+    cos = conv.tensor(cos, "cos")
+    sin = conv.tensor(sin, "sin")
+    for name, t in (("cos", cos), ("sin", sin)):
+        if t.dtype == torch.bool or t.is_complex():
+            raise InputError(name, f"dtype {t.dtype}", "a real array")
+    _check_rope_shapes(x, cos, sin)
+    cdt = compute_dtype(x.dtype)
+    cos, sin = cos.to(cdt), sin.to(cdt)
+    if cos.ndim == 3:  # (batch, seq, r/2) -> (batch, 1, seq, r/2): shared by the heads
+        cos, sin = cos[:, None], sin[:, None]
+    return rotate(x, cos, sin, pairing)

@@ -1,0 +1,1 @@
+"""Placeholder: filled in once yarnref/sparse.py (the spec) lands."""
