@@ -363,7 +363,8 @@ _POSITIONAL = {"cos", "sin", "q_rot_half", "k_rot_half", "q_rot_interleaved", "k
 def check_vectors(
     vectors,
     *,
-    dtype: str | None = None,
+    dtype=None,
+    angle_dtype=None,
     inv_freq=None,
     attention_factor=None,
     cos=None,
@@ -376,13 +377,14 @@ def check_vectors(
     """Compare another implementation's arrays with a golden-vector file; return the names checked.
 
     ``vectors`` is a path or the dict of :func:`read_vectors`.  Each array
-    given is compared with the stored one by
-    :func:`yarnref.testing.assert_close` with ``dtype`` (the precision the
-    other implementation computed in, e.g. ``"float32"``; ``None`` means
-    float64) and, for cos/sin and the rotations, ``max_position`` = the largest
-    stored position.  Raises ``AssertionError`` naming the array on a
-    mismatch, :class:`~yarnref.errors.InputError` if nothing is given or a
-    shape differs.
+    given (NumPy, torch, CuPy, a list) is compared with the stored one by
+    :func:`yarnref.testing.assert_close` (``op="rope"``) with ``dtype`` (the
+    precision the other implementation computed in; default: the array's own
+    dtype), ``angle_dtype`` (the precision of its angles, see
+    :func:`yarnref.testing.tolerance`) and, for cos/sin and the rotations,
+    ``max_position`` = the largest stored position.  Raises ``AssertionError``
+    naming the array on a mismatch (shapes included),
+    :class:`~yarnref.errors.InputError` if no array is given.
     """
     from .testing import assert_close  # late: keeps this module importable on its own
 
@@ -399,18 +401,18 @@ def check_vectors(
     }
     given = {name: value for name, value in given.items() if value is not None}
     if not given:
-        raise InputError("arrays", None, f"at least one of {sorted(_CHECKABLE)} to compare")
+        raise InputError("arrays", None, f"at least one of {list(_CHECKABLE)} to compare")
     max_position = int(np.max(stored["positions"]))
     for name, actual in given.items():
-        expected = np.asarray(stored[name], dtype=np.float64)
-        actual = np.asarray(actual, dtype=np.float64)
-        if actual.shape != expected.shape:
-            raise InputError(name, f"shape {actual.shape}", f"the stored shape {expected.shape}")
+        if isinstance(actual, (int, float)):
+            actual = np.asarray(actual, dtype=np.float64)
         assert_close(
             actual,
-            expected,
+            stored[name],
             dtype=dtype,
             max_position=max_position if name in _POSITIONAL else 0,
+            op="rope",
+            angle_dtype=angle_dtype,
             err_msg=f"golden vector {name!r}",
         )
     return list(given)

@@ -1,0 +1,568 @@
+r"""The ``yarnref`` command: explain a model's RoPE scaling, list presets, write golden vectors.
+
+::
+
+    yarnref explain [MODEL] [--seq-len N] [--plot FILE.png] [--pairs compact|all]
+    yarnref presets
+    yarnref vectors MODEL --out FILE.npz [--positions P ...] [--seed N] [--seq-len N]
+
+``MODEL`` is a preset name (``yarnref presets``) or a path to a Hugging Face
+``config.json`` (or to the folder holding one); ``explain`` defaults to
+:data:`yarnref.presets.DEFAULT_PRESET`.  Also runnable as ``python -m yarnref``.
+
+What ``explain`` prints, per pair ``i = 0 .. r/2 - 1`` (YaRN paper,
+arXiv:2309.00071, Eq. 17 and section 3; RoFormer Eq. 15):
+
+* the base frequency :math:`\theta_i = b^{-2i/r}` and its wavelength
+  :math:`\lambda_i = 2\pi/\theta_i` (tokens per full turn);
+* the scaled wavelength :math:`\lambda'_i = 2\pi/\theta'_i`;
+* the turns the unscaled pair makes over the original length,
+  :math:`r(i) = L/\lambda_i` (YaRN keeps pairs with :math:`r > \beta_{fast}`
+  and interpolates pairs with :math:`r < \beta_{slow}`);
+* the scale :math:`\theta_i/\theta'_i`: 1 = kept, ``s`` = interpolated (PI).
+
+Errors (an unknown preset, a file that cannot be read, an invalid config, a
+bad option) print one line, ``yarnref: error: ...``, on stderr and exit with
+status 2; nothing else is caught.
+
+Conventions
+-----------
+* Frequencies are what :func:`yarnref.config.rope_frequencies` returns
+  (transformers v5 semantics, float64).  ``--seq-len`` is the current sequence
+  length ``max(position_ids) + 1``; it matters for dynamic NTK, LongRoPE
+  (long factors iff ``seq_len > L``) and the DCA temperature.
+* A pair is "kept" if its scale is 1, "interpolated" if it is ``s`` (both
+  within a relative 1e-9), "blended" if strictly between, "other" otherwise
+  (LongRoPE's searched factors may exceed ``s``).
+* Exit status: 0 success, 2 error (argparse's own usage errors also exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import RopeConfig, parse_rope_config, rope_frequencies
+from .errors import YarnrefError
+from .presets import DEFAULT_PRESET, PRESETS, preset_names
+from .rope import base_inv_freq
+
+__all__ = ["main", "load_model", "explain", "pair_regions", "format_presets"]
+
+PROG = "yarnref"
+_REL = 1e-9  # relative tolerance for "scale is exactly 1 / exactly s"
+
+
+class CommandError(Exception):
+    """A user-facing error of the command: printed as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading a model
+
+
+def load_model(model: str) -> tuple[dict[str, Any], str, str]:
+    """``(config, name, source)`` for a preset name or a path to a config.json (or a folder holding one).
+
+    An existing file or folder wins over a preset of the same name.  Raises
+    :class:`CommandError` with a one-line message otherwise.
+    """
+    path = Path(model)
+    if path.is_dir():
+        path = path / "config.json"
+        if not path.is_file():
+            raise CommandError(f"no config.json in the folder {model!r}")
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise CommandError(f"cannot read {str(path)!r}: {error}") from error
+        try:
+            config = json.loads(text)
+        except ValueError as error:
+            raise CommandError(f"{str(path)!r} is not valid JSON: {error}") from error
+        if not isinstance(config, dict):
+            raise CommandError(f"{str(path)!r} holds a JSON {type(config).__name__}, not an object (a config.json dict)")
+        return config, path.stem if path.name != "config.json" else (path.parent.name or "config.json"), str(path)
+    if model in PRESETS:
+        preset = PRESETS[model]
+        return json.loads(json.dumps(preset.config)), preset.name, preset.source
+    raise CommandError(
+        f"unknown model {model!r}: not a preset name and no such file "
+        f"(presets: {', '.join(preset_names())}; or give a path to a config.json)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Formatting helpers
+
+
+def _num(x: float) -> str:
+    """A readable number: ``10,000`` for integral values, 6 significant digits otherwise."""
+    x = float(x)
+    if x.is_integer() and abs(x) < 1e15:
+        return f"{x:,.0f}"
+    return f"{x:.6g}"
+
+
+def _tokens(x: float) -> str:
+    """A length in tokens: 2 decimals below 100, thousands separators up to 1e9, then scientific."""
+    if x < 100:
+        return f"{x:.2f}"
+    if x < 1e9:
+        return f"{x:,.0f}"
+    return f"{x:.3e}"
+
+
+def pair_regions(scales: np.ndarray, factor: float | None) -> list[str]:
+    """Classify each pair's scale: ``"kept"``, ``"interp"`` (= factor), ``"blend"`` (between) or ``"other"``."""
+    out = []
+    for x in np.asarray(scales, dtype=np.float64):
+        if abs(x - 1.0) <= _REL:
+            out.append("kept")
+        elif factor is not None and abs(x - factor) <= _REL * factor:
+            out.append("interp")
+        elif factor is not None and 1.0 < x < factor:
+            out.append("blend")
+        else:
+            out.append("other")
+    return out
+
+
+def _compact_rows(regions: list[str], must: set[int]) -> list[int]:
+    """Pair indices to show: the first and last two of each run of one region, plus ``must``."""
+    n = len(regions)
+    rows: set[int] = set(i for i in must if 0 <= i < n)
+    start = 0
+    runs = 0
+    while start < n:
+        end = start
+        while end + 1 < n and regions[end + 1] == regions[start]:
+            end += 1
+        rows.update(range(start, min(start + 2, end + 1)))
+        rows.update(range(max(end - 1, start), end + 1))
+        runs += 1
+        start = end + 1
+    if len(rows) > 24:  # many short runs (LongRoPE): ends plus an even sample
+        rows = set(range(3)) | set(range(n - 3, n)) | {int(round(x)) for x in np.linspace(0, n - 1, 12)}
+    return sorted(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# explain
+
+
+def _yarn_section(rc: RopeConfig, lines: list[str]) -> set[int]:
+    from .scaling.yarn import correction_dim, correction_range
+
+    p = rc.params
+    beta_fast = p.get("beta_fast") or 32
+    beta_slow = p.get("beta_slow") or 1
+    truncate = bool(p.get("truncate", True))
+    L = rc.original_max_position_embeddings
+    r = rc.rotary_dim
+    lo, hi = correction_range(r, rc.base, L, beta_fast, beta_slow, truncate)
+    raw_lo = correction_dim(beta_fast, r, rc.base, L)
+    raw_hi = correction_dim(beta_slow, r, rc.base, L)
+    lines.append("")
+    lines.append(
+        f"YaRN correction range (beta_fast {_num(beta_fast)}, beta_slow {_num(beta_slow)}, "
+        f"truncate {'on: floor/ceil' if truncate else 'off'}, clamp [0, r-1 = {r - 1}]):"
+    )
+    for name, value, raw, beta in (("lo", lo, raw_lo, beta_fast), ("hi", hi, raw_hi, beta_slow)):
+        wavelength = 2 * math.pi * rc.base ** (2 * value / r)
+        lines.append(
+            f"  {name} = {_num(value):<8} (cd({_num(beta)}) = {raw:.4f}): at pair index {_num(value)} the wavelength is "
+            f"{_tokens(wavelength)} tokens = {L / wavelength:.4g} turns over L = {L:,}"
+        )
+    lines.append(
+        f"  pairs i <= lo keep theta_i; pairs i >= hi get theta_i / {_num(rc.factor)}; "
+        "in between the weight of theta_i / s is (i - lo) / (hi - lo)"
+    )
+    if hi > r // 2 - 1:
+        lines.append(f"  hi > r/2 - 1 = {r // 2 - 1}: no pair is fully interpolated")
+    return {int(math.floor(lo)), int(math.ceil(hi))}
+
+
+def _attention_lines(rc: RopeConfig, m: float, seq_len, lines: list[str]) -> None:
+    from .scaling.yarn import deepseek_softmax_scale, get_mscale
+
+    p = rc.params
+    s = rc.factor
+    if rc.rope_type == "yarn":
+        if p.get("attention_factor") is not None:
+            how = "the config's attention_factor, used verbatim"
+        elif p.get("mscale") and p.get("mscale_all_dim"):
+            how = (
+                f"g(s, mscale) / g(s, mscale_all_dim) = g({_num(s)}, {_num(p['mscale'])}) / "
+                f"g({_num(s)}, {_num(p['mscale_all_dim'])}), g(s, mu) = 0.1 mu ln s + 1"
+            )
+        else:
+            how = f"0.1 ln s + 1 = 0.1 ln {_num(s)} + 1 (YaRN Eq. 22)"
+    elif rc.rope_type == "longrope":
+        if p.get("attention_factor") is not None:
+            how = "the config's attention_factor, used verbatim"
+        else:
+            how = f"sqrt(1 + ln s / ln L) = sqrt(1 + ln {_num(s)} / ln {rc.original_max_position_embeddings:,})"
+    else:
+        how = f"rope_type {rc.rope_type!r} has none"
+    lines.append("")
+    lines.append(f"Attention factor m = {m:.10g}  ({how})")
+    lines.append(f"  multiplied into cos and sin, so the rotary part of every logit is scaled by m^2 = {m * m:.10g}")
+    if rc.is_mla:
+        qk = rc.qk_nope_head_dim + rc.rotary_dim
+        msa = p.get("mscale_all_dim")
+        plain = qk ** -0.5
+        if rc.rope_type != "default" and s is not None:
+            softmax = deepseek_softmax_scale(qk, s, msa)
+            lines.append(
+                f"  DeepSeek MLA softmax scale: (qk_nope {rc.qk_nope_head_dim} + qk_rope {rc.rotary_dim})^-1/2 "
+                f"* g(s, mscale_all_dim)^2 = {plain:.6g} * {softmax / plain:.6g} = {softmax:.6g}"
+            )
+            if msa:
+                rope_total = m * m * softmax / plain
+                lines.append(
+                    f"  net logit multipliers: rope dims x {rope_total:.6g} (= g(s, mscale)^2), "
+                    f"nope dims x {softmax / plain:.6g} (= g(s, mscale_all_dim)^2 = {get_mscale(s, msa) ** 2:.6g})"
+                )
+
+
+def _dca_lines(rc: RopeConfig, seq_len, lines: list[str]) -> None:
+    from .dca import dca_config, qwen_attention_scale
+
+    d = dca_config(dict(rc.dual_chunk_attention))
+    lines.append("")
+    lines.append("Dual Chunk Attention (dual_chunk_attention_config):")
+    lines.append(
+        f"  chunk_size {d.chunk_size:,}, local_size {d.local_size:,}, "
+        f"chunk length c = chunk_size - local_size = {d.chunk_len:,}"
+    )
+    lines.append(
+        f"  keys sit at p mod c (< {d.chunk_len:,}); intra-chunk queries at p mod c; successive-chunk queries at "
+        f"min(p mod c + c, chunk_size); other chunks at c - 1: relative distances stay < chunk_size = {d.chunk_size:,}"
+    )
+    if d.original_max_position_embeddings:
+        orig = d.original_max_position_embeddings
+        line = f"  temperature: q and k x max(1, 0.1 ln(n / {orig:,}) + 1) (vLLM / Qwen2.5-1M)"
+        if seq_len is not None:
+            line += f"; at n = seq_len {seq_len:,}: {qwen_attention_scale(seq_len, orig):.6g}"
+        lines.append(line)
+    else:
+        lines.append("  temperature: none (original_max_position_embeddings absent or 0)")
+    if d.sparse_attention_config is not None or d.sparse_attention_enabled:
+        lines.append(
+            f"  sparse attention: enabled {d.sparse_attention_enabled}, threshold {d.sparse_attention_threshold:,}, "
+            f"last_q {d.sparse_attention_last_q}"
+        )
+    if rc.rope_type != "default":
+        lines.append("  note: with DCA, vLLM uses the plain base and ignores the rope scaling above")
+
+
+def explain(
+    config: Mapping | RopeConfig,
+    *,
+    name: str | None = None,
+    source: str | None = None,
+    notes: str | None = None,
+    seq_len: int | None = None,
+    pairs: str = "compact",
+) -> str:
+    """The text report ``yarnref explain`` prints for ``config`` (see the module docstring)."""
+    if pairs not in ("compact", "all"):
+        raise CommandError(f"--pairs must be 'compact' or 'all', not {pairs!r}")
+    rc = parse_rope_config(config)
+    inv_freq, m = rope_frequencies(rc, seq_len)
+    theta = base_inv_freq(rc.rotary_dim, rc.base)  # (r/2,)
+    scales = theta / inv_freq  # (r/2,)
+    n = rc.rotary_dim // 2
+    factor = rc.factor
+    L = rc.original_max_position_embeddings or rc.max_position_embeddings
+
+    lines = []
+    lines.append(f"Model        {name or '(config)'}")
+    if source:
+        lines.append(f"Source       {source}")
+    if notes:
+        lines.append(f"Notes        {notes}")
+    if rc.model_type:
+        lines.append(f"model_type   {rc.model_type}")
+    lines.append(f"RoPE type    {rc.rope_type}")
+    head = f"head_dim {rc.head_dim}, rotary_dim {rc.rotary_dim} ({n} pairs"
+    if rc.partial_rotary_factor != 1.0:
+        head += f", partial_rotary_factor {rc.partial_rotary_factor:g}"
+    head += ")"
+    if rc.is_mla:
+        head += f"; MLA: RoPE on the qk_rope sub-head, qk_nope_head_dim {rc.qk_nope_head_dim}"
+    lines.append(f"Dims         {head}")
+    lines.append(f"Base         {_num(rc.base)} (rope_theta)")
+    lines.append(f"Factor       {'none (no scaling)' if factor is None else _num(factor)}")
+    lengths = []
+    if rc.original_max_position_embeddings is not None:
+        lengths.append(f"original {rc.original_max_position_embeddings:,}")
+    if rc.max_position_embeddings is not None:
+        lengths.append(f"max_position_embeddings {rc.max_position_embeddings:,}")
+    if factor is not None and rc.original_max_position_embeddings is not None:
+        lengths.append(f"factor x original = {int(round(factor * rc.original_max_position_embeddings)):,}")
+    lines.append(f"Lengths      {'; '.join(lengths) if lengths else 'not given'}")
+    if seq_len is not None:
+        lines.append(f"seq_len      {seq_len:,} (current length: used by dynamic NTK, LongRoPE and the DCA temperature)")
+
+    must: set[int] = set()
+    if rc.rope_type == "yarn":
+        must = _yarn_section(rc, lines)
+    elif rc.rope_type == "llama3":
+        p = rc.params
+        lo_w = rc.original_max_position_embeddings / p["low_freq_factor"]
+        hi_w = rc.original_max_position_embeddings / p["high_freq_factor"]
+        lines.append("")
+        lines.append(
+            f"Llama 3 bands (low_freq_factor {_num(p['low_freq_factor'])}, high_freq_factor {_num(p['high_freq_factor'])}): "
+            f"wavelength < L/high = {_tokens(hi_w)} kept; > L/low = {_tokens(lo_w)} divided by {_num(factor)}; "
+            "smooth in between"
+        )
+    elif rc.rope_type == "longrope":
+        from .scaling.longrope import uses_long_factors
+
+        long = uses_long_factors(seq_len, rc.original_max_position_embeddings)
+        lines.append("")
+        lines.append(
+            f"LongRoPE: per-pair divisors from {'long_factor' if long else 'short_factor'} "
+            f"({'seq_len > L' if long else 'seq_len <= L or not given'}; transformers switches to long_factor when "
+            f"max(position_ids) + 1 > {rc.original_max_position_embeddings:,}: pass --seq-len)"
+        )
+        lines.append(
+            f"  short_factor in [{min(rc.params['short_factor']):.4g}, {max(rc.params['short_factor']):.4g}], "
+            f"long_factor in [{min(rc.params['long_factor']):.4g}, {max(rc.params['long_factor']):.4g}]"
+        )
+    elif rc.rope_type == "dynamic":
+        from .scaling.ntk import dynamic_ntk_base
+
+        b2 = dynamic_ntk_base(rc.base, factor, rc.rotary_dim, rc.max_position_embeddings, seq_len)
+        ell = max(seq_len or 0, rc.max_position_embeddings)
+        lines.append("")
+        lines.append(
+            f"Dynamic NTK at length {ell:,} (max(seq_len, max_position_embeddings)): base "
+            f"b * (s*l/L - (s-1))^(r/(r-2)) = {_num(b2)}" + ("" if seq_len else " (pass --seq-len to grow it)")
+        )
+        alpha = factor * ell / rc.max_position_embeddings - (factor - 1)
+        lines.append(
+            f"  NTK alpha = s*l/L - (s-1) = {alpha:.6g}: pair 0 kept, the slowest pair divided by {alpha:.6g} "
+            "(factor s is a slope here, not the scale)"
+        )
+    elif rc.rope_type == "linear":
+        lines.append("")
+        lines.append(f"Position Interpolation: every pair divided by {_num(factor)}")
+
+    _attention_lines(rc, m, seq_len, lines)
+
+    regions = pair_regions(scales, factor)
+    counts = {k: regions.count(k) for k in ("kept", "blend", "interp", "other")}
+    summary = f"{counts['kept']} kept (scale 1)"
+    if factor is not None:
+        summary += f", {counts['blend']} blended (1 < scale < {_num(factor)}), {counts['interp']} interpolated (scale = {_num(factor)})"
+    if counts["other"]:
+        summary += f", {counts['other']} other (scale outside [1, s])"
+    lines.append("")
+    lines.append(f"Pairs        {summary}")
+
+    shown = list(range(n)) if pairs == "all" else _compact_rows(regions, must | {0, n - 1})
+    where = "every pair" if pairs == "all" else "compact; --pairs all for every pair"
+    lines.append("")
+    lines.append(f"Per pair ({where}); L = {L:,}" if L else f"Per pair ({where})")
+    header = (
+        f"{'i':>5}  {'lambda=2pi/theta':>17}  {'lambda_scaled':>15}  {'turns over L':>13}  {'scale theta/theta_s':>19}  region"
+    )
+    lines.append(header)
+    previous = -1
+    for i in shown:
+        if i != previous + 1:
+            lines.append(f"{'...':>5}")
+        wavelength = 2 * math.pi / theta[i]
+        scaled = 2 * math.pi / inv_freq[i]
+        turns = f"{L / wavelength:.4g}" if L else "-"
+        lines.append(
+            f"{i:>5}  {_tokens(wavelength):>17}  {_tokens(scaled):>15}  {turns:>13}  {scales[i]:>19.6g}  {regions[i]}"
+        )
+        previous = i
+    if previous != n - 1:
+        lines.append(f"{'...':>5}")
+
+    if rc.dual_chunk_attention is not None:
+        _dca_lines(rc, seq_len, lines)
+
+    lines.append("")
+    if rc.warnings:
+        lines.append("Warnings")
+        for w in rc.warnings:
+            lines.append(f"  - {w}")
+    else:
+        lines.append("Warnings     none")
+    return "\n".join(lines) + "\n"
+
+
+def format_presets() -> str:
+    """One line per preset: name, rope type, factor, source."""
+    rows = []
+    for name in preset_names():
+        preset = PRESETS[name]
+        rc = parse_rope_config(preset.config)
+        factor = "-" if rc.factor is None else _num(rc.factor)
+        extra = " +DCA" if rc.dual_chunk_attention is not None else ""
+        rows.append((name, rc.rope_type + extra, factor, preset.source))
+    width = max(len(r[0]) for r in rows)
+    type_width = max(len(r[1]) for r in rows)
+    out = [f"{'name':<{width}}  {'rope_type':<{type_width}}  {'factor':>6}  source"]
+    out += [f"{a:<{width}}  {b:<{type_width}}  {c:>6}  {d}" for a, b, c, d in rows]
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# argparse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positions(tokens: list[str]) -> list[int]:
+    """``["0,1", "4096"]`` -> ``[0, 1, 4096]`` (commas or spaces; ``1_000_000`` allowed)."""
+    out = []
+    for token in tokens:
+        for part in token.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                value = int(part)
+            except ValueError:
+                raise CommandError(f"--positions: {part!r} is not an integer") from None
+            if value < 0:
+                raise CommandError(f"--positions: {value} is negative; positions are integers >= 0")
+            out.append(value)
+    if not out:
+        raise CommandError("--positions: give at least one integer position")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="yarnref: the reference for how RoPE transformers reach long context (RoPE, PI, NTK, YaRN, "
+        "Llama 3, LongRoPE, Dual Chunk Attention).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("explain", help="explain a model's RoPE scaling pair by pair",
+                       description="Explain a model's RoPE scaling: type, lengths, YaRN correction range, "
+                       "attention factor, and a per-pair table of wavelengths and scales.")
+    p.add_argument("model", nargs="?", default=DEFAULT_PRESET, metavar="MODEL",
+                   help=f"a preset name or a path to a config.json (default: {DEFAULT_PRESET})")
+    p.add_argument("--seq-len", type=_positive_int, default=None, metavar="N",
+                   help="current sequence length (dynamic NTK, LongRoPE long/short, DCA temperature)")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="also draw the per-pair scale beside PI, NTK-aware and YaRN (needs matplotlib)")
+    p.add_argument("--pairs", choices=("compact", "all"), default="compact",
+                   help="table rows: compact (default: the ends of each region) or all")
+
+    sub.add_parser("presets", help="list the presets (name, rope type, factor, source)")
+
+    v = sub.add_parser("vectors", help="write golden vectors (.npz) for a model",
+                       description="Write golden vectors: inv_freq, attention factor, cos/sin at chosen positions, "
+                       "seeded q/k and their rotations in both pairings, with provenance (see yarnref.vectors).")
+    v.add_argument("model", metavar="MODEL", help="a preset name or a path to a config.json")
+    v.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
+    v.add_argument("--positions", nargs="+", default=None, metavar="P",
+                   help="positions (integers >= 0, spaces or commas; default: 0 1 2 127 4095 4096 32767 131071 "
+                   "1000000 below the model's context length, plus its boundaries)")
+    v.add_argument("--seed", type=_non_negative_int, default=0, metavar="N", help="seed of q and k (default 0)")
+    v.add_argument("--seq-len", type=_positive_int, default=None, metavar="N",
+                   help="current sequence length passed to rope_frequencies (dynamic NTK, LongRoPE)")
+    v.add_argument("--batch", type=_positive_int, default=1, metavar="B", help="batch size of q and k (default 1)")
+    v.add_argument("--heads", type=_positive_int, default=2, metavar="H", help="heads of q and k (default 2)")
+    return parser
+
+
+def _run(args, out) -> int:
+    if args.command == "presets":
+        out.write(format_presets())
+        return 0
+    config, name, source = load_model(args.model)
+    if args.command == "explain":
+        notes = PRESETS[name].notes if (name in PRESETS and source == PRESETS[name].source) else None
+        report = explain(config, name=name, source=source, notes=notes, seq_len=args.seq_len, pairs=args.pairs)
+        if args.plot:
+            from .plot import save_figure, scaling_comparison
+
+            try:
+                fig = scaling_comparison(config, name=name, seq_len=args.seq_len)
+                save_figure(fig, args.plot)
+            except ImportError as error:
+                raise CommandError(f"--plot needs matplotlib ({error}); pip install 'yarnref[plot]'") from error
+            except OSError as error:
+                raise CommandError(f"cannot write the plot to {args.plot!r}: {error}") from error
+            report += f"\nPlot written to {args.plot}\n"
+        out.write(report)
+        return 0
+    # vectors
+    from .vectors import write_vectors
+
+    positions = None if args.positions is None else _positions(args.positions)
+    try:
+        vectors = write_vectors(args.out, config, positions=positions, seed=args.seed, batch=args.batch,
+                                heads=args.heads, seq_len=args.seq_len)
+    except OSError as error:
+        raise CommandError(f"cannot write {args.out!r}: {error}") from error
+    pos = vectors["positions"]
+    out.write(
+        f"Wrote {args.out}: {name} ({vectors['meta']['rope']['rope_type']}), {vectors['inv_freq'].size} frequencies, "
+        f"attention factor {float(vectors['attention_factor']):.10g}, {pos.size} positions "
+        f"({', '.join(str(int(p)) for p in pos)}), q/k {tuple(vectors['q'].shape)}, pairings half and interleaved\n"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``yarnref`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
+        return int(exit_.code or 0)
+    try:
+        return _run(args, sys.stdout)
+    except CommandError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except YarnrefError as error:
+        model = getattr(args, "model", None)
+        where = f"{args.command} {model}" if model else args.command
+        print(f"{PROG}: error: {where}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
