@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from .config import RopeConfig, parse_rope_config, rope_frequencies
-from .errors import YarnrefError
+from .errors import InputError, YarnrefError
 from .presets import DEFAULT_PRESET, PRESETS, preset_names
 from .rope import base_inv_freq
 
@@ -141,14 +141,12 @@ def _compact_rows(regions: list[str], must: set[int]) -> list[int]:
     n = len(regions)
     rows: set[int] = set(i for i in must if 0 <= i < n)
     start = 0
-    runs = 0
     while start < n:
         end = start
         while end + 1 < n and regions[end + 1] == regions[start]:
             end += 1
         rows.update(range(start, min(start + 2, end + 1)))
         rows.update(range(max(end - 1, start), end + 1))
-        runs += 1
         start = end + 1
     if len(rows) > 24:  # many short runs (LongRoPE): ends plus an even sample
         rows = set(range(3)) | set(range(n - 3, n)) | {int(round(x)) for x in np.linspace(0, n - 1, 12)}
@@ -276,7 +274,7 @@ def explain(
 ) -> str:
     """The text report ``yarnref explain`` prints for ``config`` (see the module docstring)."""
     if pairs not in ("compact", "all"):
-        raise CommandError(f"--pairs must be 'compact' or 'all', not {pairs!r}")
+        raise InputError("pairs", pairs, "'compact' or 'all'")
     rc = parse_rope_config(config)
     inv_freq, m = rope_frequencies(rc, seq_len)
     theta = base_inv_freq(rc.rotary_dim, rc.base)  # (r/2,)
