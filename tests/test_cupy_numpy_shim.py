@@ -191,6 +191,8 @@ def test_bfloat16_rounding_matches_spec_bits(cb):
             [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, 3.0e38, -3.0e38, 1e-40],
         ]
     )
+    if not _is_shim(cb):  # CuPy's casts flush float32 subnormals (< 1.2e-38) to zero; NumPy keeps them
+        x = x[~((np.abs(x) < 1.2e-38) & (x != 0))]
     for precision in ("bfloat16", "float16", "float32"):
         if precision == "float16":  # in float16's range (a cast of 1e30 overflows, with a warning)
             x = x[~(np.abs(x) > 6e4)]
@@ -437,3 +439,332 @@ def test_device_arrays_and_dlpack(cb):
     out = cb.attention(q, q, q)
     assert isinstance(out, cupy.ndarray) and out.dtype == np.float64
     _close(cb.to_numpy(out), spec_attention.attention(q.cpu().numpy(), q.cpu().numpy(), q.cpu().numpy()), np.float64)
+
+
+# ----------------------------------------------------------------------------- vertical-slash and streaming
+
+spec_sparse = importlib.import_module("yarnref.sparse")
+
+
+def _random_indices(rng, batch, heads, kv_len, reach, n_vertical, n_slash, pad=True, shuffle=True):
+    """Random vertical columns in [0, kv_len) and distances in [0, reach), -1-padded per head, in any order."""
+    vertical = np.full((batch, heads, n_vertical), -1, dtype=np.int64)
+    slash = np.full((batch, heads, n_slash), -1, dtype=np.int64)
+    for b in range(batch):
+        for h in range(heads):
+            nv = int(rng.integers(0 if pad else n_vertical, n_vertical + 1))
+            ns = int(rng.integers(0 if pad else n_slash, n_slash + 1))
+            vertical[b, h, :nv] = rng.choice(kv_len, min(nv, kv_len), replace=False).tolist() + [0] * max(0, nv - kv_len)
+            slash[b, h, :ns] = rng.choice(reach, min(ns, reach), replace=False).tolist() + [0] * max(0, ns - reach)
+            if shuffle:
+                rng.shuffle(vertical[b, h])
+                rng.shuffle(slash[b, h])
+    return vertical, slash
+
+
+@settings(max_examples=25)
+@given(
+    q_len=st.integers(1, 90),
+    extra=st.integers(0, 40),
+    kv_heads=st.integers(1, 2),
+    group=st.integers(1, 2),
+    last_q=st.integers(1, 70),
+    per_head=st.booleans(),
+    forces=st.tuples(st.integers(0, 40), st.integers(0, 120)),
+    dtype=st.sampled_from([np.float64, np.float32]),
+    seed=st.integers(0, 2**16),
+)
+def test_vertical_slash_indices_match_spec(cb, q_len, extra, kv_heads, group, last_q, per_head, forces, dtype, seed):
+    rng = np.random.default_rng(seed)
+    kv_len = q_len + extra
+    q, k, _ = _qkv(rng, 2, kv_heads * group, kv_heads, q_len, kv_len, 8, 8, dtype)
+    q *= 3  # sharper softmaxes: distinct scores
+    heads = kv_heads * group
+    vertical_size = rng.integers(1, 60, heads) if per_head else 31
+    slash_size = rng.integers(1, 80, heads) if per_head else 55
+    kwargs = dict(force_verticals=forces[0], force_slashes=forces[1])
+    want_v, want_s = spec_sparse.vertical_slash_indices(q, k, vertical_size, slash_size, last_q, **kwargs)
+    got_v, got_s = cb.vertical_slash_indices(q, k, vertical_size, slash_size, last_q, **kwargs)
+    assert got_v.dtype == np.int64 and got_s.dtype == np.int64
+    assert np.array_equal(cb.to_numpy(got_v), want_v)
+    assert np.array_equal(cb.to_numpy(got_s), want_s)
+
+
+def test_vertical_slash_indices_reject_bad_input(cb, rng):
+    q, k, _ = _qkv(rng, 1, 2, 1, 8, 8, 4, 4, np.float64)
+    with pytest.raises(InputError, match="vertical_size"):
+        cb.vertical_slash_indices(q, k, 0, 10)
+    with pytest.raises(InputError, match="slash_size"):
+        cb.vertical_slash_indices(q, k, 10, np.array([1, 2, 3]))
+    with pytest.raises(InputError, match="last_q"):
+        cb.vertical_slash_indices(q, k, 10, 10, 0)
+    bad = q.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="q"):
+        cb.vertical_slash_indices(bad, k, 10, 10)
+
+
+def _conversion_case(draw_or_rng, q_len, extra, causal, bm, bn, n_vertical, n_slash, heads=2, batch=2):
+    rng = draw_or_rng
+    kv_len = q_len + extra
+    reach = (kv_len if causal else kv_len + q_len) + 3
+    vertical, slash = _random_indices(rng, batch, heads, kv_len, reach, n_vertical, n_slash)
+    return kv_len, vertical, slash
+
+
+def _conversion_or_error(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except (AssertionError, InputError) as error:  # block_size_n < block_size_m is refused
+        return f"{type(error).__name__}: {error}"
+
+
+@settings(max_examples=40)
+@given(
+    q_len=st.integers(1, 200),
+    extra=st.integers(0, 70),
+    causal=st.booleans(),
+    sizes=st.sampled_from([(64, 64), (16, 16), (8, 8), (16, 32), (32, 16), (4, 8), (8, 4)]),
+    n_vertical=st.integers(0, 12),
+    n_slash=st.integers(0, 12),
+    seed=st.integers(0, 2**16),
+)
+def test_convert_vertical_slash_indexes_matches_spec(cb, q_len, extra, causal, sizes, n_vertical, n_slash, seed):
+    rng = np.random.default_rng(seed)
+    bm, bn = sizes
+    kv_len, vertical, slash = _conversion_case(rng, q_len, extra, causal, bm, bn, n_vertical, n_slash)
+    want = _conversion_or_error(spec_sparse.convert_vertical_slash_indexes, q_len, kv_len, vertical, slash, bm, bn, causal)
+    got = _conversion_or_error(cb.convert_vertical_slash_indexes, q_len, kv_len, vertical, slash, bm, bn, causal)
+    if isinstance(want, str):
+        assert got == want
+        return
+    assert not isinstance(got, str), got
+    for name, g, w in zip(("block_count", "block_offset", "column_count", "column_index"), got, want):
+        g = cb.to_numpy(g)
+        assert g.dtype == np.int32 and g.shape == w.shape, name
+        assert np.array_equal(g, w), name
+
+
+def test_conversion_by_hand(cb):
+    """q = kv = 256, 64 x 64 blocks: slashes {0, 100} and verticals {3, 130} (worked out on paper)."""
+    vertical = np.array([[[3, 130]]])
+    slash = np.array([[[100, 0]]])
+    block_count, block_offset, column_count, column_index = (
+        cb.to_numpy(a) for a in cb.convert_vertical_slash_indexes(256, 256, vertical, slash)
+    )
+    # Row block 0 (rows 0..63): delta 100 reaches no row; delta 0 -> range [0, 64): block 0; vertical 3 covered.
+    assert block_count[0, 0, 0] == 1 and block_offset[0, 0, 0, 0] == 0 and column_count[0, 0, 0] == 0
+    # Row block 2 (rows 128..191): delta 100 -> e = 92, range [28, 92); delta 0 -> e = 192 > 92 + 64: new range
+    # [128, 192).  Vertical 3 < 28 is a column; 130 lies inside [128, 192).
+    assert block_count[0, 0, 2] == 2 and block_offset[0, 0, 2, :2].tolist() == [28, 128]
+    assert column_count[0, 0, 2] == 1 and column_index[0, 0, 2, 0] == 3
+
+
+def _compile_kernel_on_cpu(tmp_path_factory):
+    import ctypes
+    import shutil
+
+    compiler = shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        pytest.skip("no C++ compiler to run the CUDA kernel's source on the CPU")
+    source = yarnref.backend._backend_class("cupy").__module__  # make sure the package is loaded
+    package_dir = sys.modules[source.split(".")[0]].__path__[0]
+    directory = tmp_path_factory.mktemp("vs_kernel")
+    harness = directory / "harness.cpp"
+    harness.write_text(
+        "#define YARNREF_HOST_TEST\n"
+        f'#include "{package_dir}/vertical_slash_index.cu"\n'
+        'extern "C" void run_lanes(yr_i64 lanes, const int* a0, const int* a1, const int* a2, const int* a3,\n'
+        "    yr_i64 a4, yr_i64 a5, yr_i64 a6, yr_i64 a7, yr_i64 a8, yr_i64 a9, yr_i64 a10, yr_i64 a11, int a12,\n"
+        "    int* a13, int* a14, yr_i64 a15, int* a16, int* a17, yr_i64 a18, int* a19) {\n"
+        "  for (yr_i64 tid = 0; tid < lanes; ++tid)\n"
+        "    yr_convert_lane(tid, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19);\n"
+        "}\n"
+    )
+    library = directory / "harness.so"
+    done = subprocess.run(
+        [compiler, "-O1", "-Wall", "-Werror", "-shared", "-fPIC", "-o", str(library), str(harness)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return ctypes.CDLL(str(library))
+
+
+@pytest.fixture(scope="module")
+def cpu_kernel(tmp_path_factory):
+    return _compile_kernel_on_cpu(tmp_path_factory)
+
+
+def _run_cpu_kernel(lib, q_len, kv_len, vertical, slash, bm, bn, causal):
+    import ctypes
+
+    from yarnref_cupy import sparse as cupy_sparse
+
+    call = cupy_sparse.kernel_call(np, q_len, kv_len, vertical, slash, bm, bn, causal)
+    c_args = []
+    for a in call.args:
+        if isinstance(a, np.ndarray):
+            c_args.append(a.ctypes.data_as(ctypes.c_void_p))
+        elif isinstance(a, np.int64):
+            c_args.append(ctypes.c_longlong(int(a)))
+        else:
+            c_args.append(ctypes.c_int(int(a)))
+    lib.run_lanes(ctypes.c_longlong(call.lanes), *c_args)
+    return cupy_sparse.kernel_results(call, call.flags)
+
+
+@settings(max_examples=150)
+@given(
+    q_len=st.integers(1, 300),
+    extra=st.integers(0, 100),
+    causal=st.booleans(),
+    sizes=st.sampled_from([(64, 64), (16, 16), (8, 8), (16, 32), (4, 8), (1, 1), (3, 5), (5, 64)]),
+    n_vertical=st.integers(0, 20),
+    n_slash=st.integers(0, 20),
+    seed=st.integers(0, 2**16),
+)
+def test_vs_kernel_source_on_cpu(cpu_kernel, q_len, extra, causal, sizes, n_vertical, n_slash, seed):
+    """The CUDA kernel's own source, compiled as C++ and run lane by lane, equals the spec's conversion."""
+    rng = np.random.default_rng(seed)
+    bm, bn = sizes
+    kv_len, vertical, slash = _conversion_case(rng, q_len, extra, causal, bm, bn, n_vertical, n_slash)
+    want = _conversion_or_error(spec_sparse.convert_vertical_slash_indexes, q_len, kv_len, vertical, slash, bm, bn, causal)
+    got = _conversion_or_error(_run_cpu_kernel, cpu_kernel, q_len, kv_len, vertical, slash, bm, bn, causal)
+    if isinstance(want, str):
+        assert got == want
+        return
+    assert not isinstance(got, str), got
+    for name, g, w in zip(("block_count", "block_offset", "column_count", "column_index"), got, want):
+        assert g.dtype == np.int32 and g.shape == w.shape, name
+        assert np.array_equal(g, w), name
+
+
+def test_vs_kernel_source_handles_huge_distances(cpu_kernel):
+    vertical = np.array([[[0, 5, 40]]])
+    slash = np.array([[[2**40, 10**12, 7, 0]]])  # distances past every row are capped before the int32 cast
+    want = spec_sparse.convert_vertical_slash_indexes(100, 120, vertical, slash, 16, 16, True)
+    got = _run_cpu_kernel(cpu_kernel, 100, 120, vertical, slash, 16, 16, True)
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w)
+
+
+@settings(max_examples=25)
+@given(
+    q_len=st.integers(1, 70),
+    extra=st.integers(0, 30),
+    causal=st.booleans(),
+    mode=st.sampled_from(spec_sparse.VS_MODES),
+    sizes=st.sampled_from([(16, 16), (8, 8), (8, 16), (4, 4), (16, 8)]),
+    n_vertical=st.integers(0, 8),
+    n_slash=st.integers(0, 8),
+    seed=st.integers(0, 2**16),
+)
+def test_vertical_slash_mask_matches_spec(cb, q_len, extra, causal, mode, sizes, n_vertical, n_slash, seed):
+    rng = np.random.default_rng(seed)
+    bm, bn = sizes
+    kv_len, vertical, slash = _conversion_case(rng, q_len, extra, causal, bm, bn, n_vertical, n_slash)
+    kwargs = dict(block_size_m=bm, block_size_n=bn)
+    want = _conversion_or_error(spec_sparse.vertical_slash_mask, q_len, kv_len, vertical, slash, mode, causal, **kwargs)
+    got = _conversion_or_error(cb.vertical_slash_mask, q_len, kv_len, vertical, slash, mode, causal, **kwargs)
+    if isinstance(want, str):
+        assert got == want
+        return
+    got = cb.to_numpy(got)
+    assert got.dtype == bool and np.array_equal(got, want)
+
+
+@settings(max_examples=25)
+@given(
+    q_len=st.integers(1, 60),
+    extra=st.integers(0, 30),
+    causal=st.booleans(),
+    mode=st.sampled_from(spec_sparse.VS_MODES),
+    sizes=st.sampled_from([(16, 16), (8, 8), (8, 16), (4, 4), (16, 8)]),
+    kv_heads=st.integers(1, 2),
+    group=st.integers(1, 2),
+    n_vertical=st.integers(0, 8),
+    n_slash=st.integers(0, 8),
+    dtype=st.sampled_from([np.float64, np.float32]),
+    seed=st.integers(0, 2**16),
+)
+def test_vertical_slash_attention_matches_spec(cb, q_len, extra, causal, mode, sizes, kv_heads, group, n_vertical, n_slash, dtype, seed):
+    rng = np.random.default_rng(seed)
+    bm, bn = sizes
+    heads = kv_heads * group
+    kv_len, vertical, slash = _conversion_case(rng, q_len, extra, causal, bm, bn, n_vertical, n_slash, heads=heads)
+    if rng.random() < 0.3 and vertical.shape[-1]:  # repeated entries: counted once (exact) / as listed (kernel)
+        vertical[..., -1] = vertical[..., 0]
+    q, k, v = _qkv(rng, 2, heads, kv_heads, q_len, kv_len, 4, 3, dtype)
+    kwargs = dict(causal=causal, block_size_m=bm, block_size_n=bn)
+    want = _conversion_or_error(spec_sparse.vertical_slash_attention, q, k, v, vertical, slash, mode, None, True, **kwargs)
+    got = _conversion_or_error(cb.vertical_slash_attention, q, k, v, vertical, slash, mode, None, True, **kwargs)
+    if isinstance(want, str):
+        assert got == want
+        return
+    assert got[0].dtype == dtype
+    _close(_host(cb, got[0]), want[0], dtype, "out")
+    _close(_host(cb, got[1]), want[1], dtype, "lse")
+
+
+def test_vertical_slash_attention_with_every_diagonal_is_dense(cb, rng):
+    q_len = kv_len = 37
+    q, k, v = _qkv(rng, 1, 2, 1, q_len, kv_len, 8, 8, np.float64)
+    vertical = np.full((1, 2, 1), -1)
+    slash = np.broadcast_to(np.arange(kv_len), (1, 2, kv_len))
+    want = spec_attention.attention(q, k, v)
+    for mode in spec_sparse.VS_MODES:
+        got = cb.vertical_slash_attention(q, k, v, vertical, slash, mode, block_size_m=8, block_size_n=8)
+        _close(_host(cb, got), want, np.float64, mode)
+
+
+def test_vertical_slash_rejects_bad_input(cb, rng):
+    q, k, v = _qkv(rng, 1, 2, 1, 8, 8, 4, 4, np.float64)
+    vertical, slash = np.zeros((1, 2, 1), int), np.zeros((1, 2, 1), int)
+    with pytest.raises(InputError, match="mode"):
+        cb.vertical_slash_attention(q, k, v, vertical, slash, mode="dense")
+    with pytest.raises(InputError, match="vertical_idx"):
+        cb.vertical_slash_attention(q, k, v, vertical + 8, slash)  # a column past kv_len
+    with pytest.raises(InputError, match="slash_idx"):
+        cb.vertical_slash_attention(q, k, v, vertical, slash - 2)
+    with pytest.raises(InputError, match="vertical_idx"):
+        cb.vertical_slash_attention(q, k, v, np.zeros((1, 3, 1), int), np.zeros((1, 3, 1), int))  # 3 heads, q has 2
+    with pytest.raises(InputError, match="q_len"):
+        cb.convert_vertical_slash_indexes(9, 8, vertical, slash)
+    with pytest.raises(InputError, match="block_size_n"):
+        cb.vertical_slash_mask(8, 8, vertical, slash, block_size_n=0)
+
+
+@settings(max_examples=25)
+@given(
+    q_len=st.integers(1, 50),
+    extra=st.integers(0, 30),
+    n_init=st.integers(0, 12),
+    n_local=st.integers(1, 20),
+    n_last=st.one_of(st.none(), st.integers(0, 60)),
+    kv_heads=st.integers(1, 2),
+    group=st.integers(1, 2),
+    dtype=st.sampled_from([np.float64, np.float32]),
+    seed=st.integers(0, 2**16),
+)
+def test_streaming_attention_matches_spec(cb, q_len, extra, n_init, n_local, n_last, kv_heads, group, dtype, seed):
+    rng = np.random.default_rng(seed)
+    q, k, v = _qkv(rng, 2, kv_heads * group, kv_heads, q_len, q_len + extra, 4, 3, dtype)
+    if n_last is None:
+        want = spec_sparse.a_shape_attention(q, k, v, n_init, n_local, None, True)
+        got = cb.a_shape_attention(q, k, v, n_init, n_local, None, True)
+    else:
+        want = spec_sparse.tri_shape_attention(q, k, v, n_init, n_local, n_last, None, True)
+        got = cb.tri_shape_attention(q, k, v, n_init, n_local, n_last, None, True)
+    assert got[0].dtype == dtype
+    _close(_host(cb, got[0]), want[0], dtype, "out")
+    _close(_host(cb, got[1]), want[1], dtype, "lse")
+
+
+def test_streaming_attention_rejects_bad_input(cb, rng):
+    q, k, v = _qkv(rng, 1, 2, 1, 8, 8, 4, 4, np.float64)
+    with pytest.raises(InputError, match="n_local"):
+        cb.a_shape_attention(q, k, v, 4, 0)
+    with pytest.raises(InputError, match="n_last"):
+        cb.tri_shape_attention(q, k, v, 4, 4, -1)
+    with pytest.raises(InputError, match="q"):
+        cb.a_shape_attention(q, k[:, :, :5], v[:, :, :5])  # q_len > kv_len

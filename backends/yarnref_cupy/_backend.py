@@ -234,3 +234,124 @@ class CupyBackend(Backend):
                 pi_factor, segments,
             )
             return (out, lse) if return_lse else out
+
+    # ----------------------------------------------------------------- vertical-slash, A-shape, tri-shape
+
+    def _finite_floats(self, **arrays) -> None:
+        """The spec's check for the sparse operations: float dtypes and finite values."""
+        for name, a in arrays.items():
+            check_float(name, a)
+            if a.size and not bool(self.xp.all(self.xp.isfinite(a))):
+                raise InputError(name, "non-finite values", "finite values")
+
+    def _sparse_qkv(self, q, k, v, causal: bool):
+        q, k, v = self._in(q, "q"), self._in(k, "k"), self._in(v, "v")
+        dims = check_qkv(q, k, v)
+        self._finite_floats(q=q, k=k, v=v)
+        if causal and dims[3] > dims[4]:
+            raise InputError(
+                "q", f"q_len={dims[3]}", f"at most kv_len = {dims[4]} when causal (the queries are the last q_len positions)"
+            )
+        return q, k, v, dims
+
+    def _budget(self, name, value, heads):
+        if not _sparse_spec()._is_int(value):
+            value = self._device.to_host_small(value, name)
+        return _sparse_spec()._budget(name, value, heads)
+
+    def vertical_slash_indices(self, q, k, vertical_size, slash_size, last_q=64, *, scale=None, force_verticals=30, force_slashes=100):
+        spec = _sparse_spec()
+        with self._device.context():
+            q, k = self._in(q, "q"), self._in(k, "k")
+            _, q_heads, _, q_len, kv_len, head_dim = check_qkv(q, k, k)
+            self._finite_floats(q=q, k=k)
+            if q_len > kv_len:
+                raise InputError("q", f"q_len={q_len}", f"at most kv_len = {kv_len} (the queries are the last q_len positions)")
+            n_vertical = np.minimum(kv_len, np.maximum(self._budget("vertical_size", vertical_size, q_heads), spec.MIN_VERTICAL_SIZE))
+            n_slash = np.minimum(kv_len, np.maximum(self._budget("slash_size", slash_size, q_heads), spec.MIN_SLASH_SIZE))
+            last_q = spec._check_int("last_q", last_q, 1)
+            force_verticals = spec._check_int("force_verticals", force_verticals, 0)
+            force_slashes = spec._check_int("force_slashes", force_slashes, 0)
+            scale = spec._check_scale(scale, head_dim)
+            return _sparse().vertical_slash_indices(
+                self.xp, q, k, n_vertical, n_slash, last_q, scale, force_verticals, force_slashes
+            )
+
+    def _index_args(self, q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal, conversion=False):
+        spec = _sparse_spec()
+        causal = spec._check_bool("causal", causal)
+        q_len, kv_len = spec._check_lengths(q_len, kv_len, causal)
+        bm = spec._check_int("block_size_m", block_size_m, 1)
+        bn = spec._check_int("block_size_n", block_size_n, 1)
+        if conversion:
+            _sparse().check_block_sizes(bm, bn)
+        vertical, slash = _sparse().check_indices(
+            self.xp, self._in(vertical_idx, "vertical_idx"), self._in(slash_idx, "slash_idx"), kv_len
+        )
+        return q_len, kv_len, vertical, slash, bm, bn, causal
+
+    def convert_vertical_slash_indexes(self, q_len, kv_len, vertical_idx, slash_idx, block_size_m=64, block_size_n=64, causal=True):
+        with self._device.context():
+            q_len, kv_len, vertical, slash, bm, bn, causal = self._index_args(
+                q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal, conversion=True
+            )
+            return _sparse().convert(self.xp, self._device, q_len, kv_len, vertical, slash, bm, bn, causal)
+
+    def vertical_slash_mask(self, q_len, kv_len, vertical_idx, slash_idx, mode="exact", causal=True, *, block_size_m=64, block_size_n=64):
+        mode = _sparse_spec()._check_mode(mode)
+        with self._device.context():
+            q_len, kv_len, vertical, slash, bm, bn, causal = self._index_args(
+                q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal
+            )
+            sparse = _sparse()
+            if mode == "exact":
+                return sparse.exact_mask(self.xp, q_len, kv_len, vertical, slash, causal)
+            converted = sparse.convert(self.xp, self._device, q_len, kv_len, vertical, slash, bm, bn, causal)
+            return sparse.kernel_mask(self.xp, q_len, kv_len, converted, causal, bm, bn)
+
+    def vertical_slash_attention(
+        self, q, k, v, vertical_idx, slash_idx, mode="kernel", scale=None, return_lse=False, *, causal=True, block_size_m=64, block_size_n=64
+    ):
+        spec = _sparse_spec()
+        causal = spec._check_bool("causal", causal)
+        with self._device.context():
+            q, k, v, (batch, q_heads, _, _, kv_len, head_dim) = self._sparse_qkv(q, k, v, causal)
+            mode = spec._check_mode(mode)
+            scale = spec._check_scale(scale, head_dim)
+            return_lse = spec._check_bool("return_lse", return_lse)
+            bm = spec._check_int("block_size_m", block_size_m, 1)
+            bn = spec._check_int("block_size_n", block_size_n, 1)
+            sparse = _sparse()
+            vertical, slash = sparse.check_indices(
+                self.xp, self._in(vertical_idx, "vertical_idx"), self._in(slash_idx, "slash_idx"), kv_len, (batch, q_heads)
+            )
+            out, lse = sparse.vs_attention(self.xp, self._device, q, k, v, vertical, slash, mode, scale, causal, bm, bn)
+            return (out, lse) if return_lse else out
+
+    def _streaming(self, q, k, v, n_init, n_local, n_last, scale, return_lse):
+        spec = _sparse_spec()
+        with self._device.context():
+            q, k, v, (_, _, _, q_len, kv_len, head_dim) = self._sparse_qkv(q, k, v, True)
+            _, _, n_init, n_local, n_last = spec._check_streaming(q_len, kv_len, n_init, n_local, n_last)
+            scale = spec._check_scale(scale, head_dim)
+            return_lse = spec._check_bool("return_lse", return_lse)
+            out, lse = _sparse().streaming_attention(self.xp, q, k, v, n_init, n_local, n_last or 0, scale)
+            return (out, lse) if return_lse else out
+
+    def a_shape_attention(self, q, k, v, n_init=128, n_local=3968, scale=None, return_lse=False):
+        return self._streaming(q, k, v, n_init, n_local, None, scale, return_lse)
+
+    def tri_shape_attention(self, q, k, v, n_init=128, n_local=3968, n_last=100, scale=None, return_lse=False):
+        return self._streaming(q, k, v, n_init, n_local, n_last, scale, return_lse)
+
+
+def _sparse_spec():
+    import importlib
+
+    return importlib.import_module("yarnref.sparse")
+
+
+def _sparse():
+    from . import sparse
+
+    return sparse

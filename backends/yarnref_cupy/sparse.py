@@ -1,0 +1,452 @@
+r"""Vertical-slash sparse attention, A-shape and tri-shape on the GPU (spec: :mod:`yarnref.sparse`).
+
+Paper: Jiang et al., "MInference 1.0", arXiv:2407.02490, section 3: a head
+keeps key columns ``V`` and diagonals ``S`` (distances ``delta = i - j``),
+estimated from the last queries,
+
+.. math::
+   V = \mathrm{argtopk}_{n_v}\Big(\sum_r \hat A_{r,j}\Big), \qquad
+   S = \mathrm{argtopk}_{n_s}\Big(\sum_r \hat A_{r,\,p_r - \delta}\Big),
+
+and attends with a softmax over the kept keys only,
+:math:`o_i = \sum_{j \in K_i} \mathrm{softmax}_j(s_{ij})\, v_j`.
+
+How it runs here
+----------------
+* Estimation (:func:`vertical_slash_indices`): the last ``m <= 64`` queries
+  against all keys in float64 (``m * kv_len`` per head; the spec's float64,
+  so the top-k picks the same indices up to true near-ties), column and
+  diagonal sums, a stable sort (ties to the lower index, as the spec).
+* Conversion (:func:`convert`): the CUDA kernel ``vertical_slash_index.cu``,
+  one thread per (batch, head, row block), run through CuPy's RawModule.  In
+  the NumPy shim the spec's own conversion runs instead; the kernel source is
+  tested on the CPU (compiled as C++) against the spec.
+* Attention (:func:`vs_attention`, :func:`streaming_attention`): per group of
+  row blocks, the kept keys are *gathered* (kernel mode: the listed blocks,
+  ``block_size_n`` keys each, and the listed columns; exact mode: per row the
+  verticals and the diagonals' keys) and fed to the one softmax core
+  (:func:`.attention.softmax_attend`).  The cost grows with the kept keys,
+  never with ``q_len * kv_len``.  A key listed twice is counted twice (the
+  kernels do, and so does the spec); A-shape gathers the sink and window
+  slices per query block.
+
+Conventions: the spec's (:mod:`yarnref.sparse`), including ``-1`` padding,
+bottom-right causal alignment, the non-causal "queries after every key"
+convention, and empty rows (0, lse ``-inf``).  Attention is computed in
+float64 for float64 inputs, else float32; lse in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from yarnref.errors import InputError
+
+from ._arrays import compute_dtype, scalar
+from .attention import attention as dense_attention
+from .attention import softmax_attend
+
+spec = importlib.import_module("yarnref.sparse")
+
+#: Numbers held at once by one gathered attention step (keys, values and logits together).
+STEP_ELEMENTS = 1 << 26
+#: Numbers held at once by one step of the estimation (float64 probabilities of the last queries).
+ESTIMATE_ELEMENTS = 1 << 25
+_INT32_MAX = 2**31 - 1
+
+
+# ----------------------------------------------------------------------------- index arrays on the device
+
+
+def check_index_array(xp, name: str, a, low: int, high: int | None):
+    """``a`` (device) as int64 ``(batch, heads, n)``, entries ``-1`` or in ``[low, high)`` (the spec's check)."""
+    if a.ndim != 3 or a.dtype.kind not in "iu":
+        raise InputError(name, f"array of shape {a.shape} and dtype {a.dtype}", "a (batch, heads, n) integer array")
+    a = a.astype(np.int64)
+    bad = (a != -1) & (a < low)
+    if high is not None:
+        bad |= (a != -1) & (a >= high)
+    if a.size and bool(bad.any()):
+        value = int(a[bad][0])
+        upper = f", < {high}" if high is not None else ""
+        raise InputError(name, f"an entry {value}", f"entries >= {low}{upper}, or -1 for padding")
+    return a
+
+
+def check_indices(xp, vertical, slash, kv_len: int, batch_heads=None):
+    vertical = check_index_array(xp, "vertical_idx", vertical, 0, kv_len)
+    slash = check_index_array(xp, "slash_idx", slash, 0, None)
+    if vertical.shape[:2] != slash.shape[:2]:
+        raise InputError("slash_idx", f"shape {slash.shape}", f"(batch, heads) = {vertical.shape[:2]} like vertical_idx")
+    if batch_heads is not None and vertical.shape[:2] != batch_heads:
+        raise InputError("vertical_idx", f"shape {vertical.shape}", f"(batch, q_heads, n) with (batch, q_heads) = {batch_heads}")
+    return vertical, slash
+
+
+def sorted_with_counts(xp, vertical, slash):
+    """Verticals ascending and slashes descending, padding (``-1``) last; the valid counts ``(batch, heads)``."""
+    big = np.iinfo(np.int64).max
+    v_sorted = xp.sort(xp.where(vertical < 0, big, vertical), axis=-1)
+    v_sorted = xp.where(v_sorted == big, -1, v_sorted)
+    s_sorted = -xp.sort(-slash, axis=-1)  # descending; -1 (padding) is below every distance
+    return v_sorted, (vertical >= 0).sum(-1), s_sorted, (slash >= 0).sum(-1)
+
+
+def _argsort_stable(xp, a):
+    if xp is np:
+        return np.argsort(a, axis=-1, kind="stable")
+    return xp.argsort(a, axis=-1)  # CuPy's sort is always stable (thrust)
+
+
+# ----------------------------------------------------------------------------- estimation
+
+
+def _top_indices(xp, score, counts, descending: bool):
+    """The ``counts[h]`` best entries of ``score[..., h, :]`` (ties: lower index), sorted, ``-1``-padded."""
+    order = _argsort_stable(xp, -score)  # best first; stable: lower index first on ties
+    width = int(counts.max())
+    top = order[..., :width]
+    keep = xp.arange(width)[None, :] < xp.asarray(counts)[:, None]  # (heads, width)
+    top = xp.where(keep, top, -1)
+    if descending:
+        return -xp.sort(-top, axis=-1)
+    big = np.iinfo(np.int64).max
+    top = xp.sort(xp.where(top < 0, big, top), axis=-1)
+    return xp.where(top == big, -1, top)
+
+
+def vertical_slash_indices(xp, q, k, n_vertical, n_slash, last_q: int, scale: float, force_verticals: int, force_slashes: int):
+    """The spec's estimation on validated device arrays; ``n_vertical``/``n_slash``: host int64 ``(q_heads,)``."""
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    group = q_heads // kv_heads
+    m = min(last_q, q_len)
+    position = xp.arange(kv_len - m, kv_len)  # (m,) the estimation queries' positions
+    column = xp.arange(kv_len)
+    visible = column[None, :] <= position[:, None]  # (m, kv_len): causal among the last m
+    source = position[:, None] - column[None, :]  # (m, kv_len): column on diagonal delta of row r
+    on_grid = source >= 0
+    rows = xp.arange(m)[:, None]
+    cols = xp.where(on_grid, source, 0)
+    vertical_score = xp.empty((batch, q_heads, kv_len), dtype=np.float64)
+    slash_score = xp.empty((batch, q_heads, kv_len), dtype=np.float64)
+    # Groups of kv heads small enough for the memory budget (one group for any ordinary size).
+    per_kv_head = batch * group * m * kv_len
+    step = max(1, ESTIMATE_ELEMENTS // max(1, per_kv_head))
+    for h0 in range(0, kv_heads, step):
+        h1 = min(h0 + step, kv_heads)
+        n_kv = h1 - h0
+        q_last = q[:, h0 * group : h1 * group, q_len - m :].astype(np.float64)
+        q_last = q_last.reshape(batch, n_kv, group * m, head_dim)  # query heads under their kv head
+        keys_t = xp.swapaxes(k[:, h0:h1].astype(np.float64), -1, -2)  # (batch, n_kv, head_dim, kv_len)
+        logits = xp.matmul(q_last, keys_t).reshape(batch, n_kv * group, m, kv_len)
+        logits *= scalar(scale, np.float64)
+        logits = xp.where(visible, logits, -np.inf)
+        logits -= logits.max(axis=-1, keepdims=True)  # every row sees its own key: the max is finite
+        probs = xp.exp(logits)
+        probs /= probs.sum(axis=-1, keepdims=True)  # (batch, heads, m, kv_len)
+        heads = slice(h0 * group, h1 * group)
+        vertical_score[:, heads] = probs.sum(axis=-2)  # column sums
+        slash_score[:, heads] = xp.where(on_grid, probs[:, :, rows, cols], 0.0).sum(axis=-2)  # diagonal sums
+    vertical_score[..., :force_verticals] = np.inf
+    slash_score[..., :force_slashes] = np.inf
+    return (
+        _top_indices(xp, vertical_score, n_vertical, descending=False),
+        _top_indices(xp, slash_score, n_slash, descending=True),
+    )
+
+
+# ----------------------------------------------------------------------------- conversion
+
+_KERNELS: dict[int, object] = {}
+
+
+def _kernel(cupy, device_id: int):
+    """The conversion kernel, compiled once per process (CuPy caches the binary on disk) and loaded per device."""
+    if device_id not in _KERNELS:
+        source = (Path(__file__).with_name("vertical_slash_index.cu")).read_text()
+        module = cupy.RawModule(code=source)
+        _KERNELS[device_id] = module.get_function("yarnref_convert_vertical_slash")
+    return _KERNELS[device_id]
+
+
+def check_block_sizes(bm: int, bn: int) -> None:
+    """The spec refuses ``block_size_n < block_size_m`` for the conversion (the kernels' loop would not end)."""
+    if bn < bm:
+        raise InputError("block_size_n", bn, f"at least block_size_m = {bm} (the kernels use 64 x 64)")
+
+
+class KernelCall(NamedTuple):
+    """The conversion kernel's arguments, in its parameter order, and where its results land."""
+
+    args: tuple
+    lanes: int
+    shape: tuple  # (batch, heads, n_rows)
+    outputs: tuple  # (block_count, block_offset, column_count, column_index) as flat buffers
+    flags: object
+
+
+def kernel_call(xp, q_len: int, kv_len: int, vertical, slash, bm: int, bn: int, causal: bool) -> KernelCall:
+    """Sort, count, cap and cast the indices to the kernel's int32 layout, and allocate its outputs.
+
+    Shared by the GPU launch and the CPU test of the kernel source.
+    """
+    verts, n_verts, slashes, n_slashes = sorted_with_counts(xp, vertical, slash)
+    batch, heads, width_v = verts.shape
+    width_s = slashes.shape[-1]
+    col_cap, blk_cap = spec._conversion_capacity(width_v, width_s, bm, bn)
+    n_rows = -(-q_len // bm)
+    off = kv_len - q_len if causal else kv_len
+    # Every distance >= the largest row end + off reaches no row block; cap them there so they fit int32.
+    beyond_all = n_rows * bm + off + 1
+    if beyond_all + bm + bn > _INT32_MAX:
+        raise InputError("kv_len", kv_len, f"lengths whose block arithmetic fits int32 (q_len + kv_len + 2 * block sizes < {_INT32_MAX})")
+    pairs = batch * heads
+    lanes = pairs * n_rows
+    outputs = (
+        xp.zeros(lanes, dtype=np.int32),  # block_count
+        xp.full((lanes, blk_cap), -1, dtype=np.int32),  # block_offset
+        xp.zeros(lanes, dtype=np.int32),  # column_count
+        xp.full((lanes, col_cap), -1, dtype=np.int32),  # column_index
+    )
+    flags = xp.zeros(2, dtype=np.int32)
+    args = (
+        xp.ascontiguousarray(verts.reshape(pairs, width_v).astype(np.int32)),
+        xp.ascontiguousarray(n_verts.reshape(pairs).astype(np.int32)),
+        xp.ascontiguousarray(xp.minimum(slashes, beyond_all).reshape(pairs, width_s).astype(np.int32)),
+        xp.ascontiguousarray(n_slashes.reshape(pairs).astype(np.int32)),
+        np.int64(pairs), np.int64(n_rows), np.int64(width_v), np.int64(width_s),
+        np.int64(q_len), np.int64(kv_len), np.int64(bm), np.int64(bn), np.int32(bool(causal)),
+        outputs[0], outputs[1], np.int64(blk_cap), outputs[2], outputs[3], np.int64(col_cap), flags,
+    )
+    return KernelCall(args, lanes, (batch, heads, n_rows), outputs, flags)
+
+
+def kernel_results(call: KernelCall, flags_host):
+    """The conversion's four arrays after the kernel ran; the spec's AssertionErrors for its impossible states."""
+    overflow, runaway = (int(f) for f in flags_host)
+    if runaway:
+        raise AssertionError("vertical-slash conversion did not terminate")  # as the spec, e.g. some block_size_m > block_size_n
+    if overflow:
+        raise AssertionError("vertical-slash conversion overflowed its block or column buffer")  # impossible, as in the spec
+    block_count, block_offset, column_count, column_index = call.outputs
+    return (
+        block_count.reshape(call.shape),
+        block_offset.reshape(call.shape + (block_offset.shape[-1],)),
+        column_count.reshape(call.shape),
+        column_index.reshape(call.shape + (column_index.shape[-1],)),
+    )
+
+
+def convert(xp, device, q_len: int, kv_len: int, vertical, slash, bm: int, bn: int, causal: bool):
+    """The block/column lists of validated int64 index arrays: ``(block_count, block_offset, column_count, column_index)``.
+
+    The CUDA kernel on the GPU; in the NumPy shim, the spec's vectorised
+    conversion (the kernel source is tested separately against it, on the CPU).
+    """
+    check_block_sizes(bm, bn)
+    if device.is_shim:
+        return spec.convert_vertical_slash_indexes(q_len, kv_len, vertical, slash, bm, bn, causal)
+    call = kernel_call(xp, q_len, kv_len, vertical, slash, bm, bn, causal)
+    if call.lanes:
+        threads = 128
+        _kernel(device.cupy, device.id)(((call.lanes + threads - 1) // threads,), (threads,), call.args)
+    return kernel_results(call, call.flags.get())
+
+
+def kernel_key_lists(xp, converted, kv_len: int, bn: int):
+    """Per row block, the keys the kernel reads: ``keys`` int64 and ``valid`` bool, ``(batch, heads, R, K)``.
+
+    ``K = max blocks * bn + max columns``; a block's keys are ``o .. o + bn - 1``
+    (valid while ``< kv_len``), then the listed columns.  A key listed twice
+    appears twice.
+    """
+    block_count, block_offset, column_count, column_index = converted
+    nb = int(block_count.max()) if block_count.size else 0
+    nc = int(column_count.max()) if column_count.size else 0
+    block_keys = block_offset[..., :nb].astype(np.int64)[..., None] + xp.arange(bn)  # (B, H, R, nb, bn)
+    block_valid = (xp.arange(nb) < block_count[..., None])[..., None] & (block_keys < kv_len)
+    shape = block_keys.shape[:3]
+    column_keys = column_index[..., :nc].astype(np.int64)  # (B, H, R, nc)
+    column_valid = xp.arange(nc) < column_count[..., None]
+    keys = xp.concatenate([block_keys.reshape(*shape, nb * bn), column_keys], axis=-1)
+    valid = xp.concatenate([block_valid.reshape(*shape, nb * bn), column_valid], axis=-1)
+    return keys, valid
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def exact_mask(xp, q_len: int, kv_len: int, vertical, slash, causal: bool):
+    """The exact vertical-slash mask, bool ``(batch, heads, q_len, kv_len)`` (the spec's ``_exact_rows``)."""
+    batch, heads, _ = vertical.shape
+    off = kv_len - q_len if causal else kv_len
+    position = xp.arange(q_len) + off
+    b = xp.arange(batch)[:, None, None]
+    h = xp.arange(heads)[None, :, None]
+    is_vertical = xp.zeros((batch, heads, kv_len + 1), dtype=bool)
+    is_vertical[b, h, xp.where(vertical < 0, kv_len, vertical)] = True  # padding lands on the spare slot
+    reach = q_len + off  # distances 0 .. reach-1 can occur
+    is_slash = xp.zeros((batch, heads, reach + 1), dtype=bool)
+    is_slash[b, h, xp.where((slash < 0) | (slash >= reach), reach, slash)] = True
+    is_slash[..., reach] = False
+    delta = position[:, None] - xp.arange(kv_len)[None, :]  # (q_len, kv_len)
+    visible = delta >= 0
+    on_slash = is_slash[:, :, xp.where(visible, delta, reach)]  # (batch, heads, q_len, kv_len)
+    return (is_vertical[:, :, None, :kv_len] | on_slash) & visible
+
+
+def kernel_mask(xp, q_len: int, kv_len: int, converted, causal: bool, bm: int, bn: int):
+    """The keys the kernel reads, bool ``(batch, heads, q_len, kv_len)``, cut to ``j < kv_len`` and causal."""
+    keys, valid = kernel_key_lists(xp, converted, kv_len, bn)
+    batch, heads, n_rows, _ = keys.shape
+    cover = xp.zeros((batch, heads, n_rows, kv_len + 1), dtype=bool)
+    b = xp.arange(batch)[:, None, None, None]
+    h = xp.arange(heads)[None, :, None, None]
+    r = xp.arange(n_rows)[None, None, :, None]
+    cover[b, h, r, xp.where(valid, keys, kv_len)] = True  # invalid entries land on the spare slot
+    row = xp.arange(q_len)
+    per_row = cover[:, :, row // bm, :kv_len]  # (batch, heads, q_len, kv_len)
+    if causal:
+        per_row &= xp.arange(kv_len)[None, :] <= (row + kv_len - q_len)[:, None]
+    return per_row
+
+
+# ----------------------------------------------------------------------------- attention over gathered keys
+
+
+def _gather_attend(xp, q_rows, k, v, keys, valid, query_pos, causal: bool):
+    """Attention of query groups over their own gathered key lists.
+
+    ``q_rows``: ``(B, Hq, n, M, D)`` (scaled, compute dtype); ``k``, ``v``:
+    ``(B, Hk, kv_len, *)`` (compute dtype); ``keys``/``valid``: ``(B, Hq, n, K)``;
+    ``query_pos``: ``(n, M)`` absolute positions (for the causal cut).
+    Returns ``out`` ``(B, Hq, n, M, Dv)`` and ``lse`` ``(B, Hq, n, M)``.
+    """
+    batch, q_heads, n, m, _ = q_rows.shape
+    kv_heads = k.shape[1]
+    group = q_heads // kv_heads
+    b = xp.arange(batch)[:, None, None, None]
+    h = (xp.arange(q_heads) // group)[None, :, None, None]  # the kv head each query head reads
+    safe = xp.where(valid, keys, 0)
+    k_sel = k[b, h, safe]  # (B, Hq, n, K, D)
+    v_sel = v[b, h, safe]  # (B, Hq, n, K, Dv)
+    ok = valid[:, :, :, None, None, :]  # (B, Hq, n, 1, 1, K)
+    if causal:
+        ok = ok & (keys[:, :, :, None, None, :] <= query_pos[None, None, :, None, :, None])  # (B, Hq, n, 1, M, K)
+    dtype = q_rows.dtype
+    bias = xp.where(ok, scalar(0.0, dtype), scalar(-np.inf, dtype))
+    out, lse = softmax_attend(xp, q_rows[:, :, :, None], k_sel, v_sel, bias)  # G = 1
+    return out[:, :, :, 0], lse[:, :, :, 0]
+
+
+def _step(per_unit: int) -> int:
+    return max(1, STEP_ELEMENTS // max(1, per_unit))
+
+
+def vs_attention(xp, device, q, k, v, vertical, slash, mode: str, scale: float, causal: bool, bm: int, bn: int):
+    """Vertical-slash attention over validated device arrays.  Returns ``(out, lse)``."""
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_len, v_dim = k.shape[2], v.shape[-1]
+    cdt = compute_dtype(q, k, v)
+    kc, vc = k.astype(cdt, copy=False), v.astype(cdt, copy=False)
+    off = kv_len - q_len if causal else kv_len
+    out = xp.empty((batch, q_heads, q_len, v_dim), dtype=q.dtype)
+    lse = xp.empty((batch, q_heads, q_len), dtype=cdt)
+    if mode == "kernel":
+        converted = convert(xp, device, q_len, kv_len, vertical, slash, bm, bn, causal)
+        keys, valid = kernel_key_lists(xp, converted, kv_len, bn)  # (B, Hq, R, K)
+        n_rows, n_keys = keys.shape[2], keys.shape[3]
+        step = _step(batch * q_heads * n_keys * (head_dim + v_dim + bm))
+        for r0 in range(0, n_rows, step):
+            r1 = min(r0 + step, n_rows)
+            first, last = r0 * bm, min(r1 * bm, q_len)
+            rows = xp.zeros((batch, q_heads, (r1 - r0) * bm, head_dim), dtype=cdt)  # padded to whole row blocks
+            rows[:, :, : last - first] = q[:, :, first:last]
+            rows *= scalar(scale, cdt)
+            rows = rows.reshape(batch, q_heads, r1 - r0, bm, head_dim)
+            query_pos = (xp.arange(r0 * bm, r1 * bm) + off).reshape(r1 - r0, bm)
+            o, l = _gather_attend(xp, rows, kc, vc, keys[:, :, r0:r1], valid[:, :, r0:r1], query_pos, causal)
+            out[:, :, first:last] = o.reshape(batch, q_heads, -1, v_dim)[:, :, : last - first]
+            lse[:, :, first:last] = l.reshape(batch, q_heads, -1)[:, :, : last - first]
+        return out, lse
+    # mode == "exact": per row, the verticals and the keys on the kept diagonals, each key once.
+    verts, _, slashes, _ = sorted_with_counts(xp, vertical, slash)
+    v_ok = verts >= 0
+    v_ok[..., 1:] &= verts[..., 1:] != verts[..., :-1]  # a repeated vertical counts once
+    s_ok = slashes >= 0
+    s_ok[..., 1:] &= slashes[..., 1:] != slashes[..., :-1]
+    bi = xp.arange(batch)[:, None, None]
+    hi = xp.arange(q_heads)[None, :, None]
+    is_vertical = xp.zeros((batch, q_heads, kv_len + 1), dtype=bool)
+    is_vertical[bi, hi, xp.where(v_ok, verts, kv_len)] = True
+    is_vertical[..., kv_len] = False
+    nv, ns = verts.shape[-1], slashes.shape[-1]
+    step = _step(batch * q_heads * (nv + ns) * (head_dim + v_dim + 2))
+    for i0 in range(0, q_len, step):
+        i1 = min(i0 + step, q_len)
+        n = i1 - i0
+        position = xp.arange(i0, i1) + off  # (n,)
+        slash_keys = position[None, None, :, None] - slashes[:, :, None, :]  # (B, Hq, n, ns)
+        in_range = (slash_keys >= 0) & (slash_keys < kv_len)
+        on_vertical = is_vertical[bi[..., None], hi[..., None], xp.where(in_range, slash_keys, kv_len)]
+        keys = xp.concatenate([xp.broadcast_to(verts[:, :, None, :], (batch, q_heads, n, nv)), slash_keys], axis=-1)
+        valid = xp.concatenate(
+            [
+                xp.broadcast_to(v_ok[:, :, None, :], (batch, q_heads, n, nv)),
+                s_ok[:, :, None, :] & in_range & ~on_vertical,
+            ],
+            axis=-1,
+        )  # (B, Hq, n, nv + ns)
+        rows = (q[:, :, i0:i1].astype(cdt) * scalar(scale, cdt))[:, :, :, None, :]  # (B, Hq, n, 1, D)
+        o, l = _gather_attend(xp, rows, kc, vc, keys, valid, position[:, None], True)
+        out[:, :, i0:i1] = o[:, :, :, 0]
+        lse[:, :, i0:i1] = l[:, :, :, 0]
+    return out, lse
+
+
+def streaming_attention(xp, q, k, v, n_init: int, n_local: int, n_last: int, scale: float):
+    """A-shape (``n_last = 0``) or tri-shape attention over validated device arrays.  Returns ``(out, lse)``.
+
+    Rows ``[q_len - n_last, q_len)`` are dense causal attention; the others
+    see, per query block, the sink slice ``[0, n_init)`` where ``D >= n_local``
+    and the window slice around the block where ``0 <= D < n_local``
+    (``D = position(i) - j``): disjoint conditions, so each key counts once.
+    """
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads, kv_len, v_dim = k.shape[1], k.shape[2], v.shape[-1]
+    group = q_heads // kv_heads
+    cdt = compute_dtype(q, k, v)
+    kc, vc = k.astype(cdt, copy=False), v.astype(cdt, copy=False)
+    off = kv_len - q_len
+    out = xp.empty((batch, q_heads, q_len, v_dim), dtype=q.dtype)
+    lse = xp.empty((batch, q_heads, q_len), dtype=cdt)
+    dense_from = max(0, q_len - n_last)
+    if dense_from < q_len:  # tri-shape: the last n_last queries are the last ones of the keys
+        o, l = dense_attention(xp, q[:, :, dense_from:], kc, vc, True, scale, max(1, _step(batch * q_heads * kv_len)))
+        out[:, :, dense_from:] = o
+        lse[:, :, dense_from:] = l
+    n_sink = min(n_init, kv_len)
+    block = max(1, min(4096, _step(batch * q_heads * (n_sink + n_local) * 2)))
+    qg = q.reshape(batch, kv_heads, group, q_len, head_dim)  # query heads under their kv head
+    for start in range(0, dense_from, block):
+        stop = min(start + block, dense_from)
+        first_pos, last_pos = start + off, stop - 1 + off
+        w0, w1 = max(0, first_pos - n_local + 1), max(0, min(kv_len, last_pos + 1))
+        keys = xp.concatenate([xp.arange(n_sink), xp.arange(w0, w1)])  # (N,) absolute key positions
+        is_sink = xp.arange(keys.shape[0]) < n_sink
+        position = xp.arange(start, stop) + off  # (n,)
+        distance = position[:, None] - keys[None, :]  # (n, N)
+        visible = xp.where(is_sink[None, :], distance >= n_local, (distance >= 0) & (distance < n_local))
+        bias = xp.where(visible, scalar(0.0, cdt), scalar(-np.inf, cdt))
+        k_sel = xp.concatenate([kc[:, :, :n_sink], kc[:, :, w0:w1]], axis=2)  # (B, Hk, N, D)
+        v_sel = xp.concatenate([vc[:, :, :n_sink], vc[:, :, w0:w1]], axis=2)
+        rows = qg[:, :, :, start:stop].astype(cdt) * scalar(scale, cdt)  # (B, Hk, g, n, D)
+        o, l = softmax_attend(xp, rows, k_sel, v_sel, bias)
+        out[:, :, start:stop] = o.reshape(batch, q_heads, stop - start, v_dim)
+        lse[:, :, start:stop] = l.reshape(batch, q_heads, stop - start)
+    return out, lse
