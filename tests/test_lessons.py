@@ -40,13 +40,15 @@ from nbclient.exceptions import CellExecutionError  # noqa: E402
 
 LESSONS = sorted(p.name for p in LESSONS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
-# Asserts that the kernel runs this interpreter and imports this checkout's yarnref.
+# Asserts that the kernel runs this interpreter and imports this checkout's yarnref, and makes a
+# RuntimeWarning raised in yarnref an error, as pytest does for the rest of the suite (pyproject.toml).
 _PREFLIGHT = f"""
-import os, sys
+import os, sys, warnings
 assert os.path.realpath(sys.executable) == {os.path.realpath(sys.executable)!r}, sys.executable
 import yarnref
 assert os.path.realpath(yarnref.__file__).startswith({str(REPO / "yarnref") + os.sep!r}), yarnref.__file__
-del os, sys
+warnings.filterwarnings("error", category=RuntimeWarning, module="yarnref")
+del os, sys, warnings
 """
 
 
