@@ -51,7 +51,6 @@ import numpy as np
 import torch
 
 from yarnref.attention import check_qkv, default_scale
-from yarnref.dca import DCA_FORMS, DCA_PAIRINGS, dca_segments, dca_temperature
 from yarnref.errors import InputError
 
 from ._arrays import ArrayConverter, check_float, check_positive_number, check_same_dtype, compute_dtype, tensor_to_numpy
@@ -99,6 +98,8 @@ def dca_attention(
     return_lse=False,
 ):
     """Dual Chunk Attention on un-rotated q and k; see :func:`yarnref.dca.dca_attention`."""
+    from yarnref.dca import DCA_FORMS, DCA_PAIRINGS, dca_segments, dca_temperature  # the spec's rules, shared
+
     q, k, v = (check_float(conv.tensor(a, n), n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
     check_same_dtype("q", {"q": q, "k": k, "v": v})
     batch, q_heads, _, q_len, kv_len, head_dim = check_qkv(q, k, v)
