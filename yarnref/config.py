@@ -1,0 +1,789 @@
+"""A model's config.json (Hugging Face key names) to a validated RoPE spec, and its frequencies.
+
+:func:`parse_rope_config` reads the keys transformers v5 reads, the way it
+reads them, and returns a frozen :class:`RopeConfig`; :func:`rope_frequencies`
+turns a config into ``(inv_freq, attention_factor)`` with the scaling modules
+of :mod:`yarnref.scaling`.
+
+What is read (transformers v5.23 ``RotaryEmbeddingConfigMixin`` and
+``modeling_rope_utils``; see ``shared/notes/rope-scaling.md`` section 2.1):
+
+* the RoPE parameters from ``rope_scaling`` (the old name; it wins when both are
+  given, as in transformers) or ``rope_parameters`` (v5); the type from
+  ``rope_type``, else the legacy ``type``, else ``"default"``; ``"su"`` is
+  LongRoPE (Phi-3), and for ``model_type == "phi3"`` so is ``"yarn"``;
+* ``rope_theta`` inside the parameters (v5), else at the top level
+  (``rotary_emb_base`` for GPT-NeoX), else transformers' default 10000; the same
+  for ``partial_rotary_factor`` (``rotary_pct`` for GPT-NeoX, whose default is
+  0.25; 1 otherwise);
+* the head dim: ``qk_rope_head_dim`` for DeepSeek-style MLA models (the rotary
+  sub-head; ``partial_rotary_factor`` does not apply to it), else ``head_dim``,
+  else ``hidden_size // num_attention_heads``; ``rotary_dim =
+  int(head_dim * partial_rotary_factor)``;
+* ``original_max_position_embeddings`` (yarn, longrope, llama3): the top-level
+  value if present (transformers' Phi-3 rule, applied to every model), else
+  the one inside the parameters, else ``max_position_embeddings`` — silently in
+  transformers, with a warning here;
+* ``dual_chunk_attention_config`` is kept raw (:mod:`yarnref.dca` parses it).
+
+Bad configs raise :class:`~yarnref.errors.ConfigError` naming the key (dotted for
+nested keys, e.g. ``rope_scaling.factor``), the value and what is allowed.
+Where transformers only logs a warning about something that makes the numbers
+meaningless (``factor < 1``, wrong list lengths, ``beta_fast < beta_slow``,
+odd rotary dims) yarnref refuses; where a config is usable but real stacks read
+it differently, or it looks wrong, the fact is recorded in
+``RopeConfig.warnings`` and nothing is repaired.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, InputError
+from .rope import base_inv_freq
+from .scaling import (
+    dynamic_ntk_frequencies,
+    dynamic_yarn_frequencies,
+    linear_frequencies,
+    llama3_frequencies,
+    longrope_frequencies,
+    vllm_dynamic_ntk_frequencies,
+    yarn_frequencies,
+)
+from .scaling.longrope import SWITCHES
+from .scaling.yarn import CLAMPS, EPSILON_RULES, MSCALE_RULES, RAMPS, correction_dim, correction_range
+
+__all__ = [
+    "ROPE_TYPES",
+    "ROPE_TYPE_ALIASES",
+    "STACKS",
+    "RopeConfig",
+    "parse_rope_config",
+    "rope_frequencies",
+    "stack_options",
+]
+
+#: The canonical rope types (transformers' names).
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+#: Other names accepted for them.
+ROPE_TYPE_ALIASES = {"su": "longrope", "mrope": "default"}
+#: ``stack`` values of :func:`rope_frequencies`.
+STACKS = ("transformers", "vllm", "llama.cpp", "yarn_authors")
+
+DEFAULT_ROPE_THETA = 10000.0  # transformers' RotaryEmbeddingConfigMixin.default_theta
+
+# Keys transformers reads for each type (validate_rope's required + optional keys).
+_COMMON_KEYS = {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
+_TYPE_KEYS = {
+    "default": set(),
+    "linear": {"factor"},
+    "dynamic": {"factor"},
+    "yarn": {
+        "factor",
+        "original_max_position_embeddings",
+        "attention_factor",
+        "beta_fast",
+        "beta_slow",
+        "mscale",
+        "mscale_all_dim",
+        "truncate",
+    },
+    "longrope": {"short_factor", "long_factor", "original_max_position_embeddings", "attention_factor", "factor"},
+    "llama3": {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"},
+}
+_NEEDS_ORIGINAL = ("yarn", "longrope", "llama3")
+_NEEDS_FACTOR = ("linear", "dynamic", "yarn", "llama3")
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """A validated RoPE spec read from a config.json-shaped mapping.
+
+    Fields:
+
+    * ``rope_type``: one of :data:`ROPE_TYPES`.
+    * ``head_dim``: the head dim RoPE is applied within (``qk_rope_head_dim``
+      for MLA models); ``rotary_dim``: the rotated features,
+      ``int(head_dim * partial_rotary_factor)``, even; ``base``: ``rope_theta``.
+    * ``max_position_embeddings``, ``original_max_position_embeddings``: as
+      resolved (``None`` where absent and not needed).
+    * ``factor``: the scale ``s`` (``None`` for ``"default"``; for LongRoPE
+      without a ``factor`` key, transformers' ``max_position_embeddings /
+      original_max_position_embeddings``).
+    * ``params``: the normalized RoPE parameters (read-only mapping): canonical
+      ``rope_type``, ``rope_theta``, ``partial_rotary_factor`` and
+      ``original_max_position_embeddings`` filled in as transformers does,
+      every other given key as given.
+    * ``warnings``: what real stacks read differently, or what looks wrong.
+    * ``dual_chunk_attention``: the raw ``dual_chunk_attention_config`` or None.
+    * ``source``: a plain copy of the mapping given.
+    * ``model_type``; ``qk_nope_head_dim`` (MLA models, else None): with
+      ``rotary_dim`` it gives DeepSeek's softmax head dim for
+      :func:`yarnref.scaling.deepseek_softmax_scale`.
+    """
+
+    rope_type: str
+    head_dim: int
+    rotary_dim: int
+    base: float
+    partial_rotary_factor: float
+    max_position_embeddings: int | None
+    original_max_position_embeddings: int | None
+    factor: float | None
+    params: Mapping[str, Any]
+    warnings: tuple[str, ...]
+    dual_chunk_attention: Mapping[str, Any] | None
+    source: Mapping[str, Any]
+    model_type: str | None = None
+    qk_nope_head_dim: int | None = None
+
+    @property
+    def is_mla(self) -> bool:
+        """True for DeepSeek-style configs (``qk_rope_head_dim`` present)."""
+        return self.qk_nope_head_dim is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# Small checks.  Each returns the cleaned value or raises ConfigError naming the key.
+
+
+MAX_LENGTH = 2**53  # lengths are exact in float64 up to here
+MAX_HEAD_DIM = 65536
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _finite_float(value) -> float | None:
+    """``float(value)`` for a finite real number (not a bool), else None (huge ints included)."""
+    if not _is_number(value):
+        return None
+    try:
+        value = float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _number(key: str, value, what: str, *, above=None, at_least=None, at_most=None) -> float:
+    """``float(value)`` if it is a finite number within the bounds, else ConfigError(key, value, what)."""
+    number = _finite_float(value)
+    if (
+        number is None
+        or (above is not None and number <= above)
+        or (at_least is not None and number < at_least)
+        or (at_most is not None and number > at_most)
+    ):
+        raise ConfigError(key, value, what)
+    return number
+
+
+def _positive_int(key: str, value, what: str = "", maximum: int = MAX_LENGTH) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or not 1 <= value <= maximum:
+        raise ConfigError(key, value, what or f"a positive integer <= {maximum}")
+    return int(value)
+
+
+def _plain(obj, depth: int = 0):
+    """A plain copy: mappings to dicts, lists/tuples to lists (so the source cannot change under us)."""
+    if depth > 100:
+        raise ConfigError("config", "a structure nested more than 100 levels deep", "a config.json-shaped mapping")
+    if isinstance(obj, Mapping):
+        return {k: _plain(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v, depth + 1) for v in obj]
+    return obj
+
+
+def _factor_list(key: str, values, n_pairs: int) -> list[float]:
+    what = f"a list of {n_pairs} finite positive numbers (rotary_dim / 2)"
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(key, values, what)
+    if len(values) != n_pairs:
+        raise ConfigError(key, f"a list of length {len(values)}", what)
+    cleaned = [_finite_float(v) for v in values]
+    for v, c in zip(values, cleaned):
+        if c is None or c <= 0:
+            raise ConfigError(key, v, what)
+    return cleaned
+
+
+# ----------------------------------------------------------------------------------------------
+# parse_rope_config
+
+
+def _rope_parameters(cfg: Mapping, notes: list[str]) -> tuple[str, dict]:
+    """``(key, mapping)``: which of rope_scaling / rope_parameters holds the RoPE parameters."""
+    for key in ("rope_scaling", "rope_parameters"):
+        value = cfg.get(key)
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(key, value, "a mapping of RoPE parameters, or null")
+    scaling, parameters = cfg.get("rope_scaling"), cfg.get("rope_parameters")
+    if scaling:  # transformers: rope_parameters = rope_scaling or rope_parameters
+        if parameters and dict(parameters) != dict(scaling):
+            notes.append(
+                "both rope_scaling and rope_parameters are given and differ; transformers uses rope_scaling "
+                "(as here) and ignores rope_parameters"
+            )
+        key, raw = "rope_scaling", dict(scaling)
+    elif parameters:
+        key, raw = "rope_parameters", dict(parameters)
+    else:
+        key, raw = ("rope_parameters" if "rope_parameters" in cfg else "rope_scaling"), {}
+    for name, value in raw.items():
+        if isinstance(value, Mapping):
+            raise ConfigError(
+                f"{key}.{name}",
+                value,
+                "a flat mapping of RoPE parameters (per-layer-type rope_parameters, as in Gemma 3, are not supported)",
+            )
+    return key, raw
+
+
+def _rope_type(key: str, raw: Mapping, model_type, notes: list[str]) -> str:
+    allowed = f"one of {ROPE_TYPES} (or the aliases {sorted(ROPE_TYPE_ALIASES)})"
+    given = raw.get("rope_type")
+    legacy = raw.get("type")
+    if given is None:
+        given = "default" if legacy is None else legacy
+        type_key = f"{key}.type" if legacy is not None else f"{key}.rope_type"
+    else:
+        type_key = f"{key}.rope_type"
+        if legacy is not None and legacy != given:
+            notes.append(f"{key} has rope_type={given!r} and type={legacy!r}; transformers uses rope_type (as here)")
+    if not isinstance(given, str):
+        raise ConfigError(type_key, given, allowed)
+    rope_type = ROPE_TYPE_ALIASES.get(given, given)
+    if given == "su" and raw.get("original_max_position_embeddings") is None:
+        notes.append(
+            f"legacy {key}.type 'su': transformers 5.23's Phi3Config renames it to 'longrope' only after "
+            "standardize_rope_params, so the top-level original_max_position_embeddings is not copied in and "
+            "validate_rope raises KeyError; with type 'longrope' (or the key inside the parameters) it loads"
+        )
+    if given == "mrope":
+        notes.append(
+            "rope_type 'mrope' (Qwen2-VL multimodal RoPE) has default frequencies; its 3-D position ids "
+            "(mrope_section) are not modelled by yarnref"
+        )
+    if model_type == "phi3" and rope_type == "yarn":
+        notes.append("model_type 'phi3' with rope_type 'yarn': transformers' Phi3Config reads 'longrope' (as here)")
+        rope_type = "longrope"
+    if rope_type not in ROPE_TYPES:
+        raise ConfigError(type_key, given, allowed)
+    return rope_type
+
+
+def _dims(cfg: Mapping, key: str, raw: Mapping, notes: list[str]) -> tuple[int, int, float, int | None]:
+    """``(head_dim, rotary_dim, partial_rotary_factor, qk_nope_head_dim)``."""
+    prf_key, prf = f"{key}.partial_rotary_factor", raw.get("partial_rotary_factor")
+    if prf is None:
+        for name in ("partial_rotary_factor", "rotary_pct"):
+            if cfg.get(name) is not None:
+                prf_key, prf = name, cfg[name]
+                break
+        else:
+            if cfg.get("model_type") == "gpt_neox" and cfg.get("qk_rope_head_dim") is None:
+                prf_key, prf = "rotary_pct", 0.25
+                notes.append("gpt_neox without rotary_pct: transformers' GPTNeoXConfig defaults it to 0.25 (as here)")
+    elif cfg.get("partial_rotary_factor") is not None and cfg["partial_rotary_factor"] != prf:
+        notes.append(
+            f"partial_rotary_factor differs: {prf} in {key}, {cfg['partial_rotary_factor']} at the top level; "
+            "transformers uses the one in the RoPE parameters (as here)"
+        )
+    prf = 1.0 if prf is None else _number(prf_key, prf, "a number in (0, 1]", above=0.0, at_most=1.0)
+
+    if cfg.get("qk_rope_head_dim") is not None:  # DeepSeek-style MLA: RoPE lives on its own sub-head
+        rotary = _positive_int("qk_rope_head_dim", cfg["qk_rope_head_dim"], maximum=MAX_HEAD_DIM)
+        nope = cfg.get("qk_nope_head_dim")
+        nope = 0 if nope is None else nope
+        if isinstance(nope, bool) or not isinstance(nope, Integral) or not 0 <= nope <= MAX_HEAD_DIM:
+            raise ConfigError("qk_nope_head_dim", nope, f"an integer in [0, {MAX_HEAD_DIM}]")
+        if rotary % 2:
+            raise ConfigError("qk_rope_head_dim", rotary, "an even integer (the rotary dim of MLA models)")
+        if prf != 1.0:
+            notes.append(
+                f"partial_rotary_factor={prf} is ignored for the MLA rope sub-head (qk_rope_head_dim={rotary} is the "
+                "rotary dim); applying it there is a known bug (vllm#41185)"
+            )
+        return rotary, rotary, 1.0, int(nope)
+
+    head_dim = cfg.get("head_dim")
+    if head_dim is None:
+        hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
+        if hidden is None or heads is None:
+            raise ConfigError("head_dim", None, "a positive integer, or hidden_size and num_attention_heads")
+        hidden = _positive_int("hidden_size", hidden)
+        heads = _positive_int("num_attention_heads", heads)
+        if hidden % heads:
+            notes.append(
+                f"hidden_size={hidden} is not a multiple of num_attention_heads={heads}; transformers uses "
+                f"head_dim = hidden_size // num_attention_heads = {hidden // heads}"
+            )
+        head_dim = hidden // heads
+        if not 1 <= head_dim <= MAX_HEAD_DIM:
+            raise ConfigError("hidden_size", hidden, f"num_attention_heads={heads} x a head_dim in [1, {MAX_HEAD_DIM}]")
+    head_dim = _positive_int("head_dim", head_dim, maximum=MAX_HEAD_DIM)
+    rotary = int(head_dim * prf)
+    if rotary < 2 or rotary % 2:
+        bad_key = "head_dim" if prf == 1.0 else prf_key
+        raise ConfigError(
+            bad_key,
+            head_dim if prf == 1.0 else prf,
+            "a value making rotary_dim = int(head_dim * partial_rotary_factor) even and >= 2",
+            context=f"head_dim={head_dim}, partial_rotary_factor={prf} give rotary_dim={rotary}",
+        )
+    return head_dim, rotary, prf, None
+
+
+def _base(cfg: Mapping, key: str, raw: Mapping, notes: list[str]) -> float:
+    top_name = "rope_theta" if cfg.get("rope_theta") is not None else "rotary_emb_base"  # GPT-NeoX's old name
+    inner, top = raw.get("rope_theta"), cfg.get(top_name)
+    if inner is not None:
+        if top is not None and top != inner:
+            notes.append(f"rope_theta differs: {inner} in {key}, {top} at the top level; transformers uses {inner}")
+        name, value = f"{key}.rope_theta", inner
+    elif top is not None:
+        name, value = top_name, top
+    else:
+        notes.append(f"rope_theta is missing: using transformers' default {DEFAULT_ROPE_THETA} (some models differ)")
+        name, value = "rope_theta", DEFAULT_ROPE_THETA
+    return _number(name, value, "a finite number > 1 (the RoPE base)", above=1.0)
+
+
+def _original(cfg: Mapping, key: str, raw: Mapping, rope_type: str, max_pos, notes: list[str]) -> int | None:
+    top, inner = cfg.get("original_max_position_embeddings"), raw.get("original_max_position_embeddings")
+    needed = rope_type in _NEEDS_ORIGINAL
+    if top is not None:
+        value = _positive_int("original_max_position_embeddings", top)
+        if needed and inner is not None and inner != top:
+            notes.append(
+                f"original_max_position_embeddings differs: {top} at the top level, {inner} in {key}; "
+                "transformers uses the top-level value (as here)"
+            )
+        elif inner is not None:
+            _positive_int(f"{key}.original_max_position_embeddings", inner)
+        return value
+    if inner is not None:
+        return _positive_int(f"{key}.original_max_position_embeddings", inner)
+    if not needed:
+        return None
+    if max_pos is None:
+        raise ConfigError(
+            f"{key}.original_max_position_embeddings",
+            None,
+            f"a positive integer (required for rope_type {rope_type!r}), or max_position_embeddings",
+        )
+    notes.append(
+        f"rope_type {rope_type!r} without original_max_position_embeddings: transformers silently uses "
+        f"max_position_embeddings={max_pos} as the original length (as here); if the model was extended from a "
+        "shorter length this is wrong (transformers#33783)"
+    )
+    return max_pos
+
+
+def parse_rope_config(config: Mapping | RopeConfig) -> RopeConfig:
+    """Validate a config.json-shaped mapping and return its :class:`RopeConfig`.
+
+    A :class:`RopeConfig` is returned unchanged.  Raises
+    :class:`~yarnref.errors.ConfigError` for unknown rope types, missing
+    required keys, ``factor < 1`` or not a number, odd or zero rotary dims,
+    factor lists of the wrong length, ``beta_fast < beta_slow``, non-positive
+    lengths and values of the wrong type.
+    """
+    if isinstance(config, RopeConfig):
+        return config
+    if not isinstance(config, Mapping):
+        raise ConfigError("config", type(config).__name__, "a mapping shaped like a Hugging Face config.json")
+    cfg = _plain(config)
+    notes: list[str] = []
+    model_type = cfg.get("model_type")
+    model_type = model_type if isinstance(model_type, str) else None
+
+    key, raw = _rope_parameters(cfg, notes)
+    rope_type = _rope_type(key, raw, model_type, notes)
+    base = _base(cfg, key, raw, notes)
+    head_dim, rotary, prf, qk_nope = _dims(cfg, key, raw, notes)
+    max_pos = cfg.get("max_position_embeddings")
+    max_pos = None if max_pos is None else _positive_int("max_position_embeddings", max_pos)
+    original = _original(cfg, key, raw, rope_type, max_pos, notes)
+
+    params: dict[str, Any] = {k: v for k, v in raw.items() if k != "type"}
+    params.update(rope_type=rope_type, rope_theta=base, partial_rotary_factor=prf)
+    if original is not None and rope_type in _NEEDS_ORIGINAL:
+        params["original_max_position_embeddings"] = original
+
+    factor = _check_type_parameters(rope_type, key, params, rotary, max_pos, original, model_type, notes)
+
+    unknown = set(raw) - _COMMON_KEYS - _TYPE_KEYS[rope_type] - {"mrope_section"}
+    if unknown:
+        ignored = sorted(map(str, unknown))
+        notes.append(f"keys in {key} that transformers ignores for rope_type {rope_type!r}: {ignored}")
+
+    dca = cfg.get("dual_chunk_attention_config")
+    if dca is not None and not isinstance(dca, Mapping):
+        raise ConfigError("dual_chunk_attention_config", dca, "a mapping, or null")
+    if dca is not None and rope_type != "default":
+        notes.append(
+            f"dual_chunk_attention_config is set together with rope_type {rope_type!r}: vLLM then uses "
+            "DualChunkRotaryEmbedding with the plain base and ignores the rope scaling"
+        )
+
+    return RopeConfig(
+        rope_type=rope_type,
+        head_dim=head_dim,
+        rotary_dim=rotary,
+        base=base,
+        partial_rotary_factor=prf,
+        max_position_embeddings=max_pos,
+        original_max_position_embeddings=original,
+        factor=factor,
+        params=types.MappingProxyType(params),
+        warnings=tuple(notes),
+        dual_chunk_attention=None if dca is None else types.MappingProxyType(dca),
+        source=types.MappingProxyType(cfg),
+        model_type=model_type,
+        qk_nope_head_dim=qk_nope,
+    )
+
+
+def _check_type_parameters(rope_type, key, params, rotary, max_pos, original, model_type, notes) -> float | None:
+    """Check the parameters of one rope type; return the scale factor (None for default)."""
+    if rope_type == "default":
+        if params.get("factor") is not None:
+            notes.append(f"{key}.factor={params['factor']!r} is ignored: rope_type is 'default'")
+        return None
+
+    factor = params.get("factor")
+    if rope_type in _NEEDS_FACTOR or factor is not None:
+        if factor is None:
+            raise ConfigError(f"{key}.factor", None, f"a number >= 1 (required for rope_type {rope_type!r})")
+        factor = _number(f"{key}.factor", factor, "a finite number >= 1", at_least=1.0)
+
+    if rope_type == "dynamic":
+        if max_pos is None:
+            raise ConfigError("max_position_embeddings", None, "a positive integer (dynamic NTK scales relative to it)")
+        if rotary < 4:
+            raise ConfigError(f"{key}.rope_type", "dynamic", f"not 'dynamic' for rotary_dim={rotary} (NTK needs r > 2)")
+        if params.get("max_trained_positions") is not None:
+            _positive_int(f"{key}.max_trained_positions", params["max_trained_positions"])
+
+    elif rope_type == "yarn":
+        _check_yarn(key, params, factor, rotary, max_pos, original, model_type, notes)
+
+    elif rope_type == "llama3":
+        what = "a finite number > 0 (required for llama3)"
+        low = _number(f"{key}.low_freq_factor", params.get("low_freq_factor"), what, above=0.0)
+        high = _number(f"{key}.high_freq_factor", params.get("high_freq_factor"), what, above=0.0)
+        if high < low:
+            notes.append(
+                f"llama3 high_freq_factor={high} < low_freq_factor={low}: the smooth band is empty; computed as "
+                "transformers does (slow pairs / factor, the rest kept)"
+            )
+        elif high == low:
+            notes.append(
+                f"llama3 low_freq_factor == high_freq_factor == {low} (as in Llama 4): no smooth band; transformers "
+                "divides by zero there and masks it, vLLM uses 0 (as here); Meta's apply_scaling and llama.cpp's "
+                "converter reject it"
+            )
+        if max_pos is not None and original >= max_pos:
+            notes.append(
+                f"llama3 original_max_position_embeddings={original} >= max_position_embeddings={max_pos} "
+                "(transformers warns about this)"
+            )
+
+    elif rope_type == "longrope":
+        n = rotary // 2
+        params["short_factor"] = _factor_list(f"{key}.short_factor", params.get("short_factor"), n)
+        params["long_factor"] = _factor_list(f"{key}.long_factor", params.get("long_factor"), n)
+        if params.get("attention_factor") is not None:
+            _number(f"{key}.attention_factor", params["attention_factor"], "a finite number > 0, or null", above=0.0)
+        if factor is None:
+            if max_pos is None:
+                raise ConfigError(f"{key}.factor", None, "a number >= 1, or max_position_embeddings to derive it from")
+            factor = max_pos / original  # transformers' implicit factor (Phi-3 configs have none)
+    return factor
+
+
+def _check_yarn(key, params, factor, rotary, max_pos, original, model_type, notes) -> None:
+    betas = {}
+    for name, default in (("beta_fast", 32.0), ("beta_slow", 1.0)):
+        value = params.get(name)
+        betas[name] = default if value is None else _number(f"{key}.{name}", value, "a finite number > 0", above=0.0)
+    if betas["beta_fast"] < betas["beta_slow"]:
+        raise ConfigError(f"{key}.beta_fast", betas["beta_fast"], f"a number >= beta_slow = {betas['beta_slow']}")
+    if params.get("attention_factor") is not None:
+        _number(f"{key}.attention_factor", params["attention_factor"], "a finite number > 0, or null", above=0.0)
+    mscales = {}
+    for name in ("mscale", "mscale_all_dim"):
+        value = params.get(name)
+        if value is not None:
+            _number(f"{key}.{name}", value, "a finite number >= 0, or null", at_least=0.0)
+        mscales[name] = value
+    if "truncate" in params:
+        truncate = params["truncate"]
+        if truncate is None:
+            notes.append(f"{key}.truncate is null: transformers and vLLM read it as false (no floor/ceil), as here")
+        elif not isinstance(truncate, bool):
+            raise ConfigError(f"{key}.truncate", truncate, "true or false")
+        elif not truncate:
+            notes.append(
+                "yarn truncate=false (gpt-oss): llama.cpp/ggml always floors/ceils the correction range and cannot "
+                "represent this; transformers and vLLM (after vllm#28244) honour it"
+            )
+
+    if max_pos is not None:
+        implicit = max_pos / original
+        if implicit != factor and implicit != 1:
+            notes.append(
+                f"yarn factor={factor} differs from max_position_embeddings / original_max_position_embeddings = "
+                f"{max_pos}/{original} = {implicit}; transformers uses the explicit factor (as here) and warns"
+            )
+    ms, msa = mscales["mscale"], mscales["mscale_all_dim"]
+    if bool(ms) != bool(msa) and (ms is not None or msa is not None):
+        notes.append(
+            f"yarn mscale={ms}, mscale_all_dim={msa}: transformers (and vLLM's generic YaRN) use 0.1 ln(s) + 1 and "
+            "ignore a lone mscale (as here); vLLM's DeepSeek class uses g(s, mscale) / g(s, mscale_all_dim or 0)"
+        )
+    if model_type == "mistral" and params.get("beta_fast") is None and params.get("beta_slow") is None:
+        notes.append(
+            "Yarn-Mistral checkpoints were trained with beta_fast=128, beta_slow=2 (jquesnelle/yarn "
+            "scaled_rope/modeling_mistral_yarn.py defaults); this config omits them, so transformers uses 32/1"
+        )
+    truncate = bool(params.get("truncate", True))  # transformers: `if truncate:`, so null means no truncation
+    lo, hi = correction_range(rotary, params["rope_theta"], original, betas["beta_fast"], betas["beta_slow"], truncate)
+    if hi < lo:
+        notes.append(
+            f"the YaRN correction range inverts: lo = {lo} (not clamped from above) > hi = {hi} (clamped to "
+            f"rotary_dim - 1), so every pair is interpolated by the factor although every pair turns more than "
+            f"beta_fast times in {original} tokens; transformers, vLLM and the YaRN authors' code all do this"
+        )
+    raw_hi = correction_dim(betas["beta_slow"], rotary, params["rope_theta"], original)
+    if math.ceil(raw_hi) > rotary // 2 - 1:
+        notes.append(
+            f"the YaRN correction range's hi = ceil({raw_hi:.3f}) exceeds the last pair index {rotary // 2 - 1}: "
+            "ports that clamp hi to r/2 - 1 instead of r - 1 compute different frequencies (keras-hub#2981)"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# rope_frequencies
+
+_STACK_DEFAULTS = {
+    "transformers": dict(
+        ramp="index", clamp="rotary_dim", truncate=None, epsilon_rule="transformers",
+        mscale_rule="transformers", longrope_switch="current_length", dynamic_ntk="transformers",
+    ),
+    "vllm": dict(
+        ramp="index", clamp="rotary_dim", truncate=None, epsilon_rule="transformers",
+        mscale_rule="transformers", longrope_switch="static", dynamic_ntk="vllm",
+    ),
+    "llama.cpp": dict(
+        ramp="index", clamp="rotary_dim", truncate=True, epsilon_rule="ggml",
+        mscale_rule="llama.cpp", longrope_switch="static", dynamic_ntk=None,
+    ),
+    "yarn_authors": dict(
+        ramp="index", clamp="rotary_dim", truncate=True, epsilon_rule="transformers",
+        mscale_rule="yarn_authors", longrope_switch=None, dynamic_ntk="transformers",
+    ),
+}
+_OPTION_VALUES = {
+    "ramp": RAMPS,
+    "clamp": CLAMPS,
+    "epsilon_rule": EPSILON_RULES,
+    "mscale_rule": MSCALE_RULES,
+    "longrope_switch": SWITCHES,
+    "dynamic_ntk": ("transformers", "vllm"),
+    "correction_length": ("original_max_position_embeddings", "max_position_embeddings"),
+}
+
+
+def stack_options(stack: str = "transformers", config: Mapping | RopeConfig | None = None) -> dict[str, Any]:
+    """The option values ``stack`` stands for (``None`` where it has no such method).
+
+    With a ``config``, ``stack="vllm"`` picks ``mscale_rule="vllm_deepseek"``
+    for MLA models, which vLLM routes to ``DeepseekScalingRotaryEmbedding``.
+    """
+    if stack not in STACKS:
+        raise InputError("stack", stack, f"one of {STACKS}")
+    options = dict(_STACK_DEFAULTS[stack])
+    if stack == "vllm" and config is not None and parse_rope_config(config).is_mla:
+        options["mscale_rule"] = "vllm_deepseek"
+    return options
+
+
+def rope_frequencies(
+    config: Mapping | RopeConfig,
+    seq_len: int | None = None,
+    *,
+    stack: str = "transformers",
+    ramp: str | None = None,
+    clamp: str | None = None,
+    truncate: bool | None = None,
+    epsilon_rule: str | None = None,
+    correction_length: str = "original_max_position_embeddings",
+    mscale_rule: str | None = None,
+    extrapolation_factor: float = 1.0,
+    dynamic_yarn: bool = False,
+    dynamic_ntk: str | None = None,
+    longrope_switch: str | None = None,
+    max_model_len: int | None = None,
+) -> tuple[np.ndarray, float]:
+    """``(inv_freq, attention_factor)`` for a model config: float64 ``(rotary_dim/2,)`` and a Python float.
+
+    The default is what transformers v5.23 computes (in float64 instead of its
+    float32).  ``seq_len`` is the current sequence length, ``max(position_ids)
+    + 1``; it matters for ``"dynamic"`` (``None``: ``max_position_embeddings``),
+    for ``"longrope"`` (long factors iff ``seq_len > original``) and with
+    ``dynamic_yarn``; the other types ignore it.
+
+    Options (keyword-only).  ``stack`` sets several at once; an option given
+    explicitly overrides the stack's value (:func:`stack_options` lists them):
+
+    ========================  ==================================  ===========================================
+    option                    ``stack="transformers"``            other values
+    ========================  ==================================  ===========================================
+    ``stack``                 transformers v5                     ``"vllm"`` (0.33), ``"llama.cpp"`` (ggml),
+                                                                  ``"yarn_authors"`` (jquesnelle/yarn)
+    ``ramp``                  ``"index"``                         ``"paper"`` (YaRN Def. 2)
+    ``clamp``                 ``"rotary_dim"`` ([0, r-1])         ``"half"`` ([0, r/2-1], buggy ports)
+    ``truncate``              from the config (default true)      ``True``/``False`` override (ggml: True)
+    ``epsilon_rule``          ``"transformers"`` (hi += 0.001)    ``"ggml"`` (max(0.001, hi - lo))
+    ``correction_length``     ``"original_max_position_embeddings"``  ``"max_position_embeddings"``
+                                                                  (transformers < 4.45, #33783)
+    ``mscale_rule``           ``"transformers"``                  ``"vllm_deepseek"``, ``"yarn_authors"``,
+                                                                  ``"llama.cpp"``
+    ``extrapolation_factor``  1.0                                 the YaRN authors' / ggml ``ext_factor``
+    ``dynamic_yarn``          False                               True: YaRN with s = max(1, seq_len / L)
+    ``dynamic_ntk``           ``"transformers"`` (pure in         ``"vllm"`` (static, at load)
+                              seq_len)
+    ``longrope_switch``       ``"current_length"``                ``"static"`` (needs ``max_model_len``)
+    ``max_model_len``         None                                vLLM ``--max-model-len`` / llama.cpp
+                                                                  ``n_ctx / n_seq_max``
+    ========================  ==================================  ===========================================
+
+    Stack values: ``"vllm"``: static LongRoPE switch (pass ``max_model_len``),
+    static dynamic NTK, DeepSeek mscale rule for MLA configs.
+    ``"llama.cpp"``: always truncate, the ggml epsilon, llama.cpp's mscale
+    rule, static LongRoPE switch; it has no dynamic NTK.  ``"yarn_authors"``:
+    always truncate, ``m = g(s) * attention_factor``; no Llama 3 or LongRoPE.
+    transformers' stateful dynamic cache is
+    :class:`yarnref.scaling.DynamicNTKCache`.
+
+    Raises :class:`~yarnref.errors.ConfigError` for a bad config and
+    :class:`~yarnref.errors.InputError` for a bad option or ``seq_len``.
+    """
+    rc = parse_rope_config(config)
+    opts = stack_options(stack, rc)
+    given = dict(ramp=ramp, clamp=clamp, truncate=truncate, epsilon_rule=epsilon_rule, mscale_rule=mscale_rule,
+                 dynamic_ntk=dynamic_ntk, longrope_switch=longrope_switch)
+    opts.update({k: v for k, v in given.items() if v is not None})
+    opts["correction_length"] = correction_length
+    for name, allowed in _OPTION_VALUES.items():
+        if opts[name] is not None and opts[name] not in allowed:
+            raise InputError(name, opts[name], f"one of {allowed}")
+    if opts["truncate"] is not None and not isinstance(opts["truncate"], bool):
+        raise InputError("truncate", opts["truncate"], "None (from the config), True or False")
+    if not _is_number(extrapolation_factor) or not math.isfinite(float(extrapolation_factor)):
+        raise InputError("extrapolation_factor", extrapolation_factor, "a finite number")
+    for name, value in (("seq_len", seq_len), ("max_model_len", max_model_len)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
+            raise InputError(name, value, "None or a positive integer (seq_len: max(position_ids) + 1)")
+
+    dynamic_yarn = bool(dynamic_yarn)
+    _check_method_options(rc, stack, opts, seq_len, dynamic_yarn, max_model_len)
+
+    try:
+        # Overflow or invalid arithmetic means the config's values do not fit float64: an error, not a NaN.
+        with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
+            inv_freq, attention = _compute(rc, seq_len, opts, float(extrapolation_factor), dynamic_yarn, max_model_len)
+    except (OverflowError, ZeroDivisionError, FloatingPointError) as error:
+        raise ConfigError("rope_theta", rc.base, "values whose frequencies fit in float64",
+                          context=f"{rc.rope_type} with factor={rc.factor}: {error}") from error
+    except InputError as error:  # options were checked above, so this comes from the config's values
+        raise ConfigError(error.param, error.value, error.allowed, context=f"rope_type {rc.rope_type!r}") from error
+
+    inv_freq = np.asarray(inv_freq, dtype=np.float64)
+    attention = float(attention)
+    if not (np.all(np.isfinite(inv_freq)) and np.all(inv_freq > 0)):
+        raise ConfigError("rope_theta", rc.base, "values whose inverse frequencies are finite and positive in float64",
+                          context=f"rope_type {rc.rope_type!r}, factor={rc.factor}, rotary_dim={rc.rotary_dim}")
+    if not (math.isfinite(attention) and attention > 0):
+        raise ConfigError("attention_factor", attention, "a finite positive attention factor",
+                          context=f"rope_type {rc.rope_type!r}, factor={rc.factor}")
+    return inv_freq, attention
+
+
+def _check_method_options(rc: RopeConfig, stack, opts, seq_len, dynamic_yarn, max_model_len) -> None:
+    """InputError for an option that cannot apply to this config's method."""
+    def unsupported(what: str):
+        return InputError("stack", stack, f"a stack that implements {what} (rope_type {rc.rope_type!r})")
+
+    if rc.rope_type == "dynamic" and opts["dynamic_ntk"] is None:
+        raise unsupported("dynamic NTK")
+    if rc.rope_type == "llama3" and stack == "yarn_authors":
+        raise unsupported("the Llama 3 schedule")
+    if rc.rope_type == "longrope":
+        if opts["longrope_switch"] is None:
+            raise unsupported("LongRoPE")
+        if opts["longrope_switch"] == "static" and max_model_len is None:
+            raise InputError("max_model_len", None, "a positive integer: the static LongRoPE switch decides from it")
+    if dynamic_yarn and rc.rope_type != "yarn":
+        raise InputError("dynamic_yarn", True, f"False for rope_type {rc.rope_type!r} (it applies to 'yarn')")
+    if dynamic_yarn and seq_len is None:
+        raise InputError("seq_len", None, "a positive integer with dynamic_yarn=True")
+    old_length = opts["correction_length"] == "max_position_embeddings"
+    if rc.rope_type == "yarn" and old_length and rc.max_position_embeddings is None:
+        raise InputError("correction_length", "max_position_embeddings", "a config with max_position_embeddings")
+
+
+def _compute(rc: RopeConfig, seq_len, opts, extrapolation_factor, dynamic_yarn, max_model_len):
+    """Dispatch to the scaling module of ``rc.rope_type`` (options already checked)."""
+    r, b, p = rc.rotary_dim, rc.base, rc.params
+    if rc.rope_type == "default":
+        return base_inv_freq(r, b), 1.0
+    if rc.rope_type == "linear":
+        return linear_frequencies(r, b, rc.factor)
+    if rc.rope_type == "dynamic":
+        if opts["dynamic_ntk"] == "vllm":
+            trained = p.get("max_trained_positions")
+            return vllm_dynamic_ntk_frequencies(r, b, rc.factor, rc.max_position_embeddings, trained)
+        return dynamic_ntk_frequencies(r, b, rc.factor, rc.max_position_embeddings, seq_len)
+    if rc.rope_type == "yarn":
+        if opts["correction_length"] == "max_position_embeddings":
+            length = rc.max_position_embeddings
+        else:
+            length = rc.original_max_position_embeddings
+        truncate = opts["truncate"] if opts["truncate"] is not None else bool(p.get("truncate", True))
+        yarn_options = dict(
+            beta_fast=p.get("beta_fast") or 32,  # transformers: `get(...) or 32`
+            beta_slow=p.get("beta_slow") or 1,
+            truncate=truncate,
+            clamp=opts["clamp"],
+            ramp=opts["ramp"],
+            epsilon_rule=opts["epsilon_rule"],
+            extrapolation_factor=extrapolation_factor,
+            attention_factor=p.get("attention_factor"),
+            mscale=p.get("mscale"),
+            mscale_all_dim=p.get("mscale_all_dim"),
+            mscale_rule=opts["mscale_rule"],
+        )
+        if dynamic_yarn:
+            return dynamic_yarn_frequencies(r, b, length, seq_len, **yarn_options)
+        return yarn_frequencies(r, b, rc.factor, length, **yarn_options)
+    if rc.rope_type == "llama3":
+        low, high = p["low_freq_factor"], p["high_freq_factor"]
+        return llama3_frequencies(r, b, rc.factor, low, high, rc.original_max_position_embeddings)
+    return longrope_frequencies(
+        r, b, p["short_factor"], p["long_factor"], rc.original_max_position_embeddings,
+        factor=p.get("factor"), max_position_embeddings=rc.max_position_embeddings,
+        attention_factor=p.get("attention_factor"), seq_len=seq_len,
+        switch=opts["longrope_switch"], max_model_len=max_model_len,
+    )
