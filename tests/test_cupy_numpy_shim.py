@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import os
 import subprocess
 import sys
 
@@ -33,7 +34,8 @@ spec_rope = importlib.import_module("yarnref.rope")
 from yarnref.backend import OPERATIONS, spec_function
 from yarnref.errors import DeviceMismatchError, InputError
 
-MODES = ("shim", "cupy")
+#: ``YARNREF_CUPY_TEST_MODES=cupy`` runs only the real-GPU mode (e.g. on the GPU machine).
+MODES = tuple(os.environ.get("YARNREF_CUPY_TEST_MODES", "shim,cupy").split(","))
 
 
 def _cupy_class():

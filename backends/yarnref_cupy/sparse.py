@@ -328,13 +328,13 @@ def _gather_attend(xp, q_rows, k, v, keys, valid, query_pos, causal: bool):
     Returns ``out`` ``(B, Hq, n, M, Dv)`` and ``lse`` ``(B, Hq, n, M)``.
     """
     batch, q_heads, n, m, _ = q_rows.shape
-    kv_heads = k.shape[1]
+    kv_heads, kv_len = k.shape[1], k.shape[2]
     group = q_heads // kv_heads
     b = xp.arange(batch)[:, None, None, None]
     h = (xp.arange(q_heads) // group)[None, :, None, None]  # the kv head each query head reads
-    safe = xp.where(valid, keys, 0)
-    k_sel = k[b, h, safe]  # (B, Hq, n, K, D)
-    v_sel = v[b, h, safe]  # (B, Hq, n, K, Dv)
+    rows = (b * kv_heads + h) * kv_len + xp.where(valid, keys, 0)  # (B, Hq, n, K): rows of k viewed as (B*Hk*kv_len, D)
+    k_sel = xp.take(k.reshape(-1, k.shape[-1]), rows, axis=0)  # (B, Hq, n, K, D): one row gather
+    v_sel = xp.take(v.reshape(-1, v.shape[-1]), rows, axis=0)  # (B, Hq, n, K, Dv)
     ok = valid[:, :, :, None, None, :]  # (B, Hq, n, 1, 1, K)
     if causal:
         ok = ok & (keys[:, :, :, None, None, :] <= query_pos[None, None, :, None, :, None])  # (B, Hq, n, 1, M, K)
@@ -353,7 +353,8 @@ def vs_attention(xp, device, q, k, v, vertical, slash, mode: str, scale: float, 
     batch, q_heads, q_len, head_dim = q.shape
     kv_len, v_dim = k.shape[2], v.shape[-1]
     cdt = compute_dtype(q, k, v)
-    kc, vc = k.astype(cdt, copy=False), v.astype(cdt, copy=False)
+    kc = xp.ascontiguousarray(k.astype(cdt, copy=False))  # contiguous: gathered as rows of (B*Hk*kv_len, D)
+    vc = xp.ascontiguousarray(v.astype(cdt, copy=False))
     off = kv_len - q_len if causal else kv_len
     out = xp.empty((batch, q_heads, q_len, v_dim), dtype=q.dtype)
     lse = xp.empty((batch, q_heads, q_len), dtype=cdt)
