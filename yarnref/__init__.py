@@ -27,7 +27,10 @@ from .backend import (
     set_backend,
     use_backend,
 )
+from . import scaling
+from .config import RopeConfig, parse_rope_config, rope_frequencies
 from .errors import BackendError, ConfigError, DeviceMismatchError, InputError, YarnrefError
+from .presets import DEFAULT_PRESET, PRESETS, get_preset, preset_names
 from .rope import base_inv_freq, half_to_interleaved, interleaved_to_half, rope_angles, rotary_dim
 
 __version__ = "0.1.0"
@@ -53,6 +56,14 @@ del _op
 
 __all__ = [
     *OPERATIONS,
+    "DEFAULT_PRESET",
+    "PRESETS",
+    "RopeConfig",
+    "get_preset",
+    "parse_rope_config",
+    "preset_names",
+    "rope_frequencies",
+    "scaling",
     "Backend",
     "BackendError",
     "ConfigError",
