@@ -22,6 +22,8 @@ from yarnref.rope import _check_pairing, _check_rope_shapes
 
 from . import attention as _attention
 from . import dca as _dca
+from . import rope as _rope
+from . import sparse as _sparse_module
 from ._arrays import check_float
 from ._device import Device, cuda_is_usable
 
@@ -107,9 +109,7 @@ class CupyBackend(Backend):
             pos = pos.astype(np.float64)
             if not bool(xp.all(xp.isfinite(pos))):
                 raise InputError("positions", "non-finite values", "finite positions")
-            from .rope import cos_sin
-
-            return cos_sin(xp, freqs, pos, float(attention_factor), precision, out_precision, out_dtype)
+            return _rope.cos_sin(xp, freqs, pos, float(attention_factor), precision, out_precision, out_dtype)
 
     def apply_rope(self, x, cos, sin, pairing="half"):
         _check_pairing(pairing)
@@ -123,9 +123,7 @@ class CupyBackend(Backend):
                 if table.dtype.kind not in "fiu":
                     raise InputError(name, f"dtype {table.dtype}", "a real array")
             r = _check_rope_shapes(x, cos, sin)
-            from .rope import apply_rope
-
-            return apply_rope(self.xp, x, cos, sin, r, pairing)
+            return _rope.apply_rope(self.xp, x, cos, sin, r, pairing)
 
     # ----------------------------------------------------------------- attention
 
@@ -185,7 +183,7 @@ class CupyBackend(Backend):
         form="union",
         return_lse=False,
     ):
-        from yarnref import dca as spec
+        spec = _dca.spec
 
         xp = self.xp
         with self._device.context():
@@ -346,12 +344,8 @@ class CupyBackend(Backend):
 
 
 def _sparse_spec():
-    import importlib
-
-    return importlib.import_module("yarnref.sparse")
+    return _sparse_module.spec
 
 
 def _sparse():
-    from . import sparse
-
-    return sparse
+    return _sparse_module

@@ -26,11 +26,15 @@ float32); the temperature factors come from :func:`yarnref.dca.dca_temperature`.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from ._arrays import compute_dtype, scalar
 from .attention import attention, merge_attention
 from .rope import apply_rope, cos_sin
+
+spec = importlib.import_module("yarnref.dca")
 
 #: Logits held at once by one part's attention block: ``batch * q_heads * block * keys`` numbers.
 BLOCK_ELEMENTS = 1 << 26
