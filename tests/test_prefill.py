@@ -1,0 +1,446 @@
+"""Tests of yarnref.prefill: chunked prefill, and the Qwen2.5-1M pipeline (DCA + vertical-slash)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import yarnref
+from yarnref import prefill, sparse
+from yarnref.attention import attention
+from yarnref.dca import dca_attention, dca_config, dca_position_ids, qwen_attention_scale
+from yarnref.errors import ConfigError, InputError
+from yarnref.rope import apply_rope, rope_cos_sin
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def qkv(rng, b=1, hq=4, hk=2, tq=96, tk=96, d=16):
+    return rng.standard_normal((b, hq, tq, d)), rng.standard_normal((b, hk, tk, d)), rng.standard_normal((b, hk, tk, d))
+
+
+def masked_softmax(logits, v, mask):
+    """Softmax of logits (b, hq, tq, tk) over mask, times v (b, hk, tk, dv) with GQA."""
+    group = logits.shape[1] // v.shape[1]
+    vr = np.repeat(v, group, axis=1)
+    logits = np.where(mask, logits, -np.inf)
+    m = logits.max(-1, keepdims=True)
+    w = np.exp(logits - m)
+    return np.einsum("bhij,bhjd->bhid", w, vr) / w.sum(-1, keepdims=True), (np.log(w.sum(-1)) + m[..., 0])
+
+
+def plain_logits(q, k, scale=None):
+    group = q.shape[1] // k.shape[1]
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return scale * np.einsum("bhid,bhjd->bhij", q, np.repeat(k, group, axis=1))
+
+
+def causal(tq, tk):
+    return np.arange(tk)[None, :] <= (np.arange(tq) + tk - tq)[:, None]
+
+
+def rotate(x, inv_freq, positions):
+    cos, sin = rope_cos_sin(inv_freq, positions)
+    return apply_rope(x, cos, sin)
+
+
+def dca_logits(q, k, inv_freq, chunk_size, local_size, scale):
+    """DCA logits (b, hq, tq, tk) straight from the position rules: the part by chunk distance (notes §1.2-1.3)."""
+    tq, tk = q.shape[2], k.shape[2]
+    off = tk - tq
+    L = chunk_size - local_size
+    ids = dca_position_ids(tk, chunk_size, local_size)
+    k_rot = rotate(k, inv_freq, ids.key)
+    by_part = [plain_logits(rotate(q, inv_freq, pos[off:]), k_rot, scale) for pos in (ids.intra, ids.successive, ids.inter)]
+    distance = (np.arange(off, tk) // L)[:, None] - (np.arange(tk) // L)[None, :]
+    return np.where(distance == 0, by_part[0], np.where(distance == 1, by_part[1], by_part[2]))
+
+
+def plan_mask(plan, batch, heads, tq, tk):
+    """The union over a plan's segments and parts of the kernels' key sets, in absolute key coordinates."""
+    off = tk - tq
+    mask = np.zeros((batch, heads, tq, tk), dtype=bool)
+    for seg in plan:
+        rows = slice(seg.begin - off, seg.end - off)
+        for part in seg.parts.values():
+            a, z = part.keys
+            mask[:, :, rows, a:z] = sparse.vertical_slash_mask(
+                seg.end - seg.begin, z - a, part.vertical_idx, part.slash_idx, "kernel", part.causal
+            )
+    return mask
+
+
+C, LOCAL = 80, 16  # chunk_len L = 64
+L = C - LOCAL
+INV_FREQ = 1.0 / 10000 ** (np.arange(0, 16, 2) / 16)
+
+
+def make_config(table, threshold=100, **extra):
+    return {
+        "dual_chunk_attention_config": {
+            "chunk_size": C,
+            "local_size": LOCAL,
+            "sparse_attention_threshold": threshold,
+            "sparse_attention_config": table,
+            **extra,
+        }
+    }
+
+
+def table_for(budgets, layers=1):
+    """A sparse_attention_config: one layer entry (JSON-style string head ids) per layer."""
+    return [{str(h): ["vertical_and_slash", v, s, 0.95] for h, (v, s) in enumerate(budgets)} for _ in range(layers)]
+
+
+BUDGETS = [(31, 50), (40, 60), (30, 100), (200, 120)]
+
+
+# ----------------------------------------------------------------------------- chunked prefill
+
+
+@given(st.integers(1, 90), st.integers(0, 40), st.integers(1, 100), st.sampled_from([(2, 2), (4, 2), (4, 1)]))
+def test_chunked_dense_equals_whole(q_len, extra, chunk, heads):
+    rng = np.random.default_rng(q_len * 100 + extra)
+    q, k, v = qkv(rng, hq=heads[0], hk=heads[1], tq=q_len, tk=q_len + extra, d=8)
+    out, lse = prefill.chunked_prefill(q, k, v, chunk, return_lse=True)
+    ref, ref_lse = attention(q, k, v, return_lse=True)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["kernel", "exact"])
+@pytest.mark.parametrize("q_len,kv_len,chunk", [(200, 200, 70), (150, 230, 64), (130, 130, 130)])
+def test_chunked_sparse_is_a_masked_softmax_over_each_chunks_pattern(mode, q_len, kv_len, chunk):
+    rng = np.random.default_rng(q_len + chunk)
+    q, k, v = qkv(rng, tq=q_len, tk=kv_len)
+    budgets = dict(vertical_size=np.array([31, 35, 40, 30]), slash_size=60, last_q=16, mode=mode)
+    out, lse = prefill.chunked_prefill(q, k, v, chunk, 0.3, sparse=budgets, return_lse=True)
+    off = kv_len - q_len
+    mask = np.zeros((1, 4, q_len, kv_len), dtype=bool)
+    for start in range(0, q_len, chunk):
+        stop = min(start + chunk, q_len)
+        end = stop + off
+        V, S = sparse.vertical_slash_indices(q[:, :, start:stop], k[:, :, :end], budgets["vertical_size"], 60, 16, scale=0.3)
+        mask[:, :, start:stop, :end] = sparse.vertical_slash_mask(stop - start, end, V, S, mode)
+    ref, ref_lse = masked_softmax(plain_logits(q, k, 0.3), v, mask)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-12, atol=1e-12)
+    if chunk >= q_len:  # one chunk: the plain vertical-slash attention
+        V, S = sparse.vertical_slash_indices(q, k, budgets["vertical_size"], 60, 16, scale=0.3)
+        np.testing.assert_allclose(out, sparse.vertical_slash_attention(q, k, v, V, S, mode, 0.3), rtol=1e-13, atol=1e-13)
+
+
+def test_chunked_sparse_full_budget_is_dense():
+    rng = np.random.default_rng(1)
+    q, k, v = qkv(rng, tq=150, tk=150)
+    out = prefill.chunked_prefill(q, k, v, 40, sparse=dict(vertical_size=150, slash_size=150))
+    np.testing.assert_allclose(out, attention(q, k, v), rtol=1e-12, atol=1e-12)
+
+
+def test_chunked_prefill_runs_on_each_backend(backend):
+    rng = np.random.default_rng(2)
+    q, k, v = qkv(rng, tq=50, tk=70)
+    with yarnref.use_backend(backend):
+        out, lse = prefill.chunked_prefill(*(backend.asarray(a) for a in (q, k, v)), 16, return_lse=True)
+    ref, ref_lse = attention(q, k, v, return_lse=True)
+    np.testing.assert_allclose(backend.to_numpy(out), ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(backend.to_numpy(lse), ref_lse, rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- the per-head table
+
+
+def test_sparse_config_table():
+    cfg = make_config(table_for(BUDGETS, layers=2))
+    budgets = prefill.sparse_attention_config_for(cfg, 1)
+    assert budgets.vertical_size.tolist() == [31, 40, 130, 200]  # vLLM: 30 -> 130
+    assert budgets.config_vertical_size.tolist() == [31, 40, 30, 200]
+    assert budgets.slash_size.tolist() == [50, 60, 100, 120]
+    assert budgets.score.tolist() == [0.95] * 4
+    tp = prefill.sparse_attention_config_for(dca_config(cfg), 0, heads=(2, 4))
+    assert tp.vertical_size.tolist() == [130, 200] and tp.slash_size.tolist() == [100, 120]
+    # Integer head ids, and a dict keyed by layer, are read too.
+    as_ints = [{h: ["vertical_and_slash", v, s, 1.0] for h, (v, s) in enumerate(BUDGETS)}]
+    assert prefill.sparse_attention_config_for(make_config(as_ints), 0).slash_size.tolist() == [50, 60, 100, 120]
+    by_layer = {"0": table_for(BUDGETS)[0]}
+    assert prefill.sparse_attention_config_for(make_config(by_layer), 0).vertical_size.tolist() == [31, 40, 130, 200]
+
+
+def test_fallback_indices_match_torch():
+    torch = pytest.importorskip("torch")
+    for n in list(range(1, 3000)) + [253952, 262143, 1_000_003]:
+        want = torch.arange(0, n, max(1, n / 5), dtype=torch.int32).numpy()
+        assert np.array_equal(prefill.vllm_fallback_indices(n), want), n
+
+
+def test_fallback_indices_examples():
+    assert prefill.vllm_fallback_indices(7).tolist() == [0, 1, 2, 3, 4]
+    assert prefill.vllm_fallback_indices(64).tolist() == [0, 12, 24, 36, 48]
+    assert prefill.vllm_fallback_indices(3).tolist() == [0, 1, 2]
+
+
+# ----------------------------------------------------------------------------- the Qwen2.5-1M pipeline
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(3)
+    return qkv(rng, tq=256, tk=256)
+
+
+def test_below_threshold_is_dense_dca(data):
+    q, k, v = data
+    cfg = make_config(table_for(BUDGETS), threshold=256)  # kv_len == threshold: not above it
+    out, lse = prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, return_lse=True)
+    ref, ref_lse = dca_attention(q, k, v, INV_FREQ, C, LOCAL, return_lse=True)
+    assert np.array_equal(out, ref) and np.array_equal(lse, ref_lse)
+    # Sparse disabled: dense whatever the length.
+    off = make_config(table_for(BUDGETS), threshold=10, sparse_attention_enabled=False)
+    assert np.array_equal(prefill.qwen_prefill(q, k, v, INV_FREQ, off), ref)
+
+
+@pytest.mark.parametrize("temperature_from", [None, 64])
+@pytest.mark.parametrize("pairing", ["half", "interleaved"])
+def test_full_budgets_are_dense_dca(data, pairing, temperature_from):
+    q, k, v = data
+    extra = {"original_max_position_embeddings": temperature_from} if temperature_from else {}
+    cfg = make_config(table_for([(256, 256)] * 4), **extra)
+    out, lse = prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, pairing=pairing, return_lse=True)
+    kwargs = {"temperature": "qwen", "original_max_position_embeddings": temperature_from} if temperature_from else {}
+    ref, ref_lse = dca_attention(q, k, v, INV_FREQ, C, LOCAL, pairing=pairing, return_lse=True, **kwargs)
+    np.testing.assert_allclose(out, ref, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("q_len,prefill_chunk", [(256, None), (256, 100), (256, 37), (190, None), (190, 50)])
+def test_sparse_is_a_masked_softmax_with_dca_positions(q_len, prefill_chunk):
+    rng = np.random.default_rng(4 + q_len)
+    q, k, v = qkv(rng, tq=q_len, tk=256)
+    cfg = make_config(table_for(BUDGETS), original_max_position_embeddings=100)
+    out, lse = prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, 0.2, prefill_chunk_size=prefill_chunk, return_lse=True)
+    plan = prefill.qwen_sparse_plan(q, k, INV_FREQ, cfg, 0.2, prefill_chunk_size=prefill_chunk)
+    # Segments: cut at multiples of L inside each prefill chunk.
+    bounds = sorted({256 - q_len, 256} | {b for b in range(0, 256, L) if b > 256 - q_len}
+                    | ({256 - q_len + c for c in range(0, q_len, prefill_chunk)} if prefill_chunk else set()))
+    assert [(s.begin, s.end) for s in plan] == list(zip(bounds[:-1], bounds[1:]))
+    s = qwen_attention_scale(256, 100)
+    mask = plan_mask(plan, 1, 4, q_len, 256) & causal(q_len, 256)
+    assert not np.array_equal(mask, causal(q_len, 256))  # really sparse
+    ref, ref_lse = masked_softmax(dca_logits(q, k, INV_FREQ, C, LOCAL, 0.2 * s * s), v, mask)
+    np.testing.assert_allclose(out, ref, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-11, atol=1e-11)
+
+
+def vllm_estimate(q, k, scale, begin, end, budgets, last_q=64):
+    """vLLM's estimation for one segment (batch 0), built the way vLLM builds it: three key blocks side by side."""
+    cs = (begin // L) * L
+    off = k.shape[2] - q.shape[2]
+    lq = min(end - begin, last_q)
+    ids = dca_position_ids(k.shape[2], C, LOCAL)
+    rows = np.arange(end - lq, end)
+    q_rows = q[:, :, rows - off]
+    k_rot = rotate(k[:, :, :end], INV_FREQ, ids.key[:end])
+    logits = np.concatenate(
+        [
+            plain_logits(rotate(q_rows, INV_FREQ, ids.inter_critical[rows]), k_rot[:, :, : max(cs - L, 0)], scale),
+            plain_logits(rotate(q_rows, INV_FREQ, ids.successive_critical[rows]), k_rot[:, :, max(cs - L, 0) : cs], scale),
+            plain_logits(rotate(q_rows, INV_FREQ, ids.intra[rows]), k_rot[:, :, cs:end], scale),
+        ],
+        axis=-1,
+    )[0]  # (heads, lq, end)
+    logits = np.where(np.arange(end)[None, :] <= rows[:, None], logits, -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    result = []
+    for h in range(p.shape[0]):
+        vert = p[h].sum(0)
+        vert[:30] = np.inf
+        diag = np.zeros(end)
+        for r, i in enumerate(rows):
+            diag[: i + 1] += p[h, r, i::-1]  # diag[delta] += p[r, i - delta]
+        diag[:100] = np.inf
+        n_v = min(end, max(budgets.vertical_size[h], 30))
+        n_s = min(end, max(budgets.slash_size[h], 50))
+        top_v = sorted(sorted(range(end), key=lambda j: (-vert[j], j))[:n_v])
+        top_s = sorted(sorted(range(end), key=lambda d: (-diag[d], d))[:n_s], reverse=True)
+        result.append((top_v, top_s))
+    return result
+
+
+def vllm_split(top_v, top_s, begin, end):
+    """vLLM's split of one head's whole-row indices, in its own t = end - 1 - delta coordinates, with fallbacks."""
+    cs = (begin // L) * L
+    qlen = end - begin
+    t = [end - 1 - d for d in top_s]
+
+    def fallback(n):
+        step = max(1, n / 5)
+        return [i * int(step) for i in range(math.ceil(n / step))]
+
+    parts = {"intra": ([c - cs for c in top_v if c >= cs] or fallback(end - cs), [end - 1 - x for x in t if x >= cs])}
+    if cs - L >= 0:
+        parts["successive"] = (
+            [c - (cs - L) for c in top_v if cs - L <= c < cs] or fallback(L),
+            [cs + qlen - 1 - x for x in t if cs - L <= x < cs + qlen] or fallback(L),
+        )
+    if cs - 2 * L >= 0:
+        parts["inter"] = (
+            [c for c in top_v if c < cs - L] or fallback(cs - L),
+            [cs - L + qlen - 1 - x for x in t if x < cs - L + qlen] or fallback(cs - L),
+        )
+    return parts
+
+
+@pytest.mark.parametrize("prefill_chunk", [None, 100])
+def test_plan_matches_vllm_estimation_and_split(prefill_chunk):
+    rng = np.random.default_rng(5)
+    q, k, _ = qkv(rng, tq=256, tk=256)
+    cfg = make_config(table_for(BUDGETS), sparse_attention_last_q=16)
+    plan = prefill.qwen_sparse_plan(q, k, INV_FREQ, cfg, 0.25, prefill_chunk_size=prefill_chunk)
+    budgets = prefill.sparse_attention_config_for(cfg, 0)
+    fallbacks = {"vertical": 0, "slash": 0}
+    for seg in plan:
+        expected = vllm_estimate(q, k, 0.25, seg.begin, seg.end, budgets, last_q=16)
+        for h, (top_v, top_s) in enumerate(expected):
+            assert seg.vertical_idx[0, h][seg.vertical_idx[0, h] >= 0].tolist() == top_v
+            assert seg.slash_idx[0, h][seg.slash_idx[0, h] >= 0].tolist() == top_s
+            split = vllm_split(top_v, top_s, seg.begin, seg.end)
+            assert set(split) == set(seg.parts)
+            for name, (want_v, want_s) in split.items():
+                part = seg.parts[name]
+                got_v = part.vertical_idx[0, h][part.vertical_idx[0, h] >= 0]
+                got_s = part.slash_idx[0, h][part.slash_idx[0, h] >= 0]
+                assert sorted(got_v.tolist()) == sorted(want_v) and sorted(got_s.tolist()) == sorted(want_s), (seg, name, h)
+                cs = seg.chunk_start
+                key_count = {"intra": seg.end - cs, "successive": L, "inter": cs - L}[name]
+                fb = prefill.vllm_fallback_indices(key_count).tolist()
+                fallbacks["vertical"] += not any(
+                    lo <= c < hi for c in top_v for lo, hi in [part.keys]
+                ) and got_v.tolist() == fb
+                fallbacks["slash"] += name != "intra" and got_s.tolist() == fb
+    # v = 31 leaves one of intra/successive without a vertical; s = 50 (only distances < 50) leaves inter without a slash.
+    assert fallbacks["vertical"] > 0 and fallbacks["slash"] > 0
+
+
+def test_vertical_budget_30_is_130(data):
+    q, k, _ = data
+    cfg = make_config(table_for([(30, 50)] * 4))
+    plan = prefill.qwen_sparse_plan(q, k, INV_FREQ, cfg)
+    for seg in plan:
+        assert np.all((seg.vertical_idx >= 0).sum(-1) == min(seg.end, 130))
+
+
+def test_tensor_parallel_head_slices(data):
+    q, k, v = data
+    cfg = make_config(table_for(BUDGETS))
+    whole = prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, prefill_chunk_size=100)
+    halves = [
+        prefill.qwen_prefill(q[:, 2 * r : 2 * r + 2], k[:, r : r + 1], v[:, r : r + 1], INV_FREQ, cfg, heads=(2 * r, 2 * r + 2), prefill_chunk_size=100)
+        for r in range(2)
+    ]
+    np.testing.assert_allclose(np.concatenate(halves, axis=1), whole, rtol=1e-13, atol=1e-13)
+
+
+def test_gqa_equals_repeated_kv(data):
+    q, k, v = data
+    cfg = make_config(table_for(BUDGETS))
+    got = prefill.qwen_prefill(q, k, v, INV_FREQ, cfg)
+    want = prefill.qwen_prefill(q, np.repeat(k, 2, axis=1), np.repeat(v, 2, axis=1), INV_FREQ, cfg)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+
+
+def test_output_dtype_and_short_prompts():
+    rng = np.random.default_rng(6)
+    q, k, v = (a.astype(np.float32) for a in qkv(rng, tq=140, tk=140))
+    cfg = make_config(table_for(BUDGETS), threshold=1)
+    out = prefill.qwen_prefill(q, k, v, INV_FREQ, cfg)
+    assert out.dtype == np.float32
+    for n in (1, 2, 5):  # tiny prompts (vllm-project/vllm#19084), above a threshold of 1 when n > 1
+        out = prefill.qwen_prefill(q[:, :, :n], k[:, :, :n], v[:, :, :n], INV_FREQ, cfg)
+        ref = dca_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n], INV_FREQ, C, LOCAL)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def bad_entry(value, head="1"):
+    table = table_for(BUDGETS)
+    table[0][head] = value
+    return make_config(table)
+
+
+@pytest.mark.parametrize(
+    "config,key",
+    [
+        (bad_entry(["vertical_and_slash", 0, 50, 1.0]), "sparse_attention_config[0][1][1]"),
+        (bad_entry(["vertical_and_slash", 40, -3, 1.0]), "sparse_attention_config[0][1][2]"),
+        (bad_entry(["vertical_and_slash", 40.5, 50, 1.0]), "sparse_attention_config[0][1][1]"),
+        (bad_entry(["stream_llm", 40, 50, 1.0]), "sparse_attention_config[0][1][0]"),
+        (bad_entry(["vertical_and_slash", 40, 50]), "sparse_attention_config[0][1]"),
+        (bad_entry(["vertical_and_slash", 40, 50, "high"]), "sparse_attention_config[0][1][3]"),
+        (bad_entry(["vertical_and_slash", 40, 50, 1.0], head="x"), "sparse_attention_config[0] key"),
+        (make_config([{str(h): ["vertical_and_slash", 40, 50, 1.0] for h in (0, 1, 3, 4)}]), "sparse_attention_config[0]"),
+        ({"dual_chunk_attention_config": {"chunk_size": C, "local_size": LOCAL, "sparse_attention_enabled": True}}, "sparse_attention_config"),
+        (make_config(table_for(BUDGETS), sparse_attention_last_q=0), "dual_chunk_attention_config.sparse_attention_last_q"),
+    ],
+)
+def test_bad_sparse_config(data, config, key):
+    q, k, v = data
+    with pytest.raises(ConfigError) as err:
+        prefill.qwen_prefill(q, k, v, INV_FREQ, config)
+    assert err.value.key == key
+
+
+def test_bad_input(data):
+    q, k, v = data
+    cfg = make_config(table_for(BUDGETS))
+    cases = [
+        (lambda: prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, layer=1), "layer"),
+        (lambda: prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, layer=-1), "layer"),
+        (lambda: prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, heads=(2, 1)), "heads"),
+        (lambda: prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, heads=(0, 2)), "q"),
+        (lambda: prefill.qwen_prefill(q[:, :2], k[:, :1], v[:, :1], INV_FREQ, cfg), "q"),
+        (lambda: prefill.qwen_prefill(q, k[:, :, :100], v[:, :, :100], INV_FREQ, cfg), "q"),
+        (lambda: prefill.qwen_prefill(q, k, v[:, :, :100], INV_FREQ, cfg), "v"),
+        (lambda: prefill.qwen_prefill(q, k, v, INV_FREQ[None], cfg), "inv_freq"),
+        (lambda: prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, prefill_chunk_size=0), "prefill_chunk_size"),
+        (lambda: prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, pairing="gptj"), "pairing"),
+        (lambda: prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, scale=0.0), "scale"),
+        (lambda: prefill.qwen_prefill(q, k, v, INV_FREQ, [1, 2]), "dca"),
+        (lambda: prefill.chunked_prefill(q, k, v, 0), "chunk_size"),
+        (lambda: prefill.chunked_prefill(q, k, v, 10, sparse={"vertical_size": 30}), "sparse"),
+        (lambda: prefill.chunked_prefill(q, k, v, 10, sparse={"vertical_size": 30, "slash_size": 50, "lastq": 3}), "sparse"),
+        (lambda: prefill.chunked_prefill(q, k, v, 10, sparse={"vertical_size": 30, "slash_size": 50, "last_q": 0}), "sparse['last_q']"),
+        (lambda: prefill.chunked_prefill(q, k, v, 10, sparse={"vertical_size": 0, "slash_size": 50}), "vertical_size"),
+        (lambda: prefill.chunked_prefill(q, k, v, 10, sparse={"vertical_size": 30, "slash_size": 50, "mode": "fast"}), "sparse['mode']"),
+        (lambda: prefill.chunked_prefill(q, k[:, :, :50], v[:, :, :50], 10), "q"),
+        (lambda: prefill.vllm_fallback_indices(0), "n"),
+    ]
+    for call, param in cases:
+        with pytest.raises(InputError) as err:
+            call()
+        assert err.value.param == param, (param, err.value)
+
+
+def test_qwen_prefill_runs_on_each_backend(backend):
+    from yarnref.backend import OPERATIONS
+
+    needed = ("rope_cos_sin", "apply_rope", "merge_attention", "vertical_slash_indices", "vertical_slash_attention")
+    missing = [op for op in needed if op not in OPERATIONS]
+    if missing:
+        pytest.skip(f"{missing} not wired into yarnref.backend.OPERATIONS yet")
+    rng = np.random.default_rng(7)
+    q, k, v = qkv(rng, tq=200, tk=200)
+    cfg = make_config(table_for(BUDGETS))
+    want, want_lse = prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, prefill_chunk_size=90, return_lse=True)
+    with yarnref.use_backend(backend):
+        got, got_lse = prefill.qwen_prefill(
+            *(backend.asarray(a) for a in (q, k, v)), INV_FREQ, cfg, prefill_chunk_size=90, return_lse=True
+        )
+    np.testing.assert_allclose(backend.to_numpy(got), want, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(backend.to_numpy(got_lse), want_lse, rtol=1e-9, atol=1e-9)

@@ -1,0 +1,659 @@
+r"""Chunked prefill, and the Qwen2.5-1M prefill pipeline (DCA + vertical-slash sparse attention).
+
+Papers: Yang et al., "Qwen2.5-1M Technical Report", arXiv:2501.15383
+(sections on length extrapolation with DCA and on sparse attention with
+chunked prefill), built on An et al., "Training-Free Long-Context Scaling of
+Large Language Models" (ChunkLlama, DCA), arXiv:2402.17463, section 3, and
+Jiang et al., "MInference 1.0", arXiv:2407.02490, section 3.  What is
+reproduced is what vLLM's ``DualChunkFlashAttentionImpl`` runs
+(``_dual_chunk_flash_attn_prefill_func``), the only public implementation;
+the technical report itself gives no pseudocode.
+
+Chunked prefill
+---------------
+A prompt of ``T`` tokens is processed ``chunk_size`` queries at a time; chunk
+``[a, b)`` attends to the keys ``[0, b)`` (causal, bottom-right).  Dense
+attention gives exactly the whole-prompt result (each query's softmax runs over
+the same keys); with vertical-slash sparsity every chunk estimates its own
+pattern from its own last ``last_q`` queries, so the result depends on the
+chunking.
+
+The Qwen2.5-1M pipeline (:func:`qwen_prefill`; notes section 4)
+----------------------------------------------------------------
+With ``L = chunk_size - local_size`` (the DCA chunk length) and ``C =
+chunk_size``:
+
+1. **Gate.**  Sparse only if ``sparse_attention_enabled`` and the sequence's
+   length ``T > sparse_attention_threshold``; otherwise dense DCA
+   (:func:`yarnref.dca.dca_attention`).
+2. **Segments.**  The queries (optionally split into prefill chunks of
+   ``prefill_chunk_size``) are cut at multiples of ``L``: a segment
+   ``[begin, end)`` lies in the DCA chunk starting at ``cs``; its keys are
+   intra ``[cs, end)``, successive ``[cs - L, cs)`` (if ``cs >= L``) and inter
+   ``[0, cs - L)`` (if ``cs >= 2L``).
+3. **Joint estimation** from the segment's last ``lq = min(end - begin,
+   last_q)`` queries against all keys ``[0, end)``, with the *unclamped*
+   positions: ``r(i) = i mod L`` for intra keys, ``r(i) + L`` for successive
+   keys, ``r(i) + C`` for inter keys (keys at ``r(j)``).  One softmax over
+   ``[0, end)``, 30 sink columns and 100 local diagonals forced, per-head
+   budgets ``(v_h, s_h)`` from ``sparse_attention_config[layer]``, with vLLM's
+   special case **v = 30 -> 130**.  The estimation is
+   :func:`yarnref.vertical_slash_indices`, which keeps MInference's minimum
+   budgets (30 verticals, 50 slashes); vLLM keeps ``min(end, v_h)`` and
+   ``min(end, s_h)`` without minimums.  They differ only for table budgets
+   below those minimums, which no shipped config has (the smallest are
+   ``v = 30``, run as 130, and ``s = 100``); below 100 slashes vLLM's choice
+   among the forced diagonals is ``torch.topk``'s tie order anyway.
+4. **Split** the whole-row indices into the three parts, each in its own key
+   coordinates: intra verticals ``c >= cs`` -> ``c - cs``, slashes ``delta <=
+   end - 1 - cs`` kept; successive verticals in ``[cs - L, cs)`` -> ``c - (cs -
+   L)``, slashes ``delta >= begin - cs`` -> ``delta - (begin - cs)``; inter
+   verticals ``< cs - L`` kept, slashes ``delta >= begin - cs + L`` ->
+   ``delta - L - (begin - cs)``.  (The non-causal parts place the query block
+   right after their keys, so these shifts keep every diagonal on the same
+   absolute keys.)  A part left with no vertical, or (successive, inter) no
+   slash, gets vLLM's fallback ``arange(0, n, max(1, n/5))`` as torch computes
+   it for int32: ``ceil(n / max(1, n/5))`` entries spaced ``int(max(1, n/5))``.
+5. **Three sparse attentions** (kernel semantics) with the *clamped* DCA query
+   positions (intra ``r(i)``, successive ``min(r(i) + L, C)``, inter
+   ``min(2L - 1, C)``), causal for intra and "queries after the keys" for the
+   other two, merged by their log-sum-exps.
+
+Temperature: with ``original_max_position_embeddings = O > 0`` vLLM multiplies
+the keys and the softmax scale by ``s = max(1, 0.1 ln(T / O) + 1)``, so every
+logit (estimation included) is scaled by ``s^2``; ``T`` is the full length
+(the prompt length during chunked prefill).
+
+Conventions
+-----------
+* Layout ``(batch, heads, seq, head_dim)``, GQA (query head ``h`` reads kv
+  head ``h // group``).  ``q_len <= kv_len``: the queries are the last
+  ``q_len`` positions (chunked prefill continuing a cache).
+* :func:`chunked_prefill` takes **rotated** q and k; :func:`qwen_prefill`
+  takes **un-rotated** ones (DCA rotates each query to several positions).
+* Backends.  This module is orchestration only: every array operation goes
+  through the current backend (:func:`yarnref.get_backend`), so with
+  ``yarnref.set_backend("torch")`` the same walk runs torch operations.  The
+  small index bookkeeping (splitting per-head index lists between the DCA
+  parts, the fallbacks, position ids) is done in NumPy through
+  ``backend.to_numpy`` / ``backend.asarray``; segment outputs are joined with
+  the array library's own concatenation.  With the NumPy backend everything is
+  float64 and the output has q's dtype.
+* Python loops run over prefill chunks and DCA segments only; heads and tokens
+  are vectorised.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+
+from .attention import check_qkv, default_scale
+from .errors import BackendError, ConfigError, InputError
+
+__all__ = [
+    "SPARSE_PATTERN",
+    "SparseHeadBudgets",
+    "SparsePart",
+    "QwenSparseSegment",
+    "chunked_prefill",
+    "qwen_prefill",
+    "qwen_sparse_plan",
+    "sparse_attention_config_for",
+    "vllm_fallback_indices",
+]
+
+#: The only pattern Qwen2.5-1M's per-head tables use (and the only one vLLM accepts).
+SPARSE_PATTERN = "vertical_and_slash"
+
+#: vLLM's special case: a vertical budget of 30 is run as 130.
+_VERTICAL_30_AS = 130
+
+#: Forced sink columns and local diagonals of the estimation (MInference and vLLM).
+_FORCE_VERTICALS, _FORCE_SLASHES = 30, 100
+
+# The spec function of each operation this module calls, for backends that do not (yet) list it.
+_SPEC_OPERATIONS = {
+    "attention": ("yarnref.attention", "attention"),
+    "merge_attention": ("yarnref.attention", "merge_attention"),
+    "rope_cos_sin": ("yarnref.rope", "rope_cos_sin"),
+    "apply_rope": ("yarnref.rope", "apply_rope"),
+    "dca_attention": ("yarnref.dca", "dca_attention"),
+    "vertical_slash_indices": ("yarnref.sparse", "vertical_slash_indices"),
+    "vertical_slash_attention": ("yarnref.sparse", "vertical_slash_attention"),
+}
+
+
+# ----------------------------------------------------------------------------- backend plumbing
+
+
+def _backend():
+    from .backend import get_backend
+
+    return get_backend()
+
+
+def _op(name: str):
+    """The current backend's ``name`` operation (the spec function on the NumPy backend)."""
+    backend = _backend()
+    fn = getattr(backend, name, None)
+    if fn is not None:
+        return fn
+    from .backend import NumpyBackend
+
+    if isinstance(backend, NumpyBackend):
+        import importlib
+
+        module, attr = _SPEC_OPERATIONS[name]
+        return getattr(importlib.import_module(module), attr)
+    raise BackendError(f"backend {backend.describe()!r} does not implement the operation {name!r} the prefill needs")
+
+
+def _concatenate(arrays: list, axis: int):
+    """Join arrays of the backend's library along ``axis``: NumPy, torch (``cat``) or CuPy-like (``concatenate``)."""
+    if len(arrays) == 1:
+        return arrays[0]
+    first = arrays[0]
+    if isinstance(first, np.ndarray):
+        return np.concatenate(arrays, axis=axis)
+    library = sys.modules.get(type(first).__module__.split(".")[0])
+    if hasattr(library, "cat"):  # torch
+        return library.cat(arrays, dim=axis)
+    if hasattr(library, "concatenate"):  # cupy and other NumPy-like libraries
+        return library.concatenate(arrays, axis=axis)
+    raise BackendError(f"cannot concatenate arrays of type {type(first).__name__}")
+
+
+def _spec_float64(*arrays):
+    """NumPy inputs are computed in float64 (the spec); other libraries' arrays are left to their backend."""
+    return tuple(a.astype(np.float64, copy=False) if isinstance(a, np.ndarray) else a for a in arrays)
+
+
+def _restore_dtype(x, like):
+    return x.astype(like.dtype, copy=False) if isinstance(x, np.ndarray) and isinstance(like, np.ndarray) else x
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if not _is_int(value) or value < minimum:
+        raise InputError(name, value, f"an integer >= {minimum}")
+    return int(value)
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(name, value, "True or False")
+    return bool(value)
+
+
+def _check_scale(scale, head_dim: int) -> float:
+    if scale is None:
+        return default_scale(head_dim)
+    if not isinstance(scale, (int, float, np.integer, np.floating)) or isinstance(scale, (bool, np.bool_)) or not (
+        math.isfinite(float(scale)) and float(scale) > 0
+    ):
+        raise InputError("scale", scale, "None or a finite number > 0")
+    return float(scale)
+
+
+def _check_prefill_shapes(q, k, v):
+    dims = check_qkv(q, k, v)
+    if dims[3] > dims[4]:
+        raise InputError("q", f"q_len={dims[3]}", f"at most kv_len = {dims[4]} (the queries are the last q_len positions)")
+    return dims
+
+
+_SPARSE_KEYS = ("vertical_size", "slash_size", "last_q", "mode")
+
+
+def _check_sparse(sparse):
+    if sparse is None:
+        return None
+    if not isinstance(sparse, Mapping):
+        raise InputError("sparse", sparse, "None or a dict(vertical_size=..., slash_size=..., last_q=64, mode='kernel')")
+    unknown = sorted(set(sparse) - set(_SPARSE_KEYS))
+    missing = [key for key in ("vertical_size", "slash_size") if key not in sparse]
+    if unknown or missing:
+        raise InputError("sparse", dict(sparse), f"a dict with keys vertical_size and slash_size (required), last_q and mode (optional); unknown {unknown}, missing {missing}")
+    mode = sparse.get("mode", "kernel")
+    if mode not in ("exact", "kernel"):
+        raise InputError("sparse['mode']", mode, "'exact' or 'kernel'")
+    return dict(vertical_size=sparse["vertical_size"], slash_size=sparse["slash_size"],
+                last_q=_check_int("sparse['last_q']", sparse.get("last_q", 64), 1), mode=mode)
+
+
+# ----------------------------------------------------------------------------- chunked prefill
+
+
+def chunked_prefill(q, k, v, chunk_size, scale=None, *, sparse=None, return_lse=False):
+    """Prefill ``chunk_size`` queries at a time against the keys so far (causal, bottom-right).
+
+    ``q`` ``(batch, q_heads, q_len, head_dim)``, ``k`` ``(batch, kv_heads,
+    kv_len, head_dim)``, ``v`` ``(batch, kv_heads, kv_len, v_dim)``, **rotated**,
+    ``q_len <= kv_len``.  Chunk ``[a, b)`` of the queries attends to keys
+    ``[0, b + kv_len - q_len)``.
+
+    ``sparse=None``: dense :func:`yarnref.attention` per chunk (equal to the
+    whole prefill).  ``sparse=dict(vertical_size, slash_size, last_q=64,
+    mode="kernel")``: each chunk estimates its vertical-slash pattern from its
+    own last ``min(last_q, chunk)`` queries (:func:`yarnref.vertical_slash_indices`,
+    budgets an int or per-head ``(q_heads,)``) and runs
+    :func:`yarnref.vertical_slash_attention` over it.
+
+    Returns ``out`` ``(batch, q_heads, q_len, v_dim)`` and with ``return_lse``
+    the lse ``(batch, q_heads, q_len)``.
+    """
+    batch, q_heads, kv_heads, q_len, kv_len, head_dim = _check_prefill_shapes(q, k, v)
+    chunk_size = _check_int("chunk_size", chunk_size, 1)
+    sparse = _check_sparse(sparse)
+    return_lse = _check_bool("return_lse", return_lse)
+    if scale is not None:
+        scale = _check_scale(scale, head_dim)
+    offset = kv_len - q_len
+    outputs, lses = [], []
+    for start in range(0, q_len, chunk_size):
+        stop = min(start + chunk_size, q_len)
+        end = stop + offset  # keys [0, end)
+        q_chunk, k_seen, v_seen = q[:, :, start:stop], k[:, :, :end], v[:, :, :end]
+        if sparse is None:
+            out, lse = _op("attention")(q_chunk, k_seen, v_seen, causal=True, scale=scale, return_lse=True)
+        else:
+            vertical_idx, slash_idx = _op("vertical_slash_indices")(
+                q_chunk, k_seen, sparse["vertical_size"], sparse["slash_size"], sparse["last_q"], scale=scale
+            )
+            out, lse = _op("vertical_slash_attention")(
+                q_chunk, k_seen, v_seen, vertical_idx, slash_idx, sparse["mode"], scale, True, causal=True
+            )
+        outputs.append(out)
+        lses.append(lse)
+    out, lse = _concatenate(outputs, 2), _concatenate(lses, 2)
+    return (out, lse) if return_lse else out
+
+
+# ----------------------------------------------------------------------------- the per-head sparse table
+
+
+class SparseHeadBudgets(NamedTuple):
+    """One layer's per-head vertical-slash budgets, for a range of (global) heads."""
+
+    #: ``(heads,)`` int64: the vertical budget as vLLM runs it (a table value of 30 becomes 130).
+    vertical_size: np.ndarray
+    #: ``(heads,)`` int64: the slash budget.
+    slash_size: np.ndarray
+    #: ``(heads,)`` float64: the table's fourth field (the offline search's score; unused at run time).
+    score: np.ndarray
+    #: ``(heads,)`` int64: the vertical budget as written in the table.
+    config_vertical_size: np.ndarray
+
+
+def _as_dca_config(config):
+    from .dca import DCAConfig, dca_config
+
+    if isinstance(config, DCAConfig):
+        return config
+    if isinstance(config, Mapping):
+        return dca_config(config)
+    raise InputError("dca", type(config).__name__, "a yarnref.dca.DCAConfig or a config dict (config.json or its dual_chunk_attention_config)")
+
+
+def _head_id(key, where: str) -> int:
+    if _is_int(key) and key >= 0:
+        return int(key)
+    if isinstance(key, str) and key.isdecimal():
+        return int(key)
+    raise ConfigError(where, key, "head ids that are non-negative integers (or their decimal strings)")
+
+
+def sparse_attention_config_for(config, layer, heads=None) -> SparseHeadBudgets:
+    """Parse and validate one layer of a ``sparse_attention_config`` table.
+
+    ``config``: a :class:`yarnref.dca.DCAConfig`, or a config dict (a
+    Qwen2.5-1M ``config.json`` with ``dual_chunk_attention_config``, or that
+    dict itself) carrying ``sparse_attention_config``: a list over layers of
+    ``{head_id: [pattern, vertical_size, slash_size, score]}`` (head ids as
+    JSON strings or ints), as in ``sparse_attention_config.json`` of the
+    Qwen2.5-1M repositories and MInference's configs.
+
+    ``heads``: ``None`` for every head of the layer (ids must be ``0 .. H-1``),
+    or ``(start, stop)`` for the heads of one tensor-parallel rank (vLLM gives
+    rank ``r`` the heads ``[r H_local, (r + 1) H_local)``).
+
+    Raises :class:`~yarnref.errors.ConfigError` for a missing table, a pattern
+    other than ``"vertical_and_slash"``, a budget that is not an integer >= 1,
+    a missing head; :class:`~yarnref.errors.InputError` for a bad ``layer`` or
+    ``heads``.  (A loop over the table's heads parses the JSON; nothing is
+    computed per head.)
+    """
+    cfg = _as_dca_config(config)
+    table = cfg.sparse_attention_config
+    name = "sparse_attention_config"
+    if table is None:
+        raise ConfigError(name, None, "a per-layer list of {head: [pattern, vertical_size, slash_size, score]} (sparse attention needs it)")
+    if not _is_int(layer) or layer < 0:
+        raise InputError("layer", layer, "an integer >= 0")
+    layer = int(layer)
+    if isinstance(table, Mapping):
+        by_layer = {_head_id(key, f"{name} layer key"): value for key, value in table.items()}
+        if layer not in by_layer:
+            raise InputError("layer", layer, f"one of the table's layers {sorted(by_layer)}")
+        entry = by_layer[layer]
+    else:
+        if layer >= len(table):
+            raise InputError("layer", layer, f"an integer in [0, {len(table)}) (the table has {len(table)} layers)")
+        entry = table[layer]
+    where = f"{name}[{layer}]"
+    if not isinstance(entry, Mapping) or not entry:
+        raise ConfigError(where, type(entry).__name__, "a non-empty mapping {head_id: [pattern, vertical_size, slash_size, score]}")
+    by_head = {}
+    for key, value in entry.items():
+        head = _head_id(key, f"{where} key")
+        if head in by_head:
+            raise ConfigError(f"{where}[{key!r}]", value, f"one entry per head (head {head} is listed twice)")
+        by_head[head] = value
+    if heads is None:
+        start, stop = 0, len(by_head)
+    else:
+        if not isinstance(heads, (tuple, list)) or len(heads) != 2 or not all(_is_int(h) for h in heads) or not 0 <= heads[0] < heads[1]:
+            raise InputError("heads", heads, "None or (start, stop) with 0 <= start < stop")
+        start, stop = int(heads[0]), int(heads[1])
+    missing = [h for h in range(start, stop) if h not in by_head]
+    if missing:
+        raise ConfigError(where, f"no entry for head {missing[0]}", f"entries for the heads [{start}, {stop})")
+    vertical, slash, score = [], [], []
+    for head in range(start, stop):
+        item = by_head[head]
+        at = f"{where}[{head}]"
+        if not isinstance(item, (list, tuple)) or len(item) != 4:
+            raise ConfigError(at, item, "[pattern, vertical_size, slash_size, score]")
+        pattern, v_size, s_size, head_score = item
+        if pattern != SPARSE_PATTERN:
+            raise ConfigError(at + "[0]", pattern, f"{SPARSE_PATTERN!r} (the only pattern vLLM's DCA backend runs)")
+        for position, size in ((1, v_size), (2, s_size)):
+            if not _is_int(size) or size < 1:
+                raise ConfigError(f"{at}[{position}]", size, "an integer budget >= 1")
+        if not isinstance(head_score, (int, float, np.integer, np.floating)) or isinstance(head_score, (bool, np.bool_)) or not math.isfinite(head_score):
+            raise ConfigError(at + "[3]", head_score, "a finite number (the search score)")
+        vertical.append(int(v_size))
+        slash.append(int(s_size))
+        score.append(float(head_score))
+    config_vertical = np.asarray(vertical, dtype=np.int64)
+    return SparseHeadBudgets(
+        vertical_size=np.where(config_vertical == 30, _VERTICAL_30_AS, config_vertical),
+        slash_size=np.asarray(slash, dtype=np.int64),
+        score=np.asarray(score, dtype=np.float64),
+        config_vertical_size=config_vertical,
+    )
+
+
+# ----------------------------------------------------------------------------- index bookkeeping (NumPy)
+
+
+def vllm_fallback_indices(n: int) -> np.ndarray:
+    """vLLM's indices for a DCA part that got none: ``torch.arange(0, n, max(1, n / 5), dtype=torch.int32)``.
+
+    torch sizes that arange with the float step, ``ceil(n / max(1, n/5))``
+    entries, but steps by the step truncated to an integer: ``[0, s, 2s, ...]``
+    with ``s = int(max(1, n/5))`` (so 5 entries for ``n >= 5``, e.g. ``n = 7``
+    gives ``[0, 1, 2, 3, 4]``; checked against torch for every ``n < 20000``).
+    """
+    n = _check_int("n", n, 1)
+    step = max(1, n / 5)
+    return np.arange(math.ceil(n / step), dtype=np.int64) * int(step)
+
+
+def _compact(idx: np.ndarray, keep: np.ndarray, shift: int, fallback_len: int | None) -> np.ndarray:
+    """Per (batch, head) row: the kept entries plus ``shift``, first and in order, then ``-1``.
+
+    Rows that keep nothing get :func:`vllm_fallback_indices` of
+    ``fallback_len`` (if given).  ``idx``, ``keep``: ``(batch, heads, n)``.
+    Returns ``(batch, heads, width)`` int64, ``width >= 1``.
+    """
+    order = np.argsort(~keep, axis=-1, kind="stable")  # kept entries first, in their order
+    values = np.where(np.take_along_axis(keep, order, -1), np.take_along_axis(idx, order, -1) + shift, -1)
+    counts = keep.sum(-1)  # (batch, heads)
+    width = max(int(counts.max()), 1)
+    fallback = vllm_fallback_indices(fallback_len) if fallback_len is not None else np.zeros(0, np.int64)
+    empty = counts == 0
+    if fallback.size and empty.any():
+        width = max(width, fallback.size)
+    values = values[..., :width]
+    if values.shape[-1] < width:
+        values = np.concatenate([values, np.full(values.shape[:-1] + (width - values.shape[-1],), -1, np.int64)], axis=-1)
+    if fallback.size:
+        padded = np.full(width, -1, np.int64)
+        padded[: fallback.size] = fallback
+        values = np.where(empty[..., None], padded, values)
+    return values
+
+
+class SparsePart(NamedTuple):
+    """One DCA part of a segment's sparse attention, in the part's own key coordinates."""
+
+    #: ``(start, stop)``: the part's keys, absolute positions.
+    keys: tuple[int, int]
+    #: True for intra (bottom-right causal), False for successive/inter (queries after the keys).
+    causal: bool
+    #: ``(batch, q_heads, n)`` int64 columns relative to ``keys[0]``, ``-1``-padded.
+    vertical_idx: np.ndarray
+    #: ``(batch, q_heads, n)`` int64 distances in the part's convention, ``-1``-padded.
+    slash_idx: np.ndarray
+
+
+class QwenSparseSegment(NamedTuple):
+    """The sparse plan of one DCA segment: queries ``[begin, end)`` in the chunk starting at ``chunk_start``."""
+
+    begin: int
+    end: int
+    chunk_start: int
+    #: ``(batch, q_heads, n)`` the estimated key columns over ``[0, end)``, ascending, ``-1``-padded.
+    vertical_idx: np.ndarray
+    #: ``(batch, q_heads, n)`` the estimated distances (from queries in ``[begin, end)``), descending, ``-1``-padded.
+    slash_idx: np.ndarray
+    #: ``"intra"``, and ``"successive"`` / ``"inter"`` where they exist.
+    parts: dict
+
+
+def _split_parts(vertical: np.ndarray, slash: np.ndarray, begin: int, end: int, cs: int, chunk_len: int) -> dict:
+    """Step 4 of the pipeline: the whole-row indices of one segment split into its DCA parts."""
+    L = chunk_len
+    parts = {
+        "intra": SparsePart(
+            (cs, end),
+            True,
+            _compact(vertical, vertical >= cs, -cs, end - cs),
+            _compact(slash, (slash >= 0) & (slash <= end - 1 - cs), 0, None),  # delta = 0 is always here
+        )
+    }
+    if cs >= L:
+        parts["successive"] = SparsePart(
+            (cs - L, cs),
+            False,
+            _compact(vertical, (vertical >= cs - L) & (vertical < cs), -(cs - L), L),
+            _compact(slash, (slash >= begin - cs) & (slash <= end - 1 - cs + L), -(begin - cs), L),
+        )
+    if cs >= 2 * L:
+        parts["inter"] = SparsePart(
+            (0, cs - L),
+            False,
+            _compact(vertical, (vertical >= 0) & (vertical < cs - L), 0, cs - L),
+            _compact(slash, slash >= begin - cs + L, -(L + begin - cs), cs - L),
+        )
+    return parts
+
+
+# ----------------------------------------------------------------------------- the Qwen2.5-1M pipeline
+
+
+class _QwenSetup(NamedTuple):
+    cfg: object
+    budgets: SparseHeadBudgets | None
+    sparse: bool  # the gate
+    scale: float  # softmax scale times the temperature s^2
+    ids: object  # DCAPositionIds of the kv_len positions
+    segments: list  # DCASegment, over all prefill chunks
+
+
+def _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing):
+    from .dca import DCA_PAIRINGS, dca_position_ids, dca_segments, qwen_attention_scale
+
+    cfg = _as_dca_config(dca)
+    batch, q_heads, kv_heads, q_len, kv_len, head_dim = _check_prefill_shapes(q, k, v)
+    scale = _check_scale(scale, head_dim)
+    if pairing not in DCA_PAIRINGS:
+        raise InputError("pairing", pairing, f"one of {DCA_PAIRINGS}")
+    if isinstance(inv_freq, (np.ndarray, list, tuple)):
+        freqs = np.asarray(inv_freq)
+    else:  # an array of the backend's library
+        freqs = np.asarray(_backend().to_numpy(inv_freq))
+    if freqs.ndim != 1 or freqs.size == 0 or 2 * freqs.size > head_dim or not np.issubdtype(freqs.dtype, np.floating) or not np.all(np.isfinite(freqs)):
+        raise InputError("inv_freq", f"array of shape {freqs.shape} and dtype {freqs.dtype}", f"a 1-D float array of r/2 finite frequencies, 1 <= r/2 <= head_dim/2 = {head_dim // 2}")
+    if prefill_chunk_size is not None:
+        prefill_chunk_size = _check_int("prefill_chunk_size", prefill_chunk_size, 1)
+    budgets = None
+    if cfg.sparse_attention_enabled:
+        budgets = sparse_attention_config_for(cfg, layer, heads)
+        if budgets.vertical_size.size != q_heads:
+            shown = "all heads of the layer" if heads is None else f"heads={tuple(heads)}"
+            raise InputError("q", f"{q_heads} heads", f"{budgets.vertical_size.size} heads ({shown} of sparse_attention_config[{layer}])")
+    sparse = bool(cfg.sparse_attention_enabled and kv_len > cfg.sparse_attention_threshold)
+    temperature = qwen_attention_scale(kv_len, cfg.original_max_position_embeddings) if cfg.original_max_position_embeddings else 1.0
+    offset = kv_len - q_len
+    chunk = prefill_chunk_size or q_len
+    segments = []
+    for start in range(0, q_len, chunk):  # prefill chunks [start, stop) of the queries
+        stop = min(start + chunk, q_len)
+        segments += dca_segments(stop + offset, stop - start, cfg.chunk_size, cfg.local_size)
+    ids = dca_position_ids(kv_len, cfg.chunk_size, cfg.local_size)
+    return _QwenSetup(cfg, budgets, sparse, scale * temperature**2, ids, segments)
+
+
+def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing):
+    """Yield ``(QwenSparseSegment, rotate_queries)`` per DCA segment (steps 3 and 4 of the pipeline).
+
+    ``rotate_queries(positions)`` rotates the segment's queries to
+    ``positions[begin:end]`` through the backend.
+    """
+    backend = _backend()
+    rope_cos_sin, apply_rope = _op("rope_cos_sin"), _op("apply_rope")
+    vertical_slash_indices = _op("vertical_slash_indices")
+    cfg, ids = setup.cfg, setup.ids
+    L, C = cfg.chunk_len, cfg.chunk_size
+    kv_len, q_len = k.shape[2], q.shape[2]
+    offset = kv_len - q_len
+    last_q = cfg.sparse_attention_last_q
+
+    def rotate(x, positions):
+        cos, sin = rope_cos_sin(inv_freq, positions)
+        return apply_rope(x, cos, sin, pairing)
+
+    for seg in setup.segments:
+        begin, end, cs = seg.begin, seg.end, seg.intra[0]
+        lq = min(end - begin, last_q)
+        # Estimation (step 3).  The three blocks use queries at r(i) (intra keys), r(i) + L (successive
+        # keys) and r(i) + C (inter keys), keys at r(j).  RoPE scores depend only on the difference of the
+        # two positions (RoFormer Eq. 16), so one product does it: queries at r(i) + L, keys at r(j) + L
+        # (intra), r(j) (successive) and r(j) + L - C (inter).
+        j = np.arange(end)
+        key_shift = np.where(j >= cs, L, np.where(j >= cs - L, 0, L - C))
+        k_est = rotate(k[:, :, :end], ids.key[:end] + key_shift)
+        q_est = rotate(q[:, :, end - offset - lq : end - offset], ids.successive_critical[end - lq : end])
+        vertical, slash = vertical_slash_indices(
+            q_est, k_est, setup.budgets.vertical_size, setup.budgets.slash_size, lq,
+            scale=setup.scale, force_verticals=_FORCE_VERTICALS, force_slashes=_FORCE_SLASHES,
+        )
+        vertical = np.asarray(backend.to_numpy(vertical), dtype=np.int64)
+        slash = np.asarray(backend.to_numpy(slash), dtype=np.int64)
+        plan = QwenSparseSegment(begin, end, cs, vertical, slash, _split_parts(vertical, slash, begin, end, cs, L))
+        rows = q[:, :, begin - offset : end - offset]
+        yield plan, (lambda positions, rows=rows, begin=begin, end=end: rotate(rows, positions[begin:end]))
+
+
+def qwen_sparse_plan(q, k, inv_freq, dca, scale=None, *, layer=0, heads=None, prefill_chunk_size=None, pairing="half"):
+    """The index sets :func:`qwen_prefill`'s sparse path uses, one :class:`QwenSparseSegment` per DCA segment.
+
+    Same arguments as :func:`qwen_prefill` (``v`` is not needed); the
+    threshold gate is *not* applied, but ``sparse_attention_config`` must be
+    present and enabled.  Each segment holds the whole-row estimate
+    (``vertical_idx`` over keys ``[0, end)``, ``slash_idx`` as distances) and
+    its ``parts`` in their own coordinates, fallbacks included: compare an
+    implementation's indices with these (by recall where they differ only at
+    top-k ties).
+    """
+    setup = _qwen_setup(q, k, k, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing)
+    if setup.budgets is None:
+        raise ConfigError("sparse_attention_enabled", False, "true, with a sparse_attention_config, for a sparse plan")
+    q, k = _spec_float64(q, k)
+    return [plan for plan, _ in _walk_sparse(setup, q, k, inv_freq, pairing)]
+
+
+def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, prefill_chunk_size=None, pairing="half", return_lse=False):
+    """The Qwen2.5-1M prefill of one attention layer: DCA, vertical-slash sparse above the threshold.
+
+    ``q`` ``(batch, q_heads, q_len, head_dim)``, ``k`` ``(batch, kv_heads,
+    kv_len, head_dim)``, ``v`` ``(batch, kv_heads, kv_len, v_dim)``,
+    **un-rotated**, ``q_len <= kv_len`` (queries are the last positions; the
+    sequence length is ``kv_len``).  ``inv_freq``: the ``r/2`` rotary
+    frequencies (Qwen2.5-1M: plain RoPE with theta 1e7; DCA ignores
+    ``rope_scaling``).  ``dca``: a :class:`yarnref.dca.DCAConfig` or a config
+    dict.  ``scale`` defaults to ``1/sqrt(head_dim)``.
+
+    ``layer``: which entry of ``sparse_attention_config``; ``heads``:
+    ``(start, stop)``, the global heads ``q`` holds (tensor parallelism), or
+    ``None`` for all of the layer's heads.  ``prefill_chunk_size``: vLLM's
+    chunked prefill (``max_num_batched_tokens``); every chunk, and every DCA
+    segment in it, estimates its own pattern.  ``pairing``: ``"half"`` (Qwen2,
+    vLLM ``is_neox_style``) or ``"interleaved"``.
+
+    Below the gate (sparse disabled, or ``kv_len <=
+    sparse_attention_threshold``) this is :func:`yarnref.dca.dca_attention`
+    (dense DCA with the config's temperature).  Above it, the pipeline of the
+    module docstring; :func:`qwen_sparse_plan` returns the index sets it uses.
+
+    Returns ``out`` ``(batch, q_heads, q_len, v_dim)`` in q's dtype, and with
+    ``return_lse`` the lse ``(batch, q_heads, q_len)``.
+    """
+    return_lse = _check_bool("return_lse", return_lse)
+    setup = _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing)
+    if not setup.sparse:
+        return _op("dca_attention")(
+            q, k, v, inv_freq, scale=_check_scale(scale, q.shape[-1]), pairing=pairing, return_lse=return_lse,
+            **setup.cfg.attention_kwargs(),
+        )
+    like = q
+    q, k, v = _spec_float64(q, k, v)
+    backend = _backend()
+    rope_cos_sin, apply_rope = _op("rope_cos_sin"), _op("apply_rope")
+    sparse_attention, merge = _op("vertical_slash_attention"), _op("merge_attention")
+    ids = setup.ids
+    cos, sin = rope_cos_sin(inv_freq, ids.key)
+    k_rot = apply_rope(k, cos, sin, pairing)  # every key at r(j), once
+    query_positions = {"intra": ids.intra, "successive": ids.successive, "inter": ids.inter}
+    outputs, lses = [], []
+    for plan, rotate_queries in _walk_sparse(setup, q, k, inv_freq, pairing):
+        part_outputs, part_lses = [], []
+        for name, part in plan.parts.items():
+            start, stop = part.keys
+            out, lse = sparse_attention(
+                rotate_queries(query_positions[name]), k_rot[:, :, start:stop], v[:, :, start:stop],
+                backend.asarray(part.vertical_idx), backend.asarray(part.slash_idx), "kernel", setup.scale, True,
+                causal=part.causal,
+            )
+            part_outputs.append(out)
+            part_lses.append(lse)
+        if len(part_outputs) > 1:
+            out, lse = merge(part_outputs, part_lses)
+        outputs.append(out)
+        lses.append(lse)
+    out = _restore_dtype(_concatenate(outputs, 2), like)
+    lse = _concatenate(lses, 2)
+    return (out, lse) if return_lse else out
