@@ -1,0 +1,544 @@
+r"""Vertical-slash sparse attention on the GPU, in Triton: the index conversion and the sparse kernel.
+
+Paper: Jiang et al., "MInference 1.0: Accelerating Pre-filling for Long-Context
+LLMs via Dynamic Sparse Attention", arXiv:2407.02490, section 3 (the
+"Vertical-Slash" pattern, Algorithm 3 and Appendix C.4.2 for the kernel), as
+vLLM, SGLang and Qwen2.5-1M run it (arXiv:2501.15383).
+
+A head keeps, for every query, a set of *vertical* key columns ``V`` (absolute
+key indices, the same for all queries) and a set of *slash* diagonals ``S``
+(distances ``delta = i - j``).  The CUDA kernels do not evaluate that mask
+token by token.  The index conversion (``convert_vertical_slash_indexes`` in
+MInference and vLLM) turns ``(V, S)`` into, per query row block of
+``block_size_m`` rows,
+
+* ``block_offset[:block_count]``: start columns ``o`` of key ranges
+  ``[o, o + block_size_n)``; each slash ``delta`` is widened to the columns it
+  touches for the whole row block, ``[m1 + off - delta - BM, m1 + off - delta)``
+  (``m1`` the row block's end, ``off = kv_len - q_len``), and overlapping or
+  adjacent ranges are merged, growing in steps of ``BM``.  The starts are
+  *arbitrary* columns, not multiples of 64;
+* ``column_index[:column_count]``: the verticals that no range covers.
+
+The sparse kernel then computes, for every query row ``i`` of row block ``r``
+(see /notes dca-sparse §3.3 and the spec ``yarnref.sparse``):
+
+.. math::
+   K_i = \Big(\bigcup_{b < \mathrm{bc}_r} [o_{r,b},\, o_{r,b} + B_N)
+          \;\cup\; \{c_{r,t} : t < \mathrm{cc}_r\}\Big)
+          \cap \{\, j : 0 \le j < T_k,\; j \le i + T_k - T_q \,\}
+
+   o_i = \sum_{j \in K_i} \mathrm{softmax}_j(\text{scale}\cdot q_i\cdot k_j)\, v_j,
+   \qquad \mathrm{lse}_i = \log \sum_{j \in K_i} e^{\text{scale}\cdot q_i\cdot k_j}
+
+with one online softmax (Milakov & Gimelshein, arXiv:1805.02867; FlashAttention,
+arXiv:2205.14135, Algorithm 1) over first the ranges, then the columns, in
+``block_size_n``-wide tiles.  The bounds and causal test are applied to *every*
+tile, ranges and columns alike, so the result is the spec's
+``vertical_slash_mask(..., mode="kernel")`` whatever the index contents (vLLM's
+FA-based kernel masks only the last two tiles and MInference's Triton kernel
+skips the causal test on columns; they agree with this only when ``delta = 0``
+is among the slashes, which MInference and vLLM always force).
+
+The work is proportional to the kept keys: each program reads its ``block_count``
+ranges and ``column_count`` gathered columns, never the ``T_q x T_k`` grid.
+
+Conventions
+-----------
+* Layout ``(batch, heads, seq, head_dim)``; q ``(B, Hq, Tq, D)``, k and v
+  ``(B, Hk, Tk, D)``; GQA: query head ``h`` reads kv head ``h // (Hq // Hk)``
+  (no repeated k/v is materialised).  fp16 or bf16; ``D`` a power of two in
+  16..256.
+* Causal masks are aligned bottom-right: query ``i`` is at position
+  ``i + Tk - Tq`` and sees keys ``j <= i + Tk - Tq``.  With ``causal=False``
+  only ``0 <= j < Tk`` is tested.
+* Index tensors are int32: ``block_count``/``column_count`` ``(B, Hq, R)``,
+  ``block_offset`` ``(B, Hq, R, NS)``, ``column_index`` ``(B, Hq, R, NV)``,
+  ``R = ceil(Tq / block_size_m)``; only the first ``count`` entries of a row
+  are read.  The kernel sums over the listed entries: a key listed twice
+  (two overlapping ranges, or a column inside a range) is counted twice, as in
+  the CUDA kernels.  The conversion never produces such duplicates.
+* Softmax in fp32 with ``exp2``; the output in the input dtype; ``lse``
+  ``(B, Hq, Tq)`` fp32, natural log.  A row with no key gets output 0 and lse
+  ``-inf``.
+* Without a GPU, ``TRITON_INTERPRET=1`` (set before this module is imported)
+  runs the same kernels on CPU tensors with NumPy; that is how the tests run
+  on CI-class machines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from yarnref.errors import BackendError, DeviceMismatchError, InputError
+
+try:  # triton is optional: the torch backend works without it, only these kernels need it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the environment
+    triton = None
+    tl = None
+
+__all__ = [
+    "sparse_attention_triton",
+    "convert_vertical_slash_indexes_triton",
+    "triton_available",
+    "interpreter_active",
+]
+
+_LOG2_E = 1.4426950408889634
+_BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def interpreter_active() -> bool:
+    """True if Triton's CPU interpreter is switched on (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def triton_available(device: torch.device | str | None = None) -> bool:
+    """True if the kernels can run on ``device`` (CUDA with Triton, or CPU under the interpreter)."""
+    if triton is None:
+        return False
+    device = torch.device("cuda" if device is None and torch.cuda.is_available() else (device or "cpu"))
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    return interpreter_active()
+
+
+# ----------------------------------------------------------------------------- kernels
+
+if triton is not None:
+
+    @triton.jit
+    def _attend_tile(
+        q, k_base, v_base, cols, key_ok, q_pos, m_i, l_i, acc, qk_scale,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        CAUSAL: tl.constexpr, offs_d,
+    ):
+        """One online-softmax step over the keys ``cols`` (BLOCK_N of them; ``key_ok`` marks real ones)."""
+        cols64 = cols.to(tl.int64)
+        k = tl.load(
+            k_base + cols64[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+            mask=key_ok[None, :],
+            other=0.0,
+        )  # (HEAD_DIM, BLOCK_N): k transposed
+        s = tl.dot(q, k) * qk_scale  # (BLOCK_M, BLOCK_N) fp32, base-2 logits
+        visible = key_ok[None, :]
+        if CAUSAL:
+            visible = visible & (cols[None, :] <= q_pos[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key so far
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(
+            v_base + cols64[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+            mask=key_ok[:, None],
+            other=0.0,
+        )  # (BLOCK_N, HEAD_DIM)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        return m_new, l_i, acc
+
+    @triton.jit
+    def _vs_sparse_fwd_kernel(
+        Q, K, V, Out, Lse,
+        BlockCount, BlockOffset, ColumnCount, ColumnIndex,
+        qk_scale,  # scale * log2(e): logits in base 2
+        stride_qb, stride_qh, stride_qm, stride_qd,
+        stride_kb, stride_kh, stride_kn, stride_kd,
+        stride_vb, stride_vh, stride_vn, stride_vd,
+        stride_ob, stride_oh, stride_om, stride_od,
+        stride_lb, stride_lh, stride_lm,
+        stride_cb, stride_ch, stride_cr,  # block_count and column_count (same shape)
+        stride_bob, stride_boh, stride_bor, stride_bos,
+        stride_cib, stride_cih, stride_cir, stride_cis,
+        n_heads, group, q_len, kv_len, n_rows,
+        CAUSAL: tl.constexpr,
+        RETURN_LSE: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+    ):
+        # Heavy row blocks (late rows see more keys) are launched first.
+        row = n_rows - 1 - tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // n_heads).to(tl.int64)
+        h = (bh % n_heads).to(tl.int64)
+        hk = h // group
+
+        offs_m = row * BLOCK_M + tl.arange(0, BLOCK_M)  # query rows of this row block
+        offs_d = tl.arange(0, HEAD_DIM)
+        offs_n = tl.arange(0, BLOCK_N)
+        row_ok = offs_m < q_len
+        q_pos = offs_m + (kv_len - q_len)  # bottom-right aligned position of each query
+
+        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+        k_base = K + b * stride_kb + hk * stride_kh
+        v_base = V + b * stride_vb + hk * stride_vh
+
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max (base-2 logits)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+        count_off = b * stride_cb + h * stride_ch + row * stride_cr
+        n_blocks = tl.load(BlockCount + count_off)
+        n_cols = tl.load(ColumnCount + count_off)
+        bo_base = BlockOffset + b * stride_bob + h * stride_boh + row * stride_bor
+        ci_base = ColumnIndex + b * stride_cib + h * stride_cih + row * stride_cir
+
+        # Part 1: the key ranges [start, start + BLOCK_N), arbitrary starts.
+        for t in range(0, n_blocks):
+            start = tl.load(bo_base + t * stride_bos)
+            cols = start + offs_n
+            key_ok = (cols >= 0) & (cols < kv_len)
+            m_i, l_i, acc = _attend_tile(
+                q, k_base, v_base, cols, key_ok, q_pos, m_i, l_i, acc, qk_scale,
+                stride_kn, stride_kd, stride_vn, stride_vd, CAUSAL, offs_d,
+            )
+        # Part 2: the gathered columns, BLOCK_N at a time (one online softmax over both parts).
+        for c0 in range(0, n_cols, BLOCK_N):
+            listed = c0 + offs_n < n_cols
+            cols = tl.load(ci_base + (c0 + offs_n) * stride_cis, mask=listed, other=-1)
+            key_ok = listed & (cols >= 0) & (cols < kv_len)
+            m_i, l_i, acc = _attend_tile(
+                q, k_base, v_base, cols, key_ok, q_pos, m_i, l_i, acc, qk_scale,
+                stride_kn, stride_kd, stride_vn, stride_vd, CAUSAL, offs_d,
+            )
+
+        has_key = l_i > 0.0
+        out = acc / tl.where(has_key, l_i, 1.0)[:, None]
+        o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+        if RETURN_LSE:
+            lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
+            tl.store(Lse + b * stride_lb + h * stride_lh + offs_m * stride_lm, lse, mask=row_ok)
+
+    @triton.jit
+    def _save_range(BlockOffset, n_saved, range_start, range_end, kv_len, capacity, BLOCK_N: tl.constexpr):
+        """Write the block starts range_start, range_start + BLOCK_N, ... < min(range_end, kv_len)."""
+        stop = tl.minimum(range_end, kv_len)
+        for start in range(range_start, stop, BLOCK_N):
+            tl.store(BlockOffset + n_saved, start, mask=n_saved < capacity)
+            n_saved += 1
+        return n_saved
+
+    @triton.jit
+    def _convert_vs_kernel(
+        Vert, Slash, VertCount, SlashCount,
+        BlockCount, BlockOffset, ColumnCount, ColumnIndex,
+        q_len, kv_len, n_rows, nv_cap, ns_cap, col_cap, blk_cap,
+        CAUSAL: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        # One program per (row block, batch * head): the sequential merge of
+        # dca-sparse notes §3.2 (vLLM csrc/attention/vertical_slash_index.cu semantics).
+        row = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        start_m = row * BLOCK_M
+        end_m = start_m + BLOCK_M
+        if CAUSAL:
+            off = kv_len - q_len
+        else:
+            off = kv_len
+        vert = Vert + bh * nv_cap
+        slash = Slash + bh * ns_cap
+        nv = tl.load(VertCount + bh)
+        ns = tl.load(SlashCount + bh)
+        blk_out = BlockOffset + (bh * n_rows + row) * blk_cap
+        col_out = ColumnIndex + (bh * n_rows + row) * col_cap
+
+        # "No vertical left": beyond every range (vLLM uses end_m + BLOCK_N + off,
+        # which gives the same lists whenever BLOCK_N >= BLOCK_M).
+        far = tl.full([], 1 << 30, dtype=tl.int32)
+        v_idx = tl.load(vert, mask=nv > 0, other=far).to(tl.int32)
+        v = tl.minimum(nv, 1)
+        # Skip the slashes that cannot reach this row block (delta >= end_m + off).
+        s_idx = tl.load(slash, mask=ns > 0, other=end_m + off + 1).to(tl.int32)
+        s = tl.minimum(ns, 1)
+        while (s_idx >= end_m + off) & (s < ns):
+            s_idx = tl.load(slash + s).to(tl.int32)
+            s += 1
+        has_slash = s_idx <= end_m + off
+        e = tl.maximum(end_m + off - s_idx, BLOCK_M)  # end column of the slash's range
+        if CAUSAL:  # no slash reaches the block: a first range just past the diagonal
+            range_start = tl.where(has_slash, e - BLOCK_M, end_m + off)
+            range_end = tl.where(has_slash, e, end_m + off + BLOCK_N)
+        else:  # ... or past every key
+            range_start = tl.where(has_slash, e - BLOCK_M, kv_len)
+            range_end = tl.where(has_slash, e, kv_len + BLOCK_N)
+
+        n_blk = tl.zeros([], dtype=tl.int32)
+        n_col = tl.zeros([], dtype=tl.int32)
+        done = tl.full([], 0, dtype=tl.int32)
+        while done == 0:
+            if v_idx < range_end:
+                if v_idx < range_start:  # a vertical no range covers: a column
+                    tl.store(col_out + n_col, v_idx, mask=n_col < col_cap)
+                    n_col += 1
+                if v < nv:
+                    v_idx = tl.load(vert + v).to(tl.int32)
+                    v += 1
+                else:
+                    v_idx = far
+            else:
+                take = s < ns
+                if not CAUSAL:
+                    take = take & (tl.load(slash + s, mask=take, other=-1) >= start_m)
+                if take:
+                    e = tl.maximum(end_m + off - tl.load(slash + s).to(tl.int32), BLOCK_M)
+                    s += 1
+                    if e > range_end + BLOCK_M:  # a gap: emit the range, start a new one
+                        n_blk = _save_range(blk_out, n_blk, range_start, range_end, kv_len, blk_cap, BLOCK_N)
+                        range_start = e - BLOCK_M
+                        range_end = e
+                    elif e > range_end:  # touching: grow by one row block
+                        range_end += BLOCK_M
+                else:
+                    finish = v == nv
+                    if CAUSAL:
+                        finish = finish | (v_idx > range_start)
+                    if finish:
+                        if not CAUSAL:  # non-causal: the last vertical still counts
+                            if (v == nv) & (v_idx < kv_len):
+                                tl.store(col_out + n_col, v_idx, mask=n_col < col_cap)
+                                n_col += 1
+                        n_blk = _save_range(blk_out, n_blk, range_start, range_end, kv_len, blk_cap, BLOCK_N)
+                        done = 1
+                    else:  # slashes exhausted, verticals left
+                        if CAUSAL:
+                            range_start = end_m + off
+                            range_end = end_m + off + BLOCK_N
+                        else:
+                            n_blk = _save_range(blk_out, n_blk, range_start, range_end, kv_len, blk_cap, BLOCK_N)
+                            range_start = kv_len
+                            range_end = kv_len + BLOCK_N
+                        # (the vLLM loop stops advancing slashes here; `take` stays False)
+        out = bh * n_rows + row
+        tl.store(BlockCount + out, tl.minimum(n_blk, blk_cap))
+        tl.store(ColumnCount + out, tl.minimum(n_col, col_cap))
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _require_triton(device: torch.device):
+    if triton is None:
+        raise BackendError("the Triton kernels need the `triton` package (pip install triton)")
+    if device.type == "cuda":
+        return
+    if device.type == "cpu" and interpreter_active():
+        return
+    raise InputError(
+        "q", f"a tensor on {device}", "CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before import)"
+    )
+
+
+def _check_block_size(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _BLOCK_SIZES:
+        raise InputError(name, value, f"one of {_BLOCK_SIZES}")
+    return value
+
+
+def _check_index(name: str, t, shape: tuple, device: torch.device, last_dim_free: bool = False):
+    if not isinstance(t, torch.Tensor):
+        raise InputError(name, type(t).__name__, "a torch.Tensor of int32")
+    if t.dtype != torch.int32:
+        raise InputError(name, f"dtype {t.dtype}", "torch.int32")
+    if t.device != device:
+        raise DeviceMismatchError(f"{name} is on {t.device} but q is on {device}; move it yourself")
+    ok = t.ndim == len(shape) + (1 if last_dim_free else 0) and tuple(t.shape[: len(shape)]) == shape
+    if not ok:
+        want = f"{shape}" + (" + (capacity,)" if last_dim_free else "")
+        raise InputError(name, f"shape {tuple(t.shape)}", f"shape {want}")
+
+
+def _check_qkv(q, k, v):
+    from yarnref.attention import check_qkv
+
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise InputError(name, type(x).__name__, "a torch.Tensor")
+    b, hq, hk, tq, tk, d = check_qkv(q, k, v)
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise InputError("q", f"dtype {q.dtype}", "torch.float16 or torch.bfloat16")
+    for name, x in (("k", k), ("v", v)):
+        if x.dtype != q.dtype:
+            raise InputError(name, f"dtype {x.dtype}", f"the dtype of q ({q.dtype})")
+        if x.device != q.device:
+            raise DeviceMismatchError(f"{name} is on {x.device} but q is on {q.device}; move it yourself")
+    if v.shape[-1] != d:
+        raise InputError("v", f"head_dim {v.shape[-1]}", f"head_dim {d} like q and k")
+    if d < 16 or d > 256 or d & (d - 1):
+        raise InputError("q", f"head_dim {d}", "a power of two between 16 and 256")
+    return b, hq, hk, tq, tk, d
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def sparse_attention_triton(
+    q,
+    k,
+    v,
+    block_count,
+    block_offset,
+    column_count,
+    column_index,
+    scale=None,
+    block_size_m: int = 64,
+    block_size_n: int = 64,
+    return_lse: bool = False,
+    *,
+    causal: bool = True,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+):
+    """Vertical-slash sparse attention over the (block, column) lists of the index conversion.
+
+    ``q`` ``(B, Hq, Tq, D)``, ``k``/``v`` ``(B, Hk, Tk, D)`` fp16/bf16;
+    ``block_count``/``column_count`` ``(B, Hq, R)`` int32,
+    ``block_offset`` ``(B, Hq, R, NS)`` int32 (start columns of
+    ``block_size_n``-wide ranges), ``column_index`` ``(B, Hq, R, NV)`` int32,
+    with ``R = ceil(Tq / block_size_m)``.  ``scale`` defaults to
+    ``1/sqrt(D)``.  Returns ``out`` ``(B, Hq, Tq, D)`` in q's dtype, and with
+    ``return_lse`` also ``lse`` ``(B, Hq, Tq)`` float32 (natural log, ``-inf``
+    for rows with no key).  See the module docstring for the exact key set.
+    ``num_warps``/``num_stages`` override the launch tuning.
+    """
+    b, hq, hk, tq, tk, d = _check_qkv(q, k, v)
+    bm = _check_block_size("block_size_m", block_size_m)
+    bn = _check_block_size("block_size_n", block_size_n)
+    if not isinstance(causal, bool):
+        raise InputError("causal", causal, "True or False")
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise InputError("scale", scale, "None or a finite number > 0")
+    n_rows = -(-tq // bm)
+    _check_index("block_count", block_count, (b, hq, n_rows), q.device)
+    _check_index("column_count", column_count, (b, hq, n_rows), q.device)
+    _check_index("block_offset", block_offset, (b, hq, n_rows), q.device, last_dim_free=True)
+    _check_index("column_index", column_index, (b, hq, n_rows), q.device, last_dim_free=True)
+    if block_count.stride() != column_count.stride():
+        raise InputError("column_count", f"strides {column_count.stride()}", f"the strides of block_count {block_count.stride()}")
+    _require_triton(q.device)
+
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((b, hq, tq), dtype=torch.float32, device=q.device) if return_lse else out.new_empty((1, 1, 1), dtype=torch.float32)
+    if num_warps is None:
+        num_warps = 4 if bm <= 64 else 8
+    if num_stages is None:
+        num_stages = 3 if d <= 128 else 2
+    grid = (n_rows, b * hq)
+    _vs_sparse_fwd_kernel[grid](
+        q, k, v, out, lse,
+        block_count, block_offset, column_count, column_index,
+        float(scale) * _LOG2_E,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        *(lse.stride() if return_lse else (0, 0, 0)),
+        *block_count.stride(),
+        *block_offset.stride(),
+        *column_index.stride(),
+        hq, hq // hk, tq, tk, n_rows,
+        CAUSAL=causal,
+        RETURN_LSE=bool(return_lse),
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        HEAD_DIM=d,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return (out, lse) if return_lse else out
+
+
+def _sorted_with_counts(idx, name: str, descending: bool):
+    """Sort each (batch, head) list (-1 / negative = padding, kept at the end) and count the valid entries."""
+    if not isinstance(idx, torch.Tensor) or idx.ndim != 3:
+        raise InputError(name, f"{type(idx).__name__} of shape {tuple(getattr(idx, 'shape', ()))}", "a (batch, heads, n) integer torch.Tensor")
+    if idx.dtype not in (torch.int32, torch.int64):
+        raise InputError(name, f"dtype {idx.dtype}", "torch.int32 or torch.int64")
+    valid = idx >= 0
+    counts = valid.sum(-1, dtype=torch.int32)  # (B, H)
+    if descending:  # slashes: padding (negative) already sorts last
+        ordered = torch.sort(idx, dim=-1, descending=True).values
+    else:  # verticals: move padding past every valid index before sorting ascending
+        big = torch.iinfo(idx.dtype).max
+        ordered = torch.sort(torch.where(valid, idx, big), dim=-1).values
+        ordered = torch.where(ordered == big, -1, ordered)
+    return ordered.to(torch.int32).contiguous(), counts.contiguous()
+
+
+def convert_vertical_slash_indexes_triton(
+    q_len: int,
+    kv_len: int,
+    vertical_idx,
+    slash_idx,
+    block_size_m: int = 64,
+    block_size_n: int = 64,
+    causal: bool = True,
+):
+    """Vertical and slash indices -> ``(block_count, block_offset, column_count, column_index)``, on the GPU.
+
+    ``vertical_idx`` ``(B, H, NV)``: key columns; ``slash_idx`` ``(B, H, NS)``:
+    distances ``i - j``; int32 or int64; negative entries (``-1``) are padding
+    for heads with smaller budgets.  Both are sorted here (verticals
+    ascending, slashes descending, padding last), as the conversion requires.
+    Returns int32 tensors ``(B, H, R)``, ``(B, H, R, NS')``, ``(B, H, R)``,
+    ``(B, H, R, NV')`` with ``R = ceil(q_len / block_size_m)``,
+    ``NS' = max(NS, 1)`` and ``NV' = max(NV, 1)``; entries past the counts
+    are ``-1``.  ``block_size_n >= block_size_m`` is required, as in the spec.  One program per
+    (row block, batch * head) runs the sequential merge of the spec
+    ``yarnref.sparse.convert_vertical_slash_indexes``.
+    """
+    for name, value in (("q_len", q_len), ("kv_len", kv_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(name, value, "a positive integer")
+    bm = _check_block_size("block_size_m", block_size_m)
+    bn = _check_block_size("block_size_n", block_size_n)
+    if bn < bm:
+        # As the spec: vLLM's end-of-verticals marker end_m + BN + off would lie inside a range
+        # grown in BM steps, and its loop would never end.
+        raise InputError("block_size_n", bn, f"at least block_size_m = {bm} (the kernels use 64 x 64)")
+    if not isinstance(causal, bool):
+        raise InputError("causal", causal, "True or False")
+    verts, nv_count = _sorted_with_counts(vertical_idx, "vertical_idx", descending=False)
+    slashes, ns_count = _sorted_with_counts(slash_idx, "slash_idx", descending=True)
+    if tuple(verts.shape[:2]) != tuple(slashes.shape[:2]):
+        raise InputError("slash_idx", f"shape {tuple(slash_idx.shape)}", f"(batch, heads) = {tuple(vertical_idx.shape[:2])} like vertical_idx")
+    if slash_idx.device != vertical_idx.device:
+        raise DeviceMismatchError(f"slash_idx is on {slash_idx.device} but vertical_idx is on {vertical_idx.device}")
+    device = verts.device
+    if triton is None:
+        raise BackendError("the Triton kernels need the `triton` package (pip install triton)")
+    if not (device.type == "cuda" or (device.type == "cpu" and interpreter_active())):
+        raise InputError("vertical_idx", f"a tensor on {device}", "CUDA tensors (or CPU tensors with TRITON_INTERPRET=1)")
+    b, h, nv = verts.shape
+    ns = slashes.shape[-1]
+    n_rows = triton.cdiv(q_len, bm)
+    blk_cap = max(ns, 1) * triton.cdiv(bm, bn)
+    col_cap = max(nv, 1)
+    # Pad the lists so that a 0-length budget still has one readable slot.
+    if nv == 0:
+        verts = torch.zeros((b, h, 1), dtype=torch.int32, device=device)
+    if ns == 0:
+        slashes = torch.zeros((b, h, 1), dtype=torch.int32, device=device)
+    block_count = torch.empty((b, h, n_rows), dtype=torch.int32, device=device)
+    column_count = torch.empty((b, h, n_rows), dtype=torch.int32, device=device)
+    block_offset = torch.full((b, h, n_rows, blk_cap), -1, dtype=torch.int32, device=device)
+    column_index = torch.full((b, h, n_rows, col_cap), -1, dtype=torch.int32, device=device)
+    _convert_vs_kernel[(n_rows, b * h)](
+        verts, slashes, nv_count, ns_count,
+        block_count, block_offset, column_count, column_index,
+        q_len, kv_len, n_rows, verts.shape[-1], slashes.shape[-1], col_cap, blk_cap,
+        CAUSAL=causal,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        num_warps=1,
+    )
+    return block_count, block_offset, column_count, column_index

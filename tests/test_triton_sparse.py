@@ -1,0 +1,497 @@
+"""Tests of the Triton vertical-slash kernels (``backends/yarnref_torch/triton_sparse.py``).
+
+On a CUDA machine the kernels run compiled; elsewhere they run under Triton's
+CPU interpreter (``TRITON_INTERPRET=1``, set by this module only while its
+tests run).  Everything skips cleanly where torch or triton is missing.
+
+References:
+* the sparse kernel against a direct masked softmax in float64 built from the
+  same (block, column) lists, counting a key once per listing;
+* the conversion against a plain-Python transcription of the sequential merge
+  (dca-sparse notes §3.2, vLLM ``vertical_slash_index.cu`` semantics) and, once
+  it exists, the spec ``yarnref.sparse.convert_vertical_slash_indexes``;
+* the pipeline (conversion + kernel) against the spec's
+  ``vertical_slash_attention(..., mode="kernel")`` when it exists, and against
+  dense causal attention when every diagonal is kept.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import yarnref
+from yarnref.errors import InputError
+
+torch = pytest.importorskip("torch")
+
+MODULE_PATH = Path(__file__).resolve().parent.parent / "backends" / "yarnref_torch" / "triton_sparse.py"
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
+# Triton decorates its own library (tl.zeros, ...) when it is first imported, so
+# the interpreter must be switched on before that import; it is switched off
+# again right after, and on only while this module's tests run (fixture `ts`).
+INTERPRETED = False
+if not CUDA and "triton" not in sys.modules:
+    _previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton  # noqa: F401
+
+        INTERPRETED = True
+    except ImportError:
+        pass
+    finally:
+        if _previous is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = _previous
+try:
+    import triton  # noqa: F401,F811
+
+    HAVE_TRITON = True
+except ImportError:
+    HAVE_TRITON = False
+
+_module_cache: dict[str, object] = {}
+
+
+def _load(interpret: bool):
+    """Load triton_sparse.py under a private name (the kernels are decorated for the interpreter if asked)."""
+    key = "interp" if interpret else "compiled"
+    if key not in _module_cache:
+        spec = importlib.util.spec_from_file_location(f"_yarnref_triton_sparse_{key}", MODULE_PATH)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _module_cache[key] = mod
+    return _module_cache[key]
+
+
+@pytest.fixture
+def ts(monkeypatch):
+    """The module, ready to run kernels here (CUDA, or the CPU interpreter), else skip."""
+    if not HAVE_TRITON:
+        pytest.skip("triton is not installed")
+    if CUDA:
+        return _load(interpret=False)
+    if not INTERPRETED:
+        pytest.skip("no CUDA, and triton was imported before the interpreter could be switched on")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    mod = _load(interpret=True)
+    if "interp_ok" not in _module_cache:
+        try:  # some triton/numpy pairs break the interpreter (scalar loop bounds): skip, do not fail
+            one = torch.ones((1, 1, 1), dtype=torch.int32)
+            x = torch.zeros((1, 1, 16, 16), dtype=torch.float16)
+            mod.sparse_attention_triton(x, x, x, one, torch.zeros((1, 1, 1, 1), dtype=torch.int32), one * 0,
+                                        torch.zeros((1, 1, 1, 1), dtype=torch.int32), None, 16, 16)
+            _module_cache["interp_ok"] = True
+        except Exception as exc:  # noqa: BLE001
+            _module_cache["interp_ok"] = repr(exc)
+    if _module_cache["interp_ok"] is not True:
+        pytest.skip(f"the Triton interpreter does not work here: {_module_cache['interp_ok']}")
+    return mod
+
+
+def _dtypes():
+    # The interpreter's bf16 tl.dot is wrong (triton 3.6-3.9 reinterpret the bits), so bf16 runs on CUDA only.
+    return [torch.float16, torch.bfloat16] if CUDA else [torch.float16]
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def key_weights(tq, tk, block_count, block_offset, column_count, column_index, bm, bn, causal=True):
+    """(B, H, tq, tk) float64: how many times each key is listed for each query, after the bounds and causal test."""
+    bc, bo, cc, ci = (np.asarray(a.cpu()) for a in (block_count, block_offset, column_count, column_index))
+    b, h, n_rows = bc.shape
+    w = np.zeros((b, h, tq, tk))
+    for bi in range(b):
+        for hi in range(h):
+            for r in range(n_rows):
+                rows = slice(r * bm, min((r + 1) * bm, tq))
+                for o in bo[bi, hi, r, : bc[bi, hi, r]]:
+                    for c in range(o, o + bn):
+                        if 0 <= c < tk:
+                            w[bi, hi, rows, c] += 1
+                for c in ci[bi, hi, r, : cc[bi, hi, r]]:
+                    if 0 <= c < tk:
+                        w[bi, hi, rows, c] += 1
+    if causal:
+        visible = np.arange(tk)[None, :] <= np.arange(tq)[:, None] + (tk - tq)
+        w *= visible
+    return w
+
+
+def weighted_attention(q, k, v, weights, scale):
+    """float64 softmax attention where key j of query i has multiplicity weights[..., i, j]; empty rows -> 0, -inf."""
+    qf, kf, vf = (np.asarray(a.float().cpu(), dtype=np.float64) for a in (q, k, v))
+    group = qf.shape[1] // kf.shape[1]
+    kf, vf = np.repeat(kf, group, axis=1), np.repeat(vf, group, axis=1)
+    logits = scale * qf @ np.swapaxes(kf, -1, -2)
+    logits = np.where(weights > 0, logits, -np.inf)
+    m = logits.max(-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    p = weights * np.exp(logits - m)
+    denom = p.sum(-1, keepdims=True)
+    has = denom > 0
+    out = np.where(has, (p @ vf) / np.where(has, denom, 1.0), 0.0)
+    with np.errstate(divide="ignore"):
+        lse = np.where(has, np.log(np.where(has, denom, 1.0)) + m, -np.inf)[..., 0]
+    return out, lse
+
+
+def convert_reference(q_len, kv_len, verticals, slashes, bm=64, bn=64, causal=True):
+    """Plain-Python sequential merge for one head: (block starts per row block, columns per row block).
+
+    ``verticals`` ascending, ``slashes`` (distances) descending, padding removed.
+    """
+    off = kv_len - q_len if causal else kv_len
+    n_rows = -(-q_len // bm)
+    all_blocks, all_cols = [], []
+    for r in range(n_rows):
+        start_m, end_m = r * bm, (r + 1) * bm
+        blocks, cols = [], []
+
+        def save(lo, hi):
+            for c in range(lo, min(hi, kv_len), bn):
+                blocks.append(c)
+
+        vi = 0
+        far = 1 << 30  # "no vertical left", past every range
+        v_idx = verticals[0] if verticals else far
+        vi = 1 if verticals else 0
+        si = 0
+        s_idx = slashes[0] if slashes else end_m + off + 1
+        si = 1 if slashes else 0
+        while s_idx >= end_m + off and si < len(slashes):
+            s_idx = slashes[si]
+            si += 1
+        if s_idx <= end_m + off:
+            e = max(end_m + off - s_idx, bm)
+            lo, hi = e - bm, e
+        elif causal:
+            lo, hi = end_m + off, end_m + off + bn
+        else:
+            lo, hi = kv_len, kv_len + bn
+        while True:
+            if v_idx < hi:
+                if v_idx < lo:
+                    cols.append(v_idx)
+                if vi < len(verticals):
+                    v_idx = verticals[vi]
+                    vi += 1
+                else:
+                    v_idx = far
+                continue
+            take = si < len(slashes) and (causal or slashes[si] >= start_m)
+            if take:
+                e = max(end_m + off - slashes[si], bm)
+                si += 1
+                if e > hi + bm:
+                    save(lo, hi)
+                    lo, hi = e - bm, e
+                elif e > hi:
+                    hi += bm
+                continue
+            if vi == len(verticals) or (causal and v_idx > lo):
+                if vi == len(verticals) and not causal and v_idx < kv_len:
+                    cols.append(v_idx)
+                save(lo, hi)
+                break
+            if causal:
+                lo, hi = end_m + off, end_m + off + bn
+            else:
+                save(lo, hi)
+                lo, hi = kv_len, kv_len + bn
+        all_blocks.append(blocks)
+        all_cols.append(cols)
+    return all_blocks, all_cols
+
+
+def _rand_qkv(gen, b, hq, hk, tq, tk, d, dtype):
+    q = torch.randn((b, hq, tq, d), generator=gen).to(dtype)
+    k = torch.randn((b, hk, tk, d), generator=gen).to(dtype)
+    v = torch.randn((b, hk, tk, d), generator=gen).to(dtype)
+    return q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
+
+
+def _random_lists(rng, b, h, n_rows, tk, ns, nv, bn):
+    """Arbitrary index contents: unaligned and out-of-range starts, negative and too-large columns, empty rows."""
+    bc = rng.integers(0, ns + 1, size=(b, h, n_rows)).astype(np.int32)
+    bo = rng.integers(-bn - 5, tk + 5, size=(b, h, n_rows, ns)).astype(np.int32)
+    cc = rng.integers(0, nv + 1, size=(b, h, n_rows)).astype(np.int32)
+    ci = rng.integers(-3, tk + 3, size=(b, h, n_rows, nv)).astype(np.int32)  # repeats allowed: counted twice
+    bc[0, 0, 0] = 0  # one row block with no key at all
+    cc[0, 0, 0] = 0
+    return [torch.from_numpy(a).to(DEVICE) for a in (bc, bo, cc, ci)]
+
+
+def _assert_matches(out, lse, ref_out, ref_lse, dtype):
+    out64 = np.asarray(out.float().cpu(), dtype=np.float64)
+    lse64 = np.asarray(lse.cpu(), dtype=np.float64)
+    assert np.isfinite(out64).all()
+    empty = ~np.isfinite(ref_lse)
+    assert np.array_equal(np.isneginf(lse64), empty), "rows with no key must have lse -inf, and only those"
+    assert (out64[empty] == 0).all(), "rows with no key must be 0"
+    tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
+    err = np.abs(out64 - ref_out).max() if out64.size else 0.0
+    assert err <= tol, f"max |out - ref| = {err}"
+    denom = np.linalg.norm(ref_out)
+    if denom > 0:
+        assert np.linalg.norm(out64 - ref_out) / denom <= tol
+    fin = ~empty
+    assert np.allclose(lse64[fin], ref_lse[fin], rtol=1e-4, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- the sparse kernel
+
+SHAPES = [
+    # (batch, q_heads, kv_heads, q_len, kv_len, head_dim, bm, bn)
+    (1, 2, 2, 64, 64, 64, 64, 64),
+    (1, 2, 1, 100, 100, 64, 64, 64),  # q_len not a multiple of 64, GQA
+    (2, 4, 2, 70, 200, 64, 64, 64),  # q_len < kv_len (chunked prefill), batch 2
+    (1, 2, 2, 40, 40, 128, 32, 16),  # other tile sizes, head_dim 128
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", _dtypes(), ids=str)
+def test_sparse_matches_masked_softmax(ts, shape, dtype):
+    b, hq, hk, tq, tk, d, bm, bn = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    rng = np.random.default_rng(sum(shape))
+    q, k, v = _rand_qkv(gen, b, hq, hk, tq, tk, d, dtype)
+    n_rows = -(-tq // bm)
+    lists = _random_lists(rng, b, hq, n_rows, tk, ns=3, nv=2 * bn - 5, bn=bn)
+    scale = 0.7 / np.sqrt(d)
+    out, lse = ts.sparse_attention_triton(q, k, v, *lists, scale, bm, bn, return_lse=True)
+    assert out.shape == q.shape and out.dtype == dtype and lse.dtype == torch.float32
+    ref_out, ref_lse = weighted_attention(q, k, v, key_weights(tq, tk, *lists, bm, bn), scale)
+    _assert_matches(out, lse, ref_out, ref_lse, dtype)
+    # return_lse=False gives the same output
+    out2 = ts.sparse_attention_triton(q, k, v, *lists, scale, bm, bn)
+    assert torch.equal(out2, out)
+
+
+@pytest.mark.parametrize("dtype", _dtypes(), ids=str)
+def test_sparse_non_causal(ts, dtype):
+    b, hq, hk, tq, tk, d = 1, 2, 2, 50, 90, 64
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = _rand_qkv(gen, b, hq, hk, tq, tk, d, dtype)
+    lists = _random_lists(np.random.default_rng(3), b, hq, 1, tk, ns=2, nv=20, bn=64)
+    out, lse = ts.sparse_attention_triton(q, k, v, *lists, None, return_lse=True, causal=False)
+    ref = weighted_attention(q, k, v, key_weights(tq, tk, *lists, 64, 64, causal=False), 1 / np.sqrt(d))
+    _assert_matches(out, lse, *ref, dtype)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    tq=st.integers(1, 80),
+    extra=st.integers(0, 60),
+    group=st.sampled_from([1, 2]),
+    ns=st.integers(1, 3),
+    nv=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_sparse_random_lists(tq, extra, group, ns, nv, seed):
+    """Any index contents (Hypothesis): the kernel equals the masked softmax over the listed keys."""
+    if not HAVE_TRITON:
+        pytest.skip("triton is not installed")
+    if not (CUDA or INTERPRETED):
+        pytest.skip("no CUDA, and triton was imported before the interpreter could be switched on")
+    with pytest.MonkeyPatch.context() as mp:
+        if not CUDA:
+            mp.setenv("TRITON_INTERPRET", "1")
+        mod = _load(interpret=not CUDA)
+        if not CUDA and _module_cache.get("interp_ok") not in (None, True):
+            pytest.skip("the Triton interpreter does not work here")
+        tk = tq + extra
+        gen = torch.Generator().manual_seed(seed)
+        q, k, v = _rand_qkv(gen, 1, 2 * group, 2, tq, tk, 64, torch.float16)
+        n_rows = -(-tq // 64)
+        lists = _random_lists(np.random.default_rng(seed), 1, 2 * group, n_rows, tk, ns, nv, 64)
+        out, lse = mod.sparse_attention_triton(q, k, v, *lists, None, return_lse=True)
+        ref = weighted_attention(q, k, v, key_weights(tq, tk, *lists, 64, 64), 1 / np.sqrt(64))
+        _assert_matches(out, lse, *ref, torch.float16)
+
+
+def test_sparse_rejects_bad_input():
+    """Validation happens before any kernel runs, so this needs neither a GPU nor triton."""
+    mod = _load(interpret=False)
+    q = torch.zeros((1, 2, 64, 64), dtype=torch.float16)
+    one = torch.ones((1, 2, 1), dtype=torch.int32)
+    offs = torch.zeros((1, 2, 1, 1), dtype=torch.int32)
+    good = (one, offs, one, offs)
+    with pytest.raises(InputError) as exc:
+        mod.sparse_attention_triton(q.float(), q.float(), q.float(), *good, None)
+    assert exc.value.param == "q"
+    with pytest.raises(InputError) as exc:
+        mod.sparse_attention_triton(q, q, q, one.long(), offs, one, offs, None)
+    assert exc.value.param == "block_count"
+    with pytest.raises(InputError) as exc:
+        mod.sparse_attention_triton(q, q, q, one, offs, one, offs[..., 0], None)
+    assert exc.value.param == "column_index"
+    with pytest.raises(InputError) as exc:
+        mod.sparse_attention_triton(q, q, q, *good, None, block_size_m=48)
+    assert exc.value.param == "block_size_m"
+    with pytest.raises(InputError) as exc:
+        mod.sparse_attention_triton(q, q, q, *good, -1.0)
+    assert exc.value.param == "scale"
+    with pytest.raises(InputError) as exc:
+        mod.sparse_attention_triton(q[..., :48], q[..., :48], q[..., :48], *good, None)
+    assert exc.value.param == "q"
+
+
+# ----------------------------------------------------------------------------- the conversion
+
+
+def _random_vs(rng, b, h, kv_len, nv, ns, pad=False, force=True):
+    """Random vertical columns and slash distances per head (unsorted; -1 padding if ``pad``)."""
+    V = np.full((b, h, nv), -1, dtype=np.int32)
+    S = np.full((b, h, ns), -1, dtype=np.int32)
+    for bi in range(b):
+        for hi in range(h):
+            kv_n = rng.integers(1, nv + 1) if pad else nv
+            ks_n = rng.integers(1, ns + 1) if pad else ns
+            V[bi, hi, :kv_n] = rng.choice(kv_len, size=kv_n, replace=False)
+            dist = rng.choice(np.arange(2, kv_len), size=ks_n, replace=False)
+            if force:  # MInference and vLLM always keep the nearest diagonals
+                dist[: min(2, ks_n)] = [0, 1][: min(2, ks_n)]
+            S[bi, hi, :ks_n] = dist
+    return V, S
+
+
+def _check_conversion(result, q_len, kv_len, V, S, bm, bn, causal):
+    bc, bo, cc, ci = (np.asarray(t.cpu()) for t in result)
+    for bi in range(V.shape[0]):
+        for hi in range(V.shape[1]):
+            verts = sorted(int(x) for x in V[bi, hi] if x >= 0)
+            slashes = sorted((int(x) for x in S[bi, hi] if x >= 0), reverse=True)
+            blocks, cols = convert_reference(q_len, kv_len, verts, slashes, bm, bn, causal)
+            for r, (want_b, want_c) in enumerate(zip(blocks, cols)):
+                assert list(bo[bi, hi, r, : bc[bi, hi, r]]) == want_b, (bi, hi, r)
+                assert list(ci[bi, hi, r, : cc[bi, hi, r]]) == want_c, (bi, hi, r)
+
+
+def test_conversion_hand_example(ts):
+    """q = kv = 256, verticals {0, 5, 77}, slashes {0, 1, 40}: worked by hand."""
+    V = torch.tensor([[[77, 0, 5]]], dtype=torch.int32, device=DEVICE)  # unsorted on purpose
+    S = torch.tensor([[[1, 40, 0]]], dtype=torch.int32, device=DEVICE)
+    bc, bo, cc, ci = ts.convert_vertical_slash_indexes_triton(256, 256, V, S)
+    bc, bo, cc, ci = (t.cpu().tolist()[0][0] for t in (bc, bo, cc, ci))
+    # row block 0: slash 40 gives range [0, 64) which covers 0 and 5; 1 and 0 add nothing
+    # row block 1: slash 40 -> [24, 88); 0 and 5 are columns; slash 1 extends to [24, 152)
+    assert bc == [1, 2, 2, 2] and cc == [0, 2, 3, 3]
+    assert bo[0][:1] == [0] and bo[1][:2] == [24, 88] and bo[2][:2] == [88, 152] and bo[3][:2] == [152, 216]
+    assert ci[1][:2] == [0, 5] and ci[2][:3] == [0, 5, 77]
+
+
+@pytest.mark.parametrize(
+    "q_len,kv_len,bm,bn,causal,pad",
+    [
+        (256, 256, 64, 64, True, False),
+        (200, 200, 64, 64, True, True),  # not a multiple of 64, per-head budgets (-1 padding)
+        (100, 300, 64, 64, True, False),  # q_len < kv_len
+        (130, 130, 32, 64, True, False),  # block_size_m != block_size_n
+        (96, 160, 32, 64, False, True),  # non-causal (DCA's "successive" part)
+        (64, 64, 64, 64, False, False),
+    ],
+)
+def test_conversion_matches_reference(ts, q_len, kv_len, bm, bn, causal, pad):
+    rng = np.random.default_rng(q_len * 7 + kv_len)
+    V, S = _random_vs(rng, 2, 3, kv_len, nv=12, ns=10, pad=pad, force=causal)
+    result = ts.convert_vertical_slash_indexes_triton(
+        q_len, kv_len, torch.from_numpy(V).to(DEVICE), torch.from_numpy(S).to(DEVICE), bm, bn, causal
+    )
+    n_rows = -(-q_len // bm)
+    assert result[0].shape == (2, 3, n_rows) and result[0].dtype == torch.int32
+    _check_conversion(result, q_len, kv_len, V, S, bm, bn, causal)
+
+
+def test_full_budget_equals_dense_causal(ts):
+    """Every diagonal kept: the pipeline is dense causal attention (yarnref.attention)."""
+    b, hq, hk, tq, tk, d = 1, 2, 1, 100, 150, 64
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = _rand_qkv(gen, b, hq, hk, tq, tk, d, torch.float16)
+    V = torch.arange(0, 30, dtype=torch.int32, device=DEVICE).expand(b, hq, 30)
+    S = torch.arange(0, tk, dtype=torch.int32, device=DEVICE).expand(b, hq, tk)
+    lists = ts.convert_vertical_slash_indexes_triton(tq, tk, V, S)
+    out, lse = ts.sparse_attention_triton(q, k, v, *lists, None, return_lse=True)
+    ref_out, ref_lse = yarnref.attention(*(np.asarray(x.float().cpu(), np.float64) for x in (q, k, v)), causal=True, return_lse=True)
+    _assert_matches(out, lse, ref_out, ref_lse, torch.float16)
+
+
+# ----------------------------------------------------------------------------- against the spec
+
+
+def _spec(name):
+    try:
+        import yarnref.sparse as spec_sparse
+    except ImportError:
+        pytest.skip("yarnref.sparse (the spec) is not there yet")
+    fn = getattr(spec_sparse, name, None)
+    if fn is None:
+        pytest.skip(f"yarnref.sparse.{name} is not there yet")
+    return fn
+
+
+@pytest.mark.parametrize(
+    "q_len,kv_len,bm,bn,causal,pad",
+    [(256, 256, 64, 64, True, False), (150, 230, 64, 64, True, True), (100, 100, 32, 64, True, True), (90, 130, 64, 64, False, True)],
+)
+def test_conversion_matches_spec(ts, q_len, kv_len, bm, bn, causal, pad):
+    spec_convert = _spec("convert_vertical_slash_indexes")
+    rng = np.random.default_rng(q_len + kv_len)
+    V, S = _random_vs(rng, 2, 3, kv_len, nv=10, ns=8, pad=pad, force=causal)
+    mine = ts.convert_vertical_slash_indexes_triton(
+        q_len, kv_len, torch.from_numpy(V).to(DEVICE), torch.from_numpy(S).to(DEVICE), bm, bn, causal
+    )
+    want = spec_convert(q_len, kv_len, V, S, bm, bn, causal)
+    for m, w, name in zip(mine, want, ("block_count", "block_offset", "column_count", "column_index")):
+        m, w = np.asarray(m.cpu()), np.asarray(w)
+        assert m.shape == w.shape, name
+        assert np.array_equal(m, w), name  # both pad with -1 past the counts
+
+
+def test_conversion_rejects_bad_input(ts):
+    V = torch.zeros((1, 1, 2), dtype=torch.int32, device=DEVICE)
+    with pytest.raises(InputError) as exc:
+        ts.convert_vertical_slash_indexes_triton(64, 64, V, V, 64, 32)
+    assert exc.value.param == "block_size_n"
+    with pytest.raises(InputError) as exc:
+        ts.convert_vertical_slash_indexes_triton(64, 64, V.float(), V)
+    assert exc.value.param == "vertical_idx"
+    with pytest.raises(InputError) as exc:
+        ts.convert_vertical_slash_indexes_triton(0, 64, V, V)
+    assert exc.value.param == "q_len"
+
+
+@pytest.mark.parametrize("dtype", _dtypes(), ids=str)
+@pytest.mark.parametrize(
+    "tq,tk,causal,force",
+    [(100, 160, True, True), (130, 130, True, False), (70, 120, False, False)],  # unforced: empty rows possible
+)
+def test_pipeline_matches_spec_kernel_mode(ts, dtype, tq, tk, causal, force):
+    spec_attention = _spec("vertical_slash_attention")
+    if "mode" not in inspect.signature(spec_attention).parameters:
+        pytest.skip("the spec's vertical_slash_attention has no mode= yet")
+    b, hq, hk, d = 1, 4, 2, 64
+    gen = torch.Generator().manual_seed(tq + tk)
+    q, k, v = _rand_qkv(gen, b, hq, hk, tq, tk, d, dtype)
+    V, S = _random_vs(np.random.default_rng(tq), b, hq, tk, nv=6, ns=5, pad=True, force=force)
+    lists = ts.convert_vertical_slash_indexes_triton(
+        tq, tk, torch.from_numpy(V).to(DEVICE), torch.from_numpy(S).to(DEVICE), causal=causal
+    )
+    out, lse = ts.sparse_attention_triton(q, k, v, *lists, None, return_lse=True, causal=causal)
+    q64, k64, v64 = (np.asarray(x.float().cpu(), np.float64) for x in (q, k, v))
+    ref = spec_attention(q64, k64, v64, V, S, mode="kernel", return_lse=True, causal=causal)
+    _assert_matches(out, lse, np.asarray(ref[0]), np.asarray(ref[1]), dtype)
