@@ -345,8 +345,9 @@ LESSON_02 = [
         Y. Ding et al., *LongRoPE: Extending LLM Context Window Beyond 2 Million Tokens*,
         [arXiv:2402.13753](https://arxiv.org/abs/2402.13753).
 
-        **Code:** `yarnref/scaling/` (one module per method), `yarnref/config.py` (`rope_frequencies`,
-        `parse_rope_config`), `yarnref/presets.py` (real model configs).
+        **Code:** `yarnref/scaling/` (one module per method, `yarnref.scaling`), `yarnref/config.py`
+        (`yarnref.rope_frequencies`, `yarnref.parse_rope_config`), `yarnref/presets.py` (`yarnref.get_preset`,
+        `yarnref.preset_names`: real model configs).
 
         Lesson 1 ended with the problem: a model trained on $L$ tokens has never seen its slow planes turn
         further than $L\,\theta_i$. Every method in this lesson keeps the positions and the rotation, and replaces
@@ -394,8 +395,6 @@ LESSON_02 = [
         import numpy as np
 
         import yarnref
-        from yarnref.config import parse_rope_config, rope_frequencies
-        from yarnref.presets import get_preset, preset_names
         from yarnref.scaling import (
             DynamicNTKCache,
             correction_range,
@@ -493,7 +492,7 @@ LESSON_02 = [
         }
         for rope_type, params in rope_scaling.items():
             config = {**base_config, "rope_scaling": {"rope_type": rope_type, **params}}
-            at_one[f"config rope_type={rope_type}"] = rope_frequencies(config)
+            at_one[f"config rope_type={rope_type}"] = yarnref.rope_frequencies(config)
 
         for name, (inv_freq, m) in at_one.items():
             assert np.allclose(inv_freq, theta, rtol=1e-15, atol=0) and m == 1.0, name
@@ -554,10 +553,10 @@ LESSON_02 = [
         r"""
         print(f"{'preset':<26} {'rope_type':<9} {'r':>4} {'base':>9} {'s':>5} {'L':>6} {'m_att':>7}")
         curves = {}
-        for name in preset_names():
-            config = get_preset(name)
-            rc = parse_rope_config(config)
-            inv_freq, m = rope_frequencies(config, seq_len=rc.max_position_embeddings)
+        for name in yarnref.preset_names():
+            config = yarnref.get_preset(name)
+            rc = yarnref.parse_rope_config(config)
+            inv_freq, m = yarnref.rope_frequencies(config, seq_len=rc.max_position_embeddings)
             base_freq = yarnref.base_inv_freq(rc.rotary_dim, rc.base)
             factor = "-" if rc.factor is None else f"{rc.factor:g}"
             print(f"{name:<26} {rc.rope_type:<9} {rc.rotary_dim:>4} {rc.base:>9.3g} {factor:>5} "
@@ -566,9 +565,11 @@ LESSON_02 = [
                 curves[name] = (2 * np.pi / base_freq / rc.original_max_position_embeddings, base_freq / inv_freq)
 
         # Known values: YaRN's temperature, DeepSeek's mscale ratio, Phi-3's LongRoPE factor.
-        assert np.isclose(rope_frequencies(get_preset("yarn-llama-2-7b-128k"))[1], 0.1 * np.log(32) + 1, rtol=1e-15)
-        assert rope_frequencies(get_preset("deepseek-v3"))[1] == 1.0  # mscale == mscale_all_dim: the ratio is 1
-        assert np.isclose(rope_frequencies(get_preset("phi-3-mini-128k"))[1], np.sqrt(1 + np.log(32) / np.log(4096)))
+        m_att = {name: yarnref.rope_frequencies(yarnref.get_preset(name))[1]
+                 for name in ("yarn-llama-2-7b-128k", "deepseek-v3", "phi-3-mini-128k")}
+        assert np.isclose(m_att["yarn-llama-2-7b-128k"], 0.1 * np.log(32) + 1, rtol=1e-15)  # YaRN Eq. 22, s = 32
+        assert m_att["deepseek-v3"] == 1.0  # mscale == mscale_all_dim: the ratio is 1
+        assert np.isclose(m_att["phi-3-mini-128k"], np.sqrt(1 + np.log(32) / np.log(4096)), rtol=1e-15)
         """
     ),
     code(
@@ -599,7 +600,7 @@ LESSON_02 = [
     ),
     code(
         r"""
-        inv_freq, m = rope_frequencies(get_preset("llama-3.1-8b"))
+        inv_freq, m = yarnref.rope_frequencies(yarnref.get_preset("llama-3.1-8b"))
         positions = np.unique(np.logspace(0, 6, 120).astype(np.int64))  # 1 .. 1,000,000
         exact = np.stack(yarnref.rope_cos_sin(inv_freq, positions, m))  # (2, n, r/2): cos, sin
         fp32 = np.stack(yarnref.rope_cos_sin(inv_freq, positions, m, precision="float32"))
@@ -740,7 +741,6 @@ LESSON_03 = [
 
         import yarnref
         from yarnref.dca import dca_attention, dca_config, dca_position_ids, dca_relative_positions, qwen_attention_scale
-        from yarnref.presets import get_preset
 
         rng = np.random.default_rng(0)
         """
@@ -892,7 +892,7 @@ LESSON_03 = [
     ),
     code(
         r"""
-        qwen_config = get_preset("qwen2.5-7b-instruct-1m")  # the RoPE-relevant keys of its config.json
+        qwen_config = yarnref.get_preset("qwen2.5-7b-instruct-1m")  # the RoPE-relevant keys of its config.json
         print("dual_chunk_attention_config:", qwen_config["dual_chunk_attention_config"])
         print("max_position_embeddings:", qwen_config["max_position_embeddings"], "| rope_theta:", qwen_config["rope_theta"])
         dca = dca_config(qwen_config)
