@@ -1,1 +1,575 @@
-"""Placeholder: filled in once yarnref/sparse.py (the spec) lands."""
+r"""Vertical-slash sparse attention, A-shape and tri-shape on torch (spec: :mod:`yarnref.sparse`).
+
+Paper: Jiang et al., "MInference 1.0: Accelerating Pre-filling for
+Long-Context LLMs via Dynamic Sparse Attention", arXiv:2407.02490, section 3,
+as Qwen2.5-1M runs it (arXiv:2501.15383).
+
+* Estimation (MInference section 3.2):
+  :math:`\hat A = \mathrm{softmax}(\mathrm{scale}\cdot Q_{[-m:]}K^\top + M_{\mathrm{causal}})`;
+  vertical scores are column sums of :math:`\hat A`, slash scores its sums
+  along each distance :math:`\delta = p_r - j`; the first ``force_verticals``
+  columns and the ``force_slashes`` smallest distances are forced; each head
+  keeps its top ``min(kv_len, max(budget, 30 | 50))``.
+* Conversion: the spec's step-by-step merge of vLLM's
+  ``convert_vertical_slash_indexes`` (ranges of ``block_size_m`` columns per
+  slash, merged and grown; uncovered verticals as columns), run in lockstep
+  over every (batch, head, row block) lane.  On CUDA the Triton port of the
+  same merge (``triton_sparse.convert_vertical_slash_indexes_triton``) is used
+  when Triton is there.
+* Attention over a key set :math:`K_i`:
+  :math:`o_i = \sum_{j\in K_i} w_{ij} e^{s_{ij}} v_j / \sum_{j\in K_i} w_{ij} e^{s_{ij}}`,
+  with ``w`` the number of times the kernel lists key ``j`` (1 for the exact
+  mask).  On CUDA, float16/bfloat16, ``mode="kernel"``: the Triton kernel of
+  ``triton_sparse.sparse_attention_triton``, whose work is proportional to
+  the kept keys.  Elsewhere (CPU, float32/float64, ``mode="exact"``, shapes the
+  kernel refuses): a vectorised blocked path, ``O(rows * kv_len)`` memory per
+  step, that builds each row block's mask from the index lists.
+* A-shape (sinks + window, token-exact) and tri-shape (the last ``n_last``
+  queries dense): each query block gathers only its sink keys and its window,
+  so the cost is linear in the sequence length; the dense rows of the
+  tri-shape are ordinary causal attention (fused on CUDA).
+
+Conventions
+-----------
+Those of :mod:`yarnref.sparse`: ``(batch, heads, seq, head_dim)``, GQA, index
+arrays per *query* head ``(batch, q_heads, n)``; ``-1`` padding; verticals
+ascending, slashes (distances) descending, inputs sorted here; causal
+bottom-right, ``causal=False`` puts the queries right after the keys; a row
+with no key gets 0 and lse ``-inf``.  Ties in the top-k go to the lower index
+(a stable sort), as in the spec.  Indices are int64 tensors (the converted
+lists int32, as the kernels take them) on the backend's device.  Outputs in
+q's dtype; the lse is float64 for float64 inputs, float32 otherwise; half
+types are computed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from yarnref.attention import check_qkv
+from yarnref.errors import InputError
+
+from ._arrays import ArrayConverter, check_float, check_same_dtype, compute_dtype, tensor_to_numpy
+from .attention import attention_tensors
+
+__all__ = [
+    "vertical_slash_indices",
+    "convert_vertical_slash_indexes",
+    "vertical_slash_mask",
+    "vertical_slash_attention",
+    "a_shape_attention",
+    "tri_shape_attention",
+]
+
+#: Logits held at once by the blocked paths: ``batch * heads * rows * keys`` numbers (64 MiB in float32).
+BLOCK_ELEMENTS = 1 << 24
+_BIG = torch.iinfo(torch.int64).max
+
+
+def _spec():
+    """The spec module: its argument checks and constants are shared, so errors read the same."""
+    from yarnref import sparse
+
+    return sparse
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _qk_tensors(conv: ArrayConverter, **arrays) -> list[torch.Tensor]:
+    tensors = {name: check_float(conv.tensor(a, name), name) for name, a in arrays.items()}
+    first = next(iter(tensors))
+    check_same_dtype(first, tensors)
+    for name, t in tensors.items():
+        if not bool(torch.isfinite(t).all()):
+            raise InputError(name, "non-finite values", "finite values")
+    return list(tensors.values())
+
+
+def _index_tensor(conv: ArrayConverter, name: str, idx, low: int, high: int | None) -> torch.Tensor:
+    """A ``(batch, heads, n)`` integer tensor whose entries are ``-1`` or in ``[low, high)``; as int64."""
+    t = conv.tensor(idx, name)
+    if t.ndim != 3 or t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise InputError(name, f"array of shape {tuple(t.shape)} and dtype {t.dtype}", "a (batch, heads, n) integer array")
+    t = t.to(torch.int64)
+    bad = (t != -1) & (t < low)
+    if high is not None:
+        bad |= (t != -1) & (t >= high)
+    if bool(bad.any()):
+        upper = f", < {high}" if high is not None else ""
+        raise InputError(name, f"an entry {int(t[bad][0])}", f"entries >= {low}{upper}, or -1 for padding")
+    return t
+
+
+def _indices(conv, vertical_idx, slash_idx, kv_len: int, batch_heads=None):
+    vertical = _index_tensor(conv, "vertical_idx", vertical_idx, 0, kv_len)
+    slash = _index_tensor(conv, "slash_idx", slash_idx, 0, None)
+    if vertical.shape[:2] != slash.shape[:2]:
+        raise InputError("slash_idx", f"shape {tuple(slash.shape)}", f"(batch, heads) = {tuple(vertical.shape[:2])} like vertical_idx")
+    if batch_heads is not None and tuple(vertical.shape[:2]) != tuple(batch_heads):
+        raise InputError("vertical_idx", f"shape {tuple(vertical.shape)}", f"(batch, q_heads, n) with (batch, q_heads) = {tuple(batch_heads)}")
+    return vertical, slash
+
+
+def _sorted_with_counts(vertical: torch.Tensor, slash: torch.Tensor):
+    """Verticals ascending and slashes descending, padding last; the valid counts ``(batch, heads)``."""
+    v_sorted = torch.sort(torch.where(vertical < 0, _BIG, vertical), dim=-1).values
+    v_sorted = torch.where(v_sorted == _BIG, -1, v_sorted)
+    s_sorted = torch.sort(slash, dim=-1, descending=True).values  # -1 (padding) sorts below every distance
+    return v_sorted, (vertical >= 0).sum(-1), s_sorted, (slash >= 0).sum(-1)
+
+
+def _host_budget(value):
+    """A budget as the spec's validator takes it: an int, or a host array (a tensor is read back: it is metadata)."""
+    if isinstance(value, torch.Tensor):
+        return tensor_to_numpy(value)
+    return value
+
+
+# ----------------------------------------------------------------------------- estimation
+
+
+def _top_indices(score: torch.Tensor, counts: np.ndarray, descending: bool) -> torch.Tensor:
+    """The ``counts[h]`` best entries of ``score[:, h]`` (ties: the lower index), sorted, ``-1``-padded."""
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices  # best first; stable: lower index first on ties
+    width = int(counts.max())
+    top = order[..., :width]
+    keep = torch.arange(width, device=score.device)[None, :] < torch.as_tensor(counts, device=score.device)[:, None]  # (heads, width)
+    top = torch.where(keep, top, -1)
+    if descending:
+        return torch.sort(top, dim=-1, descending=True).values
+    top = torch.sort(torch.where(top < 0, _BIG, top), dim=-1).values
+    return torch.where(top == _BIG, -1, top)
+
+
+def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, scale=None, force_verticals=30, force_slashes=100):
+    """Each head's vertical columns and slash distances from its last queries; see :func:`yarnref.sparse.vertical_slash_indices`."""
+    spec = _spec()
+    q, k = _qk_tensors(conv, q=q, k=k)
+    batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, k)
+    if q_len > kv_len:
+        raise InputError("q", f"q_len={q_len}", f"at most kv_len = {kv_len} (the queries are the last q_len positions)")
+    n_vertical = np.minimum(kv_len, np.maximum(spec._budget("vertical_size", _host_budget(vertical_size), q_heads), spec.MIN_VERTICAL_SIZE))
+    n_slash = np.minimum(kv_len, np.maximum(spec._budget("slash_size", _host_budget(slash_size), q_heads), spec.MIN_SLASH_SIZE))
+    last_q = spec._check_int("last_q", last_q, 1)
+    force_verticals = spec._check_int("force_verticals", force_verticals, 0)
+    force_slashes = spec._check_int("force_slashes", force_slashes, 0)
+    scale = spec._check_scale(scale, head_dim)
+
+    m = min(last_q, q_len)
+    group = q_heads // kv_heads
+    cdt = compute_dtype(q.dtype)
+    dev = q.device
+    q_last = q[:, :, q_len - m :].to(cdt).reshape(batch, kv_heads, group, m, head_dim)  # heads under their kv head
+    keys_t = k.to(cdt).transpose(-1, -2)[:, :, None]  # (batch, kv_heads, 1, head_dim, kv_len)
+    logits = (q_last @ keys_t) * scale  # (batch, kv_heads, group, m, kv_len)
+    position = torch.arange(kv_len - m, kv_len, device=dev)  # (m,) the estimation queries' positions
+    column = torch.arange(kv_len, device=dev)
+    logits.masked_fill_(column[None, :] > position[:, None], -math.inf)  # causal among the last m
+    probs = torch.softmax(logits, dim=-1).reshape(batch, q_heads, m, kv_len)
+    del logits
+
+    vertical_score = probs.sum(dim=-2)  # (batch, q_heads, kv_len): column sums
+    vertical_score[..., :force_verticals] = math.inf
+    # Slash score of distance delta: sum over rows r of probs[r, position[r] - delta] (0 where that is < 0).
+    source = position[:, None] - column[None, :]  # (m, kv_len): the column on diagonal delta of row r
+    on_grid = source >= 0
+    gathered = torch.gather(probs, -1, source.clamp(min=0).expand(batch, q_heads, m, kv_len))
+    slash_score = torch.where(on_grid, gathered, 0.0).sum(dim=-2)  # (batch, q_heads, kv_len)
+    slash_score[..., :force_slashes] = math.inf
+
+    return _top_indices(vertical_score, n_vertical, descending=False), _top_indices(slash_score, n_slash, descending=True)
+
+
+# ----------------------------------------------------------------------------- index conversion
+
+
+def _append(table, count, where, values) -> None:
+    """``table[lane, count[lane]] = values[lane]; count[lane] += 1`` for the lanes in ``where``."""
+    lanes = torch.nonzero(where).squeeze(1)
+    if lanes.numel():
+        table[lanes, count[lanes]] = values[lanes]
+        count[lanes] += 1
+
+
+def _save_blocks(table, count, where, range_start, range_end, kv_len: int, block_size_n: int) -> None:
+    """Emit block starts ``range_start, + BN, ... < min(range_end, kv_len)`` for the lanes in ``where``."""
+    lanes = torch.nonzero(where & (range_start < kv_len)).squeeze(1)
+    if not lanes.numel():
+        return
+    start = range_start[lanes]
+    n_blocks = torch.div(torch.clamp(range_end[lanes], max=kv_len) - start + block_size_n - 1, block_size_n, rounding_mode="floor")
+    lane = torch.repeat_interleave(lanes, n_blocks)
+    first = torch.repeat_interleave(torch.cumsum(n_blocks, 0) - n_blocks, n_blocks)
+    step = torch.arange(lane.numel(), device=lane.device) - first  # 0.. within each lane
+    table[lane, count[lane] + step] = torch.repeat_interleave(start, n_blocks) + step * block_size_n
+    count[lanes] += n_blocks
+
+
+def _convert_lockstep(q_len, kv_len, verts, n_verts, slashes, n_slashes, bm, bn, causal):
+    """The spec's conversion, one lane per (batch * head, row block), every lane stepping together.
+
+    Each step a lane consumes one vertical or one slash, or finishes, so the
+    loop runs at most ``n_vertical + n_slash + 4`` times (a loop over index
+    positions, vectorised over heads and row blocks).
+    """
+    spec = _spec()
+    dev = verts.device
+    batch, heads, width_v = verts.shape
+    width_s = slashes.shape[-1]
+    col_cap, blk_cap = spec._conversion_capacity(width_v, width_s, bm, bn)
+    n_rows = -(-q_len // bm)
+    pairs = batch * heads
+    lane_pair = torch.arange(pairs, device=dev).repeat_interleave(n_rows)  # (lanes,)
+    start_m = torch.arange(n_rows, device=dev).repeat(pairs) * bm
+    end_m = start_m + bm
+    off = kv_len - q_len if causal else kv_len
+    zero = torch.zeros((pairs, 1), dtype=torch.int64, device=dev)  # a spare entry: reading one past the end stays in bounds
+    vert_tab = torch.cat([verts.reshape(pairs, width_v), zero], dim=1)
+    slash_tab = torch.cat([slashes.reshape(pairs, width_s), zero], dim=1)
+    nv = n_verts.reshape(pairs)[lane_pair]
+    ns = n_slashes.reshape(pairs)[lane_pair]
+
+    far = end_m + bn + off  # "no vertical left": past every range
+    v_idx = torch.where(nv > 0, vert_tab[lane_pair, 0], far)
+    v = torch.clamp(nv, max=1)
+    # Skip the leading slashes that cannot reach the row block (delta >= end_m + off): with the slashes
+    # sorted descending they are the first `reach` of each list.
+    negated = torch.where(slash_tab[:, :width_s] >= 0, -slash_tab[:, :width_s], 1)  # ascending; padding (+1) last
+    reach = torch.searchsorted(negated, -(end_m + off).reshape(pairs, n_rows), right=True).reshape(-1) if width_s else torch.zeros_like(ns)
+    reach = torch.minimum(reach, ns)
+    s = torch.where(ns > 0, torch.clamp(reach + 1, max=ns), 0)
+    s_idx = torch.where(ns > 0, slash_tab[lane_pair, torch.clamp(s - 1, min=0)], end_m + off + 1)
+    has_slash = s_idx <= end_m + off
+    e = torch.clamp(end_m + off - s_idx, min=bm)
+    if causal:
+        range_start = torch.where(has_slash, e - bm, end_m + off)
+        range_end = torch.where(has_slash, e, end_m + off + bn)
+    else:
+        range_start = torch.where(has_slash, e - bm, torch.full_like(e, kv_len))
+        range_end = torch.where(has_slash, e, torch.full_like(e, kv_len + bn))
+
+    lanes = lane_pair.numel()
+    column_index = torch.full((lanes, col_cap), -1, dtype=torch.int64, device=dev)
+    block_offset = torch.full((lanes, blk_cap), -1, dtype=torch.int64, device=dev)
+    column_count = torch.zeros(lanes, dtype=torch.int64, device=dev)
+    block_count = torch.zeros(lanes, dtype=torch.int64, device=dev)
+    slashes_done = torch.zeros(lanes, dtype=torch.bool, device=dev)
+    active = torch.ones(lanes, dtype=torch.bool, device=dev)
+
+    for _ in range(width_v + width_s + 4):
+        if not bool(active.any()):
+            break
+        on_vertical = active & (v_idx < range_end)
+        on_slash = active & ~on_vertical
+        # A vertical inside the current range's span: a column if below its start, else covered.
+        _append(column_index, column_count, on_vertical & (v_idx < range_start), v_idx)
+        more = on_vertical & (v < nv)
+        v_idx = torch.where(more, vert_tab[lane_pair, v], torch.where(on_vertical, far, v_idx))
+        v = v + more
+        # A vertical past the range: take the next slash, if any is left.
+        next_delta = slash_tab[lane_pair, s]
+        take = on_slash & (s < ns)
+        if not causal:
+            take &= next_delta >= start_m
+        e = torch.clamp(end_m + off - next_delta, min=bm)
+        out_of_slashes = on_slash & ~take
+        finish = out_of_slashes & ((v == nv) | (causal & (v_idx > range_start)))
+        if not causal:  # the last vertical, if it is a key, still becomes a column
+            _append(column_index, column_count, finish & (v == nv) & (v_idx < kv_len), v_idx)
+        _save_blocks(block_offset, block_count, finish, range_start, range_end, kv_len, bn)
+        active &= ~finish
+        restart = out_of_slashes & ~finish  # slashes exhausted with verticals left (only when non-causal)
+        if causal:
+            range_start = torch.where(restart, end_m + off, range_start)
+            range_end = torch.where(restart, end_m + off + bn, range_end)
+        else:
+            _save_blocks(block_offset, block_count, restart, range_start, range_end, kv_len, bn)
+            range_start = torch.where(restart, kv_len, range_start)
+            range_end = torch.where(restart, kv_len + bn, range_end)
+        slashes_done |= restart
+        grow_from = take & ~slashes_done
+        gap = grow_from & (e > range_end + bm)
+        touch = grow_from & ~gap & (e > range_end)
+        _save_blocks(block_offset, block_count, gap, range_start, range_end, kv_len, bn)
+        range_start = torch.where(gap, e - bm, range_start)
+        range_end = torch.where(gap, e, torch.where(touch, range_end + bm, range_end))
+        s = s + take
+    if bool(active.any()):
+        raise AssertionError("vertical-slash conversion did not terminate")  # impossible: see the step bound
+
+    shape = (batch, heads, n_rows)
+    return (
+        block_count.reshape(shape).to(torch.int32),
+        block_offset.reshape(shape + (blk_cap,)).to(torch.int32),
+        column_count.reshape(shape).to(torch.int32),
+        column_index.reshape(shape + (col_cap,)).to(torch.int32),
+    )
+
+
+def _triton_module(device: torch.device):
+    """``triton_sparse`` if its kernels can run on ``device`` (CUDA with Triton), else None."""
+    if device.type != "cuda":
+        return None
+    try:
+        from . import triton_sparse
+    except ImportError:
+        return None
+    return triton_sparse if triton_sparse.triton_available(device) else None
+
+
+_TRITON_BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def _convert(q_len, kv_len, vertical, slash, bm, bn, causal):
+    triton = _triton_module(vertical.device)
+    if triton is not None and bm in _TRITON_BLOCK_SIZES and bn in _TRITON_BLOCK_SIZES:
+        return triton.convert_vertical_slash_indexes_triton(q_len, kv_len, vertical, slash, bm, bn, causal)
+    verts, n_verts, slashes, n_slashes = _sorted_with_counts(vertical, slash)
+    return _convert_lockstep(q_len, kv_len, verts, n_verts, slashes, n_slashes, bm, bn, causal)
+
+
+def _check_conversion_args(q_len, kv_len, block_size_m, block_size_n, causal):
+    spec = _spec()
+    causal = spec._check_bool("causal", causal)
+    q_len, kv_len = spec._check_lengths(q_len, kv_len, causal)
+    block_size_m = spec._check_int("block_size_m", block_size_m, 1)
+    block_size_n = spec._check_int("block_size_n", block_size_n, 1)
+    return q_len, kv_len, block_size_m, block_size_n, causal
+
+
+def convert_vertical_slash_indexes(conv, q_len, kv_len, vertical_idx, slash_idx, block_size_m=64, block_size_n=64, causal=True):
+    """The block/column lists of the sparse kernels; see :func:`yarnref.sparse.convert_vertical_slash_indexes`."""
+    q_len, kv_len, bm, bn, causal = _check_conversion_args(q_len, kv_len, block_size_m, block_size_n, causal)
+    if bn < bm:
+        raise InputError("block_size_n", bn, f"at least block_size_m = {bm} (the kernels use 64 x 64)")
+    vertical, slash = _indices(conv, vertical_idx, slash_idx, kv_len)
+    return _convert(q_len, kv_len, vertical, slash, bm, bn, causal)
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def _exact_rows(start: int, stop: int, q_len: int, kv_len: int, vertical, slash, causal: bool) -> torch.Tensor:
+    """The exact vertical-slash mask of query rows ``[start, stop)``: ``(batch, heads, n, kv_len)`` bool."""
+    batch, heads, _ = vertical.shape
+    dev = vertical.device
+    off = kv_len - q_len if causal else kv_len
+    position = torch.arange(start, stop, device=dev) + off  # (n,)
+    # Membership tables with one spare "absent" slot at the end, where -1 and out-of-reach entries land.
+    is_vertical = torch.zeros((batch, heads, kv_len + 1), dtype=torch.bool, device=dev)
+    is_vertical.scatter_(-1, torch.where(vertical < 0, kv_len, vertical), True)
+    reach = stop - 1 + off + 1  # distances 0 .. reach-1 can occur in these rows
+    is_slash = torch.zeros((batch, heads, reach + 1), dtype=torch.bool, device=dev)
+    is_slash.scatter_(-1, torch.where((slash < 0) | (slash >= reach), reach, slash), True)
+    is_slash[..., reach] = False
+    delta = position[:, None] - torch.arange(kv_len, device=dev)[None, :]  # (n, kv_len): each pair's distance
+    visible = delta >= 0  # causal (always true when non-causal: the queries follow every key)
+    on_slash = is_slash[:, :, torch.where(visible, delta, reach)]  # (batch, heads, n, kv_len)
+    return (is_vertical[:, :, None, :kv_len] | on_slash) & visible
+
+
+def _kernel_rows(start: int, stop: int, q_len: int, kv_len: int, converted, causal: bool, bm: int, bn: int) -> torch.Tensor:
+    """How many times the kernel counts each key for rows ``[start, stop)`` (``start`` on a row-block boundary)."""
+    block_count, block_offset, column_count, column_index = converted
+    dev = block_count.device
+    first, last = start // bm, -(-stop // bm)
+    offsets = block_offset[:, :, first:last].to(torch.int64)
+    listed = torch.arange(offsets.shape[-1], device=dev) < block_count[:, :, first:last, None]  # (batch, heads, blocks, width)
+    # Difference array over the columns: +1 where a listed block starts, -1 where it stops; cumsum = coverage.
+    cover = torch.zeros(tuple(offsets.shape[:3]) + (kv_len + 1,), dtype=torch.int64, device=dev)
+    weight = listed.to(torch.int64)
+    cover.scatter_add_(-1, torch.where(listed, offsets.clamp(min=0, max=kv_len), kv_len), weight)
+    cover.scatter_add_(-1, torch.where(listed, (offsets + bn).clamp(min=0, max=kv_len), kv_len), -weight)
+    cover = torch.cumsum(cover, dim=-1)
+    columns = column_index[:, :, first:last].to(torch.int64)
+    listed = torch.arange(columns.shape[-1], device=dev) < column_count[:, :, first:last, None]
+    cover.scatter_add_(-1, torch.where(listed, columns.clamp(min=0), kv_len), listed.to(torch.int64))
+    cover = cover[..., :kv_len]
+    row = torch.arange(start, stop, device=dev)
+    per_row = cover[:, :, torch.div(row, bm, rounding_mode="floor") - first]  # (batch, heads, n, kv_len)
+    if causal:
+        visible = torch.arange(kv_len, device=dev)[None, :] <= (row + kv_len - q_len)[:, None]
+        per_row = torch.where(visible, per_row, 0)
+    return per_row
+
+
+def vertical_slash_mask(conv, q_len, kv_len, vertical_idx, slash_idx, mode="exact", causal=True, *, block_size_m=64, block_size_n=64):
+    """Every query's key set, bool ``(batch, heads, q_len, kv_len)``; see :func:`yarnref.sparse.vertical_slash_mask`."""
+    spec = _spec()
+    mode = spec._check_mode(mode)
+    q_len, kv_len, bm, bn, causal = _check_conversion_args(q_len, kv_len, block_size_m, block_size_n, causal)
+    vertical, slash = _indices(conv, vertical_idx, slash_idx, kv_len)
+    if mode == "exact":
+        return _exact_rows(0, q_len, q_len, kv_len, vertical, slash, causal)
+    if bn < bm:
+        raise InputError("block_size_n", bn, f"at least block_size_m = {bm} (the kernels use 64 x 64)")
+    converted = _convert(q_len, kv_len, vertical, slash, bm, bn, causal)
+    return _kernel_rows(0, q_len, q_len, kv_len, converted, causal, bm, bn) > 0
+
+
+# ----------------------------------------------------------------------------- attention over a key set
+
+
+def _rows_per_step(batch: int, heads: int, keys: int, multiple: int) -> int:
+    rows = max(1, BLOCK_ELEMENTS // (batch * heads * max(keys, 1)))
+    return max(multiple, rows // multiple * multiple)
+
+
+def _weighted_block(q_rows, keys_t, values, scale: float, weight):
+    """Softmax where each row counts key ``j`` ``weight[..., j]`` times (0: masked); ``(out, lse)`` in the compute dtype.
+
+    ``q_rows`` ``(batch, kv_heads, group, n, d)``; ``keys_t`` ``(batch,
+    kv_heads, 1, d, keys)``; ``values`` ``(batch, kv_heads, 1, keys, dv)``;
+    ``weight`` broadcastable to ``(batch, kv_heads, group, n, keys)``.
+    """
+    logits = (q_rows @ keys_t) * scale  # (batch, kv_heads, group, n, keys)
+    logits = logits.masked_fill(weight <= 0, -math.inf)
+    row_max = logits.amax(dim=-1, keepdim=True)
+    safe_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    numer = torch.exp(logits - safe_max)
+    if weight.dtype != torch.bool:
+        numer = numer * weight.to(numer.dtype)  # a key the kernel lists twice counts twice
+    denom = numer.sum(dim=-1, keepdim=True)
+    has_key = denom > 0
+    safe_denom = torch.where(has_key, denom, torch.ones_like(denom))
+    out = torch.where(has_key, (numer @ values) / safe_denom, 0.0)
+    lse = torch.where(has_key, torch.log(safe_denom) + safe_max, -math.inf)[..., 0]
+    return out, lse
+
+
+def _weighted_attention(q, k, v, scale: float, key_weights, step: int):
+    """Attention with per-row key weights ``key_weights(start, stop)`` (``(batch, q_heads, n, kv_len)``), blocked over rows."""
+    batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, v)
+    group = q_heads // kv_heads
+    cdt = compute_dtype(q.dtype)
+    qg = q.reshape(batch, kv_heads, group, q_len, head_dim)  # query heads under their kv head
+    keys_t = k.to(cdt).transpose(-1, -2)[:, :, None]  # (batch, kv_heads, 1, head_dim, kv_len)
+    values = v.to(cdt)[:, :, None]  # (batch, kv_heads, 1, kv_len, v_dim)
+    out = torch.empty((batch, kv_heads, group, q_len, v.shape[-1]), dtype=cdt, device=q.device)
+    lse = torch.empty((batch, kv_heads, group, q_len), dtype=cdt, device=q.device)
+    for start in range(0, q_len, step):  # a loop over query blocks
+        stop = min(start + step, q_len)
+        weight = key_weights(start, stop).reshape(batch, kv_heads, group, stop - start, kv_len)
+        out[..., start:stop, :], lse[..., start:stop] = _weighted_block(qg[..., start:stop, :].to(cdt), keys_t, values, scale, weight)
+    return out.reshape(batch, q_heads, q_len, -1).to(q.dtype), lse.reshape(batch, q_heads, q_len)
+
+
+def _sparse_inputs(conv, q, k, v, causal):
+    q, k, v = _qk_tensors(conv, q=q, k=k, v=v)
+    dims = check_qkv(q, k, v)
+    if causal and dims[3] > dims[4]:
+        raise InputError("q", f"q_len={dims[3]}", f"at most kv_len = {dims[4]} when causal (the queries are the last q_len positions)")
+    return q, k, v, dims
+
+
+def _triton_can_run(triton, q, v, bm: int, bn: int) -> bool:
+    d = q.shape[-1]
+    return (
+        triton is not None
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and v.shape[-1] == d
+        and 16 <= d <= 256
+        and d & (d - 1) == 0
+        and bm in _TRITON_BLOCK_SIZES
+        and bn in _TRITON_BLOCK_SIZES
+    )
+
+
+def vertical_slash_attention(
+    conv, q, k, v, vertical_idx, slash_idx, mode="kernel", scale=None, return_lse=False, *, causal=True, block_size_m=64, block_size_n=64
+):
+    """Attention restricted to each query's vertical-slash key set; see :func:`yarnref.sparse.vertical_slash_attention`."""
+    spec = _spec()
+    causal = spec._check_bool("causal", causal)
+    q, k, v, (batch, q_heads, _, q_len, kv_len, head_dim) = _sparse_inputs(conv, q, k, v, causal)
+    mode = spec._check_mode(mode)
+    scale = spec._check_scale(scale, head_dim)
+    return_lse = spec._check_bool("return_lse", return_lse)
+    bm = spec._check_int("block_size_m", block_size_m, 1)
+    bn = spec._check_int("block_size_n", block_size_n, 1)
+    vertical, slash = _indices(conv, vertical_idx, slash_idx, kv_len, (batch, q_heads))
+    if mode == "exact":
+        weights = lambda start, stop: _exact_rows(start, stop, q_len, kv_len, vertical, slash, causal)  # noqa: E731
+    else:
+        if bn < bm:
+            raise InputError("block_size_n", bn, f"at least block_size_m = {bm} (the kernels use 64 x 64)")
+        converted = _convert(q_len, kv_len, vertical, slash, bm, bn, causal)
+        triton = _triton_module(q.device)
+        if _triton_can_run(triton, q, v, bm, bn):
+            res = triton.sparse_attention_triton(q, k, v, *converted, scale, bm, bn, return_lse, causal=causal)
+            return res
+        weights = lambda start, stop: _kernel_rows(start, stop, q_len, kv_len, converted, causal, bm, bn)  # noqa: E731
+    out, lse = _weighted_attention(q, k, v, scale, weights, _rows_per_step(batch, q_heads, kv_len, bm))
+    return (out, lse) if return_lse else out
+
+
+# ----------------------------------------------------------------------------- A-shape and tri-shape
+
+
+def _a_shape_rows(q, k, v, rows: tuple[int, int], n_init: int, n_local: int, scale: float):
+    """A-shape attention of query rows ``[rows)``: each block reads its sinks and its window only.
+
+    Returns ``(out, lse)`` for those rows, in the compute dtype.
+    """
+    batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, v)
+    group = q_heads // kv_heads
+    cdt = compute_dtype(q.dtype)
+    dev = q.device
+    off = kv_len - q_len
+    first, last = rows
+    n_sinks = min(n_init, kv_len)
+    # A block of s rows reads at most c + s keys (c = n_sinks + n_local): the largest s with
+    # s (c + s) <= the element budget.
+    budget, c = BLOCK_ELEMENTS // (batch * q_heads), n_sinks + n_local
+    step = max(1, int((math.sqrt(c * c + 4 * budget) - c) // 2))
+    qg = q.reshape(batch, kv_heads, group, q_len, head_dim)  # query heads under their kv head
+    out = torch.empty((batch, kv_heads, group, last - first, v.shape[-1]), dtype=cdt, device=dev)
+    lse = torch.empty((batch, kv_heads, group, last - first), dtype=cdt, device=dev)
+    for start in range(first, last, step):  # a loop over query blocks
+        stop = min(start + step, last)
+        window_lo = max(0, start + off - n_local + 1)  # the first key any row's window reaches
+        window_hi = stop + off  # one past the last row's own position
+        lo = max(window_lo, n_sinks)  # sinks are read separately: no key twice
+        key_pos = torch.cat([torch.arange(min(n_sinks, window_hi), device=dev), torch.arange(lo, window_hi, device=dev)])  # (keys,)
+        keys = torch.cat([k[:, :, : min(n_sinks, window_hi)], k[:, :, lo:window_hi]], dim=2).to(cdt)
+        vals = torch.cat([v[:, :, : min(n_sinks, window_hi)], v[:, :, lo:window_hi]], dim=2).to(cdt)
+        distance = (torch.arange(start, stop, device=dev) + off)[:, None] - key_pos[None, :]  # (n, keys): D = position(i) - j
+        visible = (distance >= 0) & ((distance < n_local) | (key_pos[None, :] < n_init))
+        o, l = _weighted_block(
+            qg[..., start:stop, :].to(cdt), keys.transpose(-1, -2)[:, :, None], vals[:, :, None], scale, visible
+        )
+        out[..., start - first : stop - first, :], lse[..., start - first : stop - first] = o, l
+    return out.reshape(batch, q_heads, last - first, -1), lse.reshape(batch, q_heads, last - first)
+
+
+def _streaming(conv, q, k, v, n_init, n_local, n_last, scale, return_lse):
+    spec = _spec()
+    q, k, v, (batch, q_heads, _, q_len, kv_len, head_dim) = _sparse_inputs(conv, q, k, v, True)
+    _, _, n_init, n_local, n_last = spec._check_streaming(q_len, kv_len, n_init, n_local, n_last)
+    scale = spec._check_scale(scale, head_dim)
+    return_lse = spec._check_bool("return_lse", return_lse)
+    cdt = compute_dtype(q.dtype)
+    dense_from = max(0, q_len - (n_last or 0))  # tri-shape: rows >= dense_from see every causal key
+    out = torch.empty((batch, q_heads, q_len, v.shape[-1]), dtype=q.dtype, device=q.device)
+    lse = torch.empty((batch, q_heads, q_len), dtype=cdt, device=q.device)
+    if dense_from > 0:
+        o, l = _a_shape_rows(q, k, v, (0, dense_from), n_init, n_local, scale)
+        out[:, :, :dense_from], lse[:, :, :dense_from] = o.to(q.dtype), l
+    if dense_from < q_len:  # the last rows are the last queries: bottom-right causal attention over all keys
+        o, l = attention_tensors(q[:, :, dense_from:], k, v, True, scale, True)
+        out[:, :, dense_from:], lse[:, :, dense_from:] = o, l.to(cdt)
+    return (out, lse) if return_lse else out
+
+
+def a_shape_attention(conv, q, k, v, n_init=128, n_local=3968, scale=None, return_lse=False):
+    """Attention over the A-shape mask; see :func:`yarnref.sparse.a_shape_attention`."""
+    return _streaming(conv, q, k, v, n_init, n_local, None, scale, return_lse)
+
+
+def tri_shape_attention(conv, q, k, v, n_init=128, n_local=3968, n_last=100, scale=None, return_lse=False):
+    """Attention over the tri-shape mask; see :func:`yarnref.sparse.tri_shape_attention`."""
+    return _streaming(conv, q, k, v, n_init, n_local, n_last, scale, return_lse)
