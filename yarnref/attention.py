@@ -105,6 +105,9 @@ def attention(q, k, v, causal: bool = True, scale: float | None = None, return_l
     """
     q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
     b, hq, hk, tq, tk, d = check_qkv(q, k, v)
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if not np.issubdtype(a.dtype, np.floating):  # an integer q would truncate the output to its dtype
+            raise InputError(name, f"dtype {a.dtype}", "a floating-point array")
     if not isinstance(causal, (bool, np.bool_)):
         raise InputError("causal", causal, "True or False")
     scale = _check_scale(scale, d)
