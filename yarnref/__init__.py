@@ -30,7 +30,9 @@ from .backend import (
 from . import scaling
 from .config import RopeConfig, parse_rope_config, rope_frequencies
 from .errors import BackendError, ConfigError, DeviceMismatchError, InputError, YarnrefError
+from .prefill import chunked_prefill, qwen_prefill, qwen_sparse_plan, sparse_attention_config_for
 from .presets import DEFAULT_PRESET, PRESETS, get_preset, preset_names
+from .sparse import a_shape_mask, attention_recall, tri_shape_mask
 from .rope import base_inv_freq, half_to_interleaved, interleaved_to_half, rope_angles, rotary_dim
 
 __version__ = "0.1.0"
@@ -57,6 +59,13 @@ del _op
 __all__ = [
     *OPERATIONS,
     "DEFAULT_PRESET",
+    "a_shape_mask",
+    "attention_recall",
+    "chunked_prefill",
+    "qwen_prefill",
+    "qwen_sparse_plan",
+    "sparse_attention_config_for",
+    "tri_shape_mask",
     "PRESETS",
     "RopeConfig",
     "get_preset",

@@ -73,6 +73,12 @@ OPERATIONS: dict[str, str] = {
     "apply_rope": "yarnref.rope:apply_rope",
     "attention": "yarnref.attention:attention",
     "merge_attention": "yarnref.attention:merge_attention",
+    "vertical_slash_indices": "yarnref.sparse:vertical_slash_indices",
+    "convert_vertical_slash_indexes": "yarnref.sparse:convert_vertical_slash_indexes",
+    "vertical_slash_mask": "yarnref.sparse:vertical_slash_mask",
+    "vertical_slash_attention": "yarnref.sparse:vertical_slash_attention",
+    "a_shape_attention": "yarnref.sparse:a_shape_attention",
+    "tri_shape_attention": "yarnref.sparse:tri_shape_attention",
 }
 
 #: Built-in backends: name -> (module, class, folder under backends/ in a source checkout).
@@ -196,7 +202,7 @@ def _import_builtin_from_checkout(module: str):
 
 
 _class_cache: dict[str, type] = {}
-_class_lock = threading.Lock()
+_class_lock = threading.RLock()  # re-entered when an error message lists the usable backends
 
 
 def _backend_class(name: str) -> type:
