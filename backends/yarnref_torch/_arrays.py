@@ -102,8 +102,8 @@ def _numpy_to_tensor(a: np.ndarray, param: str) -> torch.Tensor:
         raise InputError(param, f"an array of dtype {a.dtype}", "a boolean, integer or floating-point array")
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))  # same values, native byte order (torch needs it)
-    if any(s < 0 for s in a.strides) or not a.flags.aligned:
-        a = np.ascontiguousarray(a)
+    if any(s < 0 for s in a.strides) or not a.flags.aligned or not a.flags.writeable:
+        a = np.array(a)  # torch cannot wrap these (read-only, negative strides, unaligned): copy once
     return torch.from_numpy(a)
 
 

@@ -1,0 +1,167 @@
+"""Every backend's Dual Chunk Attention agrees with the float64 spec (yarnref.dca).
+
+Skips cleanly while the spec function or a backend's method is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from yarnref.attention import attention
+from yarnref.errors import InputError
+from yarnref.rope import apply_rope, base_inv_freq, rope_cos_sin
+from yarnref.testing import assert_close, dtype_name
+
+backend_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def spec_dca():
+    try:
+        return importlib.import_module("yarnref.dca").dca_attention
+    except (ImportError, AttributeError):
+        pytest.skip("the spec yarnref.dca.dca_attention does not exist yet")
+
+
+def backend_dca(backend):
+    fn = getattr(backend, "dca_attention", None)
+    if fn is None:
+        pytest.skip(f"the {backend.describe()} backend has no dca_attention yet")
+    return fn
+
+
+def backend_dtypes(backend) -> list[str]:
+    return ["float64", "float32", "float16", "bfloat16"] if backend.name == "torch" else ["float64", "float32", "float16"]
+
+
+def as_inputs(backend, array: np.ndarray, dtype: str):
+    """``array`` rounded to ``dtype``: (what the backend gets, the float64 copy the spec gets)."""
+    if dtype == "bfloat16":
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(torch.bfloat16)
+        return t.to(backend.device), t.to(torch.float64).numpy()
+    rounded = array.astype(dtype)
+    return rounded, rounded.astype(np.float64)
+
+
+@st.composite
+def dca_problems(draw, dtypes):
+    chunk_size = draw(st.integers(2, 24), label="chunk_size")
+    local_size = draw(st.integers(1, chunk_size - 1), label="local_size")
+    kv_len = draw(st.integers(1, 70), label="kv_len")
+    q_len = draw(st.one_of(st.just(kv_len), st.just(1), st.integers(1, kv_len)), label="q_len")
+    kv_heads = draw(st.integers(1, 2), label="kv_heads")
+    group = draw(st.sampled_from([1, 2, 3]), label="group")
+    head_dim = draw(st.sampled_from([8, 16, 24]), label="head_dim")
+    rotary = 2 * draw(st.integers(1, head_dim // 2), label="rotary_dim/2")  # partial rotary when < head_dim
+    temperature = draw(st.sampled_from(["none", "chunkllama", "qwen"]), label="temperature")
+    extra = {}
+    if temperature != "none":
+        extra["seq_len"] = draw(st.one_of(st.none(), st.integers(kv_len, kv_len + 300)), label="seq_len")
+    if temperature == "chunkllama":
+        extra["max_position_embeddings"] = draw(st.integers(1, 100), label="max_position_embeddings")
+    if temperature == "qwen":
+        extra["original_max_position_embeddings"] = draw(st.integers(1, 100), label="original_max_position_embeddings")
+        if draw(st.booleans(), label="per_key_lengths"):  # decode: each key written at its own length
+            seen = extra["seq_len"] or kv_len
+            extra["key_write_lengths"] = np.minimum(np.arange(1, kv_len + 1) + draw(st.integers(0, 50)), seen)
+    return {
+        "chunk_size": chunk_size,
+        "local_size": local_size,
+        "shapes": (
+            (draw(st.integers(1, 2), label="batch"), kv_heads * group, q_len, head_dim),
+            (kv_heads, kv_len, head_dim),
+            (kv_heads, kv_len, draw(st.sampled_from([head_dim, 8]), label="v_dim")),
+        ),
+        "inv_freq": base_inv_freq(rotary, draw(st.sampled_from([10.0, 100.0, 10000.0]), label="base")),
+        "kwargs": {
+            "scale": draw(st.sampled_from([None, 0.2]), label="scale"),
+            "pairing": draw(st.sampled_from(["half", "interleaved"]), label="pairing"),
+            "attention_factor": draw(st.sampled_from([1.0, 1.2]), label="attention_factor"),
+            "pi_factor": draw(st.sampled_from([1.0, 1.5, 4.0]), label="pi_factor"),
+            "form": draw(st.sampled_from(["union", "merge"]), label="form"),
+            "temperature": temperature,
+            **extra,
+        },
+        "dtype": draw(st.sampled_from(dtypes), label="dtype"),
+        "seed": draw(st.integers(0, 2**16), label="seed"),
+    }
+
+
+@backend_settings
+@given(data=st.data())
+def test_dca_agrees_with_the_spec(backend, data):
+    spec, fn = spec_dca(), backend_dca(backend)
+    p = data.draw(dca_problems(backend_dtypes(backend)))
+    rng = np.random.default_rng(p["seed"])
+    (bq, hq, tq, d), k_shape, v_shape = p["shapes"]
+    (q, q64), (k, k64), (v, v64) = (
+        as_inputs(backend, rng.standard_normal(shape), p["dtype"]) for shape in ((bq, hq, tq, d), (bq, *k_shape), (bq, *v_shape))
+    )
+    args = (p["inv_freq"], p["chunk_size"], p["local_size"])
+    out, lse = fn(q, k, v, *args, return_lse=True, **p["kwargs"])
+    want_out, want_lse = spec(q64, k64, v64, *args, return_lse=True, **p["kwargs"])
+    assert dtype_name(out.dtype) == p["dtype"]
+    assert tuple(out.shape) == want_out.shape and tuple(lse.shape) == want_lse.shape
+    assert_close(out, want_out, dtype=p["dtype"], op="dca", err_msg="out")
+    assert_close(lse, want_lse, dtype=p["dtype"], op="dca", err_msg="lse")
+
+
+@backend_settings
+@given(st.integers(3, 16), st.data())
+def test_dca_is_rope_attention_up_to_chunk_size_plus_one_tokens(backend, chunk_size, data):
+    """With L > local_size every DCA distance is the true one for kv_len <= chunk_size + 1 (Eqs. 2-8)."""
+    backend_dca(backend)
+    local_size = data.draw(st.integers(1, (chunk_size - 1) // 2), label="local_size")  # L = C - local > local
+    n = data.draw(st.integers(1, chunk_size + 1), label="n")
+    rng = np.random.default_rng(n)
+    q, k, v = rng.standard_normal((3, 1, 2, n, 16))
+    inv = base_inv_freq(12, 10000.0)
+    cos, sin = rope_cos_sin(inv, np.arange(n))
+    want = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, causal=True)
+    got = backend.dca_attention(q, k, v, inv, chunk_size, local_size)
+    assert_close(got, want, dtype="float64", op="dca")
+
+
+def test_bad_dca_inputs_raise_input_errors(backend):
+    spec_dca()
+    fn = backend_dca(backend)
+    q = np.zeros((1, 2, 5, 8))
+    inv = base_inv_freq(8, 10000.0)
+    with pytest.raises(InputError, match="local_size"):
+        fn(q, q, q, inv, 4, 4)
+    with pytest.raises(InputError, match="pairing"):
+        fn(q, q, q, inv, 4, 1, pairing="interleaved_in_half_out")
+    with pytest.raises(InputError, match="max_position_embeddings"):
+        fn(q, q, q, inv, 4, 1, max_position_embeddings=8)  # only temperature="chunkllama" uses it
+    with pytest.raises(InputError, match="original_max_position_embeddings"):
+        fn(q, q, q, inv, 4, 1, temperature="qwen")
+    with pytest.raises(InputError, match="inv_freq"):
+        fn(q, q, q, base_inv_freq(16, 10000.0), 4, 1)  # r/2 = 8 > head_dim/2
+    with pytest.raises(InputError, match="q"):
+        fn(np.zeros((1, 2, 6, 8)), q, q, inv, 4, 1)  # more queries than keys
+
+
+@pytest.mark.gpu
+def test_cuda_dca_never_materialises_the_score_matrix(backend):
+    """16K tokens, 4 heads: (seq x seq) float32 scores would take 4 GiB; the fused per-part path needs far less."""
+    torch = pytest.importorskip("torch")
+    if backend.name != "torch" or backend.device.type != "cuda":
+        pytest.skip("a torch-cuda test")
+    backend_dca(backend)
+    n, heads = 16384, 4
+    q = torch.randn((1, heads, n, 64), device=backend.device, dtype=torch.bfloat16)
+    k, v = torch.randn((2, 1, 1, n, 64), device=backend.device, dtype=torch.bfloat16)
+    inv = base_inv_freq(64, 10000.0)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = backend.dca_attention(q, k, v, inv, 4096, 512)
+    torch.cuda.synchronize()
+    assert out.shape == q.shape and bool(torch.isfinite(out).all())
+    assert torch.cuda.max_memory_allocated() - before < 1 << 30
