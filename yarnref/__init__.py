@@ -29,6 +29,7 @@ from .backend import (
 )
 from . import scaling
 from .config import RopeConfig, parse_rope_config, rope_frequencies
+from .dca import DCAConfig, dca_config, dca_position_ids, dca_relative_positions, dca_segments
 from .errors import BackendError, ConfigError, DeviceMismatchError, InputError, YarnrefError
 from .prefill import chunked_prefill, qwen_prefill, qwen_sparse_plan, sparse_attention_config_for
 from .presets import DEFAULT_PRESET, PRESETS, get_preset, preset_names
@@ -58,7 +59,12 @@ del _op
 
 __all__ = [
     *OPERATIONS,
+    "DCAConfig",
     "DEFAULT_PRESET",
+    "dca_config",
+    "dca_position_ids",
+    "dca_relative_positions",
+    "dca_segments",
     "a_shape_mask",
     "attention_recall",
     "chunked_prefill",

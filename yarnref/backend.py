@@ -73,6 +73,7 @@ OPERATIONS: dict[str, str] = {
     "apply_rope": "yarnref.rope:apply_rope",
     "attention": "yarnref.attention:attention",
     "merge_attention": "yarnref.attention:merge_attention",
+    "dca_attention": "yarnref.dca:dca_attention",
     "vertical_slash_indices": "yarnref.sparse:vertical_slash_indices",
     "convert_vertical_slash_indexes": "yarnref.sparse:convert_vertical_slash_indexes",
     "vertical_slash_mask": "yarnref.sparse:vertical_slash_mask",
