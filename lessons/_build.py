@@ -1007,8 +1007,6 @@ LESSON_04 = [
 
         import yarnref
         from yarnref.dca import dca_attention
-        from yarnref.prefill import chunked_prefill, qwen_prefill, qwen_sparse_plan, sparse_attention_config_for
-        from yarnref.sparse import attention_recall, vertical_slash_attention, vertical_slash_indices, vertical_slash_mask
 
         rng = np.random.default_rng(0)
         """
@@ -1053,7 +1051,7 @@ LESSON_04 = [
     ),
     code(
         r"""
-        vertical_idx, slash_idx = vertical_slash_indices(q, k, vertical_size=40, slash_size=120, last_q=64)
+        vertical_idx, slash_idx = yarnref.vertical_slash_indices(q, k, vertical_size=40, slash_size=120, last_q=64)
         print("shapes:", vertical_idx.shape, slash_idx.shape, "(batch, heads, budget)")
         for head in range(2):
             found_v = sorted(set(vertical_idx[0, head].tolist()) - set(range(30)))
@@ -1079,8 +1077,8 @@ LESSON_04 = [
     code(
         r"""
         probs = yarnref.attention(q, k, np.broadcast_to(np.eye(T), (1, 2, T, T)))  # (1, 2, T, T): V = I gives P
-        exact = vertical_slash_mask(T, T, vertical_idx, slash_idx, mode="exact")  # (1, 2, T, T) bool
-        kernel = vertical_slash_mask(T, T, vertical_idx, slash_idx, mode="kernel")
+        exact = yarnref.vertical_slash_mask(T, T, vertical_idx, slash_idx, mode="exact")  # (1, 2, T, T) bool
+        kernel = yarnref.vertical_slash_mask(T, T, vertical_idx, slash_idx, mode="kernel")
 
 
         def max_pool(image, f=4):
@@ -1120,10 +1118,10 @@ LESSON_04 = [
         causal = np.tril(np.ones((T, T), dtype=bool))
         assert np.all(kernel <= causal) and np.all(exact <= kernel) and kernel.sum() > exact.sum()
 
-        recall_exact = attention_recall(q, k, exact)  # (1, 2, T)
-        recall_kernel = attention_recall(q, k, kernel)
+        recall_exact = yarnref.attention_recall(q, k, exact)  # (1, 2, T)
+        recall_kernel = yarnref.attention_recall(q, k, kernel)
         random_mask = (rng.random((1, 2, T, T)) < exact.sum(-1, keepdims=True) / np.arange(1, T + 1)[:, None]) & causal
-        recall_random = attention_recall(q, k, random_mask)
+        recall_random = yarnref.attention_recall(q, k, random_mask)
         for head in range(2):
             print(f"head {head}: mean recall exact {recall_exact[0, head].mean():.3f}, kernel "
                   f"{recall_kernel[0, head].mean():.3f}, random mask of the same size {recall_random[0, head].mean():.3f}")
@@ -1143,12 +1141,12 @@ LESSON_04 = [
     code(
         r"""
         dense, dense_lse = yarnref.attention(q, k, v, causal=True, return_lse=True)
-        all_v, all_s = vertical_slash_indices(q, k, vertical_size=T, slash_size=T)
+        all_v, all_s = yarnref.vertical_slash_indices(q, k, vertical_size=T, slash_size=T)
         for mode in ("exact", "kernel"):
-            out, lse = vertical_slash_attention(q, k, v, all_v, all_s, mode=mode, return_lse=True)
+            out, lse = yarnref.vertical_slash_attention(q, k, v, all_v, all_s, mode=mode, return_lse=True)
             assert np.allclose(out, dense, rtol=0, atol=1e-12) and np.allclose(lse, dense_lse, rtol=0, atol=1e-12), mode
 
-        sparse, sparse_lse = vertical_slash_attention(q, k, v, vertical_idx, slash_idx, mode="kernel", return_lse=True)
+        sparse, sparse_lse = yarnref.vertical_slash_attention(q, k, v, vertical_idx, slash_idx, mode="kernel", return_lse=True)
         assert np.allclose(np.exp(sparse_lse - dense_lse), recall_kernel, rtol=1e-9), "recall = exp(lse_sparse - lse_dense)"
         bound = 2 * (1 - recall_kernel)[..., None] * np.abs(v).max()
         assert np.all(np.abs(sparse - dense) <= bound + 1e-12)
@@ -1167,12 +1165,12 @@ LESSON_04 = [
     ),
     code(
         r"""
-        chunked = chunked_prefill(q, k, v, chunk_size=256)
+        chunked = yarnref.chunked_prefill(q, k, v, chunk_size=256)
         assert np.allclose(chunked, dense, rtol=0, atol=1e-12), "dense chunked prefill == full prefill"
 
         budgets = dict(vertical_size=40, slash_size=120)
-        one_shot = chunked_prefill(q, k, v, chunk_size=T, sparse=budgets)
-        per_chunk = chunked_prefill(q, k, v, chunk_size=256, sparse=budgets)
+        one_shot = yarnref.chunked_prefill(q, k, v, chunk_size=T, sparse=budgets)
+        per_chunk = yarnref.chunked_prefill(q, k, v, chunk_size=256, sparse=budgets)
         assert np.allclose(one_shot, sparse, rtol=0, atol=1e-12), "one chunk == the sparse attention above"
         print("max |sparse - dense|: one shot", float(np.abs(one_shot - dense).max()),
               "| 256-token chunks", float(np.abs(per_chunk - dense).max()))
@@ -1206,20 +1204,20 @@ LESSON_04 = [
 
 
         small, full_budget = [(100, 200), (30, 50)], [(T, T), (T, T)]
-        print(sparse_attention_config_for(qwen_config(small), layer=0))
+        print(yarnref.sparse_attention_config_for(qwen_config(small), layer=0))
         inv_freq = yarnref.base_inv_freq(d, 1e7)
         qd, kd, vd = q, k[:, :1], v[:, :1]  # un-rotated: DCA rotates; GQA: 2 query heads, 1 kv head
         dense_dca = dca_attention(qd, kd, vd, inv_freq, 512, 64)
 
-        plan = qwen_sparse_plan(qd, kd, inv_freq, qwen_config(small))
+        plan = yarnref.qwen_sparse_plan(qd, kd, inv_freq, qwen_config(small))
         for segment in plan:
             parts = ", ".join(f"{name} keys {part.keys}" for name, part in segment.parts.items())
             print(f"queries [{segment.begin}, {segment.end}): {parts}")
 
-        below = qwen_prefill(qd, kd, vd, inv_freq, qwen_config(small, threshold=4096))
-        full = qwen_prefill(qd, kd, vd, inv_freq, qwen_config(full_budget))
-        sparse_qwen = qwen_prefill(qd, kd, vd, inv_freq, qwen_config(small))
-        chunked_qwen = qwen_prefill(qd, kd, vd, inv_freq, qwen_config(small), prefill_chunk_size=300)
+        below = yarnref.qwen_prefill(qd, kd, vd, inv_freq, qwen_config(small, threshold=4096))
+        full = yarnref.qwen_prefill(qd, kd, vd, inv_freq, qwen_config(full_budget))
+        sparse_qwen = yarnref.qwen_prefill(qd, kd, vd, inv_freq, qwen_config(small))
+        chunked_qwen = yarnref.qwen_prefill(qd, kd, vd, inv_freq, qwen_config(small), prefill_chunk_size=300)
         assert np.array_equal(below, dense_dca), "below the threshold: dense DCA"
         assert np.allclose(full, dense_dca, rtol=0, atol=1e-12), "full budgets: dense DCA"
         print("max |sparse - dense DCA|:", float(np.abs(sparse_qwen - dense_dca).max()),
@@ -1240,8 +1238,8 @@ LESSON_04 = [
         if gpu:
             n = 8192
             qg, kg, vg = rng.standard_normal((3, 1, 4, n, 64))
-            vi, si = vertical_slash_indices(qg, kg, vertical_size=500, slash_size=1000)
-            expected = vertical_slash_attention(qg, kg, vg, vi, si, mode="kernel")  # the spec, on the CPU
+            vi, si = yarnref.vertical_slash_indices(qg, kg, vertical_size=500, slash_size=1000)
+            expected = yarnref.vertical_slash_attention(qg, kg, vg, vi, si, mode="kernel")  # the spec, on the CPU
             with yarnref.use_backend("torch", device="cuda") as backend:
                 out = yarnref.vertical_slash_attention(qg, kg, vg, vi, si, mode="kernel")
                 assert np.allclose(backend.to_numpy(out), expected, rtol=0, atol=1e-8)
