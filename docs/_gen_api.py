@@ -64,8 +64,9 @@ Every public name of yarnref: the names exported by `yarnref` itself, then
 each module's `__all__`.  Each entry gives the signature and the first
 paragraph of the docstring; the full docstrings (with the equations and the
 conventions) are in the code, and `help(yarnref.<name>)` shows them.  The
-operations that run on the current backend (see [backends.md](backends.md))
-are marked *dispatches*; their NumPy specification is linked.
+top-level functions marked *dispatches* run on the current backend (see
+[backends.md](backends.md)); their entry is the NumPy specification they
+follow.
 
 Pages: [guide](index.md) · [methods](methods.md) · [conventions](conventions.md) ·
 [oracle](oracle.md) · [backends](backends.md)
@@ -262,25 +263,24 @@ def render() -> str:
 
     # The top-level package
     out += ["## `yarnref`", "", first_paragraph(yarnref), ""]
-    out += ["| name | what | documented at |", "|---|---|---|"]
+    out += ["| name | kind | summary |", "|---|---|---|"]
     for name in yarnref.__all__:
         obj = getattr(yarnref, name)
         wrapped = getattr(obj, "__wrapped__", None)
         if name in getattr(yarnref, "OPERATIONS", {}) and wrapped is not None:
-            home = f"{wrapped.__module__}.{wrapped.__name__}"
-            out.append(f"| `{name}` | dispatches to the current backend | [`{home}`]({anchor(home)}) |")
-            continue
-        if inspect.ismodule(obj):
-            out.append(f"| `{name}` | module | [`{obj.__name__}`]({anchor(obj.__name__)}) |")
-            continue
-        home_module = defining_module(obj)
-        if home_module is None:  # a constant: find the documented module that exports it
-            home_module = next((m for m, mod in modules.items() if name in public_names(mod) and getattr(mod, name) is obj), None)
-        if home_module is None or home_module not in modules:
-            raise RuntimeError(f"yarnref.{name} is defined in {home_module!r}, which docs/_gen_api.py does not document")
-        kind = "class" if inspect.isclass(obj) else ("function" if callable(obj) else "constant")
-        home = f"{home_module}.{name}"
-        out.append(f"| `{name}` | {kind} | [`{home}`]({anchor(home)}) |")
+            home, kind, described = f"{wrapped.__module__}.{wrapped.__name__}", "dispatches", wrapped
+        elif inspect.ismodule(obj):
+            home, kind, described = obj.__name__, "module", obj
+        else:
+            home_module = defining_module(obj)
+            if home_module is None:  # a constant: find the documented module that exports it
+                home_module = next((m for m, mod in modules.items() if name in public_names(mod) and getattr(mod, name) is obj), None)
+            if home_module is None or home_module not in modules:
+                raise RuntimeError(f"yarnref.{name} is defined in {home_module!r}, which docs/_gen_api.py does not document")
+            kind = "class" if inspect.isclass(obj) else ("function" if callable(obj) else "constant")
+            home, described = f"{home_module}.{name}", obj
+        summary = first_paragraph(described) if kind != "constant" else constant_comments(modules[home.rsplit(".", 1)[0]]).get(name, "")
+        out.append(f"| [`{name}`]({anchor(home)}) | {kind} | {summary.replace('|', chr(92) + '|')} |")
     out += [""]
 
     # Every module
