@@ -740,7 +740,7 @@ LESSON_03 = [
         import numpy as np
 
         import yarnref
-        from yarnref.dca import dca_attention, dca_config, dca_position_ids, dca_relative_positions, qwen_attention_scale
+        from yarnref.dca import qwen_attention_scale
 
         rng = np.random.default_rng(0)
         """
@@ -757,7 +757,7 @@ LESSON_03 = [
     code(
         r"""
         C, local, n = 8, 2, 20
-        ids = dca_position_ids(n, C, local)
+        ids = yarnref.dca_position_ids(n, C, local)
         print("token            ", np.arange(n))
         for name in ("key", "intra", "successive", "inter"):
             print(f"{name:<17}", getattr(ids, name))
@@ -775,7 +775,7 @@ LESSON_03 = [
     ),
     code(
         r"""
-        M = dca_relative_positions(n, C, local)  # (n, n), -1 above the diagonal
+        M = yarnref.dca_relative_positions(n, C, local)  # (n, n), -1 above the diagonal
         i, j = np.indices((n, n))
         plain = np.where(j <= i, i - j, -1)
 
@@ -840,10 +840,10 @@ LESSON_03 = [
 
 
         for n in range(1, C + 2):  # every length up to C + 1
-            dca = dca_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n], inv_freq, C, local)
+            dca = yarnref.dca_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n], inv_freq, C, local)
             assert np.allclose(dca, rope_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n]), rtol=0, atol=1e-12), n
         n = C + 2
-        dca = dca_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n], inv_freq, C, local)
+        dca = yarnref.dca_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n], inv_freq, C, local)
         difference = np.abs(dca - rope_attention(q[:, :, :n], k[:, :, :n], v[:, :, :n])).max(axis=(0, 1, 3))
         assert difference[:-1].max() < 1e-12 and difference[-1] > 1e-6, difference
         print(f"equal to RoPE attention up to {C + 1} tokens; at {C + 2} the last query differs by {difference[-1]:.3g}")
@@ -862,12 +862,12 @@ LESSON_03 = [
     ),
     code(
         r"""
-        union, lse_union = dca_attention(q, k, v, inv_freq, C, local, form="union", return_lse=True)
-        merged, lse_merged = dca_attention(q, k, v, inv_freq, C, local, form="merge", return_lse=True)
+        union, lse_union = yarnref.dca_attention(q, k, v, inv_freq, C, local, form="union", return_lse=True)
+        merged, lse_merged = yarnref.dca_attention(q, k, v, inv_freq, C, local, form="merge", return_lse=True)
         assert np.allclose(union, merged, rtol=0, atol=1e-12) and np.allclose(lse_union, lse_merged, rtol=0, atol=1e-12)
 
         for q_len in (17, 1):  # a prefill chunk that starts mid-chunk, and one decode step
-            tail = dca_attention(q[:, :, -q_len:], k, v, inv_freq, C, local)
+            tail = yarnref.dca_attention(q[:, :, -q_len:], k, v, inv_freq, C, local)
             assert np.allclose(tail, union[:, :, -q_len:], rtol=0, atol=1e-12), q_len
         print("union == merge; chunked prefill and decode == the rows of the full prefill")
         print("max |DCA - RoPE attention| over 40 tokens:", float(np.abs(union - rope_attention(q, k, v)).max()))
@@ -895,7 +895,7 @@ LESSON_03 = [
         qwen_config = yarnref.get_preset("qwen2.5-7b-instruct-1m")  # the RoPE-relevant keys of its config.json
         print("dual_chunk_attention_config:", qwen_config["dual_chunk_attention_config"])
         print("max_position_embeddings:", qwen_config["max_position_embeddings"], "| rope_theta:", qwen_config["rope_theta"])
-        dca = dca_config(qwen_config)
+        dca = yarnref.dca_config(qwen_config)
         print("chunk length L =", dca.chunk_len, "| chunks in a 1M prompt:", -(-1_000_000 // dca.chunk_len))
         for length in (131072, 262144, 524288, 1010000):
             s = qwen_attention_scale(length, dca.original_max_position_embeddings)
@@ -919,7 +919,7 @@ LESSON_03 = [
             qg = rng.standard_normal((1, 8, 4096, 64))
             kg, vg = rng.standard_normal((2, 1, 2, 4096, 64))
             freqs = yarnref.base_inv_freq(64, 1e6)
-            expected = dca_attention(qg, kg, vg, freqs, 1536, 128)  # the spec, on the CPU
+            expected = yarnref.dca_attention(qg, kg, vg, freqs, 1536, 128)  # the spec, on the CPU
             with yarnref.use_backend("torch", device="cuda") as backend:
                 out = yarnref.dca_attention(qg, kg, vg, freqs, 1536, 128)
                 assert np.allclose(backend.to_numpy(out), expected, rtol=0, atol=1e-8)
@@ -1006,7 +1006,6 @@ LESSON_04 = [
         import numpy as np
 
         import yarnref
-        from yarnref.dca import dca_attention
 
         rng = np.random.default_rng(0)
         """
@@ -1207,7 +1206,7 @@ LESSON_04 = [
         print(yarnref.sparse_attention_config_for(qwen_config(small), layer=0))
         inv_freq = yarnref.base_inv_freq(d, 1e7)
         qd, kd, vd = q, k[:, :1], v[:, :1]  # un-rotated: DCA rotates; GQA: 2 query heads, 1 kv head
-        dense_dca = dca_attention(qd, kd, vd, inv_freq, 512, 64)
+        dense_dca = yarnref.dca_attention(qd, kd, vd, inv_freq, 512, 64)
 
         plan = yarnref.qwen_sparse_plan(qd, kd, inv_freq, qwen_config(small))
         for segment in plan:
