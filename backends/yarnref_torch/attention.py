@@ -12,15 +12,17 @@ Two paths compute the same function:
 * **Fused** (CUDA, float16/bfloat16/float32): torch's own kernels.  Without
   the lse, ``F.scaled_dot_product_attention`` (``is_causal`` when
   ``q_len == kv_len``, ``torch.nn.attention.bias.causal_lower_right`` when
-  not; ``enable_gqa``).  With the lse, the flash kernel
-  ``aten._scaled_dot_product_flash_attention`` (float16/bfloat16; its
-  ``is_causal`` is bottom-right aligned, as flash-attn's; GQA native) or the
-  memory-efficient kernel ``aten._efficient_attention_forward`` with
-  ``custom_mask_type=2`` (bottom-right causal; float32 too; k/v expanded to
-  the query heads for GQA).  The kernel is picked with
-  ``torch.backends.cuda.can_use_flash_attention`` /
-  ``can_use_efficient_attention``, so no path ever falls back to a
-  materialised ``(q_len, kv_len)`` mask.
+  not; ``enable_gqa``).  With the lse: cuDNN's
+  ``aten._scaled_dot_product_cudnn_attention`` for non-causal and square
+  causal calls (its ``is_causal`` is top-left aligned; GQA native; on an H100
+  with torch 2.11, 644 TF/s at 32K tokens against flash's 351); the flash
+  kernel ``aten._scaled_dot_product_flash_attention`` otherwise
+  (float16/bfloat16; its ``is_causal`` is bottom-right aligned, as
+  flash-attn's; GQA native); the memory-efficient kernel
+  ``aten._efficient_attention_forward`` with ``custom_mask_type=2``
+  (bottom-right causal; float32 too; k/v expanded to the query heads for
+  GQA).  The kernel is picked with ``torch.backends.cuda.can_use_*``, so no
+  path ever falls back to a materialised ``(q_len, kv_len)`` mask.
 * **Blocked** (CPU, float64, and whatever the fused kernels refuse): queries
   ``block_size`` at a time, vectorised over batch, heads and keys, memory
   ``O(block_size * kv_len)`` per head.  Keys past a block's causal limit are
@@ -126,12 +128,19 @@ def _can_flash(q, k, v) -> bool:
     return q.dtype in _HALF and k.shape[-1] == v.shape[-1] and can_use_flash_attention(_sdpa_params(q, k, v, gqa))
 
 
+def _can_cudnn(q, k, v) -> bool:
+    from torch.backends.cuda import can_use_cudnn_attention
+
+    gqa = q.shape[1] != k.shape[1]
+    return q.dtype in _HALF and k.shape[-1] == v.shape[-1] and can_use_cudnn_attention(_sdpa_params(q, k, v, gqa))
+
+
 def _can_efficient(q, k, v) -> bool:
     from torch.backends.cuda import can_use_efficient_attention
 
-    kx = k if q.shape[1] == k.shape[1] else k.expand(-1, q.shape[1], -1, -1)  # same-shape stand-ins for the check
-    vx = v if q.shape[1] == v.shape[1] else v.expand(-1, q.shape[1], -1, -1)
-    return q.dtype in (*_HALF, torch.float32) and can_use_efficient_attention(_sdpa_params(q, kx, vx, False))
+    # The kernel needs equal head counts (GQA is expanded before the call); its other conditions (dtype,
+    # head dims, alignment, device) do not depend on the head count, so one head of each is checked.
+    return q.dtype in (*_HALF, torch.float32) and can_use_efficient_attention(_sdpa_params(q[:, :1], k[:, :1], v[:, :1], False))
 
 
 def _pad_head_dim(x: torch.Tensor, multiple: int = 8) -> torch.Tensor:
@@ -154,6 +163,15 @@ def _fused(q, k, v, causal: bool, scale: float, return_lse: bool):
         if gqa and _can_efficient(q, k, v):
             return _fused(q, *_expand_kv(q, k, v), causal, scale, False)
         return None
+    if (not causal or tq == tk) and _can_cudnn(q, k, v):
+        # cuDNN's is_causal is top-left aligned, so it serves only the square causal case (and the
+        # non-causal one); on H100 it runs at about twice flash's rate (measured: 644 vs 351 TF/s).
+        try:
+            res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)
+        except RuntimeError:  # a configuration cuDNN's planner refuses after all: flash below serves it
+            res = None
+        if res is not None:
+            return res[0], res[1].reshape(q.shape[0], q.shape[1], tq)  # the lse comes as (b, hq, tq, 1)
     if _can_flash(q, k, v):
         qp, kp, vp = _pad_head_dim(q), _pad_head_dim(k), _pad_head_dim(v)
         # flash's is_causal is bottom-right aligned for q_len != kv_len (as in torch.nn.attention.bias)

@@ -131,7 +131,7 @@ def dca_attention(
     if form not in DCA_FORMS:
         raise InputError("form", form, f"one of {DCA_FORMS}")
     return_lse = check_bool(return_lse, "return_lse")
-    if isinstance(key_write_lengths, torch.Tensor) or (key_write_lengths is not None and not isinstance(key_write_lengths, np.ndarray)):
+    if isinstance(key_write_lengths, torch.Tensor):
         # Validated on the host by the spec's rules: a (kv_len,) vector of integers, metadata like a shape.
         key_write_lengths = tensor_to_numpy(conv.tensor(key_write_lengths, "key_write_lengths"))
     factors = dca_temperature(
@@ -159,6 +159,9 @@ def dca_attention(
     k_rot = torch.empty(k.shape, dtype=work, device=k.device)
     for start in range(0, kv_len, chunk_len):  # a loop over chunks (kv_len / L of them)
         stop = min(start + chunk_len, kv_len)
+        if key_factor is None and work == k.dtype:  # rotate() computes in float32/float64 and returns k's dtype
+            k_rot[:, :, start:stop] = rotate(k[:, :, start:stop], cos[: stop - start], sin[: stop - start], pairing)
+            continue
         part = rotate(k[:, :, start:stop].to(cdt), cos[: stop - start], sin[: stop - start], pairing)
         if key_factor is not None:
             part = part * key_factor[start:stop, None]  # (n, 1) over (batch, kv_heads, n, head_dim)
@@ -171,7 +174,7 @@ def dca_attention(
     lse = torch.empty((batch, q_heads, q_len), dtype=cdt, device=q.device)
     for seg in dca_segments(kv_len, q_len, chunk_size, local_size):  # a loop over DCA segments
         rows = slice(seg.begin - offset, seg.end - offset)
-        q_seg = q[:, :, rows].to(cdt)
+        q_seg = q[:, :, rows] if work == q.dtype else q[:, :, rows].to(cdt)  # rotated in float32/float64 either way
         r0, r1 = seg.begin - seg.intra[0], seg.end - seg.intra[0]  # in-chunk positions i mod L of the segment
         outputs, lses = [], []
         for part, (start, stop), causal in (

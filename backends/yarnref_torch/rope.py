@@ -24,7 +24,9 @@ evaluated (the spec evaluates them in float64 and rounds; torch's float32
 ``cos`` is within an ulp or two), never in the angle itself.
 
 :func:`apply_rope` computes in float64 for a float64 ``x`` and in float32
-otherwise (the tables are read in that dtype), and returns ``x``'s dtype.
+otherwise (the tables are read in that dtype), and returns ``x``'s dtype.  On
+CUDA (float32/float16/bfloat16) the rotation is one Triton kernel
+(:mod:`yarnref_torch.rope_triton`) when Triton is installed.
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str) 
     ``cos``/``sin`` are ``(seq, r/2)`` or ``(batch, 1, seq, r/2)`` (or anything
     broadcasting against ``x[..., :r/2]``), in the compute dtype.
     """
+    from . import rope_triton
+
+    if rope_triton.available(x):  # CUDA: one fused pass over x
+        return rope_triton.rotate_triton(x, cos, sin, pairing)
     r = 2 * cos.shape[-1]
     half = r // 2
     cdt = compute_dtype(x.dtype)

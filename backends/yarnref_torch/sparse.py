@@ -64,8 +64,13 @@ __all__ = [
     "tri_shape_attention",
 ]
 
-#: Logits held at once by the blocked paths: ``batch * heads * rows * keys`` numbers (64 MiB in float32).
-BLOCK_ELEMENTS = 1 << 24
+#: Logits held at once by the blocked paths: ``batch * heads * rows * keys`` numbers (64 MiB in float32
+#: on the CPU, 512 MiB on a GPU, where fewer, larger blocks keep the device busy).
+BLOCK_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 27}
+
+
+def _budget_for(device: torch.device) -> int:
+    return BLOCK_ELEMENTS.get(device.type, BLOCK_ELEMENTS["cpu"])
 _BIG = torch.iinfo(torch.int64).max
 
 
@@ -414,8 +419,8 @@ def vertical_slash_mask(conv, q_len, kv_len, vertical_idx, slash_idx, mode="exac
 # ----------------------------------------------------------------------------- attention over a key set
 
 
-def _rows_per_step(batch: int, heads: int, keys: int, multiple: int) -> int:
-    rows = max(1, BLOCK_ELEMENTS // (batch * heads * max(keys, 1)))
+def _rows_per_step(batch: int, heads: int, keys: int, multiple: int, device: torch.device) -> int:
+    rows = max(1, _budget_for(device) // (batch * heads * max(keys, 1)))
     return max(multiple, rows // multiple * multiple)
 
 
@@ -503,7 +508,7 @@ def vertical_slash_attention(
             res = triton.sparse_attention_triton(q, k, v, *converted, scale, bm, bn, return_lse, causal=causal)
             return res
         weights = lambda start, stop: _kernel_rows(start, stop, q_len, kv_len, converted, causal, bm, bn)  # noqa: E731
-    out, lse = _weighted_attention(q, k, v, scale, weights, _rows_per_step(batch, q_heads, kv_len, bm))
+    out, lse = _weighted_attention(q, k, v, scale, weights, _rows_per_step(batch, q_heads, kv_len, bm, q.device))
     return (out, lse) if return_lse else out
 
 
@@ -524,7 +529,7 @@ def _a_shape_rows(q, k, v, rows: tuple[int, int], n_init: int, n_local: int, sca
     n_sinks = min(n_init, kv_len)
     # A block of s rows reads at most c + s keys (c = n_sinks + n_local): the largest s with
     # s (c + s) <= the element budget.
-    budget, c = BLOCK_ELEMENTS // (batch * q_heads), n_sinks + n_local
+    budget, c = _budget_for(dev) // (batch * q_heads), n_sinks + n_local
     step = max(1, int((math.sqrt(c * c + 4 * budget) - c) // 2))
     qg = q.reshape(batch, kv_heads, group, q_len, head_dim)  # query heads under their kv head
     out = torch.empty((batch, kv_heads, group, last - first, v.shape[-1]), dtype=cdt, device=dev)
