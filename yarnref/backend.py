@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -51,7 +52,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import BackendError
+from .errors import BackendError, DeviceMismatchError
 
 __all__ = [
     "OPERATIONS",
@@ -104,6 +105,41 @@ def _parameter_names(fn) -> list[str]:
     return [p.name for p in inspect.signature(fn).parameters.values() if p.name != "self"]
 
 
+def _foreign_array_type(x) -> str | None:
+    """The type name of ``x`` if it is another library's array (torch, CuPy, JAX, ...), else None."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return None
+    if hasattr(x, "__dlpack__") or hasattr(x, "__cuda_array_interface__") or hasattr(x, "__array_namespace__"):
+        return f"{type(x).__module__}.{type(x).__qualname__}"
+    return None
+
+
+def _host_arrays_only(spec_fn):
+    """Wrap a spec function so that another library's arrays are refused, not silently converted.
+
+    ``np.asarray`` would happily copy a torch CPU tensor to NumPy and return a
+    NumPy array; arrays in = arrays out forbids that.  The spec functions
+    themselves stay plain NumPy; this check lives at the backend boundary.
+    """
+    signature = inspect.signature(spec_fn)
+
+    @functools.wraps(spec_fn)
+    def checked(*args, **kwargs):
+        bound = signature.bind_partial(*args, **kwargs)
+        for param, value in bound.arguments.items():
+            values = value if isinstance(value, (list, tuple)) else (value,)
+            for item in values:
+                foreign = _foreign_array_type(item)
+                if foreign is not None:
+                    raise DeviceMismatchError(
+                        f"{param}: the numpy backend takes NumPy arrays, got {foreign}; select the backend of "
+                        f"that library (yarnref.use_backend('torch') or 'cupy'), or convert it yourself"
+                    )
+        return spec_fn(*args, **kwargs)
+
+    return checked
+
+
 class Backend:
     """Base class of every backend.
 
@@ -120,7 +156,7 @@ class Backend:
         super().__init_subclass__(**kwargs)
         if is_spec:  # the NumPy backend: every operation is the spec function itself
             for op in OPERATIONS:
-                setattr(cls, op, staticmethod(spec_function(op)))
+                setattr(cls, op, staticmethod(_host_arrays_only(spec_function(op))))
         missing, mismatched = [], []
         for op in OPERATIONS:
             impl = getattr(cls, op, None)
