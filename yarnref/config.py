@@ -6,7 +6,7 @@ turns a config into ``(inv_freq, attention_factor)`` with the scaling modules
 of :mod:`yarnref.scaling`.
 
 What is read (transformers v5.23 ``RotaryEmbeddingConfigMixin`` and
-``modeling_rope_utils``; see ``shared/notes/rope-scaling.md`` section 2.1):
+``modeling_rope_utils``):
 
 * the RoPE parameters from ``rope_scaling`` (the old name; it wins when both are
   given, as in transformers) or ``rope_parameters`` (v5); the type from

@@ -249,7 +249,7 @@ def dca_segments(kv_len, q_len, chunk_size, local_size) -> list[DCASegment]:
 
     For a segment starting in the chunk that begins at ``cs``: intra keys
     ``[cs, end)``, successive keys ``[cs - L, cs)``, inter keys ``[0, cs - L)``
-    (notes section 2.4; ChunkLlama's prefill is the case ``q_len == kv_len``).
+    (vLLM's ``_dual_chunk_flash_attn_prefill_func``; ChunkLlama's prefill is the case ``q_len == kv_len``).
     """
     kv_len = _check_positive_int("kv_len", kv_len)
     q_len = _check_positive_int("q_len", q_len)

@@ -18,8 +18,8 @@ the same keys); with vertical-slash sparsity every chunk estimates its own
 pattern from its own last ``last_q`` queries, so the result depends on the
 chunking.
 
-The Qwen2.5-1M pipeline (:func:`qwen_prefill`; notes section 4)
-----------------------------------------------------------------
+The Qwen2.5-1M pipeline (:func:`qwen_prefill`; vLLM's ``DualChunkFlashAttention`` backend)
+-----------------------------------------------------------------------------------------------
 With ``L = chunk_size - local_size`` (the DCA chunk length) and ``C =
 chunk_size``:
 

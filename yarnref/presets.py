@@ -226,7 +226,7 @@ PRESETS: dict[str, Preset] = {
                     "original_max_position_embeddings": 262144,
                 },
             },
-            source=_HF + "Qwen/Qwen2.5-7B-Instruct-1M config.json (as quoted in shared/notes/dca-sparse.md)",
+            source=_HF + "Qwen/Qwen2.5-7B-Instruct-1M config.json",
             notes="Plain RoPE with base 1e7 plus Dual Chunk Attention (chunk_len = 262144 - 8192 = 253952); the "
             "vertical-slash sparse_attention_config is a separate file, not part of config.json.",
         ),

@@ -23,7 +23,7 @@ with ``m = min(last_q, q_len)`` estimation queries at positions ``p_r``, the
 first ``force_verticals`` columns (attention sinks) and the ``force_slashes``
 nearest diagonals (the local window) forced in, and budgets
 ``n_v = min(T_k, max(vertical_size, 30))``, ``n_s = min(T_k, max(slash_size,
-50))`` (MInference's ``vertical_and_slash_kernel``; notes section 3.1).
+50))`` (MInference's ``vertical_and_slash_kernel`` in ``minference/modules/minference_forward.py``).
 The attention is then a softmax restricted to the selected keys:
 
 .. math::
@@ -47,8 +47,8 @@ Which ``K_i``?  Two answers, both offered (``mode=``):
 
 Also here: :func:`attention_recall` (the share of the dense attention mass a
 mask keeps, the score of MInference's offline pattern search), and the
-A-shape (StreamingLLM-like sinks + window) and tri-shape masks of section 3.4
-of the notes.
+A-shape (StreamingLLM-like sinks + window) and tri-shape masks of MInference
+(``minference/ops/streaming_kernel.py``).
 
 Conventions
 -----------
@@ -334,7 +334,7 @@ def _save_blocks(table, count, where, range_start, range_end, kv_len: int, block
 
 
 def convert_vertical_slash_indexes(q_len, kv_len, vertical_idx, slash_idx, block_size_m=64, block_size_n=64, causal=True):
-    """Vertical and slash indices -> the block/column lists the sparse kernels consume (notes section 3.2).
+    """Vertical and slash indices -> the block/column lists the sparse kernels consume (vLLM's ``convert_vertical_slash_indexes``).
 
     ``vertical_idx``: ``(batch, heads, n_vertical)`` key columns in
     ``[0, kv_len)``; ``slash_idx``: ``(batch, heads, n_slash)`` distances
