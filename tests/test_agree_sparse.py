@@ -304,3 +304,19 @@ def test_cuda_sparse_attention_runs_the_kernel_and_agrees(backend):
     want_out, want_lse = want_fn(q64, k64, v64, to_int(vertical), to_int(slash), "kernel", None, True)
     assert_close(out, want_out, dtype="bfloat16", op="sparse")
     assert_close(lse, want_lse, dtype="bfloat16", op="sparse")
+
+
+@pytest.mark.parametrize(
+    "q_len, kv_len, n_init, n_local, n_last",
+    [(2, 2, 2, 1, 1), (3, 7, 10, 1, 0), (5, 5, 0, 20, 9), (1, 40, 3, 2, 1), (9, 9, 4, 3, 0)],
+)
+def test_streaming_edge_cases_agree_with_the_spec(backend, q_len, kv_len, n_init, n_local, n_last):
+    """Sinks reaching past the window, windows longer than the sequence, n_last beyond q_len."""
+    rng = np.random.default_rng(q_len * 100 + kv_len)
+    q = rng.standard_normal((1, 2, q_len, 16))
+    k, v = rng.standard_normal((2, 1, 1, kv_len, 16))
+    for name, args in (("a_shape_attention", (n_init, n_local)), ("tri_shape_attention", (n_init, n_local, n_last))):
+        out, lse = op(backend, name)(q, k, v, *args, return_lse=True)
+        want_out, want_lse = spec(name)(q, k, v, *args, return_lse=True)
+        assert_close(out, want_out, dtype="float64", op="sparse", err_msg=name)
+        assert_close(lse, want_lse, dtype="float64", op="sparse", err_msg=name)

@@ -538,7 +538,7 @@ def _a_shape_rows(q, k, v, rows: tuple[int, int], n_init: int, n_local: int, sca
         stop = min(start + step, last)
         window_lo = max(0, start + off - n_local + 1)  # the first key any row's window reaches
         window_hi = stop + off  # one past the last row's own position
-        lo = max(window_lo, n_sinks)  # sinks are read separately: no key twice
+        lo = min(max(window_lo, n_sinks), window_hi)  # sinks are read separately: no key twice
         key_pos = torch.cat([torch.arange(min(n_sinks, window_hi), device=dev), torch.arange(lo, window_hi, device=dev)])  # (keys,)
         keys = torch.cat([k[:, :, : min(n_sinks, window_hi)], k[:, :, lo:window_hi]], dim=2).to(cdt)
         vals = torch.cat([v[:, :, : min(n_sinks, window_hi)], v[:, :, lo:window_hi]], dim=2).to(cdt)
