@@ -282,6 +282,18 @@ def test_sparse_matches_masked_softmax(ts, shape, dtype):
     assert torch.equal(out2, out)
 
 
+@pytest.mark.parametrize("range_tile,col_tile", [(128, 128), (128, 32)])
+def test_sparse_launch_variants(ts, range_tile, col_tile):
+    """Two ranges per step (an odd count leaves the second half empty) and other column tiles: same result."""
+    b, hq, hk, tq, tk, d = 1, 2, 1, 130, 190, 64
+    gen = torch.Generator().manual_seed(range_tile + col_tile)
+    q, k, v = _rand_qkv(gen, b, hq, hk, tq, tk, d, torch.float16)
+    lists = _random_lists(np.random.default_rng(col_tile), b, hq, 3, tk, ns=5, nv=150, bn=64)
+    out, lse = ts.sparse_attention_triton(q, k, v, *lists, None, return_lse=True, range_tile=range_tile, col_tile=col_tile)
+    ref = weighted_attention(q, k, v, key_weights(tq, tk, *lists, 64, 64), 1 / np.sqrt(d))
+    _assert_matches(out, lse, *ref, torch.float16)
+
+
 @pytest.mark.parametrize("dtype", _dtypes(), ids=str)
 def test_sparse_non_causal(ts, dtype):
     b, hq, hk, tq, tk, d = 1, 2, 2, 50, 90, 64
@@ -346,6 +358,9 @@ def test_sparse_rejects_bad_input():
     with pytest.raises(InputError) as exc:
         mod.sparse_attention_triton(q, q, q, *good, -1.0)
     assert exc.value.param == "scale"
+    with pytest.raises(InputError) as exc:
+        mod.sparse_attention_triton(q, q, q, *good, None, range_tile=96)
+    assert exc.value.param == "range_tile"
     with pytest.raises(InputError) as exc:
         mod.sparse_attention_triton(q[..., :48], q[..., :48], q[..., :48], *good, None)
     assert exc.value.param == "q"

@@ -91,6 +91,8 @@ __all__ = [
 
 _LOG2_E = 1.4426950408889634
 _BLOCK_SIZES = (16, 32, 64, 128)
+#: Gathered columns per step of the sparse kernel.
+DEFAULT_COL_TILE = 64
 
 
 def interpreter_active() -> bool:
@@ -161,6 +163,8 @@ if triton is not None:
         RETURN_LSE: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
+        RANGE_TILE: tl.constexpr,
+        COL_TILE: tl.constexpr,
         HEAD_DIM: tl.constexpr,
     ):
         # Heavy row blocks (late rows see more keys) are launched first.
@@ -172,7 +176,6 @@ if triton is not None:
 
         offs_m = row * BLOCK_M + tl.arange(0, BLOCK_M)  # query rows of this row block
         offs_d = tl.arange(0, HEAD_DIM)
-        offs_n = tl.arange(0, BLOCK_N)
         row_ok = offs_m < q_len
         q_pos = offs_m + (kv_len - q_len)  # bottom-right aligned position of each query
 
@@ -191,19 +194,30 @@ if triton is not None:
         bo_base = BlockOffset + b * stride_bob + h * stride_boh + row * stride_bor
         ci_base = ColumnIndex + b * stride_cib + h * stride_cih + row * stride_cir
 
-        # Part 1: the key ranges [start, start + BLOCK_N), arbitrary starts.
-        for t in range(0, n_blocks):
+        # Part 1: the key ranges [start, start + BLOCK_N), arbitrary starts, RANGE_TILE // BLOCK_N
+        # (1 or 2) list entries per step.  The starts are read as scalars, so the compiler knows
+        # each half of the tile is BLOCK_N consecutive keys.
+        offs_r = tl.arange(0, RANGE_TILE)
+        for t in range(0, n_blocks, RANGE_TILE // BLOCK_N):
             start = tl.load(bo_base + t * stride_bos)
-            cols = start + offs_n
-            key_ok = (cols >= 0) & (cols < kv_len)
+            if RANGE_TILE == BLOCK_N:
+                cols = start + offs_r
+                key_ok = (cols >= 0) & (cols < kv_len)
+            else:  # two ranges side by side; the second may be absent
+                start2 = tl.load(bo_base + tl.minimum(t + 1, n_blocks - 1) * stride_bos)
+                first_half = offs_r < BLOCK_N
+                cols = tl.where(first_half, start + offs_r, start2 + offs_r - BLOCK_N)
+                listed = t + offs_r // BLOCK_N < n_blocks
+                key_ok = listed & (cols >= 0) & (cols < kv_len)
             m_i, l_i, acc = _attend_tile(
                 q, k_base, v_base, cols, key_ok, q_pos, m_i, l_i, acc, qk_scale,
                 stride_kn, stride_kd, stride_vn, stride_vd, CAUSAL, offs_d,
             )
-        # Part 2: the gathered columns, BLOCK_N at a time (one online softmax over both parts).
-        for c0 in range(0, n_cols, BLOCK_N):
-            listed = c0 + offs_n < n_cols
-            cols = tl.load(ci_base + (c0 + offs_n) * stride_cis, mask=listed, other=-1)
+        # Part 2: the gathered columns, COL_TILE at a time (one online softmax over both parts).
+        offs_c = tl.arange(0, COL_TILE)
+        for c0 in range(0, n_cols, COL_TILE):
+            listed = c0 + offs_c < n_cols
+            cols = tl.load(ci_base + (c0 + offs_c) * stride_cis, mask=listed, other=-1)
             key_ok = listed & (cols >= 0) & (cols < kv_len)
             m_i, l_i, acc = _attend_tile(
                 q, k_base, v_base, cols, key_ok, q_pos, m_i, l_i, acc, qk_scale,
@@ -396,6 +410,8 @@ def sparse_attention_triton(
     return_lse: bool = False,
     *,
     causal: bool = True,
+    range_tile: int | None = None,
+    col_tile: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
 ):
@@ -427,6 +443,12 @@ def sparse_attention_triton(
     _check_index("column_index", column_index, (b, hq, n_rows), q.device, last_dim_free=True)
     if block_count.stride() != column_count.stride():
         raise InputError("column_count", f"strides {column_count.stride()}", f"the strides of block_count {block_count.stride()}")
+    range_tile = bn if range_tile is None else range_tile
+    col_tile = max(DEFAULT_COL_TILE, 16) if col_tile is None else col_tile
+    if range_tile not in (bn, 2 * bn):
+        raise InputError("range_tile", range_tile, f"block_size_n = {bn} or twice that")
+    if isinstance(col_tile, bool) or not isinstance(col_tile, int) or col_tile not in (16, 32, 64, 128, 256):
+        raise InputError("col_tile", col_tile, "one of 16, 32, 64, 128, 256")
     _require_triton(q.device)
 
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -450,6 +472,8 @@ def sparse_attention_triton(
         RETURN_LSE=bool(return_lse),
         BLOCK_M=bm,
         BLOCK_N=bn,
+        RANGE_TILE=range_tile,
+        COL_TILE=col_tile,
         HEAD_DIM=d,
         num_warps=num_warps,
         num_stages=num_stages,

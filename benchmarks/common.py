@@ -1,0 +1,355 @@
+"""Shared machinery of the benchmarks: device setup, timing, hardware ceilings, output checks, result rows.
+
+Method (see docs/benchmarks.md):
+
+* Time with CUDA events around each call after a warm-up call (which also
+  pays any JIT compilation), repeat within a time budget and report the
+  median; short operations (< 2 ms) go through ``triton.testing.do_bench``
+  (events, an L2 flush between calls, median).
+* Measure the two ceilings in the same run: a device-to-device copy (bytes
+  read + bytes written) and a bf16 GEMM; report achieved TB/s or TFLOP/s as a
+  percentage of them.
+* Check every timed implementation's output against a float64 reference on a
+  slice of rows, so that a fast wrong kernel cannot pass.
+* Anything missing (an operation a backend does not have yet, a peer that is
+  not installed) is recorded as ``missing`` and the run goes on; anything that
+  raises is recorded as ``failed`` with the error.
+
+Results are rows (dicts) written as JSON by each benchmark and rendered to
+markdown by ``run_all.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # import yarnref from the source tree
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(description: str, argv=None):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default="bench-out", help="directory for the JSON results")
+    p.add_argument("--quick", action="store_true", help="tiny sizes on whatever device is there (CPU check of the scripts)")
+    p.add_argument("--ceilings", default=None, help="JSON file with the ceilings measured earlier in this run")
+    p.add_argument("--budget", type=float, default=None, help="seconds this benchmark may take (approximately)")
+    args = p.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def pick_device(quick: bool) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if not quick:
+        raise SystemExit("no CUDA device: run with --quick for the CPU check of the scripts")
+    return torch.device("cpu")
+
+
+def environment() -> dict:
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    try:
+        import cupy
+
+        env["cupy"] = cupy.__version__
+    except ImportError:
+        env["cupy"] = None
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        env["device"] = p.name
+        env["sms"] = p.multi_processor_count
+        env["memory_gib"] = round(p.total_memory / 2**30, 1)
+        env["cuda"] = torch.version.cuda
+    else:
+        env["device"] = "cpu"
+    return env
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_once(fn, device) -> float:
+    """Milliseconds of one call (CUDA events on a GPU, the host clock on CPU)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_fn(fn, device: torch.device, budget_s: float = 2.0, min_reps: int = 3, max_reps: int = 100) -> dict:
+    """Median milliseconds of ``fn()`` after a warm-up call; the number of repetitions fits ``budget_s``.
+
+    Returns ``{"ms": median, "ms_min": min, "reps": n, "first_ms": warm-up call incl. compilation}``.
+    """
+    t0 = time.perf_counter()
+    fn()  # warm-up: JIT compilation, autotuning, allocator
+    sync(device)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    one = _time_once(fn, device)
+    if device.type == "cuda" and one < 2.0:
+        try:
+            from triton.testing import do_bench
+
+            ms = do_bench(fn, warmup=25, rep=max(50, int(budget_s * 1000 * 0.8)), return_mode="median")
+            return {"ms": float(ms), "ms_min": None, "reps": None, "first_ms": first_ms, "timer": "do_bench"}
+        except ImportError:
+            pass
+    if device.type != "cuda":  # --quick on CPU: the scripts are checked, not the speed
+        min_reps = 1
+    reps = int(min(max_reps, max(min_reps, budget_s * 1e3 / max(one, 1e-3))))
+    times = [one] + [_time_once(fn, device) for _ in range(reps - 1)]
+    return {"ms": statistics.median(times), "ms_min": min(times), "reps": reps, "first_ms": first_ms, "timer": "events"}
+
+
+# ----------------------------------------------------------------------------- ceilings
+
+
+def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
+    """Device-to-device copy bandwidth (read + write bytes) and bf16 GEMM rate, measured now."""
+    if device.type != "cuda":
+        n, size = 1 << 20, 256
+        dtype = torch.float32
+    else:
+        n, size = (1 << 28) if not quick else (1 << 24), 8192 if not quick else 2048
+        dtype = torch.bfloat16
+    src = torch.randn(n, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), device, budget_s=1.0)
+    copy_tbps = 2 * src.numel() * 4 / (t["ms"] * 1e-3) / 1e12
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    t = time_fn(lambda: a @ b, device, budget_s=1.5)
+    gemm_tflops = 2 * size**3 / (t["ms"] * 1e-3) / 1e12
+    del src, dst, a, b
+    return {
+        "copy_tbps": copy_tbps,
+        "copy_bytes": 2 * n * 4,
+        "gemm_tflops": gemm_tflops,
+        "gemm_shape": f"{size}^3 {str(dtype).replace('torch.', '')}",
+    }
+
+
+def load_or_measure_ceilings(args, device) -> dict:
+    if args.ceilings and Path(args.ceilings).is_file():
+        return json.loads(Path(args.ceilings).read_text())
+    return measure_ceilings(device, args.quick)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def compare(out, ref) -> dict:
+    """max |out - ref| and ||out - ref|| / ||ref|| in float64 (NaN fails)."""
+    o = out.detach().to(torch.float64)
+    r = ref.detach().to(torch.float64).to(o.device)
+    diff = o - r
+    rel = float(diff.norm() / r.norm()) if float(r.norm()) > 0 else float(diff.norm())
+    return {"max_abs": float(diff.abs().max()) if diff.numel() else 0.0, "rel_l2": rel, "finite": bool(torch.isfinite(o).all())}
+
+
+def check_ok(err: dict, tol: float) -> bool:
+    return err["finite"] and err["rel_l2"] <= tol
+
+
+def dense_reference_rows(q, k, v, rows, scale, causal=True):
+    """float64 causal attention (bottom-right) for query rows ``rows`` only; GQA by index, no big temporaries."""
+    b, hq, tq, d = q.shape
+    hk, tk = k.shape[1], k.shape[2]
+    group = hq // hk
+    rows = torch.as_tensor(rows, device=q.device)
+    qs = q[:, :, rows].to(torch.float64)  # (b, hq, r, d)
+    kf = k.to(torch.float64).repeat_interleave(group, dim=1) if group > 1 else k.to(torch.float64)
+    vf = v.to(torch.float64).repeat_interleave(group, dim=1) if group > 1 else v.to(torch.float64)
+    s = scale * qs @ kf.transpose(-1, -2)  # (b, hq, r, tk)
+    if causal:
+        pos = rows + (tk - tq)
+        s = s.masked_fill(torch.arange(tk, device=q.device)[None, :] > pos[:, None], float("-inf"))
+    return torch.softmax(s, -1) @ vf
+
+
+# ----------------------------------------------------------------------------- results
+
+
+class Recorder:
+    """Collects result rows of one benchmark and writes them as JSON."""
+
+    def __init__(self, bench: str, args, device: torch.device, ceilings: dict):
+        self.bench, self.args, self.device, self.ceilings = bench, args, device, ceilings
+        self.rows: list[dict] = []
+        self.notes: list[str] = []
+        self.t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def add(self, case: str, impl: str, *, status: str = "ok", timing: dict | None = None, flops: float | None = None,
+            nbytes: float | None = None, err: dict | None = None, ok: bool | None = None, **extra) -> dict:
+        row = {"bench": self.bench, "case": case, "impl": impl, "status": status}
+        if timing is not None:
+            ms = timing["ms"]
+            row.update(ms=ms, first_ms=timing.get("first_ms"), timer=timing.get("timer"), reps=timing.get("reps"))
+            if flops:
+                row["tflops"] = flops / (ms * 1e-3) / 1e12
+                row["pct_gemm"] = 100 * row["tflops"] / self.ceilings["gemm_tflops"]
+            if nbytes:
+                row["tbps"] = nbytes / (ms * 1e-3) / 1e12
+                row["pct_copy"] = 100 * row["tbps"] / self.ceilings["copy_tbps"]
+        if err is not None:
+            row["max_abs"], row["rel_l2"] = err["max_abs"], err["rel_l2"]
+        if ok is not None:
+            row["check"] = "pass" if ok else "FAIL"
+            if not ok:
+                row["status"] = "wrong"
+        row.update(extra)
+        self.rows.append(row)
+        summary = f"{row['ms']:.3f} ms" if "ms" in row else ""
+        print(f"[{self.bench}] {case:<28} {impl:<34} {row['status']:<8} {summary} {row.get('check', '')} {extra.get('reason', '')}", flush=True)
+        return row
+
+    def missing(self, case: str, impl: str, reason: str):
+        return self.add(case, impl, status="missing", reason=reason)
+
+    def failed(self, case: str, impl: str, exc: BaseException):
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        return self.add(case, impl, status="failed", reason=reason)
+
+    @contextlib.contextmanager
+    def guard(self, case: str, impl: str):
+        """Run a measurement; a raised error becomes a ``failed`` row and the benchmark goes on."""
+        try:
+            yield
+        except MissingOperation as exc:
+            self.missing(case, impl, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a benchmark must never take the run down
+            traceback.print_exc()
+            self.failed(case, impl, exc)
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def note(self, text: str):
+        self.notes.append(text)
+        print(f"[{self.bench}] note: {text}", flush=True)
+
+    def add_ratios(self, case: str, ours: str):
+        """For each other row of ``case``: ratio = its time / ours (> 1 means ours is faster)."""
+        base = next((r for r in self.rows if r["case"] == case and r["impl"] == ours and "ms" in r), None)
+        if base is None:
+            return
+        for r in self.rows:
+            if r["case"] == case and "ms" in r and r is not base:
+                r[f"speedup_vs_{_slug(r['impl'])}"] = r["ms"] / base["ms"]
+                base.setdefault("speedup_vs", {})[r["impl"]] = r["ms"] / base["ms"]
+
+    def write(self):
+        path = Path(self.args.out) / f"{self.bench}.json"
+        doc = {"bench": self.bench, "quick": self.args.quick, "env": environment(), "ceilings": self.ceilings,
+               "elapsed_s": self.elapsed(), "notes": self.notes, "rows": self.rows}
+        path.write_text(json.dumps(doc, indent=1, default=_json_default))
+        print(f"[{self.bench}] wrote {path} ({len(self.rows)} rows, {self.elapsed():.1f} s)", flush=True)
+
+
+class MissingOperation(Exception):
+    """An operation or peer that is not there (recorded as ``missing``)."""
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    return str(x)
+
+
+def backend_op(backend, name: str):
+    """``backend.<name>`` or raise MissingOperation."""
+    fn = getattr(backend, name, None)
+    if fn is None:
+        raise MissingOperation(f"the {backend!r} backend has no {name}() yet")
+    return fn
+
+
+def use_yarnref_backend(name: str, device: torch.device):
+    """``yarnref.use_backend(name, ...)`` (torch gets the device); MissingOperation if it cannot be selected."""
+    import yarnref
+
+    try:
+        if name == "torch":
+            return yarnref.use_backend("torch", device=str(device))
+        return yarnref.use_backend(name)
+    except Exception as exc:  # noqa: BLE001
+        raise MissingOperation(f"backend {name!r} unavailable: {type(exc).__name__}: {exc}") from exc
+
+
+def flops_causal(b: int, h: int, tq: int, tk: int, d: int) -> float:
+    """Forward FLOPs of causal attention (QK^T and PV, 2 flops per MAC) over the visible pairs, bottom-right."""
+    off = tk - tq
+    pairs = tq * (off + 1) + tq * (tq - 1) / 2  # sum over queries i of (i + off + 1) visible keys
+    return 4.0 * b * h * d * pairs
+
+
+def free_gib() -> float:
+    if not torch.cuda.is_available():
+        return math.inf
+    free, _ = torch.cuda.mem_get_info()
+    return free / 2**30
+
+
+def main_wrapper(bench_name: str, run):
+    """Parse args, measure (or load) the ceilings, run ``run(rec)`` and always write what was recorded."""
+    args = parse_args(bench_name)
+    device = pick_device(args.quick)
+    ceilings = load_or_measure_ceilings(args, device)
+    rec = Recorder(bench_name, args, device, ceilings)
+    try:
+        run(rec)
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc()
+        rec.failed("(benchmark)", bench_name, exc)
+    finally:
+        rec.write()
+    return rec
