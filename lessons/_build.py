@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 import nbformat
@@ -39,8 +40,6 @@ def code(*parts: str):
 
 
 def _dedent(source: str) -> str:
-    import textwrap
-
     return textwrap.dedent(source).strip("\n")
 
 
