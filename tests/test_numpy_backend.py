@@ -26,3 +26,16 @@ def test_the_spec_functions_keep_their_signatures():
 
     for op in OPERATIONS:
         assert inspect.signature(getattr(NumpyBackend, op)) == inspect.signature(spec_function(op))
+
+
+def test_frequency_tolerance_is_relative():
+    """A 1e-4 relative error in the slowest pair (~1e-7 absolute) must fail; float32 rounding must pass."""
+    from yarnref.testing import assert_close, tolerance
+
+    inv, _ = yarnref.rope_frequencies(yarnref.get_preset("llama-3.1-8b"))
+    assert tolerance(np.float32, op="frequencies")[1] == 0.0
+    assert_close(inv.astype(np.float32), inv, op="frequencies")
+    wrong = inv.copy()
+    wrong[-1] *= 1 + 1e-4
+    with pytest.raises(AssertionError):
+        assert_close(wrong.astype(np.float32), inv, op="frequencies")

@@ -35,7 +35,7 @@ def test_table_cells_follow_the_documented_formulas():
     assert tolerance("bfloat16", max_position=1000, angle_dtype="bfloat16")[1] == pytest.approx(2 * ubf + 2 * ubf * 1000)
 
 
-@given(st.sampled_from(OPS), st.floats(0, 1e7), st.floats(0, 1e7))
+@given(st.sampled_from([op for op in OPS if op != "frequencies"]), st.floats(0, 1e7), st.floats(0, 1e7))
 def test_tolerances_grow_with_position_and_with_lower_precision(op, p1, p2):
     lo, hi = sorted((p1, p2))
     for dtype in ("float64", "float32", "float16", "bfloat16"):

@@ -39,6 +39,14 @@ op                     float64               float32               float16      
 ``"attention"`` etc.   1e-11, 1e-11          2e-5, 2e-5            4u, 4u                 4u, 4u
 =====================  ====================  ====================  =====================  =====================
 
+``"frequencies"`` (inverse frequency vectors, e.g. from a port of
+:func:`yarnref.rope_frequencies`) is relative only (``atol = 0``: the slowest
+pairs are ~1e-7, below any useful absolute bound): ``rtol = 16u`` in float64
+and ``256u`` (1.5e-5) otherwise, which covers ``base ** (-2i/r)`` evaluated in
+float32 (relative error up to about ``(1 + ln base) u``) and the YaRN / Llama 3
+blends, whose float32 weights transformers rounds before the factor ``s``
+amplifies them.
+
 (each cell is ``rtol, atol``; ``"attention"``, ``"merge"``, ``"dca"`` and
 ``"sparse"`` share a row), plus a position term added to ``atol``:
 
@@ -92,8 +100,8 @@ __all__ = [
     "assert_error_within",
 ]
 
-#: The ops of the tolerance table; every name but "rope" uses the attention row.
-OPS = ("rope", "attention", "merge", "dca", "sparse")
+#: The ops of the tolerance table; "attention", "merge", "dca" and "sparse" share the attention row.
+OPS = ("rope", "frequencies", "attention", "merge", "dca", "sparse")
 
 _ATTENTION_ROW = {"float64": (1e-11, 1e-11), "float32": (2e-5, 2e-5)}
 
@@ -150,6 +158,10 @@ def tolerance(dtype, *, max_position=0, op: str = "rope", angle_dtype=None) -> t
     if isinstance(max_position, bool) or not np.isscalar(max_position) or not np.isfinite(max_position) or max_position < 0:
         raise InputError("max_position", max_position, "a finite number >= 0")
     u = UNIT_ROUNDOFF[name]
+    if op == "frequencies":  # inverse frequency vectors: relative only, they span many decades
+        if max_position:
+            raise InputError("max_position", max_position, "0 for op='frequencies' (no angles are involved)")
+        return float(16 * u if name == "float64" else 256 * u), 0.0
     if op == "rope":
         rtol = atol = (16 * u) if name in ("float64", "float32") else (2 * u)
     else:
@@ -245,3 +257,9 @@ def assert_error_within(fast, spec, naive, *, factor: float = 2.0, atol: float =
         f"{prefix}the fast result's error against the spec, {e_fast:.6g}, exceeds {factor:g} x the naive "
         f"same-precision error {e_naive:.6g} (+ atol {atol:.3g})"
     )
+
+
+# Golden vectors live in yarnref.vectors; they are part of the test surface too.
+from .vectors import check_vectors, read_vectors, write_vectors  # noqa: E402
+
+__all__ += ["check_vectors", "read_vectors", "write_vectors"]
