@@ -271,13 +271,18 @@ class Recorder:
         self.notes.append(text)
         print(f"[{self.bench}] note: {text}", flush=True)
 
-    def add_ratios(self, case: str, ours: str):
-        """For each other row of ``case``: ratio = its time / ours (> 1 means ours is faster)."""
+    def add_ratios(self, case: str, ours: str, peers=None):
+        """For each peer row of ``case``: ratio = its time / ours (> 1 means ours is faster).
+
+        Peers: the rows named in ``peers``, by default every row not starting with "yarnref"
+        (our own stages, such as the index conversion, are not peers).
+        """
         base = next((r for r in self.rows if r["case"] == case and r["impl"] == ours and "ms" in r), None)
         if base is None:
             return
         for r in self.rows:
-            if r["case"] == case and "ms" in r and r is not base:
+            is_peer = r["impl"] in peers if peers is not None else not r["impl"].startswith("yarnref")
+            if r["case"] == case and "ms" in r and r is not base and is_peer:
                 r[f"speedup_vs_{_slug(r['impl'])}"] = r["ms"] / base["ms"]
                 base.setdefault("speedup_vs", {})[r["impl"]] = r["ms"] / base["ms"]
 

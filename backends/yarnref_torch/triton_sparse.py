@@ -456,7 +456,7 @@ def sparse_attention_triton(
     if num_warps is None:
         num_warps = 4 if bm <= 64 else 8
     if num_stages is None:
-        num_stages = 3 if d <= 128 else 2
+        num_stages = 2  # tuned on H100 (benchmarks/tune_sparse.py): 2 and 3 within 1%, wider tiles slower
     grid = (n_rows, b * hq)
     _vs_sparse_fwd_kernel[grid](
         q, k, v, out, lse,
