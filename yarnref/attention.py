@@ -37,21 +37,17 @@ Conventions
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
+from .checks import check_scale as _check_scale
+from .checks import default_scale
 from .errors import InputError
 
 __all__ = ["attention", "merge_attention", "repeat_kv", "check_qkv", "default_scale"]
 
 #: Queries per block in the blocked float64 reference.
 DEFAULT_BLOCK_SIZE = 512
-
-
-def default_scale(head_dim: int) -> float:
-    """``1 / sqrt(head_dim)``, the softmax scale of Eq. (1)."""
-    return 1.0 / math.sqrt(head_dim)
 
 
 def check_qkv(q, k, v, *, same_len: bool = False):
@@ -76,16 +72,6 @@ def check_qkv(q, k, v, *, same_len: bool = False):
     if same_len and tq != tk:
         raise InputError("k", f"kv_len={tk}", f"kv_len == q_len == {tq}")
     return b, hq, hk, tq, tk, d
-
-
-def _check_scale(scale, head_dim):
-    if scale is None:
-        return default_scale(head_dim)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) or not (
-        math.isfinite(float(scale)) and float(scale) > 0
-    ):
-        raise InputError("scale", scale, "None or a finite number > 0")
-    return float(scale)
 
 
 def repeat_kv(x, n_rep: int):

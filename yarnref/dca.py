@@ -101,6 +101,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .attention import attention, check_qkv, default_scale, merge_attention
+from .checks import check_int as _check_positive_int
+from .checks import check_positive_real as _check_positive_real
+from .checks import is_int as _is_int
 from .errors import ConfigError, InputError
 from .rope import apply_rope, rope_cos_sin
 
@@ -136,20 +139,6 @@ ROTATE_BLOCK = 4096
 # ----------------------------------------------------------------------------- argument checks
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
-
-
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if not _is_int(value) or value < minimum:
-        raise InputError(name, value, f"an integer >= {minimum}")
-    return int(value)
-
-
 def _check_sizes(chunk_size, local_size) -> int:
     """Validate the DCA sizes and return the chunk length ``L = chunk_size - local_size``."""
     chunk_size = _check_positive_int("chunk_size", chunk_size, 2)
@@ -157,12 +146,6 @@ def _check_sizes(chunk_size, local_size) -> int:
     if local_size >= chunk_size:
         raise InputError("local_size", local_size, f"an integer < chunk_size = {chunk_size} (chunk_len = chunk_size - local_size must be >= 1)")
     return chunk_size - local_size
-
-
-def _check_positive_real(name: str, value) -> float:
-    if not _is_real(value) or not (math.isfinite(float(value)) and float(value) > 0):
-        raise InputError(name, value, "a finite number > 0")
-    return float(value)
 
 
 # ----------------------------------------------------------------------------- position ids

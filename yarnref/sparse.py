@@ -83,11 +83,14 @@ Conventions
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-from .attention import check_qkv, default_scale
+from .attention import check_qkv
+from .checks import check_bool as _check_bool
+from .checks import check_int as _check_int
+from .checks import check_scale as _check_scale
+from .checks import is_int as _is_int
 from .errors import InputError
 
 __all__ = [
@@ -116,32 +119,6 @@ BLOCK_ELEMENTS = 1 << 22
 
 
 # ----------------------------------------------------------------------------- argument checks
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if not _is_int(value) or value < minimum:
-        raise InputError(name, value, f"an integer >= {minimum}")
-    return int(value)
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InputError(name, value, "True or False")
-    return bool(value)
-
-
-def _check_scale(scale, head_dim: int) -> float:
-    if scale is None:
-        return default_scale(head_dim)
-    if not isinstance(scale, (int, float, np.integer, np.floating)) or isinstance(scale, (bool, np.bool_)) or not (
-        math.isfinite(float(scale)) and float(scale) > 0
-    ):
-        raise InputError("scale", scale, "None or a finite number > 0")
-    return float(scale)
 
 
 def _check_mode(mode) -> str:

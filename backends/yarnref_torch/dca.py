@@ -45,7 +45,6 @@ for float64 inputs, float32 otherwise.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
