@@ -106,7 +106,6 @@ def bench_attention(rec, lengths, heads, d, budget):
                 rec.add(case, "yarnref attention (torch)", timing=t, flops=flops, err=err, ok=err["rel_l2"] <= TOL)
         dense_peers(rec, case, q, k, v, scale, budget, flops)
         rec.add_ratios(case, "yarnref attention (torch)")
-        del q, k, v
 
 
 def dca_reference_rows(q, k, v, inv_freq, chunk, local, rows):
@@ -150,7 +149,6 @@ def bench_dca(rec, lengths, heads, d, chunk, local, budget):
             if r["case"] == case and r["impl"] == "yarnref dca_attention (torch)" and "speedup_vs" in r:
                 fastest = min(r["speedup_vs"].values())  # the fastest dense call's time / DCA's
                 r["dca_over_fastest_dense"] = 1.0 / fastest
-        del q, k, v
 
 
 def run(rec):

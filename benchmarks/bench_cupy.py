@@ -71,7 +71,6 @@ def run(rec):
                 t = time_host(lambda: fn(q, k, v, causal=True), budget)
                 rec.add(case, impl, timing=t, flops=flops_causal(1, heads, n, n, d), err=err, ok=err["rel_l2"] <= TOL)
     rec.add_ratios(case, "yarnref attention (cupy)", peers=["yarnref attention (torch)"])
-    del q, k, v
 
     n, heads, d = (1024, 2, 64) if quick else (32768, 8, 128)
     case = f"vertical_slash {n} tok x {heads} heads x {d}"

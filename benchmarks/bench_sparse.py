@@ -47,7 +47,6 @@ from common import (
     compare,
     dense_reference_rows,
     flops_causal,
-    free_gib,
     main_wrapper,
     time_fn,
     use_yarnref_backend,
@@ -60,7 +59,7 @@ BM = BN = 64
 def load_triton_sparse():
     """The Triton module from the source tree (MissingOperation if triton cannot run here)."""
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  (only to know whether it is there)
     except ImportError as exc:
         raise MissingOperation("triton is not installed") from exc
     path = ROOT / "backends" / "yarnref_torch" / "triton_sparse.py"
@@ -267,7 +266,6 @@ def run_flex(rec, case, q, k, v, lists, heads, n, kept, scale, budget_per_impl):
         t = time_fn(lambda: flex(q, k, v, block_mask=block_mask, scale=scale), device, budget_s=budget_per_impl)
         rec.add(case, "flex sparse (same mask)", timing=t, flops=4.0 * d * kept, err=err, ok=err["rel_l2"] <= BF16_TOL,
                 mask_build_s=build_s, note="first call includes torch.compile: see first_ms")
-        del block_mask, bits
     rec.add_ratios(case, "yarnref triton sparse")
 
 
@@ -358,7 +356,6 @@ def run_length(rec, ts, n: int, patterns, heads: int, n_vert: int, n_slash: int,
             for r in rec.rows:
                 if r["case"] == first and r["impl"].startswith("sdpa") and "ms" in r:
                     ours.setdefault("speedup_vs", {})[r["impl"]] = r["ms"] / ours["ms"]
-    del q, k, v
 
 
 def run(rec):

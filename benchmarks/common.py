@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -160,7 +159,6 @@ def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
     b = torch.randn(size, size, device=device, dtype=dtype)
     t = time_fn(lambda: a @ b, device, budget_s=1.5)
     gemm_tflops = 2 * size**3 / (t["ms"] * 1e-3) / 1e12
-    del src, dst, a, b
     return {
         "copy_tbps": copy_tbps,
         "copy_bytes": 2 * n * 4,

@@ -55,12 +55,7 @@ if not CUDA and "triton" not in sys.modules:
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = _previous
-try:
-    import triton  # noqa: F401,F811
-
-    HAVE_TRITON = True
-except ImportError:
-    HAVE_TRITON = False
+HAVE_TRITON = importlib.util.find_spec("triton") is not None and sys.modules.get("triton", True) is not None
 
 _module_cache: dict[str, object] = {}
 

@@ -64,6 +64,18 @@ Conventions
 * Without a GPU, ``TRITON_INTERPRET=1`` (set before this module is imported)
   runs the same kernels on CPU tensors with NumPy; that is how the tests run
   on CI-class machines.
+
+Performance (H100 80GB HBM3, torch 2.11, triton 3.6, 2026-11-22; 32 heads,
+head_dim 128, bf16, 1000 verticals + 6096 slashes): the kernel runs at about
+320-335 TFLOP/s on the kept pairs (FA2-class, ~48% of the measured bf16
+GEMM) whatever the density; at 128K that is 95 ms at 22% density, 265 ms at
+64% and 421 ms at 98%, against 445 ms for SDPA's flash backend and 251 ms
+for its cuDNN backend on the dense causal problem.  The conversion takes
+9.5 ms at 128K.  Launch defaults come from ``benchmarks/tune_sparse.py``:
+one 64-column range per step read through a *scalar* start (258 ms at 64%
+density); two ranges per 128-wide tile built with ``tl.where`` lose the
+contiguity of each half and ran 335-390 ms; 128-column gather tiles
+340-410 ms; 8 warps about 2x slower; 2 and 3 pipeline stages within 1%.
 """
 
 from __future__ import annotations
