@@ -24,7 +24,7 @@ MInference forces them; the rest drawn per head):
 * ``local`` (128K only): all other slashes near the diagonal.
 
 What the kernel computes is each slash widened to a 64-column range per
-64-row block (notes dca-sparse §3.3), so the printed ``density`` (kept
+64-row block (as the vLLM/MInference kernels do), so the printed ``density`` (kept
 query-key pairs / causal pairs) is what sets the cost.  ``tflops_kept`` counts
 4*D flops per kept pair; ``tflops_tiles`` counts the 64x64 tiles the kernel
 multiplies (its hardware utilisation).  Every implementation's output is

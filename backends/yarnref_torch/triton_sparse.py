@@ -21,7 +21,7 @@ MInference and vLLM) turns ``(V, S)`` into, per query row block of
 * ``column_index[:column_count]``: the verticals that no range covers.
 
 The sparse kernel then computes, for every query row ``i`` of row block ``r``
-(see /notes dca-sparse §3.3 and the spec ``yarnref.sparse``):
+(see the spec ``yarnref.sparse``):
 
 .. math::
    K_i = \Big(\bigcup_{b < \mathrm{bc}_r} [o_{r,b},\, o_{r,b} + B_N)
@@ -263,7 +263,7 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
     ):
         # One program per (row block, batch * head): the sequential merge of
-        # dca-sparse notes §3.2 (vLLM csrc/attention/vertical_slash_index.cu semantics).
+        # vLLM csrc/attention/vertical_slash_index.cu semantics, as in yarnref.sparse.convert_vertical_slash_indexes.
         row = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
         start_m = row * BLOCK_M
