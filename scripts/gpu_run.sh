@@ -23,7 +23,8 @@ except Exception as e: print("triton: not importable:", e)
 PY
 rc=0
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  python3 -m pytest -q -p no:cacheprovider -rs "$@" 2>&1 | tee "$out/pytest.log"; rc=${PIPESTATUS[0]}
+  python3 -m pytest -p no:cacheprovider -rs "$@" 2>&1 | tee "$out/pytest.log"; rc=${PIPESTATUS[0]}
+  echo "pytest exit status: $rc" | tee -a "$out/pytest.log"
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   if [ -x benchmarks/run_all.sh ]; then bash benchmarks/run_all.sh "$out" 2>&1 | tee "$out/bench.log"; fi
