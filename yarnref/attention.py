@@ -109,16 +109,21 @@ def attention(q, k, v, causal: bool = True, scale: float | None = None, return_l
     key_pos = np.arange(tk)
     for start in range(0, tq, block_size):
         stop = min(start + block_size, tq)
-        logits = scale * (qg[..., start:stop, :] @ np.swapaxes(kf, -1, -2))  # (b, hk, g, blk, tk)
+        # Causal: no query of this block sees a key past the block's last query position.
+        kv_stop = min(tk, stop + tk - tq) if causal else tk
+        if kv_stop <= 0:
+            continue  # queries before the first key: out 0, lse -inf (as initialised)
+        logits = qg[..., start:stop, :] @ np.swapaxes(kf[..., :kv_stop, :], -1, -2)  # (b, hk, g, blk, kv_stop)
+        logits *= scale
         if causal:
             last_key = np.arange(start, stop) + (tk - tq)  # bottom-right alignment
-            logits = np.where(key_pos[None, :] <= last_key[:, None], logits, -np.inf)
+            logits[..., key_pos[None, :kv_stop] > last_key[:, None]] = -np.inf
         row_max = logits.max(axis=-1, keepdims=True)  # (b, hk, g, blk, 1)
         safe_max = np.where(np.isfinite(row_max), row_max, 0.0)
-        weights = np.exp(logits - safe_max)
+        weights = np.exp(np.subtract(logits, safe_max, out=logits), out=logits)  # in place: one buffer per block
         denom = weights.sum(axis=-1, keepdims=True)
         has_key = denom > 0
-        out[..., start:stop, :] = np.where(has_key, (weights @ vf) / np.where(has_key, denom, 1.0), 0.0)
+        out[..., start:stop, :] = np.where(has_key, (weights @ vf[..., :kv_stop, :]) / np.where(has_key, denom, 1.0), 0.0)
         with np.errstate(divide="ignore"):
             lse[..., start:stop] = np.where(has_key, np.log(np.where(has_key, denom, 1.0)) + safe_max, -np.inf)[..., 0]
     out = out.reshape(b, hq, tq, v.shape[-1]).astype(q.dtype, copy=False)
