@@ -167,6 +167,9 @@ def test_explain_dca(capsys):
     assert "Dual Chunk Attention" in out
     assert "chunk_size 262,144, local_size 8,192" in out
     assert "c = chunk_size - local_size = 253,952" in out
+    # the inter-chunk query position is min(2c - 1, chunk_size), so no distance exceeds chunk_size
+    assert "earlier chunks at min(2c - 1, chunk_size) = 262,144" in out
+    assert "every relative distance stays <= chunk_size = 262,144" in out
     t = max(1.0, 0.1 * math.log(1_000_000 / 262144) + 1)
     assert f"at n = seq_len 1,000,000: {t:.6g}" in out
     assert pair_counts(out) == {"kept": 64}

@@ -244,7 +244,8 @@ def _dca_lines(rc: RopeConfig, seq_len, lines: list[str]) -> None:
     )
     lines.append(
         f"  keys sit at p mod c (< {d.chunk_len:,}); intra-chunk queries at p mod c; successive-chunk queries at "
-        f"min(p mod c + c, chunk_size); other chunks at c - 1: relative distances stay < chunk_size = {d.chunk_size:,}"
+        f"min(p mod c + c, chunk_size); earlier chunks at min(2c - 1, chunk_size) = {min(2 * d.chunk_len - 1, d.chunk_size):,}: "
+        f"every relative distance stays <= chunk_size = {d.chunk_size:,}"
     )
     if d.original_max_position_embeddings:
         orig = d.original_max_position_embeddings
