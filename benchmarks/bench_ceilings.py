@@ -18,4 +18,5 @@ if __name__ == "__main__":
     ceilings["env"] = environment()
     path = Path(args.out) / "ceilings.json"
     path.write_text(json.dumps(ceilings, indent=1))
-    print(f"[ceilings] copy {ceilings['copy_tbps']:.2f} TB/s, GEMM {ceilings['gemm_tflops']:.0f} TFLOP/s ({ceilings['gemm_shape']}) -> {path}")
+    l2 = f", L2 read {ceilings['l2_read_tbps']:.2f} TB/s" if "l2_read_tbps" in ceilings else ""
+    print(f"[ceilings] copy {ceilings['copy_tbps']:.2f} TB/s, GEMM {ceilings['gemm_tflops']:.0f} TFLOP/s ({ceilings['gemm_shape']}){l2} -> {path}")

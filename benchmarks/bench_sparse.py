@@ -27,7 +27,10 @@ What the kernel computes is each slash widened to a 64-column range per
 64-row block (as the vLLM/MInference kernels do), so the printed ``density`` (kept
 query-key pairs / causal pairs) is what sets the cost.  ``tflops_kept`` counts
 4*D flops per kept pair; ``tflops_tiles`` counts the 64x64 tiles the kernel
-multiplies (its hardware utilisation).  Every implementation's output is
+multiplies (its hardware utilisation); ``l2_tbps_tiles`` the K and V bytes of
+those tiles moved from L2 into shared memory per second, against the L2 read
+ceiling measured in the same run (``pct_l2``): with 64 query rows per tile that
+traffic, not the tensor cores, bounds the kernel.  Every implementation's output is
 checked on a slice of rows against a float64 reference.
 """
 
@@ -311,8 +314,11 @@ def run_length(rec, ts, n: int, patterns, heads: int, n_vert: int, n_slash: int,
             out = ts.sparse_attention_triton(q, k, v, *lists, scale, BM, BN)
             err = check_sparse(out, q, k, v, lists, scale)
             t = time_fn(lambda: ts.sparse_attention_triton(q, k, v, *lists, scale, BM, BN), device, budget_s=budget_per_impl)
+            l2_tbps = 2 * BN * d * q.element_size() * tiles / (t["ms"] * 1e-3) / 1e12  # K and V of every tile, from L2
+            extra = {"pct_l2": 100 * l2_tbps / rec.ceilings["l2_read_tbps"]} if "l2_read_tbps" in rec.ceilings else {}
             rec.add(case, "yarnref triton sparse", timing=t, flops=4.0 * d * kept, err=err, ok=err["rel_l2"] <= BF16_TOL,
-                    density=density, tflops_tiles=4.0 * d * BM * BN * tiles / (t["ms"] * 1e-3) / 1e12)
+                    density=density, tflops_tiles=4.0 * d * BM * BN * tiles / (t["ms"] * 1e-3) / 1e12,
+                    l2_tbps_tiles=l2_tbps, **extra)
             del out
         if pattern == patterns[0]:
             with rec.guard(case, "yarnref vertical_slash_attention (api)"):

@@ -159,12 +159,61 @@ def measure_ceilings(device: torch.device, quick: bool = False) -> dict:
     b = torch.randn(size, size, device=device, dtype=dtype)
     t = time_fn(lambda: a @ b, device, budget_s=1.5)
     gemm_tflops = 2 * size**3 / (t["ms"] * 1e-3) / 1e12
-    return {
+    ceilings = {
         "copy_tbps": copy_tbps,
         "copy_bytes": 2 * n * 4,
         "gemm_tflops": gemm_tflops,
         "gemm_shape": f"{size}^3 {str(dtype).replace('torch.', '')}",
     }
+    if device.type == "cuda":
+        try:
+            ceilings.update(measure_l2_read(device))
+        except MissingOperation as exc:
+            ceilings["l2_read_note"] = str(exc)
+    return ceilings
+
+
+_l2_kernel = None
+
+
+def measure_l2_read(device: torch.device, mbytes: int = 24, sweeps: int = 40) -> dict:
+    """Read bandwidth of the L2 cache into the SMs (TB/s), measured now.
+
+    A buffer of ``mbytes`` MB (it fits in the H100's 50 MB L2) is read
+    ``sweeps`` times by one program per 4 KB slice stride, with ``.cg`` loads
+    (cached in L2 only, not in L1), so every byte after the first sweep comes
+    from L2.  Sparse attention with 64-row tiles moves each 64-key K/V tile
+    from L2 into shared memory once per 64 queries; this is its ceiling.
+    """
+    global _l2_kernel
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError as exc:
+        raise MissingOperation("triton is not installed: no L2 ceiling") from exc
+    if _l2_kernel is None:
+
+        @triton.jit
+        def l2_read(X, Out, n_elems, SWEEPS: tl.constexpr, BLOCK: tl.constexpr):
+            pid = tl.program_id(0)
+            step = tl.num_programs(0) * BLOCK
+            acc = tl.zeros([BLOCK], dtype=tl.float32)
+            offs = tl.arange(0, BLOCK)
+            for _ in range(SWEEPS):
+                for start in range(pid * BLOCK, n_elems, step):
+                    acc += tl.load(X + start + offs, cache_modifier=".cg").to(tl.float32)
+            tl.store(Out + pid * BLOCK + offs, acc)
+
+        _l2_kernel = l2_read
+    block = 2048  # bf16 elements: 4 KB per load step
+    n = mbytes * (1 << 20) // 2
+    n -= n % block
+    x = torch.randn(n, device=device, dtype=torch.float32).to(torch.bfloat16)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    grid = (sms * 8,)
+    out = torch.empty(grid[0] * block, device=device, dtype=torch.float32)
+    t = time_fn(lambda: _l2_kernel[grid](x, out, n, SWEEPS=sweeps, BLOCK=block, num_warps=4), device, budget_s=1.0)
+    return {"l2_read_tbps": sweeps * n * 2 / (t["ms"] * 1e-3) / 1e12, "l2_read_bytes": n * 2}
 
 
 def load_or_measure_ceilings(args, device) -> dict:

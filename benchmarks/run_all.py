@@ -73,7 +73,8 @@ def render(out: Path, steps, ceilings) -> str:
                  f"triton {env.get('triton')}, cupy {env.get('cupy')}, CUDA {env.get('cuda')}.")
     if ceilings:
         lines.append(f"Ceilings measured in this run: device-to-device copy **{ceilings['copy_tbps']:.2f} TB/s** "
-                     f"(read + write), GEMM **{ceilings['gemm_tflops']:.0f} TFLOP/s** ({ceilings['gemm_shape']}).")
+                     f"(read + write), GEMM **{ceilings['gemm_tflops']:.0f} TFLOP/s** ({ceilings['gemm_shape']})"
+                     + (f", L2 read **{ceilings['l2_read_tbps']:.2f} TB/s**." if "l2_read_tbps" in ceilings else "."))
     lines.append("")
     lines.append("| step | status | seconds |")
     lines.append("|---|---|---|")
@@ -95,6 +96,8 @@ def render(out: Path, steps, ceilings) -> str:
             tf = f"{r['tflops']:.0f} ({r['pct_gemm']:.0f}%)" if "tflops" in r else ""
             if "tflops_tiles" in r:
                 tf += f"; tiles {r['tflops_tiles']:.0f}"
+            if "l2_tbps_tiles" in r:
+                tf += f"; L2 {r['l2_tbps_tiles']:.2f} TB/s" + (f" ({r['pct_l2']:.0f}% of L2)" if "pct_l2" in r else "")
             tb = f"{r['tbps']:.2f} ({r['pct_copy']:.0f}%)" if "tbps" in r else ""
             sp = "; ".join(f"{v:.2f}x vs {k}" for k, v in r.get("speedup_vs", {}).items())
             chk = f"{r.get('check', '')} ({_fmt(r.get('rel_l2'), '.1e')})" if "check" in r else ""

@@ -289,6 +289,21 @@ def test_bad_sparse_inputs_raise_input_errors(backend):
         op(backend, "vertical_slash_mask")(9, 8, np.zeros((1, 1, 1), int), np.zeros((1, 1, 1), int))
 
 
+def test_non_finite_inputs_are_rejected_and_large_finite_ones_are_not(backend):
+    """NaN/inf in q, k or v is an InputError naming it; finite values whose float32 sum overflows pass."""
+    fn = op(backend, "vertical_slash_attention")
+    idx = np.zeros((1, 2, 1), int)
+    for name, bad in (("k", np.nan), ("v", np.inf), ("q", -np.inf)):
+        arrays = {n: np.zeros((1, 2, 8, 16)) for n in "qkv"}
+        arrays[name][0, 1, 3, 2] = bad
+        with pytest.raises(InputError) as exc:
+            fn(arrays["q"], arrays["k"], arrays["v"], idx, idx)
+        assert exc.value.param == name
+    q, q64 = as_inputs(backend, np.zeros((1, 2, 8, 16)), "float32")
+    big, big64 = as_inputs(backend, np.full((1, 2, 8, 16), 1e37), "float32")  # 256 of them overflow a float32 sum
+    assert_close(fn(q, big, big, idx, idx), spec("vertical_slash_attention")(q64, big64, big64, idx, idx), dtype="float32", op="sparse")
+
+
 @pytest.mark.gpu
 def test_cuda_sparse_attention_runs_the_kernel_and_agrees(backend):
     """torch-cuda, bf16, mode="kernel": the Triton path, checked against the spec at 2K tokens."""

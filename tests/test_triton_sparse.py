@@ -289,6 +289,35 @@ def test_sparse_launch_variants(ts, range_tile, col_tile):
     _assert_matches(out, lse, *ref, torch.float16)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_sparse_tile_paths_agree(ts, causal):
+    """Range tiles inside the sequence and below the diagonal skip the mask; the result is the same as masking all.
+
+    Few queries against many keys, so that most listed ranges lie wholly below
+    the diagonal (the unmasked path) and some cross it or the sequence ends.
+    On an sm_90+ GPU the TMA and pointer loads are compared too.
+    """
+    b, hq, hk, tq, tk, d = 1, 2, 1, 70, 600, 64
+    dtype = _dtypes()[-1]
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = _rand_qkv(gen, b, hq, hk, tq, tk, d, dtype)
+    lists = _random_lists(np.random.default_rng(11), b, hq, 2, tk, ns=12, nv=40, bn=64)
+    ref = weighted_attention(q, k, v, key_weights(tq, tk, *lists, 64, 64, causal=causal), 1 / np.sqrt(d))
+    masked = ts.sparse_attention_triton(q, k, v, *lists, None, return_lse=True, causal=causal, mask_all_tiles=True, tma=False)
+    edge = ts.sparse_attention_triton(q, k, v, *lists, None, return_lse=True, causal=causal, tma=False)
+    _assert_matches(*edge, *ref, dtype)
+    assert torch.equal(edge[0], masked[0]) and torch.equal(edge[1], masked[1])
+    if ts._tma_possible(k, v, 64):
+        for mask_all in (False, True):
+            with_tma = ts.sparse_attention_triton(q, k, v, *lists, None, return_lse=True, causal=causal, tma=True, mask_all_tiles=mask_all)
+            _assert_matches(*with_tma, *ref, dtype)
+            assert torch.allclose(with_tma[0].float(), edge[0].float(), atol=1e-2, rtol=0)
+    else:
+        with pytest.raises(InputError) as exc:
+            ts.sparse_attention_triton(q, k, v, *lists, None, tma=True)
+        assert exc.value.param == "tma"
+
+
 @pytest.mark.parametrize("dtype", _dtypes(), ids=str)
 def test_sparse_non_causal(ts, dtype):
     b, hq, hk, tq, tk, d = 1, 2, 2, 50, 90, 64
@@ -359,6 +388,12 @@ def test_sparse_rejects_bad_input():
     with pytest.raises(InputError) as exc:
         mod.sparse_attention_triton(q[..., :48], q[..., :48], q[..., :48], *good, None)
     assert exc.value.param == "q"
+    with pytest.raises(InputError) as exc:
+        mod.sparse_attention_triton(q, q, q, *good, None, tma="yes")
+    assert exc.value.param == "tma"
+    with pytest.raises(InputError) as exc:
+        mod.sparse_attention_triton(q, q, q, *good, None, mask_all_tiles=1)
+    assert exc.value.param == "mask_all_tiles"
 
 
 # ----------------------------------------------------------------------------- the conversion

@@ -42,6 +42,7 @@ __all__ = [
     "is_cupy_array",
     "check_float",
     "check_same_dtype",
+    "check_all_finite",
     "check_positive_number",
     "tensor_to_numpy",
 ]
@@ -170,6 +171,25 @@ def check_same_dtype(first: str, tensors: dict[str, torch.Tensor]) -> torch.dtyp
         if t.dtype != dtype:
             raise InputError(name, f"dtype {t.dtype}", f"the dtype of {first}, {dtype} (cast it yourself; yarnref never casts silently)")
     return dtype
+
+
+def check_all_finite(tensors: dict[str, torch.Tensor], what: str = "finite values") -> None:
+    """InputError naming the first tensor with a NaN or an infinity; one host sync for all of them.
+
+    A sum is non-finite whenever one of its terms is (an infinity stays
+    infinite or meets the opposite one and gives NaN; NaN stays NaN), so one
+    float32/float64 sum per tensor screens all of them in a single read pass;
+    only if a sum is non-finite (a real NaN/inf, or an overflow of the sum)
+    is that tensor checked element by element.
+    """
+    floats = {name: t for name, t in tensors.items() if t.is_floating_point() and t.numel()}
+    if not floats:
+        return
+    sums = torch.stack([t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).to(torch.float64) for t in floats.values()])
+    screened = torch.isfinite(sums).tolist()  # the one sync
+    for (name, t), ok in zip(floats.items(), screened):
+        if not ok and not bool(torch.isfinite(t).all()):
+            raise InputError(name, "non-finite values", what)
 
 
 def check_positive_number(value, param: str, *, allow_none: bool = False) -> float | None:

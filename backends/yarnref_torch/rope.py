@@ -37,14 +37,13 @@ from yarnref.errors import InputError
 from yarnref.precision import check_precision
 from yarnref.rope import _check_pairing, _check_rope_shapes
 
-from ._arrays import ArrayConverter, check_float, check_positive_number, compute_dtype, torch_dtype
+from ._arrays import ArrayConverter, check_all_finite, check_float, check_positive_number, compute_dtype, torch_dtype
 
 __all__ = ["rope_cos_sin", "apply_rope", "rotate"]
 
 
 def _check_finite(t: torch.Tensor, param: str, what: str) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise InputError(param, "non-finite values", what)
+    check_all_finite({param: t}, what)
 
 
 def rope_cos_sin(conv: ArrayConverter, inv_freq, positions, attention_factor=1.0, *, precision="float64", out_precision=None):

@@ -52,7 +52,7 @@ import torch
 from yarnref.attention import check_qkv
 from yarnref.errors import InputError
 
-from ._arrays import ArrayConverter, check_float, check_same_dtype, compute_dtype, tensor_to_numpy
+from ._arrays import ArrayConverter, check_all_finite, check_float, check_same_dtype, compute_dtype, tensor_to_numpy
 from .attention import attention_tensors
 
 __all__ = [
@@ -88,9 +88,7 @@ def _qk_tensors(conv: ArrayConverter, **arrays) -> list[torch.Tensor]:
     tensors = {name: check_float(conv.tensor(a, name), name) for name, a in arrays.items()}
     first = next(iter(tensors))
     check_same_dtype(first, tensors)
-    for name, t in tensors.items():
-        if not bool(torch.isfinite(t).all()):
-            raise InputError(name, "non-finite values", "finite values")
+    check_all_finite(tensors)
     return list(tensors.values())
 
 

@@ -127,6 +127,17 @@ def triton_available(device: torch.device | str | None = None) -> bool:
 if triton is not None:
 
     @triton.jit
+    def _softmax_step(s, v, m_i, l_i, acc):
+        """One online-softmax step: ``s`` (BLOCK_M, BLOCK_N) fp32 base-2 logits (-inf where hidden), ``v`` (BLOCK_N, D)."""
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key so far
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        return m_new, l_i, acc
+
+    @triton.jit
     def _attend_tile(
         q, k_base, v_base, cols, key_ok, q_pos, m_i, l_i, acc, qk_scale,
         stride_kn, stride_kd, stride_vn, stride_vd,
@@ -144,23 +155,55 @@ if triton is not None:
         if CAUSAL:
             visible = visible & (cols[None, :] <= q_pos[:, None])
         s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key so far
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(
             v_base + cols64[:, None] * stride_vn + offs_d[None, :] * stride_vd,
             mask=key_ok[:, None],
             other=0.0,
         )  # (BLOCK_N, HEAD_DIM)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        return m_new, l_i, acc
+        return _softmax_step(s, v, m_i, l_i, acc)
+
+    @triton.jit
+    def _attend_range(
+        q, k_base, v_base, k_desc, v_desc, b32, hk32, start, q_pos, q_first, kv_len, m_i, l_i, acc, qk_scale,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        CAUSAL: tl.constexpr, USE_TMA: tl.constexpr, MASK_ALL: tl.constexpr,
+        BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    ):
+        """One online-softmax step over the contiguous keys ``[start, start + BLOCK_N)``.
+
+        With ``USE_TMA`` the tiles come through tensor descriptors (Hopper TMA;
+        keys outside ``[0, kv_len)`` read as 0).  The bounds and causal test is
+        applied only to tiles that need it (``MASK_ALL`` applies it to every
+        tile; same result, kept for measurement).
+        """
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        cols = start + offs_n
+        if USE_TMA:
+            k = k_desc.load([b32, hk32, start, 0]).reshape(BLOCK_N, HEAD_DIM)
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            v = v_desc.load([b32, hk32, start, 0]).reshape(BLOCK_N, HEAD_DIM)
+        else:
+            key_ok = (cols >= 0) & (cols < kv_len)
+            cols64 = cols.to(tl.int64)
+            k = tl.load(k_base + cols64[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=key_ok[None, :], other=0.0)
+            s = tl.dot(q, k) * qk_scale
+            v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=key_ok[:, None], other=0.0)
+        inside = (start >= 0) & (start + BLOCK_N <= kv_len)
+        if CAUSAL:
+            inside = inside & (start + BLOCK_N - 1 <= q_first)  # every key visible to every row
+        if MASK_ALL or not inside:
+            visible = ((cols >= 0) & (cols < kv_len))[None, :]
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= q_pos[:, None])
+            s = tl.where(visible, s, float("-inf"))
+        return _softmax_step(s, v, m_i, l_i, acc)
 
     @triton.jit
     def _vs_sparse_fwd_kernel(
         Q, K, V, Out, Lse,
         BlockCount, BlockOffset, ColumnCount, ColumnIndex,
+        KDesc, VDesc,  # tensor descriptors of K and V (USE_TMA), else unused
         qk_scale,  # scale * log2(e): logits in base 2
         stride_qb, stride_qh, stride_qm, stride_qd,
         stride_kb, stride_kh, stride_kn, stride_kd,
@@ -178,11 +221,15 @@ if triton is not None:
         RANGE_TILE: tl.constexpr,
         COL_TILE: tl.constexpr,
         HEAD_DIM: tl.constexpr,
+        USE_TMA: tl.constexpr,
+        MASK_ALL: tl.constexpr,
     ):
         # Heavy row blocks (late rows see more keys) are launched first.
         row = n_rows - 1 - tl.program_id(0)
         bh = tl.program_id(1)
-        b = (bh // n_heads).to(tl.int64)
+        b32 = bh // n_heads
+        hk32 = (bh % n_heads) // group
+        b = b32.to(tl.int64)
         h = (bh % n_heads).to(tl.int64)
         hk = h // group
 
@@ -190,6 +237,7 @@ if triton is not None:
         offs_d = tl.arange(0, HEAD_DIM)
         row_ok = offs_m < q_len
         q_pos = offs_m + (kv_len - q_len)  # bottom-right aligned position of each query
+        q_first = row * BLOCK_M + (kv_len - q_len)  # the block's first (smallest) query position
 
         q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
         q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
@@ -206,25 +254,28 @@ if triton is not None:
         bo_base = BlockOffset + b * stride_bob + h * stride_boh + row * stride_bor
         ci_base = ColumnIndex + b * stride_cib + h * stride_cih + row * stride_cir
 
-        # Part 1: the key ranges [start, start + BLOCK_N), arbitrary starts, RANGE_TILE // BLOCK_N
-        # (1 or 2) list entries per step.  The starts are read as scalars, so the compiler knows
-        # each half of the tile is BLOCK_N consecutive keys.
-        offs_r = tl.arange(0, RANGE_TILE)
-        for t in range(0, n_blocks, RANGE_TILE // BLOCK_N):
-            start = tl.load(bo_base + t * stride_bos)
-            if RANGE_TILE == BLOCK_N:
-                cols = start + offs_r
-                key_ok = (cols >= 0) & (cols < kv_len)
-            else:  # two ranges side by side; the second may be absent
+        # Part 1: the key ranges [start, start + BLOCK_N), arbitrary starts.  Each start is read
+        # as a scalar, so the compiler knows the tile is BLOCK_N consecutive keys.
+        if RANGE_TILE == BLOCK_N:
+            for t in range(0, n_blocks):
+                start = tl.load(bo_base + t * stride_bos)
+                m_i, l_i, acc = _attend_range(
+                    q, k_base, v_base, KDesc, VDesc, b32, hk32, start, q_pos, q_first, kv_len, m_i, l_i, acc, qk_scale,
+                    stride_kn, stride_kd, stride_vn, stride_vd, CAUSAL, USE_TMA, MASK_ALL, BLOCK_N, HEAD_DIM,
+                )
+        else:  # two list entries per 2 * BLOCK_N-wide tile; the second may be absent
+            offs_r = tl.arange(0, RANGE_TILE)
+            for t in range(0, n_blocks, 2):
+                start = tl.load(bo_base + t * stride_bos)
                 start2 = tl.load(bo_base + tl.minimum(t + 1, n_blocks - 1) * stride_bos)
                 first_half = offs_r < BLOCK_N
                 cols = tl.where(first_half, start + offs_r, start2 + offs_r - BLOCK_N)
                 listed = t + offs_r // BLOCK_N < n_blocks
                 key_ok = listed & (cols >= 0) & (cols < kv_len)
-            m_i, l_i, acc = _attend_tile(
-                q, k_base, v_base, cols, key_ok, q_pos, m_i, l_i, acc, qk_scale,
-                stride_kn, stride_kd, stride_vn, stride_vd, CAUSAL, offs_d,
-            )
+                m_i, l_i, acc = _attend_tile(
+                    q, k_base, v_base, cols, key_ok, q_pos, m_i, l_i, acc, qk_scale,
+                    stride_kn, stride_kd, stride_vn, stride_vd, CAUSAL, offs_d,
+                )
         # Part 2: the gathered columns, COL_TILE at a time (one online softmax over both parts).
         offs_c = tl.arange(0, COL_TILE)
         for c0 in range(0, n_cols, COL_TILE):
@@ -371,6 +422,21 @@ def _check_block_size(name: str, value) -> int:
     return value
 
 
+def _tma_possible(k, v, block_n: int) -> bool:
+    """True if k and v can be read through TMA tensor descriptors (sm_90+, contiguous rows, 16-byte alignment)."""
+    if k.device.type != "cuda" or interpreter_active():
+        return False
+    if torch.cuda.get_device_capability(k.device)[0] < 9:
+        return False
+    size = k.element_size()
+    for x in (k, v):
+        if x.stride(-1) != 1 or x.data_ptr() % 16 or any((st * size) % 16 for st in x.stride()[:-1]):
+            return False
+        if x.shape[-1] * size < 16 or x.shape[-1] > 256 or block_n > 256:
+            return False
+    return True
+
+
 def _check_index(name: str, t, shape: tuple, device: torch.device, last_dim_free: bool = False):
     if not isinstance(t, torch.Tensor):
         raise InputError(name, type(t).__name__, "a torch.Tensor of int32")
@@ -426,6 +492,8 @@ def sparse_attention_triton(
     col_tile: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    tma: bool | None = None,
+    mask_all_tiles: bool = False,
 ):
     """Vertical-slash sparse attention over the (block, column) lists of the index conversion.
 
@@ -437,7 +505,12 @@ def sparse_attention_triton(
     ``1/sqrt(D)``.  Returns ``out`` ``(B, Hq, Tq, D)`` in q's dtype, and with
     ``return_lse`` also ``lse`` ``(B, Hq, Tq)`` float32 (natural log, ``-inf``
     for rows with no key).  See the module docstring for the exact key set.
-    ``num_warps``/``num_stages`` override the launch tuning.
+    ``num_warps``/``num_stages`` override the launch tuning.  ``tma``: read
+    the key ranges through Hopper tensor descriptors (TMA); ``None`` uses them
+    on sm_90+ GPUs when the k/v layout allows (last stride 1, 16-byte aligned
+    rows).  ``mask_all_tiles`` applies the bounds/causal test to every range
+    tile instead of only those that cross the diagonal or the sequence ends
+    (the same result; for measurement).
     """
     b, hq, hk, tq, tk, d = _check_qkv(q, k, v)
     bm = _check_block_size("block_size_m", block_size_m)
@@ -461,18 +534,37 @@ def sparse_attention_triton(
         raise InputError("range_tile", range_tile, f"block_size_n = {bn} or twice that")
     if isinstance(col_tile, bool) or not isinstance(col_tile, int) or col_tile not in (16, 32, 64, 128, 256):
         raise InputError("col_tile", col_tile, "one of 16, 32, 64, 128, 256")
+    if tma is not None and not isinstance(tma, bool):
+        raise InputError("tma", tma, "True, False or None")
+    if not isinstance(mask_all_tiles, bool):
+        raise InputError("mask_all_tiles", mask_all_tiles, "True or False")
     _require_triton(q.device)
+    can_tma = _tma_possible(k, v, bn) and range_tile == bn
+    if tma is None:
+        tma = can_tma
+    elif tma and not can_tma:
+        why = "range_tile must equal block_size_n" if range_tile != bn else "k and v must be CUDA tensors on an sm_90+ GPU with last stride 1 and 16-byte aligned rows"
+        raise InputError("tma", True, f"False here: {why}")
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        box = [1, 1, bn, d]
+        k_desc = TensorDescriptor(k, list(k.shape), list(k.stride()), box)
+        v_desc = TensorDescriptor(v, list(v.shape), list(v.stride()), box)
+    else:
+        k_desc, v_desc = k, v  # not read
 
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((b, hq, tq), dtype=torch.float32, device=q.device) if return_lse else out.new_empty((1, 1, 1), dtype=torch.float32)
     if num_warps is None:
         num_warps = 4 if bm <= 64 else 8
     if num_stages is None:
-        num_stages = 2  # tuned on H100 (benchmarks/tune_sparse.py): 2 and 3 within 1%, wider tiles slower
+        num_stages = 3 if tma else 2  # tuned on H100 (benchmarks/tune_sparse.py)
     grid = (n_rows, b * hq)
     _vs_sparse_fwd_kernel[grid](
         q, k, v, out, lse,
         block_count, block_offset, column_count, column_index,
+        k_desc, v_desc,
         float(scale) * _LOG2_E,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         *(lse.stride() if return_lse else (0, 0, 0)),
@@ -487,6 +579,8 @@ def sparse_attention_triton(
         RANGE_TILE=range_tile,
         COL_TILE=col_tile,
         HEAD_DIM=d,
+        USE_TMA=tma,
+        MASK_ALL=mask_all_tiles,
         num_warps=num_warps,
         num_stages=num_stages,
     )
