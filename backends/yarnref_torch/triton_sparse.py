@@ -33,12 +33,15 @@ The sparse kernel then computes, for every query row ``i`` of row block ``r``
 
 with one online softmax (Milakov & Gimelshein, arXiv:1805.02867; FlashAttention,
 arXiv:2205.14135, Algorithm 1) over first the ranges, then the columns, in
-``block_size_n``-wide tiles.  The bounds and causal test are applied to *every*
-tile, ranges and columns alike, so the result is the spec's
-``vertical_slash_mask(..., mode="kernel")`` whatever the index contents (vLLM's
-FA-based kernel masks only the last two tiles and MInference's Triton kernel
-skips the causal test on columns; they agree with this only when ``delta = 0``
-is among the slashes, which MInference and vLLM always force).
+``block_size_n``-wide tiles.  The bounds and causal test is applied to every
+column tile and to every range tile that needs it: a range tile is tested
+unless it lies inside ``[0, T_k)`` and wholly at or below the block's first
+query position, where the test cannot remove a key.  So the result is the
+spec's ``vertical_slash_mask(..., mode="kernel")`` whatever the index contents
+and order (vLLM's FA-based kernel masks only the last two tiles and
+MInference's Triton kernel skips the causal test on columns; they agree with
+this only when ``delta = 0`` is among the slashes, which MInference and vLLM
+always force).
 
 The work is proportional to the kept keys: each program reads its ``block_count``
 ranges and ``column_count`` gathered columns, never the ``T_q x T_k`` grid.
@@ -66,16 +69,21 @@ Conventions
   on CI-class machines.
 
 Performance (H100 80GB HBM3, torch 2.11, triton 3.6, 2026-11-22; 32 heads,
-head_dim 128, bf16, 1000 verticals + 6096 slashes): the kernel runs at about
-320-335 TFLOP/s on the kept pairs (FA2-class, ~48% of the measured bf16
-GEMM) whatever the density; at 128K that is 95 ms at 22% density, 265 ms at
-64% and 421 ms at 98%, against 445 ms for SDPA's flash backend and 251 ms
-for its cuDNN backend on the dense causal problem.  The conversion takes
-9.5 ms at 128K.  Launch defaults come from ``benchmarks/tune_sparse.py``:
-one 64-column range per step read through a *scalar* start (258 ms at 64%
-density); two ranges per 128-wide tile built with ``tl.where`` lose the
-contiguity of each half and ran 335-390 ms; 128-column gather tiles
-340-410 ms; 8 warps about 2x slower; 2 and 3 pipeline stages within 1%.
+head_dim 128, bf16, 1000 verticals + 6096 slashes; docs/benchmarks.md): each
+64x64 tile brings 32 KB of K and V from L2 for 64 queries (64 flop per byte),
+so the kernel is bound by L2 bandwidth, not by the tensor cores.  It moves
+6.8 TB/s of tile data (100% of the L2 read rate measured in the same run),
+414-437 TFLOP/s on the kept pairs (60-64% of the measured bf16 GEMM) whatever
+the density: at 128K, 76 ms at 22% density, 206 ms at 64% and 323 ms at 98%,
+against 247 ms for SDPA's default (cuDNN) backend and 439 ms for its flash
+backend on the dense causal problem.  The conversion takes 9.5 ms at 128K.
+What got it there (``benchmarks/tune_sparse.py``, 128K, 64% density): range
+tiles read through Hopper tensor descriptors (TMA) instead of pointer loads,
+261 -> 216 ms; the bounds/causal mask applied only to tiles that cross the
+diagonal or the sequence ends, -> 209 ms; 3 pipeline stages with TMA (2
+without).  Earlier sweeps: two ranges per 128-wide tile built with
+``tl.where`` lose the contiguity of each half (335-390 ms); 128-column gather
+tiles 340-410 ms; 8 warps about 2x slower.
 """
 
 from __future__ import annotations
