@@ -23,6 +23,9 @@ Conventions (the spec's)
 * Computed in float64 for float64 inputs, else in float32 (no TF32: CuPy's
   default).  Output in q's dtype; lse in the compute dtype.  Memory per query
   block is ``O(block_size * kv_len)`` per head.
+* float16 on a GPU goes to the fused kernel of :mod:`.flash` where it
+  applies: float32 logits and accumulators, the probabilities rounded to
+  float16 for ``P V``, as production kernels compute.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._arrays import compute_dtype, scalar, where_scalar
+from .flash import flash_attention, fusable
 
 
 def softmax_attend(xp, q, k, v, bias=None):
@@ -70,7 +74,13 @@ def causal_bias(xp, query_pos, key_pos, dtype):
 
 
 def attention(xp, q, k, v, causal: bool, scale: float, block_size: int):
-    """Blocked attention; arguments validated by the caller.  Returns ``(out, lse)``."""
+    """Blocked attention; arguments validated by the caller.  Returns ``(out, lse)``.
+
+    float16 calls the fused kernel can take (:func:`.flash.fusable`) run there;
+    the rest as two cuBLAS matmuls per block of ``block_size`` queries.
+    """
+    if fusable(xp, q, k, v):
+        return flash_attention(xp, q, k, v, scale, causal)
     b, hq, tq, d = q.shape
     hk, tk, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = hq // hk

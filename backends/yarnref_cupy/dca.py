@@ -22,6 +22,9 @@ computes; on the GPU both forms are the same merged computation (they are
 equal up to rounding, which the spec's tests check).  Tables are computed in
 float64 and applied in the compute dtype (float64 for float64 inputs, else
 float32); the temperature factors come from :func:`yarnref.dca.dca_temperature`.
+For float16 inputs the fused kernel takes (:func:`.flash.fusable`), the rotated
+q and k are rounded to float16 and each part runs in that kernel, as vLLM
+rotates in the model dtype and runs its parts in FlashAttention.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 
 from ._arrays import compute_dtype, scalar
 from .attention import attention, merge_attention
+from .flash import fusable
 from .rope import apply_rope, cos_sin
 
 spec = importlib.import_module("yarnref.dca")
@@ -61,9 +65,13 @@ def dca_attention(
     offset = kv_len - q_len  # absolute position of query row 0
     key_positions = (xp.arange(kv_len, dtype=np.int64) % chunk_len).astype(np.float64) / scalar(pi_factor, np.float64)
     # Keys are rotated once, at p mod L, and carry their write-time factor (vLLM caches them so).
+    # The dtype the rotated q/k go to attention in: float16 where the fused kernel takes the call
+    # (vLLM rotates in the model dtype too), else the compute dtype.
+    work = np.float16 if fusable(xp, q, k, v) else cdt
     k_rot = rotate(xp, k.astype(cdt), inv_freq, key_positions, table_factor, pairing)  # (b, hk, kv_len, d)
     k_rot *= key_factor.astype(cdt)[:, None]
-    vc = v.astype(cdt, copy=False)
+    k_rot = k_rot.astype(work, copy=False)
+    vc = v.astype(work, copy=False)
     logit_scale = scale * query_factor
     inter_position = float(min(2 * chunk_len - 1, chunk_size))
 
@@ -87,7 +95,7 @@ def dca_attention(
         ):
             if stop <= start:
                 continue
-            qp = rotate(xp, q_seg, inv_freq, positions[part] / scalar(pi_factor, np.float64), table_factor, pairing)
+            qp = rotate(xp, q_seg, inv_freq, positions[part] / scalar(pi_factor, np.float64), table_factor, pairing).astype(work, copy=False)
             o, l = attention(
                 xp, qp, k_rot[:, :, start:stop], vc[:, :, start:stop], causal, logit_scale,
                 _block_size(batch * q_heads, stop - start),

@@ -49,6 +49,7 @@ from yarnref.errors import InputError
 from ._arrays import compute_dtype, scalar
 from .attention import attention as dense_attention
 from .attention import softmax_attend
+from .flash import flash_attention, fusable
 
 spec = importlib.import_module("yarnref.sparse")
 
@@ -360,6 +361,8 @@ def vs_attention(xp, device, q, k, v, vertical, slash, mode: str, scale: float, 
     lse = xp.empty((batch, q_heads, q_len), dtype=cdt)
     if mode == "kernel":
         converted = convert(xp, device, q_len, kv_len, vertical, slash, bm, bn, causal)
+        if fusable(xp, q, k, v, lists=True, block_size_m=bm, block_size_n=bn):
+            return flash_attention(xp, q, k, v, scale, causal, converted)
         keys, valid = kernel_key_lists(xp, converted, kv_len, bn)  # (B, Hq, R, K)
         n_rows, n_keys = keys.shape[2], keys.shape[3]
         step = _step(batch * q_heads * n_keys * (head_dim + v_dim + bm))

@@ -1,0 +1,103 @@
+"""The fused float16 attention kernel of the CuPy backend (``flash_attention.cu``), and when it applies.
+
+One CUDA kernel, compiled by NVRTC through CuPy's RawModule, computes softmax
+attention with an online softmax over 64-key tiles, never forming the
+``(q_len, kv_len)`` logits: dense (causal or not) or over the vertical-slash
+kernel lists of the index conversion.  Its conventions are the spec's
+(bottom-right causal alignment, GQA by ``h // group``, empty rows give 0 and
+lse ``-inf``; a key listed twice counts twice), and it computes as the fused
+kernels of production stacks do: float16 inputs, float32 logits, softmax
+state and accumulators, the probabilities rounded to float16 for the
+``P V`` product, output in float16, lse in float32.
+
+It runs when :func:`fusable` says so (a real CUDA device, float16 q/k/v,
+``head_dim`` 32, 64 or 128 for both k and v, rows contiguous and 16-byte
+aligned, and for lists 64 x 64 blocks); everything else takes the blocked
+cuBLAS path of :mod:`.attention`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["fusable", "flash_attention", "HEAD_DIMS"]
+
+#: head_dim values the kernel is compiled for.
+HEAD_DIMS = (32, 64, 128)
+BLOCK_M = BLOCK_N = 64
+_THREADS = 128
+_MAX_GRID_Y = 65535
+_MODULES: dict[int, object] = {}
+
+
+def _kernel(cupy, head_dim: int):
+    """The kernel for ``head_dim`` on the current device (compiled once per process; CuPy caches the binary)."""
+    device_id = cupy.cuda.Device().id
+    if device_id not in _MODULES:
+        source = Path(__file__).with_name("flash_attention.cu").read_text()
+        names = tuple(f"yarnref_flash_fwd<{d}>" for d in HEAD_DIMS)
+        _MODULES[device_id] = cupy.RawModule(code=source, options=("--std=c++14",), name_expressions=names)
+    return _MODULES[device_id].get_function(f"yarnref_flash_fwd<{head_dim}>")
+
+
+def _rows_ok(x) -> bool:
+    """Last axis contiguous, rows (and the base) 16-byte aligned: the kernel reads 8 halves at a time."""
+    item = x.itemsize
+    return x.strides[-1] == item and x.data.ptr % 16 == 0 and all(s % 16 == 0 for s in x.strides[:-1])
+
+
+def fusable(xp, q, k, v, lists: bool = False, block_size_m: int = BLOCK_M, block_size_n: int = BLOCK_N) -> bool:
+    """True if :func:`flash_attention` can compute this call (see the module docstring)."""
+    if getattr(xp, "__name__", "") != "cupy":
+        return False
+    if not (q.dtype == k.dtype == v.dtype == np.float16):
+        return False
+    d = q.shape[-1]
+    if d not in HEAD_DIMS or k.shape[-1] != d or v.shape[-1] != d:
+        return False
+    if lists and (block_size_m, block_size_n) != (BLOCK_M, BLOCK_N):
+        return False
+    if q.shape[0] * q.shape[1] > _MAX_GRID_Y or q.shape[2] == 0:
+        return False
+    return all(_rows_ok(x) for x in (q, k, v))
+
+
+def flash_attention(xp, q, k, v, scale: float, causal: bool, lists=None):
+    """``(out, lse)`` of softmax attention, fused; ``lists``: the conversion's four arrays, or None for dense.
+
+    ``q`` ``(B, Hq, Tq, D)``, ``k``/``v`` ``(B, Hk, Tk, D)`` float16 (checked by
+    :func:`fusable`); ``scale`` multiplies the logits.  ``out`` float16
+    ``(B, Hq, Tq, D)``, ``lse`` float32 ``(B, Hq, Tq)``.
+    """
+    cupy = xp
+    b, hq, tq, d = q.shape
+    hk, tk = k.shape[1], k.shape[2]
+    out = cupy.empty((b, hq, tq, d), dtype=np.float16)
+    lse = cupy.empty((b, hq, tq), dtype=np.float32)
+    n_rows = -(-tq // BLOCK_M)
+    if lists is None:
+        dummy = cupy.zeros(1, dtype=np.int32)
+        bc = bo = cc = ci = dummy
+        blk_cap = col_cap = 0
+    else:
+        bc, bo, cc, ci = (cupy.ascontiguousarray(a.astype(np.int32, copy=False)) for a in lists)
+        blk_cap, col_cap = bo.shape[-1], ci.shape[-1]
+    item = q.itemsize
+    strides = [s // item for x in (q, k, v) for s in x.strides[:3]]
+    smem = BLOCK_N * (d + 8) * 2 + d * (BLOCK_N + 8) * 2 + BLOCK_N * 4
+    kernel = _kernel(cupy, d)
+    kernel(
+        (n_rows, b * hq),
+        (_THREADS,),
+        (
+            q, k, v, out, lse,
+            *(np.int64(s) for s in strides),
+            np.int32(hq), np.int32(hq // hk), np.int32(tq), np.int32(tk),
+            np.float32(scale * 1.4426950408889634), np.int32(bool(causal)),
+            np.int32(lists is not None), bc, bo, np.int32(blk_cap), cc, ci, np.int32(col_cap),
+        ),
+        shared_mem=smem,
+    )
+    return out, lse
