@@ -86,8 +86,10 @@ def flash_attention(xp, q, k, v, scale: float, causal: bool, lists=None):
         blk_cap, col_cap = bo.shape[-1], ci.shape[-1]
     item = q.itemsize
     strides = [s // item for x in (q, k, v) for s in x.strides[:3]]
-    smem = BLOCK_N * (d + 8) * 2 + d * (BLOCK_N + 8) * 2 + BLOCK_N * 4
+    smem = 2 * 2 * BLOCK_N * (d + 8) * 2 + 2 * BLOCK_N * 4  # two stages of K and V tiles, and their key indices
     kernel = _kernel(cupy, d)
+    if smem > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < smem:
+        kernel.max_dynamic_shared_size_bytes = smem  # opt in above the 48 KB default
     kernel(
         (n_rows, b * hq),
         (_THREADS,),

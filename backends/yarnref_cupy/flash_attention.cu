@@ -25,6 +25,10 @@
 //   B (16 x 8, col):   b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]
 //   C (16 x 8):        c0, c1 = C[g][2t], C[g][2t+1];  c2, c3 = C[g+8][2t], C[g+8][2t+1]
 // The C layout of S = Q K^T, rounded to half, is the A layout of P for P V (FlashAttention-2).
+// The B fragments of P V come from row-major V through the transposing ldmatrix.
+//
+// K and V tiles are copied with cp.async into two shared-memory stages, so that the copy of
+// tile i + 1 overlaps the math of tile i.
 //
 // Layout: q (B, Hq, Tq, D), k and v (B, Hk, Tk, D), rows contiguous and 16-byte aligned
 // (checked by the caller); GQA: query head h reads kv head h / group.
@@ -50,6 +54,21 @@ __device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
 
 __device__ __forceinline__ unsigned load_u32(const __half* p) { return *reinterpret_cast<const unsigned*>(p); }
 
+__device__ __forceinline__ unsigned smem_address(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
+
+// 16 bytes global -> shared without passing through registers; src_bytes = 0 writes zeros.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// The B fragment of P V (keys 16 x dims 8) from row-major V in shared memory: the transposing ldmatrix.
+__device__ __forceinline__ void ldmatrix_x2_trans(unsigned& b0, unsigned& b1, const __half* row_address) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(smem_address(row_address)));
+}
+
 template <int D>
 __global__ void __launch_bounds__(THREADS) yarnref_flash_fwd(
     const __half* __restrict__ Q, const __half* __restrict__ K, const __half* __restrict__ V,
@@ -60,14 +79,14 @@ __global__ void __launch_bounds__(THREADS) yarnref_flash_fwd(
     int n_heads, int group, int q_len, int kv_len, float qk_scale_log2, int causal,
     int use_lists, const int* __restrict__ block_count, const int* __restrict__ block_offset, int blk_cap,
     const int* __restrict__ column_count, const int* __restrict__ column_index, int col_cap) {
-    constexpr int LDK = D + 8;        // row stride of the K tile (halves): spreads rows over banks
-    constexpr int LDV = BLOCK_N + 8;  // row stride of the transposed V tile
-    constexpr int KSTEPS = D / 16;    // k-steps of Q K^T
-    constexpr int DBLK = D / 8;       // n-blocks of P V
+    constexpr int LD = D + 8;       // row stride of the K and V tiles (halves): spreads rows over banks
+    constexpr int KSTEPS = D / 16;  // k-steps of Q K^T
+    constexpr int DBLK = D / 8;     // n-blocks of P V
+    constexpr int TILE = BLOCK_N * LD;
     extern __shared__ __align__(16) unsigned char smem[];
-    __half* Ks = reinterpret_cast<__half*>(smem);  // [BLOCK_N][LDK]
-    __half* Vt = Ks + BLOCK_N * LDK;               // [D][LDV]: V transposed
-    int* kidx = reinterpret_cast<int*>(Vt + D * LDV);  // [BLOCK_N] key index of each tile column (-1: none)
+    __half* Ks = reinterpret_cast<__half*>(smem);      // [2 stages][BLOCK_N][LD]
+    __half* Vs = Ks + 2 * TILE;                        // [2 stages][BLOCK_N][LD]
+    int* kidx = reinterpret_cast<int*>(Vs + 2 * TILE);  // [2 stages][BLOCK_N]: key index of each tile row (-1: none)
 
     const int n_rows = (q_len + BLOCK_M - 1) / BLOCK_M;
     const int row_block = n_rows - 1 - blockIdx.x;  // heavy (late) row blocks first
@@ -112,8 +131,8 @@ __global__ void __launch_bounds__(THREADS) yarnref_flash_fwd(
     }
     const int n_tiles = n_range_tiles + (n_cols + BLOCK_N - 1) / BLOCK_N;
 
-    for (int tile = 0; tile < n_tiles; ++tile) {
-        __syncthreads();  // the previous tile is consumed
+    // Which keys tile `tile` holds, into kidx[stage] (threads 0..63, one key each).
+    auto tile_keys = [&](int tile, int stage) {
         if (tid < BLOCK_N) {
             int key;
             if (tile < n_range_tiles) {
@@ -123,41 +142,54 @@ __global__ void __launch_bounds__(THREADS) yarnref_flash_fwd(
                 const int c = (tile - n_range_tiles) * BLOCK_N + tid;
                 key = c < n_cols ? column_index[(long long)lane_id * col_cap + c] : -1;
             }
-            kidx[tid] = (key >= 0 && key < kv_len) ? key : -1;
+            kidx[stage * BLOCK_N + tid] = (key >= 0 && key < kv_len) ? key : -1;
         }
-        __syncthreads();
-        // Load the tile, 8 halves (16 bytes) per load.  K as rows (a warp reads 2 whole rows);
-        // V transposed, a warp taking one 8-wide chunk of 32 rows, so that its transposed
-        // writes land in 16 consecutive words.
+    };
+    // Start copying the K and V rows of kidx[stage] into that stage (zeros for absent keys).
+    auto issue_tile = [&](int stage) {
         for (int i = tid; i < BLOCK_N * (D / 8); i += THREADS) {
             const int r = i / (D / 8), c = (i % (D / 8)) * 8;
-            const int key = kidx[r];
-            uint4 kv = make_uint4(0, 0, 0, 0);
-            if (key >= 0) kv = *reinterpret_cast<const uint4*>(Kb + key * skn + c);
-            *reinterpret_cast<uint4*>(Ks + r * LDK + c) = kv;
+            const int key = kidx[stage * BLOCK_N + r];
+            const int bytes = key >= 0 ? 16 : 0;
+            cp_async16(Ks + stage * TILE + r * LD + c, key >= 0 ? Kb + key * skn + c : Kb, bytes);
+            cp_async16(Vs + stage * TILE + r * LD + c, key >= 0 ? Vb + key * svn + c : Vb, bytes);
         }
-        for (int i = tid; i < BLOCK_N * (D / 8); i += THREADS) {
-            const int r = i % BLOCK_N, c = (i / BLOCK_N) * 8;
-            const int key = kidx[r];
-            uint4 vv = make_uint4(0, 0, 0, 0);
-            if (key >= 0) vv = *reinterpret_cast<const uint4*>(Vb + key * svn + c);
-            const __half* vh = reinterpret_cast<const __half*>(&vv);
-            for (int e = 0; e < 8; ++e) Vt[(c + e) * LDV + r] = vh[e];
+        cp_async_commit();
+    };
+
+    // Two stages: tile i + 1 is copied while tile i is computed.
+    if (n_tiles > 0) {
+        tile_keys(0, 0);
+        __syncthreads();
+        issue_tile(0);
+    }
+    for (int tile = 0; tile < n_tiles; ++tile) {
+        const int stage = tile & 1;
+        if (tile + 1 < n_tiles) {
+            tile_keys(tile + 1, stage ^ 1);  // that stage was consumed by the previous tile
+            __syncthreads();
+            issue_tile(stage ^ 1);
+            cp_async_wait<1>();  // this tile's copies are done (the next tile's may be in flight)
+        } else {
+            cp_async_wait<0>();
         }
         __syncthreads();
+        const __half* Kt = Ks + stage * TILE;
+        const __half* Vt = Vs + stage * TILE;
+        const int* keys = kidx + stage * BLOCK_N;
 
         // S = Q K^T for this warp's 16 rows: 8 n-blocks of 8 keys.
         float s[BLOCK_N / 8][4];
         for (int nb = 0; nb < BLOCK_N / 8; ++nb) {
             s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.f;
-            const __half* kr = Ks + (nb * 8 + g) * LDK + 2 * t;
+            const __half* kr = Kt + (nb * 8 + g) * LD + 2 * t;
             for (int kk = 0; kk < KSTEPS; ++kk) mma_16816(s[nb], qf[kk], load_u32(kr + kk * 16), load_u32(kr + kk * 16 + 8));
         }
         // Scale to base 2, hide the keys a row may not see, and the row maxima.
         float mx0 = NEG_INF, mx1 = NEG_INF;
         for (int nb = 0; nb < BLOCK_N / 8; ++nb) {
             for (int e = 0; e < 2; ++e) {
-                const int key = kidx[nb * 8 + 2 * t + e];
+                const int key = keys[nb * 8 + 2 * t + e];
                 const bool ok0 = key >= 0 && (!causal || key <= pos0);
                 const bool ok1 = key >= 0 && (!causal || key <= pos1);
                 s[nb][e] = ok0 ? s[nb][e] * qk_scale_log2 : NEG_INF;
@@ -195,11 +227,14 @@ __global__ void __launch_bounds__(THREADS) yarnref_flash_fwd(
             pf[nb / 2][(nb % 2) * 2 + 1] = pack_half2(p2, p3);
         }
         for (int ks = 0; ks < BLOCK_N / 16; ++ks) {
+            const __half* vr = Vt + (ks * 16 + (lane & 15)) * LD;  // lanes 0-15 address the 16 key rows
             for (int db = 0; db < DBLK; ++db) {
-                const __half* vr = Vt + (db * 8 + g) * LDV + ks * 16 + 2 * t;
-                mma_16816(o[db], pf[ks], load_u32(vr), load_u32(vr + 8));
+                unsigned b0, b1;
+                ldmatrix_x2_trans(b0, b1, vr + db * 8);
+                mma_16816(o[db], pf[ks], b0, b1);
             }
         }
+        __syncthreads();  // every warp is done with this stage before it is refilled
     }
 
     l0 += __shfl_xor_sync(0xffffffff, l0, 1);
