@@ -7,7 +7,9 @@ with ``YARNREF_TEST_BACKENDS=numpy,torch-cpu``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -26,6 +28,42 @@ settings.register_profile("thorough", parent=settings.get_profile("default"), ma
 settings.load_profile(os.environ.get("YARNREF_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
 
 BACKEND_IDS = ("numpy", "torch-cpu", "torch-cuda", "cupy")
+
+
+def _import_triton_for_the_interpreter() -> None:
+    """Without CUDA, import Triton once with ``TRITON_INTERPRET=1`` so that its CPU interpreter can run later.
+
+    Triton decides at its first import whether ``@triton.jit`` functions can be
+    interpreted; the Triton kernel tests (tests/test_triton_sparse.py) switch
+    the interpreter on only while they run.  Doing the import here, before any
+    test module imports Triton, lets those tests run in a whole-suite run too.
+    The variable is restored right away, so nothing else sees it.
+    """
+    if "triton" in sys.modules or importlib.util.find_spec("triton") is None:
+        return
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return
+    except ImportError:
+        return
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton  # noqa: F401
+
+        os.environ["YARNREF_TRITON_INTERPRETER_READY"] = "1"  # read by tests/test_triton_sparse.py
+    except Exception:  # a broken install: the Triton tests skip on their own
+        pass
+    finally:
+        if previous is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+_import_triton_for_the_interpreter()
 
 
 def _torch_cuda_ok() -> bool:

@@ -40,7 +40,8 @@ DEVICE = "cuda" if CUDA else "cpu"
 # Triton decorates its own library (tl.zeros, ...) when it is first imported, so
 # the interpreter must be switched on before that import; it is switched off
 # again right after, and on only while this module's tests run (fixture `ts`).
-INTERPRETED = False
+# tests/conftest.py does this import first in a whole-suite run and says so in the environment.
+INTERPRETED = not CUDA and os.environ.get("YARNREF_TRITON_INTERPRETER_READY") == "1"
 if not CUDA and "triton" not in sys.modules:
     _previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
