@@ -38,24 +38,10 @@ CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 
 # Triton decorates its own library (tl.zeros, ...) when it is first imported, so
-# the interpreter must be switched on before that import; it is switched off
-# again right after, and on only while this module's tests run (fixture `ts`).
-# tests/conftest.py does this import first in a whole-suite run and says so in the environment.
+# the interpreter must be switched on before that import: tests/conftest.py
+# imports it so, switches the interpreter off again, and says so in the
+# environment; it is on only while this module's tests run (fixture `ts`).
 INTERPRETED = not CUDA and os.environ.get("YARNREF_TRITON_INTERPRETER_READY") == "1"
-if not CUDA and "triton" not in sys.modules:
-    _previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        import triton  # noqa: F401
-
-        INTERPRETED = True
-    except ImportError:
-        pass
-    finally:
-        if _previous is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = _previous
 HAVE_TRITON = importlib.util.find_spec("triton") is not None and sys.modules.get("triton", True) is not None
 
 _module_cache: dict[str, object] = {}
