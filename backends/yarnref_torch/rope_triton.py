@@ -56,7 +56,9 @@ if triton is not None:
         TAIL: tl.constexpr, BLOCK_TAIL: tl.constexpr,
         PAIRING: tl.constexpr, BLOCK_H: tl.constexpr,
     ):
-        token = tl.program_id(0)  # b * seq + s
+        # Offsets in 64 bits: at 1M tokens a head starts 2**27 elements into x, and
+        # h * sx_h passes 2**31 from the 17th head on (int32 products wrap silently).
+        token = tl.program_id(0).to(tl.int64)  # b * seq + s
         b = token // seq
         s = token % seq
         i = tl.arange(0, BLOCK_HALF)
@@ -78,7 +80,7 @@ if triton is not None:
         t = tl.arange(0, BLOCK_TAIL)
         t_ok = t < TAIL
         for h0 in range(0, heads, BLOCK_H):
-            h = h0 + tl.arange(0, BLOCK_H)
+            h = (h0 + tl.arange(0, BLOCK_H)).to(tl.int64)
             h_ok = h < heads
             src = x_ptr + b * sx_b + h[:, None] * sx_h + s * sx_s  # (BLOCK_H, 1) row starts
             dst = out_ptr + b * so_b + h[:, None] * so_h + s * so_s

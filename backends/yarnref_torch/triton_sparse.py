@@ -111,6 +111,16 @@ __all__ = [
 
 _LOG2_E = 1.4426950408889634
 _BLOCK_SIZES = (16, 32, 64, 128)
+#: Largest kv_len the int32 lists and positions can hold: a range may end ``block_size_m + block_size_n``
+#: columns past the last key, and the converter's "no vertical left" marker is int32's maximum.
+MAX_KV_LEN = 2**31 - 1 - 2 * max(_BLOCK_SIZES)
+
+
+def _check_list_lengths(q_len: int, kv_len: int) -> None:
+    """Refuse lengths whose columns or positions int32 cannot hold (the lists and the kernels are int32)."""
+    for name, value in (("q_len", q_len), ("kv_len", kv_len)):
+        if value > MAX_KV_LEN:
+            raise InputError(name, value, f"at most {MAX_KV_LEN}: the kernels' block and column lists are int32")
 #: Gathered columns per step of the sparse kernel.
 DEFAULT_COL_TILE = 64
 
@@ -244,10 +254,11 @@ if triton is not None:
         offs_m = row * BLOCK_M + tl.arange(0, BLOCK_M)  # query rows of this row block
         offs_d = tl.arange(0, HEAD_DIM)
         row_ok = offs_m < q_len
-        q_pos = offs_m + (kv_len - q_len)  # bottom-right aligned position of each query
+        q_pos = offs_m + (kv_len - q_len)  # bottom-right aligned position of each query (< 2**31: checked by the caller)
         q_first = row * BLOCK_M + (kv_len - q_len)  # the block's first (smallest) query position
+        rows64 = offs_m.to(tl.int64)  # row * stride can pass 2**31 in a strided view (e.g. (B, T, H, D) transposed)
 
-        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+        q_ptrs = Q + b * stride_qb + h * stride_qh + rows64[:, None] * stride_qm + offs_d[None, :] * stride_qd
         q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
         k_base = K + b * stride_kb + hk * stride_kh
         v_base = V + b * stride_vb + hk * stride_vh
@@ -256,11 +267,12 @@ if triton is not None:
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-        count_off = b * stride_cb + h * stride_ch + row * stride_cr
+        row64 = row.to(tl.int64)
+        count_off = b * stride_cb + h * stride_ch + row64 * stride_cr
         n_blocks = tl.load(BlockCount + count_off)
         n_cols = tl.load(ColumnCount + count_off)
-        bo_base = BlockOffset + b * stride_bob + h * stride_boh + row * stride_bor
-        ci_base = ColumnIndex + b * stride_cib + h * stride_cih + row * stride_cir
+        bo_base = BlockOffset + b * stride_bob + h * stride_boh + row64 * stride_bor
+        ci_base = ColumnIndex + b * stride_cib + h * stride_cih + row64 * stride_cir
 
         # Part 1: the key ranges [start, start + BLOCK_N), arbitrary starts.  Each start is read
         # as a scalar, so the compiler knows the tile is BLOCK_N consecutive keys.
@@ -297,11 +309,11 @@ if triton is not None:
 
         has_key = l_i > 0.0
         out = acc / tl.where(has_key, l_i, 1.0)[:, None]
-        o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+        o_ptrs = Out + b * stride_ob + h * stride_oh + rows64[:, None] * stride_om + offs_d[None, :] * stride_od
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
         if RETURN_LSE:
             lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
-            tl.store(Lse + b * stride_lb + h * stride_lh + offs_m * stride_lm, lse, mask=row_ok)
+            tl.store(Lse + b * stride_lb + h * stride_lh + rows64 * stride_lm, lse, mask=row_ok)
 
     @triton.jit
     def _save_range(BlockOffset, n_saved, range_start, range_end, kv_len, capacity, BLOCK_N: tl.constexpr):
@@ -340,7 +352,7 @@ if triton is not None:
 
         # "No vertical left": beyond every range (vLLM uses end_m + BLOCK_N + off,
         # which gives the same lists whenever BLOCK_N >= BLOCK_M).
-        far = tl.full([], 1 << 30, dtype=tl.int32)
+        far = tl.full([], 2147483647, dtype=tl.int32)  # int32 max: past every range, as kv_len + 2 * 128 < 2**31
         v_idx = tl.load(vert, mask=nv > 0, other=far).to(tl.int32)
         v = tl.minimum(nv, 1)
         # Skip the slashes that cannot reach this row block (delta >= end_m + off).
@@ -529,6 +541,7 @@ def sparse_attention_triton(
         scale = 1.0 / math.sqrt(d)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
         raise InputError("scale", scale, "None or a finite number > 0")
+    _check_list_lengths(tq, tk)
     n_rows = -(-tq // bm)
     _check_index("block_count", block_count, (b, hq, n_rows), q.device)
     _check_index("column_count", column_count, (b, hq, n_rows), q.device)
@@ -645,6 +658,7 @@ def convert_vertical_slash_indexes_triton(
         raise InputError("block_size_n", bn, f"at least block_size_m = {bm} (the kernels use 64 x 64)")
     if not isinstance(causal, bool):
         raise InputError("causal", causal, "True or False")
+    _check_list_lengths(q_len, kv_len)
     verts, nv_count = _sorted_with_counts(vertical_idx, "vertical_idx", descending=False)
     slashes, ns_count = _sorted_with_counts(slash_idx, "slash_idx", descending=True)
     if tuple(verts.shape[:2]) != tuple(slashes.shape[:2]):
