@@ -57,7 +57,9 @@ from .scaling import (
     vllm_dynamic_ntk_frequencies,
     yarn_frequencies,
 )
-from .scaling.longrope import SWITCHES
+from .scaling import float32 as f32
+from .scaling.longrope import SWITCHES, uses_long_factors
+from .scaling.ntk import dynamic_ntk_base
 from .scaling.yarn import CLAMPS, EPSILON_RULES, MSCALE_RULES, RAMPS, correction_dim, correction_range
 
 __all__ = [
@@ -635,6 +637,7 @@ def rope_frequencies(
     dynamic_ntk: str | None = None,
     longrope_switch: str | None = None,
     max_model_len: int | None = None,
+    precision: str = "float64",
 ) -> tuple[np.ndarray, float]:
     """``(inv_freq, attention_factor)`` for a model config: float64 ``(rotary_dim/2,)`` and a Python float.
 
@@ -677,9 +680,20 @@ def rope_frequencies(
     transformers' stateful dynamic cache is
     :class:`yarnref.scaling.DynamicNTKCache`.
 
+    ``precision="float32"`` returns, as a float32 array, the ``inv_freq`` the
+    chosen stack computes in float32 torch arithmetic, operation by operation
+    (:mod:`yarnref.scaling.float32`), not a rounding of the float64 result;
+    ``rope_cos_sin(inv_freq, positions, m, precision="float32",
+    out_precision="bfloat16")`` then gives that stack's tables.  Not for
+    ``stack="llama.cpp"`` (ggml forms angles by a recurrence, not from an
+    ``inv_freq`` vector: :func:`yarnref.ggml.ggml_cos_sin`) nor ``ramp="paper"``
+    (no stack computes it).
+
     Raises :class:`~yarnref.errors.ConfigError` for a bad config and
     :class:`~yarnref.errors.InputError` for a bad option or ``seq_len``.
     """
+    if precision not in ("float64", "float32"):
+        raise InputError("precision", precision, "'float64' (the spec) or 'float32' (what the stack computes)")
     rc = parse_rope_config(config)
     opts = stack_options(stack, rc)
     given = dict(ramp=ramp, clamp=clamp, truncate=truncate, epsilon_rule=epsilon_rule, mscale_rule=mscale_rule,
@@ -699,18 +713,27 @@ def rope_frequencies(
 
     dynamic_yarn = bool(dynamic_yarn)
     _check_method_options(rc, stack, opts, seq_len, dynamic_yarn, max_model_len)
+    if precision == "float32":
+        if stack == "llama.cpp":
+            raise InputError("precision", precision, "'float64' with stack='llama.cpp' (ggml's float32 angles: "
+                             "yarnref.ggml.ggml_cos_sin)")
+        if opts["ramp"] == "paper":
+            raise InputError("precision", precision, "'float64' with ramp='paper' (no stack computes it in float32)")
 
     try:
         # Overflow or invalid arithmetic means the config's values do not fit float64: an error, not a NaN.
         with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
             inv_freq, attention = _compute(rc, seq_len, opts, float(extrapolation_factor), dynamic_yarn, max_model_len)
+            if precision == "float32":
+                inv_freq = _compute_float32(rc, seq_len, opts, float(extrapolation_factor), dynamic_yarn,
+                                            max_model_len)
     except (OverflowError, ZeroDivisionError, FloatingPointError) as error:
         raise ConfigError("rope_theta", rc.base, "values whose frequencies fit in float64",
                           context=f"{rc.rope_type} with factor={rc.factor}: {error}") from error
     except InputError as error:  # options were checked above, so this comes from the config's values
         raise ConfigError(error.param, error.value, error.allowed, context=f"rope_type {rc.rope_type!r}") from error
 
-    inv_freq = np.asarray(inv_freq, dtype=np.float64)
+    inv_freq = np.asarray(inv_freq, dtype=np.float32 if precision == "float32" else np.float64)
     attention = float(attention)
     if not (np.all(np.isfinite(inv_freq)) and np.all(inv_freq > 0)):
         raise ConfigError("rope_theta", rc.base, "values whose inverse frequencies are finite and positive in float64",
@@ -787,3 +810,37 @@ def _compute(rc: RopeConfig, seq_len, opts, extrapolation_factor, dynamic_yarn, 
         attention_factor=p.get("attention_factor"), seq_len=seq_len,
         switch=opts["longrope_switch"], max_model_len=max_model_len,
     )
+
+
+def _compute_float32(rc: RopeConfig, seq_len, opts, extrapolation_factor, dynamic_yarn, max_model_len) -> np.ndarray:
+    """The float32 ``inv_freq`` of the stack (transformers or vLLM), operation by operation (options checked)."""
+    r, b, p = rc.rotary_dim, rc.base, rc.params
+    if rc.rope_type == "default":
+        return f32.f32_base_inv_freq(r, b)
+    if rc.rope_type == "linear":
+        return f32.f32_linear(r, b, rc.factor)
+    if rc.rope_type == "dynamic":
+        if opts["dynamic_ntk"] == "vllm":
+            current = rc.max_position_embeddings
+            trained = p.get("max_trained_positions") or current
+            new_base = b * ((rc.factor * current / trained) - (rc.factor - 1)) ** (r / (r - 2))
+        else:
+            new_base = dynamic_ntk_base(b, rc.factor, r, rc.max_position_embeddings, seq_len)
+        return f32.f32_base_inv_freq(r, new_base)
+    if rc.rope_type == "yarn":
+        length = (rc.max_position_embeddings if opts["correction_length"] == "max_position_embeddings"
+                  else rc.original_max_position_embeddings)
+        truncate = opts["truncate"] if opts["truncate"] is not None else bool(p.get("truncate", True))
+        factor = max(1.0, seq_len / length) if dynamic_yarn else rc.factor
+        lo, hi = correction_range(r, b, length, p.get("beta_fast") or 32, p.get("beta_slow") or 1, truncate,
+                                  opts["clamp"])
+        if truncate:  # transformers keeps floor/ceil as Python ints; the float32 results are the same
+            lo, hi = int(lo), int(hi)
+        return f32.f32_yarn(r, b, factor, lo, hi, epsilon_rule=opts["epsilon_rule"],
+                            extrapolation_factor=extrapolation_factor)
+    if rc.rope_type == "llama3":
+        return f32.f32_llama3(r, b, rc.factor, p["low_freq_factor"], p["high_freq_factor"],
+                              rc.original_max_position_embeddings)
+    use_long = uses_long_factors(seq_len, rc.original_max_position_embeddings, switch=opts["longrope_switch"],
+                                 max_model_len=max_model_len)
+    return f32.f32_longrope(r, b, p["long_factor"] if use_long else p["short_factor"])
