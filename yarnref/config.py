@@ -58,6 +58,7 @@ from .scaling import (
     yarn_frequencies,
 )
 from .scaling import float32 as f32
+from .scaling.longrope import MSCALE_RULES as LONGROPE_MSCALE_RULES
 from .scaling.longrope import SWITCHES, uses_long_factors
 from .scaling.ntk import dynamic_ntk_base
 from .scaling.yarn import CLAMPS, EPSILON_RULES, MSCALE_RULES, RAMPS, correction_dim, correction_range
@@ -582,18 +583,22 @@ _STACK_DEFAULTS = {
     "transformers": dict(
         ramp="index", clamp="rotary_dim", truncate=None, epsilon_rule="transformers",
         mscale_rule="transformers", longrope_switch="current_length", dynamic_ntk="transformers",
+        longrope_mscale_rule="transformers",
     ),
     "vllm": dict(
         ramp="index", clamp="rotary_dim", truncate=None, epsilon_rule="transformers",
         mscale_rule="transformers", longrope_switch="static", dynamic_ntk="vllm",
+        longrope_mscale_rule="max_position",
     ),
     "llama.cpp": dict(
         ramp="index", clamp="rotary_dim", truncate=True, epsilon_rule="ggml",
         mscale_rule="llama.cpp", longrope_switch="static", dynamic_ntk=None,
+        longrope_mscale_rule="max_position",
     ),
     "yarn_authors": dict(
         ramp="index", clamp="rotary_dim", truncate=True, epsilon_rule="transformers",
         mscale_rule="yarn_authors", longrope_switch=None, dynamic_ntk="transformers",
+        longrope_mscale_rule=None,
     ),
 }
 _OPTION_VALUES = {
@@ -602,6 +607,7 @@ _OPTION_VALUES = {
     "epsilon_rule": EPSILON_RULES,
     "mscale_rule": MSCALE_RULES,
     "longrope_switch": SWITCHES,
+    "longrope_mscale_rule": LONGROPE_MSCALE_RULES,
     "dynamic_ntk": ("transformers", "vllm"),
     "correction_length": ("original_max_position_embeddings", "max_position_embeddings"),
 }
@@ -610,14 +616,22 @@ _OPTION_VALUES = {
 def stack_options(stack: str = "transformers", config: Mapping | RopeConfig | None = None) -> dict[str, Any]:
     """The option values ``stack`` stands for (``None`` where it has no such method).
 
-    With a ``config``, ``stack="vllm"`` picks ``mscale_rule="vllm_deepseek"``
-    for MLA models, which vLLM routes to ``DeepseekScalingRotaryEmbedding``.
+    With a ``config`` of an MLA model (DeepSeek-style, ``qk_rope_head_dim``
+    present): ``stack="vllm"`` picks ``mscale_rule="vllm_deepseek"`` and
+    ``truncate=True`` (vLLM 0.33 routes these to
+    ``DeepseekScalingRotaryEmbedding``, which receives neither
+    ``attention_factor`` nor ``truncate`` and always floors/ceils);
+    ``stack="llama.cpp"`` picks ``mscale_rule="llama.cpp_deepseek2"`` (net
+    magnitude 1, llama.cpp's DEEPSEEK2 architecture).
     """
     if stack not in STACKS:
         raise InputError("stack", stack, f"one of {STACKS}")
     options = dict(_STACK_DEFAULTS[stack])
-    if stack == "vllm" and config is not None and parse_rope_config(config).is_mla:
-        options["mscale_rule"] = "vllm_deepseek"
+    if config is not None and stack in ("vllm", "llama.cpp") and parse_rope_config(config).is_mla:
+        if stack == "vllm":
+            options.update(mscale_rule="vllm_deepseek", truncate=True)
+        else:
+            options["mscale_rule"] = "llama.cpp_deepseek2"
     return options
 
 
@@ -637,6 +651,7 @@ def rope_frequencies(
     dynamic_ntk: str | None = None,
     longrope_switch: str | None = None,
     max_model_len: int | None = None,
+    longrope_mscale_rule: str | None = None,
     precision: str = "float64",
 ) -> tuple[np.ndarray, float]:
     """``(inv_freq, attention_factor)`` for a model config: float64 ``(rotary_dim/2,)`` and a Python float.
@@ -662,7 +677,7 @@ def rope_frequencies(
     ``correction_length``     ``"original_max_position_embeddings"``  ``"max_position_embeddings"``
                                                                   (transformers < 4.45, #33783)
     ``mscale_rule``           ``"transformers"``                  ``"vllm_deepseek"``, ``"yarn_authors"``,
-                                                                  ``"llama.cpp"``
+                                                                  ``"llama.cpp"``, ``"llama.cpp_deepseek2"``
     ``extrapolation_factor``  1.0                                 the YaRN authors' / ggml ``ext_factor``
     ``dynamic_yarn``          False                               True: YaRN with s = max(1, seq_len / L)
     ``dynamic_ntk``           ``"transformers"`` (pure in         ``"vllm"`` (static, at load)
@@ -670,12 +685,19 @@ def rope_frequencies(
     ``longrope_switch``       ``"current_length"``                ``"static"`` (needs ``max_model_len``)
     ``max_model_len``         None                                vLLM ``--max-model-len`` / llama.cpp
                                                                   ``n_ctx / n_seq_max``
+    ``longrope_mscale_rule``  ``"transformers"`` (``attention_    ``"max_position"``: ``sqrt(1 + ln(max/L) /
+                              factor`` > ``factor`` > max/L)      ln L)`` always (vLLM, llama.cpp)
+    ``precision``             ``"float64"``                       ``"float32"``: the stack's float32 inv_freq
     ========================  ==================================  ===========================================
 
     Stack values: ``"vllm"``: static LongRoPE switch (pass ``max_model_len``),
-    static dynamic NTK, DeepSeek mscale rule for MLA configs.
+    LongRoPE factor from ``max_position_embeddings`` (``short_mscale`` /
+    ``long_mscale`` honoured), static dynamic NTK, and for MLA configs the
+    DeepSeek mscale rule with truncation always on.
     ``"llama.cpp"``: always truncate, the ggml epsilon, llama.cpp's mscale
-    rule, static LongRoPE switch; it has no dynamic NTK.  ``"yarn_authors"``:
+    rule (net magnitude 1 for MLA configs), LongRoPE factor from
+    ``max_position_embeddings``, static LongRoPE switch; it has no dynamic
+    NTK.  ``"yarn_authors"``:
     always truncate, ``m = g(s) * attention_factor``; no Llama 3 or LongRoPE.
     transformers' stateful dynamic cache is
     :class:`yarnref.scaling.DynamicNTKCache`.
@@ -697,7 +719,7 @@ def rope_frequencies(
     rc = parse_rope_config(config)
     opts = stack_options(stack, rc)
     given = dict(ramp=ramp, clamp=clamp, truncate=truncate, epsilon_rule=epsilon_rule, mscale_rule=mscale_rule,
-                 dynamic_ntk=dynamic_ntk, longrope_switch=longrope_switch)
+                 dynamic_ntk=dynamic_ntk, longrope_switch=longrope_switch, longrope_mscale_rule=longrope_mscale_rule)
     opts.update({k: v for k, v in given.items() if v is not None})
     opts["correction_length"] = correction_length
     for name, allowed in _OPTION_VALUES.items():
@@ -793,7 +815,8 @@ def _compute(rc: RopeConfig, seq_len, opts, extrapolation_factor, dynamic_yarn, 
             ramp=opts["ramp"],
             epsilon_rule=opts["epsilon_rule"],
             extrapolation_factor=extrapolation_factor,
-            attention_factor=p.get("attention_factor"),
+            # vLLM's DeepSeek class never sees attention_factor; it reads its own key attn_factor
+            attention_factor=p.get("attn_factor") if opts["mscale_rule"] == "vllm_deepseek" else p.get("attention_factor"),
             mscale=p.get("mscale"),
             mscale_all_dim=p.get("mscale_all_dim"),
             mscale_rule=opts["mscale_rule"],
@@ -804,11 +827,16 @@ def _compute(rc: RopeConfig, seq_len, opts, extrapolation_factor, dynamic_yarn, 
     if rc.rope_type == "llama3":
         low, high = p["low_freq_factor"], p["high_freq_factor"]
         return llama3_frequencies(r, b, rc.factor, low, high, rc.original_max_position_embeddings)
+    attention_factor = p.get("attention_factor")
+    if opts["longrope_mscale_rule"] == "max_position":  # vLLM's short_mscale / long_mscale overrides
+        use_long = uses_long_factors(seq_len, rc.original_max_position_embeddings, switch=opts["longrope_switch"],
+                                     max_model_len=max_model_len)
+        attention_factor = p.get("long_mscale" if use_long else "short_mscale")
     return longrope_frequencies(
         r, b, p["short_factor"], p["long_factor"], rc.original_max_position_embeddings,
         factor=p.get("factor"), max_position_embeddings=rc.max_position_embeddings,
-        attention_factor=p.get("attention_factor"), seq_len=seq_len,
-        switch=opts["longrope_switch"], max_model_len=max_model_len,
+        attention_factor=attention_factor, seq_len=seq_len,
+        switch=opts["longrope_switch"], max_model_len=max_model_len, mscale_rule=opts["longrope_mscale_rule"],
     )
 
 
