@@ -49,6 +49,8 @@ import numpy as np
 from .errors import ConfigError, InputError
 from .rope import base_inv_freq
 from .scaling import (
+    ntk_frequencies,
+    proportional_frequencies,
     dynamic_ntk_frequencies,
     dynamic_yarn_frequencies,
     linear_frequencies,
@@ -73,8 +75,10 @@ __all__ = [
     "stack_options",
 ]
 
-#: The canonical rope types (transformers' names).
-ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+#: The canonical rope types: transformers' names, then vLLM's ``"ntk"`` (fixed / mixed NTK, vLLM only).
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional", "ntk")
+#: Rope types only vLLM implements (``stack="vllm"``); dynamic NTK with ``alpha`` (Hunyuan) is one too.
+VLLM_ONLY_TYPES = ("ntk",)
 #: Other names accepted for them.
 ROPE_TYPE_ALIASES = {"su": "longrope", "mrope": "default"}
 #: ``stack`` values of :func:`rope_frequencies`.
@@ -87,7 +91,9 @@ _COMMON_KEYS = {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
 _TYPE_KEYS = {
     "default": set(),
     "linear": {"factor"},
-    "dynamic": {"factor"},
+    "dynamic": {"factor", "alpha", "max_trained_positions"},
+    "ntk": {"factor", "mixed_b"},
+    "proportional": {"factor"},
     "yarn": {
         "factor",
         "original_max_position_embeddings",
@@ -102,7 +108,7 @@ _TYPE_KEYS = {
     "llama3": {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"},
 }
 _NEEDS_ORIGINAL = ("yarn", "longrope", "llama3")
-_NEEDS_FACTOR = ("linear", "dynamic", "yarn", "llama3")
+_NEEDS_FACTOR = ("linear", "yarn", "llama3", "ntk")
 
 
 @dataclass(frozen=True)
@@ -414,6 +420,10 @@ def parse_rope_config(config: Mapping | RopeConfig) -> RopeConfig:
     rope_type = _rope_type(key, raw, model_type, notes)
     base = _base(cfg, key, raw, notes)
     head_dim, rotary, prf, qk_nope = _dims(cfg, key, raw, notes)
+    if rope_type == "proportional":  # pairs span the whole head; the tail pairs get frequency 0
+        if head_dim % 2:
+            raise ConfigError("head_dim", head_dim, "an even integer (proportional RoPE pairs the whole head)")
+        rotary = head_dim
     max_pos = cfg.get("max_position_embeddings")
     max_pos = None if max_pos is None else _positive_int("max_position_embeddings", max_pos)
     original = _original(cfg, key, raw, rope_type, max_pos, notes)
@@ -471,6 +481,13 @@ def _check_type_parameters(rope_type, key, params, rotary, max_pos, original, mo
         factor = _number(f"{key}.factor", factor, "a finite number >= 1", at_least=1.0)
 
     if rope_type == "dynamic":
+        alpha = params.get("alpha")
+        if alpha is not None:
+            _number(f"{key}.alpha", alpha, "a finite number > 0 (vLLM's dynamic NTK alpha)", above=0.0)
+            notes.append("dynamic with alpha (Hunyuan): only vLLM implements it (DynamicNTKAlphaRotaryEmbedding, "
+                         "a static base b * alpha^(r/(r-2))); use stack='vllm'")
+        elif factor is None:
+            raise ConfigError(f"{key}.factor", None, "a number >= 1 (required for rope_type 'dynamic' without alpha)")
         if max_pos is None:
             raise ConfigError("max_position_embeddings", None, "a positive integer (dynamic NTK scales relative to it)")
         if rotary < 4:
@@ -480,6 +497,14 @@ def _check_type_parameters(rope_type, key, params, rotary, max_pos, original, mo
 
     elif rope_type == "yarn":
         _check_yarn(key, params, factor, rotary, max_pos, original, model_type, notes)
+
+    elif rope_type == "ntk":
+        if rotary < 4:
+            raise ConfigError(f"{key}.rope_type", "ntk", f"not 'ntk' for rotary_dim={rotary} (NTK needs r > 2)")
+        if params.get("mixed_b") is not None:
+            _number(f"{key}.mixed_b", params["mixed_b"], "a finite number > 0 (vLLM's mixed NTK exponent)", above=0.0)
+        notes.append("rope_type 'ntk' (fixed or mixed NTK, kexue.fm/archives/9706): only vLLM implements it "
+                     "(NTKScalingRotaryEmbedding); use stack='vllm'")
 
     elif rope_type == "llama3":
         what = "a finite number > 0 (required for llama3)"
@@ -757,7 +782,8 @@ def rope_frequencies(
 
     inv_freq = np.asarray(inv_freq, dtype=np.float32 if precision == "float32" else np.float64)
     attention = float(attention)
-    if not (np.all(np.isfinite(inv_freq)) and np.all(inv_freq > 0)):
+    positive = inv_freq >= 0 if rc.rope_type == "proportional" else inv_freq > 0  # proportional: 0 = not rotated
+    if not (np.all(np.isfinite(inv_freq)) and np.all(positive)):
         raise ConfigError("rope_theta", rc.base, "values whose inverse frequencies are finite and positive in float64",
                           context=f"rope_type {rc.rope_type!r}, factor={rc.factor}, rotary_dim={rc.rotary_dim}")
     if not (math.isfinite(attention) and attention > 0):
@@ -773,6 +799,12 @@ def _check_method_options(rc: RopeConfig, stack, opts, seq_len, dynamic_yarn, ma
 
     if rc.rope_type == "dynamic" and opts["dynamic_ntk"] is None:
         raise unsupported("dynamic NTK")
+    if rc.rope_type == "dynamic" and rc.params.get("alpha") is not None and opts["dynamic_ntk"] != "vllm":
+        raise InputError("stack", stack, "'vllm' (dynamic NTK with alpha is vLLM's DynamicNTKAlphaRotaryEmbedding)")
+    if rc.rope_type in VLLM_ONLY_TYPES and stack != "vllm":
+        raise InputError("stack", stack, f"'vllm' (rope_type {rc.rope_type!r} is implemented by vLLM only)")
+    if rc.rope_type == "proportional" and stack != "transformers":
+        raise InputError("stack", stack, "'transformers' (rope_type 'proportional' as transformers 5.24 computes it)")
     if rc.rope_type == "llama3" and stack == "yarn_authors":
         raise unsupported("the Llama 3 schedule")
     if rc.rope_type == "longrope":
@@ -797,10 +829,18 @@ def _compute(rc: RopeConfig, seq_len, opts, extrapolation_factor, dynamic_yarn, 
     if rc.rope_type == "linear":
         return linear_frequencies(r, b, rc.factor)
     if rc.rope_type == "dynamic":
+        if p.get("alpha") is not None:  # vLLM (Hunyuan): static NTK-aware base b * alpha^(r/(r-2))
+            return ntk_frequencies(r, b, float(p["alpha"]))
         if opts["dynamic_ntk"] == "vllm":
             trained = p.get("max_trained_positions")
             return vllm_dynamic_ntk_frequencies(r, b, rc.factor, rc.max_position_embeddings, trained)
         return dynamic_ntk_frequencies(r, b, rc.factor, rc.max_position_embeddings, seq_len)
+    if rc.rope_type == "ntk":
+        mixed_b = p.get("mixed_b")
+        return ntk_frequencies(r, b, rc.factor, variant="vllm_fixed" if mixed_b is None else "vllm_mixed",
+                               mixed_b=mixed_b)
+    if rc.rope_type == "proportional":
+        return proportional_frequencies(rc.head_dim, b, rc.partial_rotary_factor, rc.factor or 1.0)
     if rc.rope_type == "yarn":
         if opts["correction_length"] == "max_position_embeddings":
             length = rc.max_position_embeddings
@@ -847,7 +887,13 @@ def _compute_float32(rc: RopeConfig, seq_len, opts, extrapolation_factor, dynami
         return f32.f32_base_inv_freq(r, b)
     if rc.rope_type == "linear":
         return f32.f32_linear(r, b, rc.factor)
+    if rc.rope_type == "ntk":
+        return f32.f32_ntk_vllm_fixed(r, b, rc.factor, p.get("mixed_b"))
+    if rc.rope_type == "proportional":
+        return f32.f32_proportional(rc.head_dim, b, rc.partial_rotary_factor, rc.factor or 1.0)
     if rc.rope_type == "dynamic":
+        if p.get("alpha") is not None:
+            return f32.f32_base_inv_freq(r, b * float(p["alpha"]) ** (r / (r - 2)))
         if opts["dynamic_ntk"] == "vllm":
             current = rc.max_position_embeddings
             trained = p.get("max_trained_positions") or current
