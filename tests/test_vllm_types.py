@@ -70,6 +70,20 @@ def test_dynamic_without_factor_or_alpha_is_rejected():
         rope_frequencies(_cfg({"rope_type": "dynamic", "rope_theta": 1e4}), stack="vllm")
 
 
+@pytest.mark.parametrize("params", [{"rope_type": "ntk", "factor": 4.0}, {"rope_type": "ntk", "factor": 4.0, "mixed_b": 1.5},
+                                    {"rope_type": "dynamic", "alpha": 100.0},
+                                    {"rope_type": "proportional", "partial_rotary_factor": 0.25}])
+def test_explain_reports_the_extra_types(params):
+    import warnings
+
+    from yarnref.cli import explain
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division-by-zero warnings for proportional's frequency-0 pairs
+        text = explain(_cfg({**params, "rope_theta": 1e4}))
+    assert f"RoPE type    {params['rope_type']}" in text
+
+
 torch = pytest.importorskip("torch")
 
 

@@ -71,6 +71,7 @@ __all__ = [
     "STACKS",
     "RopeConfig",
     "parse_rope_config",
+    "rope_layer_types",
     "rope_frequencies",
     "stack_options",
 ]
@@ -136,6 +137,10 @@ class RopeConfig:
     * ``model_type``; ``qk_nope_head_dim`` (MLA models, else None): with
       ``rotary_dim`` it gives DeepSeek's softmax head dim for
       :func:`yarnref.scaling.deepseek_softmax_scale`.
+    * ``layer_types``: the layer types with their own RoPE, for configs with
+      per-layer-type RoPE (Gemma 3: ``("full_attention",
+      "sliding_attention")``), else ``()``; ``layer_type``: the one this spec
+      describes (None for a single RoPE).
     """
 
     rope_type: str
@@ -152,6 +157,8 @@ class RopeConfig:
     source: Mapping[str, Any]
     model_type: str | None = None
     qk_nope_head_dim: int | None = None
+    layer_type: str | None = None
+    layer_types: tuple[str, ...] = ()
 
     @property
     def is_mla(self) -> bool:
@@ -398,21 +405,111 @@ def _original(cfg: Mapping, key: str, raw: Mapping, rope_type: str, max_pos, not
     return max_pos
 
 
-def parse_rope_config(config: Mapping | RopeConfig) -> RopeConfig:
+def rope_layer_types(config: Mapping) -> tuple[str, ...]:
+    """The layer types that have their own RoPE in ``config`` (sorted), or ``()`` if all layers share one.
+
+    transformers 5.24 reads per-layer-type RoPE from
+
+    * v5 configs: ``rope_parameters`` (or ``rope_scaling``) mapping each layer
+      type to its parameters, e.g. ``{"full_attention": {...},
+      "sliding_attention": {...}}``;
+    * Gemma 3's v4 configs (``model_type`` ``gemma3`` / ``gemma3_text``):
+      ``rope_scaling`` and ``rope_theta`` (default 1e6) for the full-attention
+      layers, default RoPE at ``rope_local_base_freq`` (default 1e4) for the
+      sliding-window layers (``Gemma3TextConfig.convert_rope_params_to_dict``).
+    """
+    if not isinstance(config, Mapping):
+        return ()
+    for key in ("rope_scaling", "rope_parameters"):
+        value = config.get(key)
+        if isinstance(value, Mapping) and value and any(isinstance(v, Mapping) for v in value.values()):
+            return tuple(sorted(str(k) for k, v in value.items() if isinstance(v, Mapping)))
+    if str(config.get("model_type", "")).startswith("gemma3"):
+        return ("full_attention", "sliding_attention")
+    return ()
+
+
+_GEMMA3_THETA = {"full_attention": 1_000_000.0, "sliding_attention": 10_000.0}  # Gemma3TextConfig.default_theta
+
+
+def _layer_config(cfg: dict, layer_type: str, layer_types: tuple[str, ...], notes: list[str]) -> dict:
+    """A flat config (one RoPE) for ``layer_type`` of a per-layer-type config."""
+    flat = {k: v for k, v in cfg.items() if k not in ("rope_scaling", "rope_parameters", "rope_local_base_freq")}
+    nested = None
+    for key in ("rope_scaling", "rope_parameters"):
+        value = cfg.get(key)
+        if isinstance(value, Mapping) and any(isinstance(v, Mapping) for v in value.values()):
+            nested = (key, value)
+            break
+    if nested is not None:
+        key, value = nested
+        params = dict(value[layer_type])
+        if str(cfg.get("model_type", "")).startswith("gemma3"):
+            params.setdefault("rope_theta", cfg.get("rope_theta") if layer_type == "full_attention"
+                              and cfg.get("rope_theta") is not None else _GEMMA3_THETA.get(layer_type))
+    else:  # Gemma 3, v4 layout
+        if layer_type == "full_attention":
+            params = dict(cfg.get("rope_scaling") or {"rope_type": "default"})
+            params.setdefault("rope_theta", cfg.get("rope_theta") or _GEMMA3_THETA["full_attention"])
+        else:
+            params = {"rope_type": "default",
+                      "rope_theta": cfg.get("rope_local_base_freq") or _GEMMA3_THETA["sliding_attention"]}
+    flat.pop("rope_theta", None)
+    flat["rope_parameters"] = params
+    others = [t for t in layer_types if t != layer_type]
+    if others:
+        notes.append(
+            f"per-layer-type RoPE: layer types {list(layer_types)} each have their own RoPE (transformers reads them "
+            f"separately); this is {layer_type!r} ({params.get('rope_type', params.get('type', 'default'))} at base "
+            f"{params.get('rope_theta')}); pass layer_type={others[0]!r} for the other" + ("s" if len(others) > 1 else "")
+        )
+    return flat
+
+
+def parse_rope_config(config: Mapping | RopeConfig, layer_type: str | None = None) -> RopeConfig:
     """Validate a config.json-shaped mapping and return its :class:`RopeConfig`.
 
-    A :class:`RopeConfig` is returned unchanged.  Raises
+    ``layer_type``: for configs with per-layer-type RoPE
+    (:func:`rope_layer_types`, e.g. Gemma 3), which layers' RoPE to read
+    (default ``"full_attention"``, with a warning naming the others); must be
+    None for other configs.  A :class:`RopeConfig` is returned unchanged.  Raises
     :class:`~yarnref.errors.ConfigError` for unknown rope types, missing
     required keys, ``factor < 1`` or not a number, odd or zero rotary dims,
     factor lists of the wrong length, ``beta_fast < beta_slow``, non-positive
     lengths and values of the wrong type.
     """
     if isinstance(config, RopeConfig):
+        if layer_type is not None and layer_type != config.layer_type:
+            raise InputError("layer_type", layer_type, f"{config.layer_type!r} (the RopeConfig given was parsed for it)")
         return config
     if not isinstance(config, Mapping):
         raise ConfigError("config", type(config).__name__, "a mapping shaped like a Hugging Face config.json")
     cfg = _plain(config)
     notes: list[str] = []
+    layer_types = rope_layer_types(cfg)
+    source = cfg
+    if layer_types:
+        if layer_type is None:
+            layer_type = "full_attention" if "full_attention" in layer_types else layer_types[0]
+        if layer_type not in layer_types:
+            raise InputError("layer_type", layer_type, f"one of {list(layer_types)}")
+        cfg = _layer_config(cfg, layer_type, layer_types, notes)
+        nested_key = next((k for k in ("rope_scaling", "rope_parameters") if isinstance(source.get(k), Mapping)
+                           and any(isinstance(v, Mapping) for v in source[k].values())), None)
+        try:
+            return _parse_flat(cfg, notes, source, layer_type, layer_types)
+        except ConfigError as error:  # name the key as it is in the config given
+            if nested_key is None or not error.key.startswith("rope_parameters"):
+                raise
+            key = nested_key + "." + layer_type + error.key[len("rope_parameters"):]
+            raise ConfigError(key, error.value, error.allowed, context=getattr(error, "context", None)) from error
+    elif layer_type is not None:
+        raise InputError("layer_type", layer_type, "None (this config has one RoPE for every layer)")
+    return _parse_flat(cfg, notes, source, None, ())
+
+
+def _parse_flat(cfg: dict, notes: list[str], source: dict, layer_type, layer_types) -> RopeConfig:
+    """parse_rope_config for a config with one RoPE (per-layer-type configs are flattened first)."""
     model_type = cfg.get("model_type")
     model_type = model_type if isinstance(model_type, str) else None
 
@@ -461,9 +558,11 @@ def parse_rope_config(config: Mapping | RopeConfig) -> RopeConfig:
         params=types.MappingProxyType(params),
         warnings=tuple(notes),
         dual_chunk_attention=None if dca is None else types.MappingProxyType(dca),
-        source=types.MappingProxyType(cfg),
+        source=types.MappingProxyType(source),
         model_type=model_type,
         qk_nope_head_dim=qk_nope,
+        layer_type=layer_type if layer_types else None,
+        layer_types=layer_types,
     )
 
 
@@ -678,6 +777,7 @@ def rope_frequencies(
     max_model_len: int | None = None,
     longrope_mscale_rule: str | None = None,
     precision: str = "float64",
+    layer_type: str | None = None,
 ) -> tuple[np.ndarray, float]:
     """``(inv_freq, attention_factor)`` for a model config: float64 ``(rotary_dim/2,)`` and a Python float.
 
@@ -736,12 +836,16 @@ def rope_frequencies(
     ``inv_freq`` vector: :func:`yarnref.ggml.ggml_cos_sin`) nor ``ramp="paper"``
     (no stack computes it).
 
+    ``layer_type``: for per-layer-type RoPE (Gemma 3's full-attention and
+    sliding-window layers, :func:`rope_layer_types`), which layers' RoPE;
+    default ``"full_attention"``.
+
     Raises :class:`~yarnref.errors.ConfigError` for a bad config and
     :class:`~yarnref.errors.InputError` for a bad option or ``seq_len``.
     """
     if precision not in ("float64", "float32"):
         raise InputError("precision", precision, "'float64' (the spec) or 'float32' (what the stack computes)")
-    rc = parse_rope_config(config)
+    rc = parse_rope_config(config, layer_type)
     opts = stack_options(stack, rc)
     given = dict(ramp=ramp, clamp=clamp, truncate=truncate, epsilon_rule=epsilon_rule, mscale_rule=mscale_rule,
                  dynamic_ntk=dynamic_ntk, longrope_switch=longrope_switch, longrope_mscale_rule=longrope_mscale_rule)
