@@ -488,3 +488,17 @@ def test_vllm_in_place_budget_clamp_is_inert_when_every_segment_has_enough_keys(
     cfg = make_config(table_for([(31, 50), (40, 60), (35, 60), (45, 55)]), sparse_attention_last_q=16)
     np.testing.assert_array_equal(prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, 0.25),
                                   prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, 0.25, budget_clamp="vllm_in_place"))
+
+
+def test_parts_where_no_head_needs_the_fallback_keep_their_own_width():
+    """A part where every head has indices, fewer than the fallback's length, once crashed the compaction."""
+    table = [{str(h): ["vertical_and_slash", v, s, 0.9] for h, (v, s) in enumerate([(150, 160), (40, 60)])}]
+    cfg = make_config(table, sparse_attention_last_q=16)
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((3, 1, 2, 200, 16))
+    inv = 1.0 / 10000 ** (np.arange(0, 16, 2) / 16)
+    out = prefill.qwen_prefill(q, k, v, inv, cfg)
+    assert out.shape == (1, 2, 200, 16) and np.all(np.isfinite(out))
+    for seg in prefill.qwen_sparse_plan(q, k, inv, cfg):
+        for part in seg.parts.values():
+            assert np.all((part.vertical_idx >= 0).sum(-1) >= 1)  # every head keeps at least one vertical
