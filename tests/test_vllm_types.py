@@ -142,3 +142,55 @@ def test_proportional_matches_transformers(head_dim, prf, base, factor):
     with torch_pow():
         ours32, _ = rope_frequencies(cfg, precision="float32")
     np.testing.assert_array_equal(ours32, theirs.numpy())
+
+
+def _vllm_yarn_inv(base, r, s, original, beta_fast=32, beta_slow=1, truncate=True):
+    """vLLM 0.33 YaRNScalingRotaryEmbedding._compute_inv_freq, restated."""
+    pos_freqs = base ** (torch.arange(0, r, 2, dtype=torch.float) / r)
+    extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (s * pos_freqs)
+
+    def dim(rot):
+        return (r * math.log(original / (rot * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = dim(beta_fast), dim(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, r - 1)
+    if low == high:
+        high += 0.001
+    ramp = torch.clamp((torch.arange(r // 2, dtype=torch.float) - low) / (high - low), 0, 1)
+    mask = (1 - ramp) * 1.0
+    return interpolation * (1 - mask) + extrapolation * mask
+
+
+def _vllm_llama3_inv(base, r, s, lf, hf, original):
+    """vLLM 0.33 Llama3RotaryEmbedding._compute_inv_freq, restated."""
+    inv = _torch_vllm_inv_freq(base, r)
+    wave = 2 * math.pi / inv
+    smooth = (original / wave - lf) / (hf - lf) if lf != hf else 0
+    return torch.where(wave < original / hf, inv,
+                       torch.where(wave > original / lf, inv / s, (1 - smooth) * inv / s + smooth * inv))
+
+
+@pytest.mark.parametrize("name", ["yarn-llama-2-7b-128k", "yarn-mistral-7b-128k", "qwen2.5-7b-instruct-yarn",
+                                  "gpt-oss-20b", "llama-3.1-8b", "llama-3.2-1b", "phi-3-mini-128k"])
+def test_float32_path_matches_vllm_formulas_bit_for_bit(name):
+    from test_hf_parity import torch_pow
+
+    from yarnref.presets import get_preset
+
+    cfg = get_preset(name)
+    rc = parse_rope_config(cfg)
+    p, r, b = rc.params, rc.rotary_dim, rc.base
+    with torch_pow():
+        ours, _ = rope_frequencies(cfg, stack="vllm", precision="float32", max_model_len=131072)
+    if rc.rope_type == "yarn":
+        theirs = _vllm_yarn_inv(b, r, rc.factor, rc.original_max_position_embeddings, p.get("beta_fast") or 32,
+                                p.get("beta_slow") or 1, p.get("truncate", True))
+    elif rc.rope_type == "llama3":
+        theirs = _vllm_llama3_inv(b, r, rc.factor, p["low_freq_factor"], p["high_freq_factor"],
+                                  rc.original_max_position_embeddings)
+    else:  # longrope, long factors (max_model_len > original): Phi3LongRoPEScaledRotaryEmbedding._compute_inv_freq
+        theirs = 1.0 / (torch.tensor(p["long_factor"], dtype=torch.float32)
+                        * (b ** (torch.arange(0, r, 2, dtype=torch.float) / r)))
+    np.testing.assert_array_equal(ours, theirs.numpy())
