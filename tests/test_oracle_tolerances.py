@@ -163,7 +163,7 @@ def test_correct_stacks_pass(name):
     rc = parse_rope_config(cfg)
     q = _q(rc.head_dim)
     top = int(POSITIONS.max())
-    # vLLM-style float32 rotation (the failing cases: yarn-llama-2-128k, yarn-mistral, qwen2.5-yarn)
+    # vLLM-style float32 rotation (a unit-scale atol once rejected these for yarn-llama-2-128k, yarn-mistral, qwen2.5-yarn)
     assert_close(vllm_style(cfg, q), _spec(cfg, q, "vllm"), dtype="float32", op="rope", max_position=top,
                  rotary_dim=rc.rotary_dim, base=rc.base, err_msg=f"{name}: vLLM-style float32")
     # ggml-style recurrence against llama.cpp's spec

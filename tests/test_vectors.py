@@ -286,7 +286,7 @@ def test_longrope_vectors_use_the_list_a_stack_uses_for_the_stored_positions():
 
 @pytest.mark.parametrize("name", ["llama-3.2-1b", "phi-3-mini-128k", "yarn-llama-2-7b-128k", "qwen2.5-7b-instruct-yarn"])
 def test_stack_float32_output_passes_the_default_vectors(name):
-    """What transformers computes in float32 for the stored positions passes check_vectors (issue: it did not)."""
+    """What transformers computes in float32 for the stored positions passes check_vectors (it once did not)."""
     cfg = get_preset(name)
     v = make_vectors(cfg, heads=1)
     inv32, m = rope_frequencies(cfg, seq_len=v["meta"]["seq_len"], precision="float32")
