@@ -28,6 +28,13 @@ What torch does with the operands (torch 2.x, read from transformers 5.24's
   ``inv_freq`` from this one (the test suite checks this by feeding both
   sides torch's own powers).
 
+One stack operation is not an ``inv_freq``: vLLM's linear scaling keeps the
+base frequencies and divides the *positions* in float32 (``t / factor``); to
+reproduce its tables use the base ``inv_freq`` (``rope_type`` default) and
+``yarnref.precision.round_to(positions / factor, "float32")`` as positions.
+``rope_frequencies(..., stack="vllm", precision="float32")`` returns
+transformers' ``inv_freq / factor`` for linear configs.
+
 Conventions: every function returns a float32 array of shape ``(r/2,)``
 (``(head_dim/2,)`` for proportional RoPE); the attention factor is not
 computed here (it is a Python float in every stack, see the method modules).
