@@ -65,6 +65,9 @@ def dca_problems(draw, dtypes):
         extra["seq_len"] = draw(st.one_of(st.none(), st.integers(kv_len, kv_len + 300)), label="seq_len")
     if temperature == "chunkllama":
         extra["max_position_embeddings"] = draw(st.integers(1, 100), label="max_position_embeddings")
+        if rotary == head_dim and draw(st.booleans(), label="per_key_lengths"):  # ChunkLlama decode
+            seen = extra["seq_len"] or kv_len
+            extra["key_write_lengths"] = np.minimum(np.arange(1, kv_len + 1) + draw(st.integers(0, 50)), seen)
     if temperature == "qwen":
         extra["original_max_position_embeddings"] = draw(st.integers(1, 100), label="original_max_position_embeddings")
         if draw(st.booleans(), label="per_key_lengths"):  # decode: each key written at its own length

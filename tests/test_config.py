@@ -163,7 +163,8 @@ BAD_CONFIGS = [
     ("rope_parameters", {**LLAMA, "rope_parameters": [1, 2]}),
     ("rope_scaling.type", with_scaling({"type": "ntk-by-parts", "factor": 2})),
     ("rope_parameters.rope_type", {**LLAMA, "rope_parameters": {"rope_type": 7}}),
-    ("rope_parameters.full_attention", {**LLAMA, "rope_parameters": {"full_attention": {"rope_type": "default"}}}),
+    ("rope_parameters.full_attention.rope_type",
+     {**LLAMA, "rope_parameters": {"full_attention": {"rope_type": "unknown"}}}),
     ("rope_scaling.factor", with_scaling({"type": "linear"})),
     ("rope_scaling.factor", with_scaling({"type": "dynamic", "factor": None})),
     ("rope_scaling.factor", with_scaling({"type": "yarn", "original_max_position_embeddings": 1024})),
@@ -451,3 +452,60 @@ def test_input_config_is_not_modified():
     before = copy.deepcopy(cfg)
     rope_frequencies(cfg, seq_len=5000)
     assert cfg == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Stack presets that follow what the stacks compute (vLLM 0.33, llama.cpp after PR #17945/#18006)
+
+
+def _deepseek(**rope):
+    cfg = get_preset("deepseek-v3")
+    cfg["rope_scaling"].update(rope)
+    return cfg
+
+
+def test_vllm_deepseek_ignores_attention_factor():
+    """vLLM's get_rope never passes attention_factor to DeepseekScalingRotaryEmbedding."""
+    from yarnref.scaling import get_mscale
+
+    cfg = _deepseek(attention_factor=1.2, mscale=0.707, mscale_all_dim=1.0)
+    assert rope_frequencies(cfg)[1] == 1.2  # transformers: verbatim
+    expected = get_mscale(40.0, 0.707) / get_mscale(40.0, 1.0)  # vLLM: the mscale ratio, attention_factor unseen
+    assert rope_frequencies(cfg, stack="vllm")[1] == pytest.approx(expected, rel=1e-15)
+    assert rope_frequencies(cfg, stack="vllm")[1] != 1.2
+    # vLLM's own key attn_factor does reach it
+    cfg["rope_scaling"]["attn_factor"] = 2.0
+    assert rope_frequencies(cfg, stack="vllm")[1] == pytest.approx(2 * expected, rel=1e-15)
+
+
+def test_vllm_deepseek_always_truncates():
+    cfg = _deepseek(truncate=False)
+    truncated = rope_frequencies(_deepseek(), stack="vllm")[0]
+    assert not np.array_equal(rope_frequencies(cfg)[0], truncated)  # transformers honours truncate=false
+    np.testing.assert_array_equal(rope_frequencies(cfg, stack="vllm")[0], truncated)
+    assert stack_options("vllm", cfg)["truncate"] is True
+
+
+def test_llama_cpp_deepseek2_net_magnitude_is_one():
+    for ms, msa in ((0.707, 0.707), (1.0, 0.707), (1.0, 1.0)):
+        cfg = _deepseek(mscale=ms, mscale_all_dim=msa)
+        assert rope_frequencies(cfg, stack="llama.cpp")[1] == 1.0
+    # a non-MLA YaRN config keeps llama.cpp's general rule
+    assert rope_frequencies(get_preset("yarn-llama-2-7b-128k"), stack="llama.cpp")[1] == pytest.approx(
+        0.1 * math.log(32) + 1, rel=1e-15)
+
+
+def test_longrope_attention_factor_vllm_and_llama_cpp_from_max_position():
+    phi = get_preset("phi-3-mini-128k")
+    phi["rope_scaling"].update(attention_factor=1.5, factor=8.0)
+    from_max = math.sqrt(1 + math.log(131072 / 4096) / math.log(4096))
+    assert rope_frequencies(phi, seq_len=5000)[1] == 1.5  # transformers: attention_factor wins
+    for stack in ("vllm", "llama.cpp"):
+        assert rope_frequencies(phi, stack=stack, max_model_len=131072)[1] == from_max
+    del phi["rope_scaling"]["attention_factor"]
+    assert rope_frequencies(phi, seq_len=5000)[1] == math.sqrt(1 + math.log(8.0) / math.log(4096))
+    assert rope_frequencies(phi, stack="vllm", max_model_len=131072)[1] == from_max
+    # vLLM's short_mscale / long_mscale overrides, by the list in use
+    phi["rope_scaling"].update(short_mscale=1.1, long_mscale=1.3)
+    assert rope_frequencies(phi, stack="vllm", max_model_len=131072)[1] == 1.3
+    assert rope_frequencies(phi, stack="vllm", max_model_len=4096)[1] == 1.1

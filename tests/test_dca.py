@@ -619,7 +619,7 @@ def _call(**overrides):
         (dict(temperature="qwen", original_max_position_embeddings=4, key_write_lengths=np.full(5, 6)), "key_write_lengths"),
         (dict(temperature="qwen", original_max_position_embeddings=4, key_write_lengths=np.full(6, 6.0)), "key_write_lengths"),
         (dict(temperature="qwen", original_max_position_embeddings=4, key_write_lengths=np.array([6, 6, 6, 6, 6, 5])), "key_write_lengths"),
-        (dict(key_write_lengths=np.full(6, 6)), "key_write_lengths"),  # only "qwen" uses it
+        (dict(key_write_lengths=np.full(6, 6)), "key_write_lengths"),  # only "chunkllama" and "qwen" use it
         (dict(seq_len=6), "seq_len"),
         (dict(max_position_embeddings=4), "max_position_embeddings"),
         (dict(original_max_position_embeddings=4), "original_max_position_embeddings"),
@@ -659,3 +659,46 @@ def test_no_runtime_warnings(case, form):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dca_attention(q, k, v, inv_freq, case["chunk_size"], case["local_size"], pairing=case["pairing"], form=form, return_lse=True)
+
+
+@settings(max_examples=15)
+@given(st.integers(1, 3), st.integers(2, 6), st.sampled_from(["half", "interleaved"]), st.integers(0, 2**31 - 1))
+def test_chunkllama_decode_keys_keep_their_write_time_factor(q_len, max_pos, pairing, seed):
+    """ChunkLlama's decode: key j rotated and cached with mscale(w_j), the query with mscale(seq_len).
+
+    Within chunk_size - local_size + 1 tokens DCA is plain RoPE attention, so the reference is attention
+    over keys rotated one by one with their own tables.
+    """
+    rng = np.random.default_rng(seed)
+    chunk, local, head_dim, kv_len = 64, 16, 8, 40
+    inv_freq = base_inv_freq(head_dim, 100.0)
+    q = rng.standard_normal((1, 2, q_len, head_dim))
+    k, v = rng.standard_normal((2, 1, 1, kv_len, head_dim))
+    write = np.maximum(np.arange(1, kv_len + 1), rng.integers(1, kv_len + 1, kv_len))  # >= j + 1
+    write[-q_len:] = kv_len  # the keys of this step are written now
+    got = dca_attention(q, k, v, inv_freq, chunk, local, pairing=pairing, temperature="chunkllama",
+                        max_position_embeddings=max_pos, key_write_lengths=write)
+    positions = np.arange(kv_len)
+    k_rot = np.empty_like(k)
+    for j in range(kv_len):
+        cos, sin = rope_cos_sin(inv_freq, positions[j:j + 1], chunkllama_mscale(int(write[j]), max_pos))
+        k_rot[:, :, j:j + 1] = apply_rope(k[:, :, j:j + 1], cos, sin, pairing)
+    cos, sin = rope_cos_sin(inv_freq, positions[-q_len:], chunkllama_mscale(kv_len, max_pos))
+    want = attention(apply_rope(q, cos, sin, pairing), k_rot, v, causal=True)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    # every key written at the current length: the single-factor prefill rule
+    same = dca_attention(q, k, v, inv_freq, chunk, local, pairing=pairing, temperature="chunkllama",
+                         max_position_embeddings=max_pos, key_write_lengths=np.full(kv_len, kv_len))
+    np.testing.assert_allclose(same, dca_attention(q, k, v, inv_freq, chunk, local, pairing=pairing,
+                                                   temperature="chunkllama", max_position_embeddings=max_pos),
+                               rtol=1e-14, atol=1e-14)
+    if np.any(write < kv_len) and chunkllama_mscale(int(write.min()), max_pos) != chunkllama_mscale(kv_len, max_pos):
+        assert not np.allclose(got, same, rtol=1e-9, atol=1e-9)
+
+
+def test_chunkllama_write_lengths_need_full_rotary():
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((3, 1, 1, 6, 8))
+    with pytest.raises(InputError, match="key_write_lengths"):
+        dca_attention(q, k, v, base_inv_freq(4, 100.0), 8, 2, temperature="chunkllama", max_position_embeddings=2,
+                      key_write_lengths=np.full(6, 6))

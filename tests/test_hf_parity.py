@@ -5,9 +5,20 @@ the frequencies agree to float32 rounding: evaluating ``b ** x`` in float32
 loses about ``ln(b) * x`` ulps of the exponent's rounding, and the blended
 schedules (YaRN's ramp, Llama 3's smoothing) amplify the rounding of the blend
 weight by up to the factor ``s``.  The tolerance below is
-``3 * 2**-24 * (1 + ln b + s)``, about 1e-6 for typical configs.  The attention
-factor is a Python float on both sides, computed with the same operations in the
-same order: it must match exactly.
+``3 * 2**-24 * (1 + ln b + s)``, about 1e-6 for typical configs, plus, for
+Llama 3, the rounding of its smoothing weight ``kappa = (L/lambda - lf) / (hf -
+lf)``: the numerator carries about ``(3 + ln b) hf + lf`` ulps of float32 error
+(``L / lambda <= hf`` in the band, ``lambda`` itself off by ``2 + ln b`` ulps),
+the division by ``hf - lf`` amplifies it, and the blend ``theta ((1 - kappa)/s
++ kappa)`` turns an error in ``kappa`` into a relative error up to ``s`` times
+larger.  The attention factor is a Python float on both sides, computed with
+the same operations in the same order: it must match exactly.
+
+``precision="float32"`` must reproduce transformers' float32 ``inv_freq`` bit for
+bit.  The one float32 operation yarnref cannot reproduce in NumPy is torch's
+vectorised ``pow`` (SLEEF, not correctly rounded; yarnref gives the correctly
+rounded power, which is torch's scalar result): the exact tests feed yarnref
+torch's own powers, and a separate test bounds the difference without them.
 
 The whole module is skipped when transformers (or torch) is not installed.
 """
@@ -39,16 +50,20 @@ transformers.logging.set_verbosity_error()
 EPS32 = 2.0**-24
 
 
-def fp32_rtol(base: float, factor: float = 1.0) -> float:
-    return 3 * EPS32 * (1 + math.log(base) + factor)
+def fp32_rtol(base: float, factor: float = 1.0, low_freq_factor=None, high_freq_factor=None) -> float:
+    rtol = 3 * EPS32 * (1 + math.log(base) + factor)
+    if low_freq_factor is not None and high_freq_factor != low_freq_factor:
+        numerator_ulps = (3 + math.log(base)) * high_freq_factor + low_freq_factor
+        rtol += 3 * EPS32 * factor * numerator_ulps / abs(high_freq_factor - low_freq_factor)
+    return rtol
 
 
-def assert_matches_transformers(ours, theirs, base, factor=1.0):
+def assert_matches_transformers(ours, theirs, base, factor=1.0, llama3=(None, None)):
     inv_freq, attention = ours
     hf_inv_freq, hf_attention = theirs
     hf = hf_inv_freq.to(torch.float64).numpy()
     assert inv_freq.shape == hf.shape and inv_freq.dtype == np.float64
-    np.testing.assert_allclose(inv_freq, hf, rtol=fp32_rtol(base, factor), atol=0)
+    np.testing.assert_allclose(inv_freq, hf, rtol=fp32_rtol(base, factor, *llama3), atol=0)
     assert attention == hf_attention, (attention, hf_attention)
     assert isinstance(attention, float)
 
@@ -135,6 +150,12 @@ def seq_lens(cfg):
     return st.sampled_from([None, 1, original // 2, original, original + 1, cfg["max_position_embeddings"] * 3])
 
 
+def _llama3_factors(rc):
+    if rc.rope_type != "llama3":
+        return (None, None)
+    return rc.params["low_freq_factor"], rc.params["high_freq_factor"]
+
+
 @pytest.mark.parametrize("rope_type", ["linear", "dynamic", "yarn", "llama3", "longrope"])
 @given(data=st.data())
 def test_rope_init_functions(rope_type, data):
@@ -144,7 +165,124 @@ def test_rope_init_functions(rope_type, data):
     theirs = transformers_frequencies(cfg, seq_len)
     rc = parse_rope_config(cfg)
     assert rc.rotary_dim == 2 * theirs[0].numel()
-    assert_matches_transformers(ours, theirs, rc.base, rc.factor or 1.0)
+    assert_matches_transformers(ours, theirs, rc.base, rc.factor or 1.0, _llama3_factors(rc))
+
+
+def test_llama3_close_freq_factors_regression():
+    """low/high freq factors 1.5 / 1.75: the blend divides by 0.25 and amplifies float32 rounding (it once flaked)."""
+    for base in (10000.0, 500000.0, 1e7):
+        for factor in (8.0, 64.0):
+            cfg = {"hidden_size": 512, "num_attention_heads": 4, "head_dim": 128, "max_position_embeddings": 8192,
+                   "rope_parameters": {"rope_type": "llama3", "rope_theta": base, "factor": factor,
+                                       "low_freq_factor": 1.5, "high_freq_factor": 1.75,
+                                       "original_max_position_embeddings": 8192}}
+            rc = parse_rope_config(cfg)
+            assert_matches_transformers(rope_frequencies(cfg), transformers_frequencies(cfg), base, factor,
+                                        _llama3_factors(rc))
+            # and the float32 path is bit-exact there (given torch's powers)
+            with torch_pow():
+                ours32, _ = rope_frequencies(cfg, precision="float32")
+            assert np.array_equal(ours32, transformers_frequencies(cfg)[0].numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# The float32 path: bit for bit
+
+
+class torch_pow:
+    """Within the block, yarnref's float32 ``pow`` is torch's own (vectorised) ``float ** tensor``."""
+
+    def __enter__(self):
+        import yarnref.scaling.float32 as f32
+
+        self.module, self.saved = f32, f32.f32_pow
+        f32.f32_pow = lambda base, e: (base ** torch.from_numpy(np.ascontiguousarray(e))).numpy()
+
+    def __exit__(self, *exc):
+        self.module.f32_pow = self.saved
+
+
+@pytest.mark.parametrize("rope_type", ["linear", "dynamic", "yarn", "llama3", "longrope"])
+@given(data=st.data())
+def test_float32_path_is_bit_exact_with_transformers(rope_type, data):
+    cfg = data.draw(hf_configs(rope_type))
+    seq_len = data.draw(seq_lens(cfg))
+    theirs = transformers_frequencies(cfg, seq_len)[0].numpy()
+    with torch_pow():
+        ours, _ = rope_frequencies(cfg, seq_len=seq_len, precision="float32")
+    assert ours.dtype == np.float32 and ours.shape == theirs.shape
+    np.testing.assert_array_equal(ours.view(np.int32), theirs.view(np.int32))
+    # Without torch's powers, the correctly rounded power differs by at most a few ulps after the blends.
+    ours_cr, _ = rope_frequencies(cfg, seq_len=seq_len, precision="float32")
+    ulps = np.abs(ours_cr.view(np.int32).astype(np.int64) - theirs.view(np.int32))
+    assert ulps.max() <= 4, ulps.max()
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_float32_presets_bit_exact(name):
+    cfg = get_preset(name)
+    hf_config = _hf_model_config(cfg)
+    rope_type = hf_config.rope_parameters["rope_type"]
+    rc = parse_rope_config(cfg)
+    for seq_len in (None, (rc.original_max_position_embeddings or 4096) + 1):
+        if rope_type == "default":
+            theirs = LlamaRotaryEmbedding.compute_default_rope_parameters(hf_config)[0].numpy()
+        else:
+            theirs = ROPE_INIT_FUNCTIONS[rope_type](hf_config, None, seq_len=seq_len)[0].numpy()
+        with torch_pow():
+            ours, _ = rope_frequencies(cfg, seq_len=seq_len, precision="float32")
+        np.testing.assert_array_equal(ours.view(np.int32), theirs.view(np.int32))
+
+
+def test_torch_scalar_pow_is_the_correctly_rounded_power():
+    """yarnref's power is torch's scalar (libm) result; the vectorised one differs by <= 1 ulp on a few pairs."""
+    from yarnref.scaling.float32 import f32_exponents, f32_pow
+
+    differ = total = 0
+    for base in (10000.0, 500000.0, 1e6, 1e7, 12345.678):
+        for dim in (64, 128, 256):
+            e = f32_exponents(dim)
+            ours = f32_pow(base, e)
+            scalar = np.array([(torch.tensor(base, dtype=torch.float32) ** torch.tensor(v)).item() for v in e],
+                              dtype=np.float32)
+            np.testing.assert_array_equal(ours, scalar)
+            vector = (base ** torch.from_numpy(e)).numpy()
+            ulps = np.abs(ours.view(np.int32).astype(np.int64) - vector.view(np.int32))
+            assert ulps.max() <= 1
+            differ, total = differ + int((ulps > 0).sum()), total + e.size
+    assert differ < 0.05 * total
+
+
+@settings(max_examples=6)
+@given(st.sampled_from(["yarn-llama-2-7b-128k", "llama-3.1-8b", "qwen2.5-7b-instruct-yarn", "gpt-oss-20b",
+                        "llama-3.2-1b", "yarn-mistral-7b-128k"]),
+       st.integers(0, 2**17))
+def test_bfloat16_tables_match_transformers_rotary_class(name, start):
+    """rope_cos_sin on the stack's float32 inv_freq: transformers' bf16 tables, up to float32 cos/sin ulps."""
+    from yarnref.rope import rope_cos_sin
+
+    cfg = get_preset(name)
+    cfg.pop("model_type")
+    module = LlamaRotaryEmbedding(LlamaConfig(**copy.deepcopy(cfg)))
+    positions = torch.arange(start, start + 2048)[None]
+    with torch_pow():
+        inv_freq, m = rope_frequencies(cfg, precision="float32")
+    np.testing.assert_array_equal(inv_freq, module.inv_freq.numpy())
+    assert m == module.attention_scaling
+    half = inv_freq.size
+    cos32, sin32 = (t[0, :, :half].numpy() for t in module(torch.zeros(1, dtype=torch.float32), positions))
+    cos16, sin16 = (t[0, :, :half].float().numpy() for t in module(torch.zeros(1, dtype=torch.bfloat16), positions))
+    c32, s32 = rope_cos_sin(inv_freq, positions[0].numpy(), m, precision="float32")
+    c16, s16 = rope_cos_sin(inv_freq, positions[0].numpy(), m, precision="float32", out_precision="bfloat16")
+    for ours32, theirs32, ours16, theirs16 in ((c32, cos32, c16, cos16), (s32, sin32, s16, sin16)):
+        # float32: the angles are identical; torch's vectorised cos/sin are within 1 ulp of the correctly rounded
+        # ones, and the product with the attention factor can round that ulp once more
+        ulps = np.abs(ours32.view(np.int32).astype(np.int64) - theirs32.view(np.int32))
+        assert ulps.max() <= 2
+        # bfloat16: equal wherever the float32 values are equal; elsewhere at most one bf16 ulp
+        differs = ours16 != theirs16
+        assert not np.any(differs & (ours32 == theirs32))
+        assert differs.mean() < 1e-3
 
 
 @given(geometry(), bases, st.booleans())

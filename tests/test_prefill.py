@@ -444,3 +444,61 @@ def test_qwen_prefill_runs_on_each_backend(backend):
         )
     np.testing.assert_allclose(backend.to_numpy(got), want, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(backend.to_numpy(got_lse), want_lse, rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- vLLM's in-place budget clamp
+
+
+def test_vllm_in_place_budget_clamp_carries_the_first_segments_clamp():
+    """vLLM writes min(budget, K) back into per-call budget tensors: later segments of the call inherit it."""
+    rng = np.random.default_rng(11)
+    tq = 200
+    q, k, v = qkv(rng, tq=tq, tk=tq)
+    big = [(150, 160), (40, 60), (30, 100), (200, 120)]  # budgets above the first segment's 64 keys
+    cfg = make_config(table_for(big), sparse_attention_last_q=16)
+    budgets = prefill.sparse_attention_config_for(cfg, 0)
+    for chunk in (None, 100):
+        plan = prefill.qwen_sparse_plan(q, k, INV_FREQ, cfg, 0.25, prefill_chunk_size=chunk, budget_clamp="vllm_in_place")
+        # the reference: vLLM's estimation with the budgets clamped in place, reset at every call (prefill chunk)
+        starts = list(range(0, tq, chunk or tq))
+        current, call = None, None
+        for seg in plan:
+            this_call = max(i for i, s in enumerate(starts) if s <= seg.begin)
+            if this_call != call:
+                current, call = budgets, this_call
+            current = current._replace(vertical_size=np.minimum(current.vertical_size, seg.end),
+                                       slash_size=np.minimum(current.slash_size, seg.end))
+            for h, (top_v, top_s) in enumerate(vllm_estimate(q, k, 0.25, seg.begin, seg.end, current, last_q=16)):
+                assert seg.vertical_idx[0, h][seg.vertical_idx[0, h] >= 0].tolist() == top_v
+                assert seg.slash_idx[0, h][seg.slash_idx[0, h] >= 0].tolist() == top_s
+    # it matters here: the first segment (64 keys) clamps head 0's 150 verticals for the 200-key segment
+    per_segment = prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, 0.25)
+    in_place = prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, 0.25, budget_clamp="vllm_in_place")
+    assert not np.allclose(per_segment, in_place)
+    plan_default = prefill.qwen_sparse_plan(q, k, INV_FREQ, cfg, 0.25)
+    assert (plan_default[-1].vertical_idx[0, 0] >= 0).sum() == 150
+    with pytest.raises(InputError, match="budget_clamp"):
+        prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, 0.25, budget_clamp="in_place")
+
+
+def test_vllm_in_place_budget_clamp_is_inert_when_every_segment_has_enough_keys():
+    rng = np.random.default_rng(12)
+    q, k, v = qkv(rng, tq=200, tk=200)
+    # every budget (no 30, which vLLM runs as 130) is at most the 64 keys of the shortest segment
+    cfg = make_config(table_for([(31, 50), (40, 60), (35, 60), (45, 55)]), sparse_attention_last_q=16)
+    np.testing.assert_array_equal(prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, 0.25),
+                                  prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, 0.25, budget_clamp="vllm_in_place"))
+
+
+def test_parts_where_no_head_needs_the_fallback_keep_their_own_width():
+    """A part where every head has indices, fewer than the fallback's length, once crashed the compaction."""
+    table = [{str(h): ["vertical_and_slash", v, s, 0.9] for h, (v, s) in enumerate([(150, 160), (40, 60)])}]
+    cfg = make_config(table, sparse_attention_last_q=16)
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((3, 1, 2, 200, 16))
+    inv = 1.0 / 10000 ** (np.arange(0, 16, 2) / 16)
+    out = prefill.qwen_prefill(q, k, v, inv, cfg)
+    assert out.shape == (1, 2, 200, 16) and np.all(np.isfinite(out))
+    for seg in prefill.qwen_sparse_plan(q, k, inv, cfg):
+        for part in seg.parts.values():
+            assert np.all((part.vertical_idx >= 0).sum(-1) >= 1)  # every head keeps at least one vertical

@@ -593,3 +593,43 @@ def test_backend_matches_spec(backend, operation):
     else:
         for g, w in zip(got, want):
             assert np.array_equal(backend.to_numpy(g), w)
+
+
+# ----------------------------------------------------------------------------- MInference's unclamped converter
+
+
+@settings(max_examples=40)
+@given(st.integers(1, 300), st.integers(0, 100), st.integers(1, 9), st.integers(1, 9), st.integers(0, 2**31 - 1))
+def test_minference_converter_differs_only_past_kv_len_in_the_last_row_block(q_len, extra, nv, ns, seed):
+    rng = np.random.default_rng(seed)
+    kv_len, causal = q_len + extra, True
+    V = rng.integers(0, kv_len, (1, 2, nv))
+    S = rng.integers(0, kv_len, (1, 2, ns))
+    ours = sparse.convert_vertical_slash_indexes(q_len, kv_len, V, S)
+    theirs = sparse.minference_convert_vertical_slash_indexes(q_len, kv_len, V, S)
+    # columns are the same everywhere; blocks differ at most in the last row block, by starts >= kv_len
+    np.testing.assert_array_equal(ours[2], theirs[2])
+    np.testing.assert_array_equal(ours[3], theirs[3])
+    np.testing.assert_array_equal(ours[0][..., :-1], theirs[0][..., :-1])
+    np.testing.assert_array_equal(ours[1][..., :-1, :], theirs[1][..., :-1, :])
+    for b, h in np.ndindex(1, 2):
+        mine = ours[1][b, h, -1, : ours[0][b, h, -1]]
+        extra_blocks = theirs[1][b, h, -1, : theirs[0][b, h, -1]]
+        assert set(mine) <= set(extra_blocks) and all(x >= kv_len for x in set(extra_blocks) - set(mine))
+    # and the kernels read the same keys (they bound keys by kv_len)
+    rows = slice(0, q_len)
+    np.testing.assert_array_equal(sparse._kernel_rows(rows, q_len, kv_len, ours, causal, 64, 64),
+                                  sparse._kernel_rows(rows, q_len, kv_len, theirs, causal, 64, 64))
+
+
+def test_minference_converter_lists_do_differ():
+    rng = np.random.default_rng(0)
+    differs = 0
+    for _ in range(40):
+        q_len = int(rng.integers(1, 300))
+        kv_len = q_len + int(rng.integers(0, 100))
+        V, S = rng.integers(0, kv_len, (1, 2, 5)), rng.integers(0, kv_len, (1, 2, 5))
+        a = sparse.convert_vertical_slash_indexes(q_len, kv_len, V, S)
+        b = sparse.minference_convert_vertical_slash_indexes(q_len, kv_len, V, S)
+        differs += not all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert differs > 0

@@ -42,7 +42,7 @@ def test_round_trip_and_spec_agreement_every_preset(tmp_path, name):
     written = write_vectors(path, config, heads=1)
     read = read_vectors(path)
     assert_same(written, read)
-    inv_freq, m = rope_frequencies(config)
+    inv_freq, m = rope_frequencies(config, seq_len=read["meta"]["seq_len"])  # LongRoPE: the list for these positions
     np.testing.assert_array_equal(read["inv_freq"], inv_freq)  # bit-identical to the spec
     assert read["inv_freq"].dtype == np.float64
     assert float(read["attention_factor"]) == m
@@ -152,7 +152,7 @@ def test_float_integral_positions_are_accepted():
 
 def test_seq_len_and_options_are_recorded(tmp_path):
     config = get_preset("phi-3-mini-128k")
-    short = make_vectors(config, positions=[0, 5000])
+    short = make_vectors(config, positions=[0, 4000])
     long = write_vectors(tmp_path / "v.npz", config, positions=[0, 5000], seq_len=5001)
     np.testing.assert_array_equal(long["inv_freq"], rope_frequencies(config, 5001)[0])
     assert not np.array_equal(short["inv_freq"], long["inv_freq"])
@@ -241,3 +241,61 @@ def test_round_trip_property(tmp_path_factory, head_dim, base, factor, original,
     np.testing.assert_array_equal(read["inv_freq"], inv_freq)
     assert read["positions"].tolist() == positions
     assert read["meta"]["config"] == config
+
+
+# ---------------------------------------------------------------------------------------------
+# Only what some stack computes
+
+
+def test_positions_stay_within_the_stack_context():
+    """llama3: vLLM's cache has max_position_embeddings rows, so no position at or beyond it is stored."""
+    from yarnref.vectors import default_positions
+
+    pos = default_positions(get_preset("llama-3.2-1b"))
+    assert pos.max() == 131071
+    # YaRN: vLLM's cache reaches original * factor, beyond Qwen2.5's max_position_embeddings
+    assert default_positions(get_preset("qwen2.5-7b-instruct-yarn")).max() == 131071
+    assert default_positions(get_preset("yarn-llama-2-7b-128k")).max() == 131071
+
+
+def test_longrope_vectors_use_the_list_a_stack_uses_for_the_stored_positions():
+    from yarnref.scaling.longrope import longrope_frequencies
+
+    cfg = get_preset("phi-3-mini-128k")
+    v = make_vectors(cfg)
+    rs = cfg["rope_scaling"]
+    long_freq, _ = longrope_frequencies(96, 10000.0, rs["short_factor"], rs["long_factor"], 4096,
+                                        max_position_embeddings=131072, seq_len=131072)
+    np.testing.assert_array_equal(v["inv_freq"], long_freq)
+    assert v["positions"].max() == 131071
+    assert v["meta"]["longrope"]["uses_long_factors"] is True
+    assert "max(position_ids) + 1" in v["meta"]["longrope"]["decided_by"]
+    assert v["meta"]["seq_len"] == 131072
+    # vLLM's static switch with its max_model_len gives the same list
+    v_vllm = make_vectors(cfg, stack="vllm", max_model_len=131072)
+    np.testing.assert_array_equal(v_vllm["inv_freq"], long_freq)
+    # short positions only: the short list, as transformers would use
+    v_short = make_vectors(cfg, positions=[0, 1, 4095])
+    assert v_short["meta"]["longrope"]["uses_long_factors"] is False
+    # a seq_len that would rotate position 131071 with the short list: no stack computes that
+    with pytest.raises(InputError, match="seq_len"):
+        make_vectors(cfg, seq_len=100)
+    with pytest.raises(InputError, match="max_model_len"):
+        make_vectors(cfg, stack="vllm", max_model_len=2048)
+
+
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "phi-3-mini-128k", "yarn-llama-2-7b-128k", "qwen2.5-7b-instruct-yarn"])
+def test_stack_float32_output_passes_the_default_vectors(name):
+    """What transformers computes in float32 for the stored positions passes check_vectors (it once did not)."""
+    cfg = get_preset(name)
+    v = make_vectors(cfg, heads=1)
+    inv32, m = rope_frequencies(cfg, seq_len=v["meta"]["seq_len"], precision="float32")
+    cos, sin = rope_cos_sin(inv32, v["positions"], m, precision="float32")
+    q32 = v["q"].astype(np.float32)
+    q_rot = apply_rope(q32, cos, sin, "half")
+    assert check_vectors(v, inv_freq=inv32, attention_factor=m, cos=cos, sin=sin, q_rot_half=q_rot) == [
+        "inv_freq", "attention_factor", "cos", "sin", "q_rot_half"]
+    # and a planted off-by-one position does not
+    cos_bad, _ = rope_cos_sin(inv32, v["positions"] + 1, m, precision="float32")
+    with pytest.raises(AssertionError, match="cos"):
+        check_vectors(v, cos=cos_bad)

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import RopeConfig, parse_rope_config, rope_frequencies
+from .config import VLLM_ONLY_TYPES, RopeConfig, parse_rope_config, rope_frequencies
 from .errors import InputError, YarnrefError
 from .presets import DEFAULT_PRESET, PRESETS, preset_names
 from .rope import base_inv_freq
@@ -277,9 +277,11 @@ def explain(
     if pairs not in ("compact", "all"):
         raise InputError("pairs", pairs, "'compact' or 'all'")
     rc = parse_rope_config(config)
-    inv_freq, m = rope_frequencies(rc, seq_len)
+    vllm_only = rc.rope_type in VLLM_ONLY_TYPES or (rc.rope_type == "dynamic" and rc.params.get("alpha") is not None)
+    inv_freq, m = rope_frequencies(rc, seq_len, stack="vllm" if vllm_only else "transformers")
     theta = base_inv_freq(rc.rotary_dim, rc.base)  # (r/2,)
-    scales = theta / inv_freq  # (r/2,)
+    with np.errstate(divide="ignore"):  # proportional RoPE: pairs with frequency 0 are not rotated
+        scales = theta / inv_freq  # (r/2,)
     n = rc.rotary_dim // 2
     factor = rc.factor
     L = rc.original_max_position_embeddings or rc.max_position_embeddings
@@ -340,6 +342,14 @@ def explain(
             f"  short_factor in [{min(rc.params['short_factor']):.4g}, {max(rc.params['short_factor']):.4g}], "
             f"long_factor in [{min(rc.params['long_factor']):.4g}, {max(rc.params['long_factor']):.4g}]"
         )
+    elif rc.rope_type == "dynamic" and rc.params.get("alpha") is not None:
+        alpha = float(rc.params["alpha"])
+        lines.append("")
+        lines.append(
+            f"Dynamic NTK with alpha = {alpha:.6g} (vLLM's DynamicNTKAlphaRotaryEmbedding, Hunyuan): a static base "
+            f"b * alpha^(r/(r-2)) = {_num(rc.base * alpha ** (rc.rotary_dim / (rc.rotary_dim - 2)))}; only vLLM "
+            "implements it"
+        )
     elif rc.rope_type == "dynamic":
         from .scaling.ntk import dynamic_ntk_base
 
@@ -384,7 +394,7 @@ def explain(
         if i != previous + 1:
             lines.append(f"{'...':>5}")
         wavelength = 2 * math.pi / theta[i]
-        scaled = 2 * math.pi / inv_freq[i]
+        scaled = 2 * math.pi / inv_freq[i] if inv_freq[i] > 0 else math.inf  # proportional: frequency 0
         turns = f"{L / wavelength:.4g}" if L else "-"
         lines.append(
             f"{i:>5}  {_tokens(wavelength):>17}  {_tokens(scaled):>15}  {turns:>13}  {scales[i]:>19.6g}  {regions[i]}"
@@ -395,6 +405,16 @@ def explain(
 
     if rc.dual_chunk_attention is not None:
         _dca_lines(rc, seq_len, lines)
+
+    if rc.layer_types and isinstance(config, Mapping):
+        lines.append("")
+        lines.append(f"Per-layer-type RoPE (the report above is for {rc.layer_type!r} layers)")
+        for layer_type in rc.layer_types:
+            other = parse_rope_config(config, layer_type)
+            inv, m_other = rope_frequencies(other, seq_len)
+            lines.append(f"  {layer_type:<18} {other.rope_type}, base {_num(other.base)}, factor "
+                         f"{_num(other.factor) if other.factor else '-'}, attention factor {m_other:.6g}, "
+                         f"theta' from {inv[0]:.6g} to {inv[-1]:.6g}")
 
     lines.append("")
     if rc.warnings:

@@ -49,6 +49,8 @@ import numpy as np
 from .errors import ConfigError, InputError
 from .rope import base_inv_freq
 from .scaling import (
+    ntk_frequencies,
+    proportional_frequencies,
     dynamic_ntk_frequencies,
     dynamic_yarn_frequencies,
     linear_frequencies,
@@ -57,7 +59,10 @@ from .scaling import (
     vllm_dynamic_ntk_frequencies,
     yarn_frequencies,
 )
-from .scaling.longrope import SWITCHES
+from .scaling import float32 as f32
+from .scaling.longrope import MSCALE_RULES as LONGROPE_MSCALE_RULES
+from .scaling.longrope import SWITCHES, uses_long_factors
+from .scaling.ntk import dynamic_ntk_base
 from .scaling.yarn import CLAMPS, EPSILON_RULES, MSCALE_RULES, RAMPS, correction_dim, correction_range
 
 __all__ = [
@@ -66,12 +71,15 @@ __all__ = [
     "STACKS",
     "RopeConfig",
     "parse_rope_config",
+    "rope_layer_types",
     "rope_frequencies",
     "stack_options",
 ]
 
-#: The canonical rope types (transformers' names).
-ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+#: The canonical rope types: transformers' names, then vLLM's ``"ntk"`` (fixed / mixed NTK, vLLM only).
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional", "ntk")
+#: Rope types only vLLM implements (``stack="vllm"``); dynamic NTK with ``alpha`` (Hunyuan) is one too.
+VLLM_ONLY_TYPES = ("ntk",)
 #: Other names accepted for them.
 ROPE_TYPE_ALIASES = {"su": "longrope", "mrope": "default"}
 #: ``stack`` values of :func:`rope_frequencies`.
@@ -84,7 +92,9 @@ _COMMON_KEYS = {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
 _TYPE_KEYS = {
     "default": set(),
     "linear": {"factor"},
-    "dynamic": {"factor"},
+    "dynamic": {"factor", "alpha", "max_trained_positions"},
+    "ntk": {"factor", "mixed_b"},
+    "proportional": {"factor"},
     "yarn": {
         "factor",
         "original_max_position_embeddings",
@@ -99,7 +109,7 @@ _TYPE_KEYS = {
     "llama3": {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"},
 }
 _NEEDS_ORIGINAL = ("yarn", "longrope", "llama3")
-_NEEDS_FACTOR = ("linear", "dynamic", "yarn", "llama3")
+_NEEDS_FACTOR = ("linear", "yarn", "llama3", "ntk")
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,10 @@ class RopeConfig:
     * ``model_type``; ``qk_nope_head_dim`` (MLA models, else None): with
       ``rotary_dim`` it gives DeepSeek's softmax head dim for
       :func:`yarnref.scaling.deepseek_softmax_scale`.
+    * ``layer_types``: the layer types with their own RoPE, for configs with
+      per-layer-type RoPE (Gemma 3: ``("full_attention",
+      "sliding_attention")``), else ``()``; ``layer_type``: the one this spec
+      describes (None for a single RoPE).
     """
 
     rope_type: str
@@ -143,6 +157,8 @@ class RopeConfig:
     source: Mapping[str, Any]
     model_type: str | None = None
     qk_nope_head_dim: int | None = None
+    layer_type: str | None = None
+    layer_types: tuple[str, ...] = ()
 
     @property
     def is_mla(self) -> bool:
@@ -389,21 +405,111 @@ def _original(cfg: Mapping, key: str, raw: Mapping, rope_type: str, max_pos, not
     return max_pos
 
 
-def parse_rope_config(config: Mapping | RopeConfig) -> RopeConfig:
+def rope_layer_types(config: Mapping) -> tuple[str, ...]:
+    """The layer types that have their own RoPE in ``config`` (sorted), or ``()`` if all layers share one.
+
+    transformers 5.24 reads per-layer-type RoPE from
+
+    * v5 configs: ``rope_parameters`` (or ``rope_scaling``) mapping each layer
+      type to its parameters, e.g. ``{"full_attention": {...},
+      "sliding_attention": {...}}``;
+    * Gemma 3's v4 configs (``model_type`` ``gemma3`` / ``gemma3_text``):
+      ``rope_scaling`` and ``rope_theta`` (default 1e6) for the full-attention
+      layers, default RoPE at ``rope_local_base_freq`` (default 1e4) for the
+      sliding-window layers (``Gemma3TextConfig.convert_rope_params_to_dict``).
+    """
+    if not isinstance(config, Mapping):
+        return ()
+    for key in ("rope_scaling", "rope_parameters"):
+        value = config.get(key)
+        if isinstance(value, Mapping) and value and any(isinstance(v, Mapping) for v in value.values()):
+            return tuple(sorted(str(k) for k, v in value.items() if isinstance(v, Mapping)))
+    if str(config.get("model_type", "")).startswith("gemma3"):
+        return ("full_attention", "sliding_attention")
+    return ()
+
+
+_GEMMA3_THETA = {"full_attention": 1_000_000.0, "sliding_attention": 10_000.0}  # Gemma3TextConfig.default_theta
+
+
+def _layer_config(cfg: dict, layer_type: str, layer_types: tuple[str, ...], notes: list[str]) -> dict:
+    """A flat config (one RoPE) for ``layer_type`` of a per-layer-type config."""
+    flat = {k: v for k, v in cfg.items() if k not in ("rope_scaling", "rope_parameters", "rope_local_base_freq")}
+    nested = None
+    for key in ("rope_scaling", "rope_parameters"):
+        value = cfg.get(key)
+        if isinstance(value, Mapping) and any(isinstance(v, Mapping) for v in value.values()):
+            nested = (key, value)
+            break
+    if nested is not None:
+        key, value = nested
+        params = dict(value[layer_type])
+        if str(cfg.get("model_type", "")).startswith("gemma3"):
+            params.setdefault("rope_theta", cfg.get("rope_theta") if layer_type == "full_attention"
+                              and cfg.get("rope_theta") is not None else _GEMMA3_THETA.get(layer_type))
+    else:  # Gemma 3, v4 layout
+        if layer_type == "full_attention":
+            params = dict(cfg.get("rope_scaling") or {"rope_type": "default"})
+            params.setdefault("rope_theta", cfg.get("rope_theta") or _GEMMA3_THETA["full_attention"])
+        else:
+            params = {"rope_type": "default",
+                      "rope_theta": cfg.get("rope_local_base_freq") or _GEMMA3_THETA["sliding_attention"]}
+    flat.pop("rope_theta", None)
+    flat["rope_parameters"] = params
+    others = [t for t in layer_types if t != layer_type]
+    if others:
+        notes.append(
+            f"per-layer-type RoPE: layer types {list(layer_types)} each have their own RoPE (transformers reads them "
+            f"separately); this is {layer_type!r} ({params.get('rope_type', params.get('type', 'default'))} at base "
+            f"{params.get('rope_theta')}); pass layer_type={others[0]!r} for the other" + ("s" if len(others) > 1 else "")
+        )
+    return flat
+
+
+def parse_rope_config(config: Mapping | RopeConfig, layer_type: str | None = None) -> RopeConfig:
     """Validate a config.json-shaped mapping and return its :class:`RopeConfig`.
 
-    A :class:`RopeConfig` is returned unchanged.  Raises
+    ``layer_type``: for configs with per-layer-type RoPE
+    (:func:`rope_layer_types`, e.g. Gemma 3), which layers' RoPE to read
+    (default ``"full_attention"``, with a warning naming the others); must be
+    None for other configs.  A :class:`RopeConfig` is returned unchanged.  Raises
     :class:`~yarnref.errors.ConfigError` for unknown rope types, missing
     required keys, ``factor < 1`` or not a number, odd or zero rotary dims,
     factor lists of the wrong length, ``beta_fast < beta_slow``, non-positive
     lengths and values of the wrong type.
     """
     if isinstance(config, RopeConfig):
+        if layer_type is not None and layer_type != config.layer_type:
+            raise InputError("layer_type", layer_type, f"{config.layer_type!r} (the RopeConfig given was parsed for it)")
         return config
     if not isinstance(config, Mapping):
         raise ConfigError("config", type(config).__name__, "a mapping shaped like a Hugging Face config.json")
     cfg = _plain(config)
     notes: list[str] = []
+    layer_types = rope_layer_types(cfg)
+    source = cfg
+    if layer_types:
+        if layer_type is None:
+            layer_type = "full_attention" if "full_attention" in layer_types else layer_types[0]
+        if layer_type not in layer_types:
+            raise InputError("layer_type", layer_type, f"one of {list(layer_types)}")
+        cfg = _layer_config(cfg, layer_type, layer_types, notes)
+        nested_key = next((k for k in ("rope_scaling", "rope_parameters") if isinstance(source.get(k), Mapping)
+                           and any(isinstance(v, Mapping) for v in source[k].values())), None)
+        try:
+            return _parse_flat(cfg, notes, source, layer_type, layer_types)
+        except ConfigError as error:  # name the key as it is in the config given
+            if nested_key is None or not error.key.startswith("rope_parameters"):
+                raise
+            key = nested_key + "." + layer_type + error.key[len("rope_parameters"):]
+            raise ConfigError(key, error.value, error.allowed, context=getattr(error, "context", None)) from error
+    elif layer_type is not None:
+        raise InputError("layer_type", layer_type, "None (this config has one RoPE for every layer)")
+    return _parse_flat(cfg, notes, source, None, ())
+
+
+def _parse_flat(cfg: dict, notes: list[str], source: dict, layer_type, layer_types) -> RopeConfig:
+    """parse_rope_config for a config with one RoPE (per-layer-type configs are flattened first)."""
     model_type = cfg.get("model_type")
     model_type = model_type if isinstance(model_type, str) else None
 
@@ -411,6 +517,10 @@ def parse_rope_config(config: Mapping | RopeConfig) -> RopeConfig:
     rope_type = _rope_type(key, raw, model_type, notes)
     base = _base(cfg, key, raw, notes)
     head_dim, rotary, prf, qk_nope = _dims(cfg, key, raw, notes)
+    if rope_type == "proportional":  # pairs span the whole head; the tail pairs get frequency 0
+        if head_dim % 2:
+            raise ConfigError("head_dim", head_dim, "an even integer (proportional RoPE pairs the whole head)")
+        rotary = head_dim
     max_pos = cfg.get("max_position_embeddings")
     max_pos = None if max_pos is None else _positive_int("max_position_embeddings", max_pos)
     original = _original(cfg, key, raw, rope_type, max_pos, notes)
@@ -448,9 +558,11 @@ def parse_rope_config(config: Mapping | RopeConfig) -> RopeConfig:
         params=types.MappingProxyType(params),
         warnings=tuple(notes),
         dual_chunk_attention=None if dca is None else types.MappingProxyType(dca),
-        source=types.MappingProxyType(cfg),
+        source=types.MappingProxyType(source),
         model_type=model_type,
         qk_nope_head_dim=qk_nope,
+        layer_type=layer_type if layer_types else None,
+        layer_types=layer_types,
     )
 
 
@@ -468,6 +580,13 @@ def _check_type_parameters(rope_type, key, params, rotary, max_pos, original, mo
         factor = _number(f"{key}.factor", factor, "a finite number >= 1", at_least=1.0)
 
     if rope_type == "dynamic":
+        alpha = params.get("alpha")
+        if alpha is not None:
+            _number(f"{key}.alpha", alpha, "a finite number > 0 (vLLM's dynamic NTK alpha)", above=0.0)
+            notes.append("dynamic with alpha (Hunyuan): only vLLM implements it (DynamicNTKAlphaRotaryEmbedding, "
+                         "a static base b * alpha^(r/(r-2))); use stack='vllm'")
+        elif factor is None:
+            raise ConfigError(f"{key}.factor", None, "a number >= 1 (required for rope_type 'dynamic' without alpha)")
         if max_pos is None:
             raise ConfigError("max_position_embeddings", None, "a positive integer (dynamic NTK scales relative to it)")
         if rotary < 4:
@@ -477,6 +596,14 @@ def _check_type_parameters(rope_type, key, params, rotary, max_pos, original, mo
 
     elif rope_type == "yarn":
         _check_yarn(key, params, factor, rotary, max_pos, original, model_type, notes)
+
+    elif rope_type == "ntk":
+        if rotary < 4:
+            raise ConfigError(f"{key}.rope_type", "ntk", f"not 'ntk' for rotary_dim={rotary} (NTK needs r > 2)")
+        if params.get("mixed_b") is not None:
+            _number(f"{key}.mixed_b", params["mixed_b"], "a finite number > 0 (vLLM's mixed NTK exponent)", above=0.0)
+        notes.append("rope_type 'ntk' (fixed or mixed NTK, kexue.fm/archives/9706): only vLLM implements it "
+                     "(NTKScalingRotaryEmbedding); use stack='vllm'")
 
     elif rope_type == "llama3":
         what = "a finite number > 0 (required for llama3)"
@@ -580,18 +707,22 @@ _STACK_DEFAULTS = {
     "transformers": dict(
         ramp="index", clamp="rotary_dim", truncate=None, epsilon_rule="transformers",
         mscale_rule="transformers", longrope_switch="current_length", dynamic_ntk="transformers",
+        longrope_mscale_rule="transformers",
     ),
     "vllm": dict(
         ramp="index", clamp="rotary_dim", truncate=None, epsilon_rule="transformers",
         mscale_rule="transformers", longrope_switch="static", dynamic_ntk="vllm",
+        longrope_mscale_rule="max_position",
     ),
     "llama.cpp": dict(
         ramp="index", clamp="rotary_dim", truncate=True, epsilon_rule="ggml",
         mscale_rule="llama.cpp", longrope_switch="static", dynamic_ntk=None,
+        longrope_mscale_rule="max_position",
     ),
     "yarn_authors": dict(
         ramp="index", clamp="rotary_dim", truncate=True, epsilon_rule="transformers",
         mscale_rule="yarn_authors", longrope_switch=None, dynamic_ntk="transformers",
+        longrope_mscale_rule=None,
     ),
 }
 _OPTION_VALUES = {
@@ -600,6 +731,7 @@ _OPTION_VALUES = {
     "epsilon_rule": EPSILON_RULES,
     "mscale_rule": MSCALE_RULES,
     "longrope_switch": SWITCHES,
+    "longrope_mscale_rule": LONGROPE_MSCALE_RULES,
     "dynamic_ntk": ("transformers", "vllm"),
     "correction_length": ("original_max_position_embeddings", "max_position_embeddings"),
 }
@@ -608,14 +740,22 @@ _OPTION_VALUES = {
 def stack_options(stack: str = "transformers", config: Mapping | RopeConfig | None = None) -> dict[str, Any]:
     """The option values ``stack`` stands for (``None`` where it has no such method).
 
-    With a ``config``, ``stack="vllm"`` picks ``mscale_rule="vllm_deepseek"``
-    for MLA models, which vLLM routes to ``DeepseekScalingRotaryEmbedding``.
+    With a ``config`` of an MLA model (DeepSeek-style, ``qk_rope_head_dim``
+    present): ``stack="vllm"`` picks ``mscale_rule="vllm_deepseek"`` and
+    ``truncate=True`` (vLLM 0.33 routes these to
+    ``DeepseekScalingRotaryEmbedding``, which receives neither
+    ``attention_factor`` nor ``truncate`` and always floors/ceils);
+    ``stack="llama.cpp"`` picks ``mscale_rule="llama.cpp_deepseek2"`` (net
+    magnitude 1, llama.cpp's DEEPSEEK2 architecture).
     """
     if stack not in STACKS:
         raise InputError("stack", stack, f"one of {STACKS}")
     options = dict(_STACK_DEFAULTS[stack])
-    if stack == "vllm" and config is not None and parse_rope_config(config).is_mla:
-        options["mscale_rule"] = "vllm_deepseek"
+    if config is not None and stack in ("vllm", "llama.cpp") and parse_rope_config(config).is_mla:
+        if stack == "vllm":
+            options.update(mscale_rule="vllm_deepseek", truncate=True)
+        else:
+            options["mscale_rule"] = "llama.cpp_deepseek2"
     return options
 
 
@@ -635,6 +775,9 @@ def rope_frequencies(
     dynamic_ntk: str | None = None,
     longrope_switch: str | None = None,
     max_model_len: int | None = None,
+    longrope_mscale_rule: str | None = None,
+    precision: str = "float64",
+    layer_type: str | None = None,
 ) -> tuple[np.ndarray, float]:
     """``(inv_freq, attention_factor)`` for a model config: float64 ``(rotary_dim/2,)`` and a Python float.
 
@@ -659,7 +802,7 @@ def rope_frequencies(
     ``correction_length``     ``"original_max_position_embeddings"``  ``"max_position_embeddings"``
                                                                   (transformers < 4.45, #33783)
     ``mscale_rule``           ``"transformers"``                  ``"vllm_deepseek"``, ``"yarn_authors"``,
-                                                                  ``"llama.cpp"``
+                                                                  ``"llama.cpp"``, ``"llama.cpp_deepseek2"``
     ``extrapolation_factor``  1.0                                 the YaRN authors' / ggml ``ext_factor``
     ``dynamic_yarn``          False                               True: YaRN with s = max(1, seq_len / L)
     ``dynamic_ntk``           ``"transformers"`` (pure in         ``"vllm"`` (static, at load)
@@ -667,23 +810,45 @@ def rope_frequencies(
     ``longrope_switch``       ``"current_length"``                ``"static"`` (needs ``max_model_len``)
     ``max_model_len``         None                                vLLM ``--max-model-len`` / llama.cpp
                                                                   ``n_ctx / n_seq_max``
+    ``longrope_mscale_rule``  ``"transformers"`` (``attention_    ``"max_position"``: ``sqrt(1 + ln(max/L) /
+                              factor`` > ``factor`` > max/L)      ln L)`` always (vLLM, llama.cpp)
+    ``precision``             ``"float64"``                       ``"float32"``: the stack's float32 inv_freq
     ========================  ==================================  ===========================================
 
     Stack values: ``"vllm"``: static LongRoPE switch (pass ``max_model_len``),
-    static dynamic NTK, DeepSeek mscale rule for MLA configs.
+    LongRoPE factor from ``max_position_embeddings`` (``short_mscale`` /
+    ``long_mscale`` honoured), static dynamic NTK, and for MLA configs the
+    DeepSeek mscale rule with truncation always on.
     ``"llama.cpp"``: always truncate, the ggml epsilon, llama.cpp's mscale
-    rule, static LongRoPE switch; it has no dynamic NTK.  ``"yarn_authors"``:
+    rule (net magnitude 1 for MLA configs), LongRoPE factor from
+    ``max_position_embeddings``, static LongRoPE switch; it has no dynamic
+    NTK.  ``"yarn_authors"``:
     always truncate, ``m = g(s) * attention_factor``; no Llama 3 or LongRoPE.
     transformers' stateful dynamic cache is
     :class:`yarnref.scaling.DynamicNTKCache`.
 
+    ``precision="float32"`` returns, as a float32 array, the ``inv_freq`` the
+    chosen stack computes in float32 torch arithmetic, operation by operation
+    (:mod:`yarnref.scaling.float32`), not a rounding of the float64 result;
+    ``rope_cos_sin(inv_freq, positions, m, precision="float32",
+    out_precision="bfloat16")`` then gives that stack's tables.  Not for
+    ``stack="llama.cpp"`` (ggml forms angles by a recurrence, not from an
+    ``inv_freq`` vector: :func:`yarnref.ggml.ggml_cos_sin`) nor ``ramp="paper"``
+    (no stack computes it).
+
+    ``layer_type``: for per-layer-type RoPE (Gemma 3's full-attention and
+    sliding-window layers, :func:`rope_layer_types`), which layers' RoPE;
+    default ``"full_attention"``.
+
     Raises :class:`~yarnref.errors.ConfigError` for a bad config and
     :class:`~yarnref.errors.InputError` for a bad option or ``seq_len``.
     """
-    rc = parse_rope_config(config)
+    if precision not in ("float64", "float32"):
+        raise InputError("precision", precision, "'float64' (the spec) or 'float32' (what the stack computes)")
+    rc = parse_rope_config(config, layer_type)
     opts = stack_options(stack, rc)
     given = dict(ramp=ramp, clamp=clamp, truncate=truncate, epsilon_rule=epsilon_rule, mscale_rule=mscale_rule,
-                 dynamic_ntk=dynamic_ntk, longrope_switch=longrope_switch)
+                 dynamic_ntk=dynamic_ntk, longrope_switch=longrope_switch, longrope_mscale_rule=longrope_mscale_rule)
     opts.update({k: v for k, v in given.items() if v is not None})
     opts["correction_length"] = correction_length
     for name, allowed in _OPTION_VALUES.items():
@@ -699,20 +864,30 @@ def rope_frequencies(
 
     dynamic_yarn = bool(dynamic_yarn)
     _check_method_options(rc, stack, opts, seq_len, dynamic_yarn, max_model_len)
+    if precision == "float32":
+        if stack == "llama.cpp":
+            raise InputError("precision", precision, "'float64' with stack='llama.cpp' (ggml's float32 angles: "
+                             "yarnref.ggml.ggml_cos_sin)")
+        if opts["ramp"] == "paper":
+            raise InputError("precision", precision, "'float64' with ramp='paper' (no stack computes it in float32)")
 
     try:
         # Overflow or invalid arithmetic means the config's values do not fit float64: an error, not a NaN.
         with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
             inv_freq, attention = _compute(rc, seq_len, opts, float(extrapolation_factor), dynamic_yarn, max_model_len)
+            if precision == "float32":
+                inv_freq = _compute_float32(rc, seq_len, opts, float(extrapolation_factor), dynamic_yarn,
+                                            max_model_len)
     except (OverflowError, ZeroDivisionError, FloatingPointError) as error:
         raise ConfigError("rope_theta", rc.base, "values whose frequencies fit in float64",
                           context=f"{rc.rope_type} with factor={rc.factor}: {error}") from error
     except InputError as error:  # options were checked above, so this comes from the config's values
         raise ConfigError(error.param, error.value, error.allowed, context=f"rope_type {rc.rope_type!r}") from error
 
-    inv_freq = np.asarray(inv_freq, dtype=np.float64)
+    inv_freq = np.asarray(inv_freq, dtype=np.float32 if precision == "float32" else np.float64)
     attention = float(attention)
-    if not (np.all(np.isfinite(inv_freq)) and np.all(inv_freq > 0)):
+    positive = inv_freq >= 0 if rc.rope_type == "proportional" else inv_freq > 0  # proportional: 0 = not rotated
+    if not (np.all(np.isfinite(inv_freq)) and np.all(positive)):
         raise ConfigError("rope_theta", rc.base, "values whose inverse frequencies are finite and positive in float64",
                           context=f"rope_type {rc.rope_type!r}, factor={rc.factor}, rotary_dim={rc.rotary_dim}")
     if not (math.isfinite(attention) and attention > 0):
@@ -728,6 +903,12 @@ def _check_method_options(rc: RopeConfig, stack, opts, seq_len, dynamic_yarn, ma
 
     if rc.rope_type == "dynamic" and opts["dynamic_ntk"] is None:
         raise unsupported("dynamic NTK")
+    if rc.rope_type == "dynamic" and rc.params.get("alpha") is not None and opts["dynamic_ntk"] != "vllm":
+        raise InputError("stack", stack, "'vllm' (dynamic NTK with alpha is vLLM's DynamicNTKAlphaRotaryEmbedding)")
+    if rc.rope_type in VLLM_ONLY_TYPES and stack != "vllm":
+        raise InputError("stack", stack, f"'vllm' (rope_type {rc.rope_type!r} is implemented by vLLM only)")
+    if rc.rope_type == "proportional" and stack != "transformers":
+        raise InputError("stack", stack, "'transformers' (rope_type 'proportional' as transformers 5.24 computes it)")
     if rc.rope_type == "llama3" and stack == "yarn_authors":
         raise unsupported("the Llama 3 schedule")
     if rc.rope_type == "longrope":
@@ -752,10 +933,18 @@ def _compute(rc: RopeConfig, seq_len, opts, extrapolation_factor, dynamic_yarn, 
     if rc.rope_type == "linear":
         return linear_frequencies(r, b, rc.factor)
     if rc.rope_type == "dynamic":
+        if p.get("alpha") is not None:  # vLLM (Hunyuan): static NTK-aware base b * alpha^(r/(r-2))
+            return ntk_frequencies(r, b, float(p["alpha"]))
         if opts["dynamic_ntk"] == "vllm":
             trained = p.get("max_trained_positions")
             return vllm_dynamic_ntk_frequencies(r, b, rc.factor, rc.max_position_embeddings, trained)
         return dynamic_ntk_frequencies(r, b, rc.factor, rc.max_position_embeddings, seq_len)
+    if rc.rope_type == "ntk":
+        mixed_b = p.get("mixed_b")
+        return ntk_frequencies(r, b, rc.factor, variant="vllm_fixed" if mixed_b is None else "vllm_mixed",
+                               mixed_b=mixed_b)
+    if rc.rope_type == "proportional":
+        return proportional_frequencies(rc.head_dim, b, rc.partial_rotary_factor, rc.factor or 1.0)
     if rc.rope_type == "yarn":
         if opts["correction_length"] == "max_position_embeddings":
             length = rc.max_position_embeddings
@@ -770,7 +959,8 @@ def _compute(rc: RopeConfig, seq_len, opts, extrapolation_factor, dynamic_yarn, 
             ramp=opts["ramp"],
             epsilon_rule=opts["epsilon_rule"],
             extrapolation_factor=extrapolation_factor,
-            attention_factor=p.get("attention_factor"),
+            # vLLM's DeepSeek class never sees attention_factor; it reads its own key attn_factor
+            attention_factor=p.get("attn_factor") if opts["mscale_rule"] == "vllm_deepseek" else p.get("attention_factor"),
             mscale=p.get("mscale"),
             mscale_all_dim=p.get("mscale_all_dim"),
             mscale_rule=opts["mscale_rule"],
@@ -781,9 +971,54 @@ def _compute(rc: RopeConfig, seq_len, opts, extrapolation_factor, dynamic_yarn, 
     if rc.rope_type == "llama3":
         low, high = p["low_freq_factor"], p["high_freq_factor"]
         return llama3_frequencies(r, b, rc.factor, low, high, rc.original_max_position_embeddings)
+    attention_factor = p.get("attention_factor")
+    if opts["longrope_mscale_rule"] == "max_position":  # vLLM's short_mscale / long_mscale overrides
+        use_long = uses_long_factors(seq_len, rc.original_max_position_embeddings, switch=opts["longrope_switch"],
+                                     max_model_len=max_model_len)
+        attention_factor = p.get("long_mscale" if use_long else "short_mscale")
     return longrope_frequencies(
         r, b, p["short_factor"], p["long_factor"], rc.original_max_position_embeddings,
         factor=p.get("factor"), max_position_embeddings=rc.max_position_embeddings,
-        attention_factor=p.get("attention_factor"), seq_len=seq_len,
-        switch=opts["longrope_switch"], max_model_len=max_model_len,
+        attention_factor=attention_factor, seq_len=seq_len,
+        switch=opts["longrope_switch"], max_model_len=max_model_len, mscale_rule=opts["longrope_mscale_rule"],
     )
+
+
+def _compute_float32(rc: RopeConfig, seq_len, opts, extrapolation_factor, dynamic_yarn, max_model_len) -> np.ndarray:
+    """The float32 ``inv_freq`` of the stack (transformers or vLLM), operation by operation (options checked)."""
+    r, b, p = rc.rotary_dim, rc.base, rc.params
+    if rc.rope_type == "default":
+        return f32.f32_base_inv_freq(r, b)
+    if rc.rope_type == "linear":
+        return f32.f32_linear(r, b, rc.factor)
+    if rc.rope_type == "ntk":
+        return f32.f32_ntk_vllm_fixed(r, b, rc.factor, p.get("mixed_b"))
+    if rc.rope_type == "proportional":
+        return f32.f32_proportional(rc.head_dim, b, rc.partial_rotary_factor, rc.factor or 1.0)
+    if rc.rope_type == "dynamic":
+        if p.get("alpha") is not None:
+            return f32.f32_base_inv_freq(r, b * float(p["alpha"]) ** (r / (r - 2)))
+        if opts["dynamic_ntk"] == "vllm":
+            current = rc.max_position_embeddings
+            trained = p.get("max_trained_positions") or current
+            new_base = b * ((rc.factor * current / trained) - (rc.factor - 1)) ** (r / (r - 2))
+        else:
+            new_base = dynamic_ntk_base(b, rc.factor, r, rc.max_position_embeddings, seq_len)
+        return f32.f32_base_inv_freq(r, new_base)
+    if rc.rope_type == "yarn":
+        length = (rc.max_position_embeddings if opts["correction_length"] == "max_position_embeddings"
+                  else rc.original_max_position_embeddings)
+        truncate = opts["truncate"] if opts["truncate"] is not None else bool(p.get("truncate", True))
+        factor = max(1.0, seq_len / length) if dynamic_yarn else rc.factor
+        lo, hi = correction_range(r, b, length, p.get("beta_fast") or 32, p.get("beta_slow") or 1, truncate,
+                                  opts["clamp"])
+        if truncate:  # transformers keeps floor/ceil as Python ints; the float32 results are the same
+            lo, hi = int(lo), int(hi)
+        return f32.f32_yarn(r, b, factor, lo, hi, epsilon_rule=opts["epsilon_rule"],
+                            extrapolation_factor=extrapolation_factor)
+    if rc.rope_type == "llama3":
+        return f32.f32_llama3(r, b, rc.factor, p["low_freq_factor"], p["high_freq_factor"],
+                              rc.original_max_position_embeddings)
+    use_long = uses_long_factors(seq_len, rc.original_max_position_embeddings, switch=opts["longrope_switch"],
+                                 max_model_len=max_model_len)
+    return f32.f32_longrope(r, b, p["long_factor"] if use_long else p["short_factor"])

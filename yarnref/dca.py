@@ -57,7 +57,10 @@ Temperature (``temperature=``): the paper uses none (``"none"``, the default).
 ``"chunkllama"`` is ChunkLlama's Llama code, which multiplies the q and k
 cos/sin tables by ``0.05 ln(seq_len / max_position_embeddings) + 1`` (1 when
 the ratio is at most 1), so the logits of the rotated features scale by its
-square.  ``"qwen"`` is vLLM's Qwen2.5-1M rule:
+square.  In decode ChunkLlama rotates each key once, when it is written, and
+caches it: key ``j`` keeps the factor of its write length ``w_j`` while the
+query gets the current one (``key_write_lengths``, as for ``"qwen"``), so a
+logit's rotary part scales by ``mscale(L_q) mscale(w_j)``.  ``"qwen"`` is vLLM's Qwen2.5-1M rule:
 :math:`s(n) = \max(1,\ 0.1 \ln(n / O) + 1)` with ``O =
 original_max_position_embeddings``; every key is stored multiplied (all its
 features) by ``s`` of the sequence length when it was written, and the query by
@@ -284,7 +287,7 @@ def qwen_attention_scale(length, original_max_position_embeddings):
 #: Which temperature modes use each optional parameter of :func:`dca_temperature`.
 _TEMPERATURE_PARAMETERS = {
     "seq_len": ("chunkllama", "qwen"),
-    "key_write_lengths": ("qwen",),
+    "key_write_lengths": ("chunkllama", "qwen"),
     "max_position_embeddings": ("chunkllama",),
     "original_max_position_embeddings": ("qwen",),
 }
@@ -295,7 +298,10 @@ class DCATemperature(NamedTuple):
 
     ``table``: into the q and k cos/sin tables (ChunkLlama); ``query``: onto
     every rotated query; ``key``: ``(kv_len,)``, onto each rotated key (vLLM
-    stores keys pre-multiplied by their write-time factor).
+    stores keys pre-multiplied by their write-time factor; for ChunkLlama with
+    ``key_write_lengths``, ``mscale(w_j) / mscale(seq_len)``, which turns the
+    shared table factor into key ``j``'s own: exact for full-head rotary, the
+    only case ChunkLlama runs).
     """
 
     table: float
@@ -342,13 +348,6 @@ def dca_temperature(
         seq_len = kv_len
     if not _is_int(seq_len) or seq_len < kv_len:
         raise InputError("seq_len", seq_len, f"an integer >= kv_len = {kv_len} (the request's full length)")
-    if temperature == "chunkllama":
-        if max_position_embeddings is None:
-            raise InputError("max_position_embeddings", None, "a positive integer (required by temperature='chunkllama')")
-        return DCATemperature(chunkllama_mscale(seq_len, max_position_embeddings), 1.0, ones)
-    if original_max_position_embeddings is None:
-        raise InputError("original_max_position_embeddings", None, "a positive integer (required by temperature='qwen')")
-    original_max_position_embeddings = _check_positive_int("original_max_position_embeddings", original_max_position_embeddings)
     if key_write_lengths is None:
         write = np.full(kv_len, seq_len, dtype=np.int64)
     else:
@@ -359,6 +358,18 @@ def dca_temperature(
         if bad.size:
             j = int(bad[0])
             raise InputError("key_write_lengths", f"[{j}] = {int(write[j])}", f"key j written at a sequence length >= j + 1 = {j + 1}")
+    if temperature == "chunkllama":
+        if max_position_embeddings is None:
+            raise InputError("max_position_embeddings", None, "a positive integer (required by temperature='chunkllama')")
+        table = chunkllama_mscale(seq_len, max_position_embeddings)
+        if key_write_lengths is None:
+            return DCATemperature(table, 1.0, ones)
+        ratio = np.maximum(1.0, write / max_position_embeddings)  # (kv_len,) w_j / max_pos, at least 1
+        key = (0.05 * np.log(ratio) + 1.0) / table  # mscale(w_j) / mscale(seq_len)
+        return DCATemperature(table, 1.0, key)
+    if original_max_position_embeddings is None:
+        raise InputError("original_max_position_embeddings", None, "a positive integer (required by temperature='qwen')")
+    original_max_position_embeddings = _check_positive_int("original_max_position_embeddings", original_max_position_embeddings)
     query = qwen_attention_scale(int(seq_len), original_max_position_embeddings)
     return DCATemperature(1.0, query, qwen_attention_scale(write, original_max_position_embeddings))
 
@@ -408,10 +419,11 @@ def dca_attention(
     Options: ``scale`` (default ``1/sqrt(head_dim)``); ``pairing`` ``"half"``
     or ``"interleaved"``; ``attention_factor`` multiplies cos and sin;
     ``pi_factor`` divides every position; ``temperature`` ``"none"`` (the
-    paper), ``"chunkllama"`` (needs ``max_position_embeddings``) or ``"qwen"``
-    (needs ``original_max_position_embeddings``; ``key_write_lengths``, shape
-    ``(kv_len,)``, gives the sequence length when each key was written: its
-    default is ``seq_len`` for every key), with ``seq_len`` the request's length
+    paper), ``"chunkllama"`` (needs ``max_position_embeddings``; full-head
+    rotary when ``key_write_lengths`` is given) or ``"qwen"`` (needs
+    ``original_max_position_embeddings``); for both, ``key_write_lengths``,
+    shape ``(kv_len,)``, gives the sequence length when each key was written
+    (default ``seq_len`` for every key), with ``seq_len`` the request's length
     (default ``kv_len``); ``form`` ``"union"`` (one softmax over the union of
     the three parts, blocked over queries) or ``"merge"`` (the three parts as
     separate :func:`~yarnref.attention.attention` calls per DCA segment,
@@ -451,6 +463,9 @@ def dca_attention(
         max_position_embeddings=max_position_embeddings,
         original_max_position_embeddings=original_max_position_embeddings,
     )
+    if temperature == "chunkllama" and key_write_lengths is not None and 2 * freqs.size != head_dim:
+        raise InputError("key_write_lengths", "an array", f"None with temperature='chunkllama' and partial rotary "
+                         f"(r = {2 * freqs.size} < head_dim = {head_dim}): ChunkLlama rotates whole heads")
 
     ids = dca_position_ids(kv_len, chunk_size, local_size)
     table_factor = attention_factor * factors.table

@@ -472,6 +472,10 @@ def _split_parts(vertical: np.ndarray, slash: np.ndarray, begin: int, end: int, 
 # ----------------------------------------------------------------------------- the Qwen2.5-1M pipeline
 
 
+#: ``budget_clamp`` values of :func:`qwen_prefill` / :func:`qwen_sparse_plan`.
+BUDGET_CLAMPS = ("per_segment", "vllm_in_place")
+
+
 class _QwenSetup(NamedTuple):
     cfg: object
     budgets: SparseHeadBudgets | None
@@ -479,6 +483,7 @@ class _QwenSetup(NamedTuple):
     scale: float  # softmax scale times the temperature s^2
     ids: object  # DCAPositionIds of the kv_len positions
     segments: list  # DCASegment, over all prefill chunks
+    chunk_of: list  # the prefill chunk (one vLLM forward call) each segment belongs to
 
 
 def _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing):
@@ -507,19 +512,22 @@ def _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size,
     temperature = qwen_attention_scale(kv_len, cfg.original_max_position_embeddings) if cfg.original_max_position_embeddings else 1.0
     offset = kv_len - q_len
     chunk = prefill_chunk_size or q_len
-    segments = []
-    for start in range(0, q_len, chunk):  # prefill chunks [start, stop) of the queries
+    segments, chunk_of = [], []
+    for index, start in enumerate(range(0, q_len, chunk)):  # prefill chunks [start, stop) of the queries
         stop = min(start + chunk, q_len)
-        segments += dca_segments(stop + offset, stop - start, cfg.chunk_size, cfg.local_size)
+        these = dca_segments(stop + offset, stop - start, cfg.chunk_size, cfg.local_size)
+        segments += these
+        chunk_of += [index] * len(these)
     ids = dca_position_ids(kv_len, cfg.chunk_size, cfg.local_size)
-    return _QwenSetup(cfg, budgets, sparse, scale * temperature**2, ids, segments)
+    return _QwenSetup(cfg, budgets, sparse, scale * temperature**2, ids, segments, chunk_of)
 
 
-def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing):
+def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_segment"):
     """Yield ``(QwenSparseSegment, rotate_queries)`` per DCA segment (steps 3 and 4 of the pipeline).
 
     ``rotate_queries(positions)`` rotates the segment's queries to
-    ``positions[begin:end]`` through the backend.
+    ``positions[begin:end]`` through the backend.  ``budget_clamp``: see
+    :func:`qwen_prefill`.
     """
     backend = _backend()
     rope_cos_sin, apply_rope = _op("rope_cos_sin"), _op("apply_rope")
@@ -534,9 +542,14 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing):
         cos, sin = rope_cos_sin(inv_freq, positions)
         return apply_rope(x, cos, sin, pairing)
 
-    for seg in setup.segments:
+    vertical_budget, slash_budget, call = setup.budgets.vertical_size, setup.budgets.slash_size, None
+    for seg, chunk_index in zip(setup.segments, setup.chunk_of):
         begin, end, cs = seg.begin, seg.end, seg.intra[0]
         lq = min(end - begin, last_q)
+        if budget_clamp == "vllm_in_place":  # vLLM: min(budget, K) written back into tensors made once per call
+            if chunk_index != call:
+                vertical_budget, slash_budget, call = setup.budgets.vertical_size, setup.budgets.slash_size, chunk_index
+            vertical_budget, slash_budget = np.minimum(vertical_budget, end), np.minimum(slash_budget, end)
         # Estimation (step 3).  The three blocks use queries at r(i) (intra keys), r(i) + L (successive
         # keys) and r(i) + C (inter keys), keys at r(j).  RoPE scores depend only on the difference of the
         # two positions (RoFormer Eq. 16), so one product does it: queries at r(i) + L, keys at r(j) + L
@@ -546,7 +559,7 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing):
         k_est = rotate(k[:, :, :end], ids.key[:end] + key_shift)
         q_est = rotate(q[:, :, end - offset - lq : end - offset], ids.successive_critical[end - lq : end])
         vertical, slash = vertical_slash_indices(
-            q_est, k_est, setup.budgets.vertical_size, setup.budgets.slash_size, lq,
+            q_est, k_est, vertical_budget, slash_budget, lq,
             scale=setup.scale, force_verticals=_FORCE_VERTICALS, force_slashes=_FORCE_SLASHES,
         )
         vertical = np.asarray(backend.to_numpy(vertical), dtype=np.int64)
@@ -556,7 +569,14 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing):
         yield plan, (lambda positions, rows=rows, begin=begin, end=end: rotate(rows, positions[begin:end]))
 
 
-def qwen_sparse_plan(q, k, inv_freq, dca, scale=None, *, layer=0, heads=None, prefill_chunk_size=None, pairing="half"):
+def _check_budget_clamp(budget_clamp):
+    if budget_clamp not in BUDGET_CLAMPS:
+        raise InputError("budget_clamp", budget_clamp, f"one of {BUDGET_CLAMPS}")
+    return budget_clamp
+
+
+def qwen_sparse_plan(q, k, inv_freq, dca, scale=None, *, layer=0, heads=None, prefill_chunk_size=None, pairing="half",
+                     budget_clamp="per_segment"):
     """The index sets :func:`qwen_prefill`'s sparse path uses, one :class:`QwenSparseSegment` per DCA segment.
 
     Same arguments as :func:`qwen_prefill` (``v`` is not needed); the
@@ -567,14 +587,16 @@ def qwen_sparse_plan(q, k, inv_freq, dca, scale=None, *, layer=0, heads=None, pr
     implementation's indices with these (by recall where they differ only at
     top-k ties).
     """
+    budget_clamp = _check_budget_clamp(budget_clamp)
     setup = _qwen_setup(q, k, k, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing)
     if setup.budgets is None:
         raise ConfigError("sparse_attention_enabled", False, "true, with a sparse_attention_config, for a sparse plan")
     q, k = _spec_float64(q, k)
-    return [plan for plan, _ in _walk_sparse(setup, q, k, inv_freq, pairing)]
+    return [plan for plan, _ in _walk_sparse(setup, q, k, inv_freq, pairing, budget_clamp)]
 
 
-def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, prefill_chunk_size=None, pairing="half", return_lse=False):
+def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, prefill_chunk_size=None, pairing="half",
+                 return_lse=False, budget_clamp="per_segment"):
     """The Qwen2.5-1M prefill of one attention layer: DCA, vertical-slash sparse above the threshold.
 
     ``q`` ``(batch, q_heads, q_len, head_dim)``, ``k`` ``(batch, kv_heads,
@@ -592,6 +614,18 @@ def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, pre
     segment in it, estimates its own pattern.  ``pairing``: ``"half"`` (Qwen2,
     vLLM ``is_neox_style``) or ``"interleaved"``.
 
+    ``budget_clamp``: ``"per_segment"`` (default) clamps each head's budgets
+    to the segment's ``K = end`` keys afresh for every DCA segment.
+    ``"vllm_in_place"`` is what vLLM's dual-chunk backend (the
+    ``DualChunkFlashAttention`` prefill, before v0.11) does: it writes
+    ``min(budget, K)`` back into the per-head budget tensors, which are made
+    once per forward call (one prefill chunk), so every later segment of the
+    same call inherits the smallest ``K`` seen so far.  It matters only when a
+    call has a segment with fewer keys than some head's budget followed by a
+    longer one: with small chunk sizes (output differences of 0.07 to 0.63);
+    at Qwen2.5-1M's shipped sizes (segments of 253952 keys, budgets of a few
+    thousand) it is inert.
+
     Below the gate (sparse disabled, or ``kv_len <=
     sparse_attention_threshold``) this is :func:`yarnref.dca.dca_attention`
     (dense DCA with the config's temperature).  Above it, the pipeline of the
@@ -601,6 +635,7 @@ def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, pre
     ``return_lse`` the lse ``(batch, q_heads, q_len)``.
     """
     return_lse = _check_bool("return_lse", return_lse)
+    budget_clamp = _check_budget_clamp(budget_clamp)
     setup = _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing)
     if not setup.sparse:
         return _op("dca_attention")(
@@ -617,7 +652,7 @@ def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, pre
     k_rot = apply_rope(k, cos, sin, pairing)  # every key at r(j), once
     query_positions = {"intra": ids.intra, "successive": ids.successive, "inter": ids.inter}
     outputs, lses = [], []
-    for plan, rotate_queries in _walk_sparse(setup, q, k, inv_freq, pairing):
+    for plan, rotate_queries in _walk_sparse(setup, q, k, inv_freq, pairing, budget_clamp):
         part_outputs, part_lses = [], []
         for name, part in plan.parts.items():
             start, stop = part.keys

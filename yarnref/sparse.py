@@ -99,6 +99,7 @@ __all__ = [
     "VS_MODES",
     "vertical_slash_indices",
     "convert_vertical_slash_indexes",
+    "minference_convert_vertical_slash_indexes",
     "vertical_slash_mask",
     "vertical_slash_attention",
     "attention_recall",
@@ -291,16 +292,18 @@ def _append(table: np.ndarray, count: np.ndarray, where: np.ndarray, values: np.
         count[lanes] += 1
 
 
-def _save_blocks(table, count, where, range_start, range_end, kv_len: int, block_size_n: int) -> None:
+def _save_blocks(table, count, where, range_start, range_end, kv_len: int, block_size_n: int, clamp: bool = True) -> None:
     """Emit the block starts ``range_start, range_start + BN, ... < min(range_end, kv_len)`` for the lanes in ``where``.
 
-    A range starting at or after ``kv_len`` emits nothing.
+    A range starting at or after ``kv_len`` emits nothing.  ``clamp=False``
+    (MInference's CUDA converter): ``... < range_end``, whatever ``kv_len``.
     """
-    lanes = np.flatnonzero(where & (range_start < kv_len))
+    limit = kv_len if clamp else np.iinfo(np.int64).max
+    lanes = np.flatnonzero(where & (range_start < limit))
     if not lanes.size:
         return
     start = range_start[lanes]
-    n_blocks = -(-(np.minimum(range_end[lanes], kv_len) - start) // block_size_n)  # (lanes,) ceil
+    n_blocks = -(-(np.minimum(range_end[lanes], limit) - start) // block_size_n)  # (lanes,) ceil
     lane = np.repeat(lanes, n_blocks)
     k = np.arange(n_blocks.sum()) - np.repeat(np.cumsum(n_blocks) - n_blocks, n_blocks)  # 0.. within each lane
     slot = count[lane] + k
@@ -359,6 +362,28 @@ def convert_vertical_slash_indexes(q_len, kv_len, vertical_idx, slash_idx, block
     kernels' end-of-verticals marker ``end_m + BN + off`` then lies inside a
     range grown in ``BM`` steps and their loop never ends.
     """
+    return _convert(q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal, clamp=True)
+
+
+def minference_convert_vertical_slash_indexes(q_len, kv_len, vertical_idx, slash_idx, block_size_m=64, block_size_n=64):
+    """MInference's own CUDA converter: :func:`convert_vertical_slash_indexes` without the ``kv_len`` clamp.
+
+    MInference's ``convert_vertical_slash_indexes`` (``csrc/vertical_slash_index.cu``,
+    microsoft/MInference, 2024-2025) emits every block start ``range_start,
+    range_start + BN, ... < range_end`` even past ``kv_len``; vLLM's port (and
+    :func:`convert_vertical_slash_indexes`) stops at ``kv_len`` and emits
+    nothing for a range starting there.  The ranges only reach past
+    ``kv_len`` in the last, partial row block (``q_len`` not a multiple of
+    ``BM``), so only there do the lists differ; the kernels bound keys by
+    ``kv_len`` anyway, so the attention output is the same.  MInference's
+    converter is causal only (vLLM added the non-causal form for DCA's
+    parts), hence no ``causal`` argument.  Same outputs as
+    :func:`convert_vertical_slash_indexes` (capacity included).
+    """
+    return _convert(q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, True, clamp=False)
+
+
+def _convert(q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal, *, clamp: bool):
     causal = _check_bool("causal", causal)
     q_len, kv_len = _check_lengths(q_len, kv_len, causal)
     block_size_m = _check_int("block_size_m", block_size_m, 1)
@@ -436,21 +461,21 @@ def convert_vertical_slash_indexes(q_len, kv_len, vertical_idx, slash_idx, block
         finish = out_of_slashes & ((v == nv) | (causal & (v_idx > range_start)))
         if not causal:  # the last vertical, if it is a key, still becomes a column
             _append(column_index, column_count, finish & (v == nv) & (v_idx < kv_len), v_idx)
-        _save_blocks(block_offset, block_count, finish, range_start, range_end, kv_len, bn)
+        _save_blocks(block_offset, block_count, finish, range_start, range_end, kv_len, bn, clamp)
         active &= ~finish
         restart = out_of_slashes & ~finish  # slashes exhausted with verticals left (reachable only when non-causal)
         if causal:
             range_start = np.where(restart, end_m + off, range_start)
             range_end = np.where(restart, end_m + off + bn, range_end)
         else:
-            _save_blocks(block_offset, block_count, restart, range_start, range_end, kv_len, bn)
+            _save_blocks(block_offset, block_count, restart, range_start, range_end, kv_len, bn, clamp)
             range_start = np.where(restart, kv_len, range_start)
             range_end = np.where(restart, kv_len + bn, range_end)
         slashes_done |= restart
         grow_from = take & ~slashes_done
         gap = grow_from & (e > range_end + bm)
         touch = grow_from & ~gap & (e > range_end)
-        _save_blocks(block_offset, block_count, gap, range_start, range_end, kv_len, bn)
+        _save_blocks(block_offset, block_count, gap, range_start, range_end, kv_len, bn, clamp)
         range_start = np.where(gap, e - bm, range_start)
         range_end = np.where(gap, e, np.where(touch, range_end + bm, range_end))
         s = s + take

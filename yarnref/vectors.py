@@ -160,17 +160,21 @@ _ARRAY_DOC = {
 
 
 def context_length(config: Mapping | RopeConfig) -> int | None:
-    """The longest context the config is meant for: the largest of ``max_position_embeddings``
-    and ``factor * original_max_position_embeddings`` (``None`` if neither is known).
+    """The longest context a stack runs the config at (``None`` if unknown): positions stay below it.
 
-    Qwen2.5's YaRN configs keep ``max_position_embeddings = 32768`` while
-    ``factor = 4`` over ``original = 32768`` reaches 131072, hence the maximum.
+    ``max_position_embeddings``, the size of vLLM's cos/sin cache for the
+    default, Llama 3, LongRoPE and dynamic types (a position beyond it cannot
+    be indexed there).  For YaRN, vLLM's ``YaRNScalingRotaryEmbedding`` builds
+    its cache to ``original_max_position_embeddings * factor``, and Qwen2.5's
+    YaRN configs keep ``max_position_embeddings = 32768`` while ``factor = 4``
+    over ``original = 32768`` reaches 131072: the larger of the two.  Without
+    ``max_position_embeddings``, YaRN's ``factor * original`` if known.
     """
     rc = parse_rope_config(config)
     lengths = []
     if rc.max_position_embeddings is not None:
         lengths.append(rc.max_position_embeddings)
-    if rc.factor is not None and rc.original_max_position_embeddings is not None:
+    if rc.rope_type == "yarn" and rc.factor is not None and rc.original_max_position_embeddings is not None:
         lengths.append(int(round(rc.factor * rc.original_max_position_embeddings)))
     return max(lengths) if lengths else None
 
@@ -241,6 +245,14 @@ def make_vectors(
     ``heads``: their leading dims.  ``seq_len`` and ``frequency_options``
     (``stack=...``, ``truncate=...``, ...) go to
     :func:`yarnref.config.rope_frequencies`.
+
+    LongRoPE: the file holds only what a stack computes for the positions
+    stored.  With ``seq_len=None`` and transformers' switch, ``seq_len`` is
+    ``max(positions) + 1``, the length of a forward over those positions, as
+    transformers decides it (vLLM and llama.cpp decide from ``max_model_len``
+    and must be given it); a ``seq_len`` whose (short) factors do not cover
+    the largest position, which no stack would compute, is an InputError.
+    Which list was used is recorded in ``meta["longrope"]``.
     """
     rc = parse_rope_config(config)
     if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
@@ -248,6 +260,9 @@ def make_vectors(
     batch = _check_count("batch", batch)
     heads = _check_count("heads", heads)
     pos = default_positions(rc) if positions is None else _check_positions(positions)
+    longrope = None
+    if rc.rope_type == "longrope":
+        seq_len, longrope = _longrope_switch(rc, pos, seq_len, frequency_options)
     inv_freq, m = rope_frequencies(rc, seq_len, **frequency_options)
     cos, sin = rope_cos_sin(inv_freq, pos, m)  # (n, r/2) each
     rng = np.random.default_rng(int(seed))
@@ -289,6 +304,7 @@ def make_vectors(
             "warnings": list(rc.warnings),
         },
         "seq_len": seq_len,
+        "longrope": longrope,
         "frequency_options": _jsonable(frequency_options),
         "seed": int(seed),
         "batch": batch,
@@ -299,6 +315,36 @@ def make_vectors(
     }
     arrays["meta"] = meta
     return arrays
+
+
+def _longrope_switch(rc: RopeConfig, pos: np.ndarray, seq_len, frequency_options) -> tuple[int | None, dict]:
+    """``(seq_len, provenance)`` for LongRoPE: decide the list the way the chosen stack does for ``pos``."""
+    from .config import stack_options
+    from .scaling import uses_long_factors
+
+    original = rc.original_max_position_embeddings
+    switch = frequency_options.get("longrope_switch") or stack_options(frequency_options.get("stack", "transformers"))[
+        "longrope_switch"]
+    top = int(pos.max())
+    if switch == "current_length":
+        decided = "transformers: long iff max(position_ids) + 1 > original_max_position_embeddings"
+        if seq_len is None:
+            seq_len = top + 1
+            decided += f" (seq_len = max(positions) + 1 = {seq_len})"
+        elif seq_len <= top:
+            raise InputError("seq_len", seq_len, f"None or > max(positions) = {top}: a forward over these positions "
+                             "has seq_len = max(position_ids) + 1")
+        long = uses_long_factors(seq_len, original)
+    else:
+        max_model_len = frequency_options.get("max_model_len")
+        long = uses_long_factors(None, original, switch="static", max_model_len=max_model_len)
+        decided = f"static (vLLM, llama.cpp): long iff max_model_len = {max_model_len} > original_max_position_embeddings"
+        if max_model_len is not None and top >= max_model_len:
+            raise InputError("positions", f"max {top}", f"positions < max_model_len = {max_model_len}")
+    if not long and top >= original:
+        raise InputError("seq_len", seq_len, f"a length that selects the long factors: position {top} >= "
+                         f"original_max_position_embeddings = {original} is only ever rotated with them")
+    return seq_len, {"uses_long_factors": bool(long), "decided_by": decided}
 
 
 def write_vectors(
@@ -378,7 +424,8 @@ def check_vectors(
 
     ``vectors`` is a path or the dict of :func:`read_vectors`.  Each array
     given (NumPy, torch, CuPy, a list) is compared with the stored one by
-    :func:`yarnref.testing.assert_close` (``op="rope"``) with ``dtype`` (the
+    :func:`yarnref.testing.assert_close` (``op="frequencies"`` for
+    ``inv_freq`` and ``attention_factor``, ``op="rope"`` for the rest) with ``dtype`` (the
     precision the other implementation computed in; default: the array's own
     dtype), ``angle_dtype`` (the precision of its angles, see
     :func:`yarnref.testing.tolerance`) and, for cos/sin and the rotations,
@@ -411,7 +458,7 @@ def check_vectors(
             stored[name],
             dtype=dtype,
             max_position=max_position if name in _POSITIONAL else 0,
-            op="rope",
+            op="rope" if name in _POSITIONAL else "frequencies",
             angle_dtype=angle_dtype,
             err_msg=f"golden vector {name!r}",
         )

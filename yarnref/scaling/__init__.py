@@ -14,6 +14,8 @@ module             method                                  paper
 :mod:`.yarn`       YaRN, dynamic YaRN, DeepSeek mscale     arXiv:2309.00071
 :mod:`.llama3`     Llama 3.1 schedule                      arXiv:2407.21783
 :mod:`.longrope`   LongRoPE (Phi-3 "su")                   arXiv:2402.13753
+:mod:`.proportional` proportional RoPE (Gemma 4)           transformers 5.24
+:mod:`.float32`    all of them as the stacks round them    (float32 emulation)
 =================  ======================================  ====================
 
 A model's config.json goes through :func:`yarnref.config.rope_frequencies`,
@@ -25,6 +27,7 @@ from __future__ import annotations
 from .linear import interpolate_positions, linear_frequencies
 from .llama3 import llama3_freq_divisors, llama3_frequencies
 from .longrope import longrope_attention_factor, longrope_frequencies, uses_long_factors
+from .proportional import proportional_frequencies
 from .ntk import (
     DynamicNTKCache,
     dynamic_ntk_base,
@@ -64,6 +67,7 @@ __all__ = [
     "ntk_aware_base",
     "ntk_frequencies",
     "paper_ramp",
+    "proportional_frequencies",
     "uses_long_factors",
     "vllm_dynamic_ntk_frequencies",
     "yarn_attention_factor",

@@ -52,9 +52,11 @@ from ..errors import InputError
 from ..rope import base_inv_freq
 from .linear import _real
 
-__all__ = ["SWITCHES", "longrope_attention_factor", "uses_long_factors", "longrope_frequencies"]
+__all__ = ["SWITCHES", "MSCALE_RULES", "longrope_attention_factor", "uses_long_factors", "longrope_frequencies"]
 
 SWITCHES = ("current_length", "static")
+#: ``rule`` values of :func:`longrope_attention_factor`.
+MSCALE_RULES = ("transformers", "max_position")
 
 
 def _positive_int(name: str, value) -> int:
@@ -68,14 +70,29 @@ def longrope_attention_factor(
     original_max_position_embeddings: int,
     attention_factor: float | None = None,
     max_position_embeddings: int | None = None,
+    *,
+    rule: str = "transformers",
 ) -> float:
     r""":math:`\sqrt{1 + \ln s / \ln L}` (1 if ``s <= 1``); an explicit ``attention_factor`` wins.
 
-    ``factor=None`` uses ``s = max_position_embeddings / L`` (Phi-3's configs
-    carry no ``factor``), as transformers does.
+    ``rule="transformers"``: ``factor=None`` uses ``s = max_position_embeddings
+    / L`` (Phi-3's configs carry no ``factor``).
+
+    ``rule="max_position"``: vLLM 0.33 (``Phi3LongRoPEScaledRotaryEmbedding``)
+    and llama.cpp's converter (``rope.scaling.attn_factor``) always take ``s =
+    max_position_embeddings / L`` and ignore ``factor`` and
+    ``attention_factor``; here ``attention_factor`` stands for vLLM's
+    ``short_mscale`` / ``long_mscale`` override (pass the one of the list in
+    use; :func:`yarnref.rope_frequencies` does).
     """
+    if rule not in MSCALE_RULES:
+        raise InputError("rule", rule, f"one of {MSCALE_RULES}")
     attention_factor = _real("attention_factor", attention_factor, minimum=0.0, strict=True, allow_none=True)
     L = _positive_int("original_max_position_embeddings", original_max_position_embeddings)
+    if rule == "max_position":
+        if max_position_embeddings is None:
+            raise InputError("max_position_embeddings", None, "a positive integer (rule='max_position')")
+        factor = None
     if factor is None:
         if max_position_embeddings is None:
             raise InputError("factor", None, "a number, or max_position_embeddings to derive it from")
@@ -134,16 +151,19 @@ def longrope_frequencies(
     seq_len: int | None = None,
     switch: str = "current_length",
     max_model_len: int | None = None,
+    mscale_rule: str = "transformers",
 ) -> tuple[np.ndarray, float]:
     r"""LongRoPE inverse frequencies :math:`\theta_i / f_i`, shape ``(r/2,)``, and ``m_att``.
 
     ``f`` is ``long_factor`` if :func:`uses_long_factors` says so, else
-    ``short_factor``; ``m_att`` is :func:`longrope_attention_factor` (the same
-    for both lists).
+    ``short_factor``; ``m_att`` is :func:`longrope_attention_factor` with
+    ``rule=mscale_rule`` (the same for both lists unless an override is
+    given).
     """
     theta = base_inv_freq(rotary_dim, base)  # (r/2,)
     short = _factor_list("short_factor", short_factor, theta.size)
     long = _factor_list("long_factor", long_factor, theta.size)
-    m = longrope_attention_factor(factor, original_max_position_embeddings, attention_factor, max_position_embeddings)
+    m = longrope_attention_factor(factor, original_max_position_embeddings, attention_factor, max_position_embeddings,
+                                  rule=mscale_rule)
     use_long = uses_long_factors(seq_len, original_max_position_embeddings, switch=switch, max_model_len=max_model_len)
     return theta / (long if use_long else short), m

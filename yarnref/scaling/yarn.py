@@ -101,7 +101,7 @@ __all__ = [
 CLAMPS = ("rotary_dim", "half")
 RAMPS = ("index", "paper")
 EPSILON_RULES = ("transformers", "ggml")
-MSCALE_RULES = ("transformers", "vllm_deepseek", "yarn_authors", "llama.cpp")
+MSCALE_RULES = ("transformers", "vllm_deepseek", "yarn_authors", "llama.cpp", "llama.cpp_deepseek2")
 
 
 def _even_dim(rotary_dim) -> int:
@@ -246,11 +246,23 @@ def yarn_attention_factor(
 
     Other rules:
 
-    * ``"vllm_deepseek"``: vLLM's ``DeepseekScalingRotaryEmbedding``:
+    * ``"vllm_deepseek"``: vLLM's ``DeepseekScalingRotaryEmbedding`` (vLLM
+      0.33, ``rotary_embedding/deepseek_scaling_rope.py``):
       :math:`g(s, \mathrm{mscale}) / g(s, \mathrm{mscale\_all\_dim})` with
       defaults ``mscale = 1``, ``mscale_all_dim = 0`` (so a missing
       ``mscale_all_dim`` gives :math:`g(s, \mathrm{mscale})`, not 1), times
-      ``attention_factor`` (vLLM's ``attn_factor``, default 1).
+      vLLM's own ``attn_factor`` (default 1).  ``get_rope`` passes that class
+      only ``extrapolation_factor, attn_factor, beta_fast, beta_slow, mscale,
+      mscale_all_dim`` from the RoPE parameters: a config's
+      ``attention_factor`` never reaches it.  Here the ``attention_factor``
+      argument stands for vLLM's ``attn_factor``;
+      :func:`yarnref.rope_frequencies` passes it the config's ``attn_factor``
+      key, not ``attention_factor``.
+    * ``"llama.cpp_deepseek2"``: llama.cpp's DEEPSEEK2 architecture (DeepSeek
+      V2/V3, Kimi K2 and other MLA models): it passes ggml an ``attn_factor``
+      that cancels ggml's internal :math:`g(s, 1)`, so the net magnitude of
+      cos and sin is exactly 1, and folds the YaRN temperature into the
+      softmax scale instead (``src/llama-model.cpp``, ``LLM_ARCH_DEEPSEEK2``).
     * ``"yarn_authors"``: ``LlamaYaRNScaledRotaryEmbedding``:
       :math:`g(s) \cdot` ``attention_factor`` (their ``attn_factor``, default 1
       — it multiplies, it does not replace).
@@ -279,6 +291,8 @@ def yarn_attention_factor(
         return float(numerator / denominator * (1.0 if attention_factor is None else attention_factor))
     if rule == "yarn_authors":
         return get_mscale(s) * (1.0 if attention_factor is None else attention_factor)
+    if rule == "llama.cpp_deepseek2":
+        return 1.0
     # "llama.cpp"
     if attention_factor is not None:
         return attention_factor
@@ -291,10 +305,16 @@ def deepseek_softmax_scale(qk_head_dim: int, factor: float, mscale_all_dim: floa
     r"""DeepSeek MLA's softmax scale: :math:`d_{qk}^{-1/2} \cdot g(s, \mathrm{mscale\_all\_dim})^2`.
 
     ``qk_head_dim = qk_nope_head_dim + qk_rope_head_dim`` (192 for DeepSeek-V3).
-    Applied by transformers (``yarn_apply_mscale`` in
-    ``models/deepseek_v3/modeling_deepseek_v3.py``) and vLLM
-    (``models/deepseek_v2.py``) on top of the cos/sin factor, when the rope
-    type is not default and ``mscale_all_dim`` is truthy.  Net effect: the rope
+    transformers (``yarn_apply_mscale`` in
+    ``models/deepseek_v3/modeling_deepseek_v3.py``, 5.24) applies it on top of
+    the cos/sin factor whenever the rope type is not default and
+    ``mscale_all_dim`` is truthy.  vLLM (``models/deepseek_v2.py``) applies it
+    only when it has renamed the rope type to ``"deepseek_yarn"``: in 0.33 that
+    rename is skipped (type ``"deepseek_llama_scaling"``) for a config whose
+    ``attention_factor`` is 1.0, and in later sources it is decided by the
+    ``apply_yarn_scaling`` key (default true); with ``"deepseek_llama_scaling"``
+    vLLM's scale is plain :math:`d_{qk}^{-1/2}`, i.e. this function with
+    ``mscale_all_dim=None``.  Net effect: the rope
     dims' logits get :math:`g(s, \mathrm{mscale})^2`, the no-position dims'
     logits :math:`g(s, \mathrm{mscale\_all\_dim})^2` — hence "all_dim".
     """
