@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yarnref import sparse
+from yarnref import sparse, sparse_lockstep
 from yarnref.attention import attention
 from yarnref.backend import OPERATIONS
 from yarnref.errors import InputError
@@ -37,71 +37,6 @@ def masked_softmax(q, k, v, mask, scale=None):
 
 def causal_mask(q_len, kv_len):
     return np.arange(kv_len)[None, :] <= (np.arange(q_len) + kv_len - q_len)[:, None]
-
-
-def convert_scalar(q_len, kv_len, verts, slashes, bm, bn, causal):
-    """vLLM's convert_vertical_slash_indexes(_mergehead), one row block at a time, written as a plain loop.
-
-    verts ascending, slashes descending (valid entries only).  Returns a list of (blocks, columns) per row block.
-    """
-    nv, ns = len(verts), len(slashes)
-    off = kv_len - q_len if causal else kv_len
-    rows = []
-    for start_m in range(0, q_len, bm):
-        end_m = start_m + bm
-        blocks, cols = [], []
-
-        def save(a, b):
-            if a < kv_len:
-                blocks.extend(range(a, min(b, kv_len), bn))
-
-        far = end_m + bn + off
-        v, v_idx = (1, verts[0]) if nv else (0, far)
-        s, s_idx = (1, slashes[0]) if ns else (0, end_m + off + 1)
-        while s_idx >= end_m + off and s < ns:
-            s_idx = slashes[s]
-            s += 1
-        e = max(end_m + off - s_idx, bm)
-        if s_idx <= end_m + off:
-            rs, re = e - bm, e
-        elif causal:
-            rs, re = end_m + off, end_m + off + bn
-        else:
-            rs, re = kv_len, kv_len + bn
-        finished = False
-        while True:
-            if v_idx < re:
-                if v_idx < rs:
-                    cols.append(v_idx)
-                if v < nv:
-                    v_idx = verts[v]
-                    v += 1
-                else:
-                    v_idx = far
-                continue
-            if s < ns and (causal or slashes[s] >= start_m):
-                e = max(end_m + off - slashes[s], bm)
-                s += 1
-            else:
-                if v == nv or (causal and v_idx > rs):
-                    if not causal and v == nv and v_idx < kv_len:
-                        cols.append(v_idx)
-                    save(rs, re)
-                    break
-                if causal:
-                    rs, re = end_m + off, end_m + off + bn
-                else:
-                    save(rs, re)
-                    rs, re = kv_len, kv_len + bn
-                finished = True
-            if not finished:
-                if e > re + bm:
-                    save(rs, re)
-                    rs, re = e - bm, e
-                elif e > re:
-                    re += bm
-        rows.append((blocks, cols))
-    return rows
 
 
 def unpack(converted, b=0, h=0):
@@ -229,19 +164,30 @@ def test_convert_per_head_padding_matches_each_head_alone():
         assert unpack(both, 0, h) == unpack(alone)
 
 
-@given(index_case())
-def test_convert_matches_plain_loop(case):
+@given(index_case(), st.sampled_from(["numpy", "torch"]), st.booleans())
+def test_lockstep_matches_the_readable_merge(case, namespace, clamp):
+    """The vectorised conversion (every row block in lockstep, NumPy or torch) gives the readable merge's lists."""
     q_len, kv_len, V, S, v_lists, s_lists, bm, bn, causal = case
+    clamp = clamp or not causal  # MInference's unclamped converter is causal only
     rng = np.random.default_rng(q_len * 1000 + kv_len)
     shuffled_v = rng.permuted(V, axis=-1)  # any order is accepted
     shuffled_s = rng.permuted(S, axis=-1)
-    converted = sparse.convert_vertical_slash_indexes(q_len, kv_len, shuffled_v, shuffled_s, bm, bn, causal)
+    if clamp:
+        want = sparse.convert_vertical_slash_indexes(q_len, kv_len, shuffled_v, shuffled_s, bm, bn, causal)
+    else:
+        want = sparse.minference_convert_vertical_slash_indexes(q_len, kv_len, shuffled_v, shuffled_s, bm, bn)
     n_rows = -(-q_len // bm)
-    assert converted[0].shape == (1, V.shape[1], n_rows)
-    assert converted[1].shape[-1] == max(S.shape[-1], 1) * -(-bm // bn)
-    for h in range(V.shape[1]):
-        expected = convert_scalar(q_len, kv_len, list(v_lists[h]), list(s_lists[h]), bm, bn, causal)
-        assert unpack(converted, 0, h) == expected
+    assert want[0].shape == (1, V.shape[1], n_rows)
+    assert want[1].shape[-1] == max(S.shape[-1], 1) * -(-bm // bn)
+    if namespace == "numpy":
+        got = sparse_lockstep.convert_lockstep(np, q_len, kv_len, shuffled_v, shuffled_s, bm, bn, causal, clamp=clamp)
+    else:
+        torch = pytest.importorskip("torch")
+        tensors = (torch.from_numpy(a) for a in (shuffled_v, shuffled_s))
+        got = [t.numpy() for t in sparse_lockstep.convert_lockstep(torch, q_len, kv_len, *tensors, bm, bn, causal, clamp=clamp)]
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype == np.int32
+        assert np.array_equal(g, w)  # the padding (-1 past the counts) too
 
 
 @given(index_case(forced=True))

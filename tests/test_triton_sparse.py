@@ -7,9 +7,8 @@ tests run).  Everything skips cleanly where torch or triton is missing.
 References:
 * the sparse kernel against a direct masked softmax in float64 built from the
   same (block, column) lists, counting a key once per listing;
-* the conversion against a plain-Python transcription of the sequential merge
-  (dca-sparse notes §3.2, vLLM ``vertical_slash_index.cu`` semantics) and, once
-  it exists, the spec ``yarnref.sparse.convert_vertical_slash_indexes``;
+* the conversion against the spec ``yarnref.sparse.convert_vertical_slash_indexes``,
+  the readable sequential merge of vLLM's ``vertical_slash_index.cu``;
 * the pipeline (conversion + kernel) against the spec's
   ``vertical_slash_attention(..., mode="kernel")`` when it exists, and against
   dense causal attention when every diagonal is kept.
@@ -29,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import yarnref
+import yarnref.sparse
 from yarnref.errors import InputError
 
 torch = pytest.importorskip("torch")
@@ -129,74 +129,6 @@ def weighted_attention(q, k, v, weights, scale):
     with np.errstate(divide="ignore"):
         lse = np.where(has, np.log(np.where(has, denom, 1.0)) + m, -np.inf)[..., 0]
     return out, lse
-
-
-def convert_reference(q_len, kv_len, verticals, slashes, bm=64, bn=64, causal=True):
-    """Plain-Python sequential merge for one head: (block starts per row block, columns per row block).
-
-    ``verticals`` ascending, ``slashes`` (distances) descending, padding removed.
-    """
-    off = kv_len - q_len if causal else kv_len
-    n_rows = -(-q_len // bm)
-    all_blocks, all_cols = [], []
-    for r in range(n_rows):
-        start_m, end_m = r * bm, (r + 1) * bm
-        blocks, cols = [], []
-
-        def save(lo, hi):
-            for c in range(lo, min(hi, kv_len), bn):
-                blocks.append(c)
-
-        vi = 0
-        far = 1 << 30  # "no vertical left", past every range
-        v_idx = verticals[0] if verticals else far
-        vi = 1 if verticals else 0
-        si = 0
-        s_idx = slashes[0] if slashes else end_m + off + 1
-        si = 1 if slashes else 0
-        while s_idx >= end_m + off and si < len(slashes):
-            s_idx = slashes[si]
-            si += 1
-        if s_idx <= end_m + off:
-            e = max(end_m + off - s_idx, bm)
-            lo, hi = e - bm, e
-        elif causal:
-            lo, hi = end_m + off, end_m + off + bn
-        else:
-            lo, hi = kv_len, kv_len + bn
-        while True:
-            if v_idx < hi:
-                if v_idx < lo:
-                    cols.append(v_idx)
-                if vi < len(verticals):
-                    v_idx = verticals[vi]
-                    vi += 1
-                else:
-                    v_idx = far
-                continue
-            take = si < len(slashes) and (causal or slashes[si] >= start_m)
-            if take:
-                e = max(end_m + off - slashes[si], bm)
-                si += 1
-                if e > hi + bm:
-                    save(lo, hi)
-                    lo, hi = e - bm, e
-                elif e > hi:
-                    hi += bm
-                continue
-            if vi == len(verticals) or (causal and v_idx > lo):
-                if vi == len(verticals) and not causal and v_idx < kv_len:
-                    cols.append(v_idx)
-                save(lo, hi)
-                break
-            if causal:
-                lo, hi = end_m + off, end_m + off + bn
-            else:
-                save(lo, hi)
-                lo, hi = kv_len, kv_len + bn
-        all_blocks.append(blocks)
-        all_cols.append(cols)
-    return all_blocks, all_cols
 
 
 def _rand_qkv(gen, b, hq, hk, tq, tk, d, dtype):
@@ -403,15 +335,13 @@ def _random_vs(rng, b, h, kv_len, nv, ns, pad=False, force=True):
 
 
 def _check_conversion(result, q_len, kv_len, V, S, bm, bn, causal):
+    """The listed entries equal the spec's (the readable sequential merge), row block by row block."""
+    want = yarnref.sparse.convert_vertical_slash_indexes(q_len, kv_len, V, S, bm, bn, causal)
     bc, bo, cc, ci = (np.asarray(t.cpu()) for t in result)
-    for bi in range(V.shape[0]):
-        for hi in range(V.shape[1]):
-            verts = sorted(int(x) for x in V[bi, hi] if x >= 0)
-            slashes = sorted((int(x) for x in S[bi, hi] if x >= 0), reverse=True)
-            blocks, cols = convert_reference(q_len, kv_len, verts, slashes, bm, bn, causal)
-            for r, (want_b, want_c) in enumerate(zip(blocks, cols)):
-                assert list(bo[bi, hi, r, : bc[bi, hi, r]]) == want_b, (bi, hi, r)
-                assert list(ci[bi, hi, r, : cc[bi, hi, r]]) == want_c, (bi, hi, r)
+    w_bc, w_bo, w_cc, w_ci = want
+    for bi, hi, r in np.ndindex(*w_bc.shape):
+        assert list(bo[bi, hi, r, : bc[bi, hi, r]]) == list(w_bo[bi, hi, r, : w_bc[bi, hi, r]]), (bi, hi, r)
+        assert list(ci[bi, hi, r, : cc[bi, hi, r]]) == list(w_ci[bi, hi, r, : w_cc[bi, hi, r]]), (bi, hi, r)
 
 
 def test_conversion_hand_example(ts):

@@ -92,6 +92,7 @@ from .checks import check_int as _check_int
 from .checks import check_scale as _check_scale
 from .checks import is_int as _is_int
 from .errors import InputError
+from .sparse_lockstep import conversion_capacity, convert_lockstep
 
 __all__ = [
     "MIN_VERTICAL_SIZE",
@@ -182,15 +183,6 @@ def _check_indices(vertical_idx, slash_idx, kv_len: int, batch_heads: tuple[int,
     return vertical, slash
 
 
-def _sorted_with_counts(vertical: np.ndarray, slash: np.ndarray):
-    """Verticals ascending and slashes descending, each with its ``-1`` padding moved to the end; valid counts."""
-    big = np.iinfo(np.int64).max
-    v_sorted = np.sort(np.where(vertical < 0, big, vertical), axis=-1)
-    v_sorted = np.where(v_sorted == big, -1, v_sorted)
-    s_sorted = -np.sort(-slash, axis=-1)  # descending; -1 (padding) is below every distance
-    return v_sorted, (vertical >= 0).sum(-1), s_sorted, (slash >= 0).sum(-1)
-
-
 # ----------------------------------------------------------------------------- online estimation
 
 
@@ -277,40 +269,111 @@ def vertical_slash_indices(q, k, vertical_size, slash_size, last_q=64, *, scale=
 # ----------------------------------------------------------------------------- index conversion
 
 
-def _conversion_capacity(n_vertical: int, n_slash: int, block_size_m: int, block_size_n: int) -> tuple[int, int]:
-    """Widths of ``column_index`` and ``block_offset``: every slash yields at most ``ceil(BM / BN)`` blocks."""
-    return max(n_vertical, 1), max(n_slash, 1) * -(-block_size_m // block_size_n)
+def _check_kernel_blocks(block_size_m: int, block_size_n: int) -> None:
+    if block_size_n < block_size_m:
+        # The kernels' "no vertical left" marker, end_m + BN + off, would fall inside a range grown by BM
+        # steps, and their loop would never end.
+        raise InputError("block_size_n", block_size_n, f"at least block_size_m = {block_size_m} (the kernels use 64 x 64)")
 
 
-def _append(table: np.ndarray, count: np.ndarray, where: np.ndarray, values: np.ndarray) -> None:
-    """``table[lane, count[lane]] = values[lane]; count[lane] += 1`` for the lanes in ``where``."""
-    lanes = np.flatnonzero(where)
-    if lanes.size:
-        if np.any(count[lanes] >= table.shape[1]):
-            raise AssertionError("vertical-slash conversion overflowed its column buffer")  # impossible: one per vertical
-        table[lanes, count[lanes]] = values[lanes]
-        count[lanes] += 1
+def _check_conversion(q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal):
+    """The conversion's arguments, validated: ``(q_len, kv_len, vertical, slash, bm, bn, causal)``, indices int64."""
+    causal = _check_bool("causal", causal)
+    q_len, kv_len = _check_lengths(q_len, kv_len, causal)
+    block_size_m = _check_int("block_size_m", block_size_m, 1)
+    block_size_n = _check_int("block_size_n", block_size_n, 1)
+    _check_kernel_blocks(block_size_m, block_size_n)
+    vertical, slash = _check_indices(vertical_idx, slash_idx, kv_len)
+    return q_len, kv_len, vertical, slash, block_size_m, block_size_n, causal
 
 
-def _save_blocks(table, count, where, range_start, range_end, kv_len: int, block_size_n: int, clamp: bool = True) -> None:
-    """Emit the block starts ``range_start, range_start + BN, ... < min(range_end, kv_len)`` for the lanes in ``where``.
+def _merge_row_block(start_m: int, verts: list, slashes: list, q_len: int, kv_len: int, bm: int, bn: int, causal: bool, clamp: bool):
+    """One thread of vLLM's ``convert_vertical_slash_indexes`` kernel: the lists of row block ``[start_m, start_m + bm)``.
 
-    A range starting at or after ``kv_len`` emits nothing.  ``clamp=False``
-    (MInference's CUDA converter): ``... < range_end``, whatever ``kv_len``.
+    ``verts``: one head's key columns, ascending; ``slashes``: its distances,
+    descending (padding removed).  Returns ``(block_starts, columns)``.  The
+    comments name the kernel's steps (``csrc/attention/vertical_slash_index.cu``;
+    its ``context_size`` is ``q_len``).
     """
-    limit = kv_len if clamp else np.iinfo(np.int64).max
-    lanes = np.flatnonzero(where & (range_start < limit))
-    if not lanes.size:
-        return
-    start = range_start[lanes]
-    n_blocks = -(-(np.minimum(range_end[lanes], limit) - start) // block_size_n)  # (lanes,) ceil
-    lane = np.repeat(lanes, n_blocks)
-    k = np.arange(n_blocks.sum()) - np.repeat(np.cumsum(n_blocks) - n_blocks, n_blocks)  # 0.. within each lane
-    slot = count[lane] + k
-    if slot.size and slot.max() >= table.shape[1]:
-        raise AssertionError("vertical-slash conversion overflowed its block buffer")  # impossible: see capacity
-    table[lane, slot] = np.repeat(start, n_blocks) + k * block_size_n
-    count[lanes] += n_blocks
+    end_m = start_m + bm
+    off = kv_len - q_len if causal else kv_len  # the row block's rows sit at positions start_m + off ..
+    blocks, columns = [], []
+
+    def save_blocks(range_start: int, range_end: int) -> None:
+        # for (idx = range_start; idx < range_end; idx += BLOCK_SIZE_N) if (idx < kv_seqlen) block_offset[block_count++] = idx;
+        stop = min(range_end, kv_len) if clamp else range_end  # MInference's converter has no kv_len test
+        blocks.extend(range(range_start, stop, bn))
+
+    far = end_m + bn + off  # the value a vertical takes when none is left: past every range of this block
+    # int v_idx = vertical_indexes[v++]; int s_idx = slash_indexes[s++];
+    v, v_idx = (1, verts[0]) if verts else (0, far)
+    s, s_idx = (1, slashes[0]) if slashes else (0, end_m + off + 1)
+    # while (s_idx >= end_m + off && s < NNZ_S) s_idx = slash_indexes[s++];  (diagonals that miss every row)
+    while s_idx >= end_m + off and s < len(slashes):
+        s_idx = slashes[s]
+        s += 1
+    if s_idx > end_m + off:
+        # No diagonal reaches the block: an empty range just past its last row (past every key if non-causal).
+        range_start, range_end = (end_m + off, end_m + off + bn) if causal else (kv_len, kv_len + bn)
+    else:
+        # Diagonal delta covers columns [start_m + off - delta, end_m + off - delta) for the block's rows;
+        # s_idx = max(end_m + off - s_idx, BLOCK_SIZE_M); range = [s_idx - BLOCK_SIZE_M, s_idx).
+        e = max(end_m + off - s_idx, bm)
+        range_start, range_end = e - bm, e
+    while True:
+        if v_idx < range_end:
+            # if (v_idx < range_end) { if (v_idx < range_start) column_index[column_count++] = v_idx; v_idx = next; }
+            if v_idx < range_start:  # left of the range: a column of its own (inside it: covered)
+                columns.append(v_idx)
+            if v < len(verts):
+                v_idx = verts[v]
+                v += 1
+            else:
+                v_idx = far
+            continue
+        # The vertical lies past the range: bring in the next diagonal (non-causal: only while delta >= start_m).
+        if s < len(slashes) and (causal or slashes[s] >= start_m):
+            e = max(end_m + off - slashes[s], bm)  # s_idx = max(end_m + off - slash_indexes[s++], BLOCK_SIZE_M)
+            s += 1
+            if e > range_end + bm:  # if (s_idx > range_end + BLOCK_SIZE_M): a gap, emit and start anew
+                save_blocks(range_start, range_end)
+                range_start, range_end = e - bm, e
+            elif e > range_end:  # else if (s_idx > range_end): touching, grow by one whole row block
+                range_end += bm
+            continue
+        # No diagonal left.  if (v == NNZ_V || (v_idx > range_start && causal)): emit and stop.  When causal
+        # this always holds (v_idx >= range_end > range_start): the verticals right of the range are dropped.
+        if causal or v == len(verts):
+            if not causal and v == len(verts) and v_idx < kv_len:  # the last vertical, if it is a key
+                columns.append(v_idx)
+            save_blocks(range_start, range_end)
+            return blocks, columns
+        # Non-causal with verticals left: emit the range, then an empty one past every key, so that each
+        # remaining vertical lies left of it and becomes a column.  (The kernel then re-tests the previous
+        # diagonal's end against the new range; it is at most kv_len + BM <= its end, so nothing happens.)
+        save_blocks(range_start, range_end)
+        range_start, range_end = kv_len, kv_len + bn
+
+
+def _convert_readable(q_len, kv_len, vertical, slash, bm, bn, causal, clamp):
+    """The sequential merge, one head and one row block at a time, into the kernels' padded int32 arrays."""
+    batch, heads, width_v = vertical.shape
+    col_cap, blk_cap = conversion_capacity(width_v, slash.shape[-1], bm, bn)
+    n_rows = -(-q_len // bm)
+    block_count = np.zeros((batch, heads, n_rows), dtype=np.int32)
+    block_offset = np.full((batch, heads, n_rows, blk_cap), -1, dtype=np.int32)
+    column_count = np.zeros((batch, heads, n_rows), dtype=np.int32)
+    column_index = np.full((batch, heads, n_rows, col_cap), -1, dtype=np.int32)
+    for b in range(batch):
+        for h in range(heads):
+            verts = sorted(int(c) for c in vertical[b, h] if c >= 0)  # the kernel needs them ascending ...
+            slashes = sorted((int(d) for d in slash[b, h] if d >= 0), reverse=True)  # ... and these descending
+            for r in range(n_rows):
+                blocks, columns = _merge_row_block(r * bm, verts, slashes, q_len, kv_len, bm, bn, causal, clamp)
+                block_count[b, h, r], column_count[b, h, r] = len(blocks), len(columns)
+                block_offset[b, h, r, : len(blocks)] = blocks
+                column_index[b, h, r, : len(columns)] = columns
+    return block_count, block_offset, column_count, column_index
 
 
 def convert_vertical_slash_indexes(q_len, kv_len, vertical_idx, slash_idx, block_size_m=64, block_size_n=64, causal=True):
@@ -352,6 +415,12 @@ def convert_vertical_slash_indexes(q_len, kv_len, vertical_idx, slash_idx, block
     A head with no vertical (no slash) behaves as if its list were empty: no
     vertical ever lies below a range, and no slash is ever taken.
 
+    This is the readable form, a loop over heads and row blocks (each step of
+    ``_merge_row_block`` carries the kernel line it follows).  The vectorised
+    form, :func:`yarnref.sparse_lockstep.convert_lockstep`, gives the same
+    lists (tested) and is what :func:`vertical_slash_mask` and
+    :func:`vertical_slash_attention` use here, and the torch backend on the CPU.
+
     Returns int32 arrays ``block_count`` ``(batch, heads, R)``,
     ``block_offset`` ``(batch, heads, R, max(n_slash, 1) * ceil(BM / BN))``,
     ``column_count`` ``(batch, heads, R)`` and ``column_index`` ``(batch,
@@ -362,7 +431,8 @@ def convert_vertical_slash_indexes(q_len, kv_len, vertical_idx, slash_idx, block
     kernels' end-of-verticals marker ``end_m + BN + off`` then lies inside a
     range grown in ``BM`` steps and their loop never ends.
     """
-    return _convert(q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal, clamp=True)
+    q_len, kv_len, vertical, slash, bm, bn, causal = _check_conversion(q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal)
+    return _convert_readable(q_len, kv_len, vertical, slash, bm, bn, causal, clamp=True)
 
 
 def minference_convert_vertical_slash_indexes(q_len, kv_len, vertical_idx, slash_idx, block_size_m=64, block_size_n=64):
@@ -380,115 +450,13 @@ def minference_convert_vertical_slash_indexes(q_len, kv_len, vertical_idx, slash
     parts), hence no ``causal`` argument.  Same outputs as
     :func:`convert_vertical_slash_indexes` (capacity included).
     """
-    return _convert(q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, True, clamp=False)
+    q_len, kv_len, vertical, slash, bm, bn, _ = _check_conversion(q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, True)
+    return _convert_readable(q_len, kv_len, vertical, slash, bm, bn, True, clamp=False)
 
 
-def _convert(q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal, *, clamp: bool):
-    causal = _check_bool("causal", causal)
-    q_len, kv_len = _check_lengths(q_len, kv_len, causal)
-    block_size_m = _check_int("block_size_m", block_size_m, 1)
-    block_size_n = _check_int("block_size_n", block_size_n, 1)
-    if block_size_n < block_size_m:
-        # The kernels' "no vertical left" marker, end_m + BN + off, would fall inside a range grown by BM
-        # steps, and their loop would never end.
-        raise InputError("block_size_n", block_size_n, f"at least block_size_m = {block_size_m} (the kernels use 64 x 64)")
-    vertical, slash = _check_indices(vertical_idx, slash_idx, kv_len)
-    verts, n_verts, slashes, n_slashes = _sorted_with_counts(vertical, slash)
-    batch, heads, width_v = verts.shape
-    width_s = slashes.shape[-1]
-    col_cap, blk_cap = _conversion_capacity(width_v, width_s, block_size_m, block_size_n)
-    n_rows = -(-q_len // block_size_m)
-    bm, bn = block_size_m, block_size_n
-
-    # One lane per (batch * head, row block); every lane runs the same sequential merge in lockstep.
-    pairs = batch * heads
-    lane_pair = np.repeat(np.arange(pairs), n_rows)  # (lanes,)
-    start_m = np.tile(np.arange(n_rows), pairs) * bm
-    end_m = start_m + bm
-    off = kv_len - q_len if causal else kv_len
-    # A trailing zero column so that reading "the next entry" past the last one stays in bounds.
-    vert_tab = np.concatenate([verts.reshape(pairs, width_v), np.zeros((pairs, 1), np.int64)], axis=1)
-    slash_tab = np.concatenate([slashes.reshape(pairs, width_s), np.zeros((pairs, 1), np.int64)], axis=1)
-    nv = n_verts.reshape(pairs)[lane_pair]
-    ns = n_slashes.reshape(pairs)[lane_pair]
-
-    far = end_m + bn + off  # "no vertical left": past every range
-    v_idx = np.where(nv > 0, vert_tab[lane_pair, 0], far)
-    v = np.minimum(nv, 1)
-    s_idx = np.where(ns > 0, slash_tab[lane_pair, 0], end_m + off + 1)
-    s = np.minimum(ns, 1)
-    while True:  # skip the slashes that cannot reach the row block
-        skip = (s_idx >= end_m + off) & (s < ns)
-        if not skip.any():
-            break
-        s_idx = np.where(skip, slash_tab[lane_pair, s], s_idx)
-        s = s + skip
-    has_slash = s_idx <= end_m + off
-    e = np.maximum(end_m + off - s_idx, bm)
-    if causal:
-        range_start = np.where(has_slash, e - bm, end_m + off)
-        range_end = np.where(has_slash, e, end_m + off + bn)
-    else:
-        range_start = np.where(has_slash, e - bm, kv_len)
-        range_end = np.where(has_slash, e, kv_len + bn)
-
-    lanes = lane_pair.size
-    column_index = np.full((lanes, col_cap), -1, dtype=np.int64)
-    block_offset = np.full((lanes, blk_cap), -1, dtype=np.int64)
-    column_count = np.zeros(lanes, dtype=np.int64)
-    block_count = np.zeros(lanes, dtype=np.int64)
-    slashes_done = np.zeros(lanes, dtype=bool)
-    active = np.ones(lanes, dtype=bool)
-
-    # Each step a lane consumes a vertical or a slash, or finishes: at most width_v + width_s + 3 steps.
-    for _ in range(width_v + width_s + 4):
-        if not active.any():
-            break
-        on_vertical = active & (v_idx < range_end)
-        on_slash = active & ~on_vertical
-        # A vertical inside the current range's span: a column if below its start, else covered.
-        _append(column_index, column_count, on_vertical & (v_idx < range_start), v_idx)
-        more = on_vertical & (v < nv)
-        v_idx = np.where(more, vert_tab[lane_pair, v], np.where(on_vertical, far, v_idx))
-        v = v + more
-        # A vertical past the range: take the next slash, if any is left.
-        next_delta = slash_tab[lane_pair, s]
-        take = on_slash & (s < ns)
-        if not causal:
-            take &= next_delta >= start_m
-        e = np.maximum(end_m + off - next_delta, bm)
-        out_of_slashes = on_slash & ~take
-        finish = out_of_slashes & ((v == nv) | (causal & (v_idx > range_start)))
-        if not causal:  # the last vertical, if it is a key, still becomes a column
-            _append(column_index, column_count, finish & (v == nv) & (v_idx < kv_len), v_idx)
-        _save_blocks(block_offset, block_count, finish, range_start, range_end, kv_len, bn, clamp)
-        active &= ~finish
-        restart = out_of_slashes & ~finish  # slashes exhausted with verticals left (reachable only when non-causal)
-        if causal:
-            range_start = np.where(restart, end_m + off, range_start)
-            range_end = np.where(restart, end_m + off + bn, range_end)
-        else:
-            _save_blocks(block_offset, block_count, restart, range_start, range_end, kv_len, bn, clamp)
-            range_start = np.where(restart, kv_len, range_start)
-            range_end = np.where(restart, kv_len + bn, range_end)
-        slashes_done |= restart
-        grow_from = take & ~slashes_done
-        gap = grow_from & (e > range_end + bm)
-        touch = grow_from & ~gap & (e > range_end)
-        _save_blocks(block_offset, block_count, gap, range_start, range_end, kv_len, bn, clamp)
-        range_start = np.where(gap, e - bm, range_start)
-        range_end = np.where(gap, e, np.where(touch, range_end + bm, range_end))
-        s = s + take
-    if active.any():
-        raise AssertionError("vertical-slash conversion did not terminate")  # impossible: see the step bound
-
-    shape = (batch, heads, n_rows)
-    return (
-        block_count.reshape(shape).astype(np.int32),
-        block_offset.reshape(shape + (blk_cap,)).astype(np.int32),
-        column_count.reshape(shape).astype(np.int32),
-        column_index.reshape(shape + (col_cap,)).astype(np.int32),
-    )
+def _convert_fast(q_len, kv_len, vertical, slash, bm, bn, causal):
+    """The same lists as :func:`convert_vertical_slash_indexes`, from :mod:`yarnref.sparse_lockstep` (validated inputs)."""
+    return convert_lockstep(np, q_len, kv_len, vertical, slash, bm, bn, causal)
 
 
 # ----------------------------------------------------------------------------- masks
@@ -566,7 +534,8 @@ def vertical_slash_mask(q_len, kv_len, vertical_idx, slash_idx, mode="exact", ca
     vertical, slash = _check_indices(vertical_idx, slash_idx, kv_len)
     if mode == "exact":
         return _exact_rows(slice(0, q_len), q_len, kv_len, vertical, slash, causal)
-    converted = convert_vertical_slash_indexes(q_len, kv_len, vertical, slash, block_size_m, block_size_n, causal)
+    _check_kernel_blocks(block_size_m, block_size_n)
+    converted = _convert_fast(q_len, kv_len, vertical, slash, block_size_m, block_size_n, causal)
     return _kernel_rows(slice(0, q_len), q_len, kv_len, converted, causal, block_size_m, block_size_n) > 0
 
 
@@ -652,7 +621,8 @@ def vertical_slash_attention(
     if mode == "exact":
         weights = lambda rows: _exact_rows(rows, q_len, kv_len, vertical, slash, causal)  # noqa: E731
     else:
-        converted = convert_vertical_slash_indexes(q_len, kv_len, vertical, slash, block_size_m, block_size_n, causal)
+        _check_kernel_blocks(block_size_m, block_size_n)
+        converted = _convert_fast(q_len, kv_len, vertical, slash, block_size_m, block_size_n, causal)
         weights = lambda rows: _kernel_rows(rows, q_len, kv_len, converted, causal, block_size_m, block_size_n)  # noqa: E731
     out, lse = _weighted_attention(q, k, v, scale, weights, step)
     return (out, lse) if return_lse else out

@@ -19,7 +19,7 @@ How it runs here
   diagonal sums, a stable sort (ties to the lower index, as the spec).
 * Conversion (:func:`convert`): the CUDA kernel ``vertical_slash_index.cu``,
   one thread per (batch, head, row block), run through CuPy's RawModule.  In
-  the NumPy shim the spec's own conversion runs instead; the kernel source is
+  the NumPy shim the vectorised conversion shared with the spec runs instead; the kernel source is
   tested on the CPU (compiled as C++) against the spec.
 * Attention (:func:`vs_attention`, :func:`streaming_attention`): per group of
   row blocks, the kept keys are *gathered* (kernel mode: the listed blocks,
@@ -45,6 +45,7 @@ from typing import NamedTuple
 import numpy as np
 
 from yarnref.errors import InputError
+from yarnref.sparse_lockstep import conversion_capacity, convert_lockstep, sort_indices
 
 from ._arrays import compute_dtype, scalar
 from .attention import attention as dense_attention
@@ -86,15 +87,6 @@ def check_indices(xp, vertical, slash, kv_len: int, batch_heads=None):
     if batch_heads is not None and vertical.shape[:2] != batch_heads:
         raise InputError("vertical_idx", f"shape {vertical.shape}", f"(batch, q_heads, n) with (batch, q_heads) = {batch_heads}")
     return vertical, slash
-
-
-def sorted_with_counts(xp, vertical, slash):
-    """Verticals ascending and slashes descending, padding (``-1``) last; the valid counts ``(batch, heads)``."""
-    big = np.iinfo(np.int64).max
-    v_sorted = xp.sort(xp.where(vertical < 0, big, vertical), axis=-1)
-    v_sorted = xp.where(v_sorted == big, -1, v_sorted)
-    s_sorted = -xp.sort(-slash, axis=-1)  # descending; -1 (padding) is below every distance
-    return v_sorted, (vertical >= 0).sum(-1), s_sorted, (slash >= 0).sum(-1)
 
 
 def _argsort_stable(xp, a):
@@ -196,10 +188,10 @@ def kernel_call(xp, q_len: int, kv_len: int, vertical, slash, bm: int, bn: int, 
 
     Shared by the GPU launch and the CPU test of the kernel source.
     """
-    verts, n_verts, slashes, n_slashes = sorted_with_counts(xp, vertical, slash)
+    verts, n_verts, slashes, n_slashes = sort_indices(xp, vertical, slash)
     batch, heads, width_v = verts.shape
     width_s = slashes.shape[-1]
-    col_cap, blk_cap = spec._conversion_capacity(width_v, width_s, bm, bn)
+    col_cap, blk_cap = conversion_capacity(width_v, width_s, bm, bn)
     n_rows = -(-q_len // bm)
     off = kv_len - q_len if causal else kv_len
     # Every distance >= the largest row end + off reaches no row block; cap them there so they fit int32.
@@ -246,12 +238,13 @@ def kernel_results(call: KernelCall, flags_host):
 def convert(xp, device, q_len: int, kv_len: int, vertical, slash, bm: int, bn: int, causal: bool):
     """The block/column lists of validated int64 index arrays: ``(block_count, block_offset, column_count, column_index)``.
 
-    The CUDA kernel on the GPU; in the NumPy shim, the spec's vectorised
-    conversion (the kernel source is tested separately against it, on the CPU).
+    The CUDA kernel on the GPU; in the NumPy shim, the vectorised conversion
+    shared with the spec, :func:`yarnref.sparse_lockstep.convert_lockstep`
+    (the kernel source is tested separately against the spec, on the CPU).
     """
     check_block_sizes(bm, bn)
     if device.is_shim:
-        return spec.convert_vertical_slash_indexes(q_len, kv_len, vertical, slash, bm, bn, causal)
+        return convert_lockstep(xp, q_len, kv_len, vertical, slash, bm, bn, causal)
     call = kernel_call(xp, q_len, kv_len, vertical, slash, bm, bn, causal)
     if call.lanes:
         threads = 128
@@ -379,7 +372,7 @@ def vs_attention(xp, device, q, k, v, vertical, slash, mode: str, scale: float, 
             lse[:, :, first:last] = l.reshape(batch, q_heads, -1)[:, :, : last - first]
         return out, lse
     # mode == "exact": per row, the verticals and the keys on the kept diagonals, each key once.
-    verts, _, slashes, _ = sorted_with_counts(xp, vertical, slash)
+    verts, _, slashes, _ = sort_indices(xp, vertical, slash)
     v_ok = verts >= 0
     v_ok[..., 1:] &= verts[..., 1:] != verts[..., :-1]  # a repeated vertical counts once
     s_ok = slashes >= 0

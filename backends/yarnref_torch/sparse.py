@@ -10,12 +10,12 @@ as Qwen2.5-1M runs it (arXiv:2501.15383).
   along each distance :math:`\delta = p_r - j`; the first ``force_verticals``
   columns and the ``force_slashes`` smallest distances are forced; each head
   keeps its top ``min(kv_len, max(budget, 30 | 50))``.
-* Conversion: the spec's step-by-step merge of vLLM's
-  ``convert_vertical_slash_indexes`` (ranges of ``block_size_m`` columns per
-  slash, merged and grown; uncovered verticals as columns), run in lockstep
-  over every (batch, head, row block) lane.  On CUDA the Triton port of the
-  same merge (``triton_sparse.convert_vertical_slash_indexes_triton``) is used
-  when Triton is there.
+* Conversion: vLLM's ``convert_vertical_slash_indexes`` merge (ranges of
+  ``block_size_m`` columns per slash, merged and grown; uncovered verticals as
+  columns; readable form in the spec).  On CUDA with Triton, its Triton port
+  (``triton_sparse.convert_vertical_slash_indexes_triton``); elsewhere the
+  vectorised form shared with the spec,
+  :func:`yarnref.sparse_lockstep.convert_lockstep`, run on torch tensors.
 * Attention over a key set :math:`K_i`:
   :math:`o_i = \sum_{j\in K_i} w_{ij} e^{s_{ij}} v_j / \sum_{j\in K_i} w_{ij} e^{s_{ij}}`,
   with ``w`` the number of times the kernel lists key ``j`` (1 for the exact
@@ -51,6 +51,7 @@ import torch
 
 from yarnref.attention import check_qkv
 from yarnref.errors import InputError
+from yarnref.sparse_lockstep import convert_lockstep
 
 from ._arrays import ArrayConverter, check_all_finite, check_float, check_same_dtype, compute_dtype, tensor_to_numpy
 from .attention import attention_tensors
@@ -115,14 +116,6 @@ def _indices(conv, vertical_idx, slash_idx, kv_len: int, batch_heads=None):
     if batch_heads is not None and tuple(vertical.shape[:2]) != tuple(batch_heads):
         raise InputError("vertical_idx", f"shape {tuple(vertical.shape)}", f"(batch, q_heads, n) with (batch, q_heads) = {tuple(batch_heads)}")
     return vertical, slash
-
-
-def _sorted_with_counts(vertical: torch.Tensor, slash: torch.Tensor):
-    """Verticals ascending and slashes descending, padding last; the valid counts ``(batch, heads)``."""
-    v_sorted = torch.sort(torch.where(vertical < 0, _BIG, vertical), dim=-1).values
-    v_sorted = torch.where(v_sorted == _BIG, -1, v_sorted)
-    s_sorted = torch.sort(slash, dim=-1, descending=True).values  # -1 (padding) sorts below every distance
-    return v_sorted, (vertical >= 0).sum(-1), s_sorted, (slash >= 0).sum(-1)
 
 
 def _host_budget(value):
@@ -190,129 +183,6 @@ def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, 
 # ----------------------------------------------------------------------------- index conversion
 
 
-def _append(table, count, where, values) -> None:
-    """``table[lane, count[lane]] = values[lane]; count[lane] += 1`` for the lanes in ``where``."""
-    lanes = torch.nonzero(where).squeeze(1)
-    if lanes.numel():
-        table[lanes, count[lanes]] = values[lanes]
-        count[lanes] += 1
-
-
-def _save_blocks(table, count, where, range_start, range_end, kv_len: int, block_size_n: int) -> None:
-    """Emit block starts ``range_start, + BN, ... < min(range_end, kv_len)`` for the lanes in ``where``."""
-    lanes = torch.nonzero(where & (range_start < kv_len)).squeeze(1)
-    if not lanes.numel():
-        return
-    start = range_start[lanes]
-    n_blocks = torch.div(torch.clamp(range_end[lanes], max=kv_len) - start + block_size_n - 1, block_size_n, rounding_mode="floor")
-    lane = torch.repeat_interleave(lanes, n_blocks)
-    first = torch.repeat_interleave(torch.cumsum(n_blocks, 0) - n_blocks, n_blocks)
-    step = torch.arange(lane.numel(), device=lane.device) - first  # 0.. within each lane
-    table[lane, count[lane] + step] = torch.repeat_interleave(start, n_blocks) + step * block_size_n
-    count[lanes] += n_blocks
-
-
-def _convert_lockstep(q_len, kv_len, verts, n_verts, slashes, n_slashes, bm, bn, causal):
-    """The spec's conversion, one lane per (batch * head, row block), every lane stepping together.
-
-    Each step a lane consumes one vertical or one slash, or finishes, so the
-    loop runs at most ``n_vertical + n_slash + 4`` times (a loop over index
-    positions, vectorised over heads and row blocks).
-    """
-    spec = _spec()
-    dev = verts.device
-    batch, heads, width_v = verts.shape
-    width_s = slashes.shape[-1]
-    col_cap, blk_cap = spec._conversion_capacity(width_v, width_s, bm, bn)
-    n_rows = -(-q_len // bm)
-    pairs = batch * heads
-    lane_pair = torch.arange(pairs, device=dev).repeat_interleave(n_rows)  # (lanes,)
-    start_m = torch.arange(n_rows, device=dev).repeat(pairs) * bm
-    end_m = start_m + bm
-    off = kv_len - q_len if causal else kv_len
-    zero = torch.zeros((pairs, 1), dtype=torch.int64, device=dev)  # a spare entry: reading one past the end stays in bounds
-    vert_tab = torch.cat([verts.reshape(pairs, width_v), zero], dim=1)
-    slash_tab = torch.cat([slashes.reshape(pairs, width_s), zero], dim=1)
-    nv = n_verts.reshape(pairs)[lane_pair]
-    ns = n_slashes.reshape(pairs)[lane_pair]
-
-    far = end_m + bn + off  # "no vertical left": past every range
-    v_idx = torch.where(nv > 0, vert_tab[lane_pair, 0], far)
-    v = torch.clamp(nv, max=1)
-    # Skip the leading slashes that cannot reach the row block (delta >= end_m + off): with the slashes
-    # sorted descending they are the first `reach` of each list.
-    negated = torch.where(slash_tab[:, :width_s] >= 0, -slash_tab[:, :width_s], 1)  # ascending; padding (+1) last
-    reach = torch.searchsorted(negated, -(end_m + off).reshape(pairs, n_rows), right=True).reshape(-1) if width_s else torch.zeros_like(ns)
-    reach = torch.minimum(reach, ns)
-    s = torch.where(ns > 0, torch.clamp(reach + 1, max=ns), 0)
-    s_idx = torch.where(ns > 0, slash_tab[lane_pair, torch.clamp(s - 1, min=0)], end_m + off + 1)
-    has_slash = s_idx <= end_m + off
-    e = torch.clamp(end_m + off - s_idx, min=bm)
-    if causal:
-        range_start = torch.where(has_slash, e - bm, end_m + off)
-        range_end = torch.where(has_slash, e, end_m + off + bn)
-    else:
-        range_start = torch.where(has_slash, e - bm, torch.full_like(e, kv_len))
-        range_end = torch.where(has_slash, e, torch.full_like(e, kv_len + bn))
-
-    lanes = lane_pair.numel()
-    column_index = torch.full((lanes, col_cap), -1, dtype=torch.int64, device=dev)
-    block_offset = torch.full((lanes, blk_cap), -1, dtype=torch.int64, device=dev)
-    column_count = torch.zeros(lanes, dtype=torch.int64, device=dev)
-    block_count = torch.zeros(lanes, dtype=torch.int64, device=dev)
-    slashes_done = torch.zeros(lanes, dtype=torch.bool, device=dev)
-    active = torch.ones(lanes, dtype=torch.bool, device=dev)
-
-    for _ in range(width_v + width_s + 4):
-        if not bool(active.any()):
-            break
-        on_vertical = active & (v_idx < range_end)
-        on_slash = active & ~on_vertical
-        # A vertical inside the current range's span: a column if below its start, else covered.
-        _append(column_index, column_count, on_vertical & (v_idx < range_start), v_idx)
-        more = on_vertical & (v < nv)
-        v_idx = torch.where(more, vert_tab[lane_pair, v], torch.where(on_vertical, far, v_idx))
-        v = v + more
-        # A vertical past the range: take the next slash, if any is left.
-        next_delta = slash_tab[lane_pair, s]
-        take = on_slash & (s < ns)
-        if not causal:
-            take &= next_delta >= start_m
-        e = torch.clamp(end_m + off - next_delta, min=bm)
-        out_of_slashes = on_slash & ~take
-        finish = out_of_slashes & ((v == nv) | (causal & (v_idx > range_start)))
-        if not causal:  # the last vertical, if it is a key, still becomes a column
-            _append(column_index, column_count, finish & (v == nv) & (v_idx < kv_len), v_idx)
-        _save_blocks(block_offset, block_count, finish, range_start, range_end, kv_len, bn)
-        active &= ~finish
-        restart = out_of_slashes & ~finish  # slashes exhausted with verticals left (only when non-causal)
-        if causal:
-            range_start = torch.where(restart, end_m + off, range_start)
-            range_end = torch.where(restart, end_m + off + bn, range_end)
-        else:
-            _save_blocks(block_offset, block_count, restart, range_start, range_end, kv_len, bn)
-            range_start = torch.where(restart, kv_len, range_start)
-            range_end = torch.where(restart, kv_len + bn, range_end)
-        slashes_done |= restart
-        grow_from = take & ~slashes_done
-        gap = grow_from & (e > range_end + bm)
-        touch = grow_from & ~gap & (e > range_end)
-        _save_blocks(block_offset, block_count, gap, range_start, range_end, kv_len, bn)
-        range_start = torch.where(gap, e - bm, range_start)
-        range_end = torch.where(gap, e, torch.where(touch, range_end + bm, range_end))
-        s = s + take
-    if bool(active.any()):
-        raise AssertionError("vertical-slash conversion did not terminate")  # impossible: see the step bound
-
-    shape = (batch, heads, n_rows)
-    return (
-        block_count.reshape(shape).to(torch.int32),
-        block_offset.reshape(shape + (blk_cap,)).to(torch.int32),
-        column_count.reshape(shape).to(torch.int32),
-        column_index.reshape(shape + (col_cap,)).to(torch.int32),
-    )
-
-
 def _triton_module(device: torch.device):
     """``triton_sparse`` if its kernels can run on ``device`` (CUDA with Triton), else None."""
     if device.type != "cuda":
@@ -331,8 +201,7 @@ def _convert(q_len, kv_len, vertical, slash, bm, bn, causal):
     triton = _triton_module(vertical.device)
     if triton is not None and bm in _TRITON_BLOCK_SIZES and bn in _TRITON_BLOCK_SIZES:
         return triton.convert_vertical_slash_indexes_triton(q_len, kv_len, vertical, slash, bm, bn, causal)
-    verts, n_verts, slashes, n_slashes = _sorted_with_counts(vertical, slash)
-    return _convert_lockstep(q_len, kv_len, verts, n_verts, slashes, n_slashes, bm, bn, causal)
+    return convert_lockstep(torch, q_len, kv_len, vertical, slash, bm, bn, causal)
 
 
 def _check_conversion_args(q_len, kv_len, block_size_m, block_size_n, causal):
