@@ -74,9 +74,12 @@ Conventions
   at ties, compare masks by :func:`attention_recall`.
 * Precision: float64 throughout; outputs in q's dtype, lse float64.  The
   estimation softmax is float64 too (MInference and vLLM take it in float32
-  from bf16 logits, so near-ties can resolve differently there).  Attention is
-  computed a group of query blocks at a time; no ``q_len x kv_len`` matrix is
-  built for the whole sequence.
+  from bf16 logits, so near-ties can resolve differently there).  Attention
+  touches only the keys a pattern keeps: each block of query rows gathers its
+  own key list (kernel mode: the listed blocks and columns; exact mode: the
+  verticals and the columns its rows' diagonals hit; A-shape: sinks and
+  window) and takes the softmax over it, so memory is ``O(rows x block)``
+  per step and no ``q_len x kv_len`` matrix is built.
 * Rows with no key get output 0 and lse ``-inf`` (flash-attention's sparse
   kernel returns lse ``+inf`` for such rows).
 """
@@ -118,6 +121,8 @@ VS_MODES = ("exact", "kernel")
 
 #: Logits held at once by the blocked attentions: ``batch * heads * rows * kv_len`` float64 numbers (32 MiB).
 BLOCK_ELEMENTS = 1 << 22
+#: Query rows that share one key list in the A-shape and tri-shape attentions.
+STREAMING_BLOCK_ROWS = 64
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -547,38 +552,155 @@ def _rows_per_step(batch: int, heads: int, kv_len: int, multiple: int) -> int:
     return max(multiple, rows // multiple * multiple)
 
 
-def _weighted_attention(q, k, v, scale: float, key_weights, step: int):
-    """Softmax attention where query row ``i`` counts key ``j`` ``w[i, j]`` times (0: masked), blocked over rows.
+def _gathered_attention(q, k, v, scale: float, block_rows: int, key_lists):
+    """Softmax attention where each block of ``block_rows`` query rows reads only its own list of keys.
 
-    ``key_weights(rows)`` returns the weights of those rows, broadcastable to
-    ``(batch, q_heads, n_rows, kv_len)`` (bool or a non-negative int).
+    ``key_lists(r0, r1, rows)`` describes row blocks ``r0 .. r1 - 1``
+    (``rows``: ``(r1 - r0, block_rows)``, the query rows, ``>= q_len`` for the
+    padding of the last block, which is never kept): it returns
+    ``keys``, int ``(batch | 1, q_heads | 1, r1 - r0, K)`` key indices, and
+    ``keep``, bool, broadcastable to ``(batch, q_heads, r1 - r0, block_rows,
+    K)``: whether that row counts that entry (entries past a block's list are
+    never kept).  A key listed twice counts twice.  Only the listed keys are
+    read: the work and the memory grow with the kept keys (about
+    :data:`BLOCK_ELEMENTS` logits at once), never with ``q_len * kv_len``.
     Returns ``out`` (q's dtype) and ``lse`` (float64); a row with no key gets 0
     and ``-inf``.
     """
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, v)
-    group = q_heads // kv_heads
-    qg = q.astype(np.float64).reshape(batch, kv_heads, group, q_len, head_dim)  # query heads under their kv head
-    keys_t = np.swapaxes(k.astype(np.float64), -1, -2)[:, :, None]  # (batch, kv_heads, 1, head_dim, kv_len)
-    values = v.astype(np.float64)[:, :, None]  # (batch, kv_heads, 1, kv_len, v_dim)
-    out = np.zeros((batch, kv_heads, group, q_len, v.shape[-1]), dtype=np.float64)
-    lse = np.full((batch, kv_heads, group, q_len), -np.inf, dtype=np.float64)
-    for start in range(0, q_len, step):
-        rows = slice(start, min(start + step, q_len))
-        n = rows.stop - rows.start
-        weight = np.broadcast_to(key_weights(rows), (batch, q_heads, n, kv_len))
-        weight = weight.reshape(batch, kv_heads, group, n, kv_len)
-        logits = scale * (qg[..., rows, :] @ keys_t)  # (batch, kv_heads, group, n, kv_len)
-        logits = np.where(weight > 0, logits, -np.inf)
+    v_dim = v.shape[-1]
+    n_blocks = -(-q_len // block_rows)
+    padded = np.zeros((batch, q_heads, n_blocks * block_rows, head_dim), dtype=np.float64)  # whole row blocks
+    padded[:, :, :q_len] = q
+    q_blocks = padded.reshape(batch, q_heads, n_blocks, block_rows, head_dim)
+    keys64, values64 = k.astype(np.float64), v.astype(np.float64)
+    b = np.arange(batch)[:, None, None, None]
+    kv_head = (np.arange(q_heads) // (q_heads // kv_heads))[None, :, None, None]  # the kv head each query head reads
+    row_index = np.arange(n_blocks * block_rows).reshape(n_blocks, block_rows)
+    out = np.zeros((batch, q_heads, n_blocks, block_rows, v_dim), dtype=np.float64)
+    lse = np.full((batch, q_heads, n_blocks, block_rows), -np.inf, dtype=np.float64)
+    step = max(1, _rows_per_step(batch, q_heads, kv_len, block_rows) // block_rows)  # row blocks per step
+    for r0 in range(0, n_blocks, step):
+        r1 = min(r0 + step, n_blocks)
+        keys, keep = key_lists(r0, r1, row_index[r0:r1])
+        if keys.shape[-1] == 0:
+            continue  # no key listed for these rows: 0 and -inf
+        safe = np.clip(keys, 0, kv_len - 1)  # unlisted entries may hold anything; they are not kept
+        k_listed = keys64[b, kv_head, safe]  # (batch, q_heads, blocks, K, head_dim)
+        v_listed = values64[b, kv_head, safe]  # (batch, q_heads, blocks, K, v_dim)
+        logits = scale * (q_blocks[:, :, r0:r1] @ np.swapaxes(k_listed, -1, -2))  # (batch, q_heads, blocks, rows, K)
+        logits = np.where(keep, logits, -np.inf)
         row_max = logits.max(axis=-1, keepdims=True)
         safe_max = np.where(np.isfinite(row_max), row_max, 0.0)
-        numer = weight * np.exp(logits - safe_max)
+        numer = np.exp(logits - safe_max)  # 0 where not kept
         denom = numer.sum(axis=-1, keepdims=True)
         has_key = denom > 0
         safe_denom = np.where(has_key, denom, 1.0)
-        out[..., rows, :] = np.where(has_key, (numer @ values) / safe_denom, 0.0)
-        lse[..., rows] = np.where(has_key, np.log(safe_denom) + safe_max, -np.inf)[..., 0]
-    out = out.reshape(batch, q_heads, q_len, v.shape[-1]).astype(q.dtype, copy=False)
-    return out, lse.reshape(batch, q_heads, q_len)
+        out[:, :, r0:r1] = np.where(has_key, (numer @ v_listed) / safe_denom, 0.0)
+        lse[:, :, r0:r1] = np.where(has_key, np.log(safe_denom) + safe_max, -np.inf)[..., 0]
+    out = out.reshape(batch, q_heads, n_blocks * block_rows, v_dim)[:, :, :q_len].astype(q.dtype, copy=False)
+    return out, lse.reshape(batch, q_heads, n_blocks * block_rows)[:, :, :q_len]
+
+
+def _kernel_key_lists(converted, q_len: int, kv_len: int, causal: bool, bn: int):
+    """``key_lists`` of the kernel's key sets: each row block's listed blocks (``bn`` keys each), then its columns.
+
+    A row keeps a listed key when it is a key (``j < kv_len``) and, when
+    causal, ``j <= position``; a key listed twice counts twice, as in the kernels.
+    """
+    block_count, block_offset, column_count, column_index = converted
+    off = kv_len - q_len
+
+    def key_lists(r0, r1, rows):
+        counts, n_cols = block_count[:, :, r0:r1], column_count[:, :, r0:r1]
+        nb, nc = int(counts.max(initial=0)), int(n_cols.max(initial=0))
+        block_keys = block_offset[:, :, r0:r1, :nb].astype(np.int64)[..., None] + np.arange(bn)  # (batch, heads, blocks, nb, bn)
+        block_listed = np.broadcast_to((np.arange(nb) < counts[..., None])[..., None], block_keys.shape)
+        shape = block_keys.shape[:3]
+        keys = np.concatenate([block_keys.reshape(*shape, nb * bn), column_index[:, :, r0:r1, :nc].astype(np.int64)], axis=-1)
+        listed = np.concatenate([block_listed.reshape(*shape, nb * bn), np.arange(nc) < n_cols[..., None]], axis=-1)
+        keep = (listed & (keys < kv_len))[:, :, :, None, :] & (rows < q_len)[..., None]  # (batch, heads, blocks, rows, K)
+        if causal:
+            keep &= keys[:, :, :, None, :] <= (rows + off)[..., None]
+        return keys, keep
+
+    return key_lists
+
+
+def _exact_key_lists(vertical, slash, q_len: int, kv_len: int, causal: bool):
+    """``key_lists`` of the exact key sets: per row block, the verticals and the columns its rows' diagonals hit.
+
+    Each candidate key is listed once; a row keeps key ``j`` when ``j`` is a
+    vertical or ``position - j`` a slash, and ``0 <= position - j``.
+    """
+    batch, heads, _ = vertical.shape
+    off = kv_len - q_len if causal else kv_len
+    b, h = np.arange(batch)[:, None, None], np.arange(heads)[None, :, None]
+    is_vertical = np.zeros((batch, heads, kv_len + 1), dtype=bool)  # a spare slot at the end for -1 padding
+    is_vertical[b, h, np.where(vertical < 0, kv_len, vertical)] = True
+    is_vertical[..., kv_len] = False
+    reach = q_len + off  # distances 0 .. reach - 1 can occur
+    is_slash = np.zeros((batch, heads, reach + 1), dtype=bool)
+    is_slash[b, h, np.where((slash < 0) | (slash >= reach), reach, slash)] = True
+    is_slash[..., reach] = False
+    valid_slash = (slash >= 0)[:, :, None, :]  # (batch, heads, 1, n_slash)
+
+    def key_lists(r0, r1, rows):
+        n_blocks = rows.shape[0]
+        position = rows + off
+        last = np.minimum(position[:, -1], off + q_len - 1)  # the last query's position in each block
+        # Diagonal delta hits columns [first - delta, last - delta] in a block: mark them with a difference array.
+        lo = np.clip(position[:, 0, None] - slash[:, :, None, :], 0, kv_len)  # (batch, heads, blocks, n_slash)
+        hi = np.clip(last[:, None] + 1 - slash[:, :, None, :], 0, kv_len)
+        cover = np.zeros((batch, heads, n_blocks, kv_len + 1), dtype=np.int64)
+        bb, hh, rr, ss = np.nonzero(np.broadcast_to(valid_slash, lo.shape) & (lo < hi))
+        np.add.at(cover, (bb, hh, rr, lo[bb, hh, rr, ss]), 1)
+        np.add.at(cover, (bb, hh, rr, hi[bb, hh, rr, ss]), -1)
+        candidate = (np.cumsum(cover, axis=-1)[..., :kv_len] > 0) | is_vertical[:, :, None, :kv_len]
+        if causal:
+            candidate &= np.arange(kv_len) <= last[:, None]
+        # The candidates of each block, in column order, padded to the largest count.
+        count = candidate.sum(axis=-1)
+        keys = np.zeros((batch, heads, n_blocks, int(count.max(initial=0))), dtype=np.int64)
+        bb, hh, rr, jj = np.nonzero(candidate)
+        keys[bb, hh, rr, (np.cumsum(candidate, axis=-1) - 1)[bb, hh, rr, jj]] = jj
+        listed = np.arange(keys.shape[-1]) < count[..., None]
+        delta = position[..., None] - keys[:, :, :, None, :]  # (batch, heads, blocks, rows, K)
+        visible = (delta >= 0) & (rows < q_len)[..., None]
+        on_slash = is_slash[b[..., None, None], h[..., None, None], np.where(visible, np.minimum(delta, reach), reach)]
+        keep = listed[:, :, :, None, :] & visible & (is_vertical[b[..., None], h[..., None], keys][:, :, :, None, :] | on_slash)
+        return keys, keep
+
+    return key_lists
+
+
+def _streaming_key_lists(q_len: int, kv_len: int, n_init: int, n_local: int, n_last: int):
+    """``key_lists`` of the A-shape (``n_last = 0``) and tri-shape: each row block's sinks and window.
+
+    A block reads the sinks ``[0, n_init)`` and the keys from its first row's
+    window start to its last row's position, or every causal key if a row of
+    it is among the last ``n_last`` (tri-shape); each row keeps what
+    :func:`_streaming_rows` says.
+    """
+    off = kv_len - q_len
+    n_sinks = min(n_init, kv_len)
+
+    def key_lists(r0, r1, rows):
+        first, last = rows[:, 0] + off, np.minimum(rows[:, -1], q_len - 1) + off  # (blocks,) positions
+        dense = np.minimum(rows[:, -1], q_len - 1) >= q_len - n_last  # the block holds a tri-shape dense row
+        lo = np.where(dense, n_sinks, np.clip(first - n_local + 1, n_sinks, None))  # the sinks are listed apart
+        hi = np.maximum(last + 1, lo)
+        width = n_sinks + int((hi - lo).max())
+        column = np.arange(width)
+        keys = np.where(column < n_sinks, column, lo[:, None] + column - n_sinks)  # (blocks, K)
+        listed = (column < n_sinks) | (keys < hi[:, None])
+        distance = (rows + off)[..., None] - keys[:, None, :]  # (blocks, rows, K)
+        a_shape = (distance >= 0) & ((distance < n_local) | (keys[:, None, :] < n_init))
+        dense_row = (rows >= q_len - n_last)[..., None] & (distance >= 0)
+        keep = listed[:, None, :] & (rows < q_len)[..., None] & (a_shape | dense_row)
+        return keys[None, None], keep[None, None]
+
+    return key_lists
 
 
 def _check_attention_inputs(q, k, v, causal: bool):
@@ -606,8 +728,8 @@ def vertical_slash_attention(
     after all the keys (DCA's successive and inter parts).
 
     Returns ``out`` ``(batch, q_heads, q_len, v_dim)`` in q's dtype, and with
-    ``return_lse`` the float64 lse ``(batch, q_heads, q_len)``.  Query blocks
-    are processed a group at a time.
+    ``return_lse`` the float64 lse ``(batch, q_heads, q_len)``.  Each row block
+    of ``block_size_m`` queries reads only the keys its list names.
     """
     causal = _check_bool("causal", causal)
     q, k, v, (batch, q_heads, _, q_len, kv_len, head_dim) = _check_attention_inputs(q, k, v, causal)
@@ -617,14 +739,13 @@ def vertical_slash_attention(
     block_size_m = _check_int("block_size_m", block_size_m, 1)
     block_size_n = _check_int("block_size_n", block_size_n, 1)
     vertical, slash = _check_indices(vertical_idx, slash_idx, kv_len, (batch, q_heads))
-    step = _rows_per_step(batch, q_heads, kv_len, block_size_m)
     if mode == "exact":
-        weights = lambda rows: _exact_rows(rows, q_len, kv_len, vertical, slash, causal)  # noqa: E731
+        key_lists = _exact_key_lists(vertical, slash, q_len, kv_len, causal)
     else:
         _check_kernel_blocks(block_size_m, block_size_n)
         converted = _convert_fast(q_len, kv_len, vertical, slash, block_size_m, block_size_n, causal)
-        weights = lambda rows: _kernel_rows(rows, q_len, kv_len, converted, causal, block_size_m, block_size_n)  # noqa: E731
-    out, lse = _weighted_attention(q, k, v, scale, weights, step)
+        key_lists = _kernel_key_lists(converted, q_len, kv_len, causal, block_size_n)
+    out, lse = _gathered_attention(q, k, v, scale, block_size_m, key_lists)
     return (out, lse) if return_lse else out
 
 
@@ -719,9 +840,8 @@ def _streaming_attention(q, k, v, n_init, n_local, n_last, scale, return_lse):
     _, _, n_init, n_local, n_last = _check_streaming(q_len, kv_len, n_init, n_local, n_last)
     scale = _check_scale(scale, head_dim)
     return_lse = _check_bool("return_lse", return_lse)
-    step = _rows_per_step(batch, q_heads, kv_len, 1)
-    weights = lambda rows: _streaming_rows(rows, q_len, kv_len, n_init, n_local, n_last)  # noqa: E731
-    out, lse = _weighted_attention(q, k, v, scale, weights, step)
+    key_lists = _streaming_key_lists(q_len, kv_len, n_init, n_local, n_last)
+    out, lse = _gathered_attention(q, k, v, scale, STREAMING_BLOCK_ROWS, key_lists)
     return (out, lse) if return_lse else out
 
 
