@@ -46,6 +46,7 @@ MODULES = (
     "yarnref.dca",
     "yarnref.sparse",
     "yarnref.prefill",
+    "yarnref.ring",
     "yarnref.backend",
     "yarnref.testing",
     "yarnref.vectors",
