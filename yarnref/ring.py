@@ -99,6 +99,8 @@ __all__ = [
     "ring_source",
     "pair_blocks",
     "pair_vertical_slash",
+    "chunk_pieces",
+    "run_range",
     "ring_schedule",
     "ring_attention",
     "ring_dca_attention",
@@ -440,8 +442,8 @@ def ring_attention(q, k, v, world_size, layout="contiguous", causal=True, scale=
 # ----------------------------------------------------------------------------- DCA on the ring
 
 
-def _chunk_pieces(run: Run, chunk_len: int):
-    """Split a run at chunk borders: ``(first local row, sub-run, chunk index)`` for each piece."""
+def chunk_pieces(run: Run, chunk_len: int) -> list[tuple[int, Run, int]]:
+    """Split a run at the chunk borders (multiples of ``chunk_len``): ``(first local row, sub-run, chunk index)`` per piece."""
     positions = run.positions()
     chunk = positions // chunk_len
     borders = np.flatnonzero(np.diff(chunk)) + 1
@@ -450,8 +452,8 @@ def _chunk_pieces(run: Run, chunk_len: int):
     return [(a, Run(int(positions[a]), run.stride, b - a), int(chunk[a])) for a, b in zip(starts, stops)]
 
 
-def _key_range(run: Run, low: int, high: int) -> tuple[int, int]:
-    """The local rows ``[a, b)`` of a run whose positions lie in ``[low, high)``."""
+def run_range(run: Run, low: int, high: int) -> tuple[int, int]:
+    """The local rows ``[a, b)`` of a run whose positions lie in ``[low, high)`` (``a == b`` if none)."""
     a = -(-(low - run.start) // run.stride)
     b = -(-(high - run.start) // run.stride)
     return min(max(a, 0), run.count), min(max(b, 0), run.count)
@@ -527,12 +529,12 @@ def ring_dca_attention(
         parts = []
         n = qs[r].shape[2]
         for q_run, q0 in zip(runs[r], _run_rows(runs[r])):
-            for first, piece, chunk in _chunk_pieces(q_run, chunk_len):
+            for first, piece, chunk in chunk_pieces(q_run, chunk_len):
                 cs = chunk * chunk_len  # the piece's chunk starts here
                 ranges = {"intra": (cs, cs + chunk_len), "successive": (cs - chunk_len, cs), "inter": (0, cs - chunk_len)}
                 for part, (low, high) in ranges.items():
                     for k_run, k0 in zip(runs[s], _run_rows(runs[s])):
-                        a, b = _key_range(k_run, max(low, 0), high)
+                        a, b = run_range(k_run, max(low, 0), high)
                         if b <= a:
                             continue
                         sub = Run(k_run.start + a * k_run.stride, k_run.stride, b - a)
