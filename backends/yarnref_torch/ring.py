@@ -106,14 +106,20 @@ class _Ring:
         ops += [dist.P2POp(dist.irecv, b, self.prev, self.group) for b in received]
         return received, dist.batch_isend_irecv(ops)
 
-    def run(self, tensors, step_attention):
+    def run(self, tensors, step_attention, overlap: bool = True):
         """Pass ``tensors`` (this rank's K/V) around the ring; call ``step_attention(source, tensors)`` with each shard.
 
-        The exchange of the next step is posted before this step's compute
-        and waited for after it.
+        With ``overlap`` the exchange of the next step is posted before this
+        step's compute and waited for after it; without, it is posted and
+        waited for first (communication and compute in series: a baseline
+        that measures how much of the communication the overlap hides).
         """
         for t in range(self.world_size):
             pending = self.post(tensors) if t < self.world_size - 1 else None
+            if pending is not None and not overlap:
+                for request in pending[1]:
+                    request.wait()
+                pending = (pending[0], [])
             step_attention((self.rank - t) % self.world_size, tensors)
             if pending is not None:
                 buffers, requests = pending
@@ -157,12 +163,14 @@ def _check_inputs(q, k, v, group):
     return conv, q, k, v, dims
 
 
-def ring_attention(q, k, v, layout="zigzag", causal=True, scale=None, return_lse=False, *, group=None):
+def ring_attention(q, k, v, layout="zigzag", causal=True, scale=None, return_lse=False, *, group=None, overlap=True):
     """Ring attention of this rank's query shard over every rank's K/V; see :func:`yarnref.ring.ring_attention`.
 
     ``q``, ``k``, ``v``: this rank's shards ``(batch, heads, n, head_dim)``
     (:func:`shard_tensor`), the same ``n`` on every rank.  Returns this rank's
     shard of the output (q's dtype) and, with ``return_lse``, of the lse.
+    ``overlap=False`` waits for each step's K/V before computing (for
+    measurement: the difference in time is the communication hidden).
     """
     _, q, k, v, (_, _, _, n, _, head_dim) = _check_inputs(q, k, v, group)
     layout = check_layout(layout)
@@ -183,7 +191,7 @@ def ring_attention(q, k, v, layout="zigzag", causal=True, scale=None, return_lse
                     out, lse = attention_tensors(q[:, :, rows[0] : rows[1]], ks[:, :, keys], vs[:, :, keys], block.causal, scale, True)
                     acc.add(rows, out, lse)
 
-    ring.run([k.contiguous(), v.contiguous()], step_attention)
+    ring.run([k.contiguous(), v.contiguous()], step_attention, check_bool(overlap, "overlap"))
     out = acc.out.to(q.dtype)
     return (out, acc.lse) if return_lse else out
 
