@@ -169,7 +169,7 @@ print("ring DCA == single-device DCA")
 # %% [markdown]
 # ## Exercise
 #
-# 1. Plot `step_owner` for the striped layout. Why is its work balanced to within one row per step,
+# 1. Plot `step_owner` for the striped layout. Why is its work balanced to within one diagonal per step,
 #    and why does device 0 do slightly less than device $P-1$?
 # 2. With `ring_schedule`, find the world size at which the contiguous layout's ring takes 1.9 times
 #    as long as a perfectly balanced one.

@@ -22,6 +22,8 @@ from yarnref.ring import (
     RING_LAYOUTS,
     Run,
     pair_blocks,
+    shard_runs,
+    step_blocks,
     padded_length,
     ring_attention,
     ring_dca_attention,
@@ -102,6 +104,33 @@ def test_pair_blocks_cover_exactly_the_causal_pairs(qa, ka, stride, nq, nk, caus
     qp, kp = q_run.positions(), k_run.positions()
     expected = kp[None, :] <= qp[:, None] if causal else np.ones((nq, nk), dtype=bool)
     np.testing.assert_array_equal(covered, expected.astype(int))
+
+
+@given(seq_len=lengths, world_size=world_sizes, layout=layouts, causal=st.booleans())
+def test_step_blocks_cover_each_step_exactly_once(seq_len, world_size, layout, causal):
+    runs = shard_runs(seq_len, world_size, layout)
+    positions = shard_positions(seq_len, world_size, layout)
+    for r in range(world_size):
+        for s in range(world_size):
+            covered = np.zeros((positions[r].size, positions[s].size), dtype=int)
+            for block in step_blocks(runs[r], runs[s], causal):
+                rows, keys = np.arange(*block.rows), np.arange(*block.keys)
+                visible = np.ones((rows.size, keys.size), dtype=bool)
+                if block.causal:
+                    visible = keys[None, :] - keys[0] <= (np.arange(rows.size) + keys.size - rows.size)[:, None]
+                covered[np.ix_(rows, keys)] += visible
+            expected = positions[s][None, :] <= positions[r][:, None] if causal else np.ones_like(covered, dtype=bool)
+            np.testing.assert_array_equal(covered, expected.astype(int))
+
+
+def test_zigzag_off_diagonal_steps_are_one_call():
+    runs = shard_runs(64, 4, "zigzag")
+    for r in range(4):
+        for s in range(4):
+            blocks = step_blocks(runs[r], runs[s])
+            if s != r:
+                assert len(blocks) == 1 and not blocks[0].causal  # n/2 x n or n x n/2
+                assert (blocks[0].rows[1] - blocks[0].rows[0]) * (blocks[0].keys[1] - blocks[0].keys[0]) == 16 * 8
 
 
 # ----------------------------------------------------------------------------- schedule

@@ -2,10 +2,10 @@ r"""Ring attention: a sequence spread over ``P`` devices, simulated exactly.
 
 Paper: Liu, Zaharia, Abbeel, "Ring Attention with Blockwise Transformers for
 Near-Infinite Context", arXiv:2310.01889, section 3 and Algorithm 1.  The
-load-balanced causal layouts: zig-zag (Brandon et al., "Striped Attention",
-arXiv:2311.09431, discusses both; zig-zag is the layout of Llama 3's context
-parallelism, arXiv:2407.21783 section 3.3.2, and of ring-flash-attn) and
-striped (arXiv:2311.09431).
+load-balanced causal layouts: striped (Brandon et al., "Striped Attention",
+arXiv:2311.09431) and zig-zag (the layout of Llama 3's context parallelism,
+arXiv:2407.21783 section 3.3.2, of ring-flash-attn, and of torch's
+``context_parallel`` head-tail load balancer).
 
 Each of the ``P`` devices keeps one *shard* of the queries for the whole
 computation.  The keys and values are sharded the same way and travel around
@@ -41,7 +41,8 @@ Layouts (``layout=``), for a padded length ``T`` and ``n = T / P`` tokens per de
   blocks ``r`` and ``2P - 1 - r``, an early and a late one, so every device
   does the same causal work.
 * ``"striped"``: device ``r`` holds positions ``r, r + P, r + 2P, ...``;
-  every device's causal work is the same to within one row per step.
+  at each step the devices' causal work differs by at most one diagonal
+  (``n`` scores), so the imbalance is ``1 + O(1/n)``.
 
 Each shard is a list of :class:`Run` s (arithmetic progressions of
 positions: one for contiguous and striped, two for zig-zag).  The causal mask
@@ -98,6 +99,7 @@ __all__ = [
     "unshard",
     "ring_source",
     "pair_blocks",
+    "step_blocks",
     "pair_vertical_slash",
     "chunk_pieces",
     "run_range",
@@ -237,6 +239,37 @@ def pair_blocks(query_run: Run, key_run: Run, causal: bool = True) -> list[PairB
     if nq > full:
         blocks.append(PairBlock((full, nq), (0, nk), False))
     return blocks
+
+
+def step_blocks(query_runs: list[Run], key_runs: list[Run], causal: bool = True) -> list[PairBlock]:
+    """The attention calls of one ring step, in shard-local rows and keys: :func:`pair_blocks` of every pair of runs, fused.
+
+    Rows and keys index the shards (the runs laid end to end).  Full blocks
+    that together form a rectangle are fused into one call: with zig-zag, the
+    late query block against both key blocks (or both query blocks against
+    the early key block) is one call of ``n/2 x n`` (``n x n/2``) instead of
+    two, as torch's context parallelism runs it.
+    """
+    q_first = _run_rows(query_runs)
+    k_first = _run_rows(key_runs)
+    causal_blocks, full = [], []
+    for q_run, q0 in zip(query_runs, q_first):
+        for k_run, k0 in zip(key_runs, k_first):
+            for block in pair_blocks(q_run, k_run, causal):
+                local = PairBlock((q0 + block.rows[0], q0 + block.rows[1]), (k0 + block.keys[0], k0 + block.keys[1]), block.causal)
+                (causal_blocks if block.causal else full).append(local)
+    for axis in (1, 0):  # fuse along the keys (same rows), then along the rows (same keys)
+        full.sort(key=lambda b: (b[1 - axis], b[axis]))
+        fused = []
+        for block in full:
+            last = fused[-1] if fused else None
+            if last is not None and last[1 - axis] == block[1 - axis] and last[axis][1] == block[axis][0]:
+                span = (last[axis][0], block[axis][1])
+                fused[-1] = PairBlock(span, last.keys, False) if axis == 0 else PairBlock(last.rows, span, False)
+            else:
+                fused.append(block)
+        full = fused
+    return causal_blocks + full
 
 
 def _block_scores(block: PairBlock) -> int:
@@ -427,13 +460,10 @@ def ring_attention(q, k, v, world_size, layout="contiguous", causal=True, scale=
     def step_attention(r, s):
         parts = []
         n = qs[r].shape[2]
-        for q_run, q0 in zip(runs[r], _run_rows(runs[r])):
-            for k_run, k0 in zip(runs[s], _run_rows(runs[s])):
-                for block in pair_blocks(q_run, k_run, causal):
-                    rows = (q0 + block.rows[0], q0 + block.rows[1])
-                    keys = slice(k0 + block.keys[0], k0 + block.keys[1])
-                    o, l = attention(qs[r][:, :, rows[0] : rows[1]], ks[s][:, :, keys], vs[s][:, :, keys], block.causal, scale, return_lse=True)
-                    parts.append(_place(rows, n, o, l))
+        for block in step_blocks(runs[r], runs[s], causal):
+            (r0, r1), keys = block.rows, slice(*block.keys)
+            o, l = attention(qs[r][:, :, r0:r1], ks[s][:, :, keys], vs[s][:, :, keys], block.causal, scale, return_lse=True)
+            parts.append(_place(block.rows, n, o, l))
         return parts
 
     return _finish(_ring(world_size, step_attention), q, seq_len, layout, return_lse)

@@ -18,8 +18,9 @@ log-sum-exp merge, in float32 (float64 for float64 inputs):
    \ell \leftarrow \log(e^{\ell} + e^{\ell^{(t)}}), \qquad
    o \leftarrow e^{\ell^{\mathrm{old}} - \ell} o + e^{\ell^{(t)} - \ell} o^{(t)}
 
-The attention calls are those of the spec's :func:`yarnref.ring.pair_blocks`
-(a bottom-right causal block and a full block at most, per pair of runs), run
+The attention calls are those of the spec's :func:`yarnref.ring.step_blocks`
+(a bottom-right causal block and a full block at most, per pair of runs, the
+full ones fused into rectangles), run
 by the torch backend's :func:`~yarnref_torch.attention.attention_tensors` with
 the lse: on CUDA, cuDNN or flash attention; on CPU, the blocked path.
 
@@ -50,7 +51,7 @@ import torch.distributed as dist
 from yarnref.attention import check_qkv, default_scale
 from yarnref.dca import DCA_PAIRINGS, dca_position_ids, dca_temperature
 from yarnref.errors import InputError
-from yarnref.ring import Run, check_layout, chunk_pieces, pair_blocks, pair_vertical_slash, padded_length, run_range, shard_positions, shard_runs
+from yarnref.ring import Run, check_layout, chunk_pieces, pair_blocks, pair_vertical_slash, padded_length, run_range, shard_positions, shard_runs, step_blocks
 
 from ._arrays import ArrayConverter, check_float, check_positive_number, check_same_dtype, compute_dtype
 from .attention import attention_tensors, check_bool
@@ -183,13 +184,10 @@ def ring_attention(q, k, v, layout="zigzag", causal=True, scale=None, return_lse
 
     def step_attention(source, kv):
         ks, vs = kv
-        for q_run, q0 in zip(runs[ring.rank], _run_rows(runs[ring.rank])):
-            for k_run, k0 in zip(runs[source], _run_rows(runs[source])):
-                for block in pair_blocks(q_run, k_run, causal):
-                    rows = (q0 + block.rows[0], q0 + block.rows[1])
-                    keys = slice(k0 + block.keys[0], k0 + block.keys[1])
-                    out, lse = attention_tensors(q[:, :, rows[0] : rows[1]], ks[:, :, keys], vs[:, :, keys], block.causal, scale, True)
-                    acc.add(rows, out, lse)
+        for block in step_blocks(runs[ring.rank], runs[source], causal):  # at most a causal and a full call per run pair, fused
+            (r0, r1), keys = block.rows, slice(*block.keys)
+            out, lse = attention_tensors(q[:, :, r0:r1], ks[:, :, keys], vs[:, :, keys], block.causal, scale, True)
+            acc.add(block.rows, out, lse)
 
     ring.run([k.contiguous(), v.contiguous()], step_attention, check_bool(overlap, "overlap"))
     out = acc.out.to(q.dtype)
