@@ -234,7 +234,7 @@ def bench_dense(b: Bench, n: int, p2p_gbs: float):
         single_ms = [single_ms]
         dist.broadcast_object_list(single_ms, src=0)
         single_ms = single_ms[0]
-        b.add(part="dense", seq_len=n, impl="single GPU (SDPA cuDNN)", gpus=1, ms=single_ms, check=check)
+        b.add(part="dense", seq_len=n, impl="single GPU (SDPA cuDNN)" if b.device.type == "cuda" else "single process (SDPA math)", gpus=1, ms=single_ms, check=check)
         if b.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -383,7 +383,7 @@ def write(b: Bench, out_dir: Path):
     ]
     for r in b.rows:
         if r["part"] == "p2p":
-            lines.insert(2, f"NCCL point-to-point (ring exchange, {r['bytes'] / 2**20:.0f} MiB): {r['gb_s']:.1f} GB/s per rank and direction\n")
+            lines.insert(2, f"{env['backend'].upper()} point-to-point (ring exchange, {r['bytes'] / 2**20:.0f} MiB): {r['gb_s']:.1f} GB/s per rank and direction\n")
             continue
         fmt = lambda key, f: (f.format(r[key]) if r.get(key) is not None else "")  # noqa: E731
         chk = r.get("check")
