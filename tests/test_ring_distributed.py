@@ -191,3 +191,22 @@ def test_nccl_ring_equals_the_spec(world_size, dtype_name):
                 out, _ = gathered(out_dir, op, seq_len, layout, world_size)
                 # The ring on P GPUs is as accurate as one GPU's call in the same dtype.
                 assert_error_within(out, spec, one_gpu, factor=2.0, atol=1e-3 if dtype_name == "bfloat16" else 1e-5, err_msg=f"{op} {seq_len} {layout}")
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs_under_torchrun(tmp_path):
+    """benchmarks/bench_ring.py --quick under torchrun (2 processes, gloo): every timed output passes its row check."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "backends"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+           str(root / "benchmarks" / "bench_ring.py"), "--quick", "--sizes", "512", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "ring.json").read_text())["rows"]
+    timed = [r for r in rows if "check" in r]
+    assert {r["impl"] for r in timed} >= {"yarnref ring zigzag", "yarnref ring contiguous", "yarnref ring DCA zigzag"}
+    assert all(r["check"]["ok"] and r["check"]["rows_checked"] > 0 for r in timed if r["gpus"] > 1)
