@@ -50,6 +50,7 @@ MODULES = (
     "yarnref.prefill",
     "yarnref.ggml",
     "yarnref.known_bugs",
+    "yarnref.ring",
     "yarnref.backend",
     "yarnref.testing",
     "yarnref.vectors",

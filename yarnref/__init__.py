@@ -33,6 +33,7 @@ from .dca import DCAConfig, dca_config, dca_position_ids, dca_relative_positions
 from .errors import BackendError, ConfigError, DeviceMismatchError, InputError, YarnrefError
 from .prefill import chunked_prefill, qwen_prefill, qwen_sparse_plan, sparse_attention_config_for
 from .presets import DEFAULT_PRESET, PRESETS, get_preset, preset_names
+from .ring import RING_LAYOUTS, ring_attention, ring_dca_attention, ring_schedule, ring_vertical_slash_attention
 from .sparse import a_shape_mask, attention_recall, tri_shape_mask
 from .rope import base_inv_freq, half_to_interleaved, interleaved_to_half, rope_angles, rotary_dim
 
@@ -72,6 +73,11 @@ __all__ = [
     "qwen_sparse_plan",
     "sparse_attention_config_for",
     "tri_shape_mask",
+    "RING_LAYOUTS",
+    "ring_attention",
+    "ring_dca_attention",
+    "ring_schedule",
+    "ring_vertical_slash_attention",
     "PRESETS",
     "RopeConfig",
     "get_preset",
