@@ -28,6 +28,7 @@ from .backend import (
     use_backend,
 )
 from . import scaling
+from .alibi import alibi_bias, alibi_slopes
 from .config import RopeConfig, parse_rope_config, rope_frequencies
 from .dca import DCAConfig, dca_config, dca_position_ids, dca_relative_positions, dca_segments
 from .errors import BackendError, ConfigError, DeviceMismatchError, InputError, YarnrefError
@@ -66,6 +67,8 @@ __all__ = [
     "dca_relative_positions",
     "dca_segments",
     "a_shape_mask",
+    "alibi_bias",
+    "alibi_slopes",
     "attention_recall",
     "chunked_prefill",
     "qwen_prefill",
