@@ -407,7 +407,7 @@ def _compact(idx: np.ndarray, keep: np.ndarray, shift: int, fallback_len: int | 
     values = values[..., :width]
     if values.shape[-1] < width:
         values = np.concatenate([values, np.full(values.shape[:-1] + (width - values.shape[-1],), -1, np.int64)], axis=-1)
-    if fallback.size:
+    if fallback.size and empty.any():  # width fits the fallback only when some row needs it
         padded = np.full(width, -1, np.int64)
         padded[: fallback.size] = fallback
         values = np.where(empty[..., None], padded, values)
