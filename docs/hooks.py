@@ -25,6 +25,10 @@ from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "docs"))
+from griffe_rst import rst_to_markdown  # noqa: E402  (the docstrings' reST roles, as on the API entries)
+
+sys.path.remove(str(ROOT / "docs"))
 PUBLIC_NAMES_MARKER = "<!-- yarnref-public-names -->"
 
 
@@ -91,7 +95,7 @@ def _public_names_table(modules: list[str]) -> str:
             module = next(m for m in modules if name in getattr(importlib.import_module(m), "__all__", ()))
             anchor = f"{module}.{name}"
         summary = (inspect.getdoc(spec) or "").split("\n\n")[0] if not isinstance(spec, (dict, list, str)) else ""
-        summary = " ".join(summary.split()).replace("|", "\\|")
+        summary = rst_to_markdown(" ".join(summary.split())).replace("|", "\\|")
         rows.append(f"| [`{name}`](#{anchor}) | `{module}` | {summary} |")
     return "\n".join(rows)
 

@@ -1,17 +1,18 @@
-// MathJax settings for pymdownx.arithmatex (generic mode): \( \) inline, \[ \] display.
+// MathJax 3 settings for the whole site.
+// Guide and API pages: pymdownx.arithmatex (generic mode) writes \( \) and \[ \].
+// Lesson pages (notebooks rendered by mkdocs-jupyter): the cells' own $ $ and $$ $$.
 window.MathJax = {
   tex: {
-    inlineMath: [["\\(", "\\)"]],
-    displayMath: [["\\[", "\\]"]],
+    inlineMath: [["\\(", "\\)"], ["$", "$"]],
+    displayMath: [["\\[", "\\]"], ["$$", "$$"]],
     processEscapes: true,
     processEnvironments: true,
   },
-  options: {
-    ignoreHtmlClass: ".*|",
-    processHtmlClass: "arithmatex",
-  },
 };
 
+// Material for MkDocs swaps pages without a reload (instant navigation): typeset each new page.
 document$.subscribe(() => {
-  MathJax.typesetPromise();
+  if (window.MathJax && MathJax.typesetPromise) {
+    MathJax.typesetPromise();
+  }
 });
