@@ -34,6 +34,7 @@ from .dca import DCAConfig, dca_config, dca_position_ids, dca_relative_positions
 from .errors import BackendError, ConfigError, DeviceMismatchError, InputError, YarnrefError
 from .prefill import chunked_prefill, qwen_prefill, qwen_sparse_plan, sparse_attention_config_for
 from .presets import DEFAULT_PRESET, PRESETS, get_preset, preset_names
+from .progress import show_progress
 from .sparse import a_shape_mask, attention_recall, tri_shape_mask
 from .rope import base_inv_freq, half_to_interleaved, interleaved_to_half, rope_angles, rotary_dim
 
@@ -97,5 +98,6 @@ __all__ = [
     "rope_angles",
     "rotary_dim",
     "set_backend",
+    "show_progress",
     "use_backend",
 ]

@@ -46,6 +46,7 @@ from .alibi import check_alibi_slopes
 from .checks import check_scale as _check_scale
 from .checks import default_scale
 from .errors import InputError
+from .progress import progress_iter
 
 __all__ = ["attention", "merge_attention", "repeat_kv", "check_qkv", "default_scale"]
 
@@ -132,7 +133,7 @@ def attention(
     out = np.zeros((b, hk, group, tq, v.shape[-1]), dtype=np.float64)
     lse = np.full((b, hk, group, tq), -np.inf, dtype=np.float64)
     key_pos = np.arange(tk)
-    for start in range(0, tq, block_size):
+    for start in progress_iter(range(0, tq, block_size), "attention"):
         stop = min(start + block_size, tq)
         # Causal: no query of this block sees a key past the block's last query position.
         kv_stop = min(tk, stop + tk - tq) if causal else tk

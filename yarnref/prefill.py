@@ -98,6 +98,7 @@ from .checks import check_int as _check_int
 from .checks import check_scale as _check_scale
 from .checks import is_int as _is_int
 from .errors import BackendError, ConfigError, InputError
+from .progress import progress_iter
 
 __all__ = [
     "SPARSE_PATTERN",
@@ -239,7 +240,7 @@ def chunked_prefill(q, k, v, chunk_size, scale=None, *, sparse=None, return_lse=
         scale = _check_scale(scale, head_dim)
     offset = kv_len - q_len
     outputs, lses = [], []
-    for start in range(0, q_len, chunk_size):
+    for start in progress_iter(range(0, q_len, chunk_size), "chunked_prefill"):
         stop = min(start + chunk_size, q_len)
         end = stop + offset  # keys [0, end)
         q_chunk, k_seen, v_seen = q[:, :, start:stop], k[:, :, :end], v[:, :, :end]
@@ -534,7 +535,7 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing):
         cos, sin = rope_cos_sin(inv_freq, positions)
         return apply_rope(x, cos, sin, pairing)
 
-    for seg in setup.segments:
+    for seg in progress_iter(setup.segments, "qwen_prefill"):
         begin, end, cs = seg.begin, seg.end, seg.intra[0]
         lq = min(end - begin, last_q)
         # Estimation (step 3).  The three blocks use queries at r(i) (intra keys), r(i) + L (successive
