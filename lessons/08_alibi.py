@@ -124,6 +124,37 @@ assert np.allclose(full[:, steep], window[:, steep], atol=1e-12)
 print(f"checked: {int(steep.sum())} steep heads see the same output at {n} tokens as on the last {L}")
 
 # %% [markdown]
+# ## On a GPU (optional)
+#
+# The torch backend takes the same `alibi_slopes`. At 32768 tokens the last 16 queries of a float32 GPU call
+# must match the float64 spec (which can afford 16 queries over 32k keys on a CPU) to float32 tolerance.
+# Skipped without CUDA.
+
+# %%
+import importlib.util
+
+from yarnref.testing import assert_close
+
+gpu = False
+if importlib.util.find_spec("torch") is not None and "torch" in yarnref.available_backends():
+    import torch
+
+    gpu = torch.cuda.is_available()
+if not gpu:
+    print("No CUDA device for the torch backend here: the GPU cell is skipped.")
+
+if gpu:
+    n, last = 32768, 16
+    qg = rng.standard_normal((1, heads, n, d)).astype(np.float32)
+    kg, vg = rng.standard_normal((2, 1, heads, n, d)).astype(np.float32)
+    with yarnref.use_backend("torch", device="cuda") as backend:
+        out_gpu = backend.to_numpy(yarnref.attention(qg, kg, vg, causal=True, alibi_slopes=slopes))
+    spec = yarnref.attention(qg[:, :, -last:].astype(np.float64), kg.astype(np.float64), vg.astype(np.float64),
+                             causal=True, alibi_slopes=slopes)
+    assert_close(out_gpu[:, :, -last:], spec, dtype="float32", op="attention")
+    print(f"torch on CUDA, {n} tokens with ALiBi: the last {last} queries match the float64 spec")
+
+# %% [markdown]
 # ## Exercise
 #
 # 1. The shallowest head (slope $2^{-8}$ for 8 heads) has a window of hundreds of tokens. At what length
