@@ -100,13 +100,23 @@ assert np.isclose(longrope_attention_factor(32.0, L_phi), m_long)
 print("checked: Llama 3 = NTK-by-parts in wavelengths; LongRoPE short/long switch and attention factor")
 
 # %%
+phi3 = yarnref.get_preset("phi-3-mini-128k")  # LongRoPE as shipped: 48 searched factors per list
+phi3_rc = yarnref.parse_rope_config(phi3)
+phi3_theta = yarnref.base_inv_freq(phi3_rc.rotary_dim, phi3_rc.base)
+phi3_long = np.asarray(phi3["rope_scaling"]["long_factor"])
+phi3_short = np.asarray(phi3["rope_scaling"]["short_factor"])
+phi3_wavelength = 2 * np.pi / phi3_theta / phi3_rc.original_max_position_embeddings
+assert np.allclose(yarnref.rope_frequencies(phi3, seq_len=8192)[0], phi3_theta / phi3_long, rtol=1e-15)
+assert np.allclose(yarnref.rope_frequencies(phi3, seq_len=4096)[0], phi3_theta / phi3_short, rtol=1e-15)
+
 fig, ax = plt.subplots(figsize=(6.5, 3.4))
-ax.loglog(wavelength / L, llama_scale, label="Llama 3.1 (lf = 1, hf = 4)")
-ax.loglog(2 * np.pi / base_phi / L_phi, long_, marker=".", ms=3, lw=0.8, label="a LongRoPE long_factor list")
+ax.loglog(wavelength / L, llama_scale, label="Llama 3.1 8B (lf = 1, hf = 4)")
+ax.loglog(phi3_wavelength, phi3_long, marker=".", ms=3, lw=0.8, label="Phi-3-mini-128k long_factor (LongRoPE)")
+ax.loglog(phi3_wavelength, phi3_short, marker=".", ms=3, lw=0.8, label="Phi-3-mini-128k short_factor")
 ax.axvline(1 / 4, color="gray", ls=":", lw=0.8)
 ax.axvline(1.0, color="gray", ls=":", lw=0.8)
 ax.set(xlabel=r"wavelength / original context, $\lambda_i / L$", ylabel=r"scale $\theta_i/\theta'_i$",
-       title="Two schedules")
+       title="A formula and a search: the per-plane scales real models ship")
 ax.legend(fontsize=7)
 fig.tight_layout()
 plt.show()
