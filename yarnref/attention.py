@@ -30,6 +30,8 @@ Conventions
 * ``scale`` defaults to ``1/sqrt(head_dim)``; logits are ``scale * q.k``.
 * The log-sum-exp is natural-log, over the scaled logits, shape
   ``(batch, heads, q_len)``.
+* ``alibi_slopes`` adds ALiBi's :math:`-m_h |p_q - p_k|` to the scaled
+  logits (Press et al., arXiv:2108.12409; see :mod:`yarnref.alibi`).
 * Precision: computed in float64 and returned in the dtype of ``q`` (the lse
   stays float64).  Queries are processed ``block_size`` at a time, so memory
   is ``O(block_size * kv_len)`` per head, not ``O(q_len * kv_len)``.
@@ -40,9 +42,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .alibi import check_alibi_slopes
 from .checks import check_scale as _check_scale
 from .checks import default_scale
 from .errors import InputError
+from .progress import progress_iter
 
 __all__ = ["attention", "merge_attention", "repeat_kv", "check_qkv", "default_scale"]
 
@@ -81,13 +85,28 @@ def repeat_kv(x, n_rep: int):
     return np.repeat(x, n_rep, axis=1)
 
 
-def attention(q, k, v, causal: bool = True, scale: float | None = None, return_lse: bool = False, *, block_size: int = DEFAULT_BLOCK_SIZE):
+def attention(
+    q,
+    k,
+    v,
+    causal: bool = True,
+    scale: float | None = None,
+    return_lse: bool = False,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    alibi_slopes=None,
+):
     """Softmax attention of Eq. (1), blocked over queries.
 
     ``q``: ``(batch, q_heads, q_len, head_dim)``; ``k``: ``(batch, kv_heads,
     kv_len, head_dim)``; ``v``: ``(batch, kv_heads, kv_len, v_dim)``.
     Returns ``out`` of shape ``(batch, q_heads, q_len, v_dim)`` in q's dtype, and
     with ``return_lse`` also ``lse`` ``(batch, q_heads, q_len)`` (float64).
+
+    ``alibi_slopes``: None, or one slope per query head ``(q_heads,)``
+    (:func:`yarnref.alibi_slopes`); each scaled logit then gets the ALiBi bias
+    :math:`-m_h |p_q - p_k|` of :func:`yarnref.alibi.alibi_bias`
+    (arXiv:2108.12409).
     """
     q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
     b, hq, hk, tq, tk, d = check_qkv(q, k, v)
@@ -100,6 +119,13 @@ def attention(q, k, v, causal: bool = True, scale: float | None = None, return_l
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise InputError("block_size", block_size, "a positive integer")
     group = hq // hk
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = np.asarray(alibi_slopes)
+        check_alibi_slopes(slopes.shape, hq)
+        if slopes.dtype.kind not in "fiu" or not np.all(np.isfinite(slopes)):
+            raise InputError("alibi_slopes", "non-finite or non-real values", "finite real slopes")
+        slopes = slopes.astype(np.float64).reshape(hk, group, 1, 1)  # (hk, g, 1, 1): query head h = kv head * g + i
     # (b, hk, group, tq, d): query heads grouped under the kv head they read.
     qg = q.astype(np.float64).reshape(b, hk, group, tq, d)
     kf = k.astype(np.float64)[:, :, None]  # (b, hk, 1, tk, d)
@@ -107,7 +133,7 @@ def attention(q, k, v, causal: bool = True, scale: float | None = None, return_l
     out = np.zeros((b, hk, group, tq, v.shape[-1]), dtype=np.float64)
     lse = np.full((b, hk, group, tq), -np.inf, dtype=np.float64)
     key_pos = np.arange(tk)
-    for start in range(0, tq, block_size):
+    for start in progress_iter(range(0, tq, block_size), "attention"):
         stop = min(start + block_size, tq)
         # Causal: no query of this block sees a key past the block's last query position.
         kv_stop = min(tk, stop + tk - tq) if causal else tk
@@ -115,6 +141,9 @@ def attention(q, k, v, causal: bool = True, scale: float | None = None, return_l
             continue  # queries before the first key: out 0, lse -inf (as initialised)
         logits = qg[..., start:stop, :] @ np.swapaxes(kf[..., :kv_stop, :], -1, -2)  # (b, hk, g, blk, kv_stop)
         logits *= scale
+        if slopes is not None:  # ALiBi: -m_h |p_q - p_k|, queries at positions start + tk - tq, ...
+            query_pos = np.arange(start, stop) + (tk - tq)
+            logits -= slopes * np.abs(query_pos[:, None] - key_pos[None, :kv_stop])  # (hk, g, blk, kv_stop)
         if causal:
             last_key = np.arange(start, stop) + (tk - tq)  # bottom-right alignment
             logits[..., key_pos[None, :kv_stop] > last_key[:, None]] = -np.inf

@@ -108,6 +108,7 @@ from .checks import check_int as _check_positive_int
 from .checks import check_positive_real as _check_positive_real
 from .checks import is_int as _is_int
 from .errors import ConfigError, InputError
+from .progress import progress_iter
 from .rope import apply_rope, rope_cos_sin
 
 __all__ = [
@@ -504,29 +505,29 @@ def _union_form(rotated_queries, query_positions, k_rot, v, segments, offset, q_
     # One buffer for every block's logits, reused: fresh multi-MiB arrays per block cost more
     # (page faults) than the arithmetic on them.
     buffer = np.empty(batch * q_heads * min(block, q_len) * kv_len, dtype=np.float64)
-    for seg in segments:
-        for begin in range(seg.begin, seg.end, block):
-            end = min(begin + block, seg.end)
-            n = end - begin
-            # Row i of the block sees keys [0, i]; the block's logits cover [0, end), laid out in key
-            # order: inter [0, cs - L), successive [cs - L, cs), intra [cs, end).
-            logits = buffer[: batch * q_heads * n * end].reshape(batch, kv_heads, group, n, end)
-            rows_by_kv_head = logits.reshape(batch, kv_heads, group * n, end)  # the same memory: a GQA group's rows stacked
-            for part, (start, stop) in (("inter", seg.inter), ("successive", seg.successive), ("intra", (seg.intra[0], end))):
-                if stop > start:
-                    qp = rotated_queries(query_positions[part], begin, end)  # (batch, q_heads, n, head_dim)
-                    qp = qp.reshape(batch, kv_heads, group * n, -1)  # query heads h = kv * group + g, rows stacked
-                    np.matmul(qp, keys_t[..., start:stop], out=rows_by_kv_head[..., start:stop])
-            intra = logits[..., seg.intra[0] : end]  # a view: the causal mask is written in place
-            intra[..., np.arange(seg.intra[0], end)[None, :] > np.arange(begin, end)[:, None]] = -np.inf
-            row_max = logits.max(axis=-1, keepdims=True)  # finite: every query sees its own key
-            logits -= row_max
-            np.exp(logits, out=logits)  # the softmax numerators
-            denom = logits.sum(axis=-1, keepdims=True)  # (batch, kv_heads, group, n, 1)
-            weighted = (rows_by_kv_head @ v[:, :, :end]).reshape(batch, kv_heads, group, n, -1)
-            rows = slice(begin - offset, end - offset)
-            out[..., rows, :] = weighted / denom
-            lse[..., rows] = (np.log(denom) + row_max)[..., 0]
+    blocks = [(seg, begin) for seg in segments for begin in range(seg.begin, seg.end, block)]
+    for seg, begin in progress_iter(blocks, "dca_attention"):
+        end = min(begin + block, seg.end)
+        n = end - begin
+        # Row i of the block sees keys [0, i]; the block's logits cover [0, end), laid out in key
+        # order: inter [0, cs - L), successive [cs - L, cs), intra [cs, end).
+        logits = buffer[: batch * q_heads * n * end].reshape(batch, kv_heads, group, n, end)
+        rows_by_kv_head = logits.reshape(batch, kv_heads, group * n, end)  # the same memory: a GQA group's rows stacked
+        for part, (start, stop) in (("inter", seg.inter), ("successive", seg.successive), ("intra", (seg.intra[0], end))):
+            if stop > start:
+                qp = rotated_queries(query_positions[part], begin, end)  # (batch, q_heads, n, head_dim)
+                qp = qp.reshape(batch, kv_heads, group * n, -1)  # query heads h = kv * group + g, rows stacked
+                np.matmul(qp, keys_t[..., start:stop], out=rows_by_kv_head[..., start:stop])
+        intra = logits[..., seg.intra[0] : end]  # a view: the causal mask is written in place
+        intra[..., np.arange(seg.intra[0], end)[None, :] > np.arange(begin, end)[:, None]] = -np.inf
+        row_max = logits.max(axis=-1, keepdims=True)  # finite: every query sees its own key
+        logits -= row_max
+        np.exp(logits, out=logits)  # the softmax numerators
+        denom = logits.sum(axis=-1, keepdims=True)  # (batch, kv_heads, group, n, 1)
+        weighted = (rows_by_kv_head @ v[:, :, :end]).reshape(batch, kv_heads, group, n, -1)
+        rows = slice(begin - offset, end - offset)
+        out[..., rows, :] = weighted / denom
+        lse[..., rows] = (np.log(denom) + row_max)[..., 0]
     return out.reshape(batch, q_heads, q_len, -1), lse.reshape(batch, q_heads, q_len)
 
 
@@ -536,7 +537,7 @@ def _merge_form(rotated_queries, query_positions, k_rot, v, segments, offset, q_
     q_len = kv_len - offset
     out = np.empty((batch, q_heads, q_len, v.shape[-1]), dtype=np.float64)
     lse = np.empty((batch, q_heads, q_len), dtype=np.float64)
-    for seg in segments:
+    for seg in progress_iter(segments, "dca_attention"):
         outputs, lses = [], []
         for part, (start, stop), causal in (
             ("intra", seg.intra, True),  # bottom-right causal: query i sees [cs, i]

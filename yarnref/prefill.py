@@ -98,6 +98,7 @@ from .checks import check_int as _check_int
 from .checks import check_scale as _check_scale
 from .checks import is_int as _is_int
 from .errors import BackendError, ConfigError, InputError
+from .progress import progress_iter
 
 __all__ = [
     "SPARSE_PATTERN",
@@ -239,7 +240,7 @@ def chunked_prefill(q, k, v, chunk_size, scale=None, *, sparse=None, return_lse=
         scale = _check_scale(scale, head_dim)
     offset = kv_len - q_len
     outputs, lses = [], []
-    for start in range(0, q_len, chunk_size):
+    for start in progress_iter(range(0, q_len, chunk_size), "chunked_prefill"):
         stop = min(start + chunk_size, q_len)
         end = stop + offset  # keys [0, end)
         q_chunk, k_seen, v_seen = q[:, :, start:stop], k[:, :, :end], v[:, :, :end]
@@ -543,7 +544,7 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_s
         return apply_rope(x, cos, sin, pairing)
 
     vertical_budget, slash_budget, call = setup.budgets.vertical_size, setup.budgets.slash_size, None
-    for seg, chunk_index in zip(setup.segments, setup.chunk_of):
+    for seg, chunk_index in progress_iter(list(zip(setup.segments, setup.chunk_of)), "qwen_prefill"):
         begin, end, cs = seg.begin, seg.end, seg.intra[0]
         lq = min(end - begin, last_q)
         if budget_clamp == "vllm_in_place":  # vLLM: min(budget, K) written back into tensors made once per call

@@ -92,6 +92,7 @@ from .checks import check_int as _check_int
 from .checks import check_scale as _check_scale
 from .checks import is_int as _is_int
 from .errors import InputError
+from .progress import progress_iter
 
 __all__ = [
     "MIN_VERTICAL_SIZE",
@@ -593,7 +594,7 @@ def _weighted_attention(q, k, v, scale: float, key_weights, step: int):
     values = v.astype(np.float64)[:, :, None]  # (batch, kv_heads, 1, kv_len, v_dim)
     out = np.zeros((batch, kv_heads, group, q_len, v.shape[-1]), dtype=np.float64)
     lse = np.full((batch, kv_heads, group, q_len), -np.inf, dtype=np.float64)
-    for start in range(0, q_len, step):
+    for start in progress_iter(range(0, q_len, step), "sparse attention"):
         rows = slice(start, min(start + step, q_len))
         n = rows.stop - rows.start
         weight = np.broadcast_to(key_weights(rows), (batch, q_heads, n, kv_len))
@@ -690,7 +691,7 @@ def attention_recall(q, k, mask, scale=None, *, causal=True):
     keys_t = np.swapaxes(k.astype(np.float64), -1, -2)[:, :, None]
     recall = np.empty((batch, kv_heads, group, q_len), dtype=np.float64)
     step = _rows_per_step(batch, q_heads, kv_len, 1)
-    for start in range(0, q_len, step):
+    for start in progress_iter(range(0, q_len, step), "sparse attention"):
         rows = slice(start, min(start + step, q_len))
         n = rows.stop - rows.start
         keep = np.broadcast_to(mask, full)[:, :, rows].reshape(batch, kv_heads, group, n, kv_len)

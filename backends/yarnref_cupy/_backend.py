@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from yarnref.alibi import check_alibi_slopes
 from yarnref.attention import _check_scale, check_qkv
 from yarnref.backend import Backend
 from yarnref.errors import InputError
@@ -134,14 +135,20 @@ class CupyBackend(Backend):
             check_float(name, a)
         return q, k, v, dims
 
-    def attention(self, q, k, v, causal=True, scale=None, return_lse=False, *, block_size=512):
+    def attention(self, q, k, v, causal=True, scale=None, return_lse=False, *, block_size=512, alibi_slopes=None):
         with self._device.context():
-            q, k, v, (_, _, _, _, _, d) = self._qkv(q, k, v)
+            q, k, v, (_, hq, _, _, _, d) = self._qkv(q, k, v)
             causal = _check_bool("causal", causal)
             scale = _check_scale(scale, d)
             if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
                 raise InputError("block_size", block_size, "a positive integer")
-            out, lse = _attention.attention(self.xp, q, k, v, causal, scale, int(block_size))
+            slopes = None
+            if alibi_slopes is not None:
+                slopes = self._in(alibi_slopes, "alibi_slopes")
+                check_alibi_slopes(slopes.shape, hq)
+                if slopes.dtype.kind not in "fiu" or not bool(self.xp.all(self.xp.isfinite(slopes))):
+                    raise InputError("alibi_slopes", "non-finite or non-real values", "finite real slopes")
+            out, lse = _attention.attention(self.xp, q, k, v, causal, scale, int(block_size), slopes)
             return (out, lse) if return_lse else out
 
     def merge_attention(self, outputs, lses):
