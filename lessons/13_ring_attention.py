@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # Lesson: Ring attention, a sequence spread over several devices
+# # Lesson 13: Ring attention, a sequence spread over several devices
 #
 # **Paper:** H. Liu, M. Zaharia, P. Abbeel, *Ring Attention with Blockwise Transformers for
 # Near-Infinite Context*, [arXiv:2310.01889](https://arxiv.org/abs/2310.01889), section 3 and
