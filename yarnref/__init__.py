@@ -30,7 +30,7 @@ from .backend import (
 from . import scaling
 from .config import RopeConfig, parse_rope_config, rope_frequencies
 from .dca import DCAConfig, dca_config, dca_position_ids, dca_relative_positions, dca_segments
-from .errors import BackendError, ConfigError, DeviceMismatchError, InputError, YarnrefError
+from .errors import BackendError, ConfigError, DeviceMismatchError, InputError, UnknownBackendError, YarnrefError
 from .prefill import chunked_prefill, qwen_prefill, qwen_sparse_plan, sparse_attention_config_for
 from .presets import DEFAULT_PRESET, PRESETS, get_preset, preset_names
 from .sparse import a_shape_mask, attention_recall, tri_shape_mask
@@ -84,6 +84,7 @@ __all__ = [
     "ConfigError",
     "DeviceMismatchError",
     "InputError",
+    "UnknownBackendError",
     "YarnrefError",
     "available_backends",
     "base_inv_freq",
