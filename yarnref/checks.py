@@ -57,6 +57,8 @@ __all__ = [
     "check_logits_fit",
     "check_same_dtype",
     "check_fits_dtype",
+    "check_int32_indices",
+    "INT32_MAX",
 ]
 
 #: Lengths, sizes and counts: at most 2**53 (every integer up to it is exact in float64).
@@ -67,6 +69,8 @@ MAX_POSITION = 2**53
 MAX_HEAD_DIM = 65536
 #: DCA segments per call (one Python step each).
 MAX_SEGMENTS = 2**22
+#: The largest value of the int32 index lists the sparse kernels take.
+INT32_MAX = 2**31 - 1
 #: The bound on attention logits (float64 overflows at 1.8e308; exp() of differences stays exact below it).
 LOGIT_LIMIT = 1e300
 
@@ -312,3 +316,16 @@ def check_fits_dtype(name: str, result: np.ndarray, dtype) -> np.ndarray:
         raise InputError(name, f"values whose result reaches {_max_abs(result):.3g}",
                          f"inputs whose result fits in {dtype} (|value| <= {limit:g})")
     return out
+
+
+def check_int32_indices(kv_len: int, block_size_m: int, block_size_n: int) -> None:
+    """Refuse a ``kv_len`` the int32 block/column lists cannot represent (no silent wrap-around).
+
+    The converter's positions reach ``kv_len + block_size_m + block_size_n``; all must fit int32.
+    """
+    if kv_len + block_size_m + block_size_n > INT32_MAX:
+        raise InputError(
+            "kv_len", kv_len,
+            f"kv_len + block_size_m + block_size_n <= 2**31 - 1 (here block sizes {block_size_m}, {block_size_n}): "
+            "the index lists are int32, as the kernels take them",
+        )

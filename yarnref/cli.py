@@ -274,7 +274,7 @@ def explain(
     pairs: str = "compact",
 ) -> str:
     """The text report ``yarnref explain`` prints for ``config`` (see the module docstring)."""
-    if pairs not in ("compact", "all"):
+    if not isinstance(pairs, str) or pairs not in ("compact", "all"):
         raise InputError("pairs", pairs, "'compact' or 'all'")
     rc = parse_rope_config(config)
     inv_freq, m = rope_frequencies(rc, seq_len)

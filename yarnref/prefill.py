@@ -204,7 +204,7 @@ def _check_sparse(sparse):
     if unknown or missing:
         raise InputError("sparse", dict(sparse), f"a dict with keys vertical_size and slash_size (required), last_q and mode (optional); unknown {unknown}, missing {missing}")
     mode = sparse.get("mode", "kernel")
-    if mode not in ("exact", "kernel"):
+    if not isinstance(mode, str) or mode not in ("exact", "kernel"):
         raise InputError("sparse['mode']", mode, "'exact' or 'kernel'")
     return dict(vertical_size=sparse["vertical_size"], slash_size=sparse["slash_size"],
                 last_q=_check_int("sparse['last_q']", sparse.get("last_q", 64), 1), mode=mode)
@@ -487,7 +487,7 @@ def _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size,
     cfg = _as_dca_config(dca)
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = _check_prefill_shapes(q, k, v)
     scale = _check_scale(scale, head_dim)
-    if pairing not in DCA_PAIRINGS:
+    if not isinstance(pairing, str) or pairing not in DCA_PAIRINGS:
         raise InputError("pairing", pairing, f"one of {DCA_PAIRINGS}")
     if isinstance(inv_freq, (np.ndarray, list, tuple)):
         freqs = np.asarray(inv_freq)
