@@ -41,6 +41,7 @@ __all__ = [
     "is_int",
     "is_real",
     "check_int",
+    "shown",
     "check_bool",
     "check_option",
     "check_positive_real",
@@ -108,6 +109,13 @@ def _short(value):
     if isinstance(value, str) and len(value) > 80:
         return value[:77] + "..."
     return value
+
+
+def shown(value):
+    """How an error shows a value of the wrong kind: strings, numbers and None by value, arrays by shape, else the type."""
+    if value is None or isinstance(value, (str, bool, int, float, np.generic, np.ndarray)):
+        return _short(value)
+    return type(value).__name__
 
 
 def check_option(name: str, value, allowed) -> str:

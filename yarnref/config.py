@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from .checks import check_bool, check_option
+from .checks import check_bool, check_option, shown
 from .errors import ConfigError, InputError
 from .rope import base_inv_freq
 from .scaling import (
@@ -402,7 +402,7 @@ def parse_rope_config(config: Mapping | RopeConfig) -> RopeConfig:
     if isinstance(config, RopeConfig):
         return config
     if not isinstance(config, Mapping):
-        raise ConfigError("config", type(config).__name__, "a mapping shaped like a Hugging Face config.json")
+        raise ConfigError("config", shown(config), "a mapping shaped like a Hugging Face config.json")
     cfg = _plain(config)
     notes: list[str] = []
     model_type = cfg.get("model_type")

@@ -101,7 +101,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .attention import attention, check_qkv, default_scale, merge_attention
-from .checks import MAX_SEGMENTS, check_allocation, check_array_like, check_logits_fit, check_option, check_same_dtype
+from .checks import MAX_SEGMENTS, shown, check_allocation, check_array_like, check_logits_fit, check_option, check_same_dtype
 from .checks import check_int as _check_positive_int
 from .checks import check_positive_real as _check_positive_real
 from .checks import is_int as _is_int
@@ -590,7 +590,7 @@ class DCAConfig:
             integer("original_max_position_embeddings", 0, self.original_max_position_embeddings)
         sparse = self.sparse_attention_config
         if sparse is not None and not isinstance(sparse, (list, tuple, Mapping)):
-            raise ConfigError("sparse_attention_config", type(sparse).__name__,
+            raise ConfigError("sparse_attention_config", shown(sparse),
                               "None, or a per-layer list of {head: [type, vertical, slash, score]}")
         if not isinstance(self.sparse_attention_enabled, (bool, np.bool_)):
             raise ConfigError("sparse_attention_enabled", self.sparse_attention_enabled, "True or False")
@@ -615,6 +615,18 @@ class DCAConfig:
         return kwargs
 
 
+def _check_sparse_table_fits(model: Mapping, table, key: str) -> None:
+    """A per-layer sparse table must have one entry per layer and per attention head of the model."""
+    layers, heads = model.get("num_hidden_layers"), model.get("num_attention_heads")
+    if _is_int(layers) and len(table) != layers:
+        raise ConfigError(key, f"a table of {len(table)} layers", f"one entry per layer (num_hidden_layers = {layers})")
+    if _is_int(heads):
+        for index, entry in enumerate(table):
+            if isinstance(entry, Mapping) and len(entry) != heads:
+                raise ConfigError(f"{key}[{index}]", f"a layer with {len(entry)} heads",
+                                  f"one entry per attention head (num_attention_heads = {heads})")
+
+
 def dca_config(config: Mapping) -> DCAConfig:
     """Read ``config["dual_chunk_attention_config"]`` (a Qwen2.5-1M ``config.json`` dict) or a bare dict of its keys.
 
@@ -623,7 +635,7 @@ def dca_config(config: Mapping) -> DCAConfig:
     ``local_size >= chunk_size``, and any key of the wrong type.
     """
     if not isinstance(config, Mapping):
-        raise ConfigError("config", type(config).__name__, "a mapping (a config.json dict)")
+        raise ConfigError("config", shown(config), "a mapping (a config.json dict)")
     prefix = ""
     if "dual_chunk_attention_config" in config:
         dca = config["dual_chunk_attention_config"]
@@ -652,7 +664,9 @@ def dca_config(config: Mapping) -> DCAConfig:
         raise ConfigError(prefix + "original_max_position_embeddings", original, "None or an integer >= 0 (0: no temperature)")
     sparse = dca.get("sparse_attention_config")
     if sparse is not None and not isinstance(sparse, (list, tuple, Mapping)):
-        raise ConfigError(prefix + "sparse_attention_config", type(sparse).__name__, "None, or a per-layer list of {head: [type, vertical, slash, score]}")
+        raise ConfigError(prefix + "sparse_attention_config", sparse, "None, or a per-layer list of {head: [type, vertical, slash, score]}")
+    if prefix and isinstance(sparse, (list, tuple)):
+        _check_sparse_table_fits(config, sparse, prefix + "sparse_attention_config")
     enabled = dca.get("sparse_attention_enabled", sparse is not None)
     if not isinstance(enabled, (bool, np.bool_)):
         raise ConfigError(prefix + "sparse_attention_enabled", enabled, "true or false")

@@ -97,6 +97,7 @@ from .checks import check_bool as _check_bool
 from .checks import check_int as _check_int
 from .checks import check_scale as _check_scale
 from .checks import is_int as _is_int
+from .checks import shown
 from .errors import BackendError, ConfigError, InputError
 
 __all__ = [
@@ -281,7 +282,7 @@ def _as_dca_config(config):
         return config
     if isinstance(config, Mapping):
         return dca_config(config)
-    raise InputError("dca", type(config).__name__, "a yarnref.dca.DCAConfig or a config dict (config.json or its dual_chunk_attention_config)")
+    raise InputError("dca", shown(config), "a yarnref.dca.DCAConfig or a config dict (config.json or its dual_chunk_attention_config)")
 
 
 def _head_id(key, where: str) -> int:
@@ -331,7 +332,7 @@ def sparse_attention_config_for(config, layer, heads=None) -> SparseHeadBudgets:
         entry = table[layer]
     where = f"{name}[{layer}]"
     if not isinstance(entry, Mapping) or not entry:
-        raise ConfigError(where, type(entry).__name__, "a non-empty mapping {head_id: [pattern, vertical_size, slash_size, score]}")
+        raise ConfigError(where, entry, "a non-empty mapping {head_id: [pattern, vertical_size, slash_size, score]}")
     by_head = {}
     for key, value in entry.items():
         head = _head_id(key, f"{where} key")
