@@ -124,6 +124,22 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
         pytest.skip(f"{page}: ran {ran} blocks; skipped {len(skipped)}: {'; '.join(skipped)}")
 
 
+def test_readme_example_runs(tmp_path, monkeypatch):
+    """The README's Python example runs as written on a CPU-only machine (its GPU part is guarded)."""
+    import yarnref
+
+    monkeypatch.chdir(tmp_path)
+    blocks = [(line, code) for line, language, _, code in code_blocks(ROOT / "README.md") if language == "python"]
+    assert blocks, "README.md has no Python example"
+    namespace: dict = {"__name__": "readme"}
+    try:
+        for line, code in blocks:
+            exec(compile(code, f"README.md:{line}", "exec"), namespace)
+    finally:
+        yarnref.set_backend("numpy")
+    assert namespace["q_rot"].shape == (1, 32, 8192, 128)
+
+
 @pytest.mark.parametrize("page", WRITTEN_PAGES)
 def test_python_blocks_compile(page):
     """Every Python block of every written page is valid Python, runnable or not (api.md shows signatures)."""
