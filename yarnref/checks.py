@@ -40,6 +40,7 @@ __all__ = [
     "LOGIT_LIMIT",
     "is_int",
     "is_real",
+    "finite_float",
     "check_int",
     "shown",
     "check_bool",
@@ -137,11 +138,23 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
+def finite_float(value) -> float | None:
+    """``float(value)`` for a finite real number (not a bool), else None (ints beyond float64's range included)."""
+    if not is_real(value):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def check_positive_real(name: str, value) -> float:
     """``value`` as a float if it is a finite number > 0."""
-    if not is_real(value) or not (math.isfinite(float(value)) and float(value) > 0):
-        raise InputError(name, value, "a finite number > 0")
-    return float(value)
+    number = finite_float(value)
+    if number is None or not number > 0:
+        raise InputError(name, _short(value), "a finite number > 0")
+    return number
 
 
 def default_scale(head_dim: int) -> float:
@@ -153,9 +166,10 @@ def check_scale(scale, head_dim: int) -> float:
     """The softmax scale: ``1/sqrt(head_dim)`` for None, else a finite number > 0."""
     if scale is None:
         return default_scale(head_dim)
-    if not is_real(scale) or not (math.isfinite(float(scale)) and float(scale) > 0):
-        raise InputError("scale", scale, "None or a finite number > 0")
-    return float(scale)
+    number = finite_float(scale)
+    if number is None or not number > 0:
+        raise InputError("scale", _short(scale), "None or a finite number > 0")
+    return number
 
 
 # ----------------------------------------------------------------------------- positions

@@ -55,7 +55,7 @@ import math
 
 import numpy as np
 
-from .checks import MAX_HEAD_DIM, check_array_like, check_fits_dtype, check_option, check_positions
+from .checks import MAX_HEAD_DIM, check_array_like, check_positive_real, finite_float, is_int, check_fits_dtype, check_option, check_positions
 from .errors import InputError
 from .precision import check_precision, round_to
 
@@ -81,13 +81,10 @@ def rotary_dim(head_dim: int, partial_rotary_factor: float = 1.0) -> int:
     """
     if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)) or not 1 <= head_dim <= MAX_HEAD_DIM:
         raise InputError("head_dim", head_dim, f"an integer in [1, {MAX_HEAD_DIM}]")
-    if (
-        isinstance(partial_rotary_factor, bool)
-        or not isinstance(partial_rotary_factor, (int, float, np.floating, np.integer))
-        or not (0.0 < float(partial_rotary_factor) <= 1.0)
-    ):
+    factor = finite_float(partial_rotary_factor)
+    if factor is None or not 0.0 < factor <= 1.0:
         raise InputError("partial_rotary_factor", partial_rotary_factor, "a number in (0, 1]")
-    r = int(head_dim * float(partial_rotary_factor))
+    r = int(head_dim * factor)
     if r < 2 or r % 2:
         raise InputError(
             "rotary_dim",
@@ -103,14 +100,13 @@ def base_inv_freq(rotary_dim: int, base: float) -> np.ndarray:
     Computed as ``1 / base ** (2i / r)``, the same expression transformers
     evaluates (in float32 there).
     """
-    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, (int, np.integer)) or rotary_dim < 2 or rotary_dim % 2:
-        raise InputError("rotary_dim", rotary_dim, "an even integer >= 2")
-    if isinstance(base, bool) or not isinstance(base, (int, float, np.floating, np.integer)) or not (
-        math.isfinite(float(base)) and float(base) > 1.0
-    ):
+    if not is_int(rotary_dim) or not 2 <= rotary_dim <= MAX_HEAD_DIM or rotary_dim % 2:
+        raise InputError("rotary_dim", rotary_dim, f"an even integer in [2, {MAX_HEAD_DIM}]")
+    b = finite_float(base)
+    if b is None or not b > 1.0:
         raise InputError("base", base, "a finite number > 1 (rope_theta)")
     exponents = np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim  # (r/2,) = 2i/r
-    return 1.0 / (float(base) ** exponents)
+    return 1.0 / (b**exponents)
 
 
 def _as_positions(positions) -> np.ndarray:
@@ -175,10 +171,7 @@ def rope_cos_sin(
     """
     check_precision(precision)
     out_precision = precision if out_precision is None else check_precision(out_precision, "out_precision")
-    if isinstance(attention_factor, bool) or not isinstance(attention_factor, (int, float, np.floating, np.integer)) or not (
-        math.isfinite(float(attention_factor)) and float(attention_factor) > 0
-    ):
-        raise InputError("attention_factor", attention_factor, "a finite number > 0")
+    check_positive_real("attention_factor", attention_factor)
     angles = rope_angles(inv_freq, positions, precision=precision)  # (..., r/2)
     out_dtype = _table_dtype(inv_freq)
     with np.errstate(over="ignore"):
@@ -236,6 +229,8 @@ def apply_rope(x, cos, sin, pairing: str = "half"):
     x = check_array_like("x", x, "a floating-point array (batch, heads, seq, head_dim)")
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError("x", f"dtype {x.dtype}", "a floating-point array")
+    if not np.all(np.isfinite(x)):
+        raise InputError("x", "non-finite values", "finite values")
     cos, sin = (_as_table(name, t) for name, t in (("cos", cos), ("sin", sin)))
     r = _check_rope_shapes(x, cos, sin)
     half = r // 2
