@@ -242,8 +242,12 @@ def apply_rope(x, cos, sin, pairing: str = "half"):
         a, b = rot[..., :half], rot[..., half:]  # plane i = (x[i], x[i + r/2])
     else:
         a, b = rot[..., 0::2], rot[..., 1::2]  # plane i = (x[2i], x[2i + 1])
-    a_new = a * cos - b * sin
-    b_new = b * cos + a * sin
+    with np.errstate(over="ignore", invalid="ignore"):
+        a_new = a * cos - b * sin
+        b_new = b * cos + a * sin
+    if not (np.all(np.isfinite(a_new)) and np.all(np.isfinite(b_new))):
+        raise InputError("cos", f"tables up to {max(np.abs(cos).max(), np.abs(sin).max()):.3g}",
+                         "tables whose rotation of x stays finite in float64")
     if pairing == "interleaved":
         out = np.stack([a_new, b_new], axis=-1).reshape(rot.shape)  # (..., r/2, 2) -> (..., r)
     else:  # "half", and "interleaved_in_half_out" (reads interleaved, writes half-split)
