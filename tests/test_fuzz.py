@@ -335,7 +335,9 @@ def test_dca_config_and_qwen_pipeline(data):
 @fuzz_settings
 @given(data=st.data())
 def test_small_rope_functions(data):
-    x = data.draw(hnp.arrays(np.float64, st.tuples(st.integers(1, 3), st.sampled_from([2, 4, 8]))))
+    # Finite features: the two permutations move NaN and inf exactly, which is their correct result.
+    x = data.draw(hnp.arrays(np.float64, st.tuples(st.integers(1, 3), st.sampled_from([2, 4, 8])),
+                             elements=st.floats(allow_nan=False, allow_infinity=False)))
     call(yarnref.rotary_dim, data.draw(maybe(st.integers(1, 256))), data.draw(maybe(st.floats(0.1, 1.0))))
     call(yarnref.base_inv_freq, data.draw(maybe(st.sampled_from([2, 8, 64]))), data.draw(maybe(st.floats(1.5, 1e6))))
     call(yarnref.interleaved_to_half, data.draw(maybe(st.just(x))), data.draw(maybe(st.sampled_from([2, 4, 8]))))

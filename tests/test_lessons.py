@@ -15,7 +15,7 @@ root is put on the kernel's ``PYTHONPATH`` so an uninstalled checkout works
 too; after ``pip install -e .`` that entry is redundant.
 
 The suite is skipped when nbclient, nbformat, ipykernel or matplotlib are
-missing (``pip install 'yarnref[lessons]'``).
+missing (``pip install -e '.[lessons]'``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ LESSONS_DIR = REPO / "lessons"
 
 for _module in ("nbclient", "nbformat", "ipykernel", "matplotlib"):
     if importlib.util.find_spec(_module) is None:
-        pytest.skip(f"{_module} is not installed (pip install 'yarnref[lessons]')", allow_module_level=True)
+        pytest.skip(f"{_module} is not installed (pip install -e '.[lessons]')", allow_module_level=True)
 
 import nbformat  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402

@@ -147,14 +147,12 @@ def _check_lengths(q_len, kv_len, causal: bool) -> tuple[int, int]:
 def _budget(name: str, value, heads: int) -> np.ndarray:
     """An int or a ``(heads,)`` int array, each >= 1, as an int64 ``(heads,)`` array."""
     if _is_int(value):
-        if value < 1:
-            raise InputError(name, value, "an integer >= 1, or an integer array of shape (heads,) with entries >= 1")
-        return np.full(heads, int(value), dtype=np.int64)
+        return np.full(heads, _check_int(name, value, 1), dtype=np.int64)
     a = np.asarray(value)
     if a.shape != (heads,) or a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
         raise InputError(name, f"array of shape {a.shape} and dtype {a.dtype}", f"an integer, or an integer array of shape (heads,) = ({heads},)")
-    if np.any(a < 1):
-        raise InputError(name, a.tolist(), "entries >= 1")
+    if np.any(a < 1) or np.any(a > 2**53):
+        raise InputError(name, a.tolist(), "entries in [1, 2**53]")
     return a.astype(np.int64)
 
 
