@@ -46,6 +46,9 @@ REFUSED = [
     ("mscale_all_dim-1e308", lambda: yarnref.rope_frequencies(yarn(factor=1e9, mscale=1.0, mscale_all_dim=1e308)),
      ConfigError, "rope_scaling.mscale_all_dim"),
     ("array-in-config", lambda: yarnref.rope_frequencies({**BASE, "rope_theta": np.array([1.0, 2.0])}), ConfigError, "rope_theta"),
+    ("array-in-rope_scaling", lambda: yarnref.rope_frequencies(yarn(rope_theta=np.array([1.0, 2.0]))), ConfigError,
+     "rope_scaling.rope_theta"),
+    ("array-as-rope_type", lambda: yarnref.parse_rope_config(yarn(type=np.array([]))), ConfigError, "rope_scaling.type"),
     ("head_dim-0-config", lambda: yarnref.rope_frequencies({**BASE, "head_dim": 0}), ConfigError, "head_dim"),
     # errors that name the real culprit
     ("dynamic-seq_len-10**400", lambda: yarnref.rope_frequencies(DYNAMIC, 10**400), InputError, "seq_len"),

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from .checks import check_bool, check_option, shown
+from .checks import check_bool, check_option, foreign_array_type, shown
 from .errors import ConfigError, InputError
 from .rope import base_inv_freq
 from .scaling import (
@@ -193,14 +193,19 @@ def _positive_int(key: str, value, what: str = "", maximum: int = MAX_LENGTH) ->
     return int(value)
 
 
-def _plain(obj, depth: int = 0):
-    """A plain copy: mappings to dicts, lists/tuples to lists (so the source cannot change under us)."""
+def _plain(obj, depth: int = 0, key: str = "config"):
+    """A plain copy: mappings to dicts, lists/tuples to lists (so the source cannot change under us).
+
+    Arrays are refused where JSON would hold a number or a list: comparing them is ambiguous.
+    """
     if depth > 100:
         raise ConfigError("config", "a structure nested more than 100 levels deep", "a config.json-shaped mapping")
     if isinstance(obj, Mapping):
-        return {k: _plain(v, depth + 1) for k, v in obj.items()}
+        return {k: _plain(v, depth + 1, k if depth == 0 else f"{key}.{k}") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v, depth + 1) for v in obj]
+        return [_plain(v, depth + 1, f"{key}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, np.ndarray) or foreign_array_type(obj) is not None:  # NumPy scalars are numbers: kept
+        raise ConfigError(key, shown(obj), "a JSON value (a number, string, boolean, null, list or mapping), not an array")
     return obj
 
 
