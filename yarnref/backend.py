@@ -54,6 +54,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .checks import check_host_array
+from .checks import foreign_array_type as _foreign_array_type  # noqa: F401  (its former home)
 from .errors import BackendError, UnknownBackendError
 
 __all__ = [
