@@ -56,18 +56,18 @@ REFUSED = [
     ("dynamic_yarn-no", lambda: yarnref.rope_frequencies(yarn(), 300000, dynamic_yarn="no"), InputError, "dynamic_yarn"),
     ("stack-array", lambda: yarnref.rope_frequencies(BASE, stack=np.array([])), InputError, "stack"),
     # finite inputs that would give NaN or inf
-    ("attention-scale-1e308", lambda: attention(Q, Q, Q, scale=1e308), InputError, "q"),
-    ("attention-q-1e155", lambda: attention(Q * 1e155, Q * 1e155, Q), InputError, "q"),
+    ("attention-scale-1e308", lambda: yarnref.attention(Q, Q, Q, scale=1e308), InputError, "q"),
+    ("attention-q-1e155", lambda: yarnref.attention(Q * 1e155, Q * 1e155, Q), InputError, "q"),
     ("dca-attention_factor-1e200", lambda: yarnref.dca_attention(Q, Q, Q, INV_FREQ[:8], 4, 2, attention_factor=1e200), InputError, "q"),
     ("cos_sin-inv_freq-1e308", lambda: yarnref.rope_cos_sin(np.full(4, 1e308), np.arange(4.0)), InputError, "inv_freq"),
     ("cos_sin-float32-overflow", lambda: yarnref.rope_cos_sin(np.full(4, 1e30), np.arange(4.0) * 1e10, precision="float32"),
      InputError, "inv_freq"),
-    ("merge-lse-+inf", lambda: merge_attention([Q, Q], [np.full(LSE.shape, np.inf), LSE]), InputError, "lses[0]"),
+    ("merge-lse-+inf", lambda: yarnref.merge_attention([Q, Q], [np.full(LSE.shape, np.inf), LSE]), InputError, "lses[0]"),
     ("apply_rope-float16-overflow", lambda: yarnref.apply_rope(np.full((1, 1, 2, 4), 60000, np.float16), np.ones((2, 2)), np.ones((2, 2))),
      InputError, "x"),
     # raw exceptions before
     ("head_dim-0-attention", lambda: attention(np.zeros((1, 1, 2, 0)), np.zeros((1, 1, 2, 0)), np.zeros((1, 1, 2, 0))), InputError, "q"),
-    ("string-q", lambda: attention("abc", Q, Q), InputError, "q"),
+    ("string-q", lambda: yarnref.attention("abc", Q, Q), InputError, "q"),
     ("dict-q", lambda: attention({}, Q, Q), InputError, "q"),
     ("pairing-array", lambda: yarnref.apply_rope(Q, np.ones((8, 8)), np.ones((8, 8)), pairing=np.array([])), InputError, "pairing"),
     ("precision-array", lambda: yarnref.rope_cos_sin(INV_FREQ, np.arange(4), precision=np.array([])), InputError, "precision"),
@@ -75,7 +75,7 @@ REFUSED = [
     ("seq_len-10**400", lambda: yarnref.dca_position_ids(10**400, 4, 2), InputError, "seq_len"),
     ("seq_len-2**63", lambda: yarnref.dca_position_ids(2**63, 4, 2), InputError, "seq_len"),
     ("rotary_dim-2**70", lambda: yarnref.rotary_dim(2**70, 1.0), InputError, "head_dim"),
-    ("mixed-dtypes", lambda: attention(Q.astype(np.float32), Q, Q), InputError, "k"),
+    ("mixed-dtypes", lambda: yarnref.attention(Q.astype(np.float32), Q, Q), InputError, "k"),
     # unbounded sizes
     ("dca_segments-2**62", lambda: yarnref.dca_segments(2**62, 2**62, 2, 1), InputError, "kv_len"),
     ("dca_segments-2**40", lambda: yarnref.dca_segments(2**40, 2**40, 2, 1), InputError, "q_len"),
@@ -337,3 +337,30 @@ def test_cli_plot_without_matplotlib_keeps_the_explanation(capsys, monkeypatch, 
     explanation = run(capsys, "explain", "llama-2-7b")[1]
     assert out == explanation  # the text explanation is printed in full, without a "Plot written" line
     assert err.count("\n") == 1 and err.count("-e '.[plot]'") == 1  # the hint, once
+
+
+# ----------------------------------------------------------------------------- the same screens on the torch backend
+
+ON_EVERY_BACKEND = [row for row in REFUSED if row[0] in {
+    "attention-scale-1e308", "attention-q-1e155", "dca-attention_factor-1e200", "cos_sin-inv_freq-1e308",
+    "merge-lse-+inf", "position-2**60", "position-int64-min", "mixed-dtypes", "string-q", "pairing-array",
+    "convert-kv_len-2**31",
+}]
+
+
+@pytest.mark.parametrize("call, error, name", [row[1:] for row in ON_EVERY_BACKEND], ids=[row[0] for row in ON_EVERY_BACKEND])
+def test_torch_backend_refuses_the_same_input(call, error, name):
+    pytest.importorskip("torch")
+    with yarnref.use_backend("torch", device="cpu"):
+        with pytest.raises(error) as info:
+            call()
+    assert getattr(info.value, "key", getattr(info.value, "param", None)) == name
+
+
+def test_torch_float32_logits_beyond_float32_are_refused():
+    torch = pytest.importorskip("torch")
+    q = torch.full((1, 1, 2, 4), 1e19, dtype=torch.float32)  # logits 4e38 / 2: beyond float32's 3.4e38
+    with yarnref.use_backend("torch", device="cpu"):
+        with pytest.raises(InputError) as info:
+            yarnref.attention(q, q, q)
+    assert info.value.param == "q"

@@ -50,6 +50,7 @@ __all__ = [
     "default_scale",
     "check_head_dim",
     "check_positions",
+    "check_position_range",
     "check_allocation",
     "memory_limit",
     "foreign_array_type",
@@ -175,6 +176,12 @@ def check_scale(scale, head_dim: int) -> float:
 # ----------------------------------------------------------------------------- positions
 
 
+def check_position_range(name: str, largest: float) -> None:
+    """Refuse positions whose largest absolute value (computed by the caller, on any device) exceeds 2**53."""
+    if not largest <= MAX_POSITION:
+        raise InputError(name, f"a position of magnitude {largest:.17g}", "positions in [-2**53, 2**53] (exact in float64)")
+
+
 def check_positions(name: str, positions) -> np.ndarray:
     """Positions as a float64 array: integers or reals, finite, ``|p| <= 2**53``.
 
@@ -290,40 +297,46 @@ def check_same_dtype(**arrays) -> None:
             raise InputError(name, f"dtype {a.dtype}", f"the dtype of {first_name}, {first.dtype}")
 
 
-def _max_abs(a: np.ndarray) -> float:
-    if a.size == 0:
+def _max_abs(a) -> float:
+    """``max |a|`` as a Python float, for NumPy, torch and CuPy arrays alike (NaN if a NaN is there)."""
+    numel = a.numel() if callable(getattr(a, "numel", None)) else a.size
+    if numel == 0:
         return 0.0
-    return float(np.max(np.abs(a)))
+    if isinstance(a, np.ndarray):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return float(np.max(np.abs(a)))
+    return float(abs(a).max())  # torch and CuPy: one reduction on the device, one read back
 
 
-def check_logits_fit(q: np.ndarray, k: np.ndarray, scale: float, factor: float = 1.0, v: np.ndarray | None = None) -> None:
-    """Refuse attention inputs whose logits (or output sums) could overflow float64.
+def check_logits_fit(q, k, scale: float, factor: float = 1.0, v=None, *, limit: float = LOGIT_LIMIT) -> None:
+    """Refuse attention inputs whose logits (or output sums) could overflow the compute precision.
 
     ``|scale * factor * q.k| <= max|q| * max|k| * head_dim * scale * factor``;
-    yarnref requires that bound to be at most :data:`LOGIT_LIMIT` (1e300), so
-    the softmax is computed exactly instead of turning into NaN.  ``factor`` is
+    yarnref requires that bound to be at most ``limit`` (:data:`LOGIT_LIMIT`,
+    1e300, for float64; a backend computing in float32 passes 1e37), so the
+    softmax is computed exactly instead of turning into NaN.  ``factor`` is
     any further multiplier of the logits (an attention factor squared).  With
-    ``v``, ``max|v| * kv_len`` must also stay below 1e300 (the weighted sum
-    of the values).  Non-finite values are refused too.
+    ``v``, ``max|v| * kv_len`` must also stay below ``limit`` (the weighted
+    sum of the values).  Non-finite values are refused too.  Works on NumPy,
+    torch and CuPy arrays (one reduction each).
     """
     head_dim = q.shape[-1]
     bounds = {}
     for name, a in (("q", q), ("k", k)) + ((("v", v),) if v is not None else ()):
-        with np.errstate(over="ignore", invalid="ignore"):
-            m = _max_abs(a.astype(np.float64, copy=False))
+        m = _max_abs(a)
         if not math.isfinite(m):
             raise InputError(name, "non-finite values", "finite values")
         bounds[name] = m
     with np.errstate(all="ignore"):
         bound = bounds["q"] * bounds["k"] * head_dim * float(scale) * float(factor)
-    if not bound <= LOGIT_LIMIT:
+    if not bound <= limit:
         raise InputError(
             "q", f"max|q| = {bounds['q']:.3g} with max|k| = {bounds['k']:.3g}, scale = {float(scale):.3g}",
-            f"inputs with max|q| * max|k| * head_dim * scale * factor <= {LOGIT_LIMIT:g} "
-            f"(here {bound:.3g}; factor = {float(factor):.3g}), so the logits fit in float64",
+            f"inputs with max|q| * max|k| * head_dim * scale * factor <= {limit:g} "
+            f"(here {bound:.3g}; factor = {float(factor):.3g}), so the logits fit the compute precision",
         )
-    if v is not None and not bounds["v"] * k.shape[-2] <= LOGIT_LIMIT:
-        raise InputError("v", f"max|v| = {bounds['v']:.3g}", f"values with max|v| * kv_len <= {LOGIT_LIMIT:g}")
+    if v is not None and not bounds["v"] * k.shape[-2] <= limit:
+        raise InputError("v", f"max|v| = {bounds['v']:.3g}", f"values with max|v| * kv_len <= {limit:g}")
 
 
 def check_fits_dtype(name: str, result: np.ndarray, dtype) -> np.ndarray:
