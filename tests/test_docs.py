@@ -35,7 +35,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 RUNNABLE_PAGES = ("oracle.md", "backends.md", "conventions.md", "index.md", "stacks.md", "ring.md")
-WRITTEN_PAGES = ("index.md", "methods.md", "conventions.md", "oracle.md", "backends.md", "stacks.md", "ring.md", "million-tokens.md")
+WRITTEN_PAGES = ("index.md", "methods.md", "conventions.md", "oracle.md", "backends.md", "stacks.md", "ring.md", "million-tokens.md", "limits.md")
 ALL_PAGES = (*WRITTEN_PAGES, "api.md")
 
 _FENCE = re.compile(r"^(`{3,})(.*)$")
@@ -123,6 +123,22 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
     assert ran > 0, f"{page} has no runnable example"
     if skipped:
         pytest.skip(f"{page}: ran {ran} blocks; skipped {len(skipped)}: {'; '.join(skipped)}")
+
+
+def test_readme_example_runs(tmp_path, monkeypatch):
+    """The README's Python example runs as written on a CPU-only machine (its GPU part is guarded)."""
+    import yarnref
+
+    monkeypatch.chdir(tmp_path)
+    blocks = [(line, code) for line, language, _, code in code_blocks(ROOT / "README.md") if language == "python"]
+    assert blocks, "README.md has no Python example"
+    namespace: dict = {"__name__": "readme"}
+    try:
+        for line, code in blocks:
+            exec(compile(code, f"README.md:{line}", "exec"), namespace)
+    finally:
+        yarnref.set_backend("numpy")
+    assert namespace["q_rot"].shape == (1, 32, 8192, 128)
 
 
 @pytest.mark.parametrize("page", WRITTEN_PAGES)

@@ -15,7 +15,7 @@ imports this checkout's ``yarnref``.  Each executed notebook is kept in
 lessons run once per test session.
 
 The suite is skipped when jupytext, nbclient, nbformat, ipykernel or
-matplotlib are missing (``pip install 'yarnref[lessons]'``).
+matplotlib are missing (``pip install -e '.[lessons]'``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ LESSONS_DIR = REPO / "lessons"
 
 for _module in ("jupytext", "nbclient", "nbformat", "ipykernel", "matplotlib"):
     if importlib.util.find_spec(_module) is None:
-        pytest.skip(f"{_module} is not installed (pip install 'yarnref[lessons]')", allow_module_level=True)
+        pytest.skip(f"{_module} is not installed (pip install -e '.[lessons]')", allow_module_level=True)
 
 from nbclient.exceptions import CellExecutionError  # noqa: E402
 

@@ -31,7 +31,7 @@ from . import scaling
 from .alibi import alibi_bias, alibi_slopes
 from .config import RopeConfig, parse_rope_config, rope_frequencies
 from .dca import DCAConfig, dca_config, dca_position_ids, dca_relative_positions, dca_segments
-from .errors import BackendError, ConfigError, DeviceMismatchError, InputError, YarnrefError
+from .errors import BackendError, ConfigError, DeviceMismatchError, InputError, UnknownBackendError, YarnrefError
 from .prefill import chunked_prefill, qwen_prefill, qwen_sparse_plan, sparse_attention_config_for
 from .presets import DEFAULT_PRESET, PRESETS, get_preset, preset_names
 from .ring import RING_LAYOUTS, ring_attention, ring_dca_attention, ring_schedule, ring_vertical_slash_attention
@@ -94,6 +94,7 @@ __all__ = [
     "ConfigError",
     "DeviceMismatchError",
     "InputError",
+    "UnknownBackendError",
     "YarnrefError",
     "available_backends",
     "base_inv_freq",

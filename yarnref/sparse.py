@@ -88,6 +88,7 @@ import numpy as np
 
 from .attention import check_qkv
 from .checks import check_bool as _check_bool
+from .checks import check_allocation, check_array_like, check_int32_indices, check_logits_fit, check_same_dtype
 from .checks import check_int as _check_int
 from .checks import check_scale as _check_scale
 from .checks import is_int as _is_int
@@ -124,7 +125,7 @@ BLOCK_ELEMENTS = 1 << 22
 
 
 def _check_mode(mode) -> str:
-    if mode not in VS_MODES:
+    if not isinstance(mode, str) or mode not in VS_MODES:
         raise InputError("mode", mode, f"one of {VS_MODES}")
     return mode
 
@@ -148,14 +149,12 @@ def _check_lengths(q_len, kv_len, causal: bool) -> tuple[int, int]:
 def _budget(name: str, value, heads: int) -> np.ndarray:
     """An int or a ``(heads,)`` int array, each >= 1, as an int64 ``(heads,)`` array."""
     if _is_int(value):
-        if value < 1:
-            raise InputError(name, value, "an integer >= 1, or an integer array of shape (heads,) with entries >= 1")
-        return np.full(heads, int(value), dtype=np.int64)
+        return np.full(heads, _check_int(name, value, 1), dtype=np.int64)
     a = np.asarray(value)
     if a.shape != (heads,) or a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
         raise InputError(name, f"array of shape {a.shape} and dtype {a.dtype}", f"an integer, or an integer array of shape (heads,) = ({heads},)")
-    if np.any(a < 1):
-        raise InputError(name, a.tolist(), "entries >= 1")
+    if np.any(a < 1) or np.any(a > 2**53):
+        raise InputError(name, a.tolist(), "entries in [1, 2**53]")
     return a.astype(np.int64)
 
 
@@ -236,9 +235,10 @@ def vertical_slash_indices(q, k, vertical_size, slash_size, last_q=64, *, scale=
     budget; a head with a smaller budget has its valid entries first and
     ``-1`` after them.  Ties go to the lower column / the smaller distance.
     """
-    q, k = np.asarray(q), np.asarray(k)
+    q, k = _qk_arrays(q, k)
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, k)
     _check_float_arrays(q=q, k=k)
+    check_same_dtype(q=q, k=k)
     if q_len > kv_len:
         raise InputError("q", f"q_len={q_len}", f"at most kv_len = {kv_len} (the queries are the last q_len positions)")
     n_vertical = np.minimum(kv_len, np.maximum(_budget("vertical_size", vertical_size, q_heads), MIN_VERTICAL_SIZE))
@@ -247,6 +247,7 @@ def vertical_slash_indices(q, k, vertical_size, slash_size, last_q=64, *, scale=
     force_verticals = _check_int("force_verticals", force_verticals, 0)
     force_slashes = _check_int("force_slashes", force_slashes, 0)
     scale = _check_scale(scale, head_dim)
+    check_logits_fit(q, k, scale)
 
     m = min(last_q, q_len)
     group = q_heads // kv_heads
@@ -393,12 +394,14 @@ def _convert(q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n,
         # The kernels' "no vertical left" marker, end_m + BN + off, would fall inside a range grown by BM
         # steps, and their loop would never end.
         raise InputError("block_size_n", block_size_n, f"at least block_size_m = {block_size_m} (the kernels use 64 x 64)")
+    check_int32_indices(kv_len, block_size_m, block_size_n)
     vertical, slash = _check_indices(vertical_idx, slash_idx, kv_len)
     verts, n_verts, slashes, n_slashes = _sorted_with_counts(vertical, slash)
     batch, heads, width_v = verts.shape
     width_s = slashes.shape[-1]
     col_cap, blk_cap = _conversion_capacity(width_v, width_s, block_size_m, block_size_n)
     n_rows = -(-q_len // block_size_m)
+    check_allocation("q_len", q_len, batch * heads * n_rows * (2 * col_cap + 2 * blk_cap + 8), 8, "index lists")
     bm, bn = block_size_m, block_size_n
 
     # One lane per (batch * head, row block); every lane runs the same sequential merge in lockstep.
@@ -565,6 +568,7 @@ def vertical_slash_mask(q_len, kv_len, vertical_idx, slash_idx, mode="exact", ca
     block_size_m = _check_int("block_size_m", block_size_m, 1)
     block_size_n = _check_int("block_size_n", block_size_n, 1)
     vertical, slash = _check_indices(vertical_idx, slash_idx, kv_len)
+    check_allocation("kv_len", kv_len, vertical.shape[0] * vertical.shape[1] * q_len * kv_len, 9, "(batch, heads, q_len, kv_len) mask")
     if mode == "exact":
         return _exact_rows(slice(0, q_len), q_len, kv_len, vertical, slash, causal)
     converted = convert_vertical_slash_indexes(q_len, kv_len, vertical, slash, block_size_m, block_size_n, causal)
@@ -588,6 +592,7 @@ def _weighted_attention(q, k, v, scale: float, key_weights, step: int):
     and ``-inf``.
     """
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, v)
+    check_logits_fit(q, k, scale, v=v)
     group = q_heads // kv_heads
     qg = q.astype(np.float64).reshape(batch, kv_heads, group, q_len, head_dim)  # query heads under their kv head
     keys_t = np.swapaxes(k.astype(np.float64), -1, -2)[:, :, None]  # (batch, kv_heads, 1, head_dim, kv_len)
@@ -613,10 +618,16 @@ def _weighted_attention(q, k, v, scale: float, key_weights, step: int):
     return out, lse.reshape(batch, q_heads, q_len)
 
 
+def _qk_arrays(*arrays):
+    allowed = "a 4-D floating-point array (batch, heads, seq, head_dim)"
+    return tuple(check_array_like(name, a, allowed) for name, a in zip("qkv", arrays))
+
+
 def _check_attention_inputs(q, k, v, causal: bool):
-    q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+    q, k, v = _qk_arrays(q, k, v)
     dims = check_qkv(q, k, v)
     _check_float_arrays(q=q, k=k, v=v)
+    check_same_dtype(q=q, k=k, v=v)
     if causal and dims[3] > dims[4]:
         raise InputError("q", f"q_len={dims[3]}", f"at most kv_len = {dims[4]} when causal (the queries are the last q_len positions)")
     return q, k, v, dims
@@ -672,13 +683,15 @@ def attention_recall(q, k, mask, scale=None, *, causal=True):
     it.
     """
     causal = _check_bool("causal", causal)
-    q, k = np.asarray(q), np.asarray(k)
+    q, k = _qk_arrays(q, k)
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, k)
     _check_float_arrays(q=q, k=k)
+    check_same_dtype(q=q, k=k)
     if causal and q_len > kv_len:
         raise InputError("q", f"q_len={q_len}", f"at most kv_len = {kv_len} when causal")
     scale = _check_scale(scale, head_dim)
-    mask = np.asarray(mask)
+    check_logits_fit(q, k, scale)
+    mask = check_array_like("mask", mask, "a bool array broadcastable to (batch, q_heads, q_len, kv_len)")
     full = (batch, q_heads, q_len, kv_len)
     if mask.dtype != bool:
         raise InputError("mask", f"dtype {mask.dtype}", "a bool array")
@@ -736,12 +749,15 @@ def a_shape_mask(q_len, kv_len, n_init=128, n_local=3968):
     block rounding.
     """
     q_len, kv_len, n_init, n_local, _ = _check_streaming(q_len, kv_len, n_init, n_local)
+    check_allocation("kv_len", kv_len, q_len * kv_len, 25, "(q_len, kv_len) mask and its int64 distances")
     return _streaming_rows(slice(0, q_len), q_len, kv_len, n_init, n_local, 0)
 
 
 def tri_shape_mask(q_len, kv_len, n_init=128, n_local=3968, n_last=100):
     """The tri-shape: the A-shape, except the last ``n_last`` queries see every causal key. Bool ``(q_len, kv_len)``."""
+    n_last = _check_int("n_last", n_last, 0)
     q_len, kv_len, n_init, n_local, n_last = _check_streaming(q_len, kv_len, n_init, n_local, n_last)
+    check_allocation("kv_len", kv_len, q_len * kv_len, 25, "(q_len, kv_len) mask and its int64 distances")
     return _streaming_rows(slice(0, q_len), q_len, kv_len, n_init, n_local, n_last)
 
 

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from yarnref.alibi import check_alibi_slopes
+from yarnref.checks import check_int32_indices
 from yarnref.attention import _check_scale, check_qkv
 from yarnref.backend import Backend
 from yarnref.errors import InputError
@@ -300,6 +301,7 @@ class CupyBackend(Backend):
             q_len, kv_len, vertical, slash, bm, bn, causal = self._index_args(
                 q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal, conversion=True
             )
+            check_int32_indices(kv_len, bm, bn)
             return _sparse().convert(self.xp, self._device, q_len, kv_len, vertical, slash, bm, bn, causal)
 
     def vertical_slash_mask(self, q_len, kv_len, vertical_idx, slash_idx, mode="exact", causal=True, *, block_size_m=64, block_size_n=64):

@@ -29,7 +29,7 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised only where torch is missing
     from yarnref.errors import BackendError
 
-    raise BackendError("the torch backend needs PyTorch: pip install 'yarnref[torch]'") from _exc
+    raise BackendError("the torch backend needs PyTorch: pip install -e '.[torch]' in a yarnref checkout, or pip install torch") from _exc
 
 import numpy as np
 

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from yarnref.alibi import check_alibi_slopes
+from yarnref.checks import LOGIT_LIMIT, check_logits_fit
 from yarnref.attention import DEFAULT_BLOCK_SIZE, _check_scale, check_qkv
 from yarnref.errors import InputError
 
@@ -240,6 +241,11 @@ def attention_tensors(q, k, v, causal: bool, scale: float, return_lse: bool, blo
     return out, (lse if return_lse else None)
 
 
+def logit_limit(dtype: torch.dtype) -> float:
+    """The bound on |logits| for :func:`yarnref.checks.check_logits_fit` in this dtype's compute precision."""
+    return LOGIT_LIMIT if compute_dtype(dtype) == torch.float64 else 1e37
+
+
 def attention(conv: ArrayConverter, q, k, v, causal=True, scale=None, return_lse=False, *, block_size=DEFAULT_BLOCK_SIZE, alibi_slopes=None):
     """Softmax attention; see :func:`yarnref.attention.attention`.
 
@@ -254,6 +260,7 @@ def attention(conv: ArrayConverter, q, k, v, causal=True, scale=None, return_lse
     return_lse = check_bool(return_lse, "return_lse")
     scale = _check_scale(scale, d)
     block_size = check_block_size(block_size)
+    check_logits_fit(q, k, scale, v=v, limit=logit_limit(q.dtype))  # refused up front, not NaN
     if alibi_slopes is not None:
         slopes = conv.tensor(alibi_slopes, "alibi_slopes")
         check_alibi_slopes(slopes.shape, q.shape[1])
@@ -303,4 +310,7 @@ def merge_attention(conv: ArrayConverter, outputs, lses):
                 f"output {tuple(os_[0].shape)} and lse {tuple(os_[0].shape[:-1])}",
             )
     check_same_dtype("outputs[0]", {f"outputs[{i}]": o for i, o in enumerate(os_)})
+    for i, l in enumerate(ls):  # -inf is an empty part; +inf and NaN have no meaning
+        if bool((torch.isnan(l) | (l == math.inf)).any()):
+            raise InputError(f"lses[{i}]", "NaN or +inf values", "finite log-sum-exps, or -inf for a part with no keys")
     return merge_tensors(os_, ls)
