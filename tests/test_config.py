@@ -245,7 +245,12 @@ def test_overflowing_values_are_config_errors():
     cfg = with_scaling({"type": "dynamic", "factor": 1e300}, max_position_embeddings=4096)
     with pytest.raises(ConfigError):
         rope_frequencies(cfg, seq_len=2**40)
-    cfg = with_scaling({"type": "linear", "factor": 1e308}, rope_theta=1e100)  # the slow frequencies underflow to 0
+    cfg = with_scaling({"type": "linear", "factor": 1e308}, rope_theta=1e100)  # factor x length beyond 2**53
+    with pytest.raises(ConfigError, match="factor") as info:
+        rope_frequencies(cfg)
+    assert info.value.key == "rope_scaling.factor"
+    # The largest allowed factor on the largest base: the slowest frequency underflows to 0.
+    cfg = with_scaling({"type": "linear", "factor": 2.0**52}, rope_theta=1.7e308, head_dim=4096, max_position_embeddings=2)
     with pytest.raises(ConfigError, match="finite and positive"):
         rope_frequencies(cfg)
 

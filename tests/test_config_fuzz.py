@@ -7,17 +7,19 @@ lists and dicts where numbers belong.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import warnings
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from yarnref.config import parse_rope_config, rope_frequencies
-from yarnref.errors import ConfigError
+from yarnref.errors import ConfigError, InputError
 from yarnref.presets import get_preset, preset_names
 
 #: Examples per run; raise it for a long fuzzing session (YARNREF_FUZZ_EXAMPLES=20000).
@@ -166,3 +168,68 @@ def test_plausible_configs_are_mostly_valid_and_never_crash():
     outcomes = [check_result(_plausible_config(rng), rng.choice([None, 100, 10**6])) for _ in range(1500)]
     assert sum(outcomes) > 300, f"only {sum(outcomes)} of {len(outcomes)} plausible configs were valid"
     assert sum(outcomes) < len(outcomes), "the bad values must be rejected"
+
+
+#: Extreme but finite numbers (and their integer cousins) that random fuzzing rarely draws.
+EXTREMES = (1e308, -1e308, 1e-308, 5e-324, 1e20, 1e-20, 2**53, 2**63, 10**400, 0.0, 0.5, 1.0)
+#: A config of each kind whose numbers the grid replaces one at a time.
+GRID_BASES = {
+    "yarn": {"head_dim": 128, "rope_theta": 10000.0, "max_position_embeddings": 131072,
+             "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096,
+                              "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0,
+                              "attention_factor": 1.1}},
+    "llama3": {"head_dim": 128, "rope_theta": 500000.0, "max_position_embeddings": 131072,
+               "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192,
+                                "low_freq_factor": 1.0, "high_freq_factor": 4.0}},
+    "dynamic": {"head_dim": 64, "rope_theta": 10000.0, "max_position_embeddings": 4096,
+                "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}},
+    "linear": {"head_dim": 64, "rope_theta": 10000.0, "max_position_embeddings": 4096,
+               "rope_scaling": {"rope_type": "linear", "factor": 4.0}},
+    "longrope": {"head_dim": 8, "rope_theta": 10000.0, "max_position_embeddings": 131072,
+                 "original_max_position_embeddings": 4096,
+                 "rope_scaling": {"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.3],
+                                  "long_factor": [1.0, 2.0, 4.0, 8.0]}},
+}
+
+
+def _grid():
+    for kind, base in GRID_BASES.items():
+        keys = [(None, k) for k, v in base.items() if isinstance(v, (int, float))]
+        keys += [("rope_scaling", k) for k, v in base["rope_scaling"].items() if isinstance(v, (int, float))]
+        for outer, key in keys:
+            for value in EXTREMES:
+                yield kind, outer, key, value
+
+
+@pytest.mark.parametrize("kind", sorted(GRID_BASES))
+def test_extreme_numbers_grid_gives_config_errors_or_finite_results(kind, tmp_path):
+    """Every numeric key of each base config set to each extreme value: the reader, the frequencies, the
+    ``explain`` text and golden vectors give a yarnref error or finite numbers; never a raw exception."""
+    from yarnref.cli import explain
+    from yarnref.errors import YarnrefError
+    from yarnref.vectors import make_vectors
+
+    checked = 0
+    for _, outer, key, value in (row for row in _grid() if row[0] == kind):
+        config = json.loads(json.dumps(GRID_BASES[kind]))
+        (config[outer] if outer else config)[key] = value
+        for seq_len in (None, 10**6):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                try:
+                    valid = check_result(config, seq_len)
+                except InputError as error:  # seq_len beyond what a dynamic config allows, named as such
+                    assert error.param == "seq_len"
+                    continue
+                if not valid:
+                    continue
+                try:
+                    text = explain(config, seq_len=seq_len, pairs="all")
+                    assert "nan" not in text.lower().split()
+                    vectors = make_vectors(config, positions=[0, 1, 4096], seq_len=seq_len)
+                except YarnrefError:
+                    continue
+                for name in ("inv_freq", "cos", "sin", "q_rot_half", "k_rot_interleaved"):
+                    assert np.all(np.isfinite(vectors[name])), (key, value, name)
+                checked += 1
+    assert checked > 0

@@ -502,3 +502,23 @@ def test_parts_where_no_head_needs_the_fallback_keep_their_own_width():
     for seg in prefill.qwen_sparse_plan(q, k, inv, cfg):
         for part in seg.parts.values():
             assert np.all((part.vertical_idx >= 0).sum(-1) >= 1)  # every head keeps at least one vertical
+
+
+def test_sparse_plan_when_no_part_needs_the_fallback():
+    """A part whose rows all keep fewer indices than vLLM's fallback has (5), none of them empty, is fine.
+
+    (The fallback row was once written into rows narrower than itself even when no row used it.)
+    """
+    rng = np.random.default_rng(4)
+    d, T = 64, 1536
+    q, k = rng.standard_normal((1, 2, T, d)), rng.standard_normal((1, 1, T, d))
+    layer = {"0": ["vertical_and_slash", 100, 200, 0.9], "1": ["vertical_and_slash", 30, 50, 0.9]}
+    config = {"dual_chunk_attention_config": {"chunk_size": 512, "local_size": 16, "original_max_position_embeddings": 0,
+                                              "sparse_attention_threshold": 256, "sparse_attention_config": [layer]}}
+    inv_freq = yarnref.base_inv_freq(d, 1e7)
+    plan = yarnref.qwen_sparse_plan(q, k, inv_freq, config)
+    widths = [part.vertical_idx.shape[-1] for segment in plan for part in segment.parts.values()]
+    assert min(widths) < 5, "the configuration exercises a part narrower than the fallback"
+    for segment in plan:
+        for name, part in segment.parts.items():
+            assert np.all(part.vertical_idx < part.keys[1] - part.keys[0]), name

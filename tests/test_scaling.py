@@ -334,7 +334,9 @@ def test_llama3_schedule(r, b, s, lf, ratio, L):
     for edge, value in ((L / hf, 1.0), (L / lf, 1.0 / s)):
         if hf != lf:
             kappa = (L / edge - lf) / (hf - lf)
-            assert math.isclose((1 - kappa) / s + kappa, value, rel_tol=1e-12)
+            # kappa's own rounding: an ulp of L / edge (~ hf) divided by the band width hf - lf.
+            rounding = 4 * 2.0**-52 * hf / (hf - lf)
+            assert math.isclose((1 - kappa) / s + kappa, value, rel_tol=1e-12, abs_tol=rounding)
     np.testing.assert_allclose(llama3_freq_divisors(r, b, s, lf, hf, L), theta / f, rtol=0)
 
 

@@ -444,8 +444,7 @@ def test_conversion_rejects_bad_input(ts):
 )
 def test_pipeline_matches_spec_kernel_mode(ts, dtype, tq, tk, causal, force):
     spec_attention = _spec("vertical_slash_attention")
-    if "mode" not in inspect.signature(spec_attention).parameters:
-        pytest.skip("the spec's vertical_slash_attention has no mode= yet")
+    assert "mode" in inspect.signature(spec_attention).parameters, "the spec's vertical_slash_attention lost mode="
     b, hq, hk, d = 1, 4, 2, 64
     gen = torch.Generator().manual_seed(tq + tk)
     q, k, v = _rand_qkv(gen, b, hq, hk, tq, tk, d, dtype)

@@ -28,11 +28,14 @@ from .backend import (
     use_backend,
 )
 from . import scaling
+from .alibi import alibi_bias, alibi_slopes
 from .config import RopeConfig, parse_rope_config, rope_frequencies
 from .dca import DCAConfig, dca_config, dca_position_ids, dca_relative_positions, dca_segments
-from .errors import BackendError, ConfigError, DeviceMismatchError, InputError, YarnrefError
+from .errors import BackendError, ConfigError, DeviceMismatchError, InputError, UnknownBackendError, YarnrefError
 from .prefill import chunked_prefill, qwen_prefill, qwen_sparse_plan, sparse_attention_config_for
 from .presets import DEFAULT_PRESET, PRESETS, get_preset, preset_names
+from .ring import RING_LAYOUTS, ring_attention, ring_dca_attention, ring_schedule, ring_vertical_slash_attention
+from .progress import show_progress
 from .sparse import a_shape_mask, attention_recall, tri_shape_mask
 from .rope import base_inv_freq, half_to_interleaved, interleaved_to_half, rope_angles, rotary_dim
 
@@ -66,12 +69,19 @@ __all__ = [
     "dca_relative_positions",
     "dca_segments",
     "a_shape_mask",
+    "alibi_bias",
+    "alibi_slopes",
     "attention_recall",
     "chunked_prefill",
     "qwen_prefill",
     "qwen_sparse_plan",
     "sparse_attention_config_for",
     "tri_shape_mask",
+    "RING_LAYOUTS",
+    "ring_attention",
+    "ring_dca_attention",
+    "ring_schedule",
+    "ring_vertical_slash_attention",
     "PRESETS",
     "RopeConfig",
     "get_preset",
@@ -84,6 +94,7 @@ __all__ = [
     "ConfigError",
     "DeviceMismatchError",
     "InputError",
+    "UnknownBackendError",
     "YarnrefError",
     "available_backends",
     "base_inv_freq",
@@ -94,5 +105,6 @@ __all__ = [
     "rope_angles",
     "rotary_dim",
     "set_backend",
+    "show_progress",
     "use_backend",
 ]

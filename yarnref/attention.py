@@ -30,6 +30,8 @@ Conventions
 * ``scale`` defaults to ``1/sqrt(head_dim)``; logits are ``scale * q.k``.
 * The log-sum-exp is natural-log, over the scaled logits, shape
   ``(batch, heads, q_len)``.
+* ``alibi_slopes`` adds ALiBi's :math:`-m_h |p_q - p_k|` to the scaled
+  logits (Press et al., arXiv:2108.12409; see :mod:`yarnref.alibi`).
 * Precision: computed in float64 and returned in the dtype of ``q`` (the lse
   stays float64).  Queries are processed ``block_size`` at a time, so memory
   is ``O(block_size * kv_len)`` per head, not ``O(q_len * kv_len)``.
@@ -37,12 +39,17 @@ Conventions
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 import numpy as np
 
+from .alibi import check_alibi_slopes
+from .checks import check_array_like, check_bool, check_fits_dtype, check_int, check_logits_fit, check_same_dtype
 from .checks import check_scale as _check_scale
 from .checks import default_scale
 from .errors import InputError
+from .progress import progress_iter
 
 __all__ = ["attention", "merge_attention", "repeat_kv", "check_qkv", "default_scale"]
 
@@ -69,6 +76,8 @@ def check_qkv(q, k, v, *, same_len: bool = False):
         raise InputError("k", f"{hk} heads", f"a divisor of the {hq} query heads (GQA)")
     if tq < 1 or tk < 1:
         raise InputError("q", f"q_len={tq}, kv_len={tk}", "at least one query and one key")
+    if d < 1 or v.shape[-1] < 1:
+        raise InputError("q", f"head_dim={d}, v_dim={v.shape[-1]}", "a head_dim and v_dim of at least 1")
     if same_len and tq != tk:
         raise InputError("k", f"kv_len={tk}", f"kv_len == q_len == {tq}")
     return b, hq, hk, tq, tk, d
@@ -81,25 +90,49 @@ def repeat_kv(x, n_rep: int):
     return np.repeat(x, n_rep, axis=1)
 
 
-def attention(q, k, v, causal: bool = True, scale: float | None = None, return_lse: bool = False, *, block_size: int = DEFAULT_BLOCK_SIZE):
+def attention(
+    q,
+    k,
+    v,
+    causal: bool = True,
+    scale: float | None = None,
+    return_lse: bool = False,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    alibi_slopes=None,
+):
     """Softmax attention of Eq. (1), blocked over queries.
 
     ``q``: ``(batch, q_heads, q_len, head_dim)``; ``k``: ``(batch, kv_heads,
     kv_len, head_dim)``; ``v``: ``(batch, kv_heads, kv_len, v_dim)``.
     Returns ``out`` of shape ``(batch, q_heads, q_len, v_dim)`` in q's dtype, and
     with ``return_lse`` also ``lse`` ``(batch, q_heads, q_len)`` (float64).
+
+    ``alibi_slopes``: None, or one slope per query head ``(q_heads,)``
+    (:func:`yarnref.alibi_slopes`); each scaled logit then gets the ALiBi bias
+    :math:`-m_h |p_q - p_k|` of :func:`yarnref.alibi.alibi_bias`
+    (arXiv:2108.12409).
     """
-    q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+    allowed = "a 4-D floating-point array (batch, heads, seq, head_dim)"
+    q, k, v = (check_array_like(name, a, allowed) for name, a in (("q", q), ("k", k), ("v", v)))
     b, hq, hk, tq, tk, d = check_qkv(q, k, v)
     for name, a in (("q", q), ("k", k), ("v", v)):
         if not np.issubdtype(a.dtype, np.floating):  # an integer q would truncate the output to its dtype
             raise InputError(name, f"dtype {a.dtype}", "a floating-point array")
-    if not isinstance(causal, (bool, np.bool_)):
-        raise InputError("causal", causal, "True or False")
+    check_same_dtype(q=q, k=k, v=v)
+    check_bool("causal", causal)
+    check_bool("return_lse", return_lse)
     scale = _check_scale(scale, d)
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise InputError("block_size", block_size, "a positive integer")
+    block_size = check_int("block_size", block_size, 1)
+    check_logits_fit(q, k, scale, v=v)  # the logits and the weighted sums fit float64: no NaN from finite inputs
     group = hq // hk
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = np.asarray(alibi_slopes)
+        check_alibi_slopes(slopes.shape, hq)
+        if slopes.dtype.kind not in "fiu" or not np.all(np.isfinite(slopes)):
+            raise InputError("alibi_slopes", "non-finite or non-real values", "finite real slopes")
+        slopes = slopes.astype(np.float64).reshape(hk, group, 1, 1)  # (hk, g, 1, 1): query head h = kv head * g + i
     # (b, hk, group, tq, d): query heads grouped under the kv head they read.
     qg = q.astype(np.float64).reshape(b, hk, group, tq, d)
     kf = k.astype(np.float64)[:, :, None]  # (b, hk, 1, tk, d)
@@ -107,7 +140,7 @@ def attention(q, k, v, causal: bool = True, scale: float | None = None, return_l
     out = np.zeros((b, hk, group, tq, v.shape[-1]), dtype=np.float64)
     lse = np.full((b, hk, group, tq), -np.inf, dtype=np.float64)
     key_pos = np.arange(tk)
-    for start in range(0, tq, block_size):
+    for start in progress_iter(range(0, tq, block_size), "attention"):
         stop = min(start + block_size, tq)
         # Causal: no query of this block sees a key past the block's last query position.
         kv_stop = min(tk, stop + tk - tq) if causal else tk
@@ -115,6 +148,9 @@ def attention(q, k, v, causal: bool = True, scale: float | None = None, return_l
             continue  # queries before the first key: out 0, lse -inf (as initialised)
         logits = qg[..., start:stop, :] @ np.swapaxes(kf[..., :kv_stop, :], -1, -2)  # (b, hk, g, blk, kv_stop)
         logits *= scale
+        if slopes is not None:  # ALiBi: -m_h |p_q - p_k|, queries at positions start + tk - tq, ...
+            query_pos = np.arange(start, stop) + (tk - tq)
+            logits -= slopes * np.abs(query_pos[:, None] - key_pos[None, :kv_stop])  # (hk, g, blk, kv_stop)
         if causal:
             last_key = np.arange(start, stop) + (tk - tq)  # bottom-right alignment
             logits[..., key_pos[None, :kv_stop] > last_key[:, None]] = -np.inf
@@ -139,21 +175,43 @@ def merge_attention(outputs, lses):
     contributes nothing.  Returns ``(out, lse)``; out in the first output's
     dtype, lse float64.  Computed in float64.
     """
+    for name, parts in (("outputs", outputs), ("lses", lses)):
+        if isinstance(parts, (str, bytes, np.ndarray)) or not isinstance(parts, Iterable):
+            raise InputError(name, _describe_parts(parts), "a sequence of arrays (one per part)")
     outputs, lses = list(outputs), list(lses)
     if not outputs or len(outputs) != len(lses):
         raise InputError("outputs", f"{len(outputs)} outputs and {len(lses)} lses", "a non-empty, equal number of each")
-    os_ = [np.asarray(o, dtype=np.float64) for o in outputs]
-    ls = [np.asarray(l, dtype=np.float64) for l in lses]
+    outputs = [check_array_like(f"outputs[{i}]", o, "a real array (..., q_len, v_dim)") for i, o in enumerate(outputs)]
+    lses = [check_array_like(f"lses[{i}]", l, "a real array (..., q_len)") for i, l in enumerate(lses)]
+    for name, parts in (("outputs", outputs), ("lses", lses)):
+        for i, a in enumerate(parts):
+            if a.dtype == bool or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+                raise InputError(f"{name}[{i}]", f"dtype {a.dtype}", "a real array")
+    os_ = [o.astype(np.float64) for o in outputs]
+    ls = [l.astype(np.float64) for l in lses]
     for i, (o, l) in enumerate(zip(os_, ls)):
-        if o.shape != os_[0].shape or l.shape != o.shape[:-1]:
+        if o.ndim < 1 or o.shape != os_[0].shape or l.shape != o.shape[:-1]:
             raise InputError(f"outputs[{i}]", f"shape {o.shape} with lse {l.shape}", f"output {os_[0].shape} and lse {os_[0].shape[:-1]}")
+        if not np.all(np.isfinite(o)):
+            raise InputError(f"outputs[{i}]", "non-finite values", "finite values")
+        if np.any(np.isnan(l) | (l == np.inf)):
+            raise InputError(f"lses[{i}]", "NaN or +inf values", "finite log-sum-exps, or -inf for a part with no keys")
     stacked = np.stack(ls)  # (parts, ..., q_len)
     m = stacked.max(axis=0)
     safe_m = np.where(np.isfinite(m), m, 0.0)
     w = np.exp(stacked - safe_m)  # exp(-inf) = 0 for empty parts
     total = w.sum(axis=0)
     nonempty = total > 0
-    out = sum(wi[..., None] * o for wi, o in zip(w, os_)) / np.where(nonempty, total, 1.0)[..., None]
+    # Each weight is <= 1 and total >= 1 where a part is nonempty, so the sum stays within sum|o|.
+    with np.errstate(over="ignore"):
+        out = sum(wi[..., None] * o for wi, o in zip(w, os_)) / np.where(nonempty, total, 1.0)[..., None]
+    if not np.all(np.isfinite(out)):
+        raise InputError("outputs", "values whose weighted sum overflows float64", "outputs with sum of |values| <= 1e300")
     with np.errstate(divide="ignore"):
         lse = np.where(nonempty, np.log(np.where(nonempty, total, 1.0)) + safe_m, -np.inf)
-    return out.astype(np.asarray(outputs[0]).dtype, copy=False), lse
+    dtype = outputs[0].dtype if np.issubdtype(outputs[0].dtype, np.floating) else np.dtype(np.float64)
+    return check_fits_dtype("outputs", out, dtype), lse
+
+
+def _describe_parts(parts) -> str:
+    return f"array of shape {parts.shape}" if isinstance(parts, np.ndarray) else type(parts).__name__

@@ -39,6 +39,7 @@ an importable module).
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import contextvars
 import functools
@@ -52,7 +53,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import BackendError, DeviceMismatchError
+from .checks import check_host_array
+from .checks import foreign_array_type as _foreign_array_type  # noqa: F401  (its former home)
+from .errors import BackendError, UnknownBackendError
 
 __all__ = [
     "OPERATIONS",
@@ -90,8 +93,11 @@ _BUILTIN: dict[str, tuple[str, str]] = {
 }
 
 _INSTALL_HINTS = {
-    "torch": "pip install 'yarnref[torch]'",
-    "cupy": "pip install 'yarnref[cupy]' (CUDA 12) or 'yarnref[cupy-cuda13]', on a machine with an NVIDIA GPU",
+    "torch": "pip install -e '.[torch]' in a yarnref checkout (or pip install torch)",
+    "cupy": (
+        "pip install -e '.[cupy]' (CUDA 12) or -e '.[cupy-cuda13]' in a yarnref checkout, "
+        "on a machine with an NVIDIA GPU"
+    ),
 }
 
 
@@ -105,37 +111,28 @@ def _parameter_names(fn) -> list[str]:
     return [p.name for p in inspect.signature(fn).parameters.values() if p.name != "self"]
 
 
-def _foreign_array_type(x) -> str | None:
-    """The type name of ``x`` if it is another library's array (torch, CuPy, JAX, ...), else None."""
-    if isinstance(x, (np.ndarray, np.generic)):
-        return None
-    if hasattr(x, "__dlpack__") or hasattr(x, "__cuda_array_interface__") or hasattr(x, "__array_namespace__"):
-        return f"{type(x).__module__}.{type(x).__qualname__}"
-    return None
-
-
 def _host_arrays_only(spec_fn):
     """Wrap a spec function so that another library's arrays are refused, not silently converted.
 
     ``np.asarray`` would happily copy a torch CPU tensor to NumPy and return a
     NumPy array; arrays in = arrays out forbids that.  The spec functions
     themselves stay plain NumPy; this check lives at the backend boundary.
+    An iterator (a generator of parts, for ``merge_attention``) is read into
+    a list first, so its items are checked too.
     """
     signature = inspect.signature(spec_fn)
 
     @functools.wraps(spec_fn)
     def checked(*args, **kwargs):
-        bound = signature.bind_partial(*args, **kwargs)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as error:  # a missing or unknown argument: the spec's own message, as a TypeError
+            raise TypeError(f"{spec_fn.__name__}(): {error}") from None
         for param, value in bound.arguments.items():
-            values = value if isinstance(value, (list, tuple)) else (value,)
-            for item in values:
-                foreign = _foreign_array_type(item)
-                if foreign is not None:
-                    raise DeviceMismatchError(
-                        f"{param}: the numpy backend takes NumPy arrays, got {foreign}; select the backend of "
-                        f"that library (yarnref.use_backend('torch') or 'cupy'), or convert it yourself"
-                    )
-        return spec_fn(*args, **kwargs)
+            if isinstance(value, collections.abc.Iterator) and not isinstance(value, np.ndarray):
+                value = bound.arguments[param] = list(value)
+            check_host_array(param, value)
+        return spec_fn(*bound.args, **bound.kwargs)
 
     return checked
 
@@ -266,7 +263,7 @@ def _backend_class(name: str) -> type:
                     raise BackendError(f"backend {name!r} is not installed; {_INSTALL_HINTS[name]}")
                 cls = getattr(mod, attr)
             else:
-                raise BackendError(
+                raise UnknownBackendError(
                     f"unknown backend {name!r}; known backends: {registered_backends()}, "
                     f"usable here: {available_backends()}"
                 )
@@ -294,15 +291,34 @@ def _make_backend(backend, options: dict) -> Backend:
             raise BackendError(f"options {sorted(options)} given with a backend instance; pass a name instead")
         return backend
     if not isinstance(backend, str):
-        raise BackendError(f"backend={backend!r} is not allowed; expected a name such as {registered_backends()} or a Backend")
+        raise UnknownBackendError(
+            f"backend={backend!r} is not allowed; expected a name such as {registered_backends()} or a Backend"
+        )
     cls = _backend_class(backend)
     if not cls.is_available():
-        hint = _INSTALL_HINTS.get(backend, "")
-        raise BackendError(
-            f"backend {backend!r} is installed but cannot run here (no working device?); "
-            f"usable here: {available_backends()}" + (f". To install: {hint}" if hint else "")
-        )
+        raise BackendError(_unavailable_message(backend, cls))
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        parameters = None
+    if parameters is not None and not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(options) - set(parameters))
+        if unknown:
+            allowed = sorted(parameters) or "no options"
+            raise BackendError(f"backend {backend!r} takes no option {unknown}; its options: {allowed}")
     return cls(**options)
+
+
+def _unavailable_message(name: str, cls) -> str:
+    """Why a registered backend cannot run: its library is missing, or its device is."""
+    library = getattr(cls, "library", None) or {"torch": "torch", "cupy": "cupy"}.get(name)
+    missing = library is not None and importlib.util.find_spec(library) is None
+    hint = _INSTALL_HINTS.get(name, "")
+    if missing:
+        return (f"backend {name!r} cannot run here: its library {library!r} is not installed"
+                + (f"; to install it: {hint}" if hint else "") + f". Usable here: {available_backends()}")
+    return (f"backend {name!r} is installed but cannot run here (no working device?); "
+            f"usable here: {available_backends()}")
 
 
 _default_backend: Backend = NumpyBackend()

@@ -1,20 +1,81 @@
-"""Argument checks shared by the spec modules and the backends.
+"""Argument checks shared by the spec modules and the backends: the one place that bounds sizes.
 
-Each check returns the value as a plain Python number, or raises
-:class:`~yarnref.errors.InputError` naming the parameter, the value and what is
-allowed.  Booleans are not integers here (``True`` is not a size), and NumPy
-scalars are accepted wherever Python numbers are.
+Each check returns the value as a plain Python number (or a NumPy array), or
+raises :class:`~yarnref.errors.InputError` naming the parameter, the value and
+what is allowed.  Booleans are not integers here (``True`` is not a size), and
+NumPy scalars are accepted wherever Python numbers are.
+
+Limits (docs/limits.md explains each):
+
+* :data:`MAX_LENGTH`: every length, size and count is at most ``2**53``, the
+  largest range in which float64 holds every integer exactly (positions are
+  turned into float64 angles), and far below int64's overflow.
+* :data:`MAX_POSITION`: positions (integer or real) lie in ``[-2**53, 2**53]``.
+* :data:`MAX_HEAD_DIM`: a head dim is at most 65536.
+* :func:`check_allocation`: an array the spec is about to build may take at
+  most this machine's physical memory; a request beyond it is refused before
+  any allocation, with the size it would have taken.
+* :func:`check_logits_fit`: attention refuses inputs whose logits could
+  overflow float64 (``max|q| * max|k| * head_dim * scale > 1e300``), instead of
+  returning NaN.
+* :data:`MAX_SEGMENTS`: DCA walks its queries one chunk at a time in Python;
+  at most ``2**22`` chunks per call.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import math
+import os
 
 import numpy as np
 
-from .errors import InputError
+from .errors import DeviceMismatchError, InputError
 
-__all__ = ["is_int", "is_real", "check_int", "check_bool", "check_positive_real", "check_scale", "default_scale"]
+__all__ = [
+    "MAX_LENGTH",
+    "MAX_POSITION",
+    "MAX_HEAD_DIM",
+    "MAX_SEGMENTS",
+    "LOGIT_LIMIT",
+    "is_int",
+    "is_real",
+    "finite_float",
+    "check_int",
+    "shown",
+    "check_bool",
+    "check_option",
+    "check_positive_real",
+    "check_scale",
+    "default_scale",
+    "check_head_dim",
+    "check_positions",
+    "check_position_range",
+    "check_allocation",
+    "memory_limit",
+    "foreign_array_type",
+    "check_host_array",
+    "check_host_arrays",
+    "check_array_like",
+    "check_logits_fit",
+    "check_same_dtype",
+    "check_fits_dtype",
+    "check_int32_indices",
+    "INT32_MAX",
+]
+
+#: Lengths, sizes and counts: at most 2**53 (every integer up to it is exact in float64).
+MAX_LENGTH = 2**53
+#: Positions: |p| <= 2**53, for the same reason.
+MAX_POSITION = 2**53
+#: The largest head dim (as in :mod:`yarnref.config`).
+MAX_HEAD_DIM = 65536
+#: DCA segments per call (one Python step each).
+MAX_SEGMENTS = 2**22
+#: The largest value of the int32 index lists the sparse kernels take.
+INT32_MAX = 2**31 - 1
+#: The bound on attention logits (float64 overflows at 1.8e308; exp() of differences stays exact below it).
+LOGIT_LIMIT = 1e300
 
 
 def is_int(x) -> bool:
@@ -27,11 +88,48 @@ def is_real(x) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
-def check_int(name: str, value, minimum: int = 1) -> int:
-    """``value`` as an int if it is an integer ``>= minimum``."""
-    if not is_int(value) or value < minimum:
-        raise InputError(name, value, f"an integer >= {minimum}")
+def check_int(name: str, value, minimum: int = 1, maximum: int = MAX_LENGTH) -> int:
+    """``value`` as an int if it is an integer in ``[minimum, maximum]`` (default maximum 2**53)."""
+    if not is_int(value) or not minimum <= value <= maximum:
+        raise InputError(name, _short(value), f"an integer in [{minimum}, {_power(maximum)}]")
     return int(value)
+
+
+def _power(n: int) -> str:
+    """``2**53`` for powers of two above 2**20, else the number."""
+    if n > 2**20 and n & (n - 1) == 0:
+        return f"2**{n.bit_length() - 1}"
+    return str(n)
+
+
+def _short(value):
+    """The value to show in an error: huge ints and long strings abbreviated, arrays by shape and dtype."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"an integer of {len(str(abs(value)))} digits"
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    if isinstance(value, str) and len(value) > 80:
+        return value[:77] + "..."
+    return value
+
+
+def shown(value):
+    """How an error shows a value of the wrong kind: strings, numbers and None by value, arrays by shape, else the type."""
+    if value is None or isinstance(value, (str, bool, int, float, np.generic, np.ndarray)):
+        return _short(value)
+    return type(value).__name__
+
+
+def check_option(name: str, value, allowed) -> str:
+    """``value`` if it is one of the strings in ``allowed`` (arrays and other unhashables are refused cleanly)."""
+    if not isinstance(value, str) or value not in allowed:
+        raise InputError(name, _short(value), f"one of {tuple(allowed)}")
+    return value
+
+
+def check_head_dim(name: str, value) -> int:
+    """A head dim (or rotary dim): an integer in ``[1, 65536]``."""
+    return check_int(name, value, 1, MAX_HEAD_DIM)
 
 
 def check_bool(name: str, value) -> bool:
@@ -41,11 +139,23 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
+def finite_float(value) -> float | None:
+    """``float(value)`` for a finite real number (not a bool), else None (ints beyond float64's range included)."""
+    if not is_real(value):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def check_positive_real(name: str, value) -> float:
     """``value`` as a float if it is a finite number > 0."""
-    if not is_real(value) or not (math.isfinite(float(value)) and float(value) > 0):
-        raise InputError(name, value, "a finite number > 0")
-    return float(value)
+    number = finite_float(value)
+    if number is None or not number > 0:
+        raise InputError(name, _short(value), "a finite number > 0")
+    return number
 
 
 def default_scale(head_dim: int) -> float:
@@ -57,6 +167,200 @@ def check_scale(scale, head_dim: int) -> float:
     """The softmax scale: ``1/sqrt(head_dim)`` for None, else a finite number > 0."""
     if scale is None:
         return default_scale(head_dim)
-    if not is_real(scale) or not (math.isfinite(float(scale)) and float(scale) > 0):
-        raise InputError("scale", scale, "None or a finite number > 0")
-    return float(scale)
+    number = finite_float(scale)
+    if number is None or not number > 0:
+        raise InputError("scale", _short(scale), "None or a finite number > 0")
+    return number
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def check_position_range(name: str, largest: float) -> None:
+    """Refuse positions whose largest absolute value (computed by the caller, on any device) exceeds 2**53."""
+    if not largest <= MAX_POSITION:
+        raise InputError(name, f"a position of magnitude {largest:.17g}", "positions in [-2**53, 2**53] (exact in float64)")
+
+
+def check_positions(name: str, positions) -> np.ndarray:
+    """Positions as a float64 array: integers or reals, finite, ``|p| <= 2**53``.
+
+    Beyond ``2**53`` float64 no longer holds every integer, so a position
+    would be rounded silently (uint64 and int64 extremes included); such
+    positions are refused.
+    """
+    if isinstance(positions, (str, bytes, collections.abc.Mapping)) or positions is None:
+        raise InputError(name, _short(positions), "an integer or real array of positions")
+    check_host_array(name, positions)
+    try:
+        p = np.asarray(positions)
+    except (ValueError, TypeError, OverflowError):
+        raise InputError(name, "a value NumPy cannot read as an array", "an integer or real array of positions") from None
+    if p.dtype == bool or not (np.issubdtype(p.dtype, np.integer) or np.issubdtype(p.dtype, np.floating)):
+        raise InputError(name, f"array of dtype {p.dtype}", "an integer or real array")
+    if np.issubdtype(p.dtype, np.integer):
+        if p.size and (int(p.max()) > MAX_POSITION or int(p.min()) < -MAX_POSITION):
+            worst = int(p.max()) if int(p.max()) > MAX_POSITION else int(p.min())
+            raise InputError(name, f"a position {worst}", "positions in [-2**53, 2**53] (exact in float64)")
+        return p.astype(np.float64)
+    p = p.astype(np.float64)
+    if not np.all(np.isfinite(p)):
+        raise InputError(name, "non-finite values", "finite positions")
+    if p.size and float(np.abs(p).max()) > MAX_POSITION:
+        raise InputError(name, f"a position {float(np.abs(p).max()):g}", "positions in [-2**53, 2**53] (exact in float64)")
+    return p
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def memory_limit() -> int:
+    """The most bytes one array may take: this machine's physical memory (2**40 where it cannot be read)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 2**40
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB"
+
+
+def check_allocation(name: str, value, n_elements: int, itemsize: int = 8, what: str = "the result") -> None:
+    """Refuse, before allocating, an array of ``n_elements`` items that would exceed physical memory.
+
+    ``name``/``value`` are the parameter that sets the size and its value.
+    """
+    nbytes = int(n_elements) * int(itemsize)
+    limit = memory_limit()
+    if nbytes > limit:
+        raise InputError(
+            name, _short(value),
+            f"a size whose {what} fits in memory ({_gib(nbytes)} asked, {_gib(limit)} on this machine)",
+        )
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def foreign_array_type(x) -> str | None:
+    """The type name of ``x`` if it is another library's array (torch, CuPy, JAX, ...), else None."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return None
+    if hasattr(x, "__dlpack__") or hasattr(x, "__cuda_array_interface__") or hasattr(x, "__array_namespace__"):
+        return f"{type(x).__module__}.{type(x).__qualname__}"
+    return None
+
+
+def check_host_array(name: str, x) -> None:
+    """Refuse another library's array (or a list or tuple holding one): nothing is moved to NumPy silently."""
+    items = x if isinstance(x, (list, tuple)) else (x,)
+    for item in items:
+        foreign = foreign_array_type(item)
+        if foreign is not None:
+            raise DeviceMismatchError(
+                f"{name}: the numpy backend takes NumPy arrays, got {foreign}; select the backend of "
+                f"that library (yarnref.use_backend('torch') or 'cupy'), or convert it yourself"
+            )
+
+
+def check_host_arrays(**arrays) -> None:
+    """:func:`check_host_array` for each keyword."""
+    for name, x in arrays.items():
+        check_host_array(name, x)
+
+
+def check_array_like(name: str, x, allowed: str = "an array") -> np.ndarray:
+    """``np.asarray(x)`` for NumPy arrays, numbers and nested lists; a clear error for anything else.
+
+    Strings, mappings, None and sets are refused (NumPy would turn them into
+    0-d object or string arrays), and so are other libraries' arrays.
+    """
+    check_host_array(name, x)
+    if x is None or isinstance(x, (str, bytes, collections.abc.Mapping, collections.abc.Set)):
+        raise InputError(name, _short(x), allowed)
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError, OverflowError):
+        raise InputError(name, "a value NumPy cannot read as an array", allowed) from None
+    if a.dtype == object or a.dtype.kind in "USV":
+        raise InputError(name, f"array of dtype {a.dtype}", allowed)
+    return a
+
+
+def check_same_dtype(**arrays) -> None:
+    """Arrays that must share one dtype (q, k and v): the first one's, else InputError naming the odd one."""
+    items = list(arrays.items())
+    first_name, first = items[0]
+    for name, a in items[1:]:
+        if a.dtype != first.dtype:
+            raise InputError(name, f"dtype {a.dtype}", f"the dtype of {first_name}, {first.dtype}")
+
+
+def _max_abs(a) -> float:
+    """``max |a|`` as a Python float, for NumPy, torch and CuPy arrays alike (NaN if a NaN is there)."""
+    numel = a.numel() if callable(getattr(a, "numel", None)) else a.size
+    if numel == 0:
+        return 0.0
+    if isinstance(a, np.ndarray):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return float(np.max(np.abs(a)))
+    return float(abs(a).max())  # torch and CuPy: one reduction on the device, one read back
+
+
+def check_logits_fit(q, k, scale: float, factor: float = 1.0, v=None, *, limit: float = LOGIT_LIMIT) -> None:
+    """Refuse attention inputs whose logits (or output sums) could overflow the compute precision.
+
+    ``|scale * factor * q.k| <= max|q| * max|k| * head_dim * scale * factor``;
+    yarnref requires that bound to be at most ``limit`` (:data:`LOGIT_LIMIT`,
+    1e300, for float64; a backend computing in float32 passes 1e37), so the
+    softmax is computed exactly instead of turning into NaN.  ``factor`` is
+    any further multiplier of the logits (an attention factor squared).  With
+    ``v``, ``max|v| * kv_len`` must also stay below ``limit`` (the weighted
+    sum of the values).  Non-finite values are refused too.  Works on NumPy,
+    torch and CuPy arrays (one reduction each).
+    """
+    head_dim = q.shape[-1]
+    bounds = {}
+    for name, a in (("q", q), ("k", k)) + ((("v", v),) if v is not None else ()):
+        m = _max_abs(a)
+        if not math.isfinite(m):
+            raise InputError(name, "non-finite values", "finite values")
+        bounds[name] = m
+    with np.errstate(all="ignore"):
+        bound = bounds["q"] * bounds["k"] * head_dim * float(scale) * float(factor)
+    if not bound <= limit:
+        raise InputError(
+            "q", f"max|q| = {bounds['q']:.3g} with max|k| = {bounds['k']:.3g}, scale = {float(scale):.3g}",
+            f"inputs with max|q| * max|k| * head_dim * scale * factor <= {limit:g} "
+            f"(here {bound:.3g}; factor = {float(factor):.3g}), so the logits fit the compute precision",
+        )
+    if v is not None and not bounds["v"] * k.shape[-2] <= limit:
+        raise InputError("v", f"max|v| = {bounds['v']:.3g}", f"values with max|v| * kv_len <= {limit:g}")
+
+
+def check_fits_dtype(name: str, result: np.ndarray, dtype) -> np.ndarray:
+    """``result`` (float64) cast to ``dtype``, or InputError if a finite value overflows there (float16)."""
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating) or dtype == np.float64:
+        return result.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):
+        out = result.astype(dtype)
+    if not np.all(np.isfinite(out)) and np.all(np.isfinite(result)):
+        limit = float(np.finfo(dtype).max)
+        raise InputError(name, f"values whose result reaches {_max_abs(result):.3g}",
+                         f"inputs whose result fits in {dtype} (|value| <= {limit:g})")
+    return out
+
+
+def check_int32_indices(kv_len: int, block_size_m: int, block_size_n: int) -> None:
+    """Refuse a ``kv_len`` the int32 block/column lists cannot represent (no silent wrap-around).
+
+    The converter's positions reach ``kv_len + block_size_m + block_size_n``; all must fit int32.
+    """
+    if kv_len + block_size_m + block_size_n > INT32_MAX:
+        raise InputError(
+            "kv_len", kv_len,
+            f"kv_len + block_size_m + block_size_n <= 2**31 - 1 (here block sizes {block_size_m}, {block_size_n}): "
+            "the index lists are int32, as the kernels take them",
+        )

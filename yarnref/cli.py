@@ -22,8 +22,12 @@ arXiv:2309.00071, Eq. 17 and section 3; RoFormer Eq. 15):
 * the scale :math:`\theta_i/\theta'_i`: 1 = kept, ``s`` = interpolated (PI).
 
 Errors (an unknown preset, a file that cannot be read, an invalid config, a
-bad option) print one line, ``yarnref: error: ...``, on stderr and exit with
-status 2; nothing else is caught.
+bad option, and anything unexpected) print one line, ``yarnref: error: ...``,
+on stderr and exit with status 2; set ``YARNREF_TRACEBACK=1`` to get the
+traceback of an unexpected error instead.  ``vectors --out`` never overwrites
+an existing file without ``--force``, writes to a temporary file renamed into
+place (no partial files), and adds ``.npz`` to a name without it, as NumPy
+does; the path it prints is the path it wrote.
 
 Conventions
 -----------
@@ -42,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -88,6 +93,8 @@ def load_model(model: str) -> tuple[dict[str, Any], str, str]:
             config = json.loads(text)
         except ValueError as error:
             raise CommandError(f"{str(path)!r} is not valid JSON: {error}") from error
+        except RecursionError:
+            raise CommandError(f"{str(path)!r} is nested too deeply to be a config.json") from None
         if not isinstance(config, dict):
             raise CommandError(f"{str(path)!r} holds a JSON {type(config).__name__}, not an object (a config.json dict)")
         return config, path.stem if path.name != "config.json" else (path.parent.name or "config.json"), str(path)
@@ -274,7 +281,7 @@ def explain(
     pairs: str = "compact",
 ) -> str:
     """The text report ``yarnref explain`` prints for ``config`` (see the module docstring)."""
-    if pairs not in ("compact", "all"):
+    if not isinstance(pairs, str) or pairs not in ("compact", "all"):
         raise InputError("pairs", pairs, "'compact' or 'all'")
     rc = parse_rope_config(config)
     vllm_only = rc.rope_type in VLLM_ONLY_TYPES or (rc.rope_type == "dynamic" and rc.params.get("alpha") is not None)
@@ -446,13 +453,20 @@ def format_presets() -> str:
 # argparse
 
 
+_MAX_INT = 2**53  # lengths and seeds: the bound of yarnref.checks
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {_shown(text)}") from None
+    if not 1 <= value <= _MAX_INT:
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, 2**53], got {_shown(text)}")
     return value
 
 
@@ -460,9 +474,9 @@ def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {_shown(text)}") from None
+    if not 0 <= value <= _MAX_INT:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**53], got {_shown(text)}")
     return value
 
 
@@ -486,8 +500,15 @@ def _positions(tokens: list[str]) -> list[int]:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as one line (``yarnref: error: ...``) and status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="yarnref: the reference for how RoPE transformers reach long context (RoPE, PI, NTK, YaRN, "
         "Llama 3, LongRoPE, Dual Chunk Attention).",
@@ -513,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write golden vectors: inv_freq, attention factor, cos/sin at chosen positions, "
                        "seeded q/k and their rotations in both pairings, with provenance (see yarnref.vectors).")
     v.add_argument("model", metavar="MODEL", help="a preset name or a path to a config.json")
-    v.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
+    v.add_argument("--out", required=True, metavar="FILE.npz", help="output file (.npz is added if missing)")
+    v.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     v.add_argument("--positions", nargs="+", default=None, metavar="P",
                    help="positions (integers >= 0, spaces or commas; default: 0 1 2 127 4095 4096 32767 131071 "
                    "1000000 below the model's context length, plus its boundaries)")
@@ -539,9 +561,10 @@ def _run(args, out) -> int:
             try:
                 fig = scaling_comparison(config, name=name, seq_len=args.seq_len)
                 save_figure(fig, args.plot)
-            except ImportError as error:
-                raise CommandError(f"--plot needs matplotlib ({error}); pip install 'yarnref[plot]'") from error
-            except OSError as error:
+            except ImportError as error:  # the explanation stands without the figure: print it, then say why
+                out.write(report)
+                raise CommandError(f"--plot: no figure written; {error}") from error
+            except (OSError, ValueError) as error:  # a missing folder, or a format matplotlib does not know
                 raise CommandError(f"cannot write the plot to {args.plot!r}: {error}") from error
             report += f"\nPlot written to {args.plot}\n"
         out.write(report)
@@ -550,14 +573,29 @@ def _run(args, out) -> int:
     from .vectors import write_vectors
 
     positions = None if args.positions is None else _positions(args.positions)
+    target = Path(args.out)
+    if target.suffix != ".npz":  # NumPy adds the suffix; say so and write exactly there
+        target = target.with_name(target.name + ".npz")
+    if target.exists() and not args.force:
+        raise CommandError(f"--out {str(target)!r} exists; pass --force to overwrite it")
+    if target.exists() and not target.is_file():
+        raise CommandError(f"--out {str(target)!r} exists and is not a file")
+    if not target.parent.is_dir():
+        raise CommandError(f"cannot write {str(target)!r}: no folder {str(target.parent)!r}")
+    # Written to a temporary file in the same folder and renamed: no partial file under the name asked for.
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp.npz")
     try:
-        vectors = write_vectors(args.out, config, positions=positions, seed=args.seed, batch=args.batch,
+        vectors = write_vectors(temporary, config, positions=positions, seed=args.seed, batch=args.batch,
                                 heads=args.heads, seq_len=args.seq_len)
+        os.replace(temporary, target)
     except OSError as error:
-        raise CommandError(f"cannot write {args.out!r}: {error}") from error
+        raise CommandError(f"cannot write {str(target)!r}: {error}") from error
+    finally:
+        if temporary.exists():
+            temporary.unlink()
     pos = vectors["positions"]
     out.write(
-        f"Wrote {args.out}: {name} ({vectors['meta']['rope']['rope_type']}), {vectors['inv_freq'].size} frequencies, "
+        f"Wrote {target}: {name} ({vectors['meta']['rope']['rope_type']}), {vectors['inv_freq'].size} frequencies, "
         f"attention factor {float(vectors['attention_factor']):.10g}, {pos.size} positions "
         f"({', '.join(str(int(p)) for p in pos)}), q/k {tuple(vectors['q'].shape)}, pairings half and interleaved\n"
     )
@@ -574,13 +612,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, sys.stdout)
     except CommandError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except YarnrefError as error:
-        model = getattr(args, "model", None)
-        where = f"{args.command} {model}" if model else args.command
-        print(f"{PROG}: error: {where}: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {_where(args)}: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Exception as error:  # anything else: still one line and status 2 (YARNREF_TRACEBACK=1 shows it)
+        if os.environ.get("YARNREF_TRACEBACK"):
+            raise
+        print(f"{PROG}: error: {_where(args)}: unexpected {type(error).__name__}: {_one_line(error)} "
+              "(set YARNREF_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
+def _where(args) -> str:
+    model = getattr(args, "model", None)
+    return f"{args.command} {model}" if model else args.command
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_bool, check_option, foreign_array_type, shown
 from .errors import ConfigError, InputError
 from .rope import base_inv_freq
 from .scaling import (
@@ -208,14 +209,19 @@ def _positive_int(key: str, value, what: str = "", maximum: int = MAX_LENGTH) ->
     return int(value)
 
 
-def _plain(obj, depth: int = 0):
-    """A plain copy: mappings to dicts, lists/tuples to lists (so the source cannot change under us)."""
+def _plain(obj, depth: int = 0, key: str = "config"):
+    """A plain copy: mappings to dicts, lists/tuples to lists (so the source cannot change under us).
+
+    Arrays are refused where JSON would hold a number or a list: comparing them is ambiguous.
+    """
     if depth > 100:
         raise ConfigError("config", "a structure nested more than 100 levels deep", "a config.json-shaped mapping")
     if isinstance(obj, Mapping):
-        return {k: _plain(v, depth + 1) for k, v in obj.items()}
+        return {k: _plain(v, depth + 1, k if depth == 0 else f"{key}.{k}") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v, depth + 1) for v in obj]
+        return [_plain(v, depth + 1, f"{key}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, np.ndarray) or foreign_array_type(obj) is not None:  # NumPy scalars are numbers: kept
+        raise ConfigError(key, shown(obj), "a JSON value (a number, string, boolean, null, list or mapping), not an array")
     return obj
 
 
@@ -483,7 +489,7 @@ def parse_rope_config(config: Mapping | RopeConfig, layer_type: str | None = Non
             raise InputError("layer_type", layer_type, f"{config.layer_type!r} (the RopeConfig given was parsed for it)")
         return config
     if not isinstance(config, Mapping):
-        raise ConfigError("config", type(config).__name__, "a mapping shaped like a Hugging Face config.json")
+        raise ConfigError("config", shown(config), "a mapping shaped like a Hugging Face config.json")
     cfg = _plain(config)
     notes: list[str] = []
     layer_types = rope_layer_types(cfg)
@@ -531,6 +537,9 @@ def _parse_flat(cfg: dict, notes: list[str], source: dict, layer_type, layer_typ
         params["original_max_position_embeddings"] = original
 
     factor = _check_type_parameters(rope_type, key, params, rotary, max_pos, original, model_type, notes)
+    if factor is not None and not factor * (original or max_pos or 1) <= MAX_LENGTH:
+        raise ConfigError(f"{key}.factor", params.get("factor", factor),
+                          f"a factor with factor x original length ({original or max_pos or 1}) <= 2**53 tokens")
 
     unknown = set(raw) - _COMMON_KEYS - _TYPE_KEYS[rope_type] - {"mrope_section"}
     if unknown:
@@ -646,6 +655,14 @@ def _check_yarn(key, params, factor, rotary, max_pos, original, model_type, note
         betas[name] = default if value is None else _number(f"{key}.{name}", value, "a finite number > 0", above=0.0)
     if betas["beta_fast"] < betas["beta_slow"]:
         raise ConfigError(f"{key}.beta_fast", betas["beta_fast"], f"a number >= beta_slow = {betas['beta_slow']}")
+    for name, beta in betas.items():  # extreme but finite betas (1e308, 1e-308) put the ramp outside float64
+        try:
+            dim = correction_dim(beta, rotary, params["rope_theta"], original)
+        except (ValueError, OverflowError, ZeroDivisionError):
+            dim = math.nan
+        if not math.isfinite(dim):
+            raise ConfigError(f"{key}.{name}", params.get(name, beta),
+                              "a number > 0 whose YaRN correction dim r ln(L / (2 pi beta)) / (2 ln base) is finite")
     if params.get("attention_factor") is not None:
         _number(f"{key}.attention_factor", params["attention_factor"], "a finite number > 0, or null", above=0.0)
     mscales = {}
@@ -654,6 +671,10 @@ def _check_yarn(key, params, factor, rotary, max_pos, original, model_type, note
         if value is not None:
             _number(f"{key}.{name}", value, "a finite number >= 0, or null", at_least=0.0)
         mscales[name] = value
+        if value is not None and factor is not None and factor > 0:
+            g = 0.1 * float(value) * math.log(factor) + 1.0  # DeepSeek's g(s, mscale)
+            if not math.isfinite(g):
+                raise ConfigError(f"{key}.{name}", value, f"a number whose 0.1 * {name} * ln(factor) + 1 is finite")
     if "truncate" in params:
         truncate = params["truncate"]
         if truncate is None:
@@ -748,8 +769,7 @@ def stack_options(stack: str = "transformers", config: Mapping | RopeConfig | No
     ``stack="llama.cpp"`` picks ``mscale_rule="llama.cpp_deepseek2"`` (net
     magnitude 1, llama.cpp's DEEPSEEK2 architecture).
     """
-    if stack not in STACKS:
-        raise InputError("stack", stack, f"one of {STACKS}")
+    check_option("stack", stack, STACKS)
     options = dict(_STACK_DEFAULTS[stack])
     if config is not None and stack in ("vllm", "llama.cpp") and parse_rope_config(config).is_mla:
         if stack == "vllm":
@@ -852,17 +872,19 @@ def rope_frequencies(
     opts.update({k: v for k, v in given.items() if v is not None})
     opts["correction_length"] = correction_length
     for name, allowed in _OPTION_VALUES.items():
-        if opts[name] is not None and opts[name] not in allowed:
-            raise InputError(name, opts[name], f"one of {allowed}")
+        if opts[name] is not None:
+            check_option(name, opts[name], allowed)
     if opts["truncate"] is not None and not isinstance(opts["truncate"], bool):
         raise InputError("truncate", opts["truncate"], "None (from the config), True or False")
-    if not _is_number(extrapolation_factor) or not math.isfinite(float(extrapolation_factor)):
-        raise InputError("extrapolation_factor", extrapolation_factor, "a finite number")
+    if _finite_float(extrapolation_factor) is None or not 0.0 <= float(extrapolation_factor) <= 1.0:
+        raise InputError("extrapolation_factor", extrapolation_factor,
+                         "a number in [0, 1] (the weight of the extrapolated frequencies; 1 is YaRN)")
     for name, value in (("seq_len", seq_len), ("max_model_len", max_model_len)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
-            raise InputError(name, value, "None or a positive integer (seq_len: max(position_ids) + 1)")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or not 1 <= value <= MAX_LENGTH):
+            shown = value if not (isinstance(value, int) and value > 10**30) else f"an integer of {len(str(value))} digits"
+            raise InputError(name, shown, "None or an integer in [1, 2**53] (seq_len: max(position_ids) + 1)")
 
-    dynamic_yarn = bool(dynamic_yarn)
+    dynamic_yarn = check_bool("dynamic_yarn", dynamic_yarn)
     _check_method_options(rc, stack, opts, seq_len, dynamic_yarn, max_model_len)
     if precision == "float32":
         if stack == "llama.cpp":

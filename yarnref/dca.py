@@ -104,10 +104,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .attention import attention, check_qkv, default_scale, merge_attention
+from .checks import MAX_SEGMENTS, shown, check_allocation, check_array_like, check_logits_fit, check_option, check_same_dtype
 from .checks import check_int as _check_positive_int
 from .checks import check_positive_real as _check_positive_real
 from .checks import is_int as _is_int
 from .errors import ConfigError, InputError
+from .progress import progress_iter
 from .rope import apply_rope, rope_cos_sin
 
 __all__ = [
@@ -183,6 +185,7 @@ def dca_position_ids(seq_len, chunk_size, local_size) -> DCAPositionIds:
     """
     seq_len = _check_positive_int("seq_len", seq_len)
     chunk_len = _check_sizes(chunk_size, local_size)
+    check_allocation("seq_len", seq_len, 6 * seq_len, 8, "six int64 position arrays")
     in_chunk = np.arange(seq_len, dtype=np.int64) % chunk_len  # r(p)
     return DCAPositionIds(
         key=in_chunk,
@@ -202,6 +205,9 @@ def dca_relative_positions(seq_len, chunk_size, local_size) -> np.ndarray:
     Every entry with ``j <= i`` lies in ``[0, chunk_size]``; the intra ones are
     ``i - j``.  This is ``O(seq_len^2)``: meant for small cases and plots.
     """
+    seq_len = _check_positive_int("seq_len", seq_len)
+    _check_sizes(chunk_size, local_size)
+    check_allocation("seq_len", seq_len, 4 * seq_len * seq_len, 8, "(seq_len, seq_len) int64 matrices")
     ids = dca_position_ids(seq_len, chunk_size, local_size)
     chunk_len = chunk_size - local_size
     i = np.arange(seq_len)[:, None]  # (seq, 1) query index
@@ -242,8 +248,12 @@ def dca_segments(kv_len, q_len, chunk_size, local_size) -> list[DCASegment]:
     if q_len > kv_len:
         raise InputError("q_len", q_len, f"at most kv_len = {kv_len}")
     chunk_len = _check_sizes(chunk_size, local_size)
-    segments = []
     begin = kv_len - q_len
+    n_segments = (kv_len - 1) // chunk_len - begin // chunk_len + 1  # chunks the queries touch
+    if n_segments > MAX_SEGMENTS:
+        raise InputError("q_len", q_len, f"at most {MAX_SEGMENTS} chunks of chunk_len = {chunk_len} "
+                         f"(here {n_segments}); use a larger chunk_size - local_size")
+    segments = []
     while begin < kv_len:
         chunk_start = (begin // chunk_len) * chunk_len
         end = min(chunk_start + chunk_len, kv_len)
@@ -327,7 +337,7 @@ def dca_temperature(
     by a longer request).  A parameter given to a mode that does not use it is
     an error, so that it cannot be ignored silently.  Backends call this too.
     """
-    if temperature not in DCA_TEMPERATURES:
+    if not isinstance(temperature, str) or temperature not in DCA_TEMPERATURES:
         raise InputError("temperature", temperature, f"one of {DCA_TEMPERATURES}")
     kv_len = _check_positive_int("kv_len", kv_len)
     given = {
@@ -432,27 +442,27 @@ def dca_attention(
     Returns ``out`` ``(batch, q_heads, q_len, v_dim)`` in q's dtype, and with
     ``return_lse`` also ``lse`` ``(batch, q_heads, q_len)`` in float64.
     """
-    q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+    allowed = "a 4-D floating-point array (batch, heads, seq, head_dim)"
+    q, k, v = (check_array_like(name, a, allowed) for name, a in (("q", q), ("k", k), ("v", v)))
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, v)
     for name, a in (("q", q), ("k", k), ("v", v)):
         if not np.issubdtype(a.dtype, np.floating):
             raise InputError(name, f"dtype {a.dtype}", "a floating-point array")
+    check_same_dtype(q=q, k=k, v=v)
     if q_len > kv_len:
         raise InputError("q", f"q_len={q_len}", f"at most kv_len = {kv_len} (the queries are the last q_len of the kv_len positions)")
     _check_sizes(chunk_size, local_size)
-    freqs = np.asarray(inv_freq)
+    freqs = check_array_like("inv_freq", inv_freq, "a 1-D float array of r/2 finite frequencies")
     if freqs.ndim != 1 or freqs.size == 0 or 2 * freqs.size > head_dim or not np.issubdtype(freqs.dtype, np.floating) or not np.all(np.isfinite(freqs)):
         raise InputError("inv_freq", f"array of shape {freqs.shape} and dtype {freqs.dtype}", f"a 1-D float array of r/2 finite frequencies, 1 <= r/2 <= head_dim/2 = {head_dim // 2}")
     freqs = freqs.astype(np.float64)
     if scale is None:
         scale = default_scale(head_dim)
     scale = _check_positive_real("scale", scale)
-    if pairing not in DCA_PAIRINGS:
-        raise InputError("pairing", pairing, f"one of {DCA_PAIRINGS}")
+    check_option("pairing", pairing, DCA_PAIRINGS)
     attention_factor = _check_positive_real("attention_factor", attention_factor)
     pi_factor = _check_positive_real("pi_factor", pi_factor)
-    if form not in DCA_FORMS:
-        raise InputError("form", form, f"one of {DCA_FORMS}")
+    check_option("form", form, DCA_FORMS)
     if not isinstance(return_lse, (bool, np.bool_)):
         raise InputError("return_lse", return_lse, "True or False")
     factors = dca_temperature(
@@ -467,6 +477,10 @@ def dca_attention(
         raise InputError("key_write_lengths", "an array", f"None with temperature='chunkllama' and partial rotary "
                          f"(r = {2 * freqs.size} < head_dim = {head_dim}): ChunkLlama rotates whole heads")
 
+    # A rotated element is at most sqrt(2) * max|x| * table factor: bound the logits before computing them.
+    key_factor = float(np.max(factors.key)) if np.size(factors.key) else 1.0
+    table = attention_factor * factors.table
+    check_logits_fit(q, k, scale, factor=2.0 * table * table * factors.query * key_factor, v=v)
     ids = dca_position_ids(kv_len, chunk_size, local_size)
     table_factor = attention_factor * factors.table
     # Keys are rotated once, at p mod L, and carry their write-time factor (vLLM caches them so).
@@ -504,29 +518,29 @@ def _union_form(rotated_queries, query_positions, k_rot, v, segments, offset, q_
     # One buffer for every block's logits, reused: fresh multi-MiB arrays per block cost more
     # (page faults) than the arithmetic on them.
     buffer = np.empty(batch * q_heads * min(block, q_len) * kv_len, dtype=np.float64)
-    for seg in segments:
-        for begin in range(seg.begin, seg.end, block):
-            end = min(begin + block, seg.end)
-            n = end - begin
-            # Row i of the block sees keys [0, i]; the block's logits cover [0, end), laid out in key
-            # order: inter [0, cs - L), successive [cs - L, cs), intra [cs, end).
-            logits = buffer[: batch * q_heads * n * end].reshape(batch, kv_heads, group, n, end)
-            rows_by_kv_head = logits.reshape(batch, kv_heads, group * n, end)  # the same memory: a GQA group's rows stacked
-            for part, (start, stop) in (("inter", seg.inter), ("successive", seg.successive), ("intra", (seg.intra[0], end))):
-                if stop > start:
-                    qp = rotated_queries(query_positions[part], begin, end)  # (batch, q_heads, n, head_dim)
-                    qp = qp.reshape(batch, kv_heads, group * n, -1)  # query heads h = kv * group + g, rows stacked
-                    np.matmul(qp, keys_t[..., start:stop], out=rows_by_kv_head[..., start:stop])
-            intra = logits[..., seg.intra[0] : end]  # a view: the causal mask is written in place
-            intra[..., np.arange(seg.intra[0], end)[None, :] > np.arange(begin, end)[:, None]] = -np.inf
-            row_max = logits.max(axis=-1, keepdims=True)  # finite: every query sees its own key
-            logits -= row_max
-            np.exp(logits, out=logits)  # the softmax numerators
-            denom = logits.sum(axis=-1, keepdims=True)  # (batch, kv_heads, group, n, 1)
-            weighted = (rows_by_kv_head @ v[:, :, :end]).reshape(batch, kv_heads, group, n, -1)
-            rows = slice(begin - offset, end - offset)
-            out[..., rows, :] = weighted / denom
-            lse[..., rows] = (np.log(denom) + row_max)[..., 0]
+    blocks = [(seg, begin) for seg in segments for begin in range(seg.begin, seg.end, block)]
+    for seg, begin in progress_iter(blocks, "dca_attention"):
+        end = min(begin + block, seg.end)
+        n = end - begin
+        # Row i of the block sees keys [0, i]; the block's logits cover [0, end), laid out in key
+        # order: inter [0, cs - L), successive [cs - L, cs), intra [cs, end).
+        logits = buffer[: batch * q_heads * n * end].reshape(batch, kv_heads, group, n, end)
+        rows_by_kv_head = logits.reshape(batch, kv_heads, group * n, end)  # the same memory: a GQA group's rows stacked
+        for part, (start, stop) in (("inter", seg.inter), ("successive", seg.successive), ("intra", (seg.intra[0], end))):
+            if stop > start:
+                qp = rotated_queries(query_positions[part], begin, end)  # (batch, q_heads, n, head_dim)
+                qp = qp.reshape(batch, kv_heads, group * n, -1)  # query heads h = kv * group + g, rows stacked
+                np.matmul(qp, keys_t[..., start:stop], out=rows_by_kv_head[..., start:stop])
+        intra = logits[..., seg.intra[0] : end]  # a view: the causal mask is written in place
+        intra[..., np.arange(seg.intra[0], end)[None, :] > np.arange(begin, end)[:, None]] = -np.inf
+        row_max = logits.max(axis=-1, keepdims=True)  # finite: every query sees its own key
+        logits -= row_max
+        np.exp(logits, out=logits)  # the softmax numerators
+        denom = logits.sum(axis=-1, keepdims=True)  # (batch, kv_heads, group, n, 1)
+        weighted = (rows_by_kv_head @ v[:, :, :end]).reshape(batch, kv_heads, group, n, -1)
+        rows = slice(begin - offset, end - offset)
+        out[..., rows, :] = weighted / denom
+        lse[..., rows] = (np.log(denom) + row_max)[..., 0]
     return out.reshape(batch, q_heads, q_len, -1), lse.reshape(batch, q_heads, q_len)
 
 
@@ -536,7 +550,7 @@ def _merge_form(rotated_queries, query_positions, k_rot, v, segments, offset, q_
     q_len = kv_len - offset
     out = np.empty((batch, q_heads, q_len, v.shape[-1]), dtype=np.float64)
     lse = np.empty((batch, q_heads, q_len), dtype=np.float64)
-    for seg in segments:
+    for seg in progress_iter(segments, "dca_attention"):
         outputs, lses = [], []
         for part, (start, stop), causal in (
             ("intra", seg.intra, True),  # bottom-right causal: query i sees [cs, i]
@@ -578,6 +592,27 @@ class DCAConfig:
     sparse_attention_threshold: int = 32768
     sparse_attention_last_q: int = 64
 
+    def __post_init__(self):
+        """Validate at construction, as :func:`dca_config` does for a config dict."""
+        def integer(key, minimum, value):
+            if not _is_int(value) or not minimum <= value <= 2**53:
+                raise ConfigError(key, value, f"an integer in [{minimum}, 2**53]")
+
+        integer("chunk_size", 2, self.chunk_size)
+        integer("local_size", 1, self.local_size)
+        if self.local_size >= self.chunk_size:
+            raise ConfigError("local_size", self.local_size, f"an integer < chunk_size = {self.chunk_size}")
+        if self.original_max_position_embeddings is not None:
+            integer("original_max_position_embeddings", 0, self.original_max_position_embeddings)
+        sparse = self.sparse_attention_config
+        if sparse is not None and not isinstance(sparse, (list, tuple, Mapping)):
+            raise ConfigError("sparse_attention_config", shown(sparse),
+                              "None, or a per-layer list of {head: [type, vertical, slash, score]}")
+        if not isinstance(self.sparse_attention_enabled, (bool, np.bool_)):
+            raise ConfigError("sparse_attention_enabled", self.sparse_attention_enabled, "True or False")
+        integer("sparse_attention_threshold", 1, self.sparse_attention_threshold)
+        integer("sparse_attention_last_q", 1, self.sparse_attention_last_q)
+
     @property
     def chunk_len(self) -> int:
         """``L = chunk_size - local_size``, the length of a chunk (the paper's ``s``)."""
@@ -596,6 +631,18 @@ class DCAConfig:
         return kwargs
 
 
+def _check_sparse_table_fits(model: Mapping, table, key: str) -> None:
+    """A per-layer sparse table must have one entry per layer and per attention head of the model."""
+    layers, heads = model.get("num_hidden_layers"), model.get("num_attention_heads")
+    if _is_int(layers) and len(table) != layers:
+        raise ConfigError(key, f"a table of {len(table)} layers", f"one entry per layer (num_hidden_layers = {layers})")
+    if _is_int(heads):
+        for index, entry in enumerate(table):
+            if isinstance(entry, Mapping) and len(entry) != heads:
+                raise ConfigError(f"{key}[{index}]", f"a layer with {len(entry)} heads",
+                                  f"one entry per attention head (num_attention_heads = {heads})")
+
+
 def dca_config(config: Mapping) -> DCAConfig:
     """Read ``config["dual_chunk_attention_config"]`` (a Qwen2.5-1M ``config.json`` dict) or a bare dict of its keys.
 
@@ -604,7 +651,7 @@ def dca_config(config: Mapping) -> DCAConfig:
     ``local_size >= chunk_size``, and any key of the wrong type.
     """
     if not isinstance(config, Mapping):
-        raise ConfigError("config", type(config).__name__, "a mapping (a config.json dict)")
+        raise ConfigError("config", shown(config), "a mapping (a config.json dict)")
     prefix = ""
     if "dual_chunk_attention_config" in config:
         dca = config["dual_chunk_attention_config"]
@@ -633,7 +680,9 @@ def dca_config(config: Mapping) -> DCAConfig:
         raise ConfigError(prefix + "original_max_position_embeddings", original, "None or an integer >= 0 (0: no temperature)")
     sparse = dca.get("sparse_attention_config")
     if sparse is not None and not isinstance(sparse, (list, tuple, Mapping)):
-        raise ConfigError(prefix + "sparse_attention_config", type(sparse).__name__, "None, or a per-layer list of {head: [type, vertical, slash, score]}")
+        raise ConfigError(prefix + "sparse_attention_config", sparse, "None, or a per-layer list of {head: [type, vertical, slash, score]}")
+    if prefix and isinstance(sparse, (list, tuple)):
+        _check_sparse_table_fits(config, sparse, prefix + "sparse_attention_config")
     enabled = dca.get("sparse_attention_enabled", sparse is not None)
     if not isinstance(enabled, (bool, np.bool_)):
         raise ConfigError(prefix + "sparse_attention_enabled", enabled, "true or false")

@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "InputError",
     "BackendError",
+    "UnknownBackendError",
     "DeviceMismatchError",
 ]
 
@@ -53,6 +54,10 @@ class InputError(YarnrefError, ValueError):
 
 class BackendError(YarnrefError, RuntimeError):
     """A backend was asked for that is unknown or cannot run here."""
+
+
+class UnknownBackendError(BackendError, LookupError):
+    """A backend name that no plugin registers (also a ``LookupError``, as unknown names are elsewhere)."""
 
 
 class DeviceMismatchError(YarnrefError, ValueError):

@@ -74,7 +74,9 @@ def _import_matplotlib():
     try:
         from matplotlib.figure import Figure
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("yarnref's figures need matplotlib: pip install 'yarnref[plot]'") from error
+        raise ImportError(
+            "yarnref's figures need matplotlib: pip install -e '.[plot]' in a yarnref checkout, or pip install matplotlib"
+        ) from error
     return Figure
 
 

@@ -36,7 +36,7 @@ UNIT_ROUNDOFF = {
 
 def check_precision(precision: str, param: str = "precision") -> str:
     """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise InputError."""
-    if precision not in PRECISIONS:
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         raise InputError(param, precision, f"one of {PRECISIONS}")
     return precision
 

@@ -97,7 +97,9 @@ from .checks import check_bool as _check_bool
 from .checks import check_int as _check_int
 from .checks import check_scale as _check_scale
 from .checks import is_int as _is_int
+from .checks import shown
 from .errors import BackendError, ConfigError, InputError
+from .progress import progress_iter
 
 __all__ = [
     "SPARSE_PATTERN",
@@ -204,7 +206,7 @@ def _check_sparse(sparse):
     if unknown or missing:
         raise InputError("sparse", dict(sparse), f"a dict with keys vertical_size and slash_size (required), last_q and mode (optional); unknown {unknown}, missing {missing}")
     mode = sparse.get("mode", "kernel")
-    if mode not in ("exact", "kernel"):
+    if not isinstance(mode, str) or mode not in ("exact", "kernel"):
         raise InputError("sparse['mode']", mode, "'exact' or 'kernel'")
     return dict(vertical_size=sparse["vertical_size"], slash_size=sparse["slash_size"],
                 last_q=_check_int("sparse['last_q']", sparse.get("last_q", 64), 1), mode=mode)
@@ -239,7 +241,7 @@ def chunked_prefill(q, k, v, chunk_size, scale=None, *, sparse=None, return_lse=
         scale = _check_scale(scale, head_dim)
     offset = kv_len - q_len
     outputs, lses = [], []
-    for start in range(0, q_len, chunk_size):
+    for start in progress_iter(range(0, q_len, chunk_size), "chunked_prefill"):
         stop = min(start + chunk_size, q_len)
         end = stop + offset  # keys [0, end)
         q_chunk, k_seen, v_seen = q[:, :, start:stop], k[:, :, :end], v[:, :, :end]
@@ -281,7 +283,7 @@ def _as_dca_config(config):
         return config
     if isinstance(config, Mapping):
         return dca_config(config)
-    raise InputError("dca", type(config).__name__, "a yarnref.dca.DCAConfig or a config dict (config.json or its dual_chunk_attention_config)")
+    raise InputError("dca", shown(config), "a yarnref.dca.DCAConfig or a config dict (config.json or its dual_chunk_attention_config)")
 
 
 def _head_id(key, where: str) -> int:
@@ -331,7 +333,7 @@ def sparse_attention_config_for(config, layer, heads=None) -> SparseHeadBudgets:
         entry = table[layer]
     where = f"{name}[{layer}]"
     if not isinstance(entry, Mapping) or not entry:
-        raise ConfigError(where, type(entry).__name__, "a non-empty mapping {head_id: [pattern, vertical_size, slash_size, score]}")
+        raise ConfigError(where, entry, "a non-empty mapping {head_id: [pattern, vertical_size, slash_size, score]}")
     by_head = {}
     for key, value in entry.items():
         head = _head_id(key, f"{where} key")
@@ -492,7 +494,7 @@ def _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size,
     cfg = _as_dca_config(dca)
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = _check_prefill_shapes(q, k, v)
     scale = _check_scale(scale, head_dim)
-    if pairing not in DCA_PAIRINGS:
+    if not isinstance(pairing, str) or pairing not in DCA_PAIRINGS:
         raise InputError("pairing", pairing, f"one of {DCA_PAIRINGS}")
     if isinstance(inv_freq, (np.ndarray, list, tuple)):
         freqs = np.asarray(inv_freq)
@@ -543,7 +545,7 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_s
         return apply_rope(x, cos, sin, pairing)
 
     vertical_budget, slash_budget, call = setup.budgets.vertical_size, setup.budgets.slash_size, None
-    for seg, chunk_index in zip(setup.segments, setup.chunk_of):
+    for seg, chunk_index in progress_iter(list(zip(setup.segments, setup.chunk_of)), "qwen_prefill"):
         begin, end, cs = seg.begin, seg.end, seg.intra[0]
         lq = min(end - begin, last_q)
         if budget_clamp == "vllm_in_place":  # vLLM: min(budget, K) written back into tensors made once per call

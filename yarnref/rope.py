@@ -55,6 +55,7 @@ import math
 
 import numpy as np
 
+from .checks import MAX_HEAD_DIM, check_array_like, check_positive_real, finite_float, is_int, check_fits_dtype, check_option, check_positions
 from .errors import InputError
 from .precision import check_precision, round_to
 
@@ -78,15 +79,12 @@ def rotary_dim(head_dim: int, partial_rotary_factor: float = 1.0) -> int:
     This is how transformers and vLLM compute it.  The result must be even and
     positive (an odd rotary dim has no pairing).
     """
-    if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)) or head_dim < 1:
-        raise InputError("head_dim", head_dim, "a positive integer")
-    if (
-        isinstance(partial_rotary_factor, bool)
-        or not isinstance(partial_rotary_factor, (int, float, np.floating, np.integer))
-        or not (0.0 < float(partial_rotary_factor) <= 1.0)
-    ):
+    if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)) or not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise InputError("head_dim", head_dim, f"an integer in [1, {MAX_HEAD_DIM}]")
+    factor = finite_float(partial_rotary_factor)
+    if factor is None or not 0.0 < factor <= 1.0:
         raise InputError("partial_rotary_factor", partial_rotary_factor, "a number in (0, 1]")
-    r = int(head_dim * float(partial_rotary_factor))
+    r = int(head_dim * factor)
     if r < 2 or r % 2:
         raise InputError(
             "rotary_dim",
@@ -102,28 +100,24 @@ def base_inv_freq(rotary_dim: int, base: float) -> np.ndarray:
     Computed as ``1 / base ** (2i / r)``, the same expression transformers
     evaluates (in float32 there).
     """
-    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, (int, np.integer)) or rotary_dim < 2 or rotary_dim % 2:
-        raise InputError("rotary_dim", rotary_dim, "an even integer >= 2")
-    if isinstance(base, bool) or not isinstance(base, (int, float, np.floating, np.integer)) or not (
-        math.isfinite(float(base)) and float(base) > 1.0
-    ):
+    if not is_int(rotary_dim) or not 2 <= rotary_dim <= MAX_HEAD_DIM or rotary_dim % 2:
+        raise InputError("rotary_dim", rotary_dim, f"an even integer in [2, {MAX_HEAD_DIM}]")
+    b = finite_float(base)
+    if b is None or not b > 1.0:
         raise InputError("base", base, "a finite number > 1 (rope_theta)")
     exponents = np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim  # (r/2,) = 2i/r
-    return 1.0 / (float(base) ** exponents)
+    return 1.0 / (b**exponents)
 
 
 def _as_positions(positions) -> np.ndarray:
-    p = np.asarray(positions)
-    if p.dtype == bool or not (np.issubdtype(p.dtype, np.integer) or np.issubdtype(p.dtype, np.floating)):
-        raise InputError("positions", f"array of dtype {p.dtype}", "an integer or real array")
-    p = p.astype(np.float64)
-    if not np.all(np.isfinite(p)):
-        raise InputError("positions", "non-finite values", "finite positions")
-    return p
+    return check_positions("positions", positions)
 
 
 def _as_inv_freq(inv_freq) -> np.ndarray:
-    f = np.asarray(inv_freq, dtype=np.float64)
+    f = check_array_like("inv_freq", inv_freq, "a non-empty 1-D array of r/2 frequencies")
+    if f.dtype == bool or not (np.issubdtype(f.dtype, np.integer) or np.issubdtype(f.dtype, np.floating)):
+        raise InputError("inv_freq", f"array of dtype {f.dtype}", "a real 1-D array of r/2 frequencies")
+    f = f.astype(np.float64)
     if f.ndim != 1 or f.size == 0:
         raise InputError("inv_freq", f"shape {f.shape}", "a non-empty 1-D array of r/2 frequencies")
     if not np.all(np.isfinite(f)):
@@ -142,9 +136,17 @@ def rope_angles(inv_freq, positions, *, precision: str = "float64") -> np.ndarra
     check_precision(precision)
     f = _as_inv_freq(inv_freq)
     p = _as_positions(positions)
-    if precision == "float64":
-        return p[..., None] * f  # (..., r/2)
-    return round_to(round_to(p, precision)[..., None] * round_to(f, precision), precision)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if precision == "float64":
+            angles = p[..., None] * f  # (..., r/2)
+        else:
+            angles = round_to(round_to(p, precision)[..., None] * round_to(f, precision), precision)
+    if not np.all(np.isfinite(angles)):
+        raise InputError(
+            "inv_freq", f"frequencies up to {float(np.abs(f).max()):.3g} at positions up to {float(np.abs(p).max()):.3g}",
+            f"frequencies whose angles positions * inv_freq are finite in {precision}",
+        )
+    return angles
 
 
 def rope_cos_sin(
@@ -169,16 +171,18 @@ def rope_cos_sin(
     """
     check_precision(precision)
     out_precision = precision if out_precision is None else check_precision(out_precision, "out_precision")
-    if isinstance(attention_factor, bool) or not isinstance(attention_factor, (int, float, np.floating, np.integer)) or not (
-        math.isfinite(float(attention_factor)) and float(attention_factor) > 0
-    ):
-        raise InputError("attention_factor", attention_factor, "a finite number > 0")
+    check_positive_real("attention_factor", attention_factor)
     angles = rope_angles(inv_freq, positions, precision=precision)  # (..., r/2)
-    m = round_to(float(attention_factor), precision)
-    cos = round_to(round_to(np.cos(angles), precision) * m, precision)
-    sin = round_to(round_to(np.sin(angles), precision) * m, precision)
     out_dtype = _table_dtype(inv_freq)
-    return round_to(cos, out_precision).astype(out_dtype, copy=False), round_to(sin, out_precision).astype(out_dtype, copy=False)
+    with np.errstate(over="ignore"):
+        m = round_to(float(attention_factor), precision)
+        cos = round_to(round_to(round_to(np.cos(angles), precision) * m, precision), out_precision)
+        sin = round_to(round_to(round_to(np.sin(angles), precision) * m, precision), out_precision)
+        cos, sin = cos.astype(out_dtype, copy=False), sin.astype(out_dtype, copy=False)
+    if not (np.all(np.isfinite(cos)) and np.all(np.isfinite(sin))):
+        raise InputError("attention_factor", attention_factor,
+                         f"a factor whose tables fit in {precision}, {out_precision} and {out_dtype}")
+    return cos, sin
 
 
 def _table_dtype(inv_freq) -> np.dtype:
@@ -190,8 +194,7 @@ def _table_dtype(inv_freq) -> np.dtype:
 
 
 def _check_pairing(pairing: str) -> None:
-    if pairing not in PAIRINGS:
-        raise InputError("pairing", pairing, f"one of {PAIRINGS}")
+    check_option("pairing", pairing, PAIRINGS)
 
 
 def _check_rope_shapes(x, cos, sin):
@@ -223,11 +226,12 @@ def apply_rope(x, cos, sin, pairing: str = "half"):
     and returned in ``x``'s dtype.
     """
     _check_pairing(pairing)
-    x = np.asarray(x)
+    x = check_array_like("x", x, "a floating-point array (batch, heads, seq, head_dim)")
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError("x", f"dtype {x.dtype}", "a floating-point array")
-    cos = np.asarray(cos, dtype=np.float64)
-    sin = np.asarray(sin, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise InputError("x", "non-finite values", "finite values")
+    cos, sin = (_as_table(name, t) for name, t in (("cos", cos), ("sin", sin)))
     r = _check_rope_shapes(x, cos, sin)
     half = r // 2
     if cos.ndim == 3:  # (batch, seq, r/2) -> (batch, 1, seq, r/2): shared by the heads
@@ -238,13 +242,28 @@ def apply_rope(x, cos, sin, pairing: str = "half"):
         a, b = rot[..., :half], rot[..., half:]  # plane i = (x[i], x[i + r/2])
     else:
         a, b = rot[..., 0::2], rot[..., 1::2]  # plane i = (x[2i], x[2i + 1])
-    a_new = a * cos - b * sin
-    b_new = b * cos + a * sin
+    with np.errstate(over="ignore", invalid="ignore"):
+        a_new = a * cos - b * sin
+        b_new = b * cos + a * sin
+    if not (np.all(np.isfinite(a_new)) and np.all(np.isfinite(b_new))):
+        raise InputError("cos", f"tables up to {max(np.abs(cos).max(), np.abs(sin).max()):.3g}",
+                         "tables whose rotation of x stays finite in float64")
     if pairing == "interleaved":
         out = np.stack([a_new, b_new], axis=-1).reshape(rot.shape)  # (..., r/2, 2) -> (..., r)
     else:  # "half", and "interleaved_in_half_out" (reads interleaved, writes half-split)
         out = np.concatenate([a_new, b_new], axis=-1)
-    return np.concatenate([out, rest], axis=-1).astype(x.dtype, copy=False)
+    return check_fits_dtype("x", np.concatenate([out, rest], axis=-1), x.dtype)
+
+
+def _as_table(name: str, table) -> np.ndarray:
+    """A cos or sin table as float64, finite."""
+    t = check_array_like(name, table, "a real array (seq, r/2) or (batch, seq, r/2)")
+    if t.dtype == bool or not (np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)):
+        raise InputError(name, f"array of dtype {t.dtype}", "a real array (seq, r/2) or (batch, seq, r/2)")
+    t = t.astype(np.float64)
+    if not np.all(np.isfinite(t)):
+        raise InputError(name, "non-finite values", "finite values")
+    return t
 
 
 def interleaved_to_half(x, rotary_dim: int):
@@ -254,14 +273,14 @@ def interleaved_to_half(x, rotary_dim: int):
     permutation P, interleaved RoPE of x equals ``P^-1 half(P x)``; it is the
     permutation transformers' Llama converter applies to the rows of Wq and Wk.
     """
-    x = np.asarray(x)
+    x = check_array_like("x", x, "an array whose last dimension holds the features")
     r = _check_rotary_dim_for(x, rotary_dim)
     return np.concatenate([x[..., 0:r:2], x[..., 1:r:2], x[..., r:]], axis=-1)
 
 
 def half_to_interleaved(x, rotary_dim: int):
     """The inverse of :func:`interleaved_to_half`."""
-    x = np.asarray(x)
+    x = check_array_like("x", x, "an array whose last dimension holds the features")
     r = _check_rotary_dim_for(x, rotary_dim)
     rot = x[..., :r]
     out = np.stack([rot[..., : r // 2], rot[..., r // 2 :]], axis=-1).reshape(rot.shape)  # (..., r/2, 2) -> (..., r)

@@ -91,10 +91,12 @@ import numpy as np
 
 from .attention import check_qkv
 from .checks import check_bool as _check_bool
+from .checks import check_allocation, check_array_like, check_int32_indices, check_logits_fit, check_same_dtype
 from .checks import check_int as _check_int
 from .checks import check_scale as _check_scale
 from .checks import is_int as _is_int
 from .errors import InputError
+from .progress import progress_iter
 from .sparse_lockstep import conversion_capacity, convert_lockstep
 
 __all__ = [
@@ -129,7 +131,7 @@ STREAMING_BLOCK_ROWS = 64
 
 
 def _check_mode(mode) -> str:
-    if mode not in VS_MODES:
+    if not isinstance(mode, str) or mode not in VS_MODES:
         raise InputError("mode", mode, f"one of {VS_MODES}")
     return mode
 
@@ -153,14 +155,12 @@ def _check_lengths(q_len, kv_len, causal: bool) -> tuple[int, int]:
 def _budget(name: str, value, heads: int) -> np.ndarray:
     """An int or a ``(heads,)`` int array, each >= 1, as an int64 ``(heads,)`` array."""
     if _is_int(value):
-        if value < 1:
-            raise InputError(name, value, "an integer >= 1, or an integer array of shape (heads,) with entries >= 1")
-        return np.full(heads, int(value), dtype=np.int64)
+        return np.full(heads, _check_int(name, value, 1), dtype=np.int64)
     a = np.asarray(value)
     if a.shape != (heads,) or a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
         raise InputError(name, f"array of shape {a.shape} and dtype {a.dtype}", f"an integer, or an integer array of shape (heads,) = ({heads},)")
-    if np.any(a < 1):
-        raise InputError(name, a.tolist(), "entries >= 1")
+    if np.any(a < 1) or np.any(a > 2**53):
+        raise InputError(name, a.tolist(), "entries in [1, 2**53]")
     return a.astype(np.int64)
 
 
@@ -232,9 +232,10 @@ def vertical_slash_indices(q, k, vertical_size, slash_size, last_q=64, *, scale=
     budget; a head with a smaller budget has its valid entries first and
     ``-1`` after them.  Ties go to the lower column / the smaller distance.
     """
-    q, k = np.asarray(q), np.asarray(k)
+    q, k = _qk_arrays(q, k)
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, k)
     _check_float_arrays(q=q, k=k)
+    check_same_dtype(q=q, k=k)
     if q_len > kv_len:
         raise InputError("q", f"q_len={q_len}", f"at most kv_len = {kv_len} (the queries are the last q_len positions)")
     n_vertical = np.minimum(kv_len, np.maximum(_budget("vertical_size", vertical_size, q_heads), MIN_VERTICAL_SIZE))
@@ -243,6 +244,7 @@ def vertical_slash_indices(q, k, vertical_size, slash_size, last_q=64, *, scale=
     force_verticals = _check_int("force_verticals", force_verticals, 0)
     force_slashes = _check_int("force_slashes", force_slashes, 0)
     scale = _check_scale(scale, head_dim)
+    check_logits_fit(q, k, scale)
 
     m = min(last_q, q_len)
     group = q_heads // kv_heads
@@ -281,6 +283,13 @@ def _check_kernel_blocks(block_size_m: int, block_size_n: int) -> None:
         raise InputError("block_size_n", block_size_n, f"at least block_size_m = {block_size_m} (the kernels use 64 x 64)")
 
 
+def _check_list_allocation(q_len: int, vertical, slash, block_size_m: int, block_size_n: int) -> None:
+    batch, heads, width_v = vertical.shape
+    col_cap, blk_cap = conversion_capacity(width_v, slash.shape[-1], block_size_m, block_size_n)
+    n_rows = -(-q_len // block_size_m)
+    check_allocation("q_len", q_len, batch * heads * n_rows * (2 * col_cap + 2 * blk_cap + 8), 8, "index lists")
+
+
 def _check_conversion(q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal):
     """The conversion's arguments, validated: ``(q_len, kv_len, vertical, slash, bm, bn, causal)``, indices int64."""
     causal = _check_bool("causal", causal)
@@ -288,7 +297,9 @@ def _check_conversion(q_len, kv_len, vertical_idx, slash_idx, block_size_m, bloc
     block_size_m = _check_int("block_size_m", block_size_m, 1)
     block_size_n = _check_int("block_size_n", block_size_n, 1)
     _check_kernel_blocks(block_size_m, block_size_n)
+    check_int32_indices(kv_len, block_size_m, block_size_n)
     vertical, slash = _check_indices(vertical_idx, slash_idx, kv_len)
+    _check_list_allocation(q_len, vertical, slash, block_size_m, block_size_n)
     return q_len, kv_len, vertical, slash, block_size_m, block_size_n, causal
 
 
@@ -537,9 +548,12 @@ def vertical_slash_mask(q_len, kv_len, vertical_idx, slash_idx, mode="exact", ca
     block_size_m = _check_int("block_size_m", block_size_m, 1)
     block_size_n = _check_int("block_size_n", block_size_n, 1)
     vertical, slash = _check_indices(vertical_idx, slash_idx, kv_len)
+    check_allocation("kv_len", kv_len, vertical.shape[0] * vertical.shape[1] * q_len * kv_len, 9, "(batch, heads, q_len, kv_len) mask")
     if mode == "exact":
         return _exact_rows(slice(0, q_len), q_len, kv_len, vertical, slash, causal)
     _check_kernel_blocks(block_size_m, block_size_n)
+    check_int32_indices(kv_len, block_size_m, block_size_n)
+    _check_list_allocation(q_len, vertical, slash, block_size_m, block_size_n)
     converted = _convert_fast(q_len, kv_len, vertical, slash, block_size_m, block_size_n, causal)
     return _kernel_rows(slice(0, q_len), q_len, kv_len, converted, causal, block_size_m, block_size_n) > 0
 
@@ -568,6 +582,7 @@ def _gathered_attention(q, k, v, scale: float, block_rows: int, key_lists):
     and ``-inf``.
     """
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, v)
+    check_logits_fit(q, k, scale, v=v)
     v_dim = v.shape[-1]
     n_blocks = -(-q_len // block_rows)
     padded = np.zeros((batch, q_heads, n_blocks * block_rows, head_dim), dtype=np.float64)  # whole row blocks
@@ -580,7 +595,7 @@ def _gathered_attention(q, k, v, scale: float, block_rows: int, key_lists):
     out = np.zeros((batch, q_heads, n_blocks, block_rows, v_dim), dtype=np.float64)
     lse = np.full((batch, q_heads, n_blocks, block_rows), -np.inf, dtype=np.float64)
     step = max(1, _rows_per_step(batch, q_heads, kv_len, block_rows) // block_rows)  # row blocks per step
-    for r0 in range(0, n_blocks, step):
+    for r0 in progress_iter(range(0, n_blocks, step), "sparse attention"):
         r1 = min(r0 + step, n_blocks)
         keys, keep = key_lists(r0, r1, row_index[r0:r1])
         if keys.shape[-1] == 0:
@@ -703,10 +718,16 @@ def _streaming_key_lists(q_len: int, kv_len: int, n_init: int, n_local: int, n_l
     return key_lists
 
 
+def _qk_arrays(*arrays):
+    allowed = "a 4-D floating-point array (batch, heads, seq, head_dim)"
+    return tuple(check_array_like(name, a, allowed) for name, a in zip("qkv", arrays))
+
+
 def _check_attention_inputs(q, k, v, causal: bool):
-    q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+    q, k, v = _qk_arrays(q, k, v)
     dims = check_qkv(q, k, v)
     _check_float_arrays(q=q, k=k, v=v)
+    check_same_dtype(q=q, k=k, v=v)
     if causal and dims[3] > dims[4]:
         raise InputError("q", f"q_len={dims[3]}", f"at most kv_len = {dims[4]} when causal (the queries are the last q_len positions)")
     return q, k, v, dims
@@ -743,6 +764,8 @@ def vertical_slash_attention(
         key_lists = _exact_key_lists(vertical, slash, q_len, kv_len, causal)
     else:
         _check_kernel_blocks(block_size_m, block_size_n)
+        check_int32_indices(kv_len, block_size_m, block_size_n)
+        _check_list_allocation(q_len, vertical, slash, block_size_m, block_size_n)
         converted = _convert_fast(q_len, kv_len, vertical, slash, block_size_m, block_size_n, causal)
         key_lists = _kernel_key_lists(converted, q_len, kv_len, causal, block_size_n)
     out, lse = _gathered_attention(q, k, v, scale, block_size_m, key_lists)
@@ -762,13 +785,15 @@ def attention_recall(q, k, mask, scale=None, *, causal=True):
     it.
     """
     causal = _check_bool("causal", causal)
-    q, k = np.asarray(q), np.asarray(k)
+    q, k = _qk_arrays(q, k)
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, k)
     _check_float_arrays(q=q, k=k)
+    check_same_dtype(q=q, k=k)
     if causal and q_len > kv_len:
         raise InputError("q", f"q_len={q_len}", f"at most kv_len = {kv_len} when causal")
     scale = _check_scale(scale, head_dim)
-    mask = np.asarray(mask)
+    check_logits_fit(q, k, scale)
+    mask = check_array_like("mask", mask, "a bool array broadcastable to (batch, q_heads, q_len, kv_len)")
     full = (batch, q_heads, q_len, kv_len)
     if mask.dtype != bool:
         raise InputError("mask", f"dtype {mask.dtype}", "a bool array")
@@ -781,7 +806,7 @@ def attention_recall(q, k, mask, scale=None, *, causal=True):
     keys_t = np.swapaxes(k.astype(np.float64), -1, -2)[:, :, None]
     recall = np.empty((batch, kv_heads, group, q_len), dtype=np.float64)
     step = _rows_per_step(batch, q_heads, kv_len, 1)
-    for start in range(0, q_len, step):
+    for start in progress_iter(range(0, q_len, step), "sparse attention"):
         rows = slice(start, min(start + step, q_len))
         n = rows.stop - rows.start
         keep = np.broadcast_to(mask, full)[:, :, rows].reshape(batch, kv_heads, group, n, kv_len)
@@ -826,12 +851,15 @@ def a_shape_mask(q_len, kv_len, n_init=128, n_local=3968):
     block rounding.
     """
     q_len, kv_len, n_init, n_local, _ = _check_streaming(q_len, kv_len, n_init, n_local)
+    check_allocation("kv_len", kv_len, q_len * kv_len, 25, "(q_len, kv_len) mask and its int64 distances")
     return _streaming_rows(slice(0, q_len), q_len, kv_len, n_init, n_local, 0)
 
 
 def tri_shape_mask(q_len, kv_len, n_init=128, n_local=3968, n_last=100):
     """The tri-shape: the A-shape, except the last ``n_last`` queries see every causal key. Bool ``(q_len, kv_len)``."""
+    n_last = _check_int("n_last", n_last, 0)
     q_len, kv_len, n_init, n_local, n_last = _check_streaming(q_len, kv_len, n_init, n_local, n_last)
+    check_allocation("kv_len", kv_len, q_len * kv_len, 25, "(q_len, kv_len) mask and its int64 distances")
     return _streaming_rows(slice(0, q_len), q_len, kv_len, n_init, n_local, n_last)
 
 

@@ -218,7 +218,7 @@ def tolerance(dtype, *, max_position=0, op: str = "rope", angle_dtype=None, valu
     (:data:`ANGLES`).
     """
     name = dtype_name(dtype)
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         raise InputError("op", op, f"one of {OPS}")
     if isinstance(max_position, bool) or not np.isscalar(max_position) or not np.isfinite(max_position) or max_position < 0:
         raise InputError("max_position", max_position, "a finite number >= 0")

@@ -82,6 +82,7 @@ import datetime as _datetime
 import json
 import math
 import platform
+import zipfile
 from collections.abc import Mapping
 from numbers import Integral
 from pathlib import Path
@@ -90,6 +91,7 @@ from typing import Any
 import numpy as np
 
 from .config import RopeConfig, parse_rope_config, rope_frequencies
+from .checks import check_array_like, check_int, is_int
 from .errors import InputError
 from .rope import apply_rope, rope_cos_sin
 
@@ -194,8 +196,8 @@ def default_positions(config: Mapping | RopeConfig) -> np.ndarray:
 
 
 def _check_positions(positions) -> np.ndarray:
-    p = np.asarray(positions)
-    if p.ndim != 1 or p.size == 0:
+    p = check_array_like("positions", positions, "a non-empty 1-D sequence of integers >= 0")
+    if p.ndim != 1 or p.size == 0 or p.size > MAX_VECTOR_ELEMENTS:
         raise InputError("positions", f"an array of shape {p.shape}", "a non-empty 1-D sequence of integers >= 0")
     if p.dtype == bool or not np.issubdtype(p.dtype, np.integer):
         if not (np.issubdtype(p.dtype, np.floating) and np.all(np.isfinite(p)) and np.all(p == np.round(p))):
@@ -205,10 +207,12 @@ def _check_positions(positions) -> np.ndarray:
     return p.astype(np.int64)
 
 
+#: The most numbers one golden q or k array may hold (golden vectors are test fixtures: 128 MiB of float64).
+MAX_VECTOR_ELEMENTS = 2**24
+
+
 def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise InputError(name, value, "a positive integer")
-    return int(value)
+    return check_int(name, value, 1, MAX_VECTOR_ELEMENTS)
 
 
 def _jsonable(obj):
@@ -260,6 +264,13 @@ def make_vectors(
     batch = _check_count("batch", batch)
     heads = _check_count("heads", heads)
     pos = default_positions(rc) if positions is None else _check_positions(positions)
+    elements = batch * heads * pos.size * rc.head_dim
+    if elements > MAX_VECTOR_ELEMENTS:
+        raise InputError(
+            "heads", heads,
+            f"batch x heads x positions x head_dim <= 2**24 numbers per array (here {batch} x {heads} x {pos.size} x "
+            f"{rc.head_dim} = {elements}); golden vectors are small fixtures",
+        )
     longrope = None
     if rc.rope_type == "longrope":
         seq_len, longrope = _longrope_switch(rc, pos, seq_len, frequency_options)
@@ -382,19 +393,35 @@ def read_vectors(path) -> dict[str, Any]:
     golden-vector file (missing arrays, bad metadata, a newer format).
     """
     path = Path(path)
-    with np.load(path, allow_pickle=False) as data:
+    try:
+        data = np.load(path, allow_pickle=False)  # never a pickle: a file cannot run code here
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as error:
+        raise InputError("path", str(path), f"a {FORMAT} .npz file ({type(error).__name__}: {error})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise InputError("path", str(path), f"a {FORMAT} .npz file (this is a single .npy array)")
+    with data:
         missing = [name for name in (*ARRAY_NAMES, "meta_json") if name not in data.files]
         if missing:
             raise InputError("path", str(path), f"a {FORMAT} .npz file (missing arrays: {missing})")
-        out: dict[str, Any] = {name: data[name] for name in ARRAY_NAMES}
-        text = str(data["meta_json"])
+        try:
+            out: dict[str, Any] = {name: data[name] for name in ARRAY_NAMES}
+            meta_json = data["meta_json"]
+        except (OSError, ValueError, EOFError, TypeError, KeyError, zipfile.BadZipFile) as error:
+            raise InputError("path", str(path), f"a {FORMAT} .npz file ({type(error).__name__}: {error})") from None
+    if meta_json.shape != () or meta_json.dtype.kind != "U":
+        raise InputError("path", str(path), f"a {FORMAT} .npz file (meta_json is not a string)")
     try:
-        meta = json.loads(text)
-    except ValueError as error:
-        raise InputError("path", str(path), f"a {FORMAT} .npz file (meta_json is not JSON: {error})") from error
+        meta = json.loads(str(meta_json))
+    except (ValueError, RecursionError) as error:
+        raise InputError("path", str(path), f"a {FORMAT} .npz file (meta_json is not JSON: {type(error).__name__})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError("path", str(path), f"a {FORMAT} .npz file (meta_json has no format {FORMAT!r})")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if not is_int(version):
+        raise InputError("path", str(path), f"a {FORMAT} .npz file (format_version {version!r} is not an integer)")
+    if version > FORMAT_VERSION:
         raise InputError(
             "path", str(path), f"format_version <= {FORMAT_VERSION} (this file has {meta.get('format_version')}; upgrade yarnref)"
         )

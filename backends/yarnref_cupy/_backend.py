@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from yarnref.alibi import check_alibi_slopes
+from yarnref.checks import check_int32_indices
 from yarnref.attention import _check_scale, check_qkv
 from yarnref.backend import Backend
 from yarnref.errors import InputError
@@ -134,14 +136,20 @@ class CupyBackend(Backend):
             check_float(name, a)
         return q, k, v, dims
 
-    def attention(self, q, k, v, causal=True, scale=None, return_lse=False, *, block_size=512):
+    def attention(self, q, k, v, causal=True, scale=None, return_lse=False, *, block_size=512, alibi_slopes=None):
         with self._device.context():
-            q, k, v, (_, _, _, _, _, d) = self._qkv(q, k, v)
+            q, k, v, (_, hq, _, _, _, d) = self._qkv(q, k, v)
             causal = _check_bool("causal", causal)
             scale = _check_scale(scale, d)
             if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
                 raise InputError("block_size", block_size, "a positive integer")
-            out, lse = _attention.attention(self.xp, q, k, v, causal, scale, int(block_size))
+            slopes = None
+            if alibi_slopes is not None:
+                slopes = self._in(alibi_slopes, "alibi_slopes")
+                check_alibi_slopes(slopes.shape, hq)
+                if slopes.dtype.kind not in "fiu" or not bool(self.xp.all(self.xp.isfinite(slopes))):
+                    raise InputError("alibi_slopes", "non-finite or non-real values", "finite real slopes")
+            out, lse = _attention.attention(self.xp, q, k, v, causal, scale, int(block_size), slopes)
             return (out, lse) if return_lse else out
 
     def merge_attention(self, outputs, lses):
@@ -293,6 +301,7 @@ class CupyBackend(Backend):
             q_len, kv_len, vertical, slash, bm, bn, causal = self._index_args(
                 q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal, conversion=True
             )
+            check_int32_indices(kv_len, bm, bn)
             return _sparse().convert(self.xp, self._device, q_len, kv_len, vertical, slash, bm, bn, causal)
 
     def vertical_slash_mask(self, q_len, kv_len, vertical_idx, slash_idx, mode="exact", causal=True, *, block_size_m=64, block_size_n=64):

@@ -73,13 +73,15 @@ def causal_bias(xp, query_pos, key_pos, dtype):
     return xp.where(visible, scalar(0.0, dtype), scalar(-np.inf, dtype))
 
 
-def attention(xp, q, k, v, causal: bool, scale: float, block_size: int):
+def attention(xp, q, k, v, causal: bool, scale: float, block_size: int, slopes=None):
     """Blocked attention; arguments validated by the caller.  Returns ``(out, lse)``.
 
     float16 calls the fused kernel can take (:func:`.flash.fusable`) run there;
     the rest as two cuBLAS matmuls per block of ``block_size`` queries.
+    ``slopes``: None, or ALiBi slopes ``(q_heads,)``, added to the bias of the
+    blocked path as ``-m_h |p_q - p_k|`` (the fused kernel takes no slopes).
     """
-    if fusable(xp, q, k, v):
+    if slopes is None and fusable(xp, q, k, v):
         return flash_attention(xp, q, k, v, scale, causal)
     b, hq, tq, d = q.shape
     hk, tk, dv = k.shape[1], k.shape[2], v.shape[-1]
@@ -91,6 +93,8 @@ def attention(xp, q, k, v, causal: bool, scale: float, block_size: int):
     out = xp.empty((b, hk, group, tq, dv), dtype=q.dtype)
     lse = xp.empty((b, hk, group, tq), dtype=cdt)
     offset = tk - tq  # bottom-right alignment: query i sits at key position i + offset
+    if slopes is not None:
+        slopes = slopes.astype(cdt).reshape(hk, group, 1, 1)  # (hk, g, 1, 1): query head h = kv head * g + i
     for start in range(0, tq, block_size):
         stop = min(start + block_size, tq)
         n_keys = tk
@@ -99,6 +103,9 @@ def attention(xp, q, k, v, causal: bool, scale: float, block_size: int):
             n_keys = max(0, min(tk, stop + offset))  # keys past the block's last query are never visible
             if start + offset + 1 < n_keys:  # the first row sees fewer keys than the last: mask
                 bias = causal_bias(xp, xp.arange(start + offset, stop + offset), xp.arange(n_keys), cdt)
+        if slopes is not None and n_keys > 0:  # ALiBi: -m_h |p_q - p_k|, (hk, g, blk, n_keys)
+            distance = xp.abs(xp.arange(start + offset, stop + offset)[:, None] - xp.arange(n_keys)[None, :]).astype(cdt)
+            bias = -slopes * distance if bias is None else bias - slopes * distance
         qb = qg[:, :, :, start:stop].astype(cdt) * scalar(scale, cdt)  # (b, hk, g, blk, d)
         o, l = softmax_attend(xp, qb, kc[:, :, :n_keys], vc[:, :, :n_keys], bias)
         out[:, :, :, start:stop] = o

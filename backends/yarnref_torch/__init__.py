@@ -29,7 +29,7 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised only where torch is missing
     from yarnref.errors import BackendError
 
-    raise BackendError("the torch backend needs PyTorch: pip install 'yarnref[torch]'") from _exc
+    raise BackendError("the torch backend needs PyTorch: pip install -e '.[torch]' in a yarnref checkout, or pip install torch") from _exc
 
 import numpy as np
 
@@ -83,8 +83,8 @@ class TorchBackend(Backend):
 
     # ------------------------------------------------------------------ attention
 
-    def attention(self, q, k, v, causal=True, scale=None, return_lse=False, *, block_size=DEFAULT_BLOCK_SIZE):
-        return _attention.attention(self._conv, q, k, v, causal, scale, return_lse, block_size=block_size)
+    def attention(self, q, k, v, causal=True, scale=None, return_lse=False, *, block_size=DEFAULT_BLOCK_SIZE, alibi_slopes=None):
+        return _attention.attention(self._conv, q, k, v, causal, scale, return_lse, block_size=block_size, alibi_slopes=alibi_slopes)
 
     def merge_attention(self, outputs, lses):
         return _attention.merge_attention(self._conv, outputs, lses)

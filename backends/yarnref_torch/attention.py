@@ -48,6 +48,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from yarnref.alibi import check_alibi_slopes
+from yarnref.checks import LOGIT_LIMIT, check_logits_fit
 from yarnref.attention import DEFAULT_BLOCK_SIZE, _check_scale, check_qkv
 from yarnref.errors import InputError
 
@@ -73,10 +75,11 @@ def check_bool(value, param: str) -> bool:
 # ----------------------------------------------------------------------------- blocked path
 
 
-def _blocked(q, k, v, causal: bool, scale: float, block_size: int):
+def _blocked(q, k, v, causal: bool, scale: float, block_size: int, slopes=None):
     """Blocked softmax attention; returns ``(out in q.dtype, lse in the compute dtype)``.
 
-    Handles every case, including rows with no visible key.
+    Handles every case, including rows with no visible key.  ``slopes``: None,
+    or the ALiBi slopes ``(q_heads,)`` (bias ``-m_h |p_q - p_k|`` on the scaled logits).
     """
     b, hq, tq, d = q.shape
     hk, tk, dv = k.shape[1], k.shape[2], v.shape[-1]
@@ -88,12 +91,18 @@ def _blocked(q, k, v, causal: bool, scale: float, block_size: int):
     out = torch.zeros((b, hk, g, tq, dv), dtype=cdt, device=q.device)
     lse = torch.full((b, hk, g, tq), -math.inf, dtype=cdt, device=q.device)
     offset = tk - tq  # bottom-right alignment: query i sees keys j <= i + offset
+    if slopes is not None:
+        slopes = slopes.to(cdt).reshape(hk, g, 1, 1)  # (hk, g, 1, 1): query head h = kv head * g + i
     for start in range(0, tq, block_size):
         stop = min(start + block_size, tq)
         kv_stop = min(tk, stop + offset) if causal else tk  # keys any row of the block can see
         if kv_stop <= 0:
             continue  # every row of this block has no key: out 0, lse -inf
         logits = (qg[..., start:stop, :].to(cdt) @ kc[..., :kv_stop, :].transpose(-1, -2)) * scale  # (b, hk, g, blk, kv)
+        if slopes is not None:  # ALiBi
+            query_pos = torch.arange(start + offset, stop + offset, device=q.device)
+            distance = (query_pos[:, None] - torch.arange(kv_stop, device=q.device)[None, :]).abs().to(cdt)  # (blk, kv)
+            logits = logits - slopes * distance
         if causal and start + offset + 1 < kv_stop:  # the block crosses the diagonal
             last_key = torch.arange(start, stop, device=q.device) + offset  # (blk,)
             visible = torch.arange(kv_stop, device=q.device)[None, :] <= last_key[:, None]  # (blk, kv)
@@ -232,8 +241,18 @@ def attention_tensors(q, k, v, causal: bool, scale: float, return_lse: bool, blo
     return out, (lse if return_lse else None)
 
 
-def attention(conv: ArrayConverter, q, k, v, causal=True, scale=None, return_lse=False, *, block_size=DEFAULT_BLOCK_SIZE):
-    """Softmax attention; see :func:`yarnref.attention.attention`."""
+def logit_limit(dtype: torch.dtype) -> float:
+    """The bound on |logits| for :func:`yarnref.checks.check_logits_fit` in this dtype's compute precision."""
+    return LOGIT_LIMIT if compute_dtype(dtype) == torch.float64 else 1e37
+
+
+def attention(conv: ArrayConverter, q, k, v, causal=True, scale=None, return_lse=False, *, block_size=DEFAULT_BLOCK_SIZE, alibi_slopes=None):
+    """Softmax attention; see :func:`yarnref.attention.attention`.
+
+    With ``alibi_slopes`` the blocked path runs (on every device): torch's
+    fused kernels take no ALiBi slopes, and a materialised bias would cost
+    ``O(q_len * kv_len)`` memory.
+    """
     q, k, v = (check_float(conv.tensor(a, n), n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
     check_same_dtype("q", {"q": q, "k": k, "v": v})
     _, _, _, _, _, d = check_qkv(q, k, v)
@@ -241,6 +260,14 @@ def attention(conv: ArrayConverter, q, k, v, causal=True, scale=None, return_lse
     return_lse = check_bool(return_lse, "return_lse")
     scale = _check_scale(scale, d)
     block_size = check_block_size(block_size)
+    check_logits_fit(q, k, scale, v=v, limit=logit_limit(q.dtype))  # refused up front, not NaN
+    if alibi_slopes is not None:
+        slopes = conv.tensor(alibi_slopes, "alibi_slopes")
+        check_alibi_slopes(slopes.shape, q.shape[1])
+        if slopes.dtype.is_complex or slopes.dtype == torch.bool or not bool(torch.isfinite(slopes).all()):
+            raise InputError("alibi_slopes", "non-finite values", "finite real slopes")
+        out, lse = _blocked(q, k, v, causal, scale, block_size, slopes)
+        return (out, lse) if return_lse else out
     out, lse = attention_tensors(q, k, v, causal, scale, return_lse, block_size)
     return (out, lse) if return_lse else out
 
@@ -283,4 +310,7 @@ def merge_attention(conv: ArrayConverter, outputs, lses):
                 f"output {tuple(os_[0].shape)} and lse {tuple(os_[0].shape[:-1])}",
             )
     check_same_dtype("outputs[0]", {f"outputs[{i}]": o for i, o in enumerate(os_)})
+    for i, l in enumerate(ls):  # -inf is an empty part; +inf and NaN have no meaning
+        if bool((torch.isnan(l) | (l == math.inf)).any()):
+            raise InputError(f"lses[{i}]", "NaN or +inf values", "finite log-sum-exps, or -inf for a part with no keys")
     return merge_tensors(os_, ls)

@@ -49,11 +49,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from yarnref.checks import check_logits_fit
 from yarnref.attention import check_qkv, default_scale
 from yarnref.errors import InputError
 
 from ._arrays import ArrayConverter, check_float, check_positive_number, check_same_dtype, compute_dtype, tensor_to_numpy
-from .attention import attention_tensors, check_bool, merge_tensors
+from .attention import logit_limit, attention_tensors, check_bool, merge_tensors
 from .rope import rotate
 
 __all__ = ["dca_attention"]
@@ -130,6 +131,8 @@ def dca_attention(
     if form not in DCA_FORMS:
         raise InputError("form", form, f"one of {DCA_FORMS}")
     return_lse = check_bool(return_lse, "return_lse")
+    # Rotated elements are at most sqrt(2) max|x| times the table factor (the temperatures add a factor of a few).
+    check_logits_fit(q, k, scale, factor=2.0 * attention_factor * attention_factor, v=v, limit=logit_limit(q.dtype))
     if isinstance(key_write_lengths, torch.Tensor):
         # Validated on the host by the spec's rules: a (kv_len,) vector of integers, metadata like a shape.
         key_write_lengths = tensor_to_numpy(conv.tensor(key_write_lengths, "key_write_lengths"))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from yarnref.checks import check_position_range
 from yarnref.errors import InputError
 from yarnref.precision import check_precision
 from yarnref.rope import _check_pairing, _check_rope_shapes
@@ -61,6 +62,8 @@ def rope_cos_sin(conv: ArrayConverter, inv_freq, positions, attention_factor=1.0
     if p.dtype == torch.bool or p.is_complex():
         raise InputError("positions", f"array of dtype {p.dtype}", "an integer or real array")
     _check_finite(p, "positions", "finite positions")
+    if p.numel():
+        check_position_range("positions", float(p.to(torch.float64).abs().max()))
     out_dtype = f.dtype if f.is_floating_point() else torch.float64
 
     work = torch_dtype(precision)
@@ -72,7 +75,11 @@ def rope_cos_sin(conv: ArrayConverter, inv_freq, positions, attention_factor=1.0
     cos = torch.cos(angles) * m_w
     sin = torch.sin(angles) * m_w
     out = torch_dtype(out_precision)
-    return cos.to(out).to(out_dtype), sin.to(out).to(out_dtype)
+    cos, sin = cos.to(out).to(out_dtype), sin.to(out).to(out_dtype)
+    if not bool(torch.isfinite(cos).all() & torch.isfinite(sin).all()):  # huge frequencies or factor: refused
+        raise InputError("inv_freq", "frequencies or attention_factor whose tables overflow",
+                         f"values whose angles and tables are finite in {precision} and {out_precision}")
+    return cos, sin
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str) -> torch.Tensor:

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from yarnref.attention import check_qkv
+from yarnref.checks import check_int32_indices
 from yarnref.errors import InputError
 from yarnref.sparse_lockstep import convert_lockstep
 
@@ -218,6 +219,7 @@ def convert_vertical_slash_indexes(conv, q_len, kv_len, vertical_idx, slash_idx,
     q_len, kv_len, bm, bn, causal = _check_conversion_args(q_len, kv_len, block_size_m, block_size_n, causal)
     if bn < bm:
         raise InputError("block_size_n", bn, f"at least block_size_m = {bm} (the kernels use 64 x 64)")
+    check_int32_indices(kv_len, bm, bn)
     vertical, slash = _indices(conv, vertical_idx, slash_idx, kv_len)
     return _convert(q_len, kv_len, vertical, slash, bm, bn, causal)
 

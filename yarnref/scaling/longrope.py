@@ -116,7 +116,7 @@ def uses_long_factors(
     max_model_len: int | None = None,
 ) -> bool:
     """Whether the long factors apply, under the ``switch`` policy (see the module docstring)."""
-    if switch not in SWITCHES:
+    if not isinstance(switch, str) or switch not in SWITCHES:
         raise InputError("switch", switch, f"one of {SWITCHES}")
     L = _positive_int("original_max_position_embeddings", original_max_position_embeddings)
     if switch == "static":

@@ -112,7 +112,7 @@ def ntk_frequencies(
       :math:`\theta'_i = \theta_i / \exp(a (i+1)^{\beta})`,
       :math:`a = \ln s / (r/2)^{\beta}`, ``beta = mixed_b``.
     """
-    if variant not in NTK_VARIANTS:
+    if not isinstance(variant, str) or variant not in NTK_VARIANTS:
         raise InputError("variant", variant, f"one of {NTK_VARIANTS}")
     r = _ntk_rotary_dim(rotary_dim)
     s = _real("factor", factor, minimum=0.0, strict=True)

@@ -151,7 +151,7 @@ def correction_range(
     ``beta_fast < beta_slow`` gives ``hi < lo`` and an inverted ramp; it is
     computed, not repaired (config parsing rejects it).
     """
-    if clamp not in CLAMPS:
+    if not isinstance(clamp, str) or clamp not in CLAMPS:
         raise InputError("clamp", clamp, f"one of {CLAMPS}")
     if not isinstance(truncate, (bool, np.bool_)):
         raise InputError("truncate", truncate, "True or False")
@@ -174,7 +174,7 @@ def linear_ramp(lo: float, hi: float, n_pairs: int, *, epsilon_rule: str = "tran
     * ``"ggml"``: denominator ``max(0.001, hi - lo)``, so ``hi <= lo`` becomes a
       step at ``lo``.
     """
-    if epsilon_rule not in EPSILON_RULES:
+    if not isinstance(epsilon_rule, str) or epsilon_rule not in EPSILON_RULES:
         raise InputError("epsilon_rule", epsilon_rule, f"one of {EPSILON_RULES}")
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, Integral) or n_pairs < 1:
         raise InputError("n_pairs", n_pairs, "a positive integer")
@@ -273,7 +273,7 @@ def yarn_attention_factor(
       ``attention_factor`` verbatim, as transformers does (an assumption about
       how converters write it).
     """
-    if rule not in MSCALE_RULES:
+    if not isinstance(rule, str) or rule not in MSCALE_RULES:
         raise InputError("rule", rule, f"one of {MSCALE_RULES}")
     s = _real("factor", factor)
     attention_factor = _real("attention_factor", attention_factor, minimum=0.0, strict=True, allow_none=True)
@@ -359,7 +359,7 @@ def yarn_frequencies(
     exactly :math:`\theta_i / s`.  The attention factor is
     :func:`yarn_attention_factor` with ``rule=mscale_rule``.
     """
-    if ramp not in RAMPS:
+    if not isinstance(ramp, str) or ramp not in RAMPS:
         raise InputError("ramp", ramp, f"one of {RAMPS}")
     r = _even_dim(rotary_dim)
     s = _real("factor", factor, minimum=0.0, strict=True)

@@ -1,0 +1,426 @@
+"""Ring attention across GPUs: yarnref's torch ring against one GPU and against torch's own context parallelism.
+
+Run with one process per GPU::
+
+    torchrun --nproc-per-node 2 benchmarks/bench_ring.py --out bench-out/ring
+    torchrun --nproc-per-node 2 benchmarks/bench_ring.py --quick --out /tmp/ring   # CPU, gloo: checks the script
+
+What it measures (B=1, 32 heads, head_dim 128, bf16, causal; ``--sizes``,
+default 256K and 1M tokens):
+
+* ``p2p``: NCCL point-to-point bandwidth of the ring exchange itself (every
+  rank sends a K/V-sized buffer to the next and receives from the previous,
+  ``dist.batch_isend_irecv``), GB/s per rank and direction.
+* ``single``: one GPU, SDPA with cuDNN (``is_causal``) on the whole sequence,
+  where it fits (rank 0 runs it while the others wait).
+* ``ring zigzag`` / ``ring contiguous``: :func:`yarnref_torch.ring.ring_attention`
+  with the output's lse (it is what a model layer needs to stack); the
+  contiguous layout shows the causal load imbalance.  ``ring serial``: the
+  zig-zag ring with ``overlap=False`` (communication then compute), so
+  ``hidden = (serial - overlapped) / comm`` is the share of the communication
+  the overlap hides, with ``comm = (P - 1) x`` the measured exchange time.
+* ``torch context_parallel``: ``torch.distributed.tensor.experimental.context_parallel``
+  (head-tail load balancing, the all-to-all rotation, SDPA cuDNN), in the same run.
+* ``dca``: :func:`yarnref_torch.ring.ring_dca_attention` at the largest size
+  (Qwen2.5-1M's chunk_size 262144, local_size 8192, RoPE theta 1e7), against
+  the torch backend's single-GPU ``dca_attention`` where it fits.
+
+Every timed output is checked on sampled rows (on each rank, 16 rows at the
+start of its shard and 16 at its end, 2 heads) against a float64 reference
+(:func:`common.dense_reference_rows`; for DCA the torch backend's float64
+``dca_attention`` on the prefix), with :func:`yarnref.testing.max_error` and
+the relative L2 error (``TOL``).  Scaling efficiency = ``t_single / (P
+t_ring)``.  JSON and markdown go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for path in (ROOT, ROOT / "backends"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import yarnref  # noqa: E402
+from yarnref.ring import shard_positions  # noqa: E402
+from yarnref.rope import base_inv_freq  # noqa: E402
+from yarnref.testing import max_error  # noqa: E402
+from yarnref_torch.ring import ring_attention, ring_dca_attention, shard_tensor  # noqa: E402
+
+HEADS, HEAD_DIM = 32, 128
+TOL = 2e-2  # relative L2 error of bf16 attention rows against float64
+DCA_CHUNK, DCA_LOCAL, DCA_THETA = 262144, 8192, 1e7
+CHECK_ROWS, CHECK_HEADS = 16, 2
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench-out/ring", help="directory for ring.json and ring.md")
+    p.add_argument("--quick", action="store_true", help="tiny sizes on CPU with gloo (checks the script)")
+    p.add_argument("--sizes", default=None, help="comma-separated sequence lengths (default 262144,1048576)")
+    p.add_argument("--single-max", type=int, default=1 << 20, help="largest length timed on one GPU")
+    p.add_argument("--no-dca", action="store_true")
+    return p.parse_args()
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.heads, self.head_dim = (HEADS, HEAD_DIM) if not args.quick else (4, 32)
+        self.rows = []
+        self.t0 = time.perf_counter()
+
+    def log(self, msg):
+        if self.rank == 0:
+            print(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", flush=True)
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dist.barrier()
+
+    def timed(self, fn, reps: int, warmup: int = 1):
+        """Median wall ms of ``fn()`` over ``reps`` calls (after ``warmup``), all ranks in step; returns (ms, last result)."""
+        out = None
+        for _ in range(warmup):
+            out = fn()
+        self.sync()
+        times = []
+        for _ in range(reps):
+            self.sync()
+            t = time.perf_counter()
+            out = fn()
+            self.sync()
+            times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times), out
+
+    def add(self, **row):
+        if self.rank == 0:
+            self.rows.append(row)
+            self.log(json.dumps({k: v for k, v in row.items() if k != "check"}))
+
+    def gather_check(self, check: dict) -> dict:
+        """Every rank's row check, combined: the worst errors."""
+        checks = [None] * self.world
+        dist.all_gather_object(checks, check)
+        return {
+            "max_abs": max(c["max_abs"] for c in checks),
+            "rel_l2": max(c["rel_l2"] for c in checks),
+            "ok": all(c["ok"] for c in checks),
+            "rows_checked": sum(c["rows"] for c in checks),
+        }
+
+
+def full_inputs(b: Bench, n: int, seed: int):
+    """The whole q, k, v, identical on every rank (one seeded generator)."""
+    g = torch.Generator(device=b.device).manual_seed(seed)
+    shape = (1, b.heads, n, b.head_dim)
+    return [torch.randn(shape, generator=g, device=b.device, dtype=b.dtype) for _ in range(3)]
+
+
+def check_rows(blocks, out_rows, ref_rows) -> dict:
+    """Compare the sampled rows: ``out_rows``/``ref_rows`` lists of ``(1, heads, rows, d)`` tensors."""
+    o = torch.cat([x.to(torch.float64).cpu() for x in out_rows], dim=2)
+    r = torch.cat([x.to(torch.float64).cpu() for x in ref_rows], dim=2)
+    rel = float((o - r).norm() / r.norm())
+    return {"max_abs": max_error(o.numpy(), r.numpy()), "rel_l2": rel, "ok": bool(torch.isfinite(o).all()) and rel <= TOL, "rows": o.shape[2]}
+
+
+def sample_blocks(n_local: int):
+    """Local row blocks checked on each rank: the first and the last CHECK_ROWS rows of its shard."""
+    m = min(CHECK_ROWS, n_local)
+    return [(0, m), (n_local - m, n_local)]
+
+
+def contiguous_global(positions: np.ndarray, start: int, stop: int):
+    """Global positions of local rows [start, stop) as a (first, last + 1) range if they are contiguous, else None."""
+    p = positions[start:stop]
+    return (int(p[0]), int(p[-1]) + 1) if np.all(np.diff(p) == 1) else None
+
+
+def dense_ref(q, k, v, positions, scale):
+    """float64 causal attention of the given global query positions, first CHECK_HEADS heads, on the device."""
+    h = CHECK_HEADS
+    last = int(positions.max()) + 1
+    qs = q[:, :h, torch.as_tensor(positions, device=q.device)].to(torch.float64)
+    kf, vf = k[:, :h, :last].to(torch.float64), v[:, :h, :last].to(torch.float64)
+    s = scale * qs @ kf.transpose(-1, -2)  # (1, h, rows, last)
+    mask = torch.arange(last, device=q.device)[None, :] > torch.as_tensor(positions, device=q.device)[:, None]
+    return torch.softmax(s.masked_fill(mask, float("-inf")), -1) @ vf
+
+
+def check_local(b: Bench, out_local, q, k, v, positions, scale):
+    """Check this rank's output shard on its sampled rows against float64 dense attention."""
+    outs, refs = [], []
+    for start, stop in sample_blocks(out_local.shape[2]):
+        outs.append(out_local[:, :CHECK_HEADS, start:stop])
+        refs.append(dense_ref(q, k, v, positions[start:stop], scale))
+    return check_rows(None, outs, refs)
+
+
+# ----------------------------------------------------------------------------- parts
+
+
+def bench_p2p(b: Bench, nbytes: int):
+    """The ring exchange alone: send nbytes to the next rank, receive from the previous."""
+    n = nbytes // 2
+    buf = torch.ones(n, dtype=torch.bfloat16 if b.device.type == "cuda" else torch.float32, device=b.device)
+    nxt, prv = (b.rank + 1) % b.world, (b.rank - 1) % b.world
+
+    def exchange():
+        recv = torch.empty_like(buf)
+        reqs = dist.batch_isend_irecv([dist.P2POp(dist.isend, buf, nxt), dist.P2POp(dist.irecv, recv, prv)])
+        for r in reqs:
+            r.wait()
+        return recv
+
+    ms, _ = b.timed(exchange, reps=5, warmup=2)
+    moved = buf.numel() * buf.element_size()
+    b.add(part="p2p", bytes=moved, ms=ms, gb_s=moved / ms / 1e6)
+    return moved / ms / 1e6  # GB/s
+
+
+def bench_dense(b: Bench, n: int, p2p_gbs: float):
+    scale = 1.0 / math.sqrt(b.head_dim)
+    q, k, v = full_inputs(b, n, seed=n)
+    reps = 3 if n <= (1 << 18) else 1
+    single_ms = None
+    # One GPU (rank 0), where it fits.
+    if n <= b.args.single_max:
+        check = {"max_abs": 0.0, "rel_l2": 0.0, "ok": True, "rows": 0}
+        if b.rank == 0:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            def single():
+                with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION] if b.device.type == "cuda" else [SDPBackend.MATH]):
+                    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+            t = time.perf_counter()
+            out = single()  # warm-up (cuDNN plan)
+            if b.device.type == "cuda":
+                torch.cuda.synchronize()
+            times = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                out = single()
+                if b.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append((time.perf_counter() - t) * 1e3)
+            single_ms = statistics.median(times)
+            rows = np.concatenate([np.arange(0, CHECK_ROWS), np.arange(n - CHECK_ROWS, n)])
+            check = check_rows(None, [out[:, :CHECK_HEADS, torch.as_tensor(rows, device=b.device)]], [dense_ref(q, k, v, rows, scale)])
+            del out
+        check = b.gather_check(check)
+        single_ms = [single_ms]
+        dist.broadcast_object_list(single_ms, src=0)
+        single_ms = single_ms[0]
+        b.add(part="dense", seq_len=n, impl="single GPU (SDPA cuDNN)" if b.device.type == "cuda" else "single process (SDPA math)", gpus=1, ms=single_ms, check=check)
+        if b.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    kv_bytes = 2 * q.numel() // b.world * q.element_size()  # the K/V shard each step moves
+    comm_ms = (b.world - 1) * kv_bytes / (p2p_gbs * 1e6) if p2p_gbs else None
+    results = {}
+    for layout, overlap, label in (("zigzag", True, "ring zigzag"), ("contiguous", True, "ring contiguous"), ("zigzag", False, "ring zigzag serial")):
+        if n > (1 << 18) and label != "ring zigzag":
+            continue  # at the large size only the main configuration (time budget)
+        positions = shard_positions(n, b.world, layout)[b.rank]
+        local = [shard_tensor(x, b.world, b.rank, layout) for x in (q, k, v)]
+        fn = lambda: ring_attention(*local, layout, causal=True, scale=scale, return_lse=True, overlap=overlap)  # noqa: E731
+        ms, (out, _) = b.timed(fn, reps=reps)
+        check = b.gather_check(check_local(b, out, q, k, v, positions, scale))
+        results[label] = ms
+        row = dict(part="dense", seq_len=n, impl=f"yarnref {label}", gpus=b.world, ms=ms, check=check)
+        if single_ms:
+            row["speedup"] = single_ms / ms
+            row["scaling_efficiency"] = single_ms / (b.world * ms)
+        row["comm_bytes_per_rank"] = (b.world - 1) * kv_bytes
+        row["comm_ms_measured_bw"] = comm_ms
+        if label == "ring zigzag serial" and comm_ms:
+            row["hidden_fraction"] = max(0.0, min(1.0, (ms - results["ring zigzag"]) / comm_ms))
+        b.add(**row)
+        del local, out
+    # torch's own context parallelism, in the same run.
+    b.add(**bench_torch_cp(b, q, k, v, n, scale, reps, single_ms))
+    del q, k, v
+    if b.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def bench_torch_cp(b: Bench, q, k, v, n, scale, reps, single_ms):
+    row = dict(part="dense", seq_len=n, impl="torch context_parallel (alltoall, cuDNN)", gpus=b.world)
+    if b.device.type != "cuda":
+        row["missing"] = "context_parallel needs CUDA"
+        return row
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor.experimental import context_parallel
+        from torch.distributed.tensor.experimental._attention import set_rotate_method
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        mesh = init_device_mesh("cuda", (b.world,))
+        set_rotate_method("alltoall")
+        qc, kc, vc = q.clone(), k.clone(), v.clone()
+        with context_parallel(mesh, buffers=[qc, kc, vc], buffer_seq_dims=[2, 2, 2], no_restore_buffers={qc, kc, vc}):
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                ms, out = b.timed(lambda: F.scaled_dot_product_attention(qc, kc, vc, is_causal=True, scale=scale), reps=reps)
+        # Head-tail load balancing: rank r holds blocks r and 2P-1-r, yarnref's zig-zag layout.
+        positions = shard_positions(n, b.world, "zigzag")[b.rank]
+        row.update(ms=ms, check=b.gather_check(check_local(b, out, q, k, v, positions, scale)))
+        if single_ms:
+            row["speedup"] = single_ms / ms
+            row["scaling_efficiency"] = single_ms / (b.world * ms)
+        del qc, kc, vc, out
+    except Exception as exc:  # recorded, the run goes on
+        row["failed"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    return row
+
+
+def bench_dca(b: Bench, n: int):
+    chunk, local_size = (DCA_CHUNK, DCA_LOCAL) if not b.args.quick else (300, 40)
+    inv_freq = base_inv_freq(b.head_dim, DCA_THETA)
+    scale = 1.0 / math.sqrt(b.head_dim)
+    q, k, v = full_inputs(b, n, seed=n + 1)
+    reps = 1 if n > (1 << 18) else 3
+
+    def reference(positions_block):
+        """float64 DCA of a contiguous block of query positions [a, c): the torch backend, prefix [0, c), 2 heads."""
+        a, c = positions_block
+        with yarnref.use_backend("torch", device=b.device):
+            f64 = lambda x: x[:, :CHECK_HEADS, :c].to(torch.float64)  # noqa: E731
+            return yarnref.dca_attention(f64(q)[:, :, a:c], f64(k), f64(v), inv_freq, chunk, local_size, scale)
+
+    def check(out_local, positions):
+        outs, refs = [], []
+        for start, stop in sample_blocks(out_local.shape[2]):
+            rng = contiguous_global(positions, start, stop)
+            if rng is None:
+                continue
+            outs.append(out_local[:, :CHECK_HEADS, start:stop])
+            refs.append(reference(rng))
+        return check_rows(None, outs, refs)
+
+    single_ms = None
+    if n <= b.args.single_max:
+        c = {"max_abs": 0.0, "rel_l2": 0.0, "ok": True, "rows": 0}
+        if b.rank == 0:
+            with yarnref.use_backend("torch", device=b.device):
+                fn = lambda: yarnref.dca_attention(q, k, v, inv_freq, chunk, local_size, scale)  # noqa: E731
+                out = fn()
+                if b.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times = []
+                for _ in range(reps):
+                    t = time.perf_counter()
+                    out = fn()
+                    if b.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    times.append((time.perf_counter() - t) * 1e3)
+            single_ms = statistics.median(times)
+            c = check(out, np.arange(n))
+            del out
+        c = b.gather_check(c)
+        box = [single_ms]
+        dist.broadcast_object_list(box, src=0)
+        single_ms = box[0]
+        b.add(part="dca", seq_len=n, impl="single GPU (yarnref torch dca_attention)", gpus=1, ms=single_ms, check=c)
+    layout = "zigzag"
+    positions = shard_positions(n, b.world, layout)[b.rank]
+    local = [shard_tensor(x, b.world, b.rank, layout) for x in (q, k, v)]
+    fn = lambda: ring_dca_attention(*local, inv_freq, chunk, local_size, layout, scale, return_lse=True)  # noqa: E731
+    ms, (out, _) = b.timed(fn, reps=reps)
+    row = dict(part="dca", seq_len=n, impl="yarnref ring DCA zigzag", gpus=b.world, ms=ms, check=b.gather_check(check(out, positions)))
+    if single_ms:
+        row["speedup"] = single_ms / ms
+        row["scaling_efficiency"] = single_ms / (b.world * ms)
+    b.add(**row)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def write(b: Bench, out_dir: Path):
+    env = {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(b.device) if b.device.type == "cuda" else "cpu",
+        "world_size": b.world,
+        "backend": dist.get_backend(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "heads": b.heads,
+        "head_dim": b.head_dim,
+        "dtype": str(b.dtype).replace("torch.", ""),
+        "wall_s": time.perf_counter() - b.t0,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "ring.json").write_text(json.dumps({"environment": env, "rows": b.rows}, indent=2, default=str))
+    lines = [
+        f"Ring attention, {env['world_size']} x {env['device']}, torch {env['torch']}, {env['date_utc']} UTC "
+        f"(B=1, {b.heads} heads, head_dim {b.head_dim}, {env['dtype']}, causal)",
+        "",
+        "| part | tokens | implementation | GPUs | ms | speedup vs 1 GPU | scaling eff. | comm/rank (GB) | hidden | check (rel L2, max abs) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in b.rows:
+        if r["part"] == "p2p":
+            lines.insert(2, f"{env['backend'].upper()} point-to-point (ring exchange, {r['bytes'] / 2**20:.0f} MiB): {r['gb_s']:.1f} GB/s per rank and direction\n")
+            continue
+        fmt = lambda key, f: (f.format(r[key]) if r.get(key) is not None else "")  # noqa: E731
+        chk = r.get("check")
+        chk_s = f"{'ok' if chk['ok'] else 'FAIL'} {chk['rel_l2']:.1e}, {chk['max_abs']:.1e}" if chk else r.get("missing", r.get("failed", ""))
+        comm = f"{r['comm_bytes_per_rank'] / 1e9:.2f}" if r.get("comm_bytes_per_rank") else ""
+        lines.append(
+            f"| {r['part']} | {r['seq_len']} | {r['impl']} | {r['gpus']} | {fmt('ms', '{:.1f}')} | {fmt('speedup', '{:.2f}x')} | "
+            f"{fmt('scaling_efficiency', '{:.0%}')} | {comm} | {fmt('hidden_fraction', '{:.0%}')} | {chk_s} |"
+        )
+    (out_dir / "ring.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+def main():
+    args = parse_args()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    elif not args.quick:
+        raise SystemExit("no CUDA device: run with --quick for the CPU check of the script")
+    dist.init_process_group(backend)
+    b = Bench(args)
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([1024, 2048] if args.quick else [1 << 18, 1 << 20])
+    try:
+        kv_bytes = 2 * b.heads * b.head_dim * 2 * max(sizes) // b.world
+        p2p = bench_p2p(b, min(kv_bytes, 1 << 30))
+        for n in sizes:
+            b.log(f"dense, {n} tokens")
+            bench_dense(b, n, p2p)
+        if not args.no_dca:
+            b.log(f"DCA, {max(sizes)} tokens")
+            bench_dca(b, max(sizes))
+    finally:
+        if b.rank == 0:
+            write(b, Path(args.out))
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
