@@ -1,4 +1,4 @@
-"""Shared test fixtures: the backend fixture over every usable backend, and Hypothesis profiles.
+"""Shared test fixtures: the backend fixture over every usable backend, Hypothesis profiles, and the agreement tests' helpers.
 
 Backend ids: ``numpy`` (the spec), ``torch-cpu``, ``torch-cuda``, ``cupy``.
 GPU ids are skipped, not failed, where no CUDA device works.  Select a subset
@@ -112,3 +112,25 @@ def accel_backend(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261122)
+
+
+# ----------------------------------------------------------------------------- helpers of the agreement tests
+
+#: Hypothesis settings for tests that take the (function-scoped) ``backend`` fixture.
+backend_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def backend_dtypes(backend) -> list[str]:
+    """The floating dtypes a backend takes: NumPy and CuPy have no bfloat16."""
+    return ["float64", "float32", "float16", "bfloat16"] if backend.name == "torch" else ["float64", "float32", "float16"]
+
+
+def as_inputs(backend, array: np.ndarray, dtype: str):
+    """``array`` rounded to ``dtype``: (what the backend gets, the float64 copy the spec gets)."""
+    if dtype == "bfloat16":
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(torch.bfloat16)
+        return t.to(backend.device), t.to(torch.float64).numpy()
+    rounded = array.astype(dtype)
+    return rounded, rounded.astype(np.float64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from yarnref.attention import attention, merge_attention
@@ -12,22 +12,7 @@ from yarnref.errors import InputError
 from yarnref.precision import round_to
 from yarnref.testing import assert_close, assert_error_within, dtype_name, to_float64
 
-backend_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def backend_dtypes(backend) -> list[str]:
-    return ["float64", "float32", "float16", "bfloat16"] if backend.name == "torch" else ["float64", "float32", "float16"]
-
-
-def as_inputs(backend, array: np.ndarray, dtype: str):
-    """``array`` rounded to ``dtype``: (what the backend gets, the float64 copy the spec gets)."""
-    if dtype == "bfloat16":
-        import torch
-
-        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(torch.bfloat16)
-        return t.to(backend.device), t.to(torch.float64).numpy()
-    rounded = array.astype(dtype)
-    return rounded, rounded.astype(np.float64)
+from conftest import as_inputs, backend_dtypes, backend_settings
 
 
 @st.composite
@@ -133,7 +118,7 @@ def _naive_attention(q, k, v, precision):
 @backend_settings
 @given(data=st.data(), n=st.integers(1, 80), head_dim=st.sampled_from([16, 64]), seed=st.integers(0, 2**16))
 def test_half_precision_error_is_within_twice_a_naive_implementations(backend, data, n, head_dim, seed):
-    """DESIGN.md's rule for half precision: error vs the float64 spec <= 2x a naive same-precision one."""
+    """The half-precision rule (yarnref.testing.assert_error_within): error vs the float64 spec <= 2x a naive same-precision one."""
     dtype = data.draw(st.sampled_from([d for d in backend_dtypes(backend) if d in ("bfloat16", "float16")]), label="dtype")
     rng = np.random.default_rng(seed)
     (q, q64), (k, k64), (v, v64) = (as_inputs(backend, rng.standard_normal((1, 2, n, head_dim)) * 2, dtype) for _ in range(3))

@@ -1,7 +1,4 @@
-"""Every backend's Dual Chunk Attention agrees with the float64 spec (yarnref.dca).
-
-Skips cleanly while the spec function or a backend's method is missing.
-"""
+"""Every backend's Dual Chunk Attention agrees with the float64 spec (yarnref.dca)."""
 
 from __future__ import annotations
 
@@ -9,7 +6,7 @@ import importlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from yarnref.attention import attention
@@ -17,7 +14,7 @@ from yarnref.errors import InputError
 from yarnref.rope import apply_rope, base_inv_freq, rope_cos_sin
 from yarnref.testing import assert_close, dtype_name
 
-backend_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+from conftest import as_inputs, backend_dtypes, backend_settings
 
 
 def spec_dca():
@@ -28,21 +25,6 @@ def spec_dca():
 def backend_dca(backend):
     """The backend's operation; every backend implements every operation, so a missing one fails."""
     return getattr(backend, "dca_attention")
-
-
-def backend_dtypes(backend) -> list[str]:
-    return ["float64", "float32", "float16", "bfloat16"] if backend.name == "torch" else ["float64", "float32", "float16"]
-
-
-def as_inputs(backend, array: np.ndarray, dtype: str):
-    """``array`` rounded to ``dtype``: (what the backend gets, the float64 copy the spec gets)."""
-    if dtype == "bfloat16":
-        import torch
-
-        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(torch.bfloat16)
-        return t.to(backend.device), t.to(torch.float64).numpy()
-    rounded = array.astype(dtype)
-    return rounded, rounded.astype(np.float64)
 
 
 @st.composite

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from yarnref.errors import InputError
@@ -12,28 +12,13 @@ from yarnref.precision import PRECISIONS, UNIT_ROUNDOFF
 from yarnref.rope import apply_rope, base_inv_freq, rope_cos_sin, rotary_dim
 from yarnref.testing import assert_close, dtype_name, to_float64
 
-backend_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+from conftest import as_inputs, backend_dtypes, backend_settings
+
 
 head_dims = st.sampled_from([8, 12, 16, 24, 64, 80, 128])
 partials = st.sampled_from([1.0, 0.5, 0.25])
 bases = st.sampled_from([10000.0, 500000.0, 1e6, 1e7])
 pairings = st.sampled_from(["half", "interleaved", "interleaved_in_half_out"])
-
-
-def backend_dtypes(backend) -> list[str]:
-    """The floating dtypes a backend takes: NumPy and CuPy have no bfloat16."""
-    return ["float64", "float32", "float16", "bfloat16"] if backend.name == "torch" else ["float64", "float32", "float16"]
-
-
-def as_inputs(backend, array: np.ndarray, dtype: str):
-    """``array`` rounded to ``dtype``: (what the backend gets, the float64 copy the spec gets)."""
-    if dtype == "bfloat16":
-        import torch
-
-        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(torch.bfloat16)
-        return t.to(backend.device), t.to(torch.float64).numpy()
-    rounded = array.astype(dtype)
-    return rounded, rounded.astype(np.float64)
 
 
 def _rotary(head_dim, partial):

@@ -1,6 +1,5 @@
 """Every backend's vertical-slash sparse attention (estimation, conversion, masks, attention), A-shape and tri-shape agree with the spec.
 
-Skips cleanly while a spec function (yarnref.sparse) or a backend's method is missing.
 Index conversions and masks are integer/boolean: they must be identical.  The
 estimated index sets are compared as top-k sets of the estimation scores: two
 implementations may order near-equal scores differently, so an index may differ
@@ -13,14 +12,14 @@ import importlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from yarnref.attention import attention
 from yarnref.errors import InputError
 from yarnref.testing import assert_close, dtype_name, to_float64
 
-backend_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+from conftest import as_inputs, backend_dtypes, backend_settings
 
 
 def spec(name: str):
@@ -31,21 +30,6 @@ def spec(name: str):
 def op(backend, name: str):
     """The backend's operation; every backend implements every operation, so a missing one fails."""
     return getattr(backend, name)
-
-
-def backend_dtypes(backend) -> list[str]:
-    return ["float64", "float32", "float16", "bfloat16"] if backend.name == "torch" else ["float64", "float32", "float16"]
-
-
-def as_inputs(backend, array: np.ndarray, dtype: str):
-    """``array`` rounded to ``dtype``: (what the backend gets, the float64 copy the spec gets)."""
-    if dtype == "bfloat16":
-        import torch
-
-        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(torch.bfloat16)
-        return t.to(backend.device), t.to(torch.float64).numpy()
-    rounded = array.astype(dtype)
-    return rounded, rounded.astype(np.float64)
 
 
 def to_int(x) -> np.ndarray:
@@ -200,7 +184,7 @@ def test_the_kernel_mask_contains_the_exact_one_when_the_diagonal_is_kept(backen
     fn = op(backend, "vertical_slash_mask")
     q_len, kv_len, vertical, slash, bm, bn, causal = problem
     if not causal:
-        return  # the containment is a property of the causal kernels (notes section 3.3)
+        return  # the containment is a property of the causal kernels (see yarnref.sparse.vertical_slash_mask)
     slash = np.concatenate([slash, np.zeros(slash.shape[:2] + (1,), dtype=slash.dtype)], axis=-1)  # delta = 0
     exact = to_float64(fn(q_len, kv_len, vertical, slash, "exact", True, block_size_m=bm, block_size_n=bn)).astype(bool)
     kernel = to_float64(fn(q_len, kv_len, vertical, slash, "kernel", True, block_size_m=bm, block_size_n=bn)).astype(bool)

@@ -10,14 +10,13 @@ References:
 * the conversion against the spec ``yarnref.sparse.convert_vertical_slash_indexes``,
   the readable sequential merge of vLLM's ``vertical_slash_index.cu``;
 * the pipeline (conversion + kernel) against the spec's
-  ``vertical_slash_attention(..., mode="kernel")`` when it exists, and against
+  ``vertical_slash_attention(..., mode="kernel")``, and against
   dense causal attention when every diagonal is kept.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import os
 import sys
 from pathlib import Path
@@ -395,23 +394,12 @@ def test_full_budget_equals_dense_causal(ts):
 # ----------------------------------------------------------------------------- against the spec
 
 
-def _spec(name):
-    try:
-        import yarnref.sparse as spec_sparse
-    except ImportError:
-        pytest.skip("yarnref.sparse (the spec) is not there yet")
-    fn = getattr(spec_sparse, name, None)
-    if fn is None:
-        pytest.skip(f"yarnref.sparse.{name} is not there yet")
-    return fn
-
-
 @pytest.mark.parametrize(
     "q_len,kv_len,bm,bn,causal,pad",
     [(256, 256, 64, 64, True, False), (150, 230, 64, 64, True, True), (100, 100, 32, 64, True, True), (90, 130, 64, 64, False, True)],
 )
 def test_conversion_matches_spec(ts, q_len, kv_len, bm, bn, causal, pad):
-    spec_convert = _spec("convert_vertical_slash_indexes")
+    spec_convert = yarnref.sparse.convert_vertical_slash_indexes
     rng = np.random.default_rng(q_len + kv_len)
     V, S = _random_vs(rng, 2, 3, kv_len, nv=10, ns=8, pad=pad, force=causal)
     mine = ts.convert_vertical_slash_indexes_triton(
@@ -443,8 +431,7 @@ def test_conversion_rejects_bad_input(ts):
     [(100, 160, True, True), (130, 130, True, False), (70, 120, False, False)],  # unforced: empty rows possible
 )
 def test_pipeline_matches_spec_kernel_mode(ts, dtype, tq, tk, causal, force):
-    spec_attention = _spec("vertical_slash_attention")
-    assert "mode" in inspect.signature(spec_attention).parameters, "the spec's vertical_slash_attention lost mode="
+    spec_attention = yarnref.sparse.vertical_slash_attention
     b, hq, hk, d = 1, 4, 2, 64
     gen = torch.Generator().manual_seed(tq + tk)
     q, k, v = _rand_qkv(gen, b, hq, hk, tq, tk, d, dtype)

@@ -17,7 +17,7 @@ Three things:
   match exactly (``-inf`` lse of a query with no keys, say).  On failure the
   message gives the number of mismatches, the largest absolute and relative
   errors, where they are, and the values there.
-* :func:`assert_error_within`: the rule for half precision (DESIGN.md): the
+* :func:`assert_error_within`: the rule for half precision (docs/oracle.md): the
   fast result's error against the float64 spec is at most ``factor`` times the
   error of a *naive* implementation in the same precision.  Elementwise bounds
   for bfloat16 are either loose enough to hide a real bug or tight enough to
