@@ -16,24 +16,10 @@ import numpy as np
 import pytest
 
 import yarnref
-from yarnref.backend import OPERATIONS, Backend, NumpyBackend, spec_function
-from yarnref.errors import BackendError, DeviceMismatchError, InputError
+from yarnref.backend import ARRAY_METHODS, OPERATIONS, Backend, NumpyBackend, spec_function
+from yarnref.errors import BackendError, BackendWarning, DeviceMismatchError, InputError
 
 REPO = Path(__file__).resolve().parent.parent
-
-#: Operations being added to the spec: (spec module, function).  Once a spec function exists,
-#: every backend that defines the method must match its signature, before the lead adds it to
-#: OPERATIONS (after which Backend checks it at class creation).
-PENDING_OPERATIONS = {
-    "dca_attention": "yarnref.dca",
-    "vertical_slash_indices": "yarnref.sparse",
-    "convert_vertical_slash_indexes": "yarnref.sparse",
-    "vertical_slash_mask": "yarnref.sparse",
-    "vertical_slash_attention": "yarnref.sparse",
-    "a_shape_attention": "yarnref.sparse",
-    "tri_shape_attention": "yarnref.sparse",
-}
-
 
 @pytest.fixture
 def restore_default_backend():
@@ -224,19 +210,25 @@ def test_every_usable_backend_implements_the_whole_interface(name):
         assert callable(impl), f"{name} lacks {op}"
         want, got = _signature_of(spec_function(op)), _signature_of(impl)
         assert _same_defaults(want, got), f"{name}.{op}{got} differs from the spec {want}"
-    for method in ("asarray", "to_numpy", "describe", "is_available"):
+    for method in (*ARRAY_METHODS, "describe", "is_available"):
         assert callable(getattr(cls, method))
+    for method in ARRAY_METHODS:
+        assert getattr(cls, method) is not getattr(Backend, method), f"{name} keeps the placeholder {method}"
 
 
-@pytest.mark.parametrize("op", sorted(PENDING_OPERATIONS))
-def test_the_torch_backend_matches_the_specs_being_added(op):
-    cls = _torch_backend_class()
-    module = PENDING_OPERATIONS[op]
-    spec = getattr(importlib.import_module(module), op)  # a missing spec function fails: it is the contract
-    impl = getattr(cls, op, None)
-    assert impl is not None, f"TorchBackend lacks {op}"
-    want, got = _signature_of(spec), _signature_of(impl)
-    assert _same_defaults(want, got), f"TorchBackend.{op}{got} differs from the spec {want}"
+@pytest.mark.parametrize("name", yarnref.registered_backends())
+def test_every_usable_backend_concatenates_its_own_arrays(name):
+    if name not in yarnref.available_backends():
+        pytest.skip(f"backend {name!r} is not usable here")
+    backend = yarnref.backend._backend_class(name)()
+    rng = np.random.default_rng(3)
+    parts = [rng.standard_normal((1, 2, n, 4)) for n in (3, 1, 5)]
+    joined = backend.concatenate([backend.asarray(p) for p in parts], 2)
+    assert type(joined) is type(backend.asarray(parts[0]))
+    np.testing.assert_array_equal(backend.to_numpy(joined), np.concatenate(parts, axis=2))
+    with pytest.raises(InputError) as error:  # no silent promotion
+        backend.concatenate([backend.asarray(parts[0]), backend.asarray(parts[1].astype(np.float32))], 2)
+    assert error.value.param == "arrays[1]"
 
 
 def test_an_incomplete_backend_fails_at_class_creation():
@@ -247,6 +239,74 @@ def test_an_incomplete_backend_fails_at_class_creation():
 
             def apply_rope(self, x, cos, sin, mode="half"):  # wrong parameter name
                 return x
+
+
+def _complete_backend_namespace() -> dict:
+    """The methods of a backend that satisfies the interface: the spec's operations and array methods."""
+    namespace = {"name": "fake"}
+    for op in OPERATIONS:
+        namespace[op] = staticmethod(spec_function(op))
+    namespace.update(asarray=lambda self, x: np.asarray(x), to_numpy=lambda self, x: np.asarray(x),
+                     concatenate=lambda self, arrays, axis=0: np.concatenate(arrays, axis))
+    return namespace
+
+
+def test_a_complete_backend_is_accepted():
+    assert issubclass(type("Complete", (Backend,), _complete_backend_namespace()), Backend)
+
+
+def _wrong_default(q, k, v, causal=False, scale=None, return_lse=False, *, block_size=512, alibi_slopes=None):
+    return q
+
+
+def _wrong_kind(q, k, v, causal=True, scale=None, return_lse=False, block_size=512, alibi_slopes=None):
+    return q  # block_size and alibi_slopes positional: the spec makes them keyword-only
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"attention": staticmethod(_wrong_default)}, "causal=False"),
+        ({"attention": staticmethod(_wrong_kind)}, "keyword-only"),
+        ({"concatenate": Backend.concatenate}, "concatenate"),  # the placeholder is not an implementation
+    ],
+    ids=["default", "kind", "array-method"],
+)
+def test_a_backend_with_a_wrong_default_kind_or_method_fails_at_class_creation(change, message):
+    with pytest.raises(TypeError, match="does not implement the interface") as error:
+        type("Wrong", (Backend,), {**_complete_backend_namespace(), **change})
+    assert message in str(error.value)
+
+
+def test_a_builtin_entry_point_that_does_not_import_falls_back_to_the_checkout(monkeypatch):
+    """A stale yarnref.egg-info names yarnref_cupy:CupyBackend, which is not importable: the checkout's backend is used."""
+
+    class StaleEntryPoint:
+        name, value = "cupy", "yarnref_cupy:CupyBackend"
+
+        def load(self):
+            raise ModuleNotFoundError("No module named 'yarnref_cupy'", name="yarnref_cupy")
+
+    monkeypatch.setattr(yarnref.backend, "_entry_points", lambda: {"cupy": StaleEntryPoint()})
+    monkeypatch.setattr(yarnref.backend, "_class_cache", {})
+    with pytest.warns(BackendWarning, match="entry point of backend 'cupy'"):
+        cls = yarnref.backend._backend_class("cupy")
+    assert cls.__name__ == "CupyBackend" and issubclass(cls, Backend)
+    assert Path(sys.modules[cls.__module__].__file__).resolve().is_relative_to(REPO / "backends" / "yarnref_cupy")
+
+
+def test_a_third_party_entry_point_that_does_not_import_is_an_error(monkeypatch):
+    class Broken:
+        name, value = "elsewhere", "elsewhere_pkg:Backend"
+
+        def load(self):
+            raise ModuleNotFoundError("No module named 'elsewhere_pkg'", name="elsewhere_pkg")
+
+    monkeypatch.setattr(yarnref.backend, "_entry_points", lambda: {"elsewhere": Broken()})
+    monkeypatch.setattr(yarnref.backend, "_class_cache", {})
+    with pytest.raises(ModuleNotFoundError):
+        yarnref.backend._backend_class("elsewhere")
+    assert "elsewhere" not in yarnref.available_backends()
 
 
 # ----------------------------------------------------------------------------- the torch backend's array rules

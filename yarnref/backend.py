@@ -48,17 +48,19 @@ import importlib.util
 import inspect
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from .checks import check_host_array
+from .checks import check_host_array, check_same_dtype
 from .checks import foreign_array_type as _foreign_array_type  # noqa: F401  (its former home)
-from .errors import BackendError, UnknownBackendError
+from .errors import BackendError, BackendWarning, UnknownBackendError
 
 __all__ = [
     "OPERATIONS",
+    "ARRAY_METHODS",
     "Backend",
     "NumpyBackend",
     "set_backend",
@@ -86,6 +88,9 @@ OPERATIONS: dict[str, str] = {
     "tri_shape_attention": "yarnref.sparse:tri_shape_attention",
 }
 
+#: Methods every backend implements besides the operations: they move and join its arrays.
+ARRAY_METHODS = ("asarray", "to_numpy", "concatenate")
+
 #: Built-in backends: name -> (module, class, folder under backends/ in a source checkout).
 _BUILTIN: dict[str, tuple[str, str]] = {
     "torch": ("yarnref_torch", "TorchBackend"),
@@ -107,8 +112,34 @@ def spec_function(operation: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def _parameter_names(fn) -> list[str]:
-    return [p.name for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+def _parameters(fn) -> list[tuple[str, Any, Any]]:
+    """``(name, kind, default)`` of each parameter but ``self``."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+
+
+def _same_default(a, b) -> bool:
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # an array default, say: not comparable, so not the same
+        return False
+
+
+def _describe_parameters(params) -> str:
+    return "(" + ", ".join(
+        name + ("" if default is inspect.Parameter.empty else f"={default!r}") + ("" if kind is inspect.Parameter.POSITIONAL_OR_KEYWORD else f" [{kind.description}]")
+        for name, kind, default in params
+    ) + ")"
+
+
+def _interface_mismatch(op: str, impl) -> str | None:
+    """How ``impl`` differs from the spec function of ``op`` (names, order, kinds, defaults), or None."""
+    want, got = _parameters(spec_function(op)), _parameters(impl)
+    same = len(want) == len(got) and all(
+        w[0] == g[0] and w[1] == g[1] and _same_default(w[2], g[2]) for w, g in zip(want, got)
+    )
+    return None if same else f"{op}{_describe_parameters(got)} (spec: {_describe_parameters(want)})"
 
 
 def _host_arrays_only(spec_fn):
@@ -142,8 +173,10 @@ class Backend:
 
     Subclasses set :attr:`name` and define one method per entry of
     :data:`OPERATIONS`, with the spec function's parameters (names, order,
-    defaults).  They also implement :meth:`asarray` and :meth:`to_numpy`, and
-    may override :meth:`is_available`.
+    kinds and defaults).  They also implement the array methods of
+    :data:`ARRAY_METHODS` (:meth:`asarray`, :meth:`to_numpy`,
+    :meth:`concatenate`), and may override :meth:`is_available` and
+    :meth:`describe`.  Both are checked when the subclass is created.
     """
 
     #: The registry name ("numpy", "torch", "cupy", ...).
@@ -160,9 +193,10 @@ class Backend:
             if impl is None:
                 missing.append(op)
                 continue
-            want, got = _parameter_names(spec_function(op)), _parameter_names(impl)
-            if want != got:
-                mismatched.append(f"{op}{tuple(got)} (spec: {tuple(want)})")
+            difference = _interface_mismatch(op, impl)
+            if difference:
+                mismatched.append(difference)
+        missing += [m for m in ARRAY_METHODS if getattr(cls, m, None) is getattr(Backend, m)]  # still the placeholder
         if missing or mismatched:
             raise TypeError(
                 f"backend {cls.__name__} does not implement the interface: missing {missing}, "
@@ -180,6 +214,10 @@ class Backend:
 
     def to_numpy(self, x) -> np.ndarray:
         """A NumPy copy of a backend array (for tests and reports, never on hot paths)."""
+        raise NotImplementedError
+
+    def concatenate(self, arrays, axis=0):
+        """This backend's arrays joined along ``axis`` (what backend-agnostic code such as the prefill uses)."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -200,6 +238,14 @@ class NumpyBackend(Backend, is_spec=True):
 
     def to_numpy(self, x) -> np.ndarray:
         return np.asarray(x)
+
+    def concatenate(self, arrays, axis=0):
+        arrays = list(arrays)
+        for i, a in enumerate(arrays):
+            check_host_array(f"arrays[{i}]", a)
+        arrays = [np.asarray(a) for a in arrays]
+        check_same_dtype(**{f"arrays[{i}]": a for i, a in enumerate(arrays)})
+        return np.concatenate(arrays, axis=axis)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -235,6 +281,44 @@ def _import_builtin_from_checkout(module: str):
     return mod
 
 
+def _load_builtin(name: str) -> type:
+    """A built-in backend's class: the installed package, else the one in this source checkout."""
+    module, attr = _BUILTIN[name]
+    mod = sys.modules.get(module)
+    if mod is None:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            mod = _import_builtin_from_checkout(module)
+    if mod is None:
+        raise BackendError(f"backend {name!r} is not installed; {_INSTALL_HINTS[name]}")
+    return getattr(mod, attr)
+
+
+def _load_entry_point(name: str, entry_point) -> type:
+    """The class an entry point names.  A built-in name whose entry point does not import falls back to the checkout.
+
+    A stale ``yarnref.egg-info`` in a source tree (left by an earlier
+    ``pip install -e .``) declares ``torch = yarnref_torch:TorchBackend``
+    although nothing installs ``yarnref_torch`` any more; the built-in
+    backend in ``backends/`` is then still found, with a warning.
+    """
+    try:
+        return entry_point.load()
+    except ImportError as exc:
+        if name not in _BUILTIN:
+            raise
+        warnings.warn(
+            f"the entry point of backend {name!r} ({entry_point.value}) does not import ({exc}); "
+            f"using the built-in {name!r} backend instead (stale installed metadata? reinstall yarnref or remove its .egg-info)",
+            BackendWarning,
+            stacklevel=2,
+        )
+        return _load_builtin(name)
+
+
 _class_cache: dict[str, type] = {}
 _class_lock = threading.RLock()  # re-entered when an error message lists the usable backends
 
@@ -248,20 +332,9 @@ def _backend_class(name: str) -> type:
         else:
             eps = _entry_points()
             if name in eps:
-                cls = eps[name].load()
+                cls = _load_entry_point(name, eps[name])
             elif name in _BUILTIN:
-                module, attr = _BUILTIN[name]
-                mod = sys.modules.get(module)
-                if mod is None:
-                    try:
-                        mod = importlib.import_module(module)
-                    except ModuleNotFoundError as exc:
-                        if exc.name != module:
-                            raise
-                        mod = _import_builtin_from_checkout(module)
-                if mod is None:
-                    raise BackendError(f"backend {name!r} is not installed; {_INSTALL_HINTS[name]}")
-                cls = getattr(mod, attr)
+                cls = _load_builtin(name)
             else:
                 raise UnknownBackendError(
                     f"unknown backend {name!r}; known backends: {registered_backends()}, "

@@ -16,6 +16,7 @@ __all__ = [
     "InputError",
     "BackendError",
     "UnknownBackendError",
+    "BackendWarning",
     "DeviceMismatchError",
 ]
 
@@ -58,6 +59,10 @@ class BackendError(YarnrefError, RuntimeError):
 
 class UnknownBackendError(BackendError, LookupError):
     """A backend name that no plugin registers (also a ``LookupError``, as unknown names are elsewhere)."""
+
+
+class BackendWarning(UserWarning):
+    """A backend was found another way than asked (a broken entry point fell back to the built-in one)."""
 
 
 class DeviceMismatchError(YarnrefError, ValueError):

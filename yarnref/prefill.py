@@ -76,8 +76,8 @@ Conventions
   ``yarnref.set_backend("torch")`` the same walk runs torch operations.  The
   small index bookkeeping (splitting per-head index lists between the DCA
   parts, the fallbacks, position ids) is done in NumPy through
-  ``backend.to_numpy`` / ``backend.asarray``; segment outputs are joined with
-  the array library's own concatenation.  With the NumPy backend everything is
+  ``backend.to_numpy`` / ``backend.asarray``; segment outputs are joined by
+  the backend (``backend.concatenate``).  With the NumPy backend everything is
   float64 and the output has q's dtype.
 * Python loops run over prefill chunks and DCA segments only; heads and tokens
   are vectorised.
@@ -86,7 +86,6 @@ Conventions
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -98,7 +97,7 @@ from .checks import check_int as _check_int
 from .checks import check_scale as _check_scale
 from .checks import is_int as _is_int
 from .checks import shown
-from .errors import BackendError, ConfigError, InputError
+from .errors import ConfigError, InputError
 from .progress import progress_iter
 
 __all__ = [
@@ -122,18 +121,6 @@ _VERTICAL_30_AS = 130
 #: Forced sink columns and local diagonals of the estimation (MInference and vLLM).
 _FORCE_VERTICALS, _FORCE_SLASHES = 30, 100
 
-# The spec function of each operation this module calls, for backends that do not (yet) list it.
-_SPEC_OPERATIONS = {
-    "attention": ("yarnref.attention", "attention"),
-    "merge_attention": ("yarnref.attention", "merge_attention"),
-    "rope_cos_sin": ("yarnref.rope", "rope_cos_sin"),
-    "apply_rope": ("yarnref.rope", "apply_rope"),
-    "dca_attention": ("yarnref.dca", "dca_attention"),
-    "vertical_slash_indices": ("yarnref.sparse", "vertical_slash_indices"),
-    "vertical_slash_attention": ("yarnref.sparse", "vertical_slash_attention"),
-}
-
-
 # ----------------------------------------------------------------------------- backend plumbing
 
 
@@ -144,34 +131,13 @@ def _backend():
 
 
 def _op(name: str):
-    """The current backend's ``name`` operation (the spec function on the NumPy backend)."""
-    backend = _backend()
-    fn = getattr(backend, name, None)
-    if fn is not None:
-        return fn
-    from .backend import NumpyBackend
-
-    if isinstance(backend, NumpyBackend):
-        import importlib
-
-        module, attr = _SPEC_OPERATIONS[name]
-        return getattr(importlib.import_module(module), attr)
-    raise BackendError(f"backend {backend.describe()!r} does not implement the operation {name!r} the prefill needs")
+    """The current backend's ``name`` operation (the spec function itself on the NumPy backend)."""
+    return getattr(_backend(), name)
 
 
 def _concatenate(arrays: list, axis: int):
-    """Join arrays of the backend's library along ``axis``: NumPy, torch (``cat``) or CuPy-like (``concatenate``)."""
-    if len(arrays) == 1:
-        return arrays[0]
-    first = arrays[0]
-    if isinstance(first, np.ndarray):
-        return np.concatenate(arrays, axis=axis)
-    library = sys.modules.get(type(first).__module__.split(".")[0])
-    if hasattr(library, "cat"):  # torch
-        return library.cat(arrays, dim=axis)
-    if hasattr(library, "concatenate"):  # cupy and other NumPy-like libraries
-        return library.concatenate(arrays, axis=axis)
-    raise BackendError(f"cannot concatenate arrays of type {type(first).__name__}")
+    """The backend's arrays joined along ``axis``, by the backend (:meth:`yarnref.Backend.concatenate`)."""
+    return arrays[0] if len(arrays) == 1 else _backend().concatenate(arrays, axis)
 
 
 def _spec_float64(*arrays):

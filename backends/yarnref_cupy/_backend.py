@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from yarnref.alibi import check_alibi_slopes
-from yarnref.checks import check_int32_indices
+from yarnref.checks import check_int32_indices, check_same_dtype
 from yarnref.attention import _check_scale, check_qkv
 from yarnref.backend import Backend
 from yarnref.errors import InputError
@@ -85,6 +85,12 @@ class CupyBackend(Backend):
 
     def to_numpy(self, x) -> np.ndarray:
         return self._device.to_numpy(x)
+
+    def concatenate(self, arrays, axis=0):
+        parts = {f"arrays[{i}]": self._in(a, f"arrays[{i}]") for i, a in enumerate(arrays)}
+        check_same_dtype(**parts)
+        with self._device.context():
+            return self.xp.concatenate(list(parts.values()), axis=axis)
 
     def _in(self, x, name: str):
         return self._device.asarray(x, name)

@@ -35,6 +35,7 @@ import numpy as np
 
 from yarnref.attention import DEFAULT_BLOCK_SIZE
 from yarnref.backend import Backend
+from yarnref.checks import check_same_dtype
 
 from . import attention as _attention
 from . import dca as _dca
@@ -72,6 +73,11 @@ class TorchBackend(Backend):
 
     def to_numpy(self, x) -> np.ndarray:
         return tensor_to_numpy(x)
+
+    def concatenate(self, arrays, axis=0):
+        tensors = {f"arrays[{i}]": self.asarray(a, f"arrays[{i}]") for i, a in enumerate(arrays)}
+        check_same_dtype(**tensors)
+        return torch.cat(list(tensors.values()), dim=axis)
 
     # ------------------------------------------------------------------ RoPE
 
