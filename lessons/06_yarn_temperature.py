@@ -12,7 +12,7 @@
 # **Paper:** B. Peng, J. Quesnelle, H. Fan, E. Shippole, *YaRN: Efficient Context Window Extension of Large
 # Language Models*, [arXiv:2309.00071](https://arxiv.org/abs/2309.00071), section 3.4 (Eqs. 21-22).
 #
-# **Code:** `yarnref/scaling/yarn.py` (`yarn_attention_factor`, `get_mscale`), `yarnref/attention.py`
+# **Code:** `yarnref/scaling/yarn.py` (`yarn_attention_factor`, `get_mscale`), `yarnref/softmax_attention.py`
 # (`attention` with `return_lse`), `yarnref/rope.py` (`rope_cos_sin`'s `attention_factor`).
 #
 # ## Motivation

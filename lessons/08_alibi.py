@@ -12,7 +12,7 @@
 # **Paper:** O. Press, N. A. Smith, M. Lewis, *Train Short, Test Long: Attention with Linear Biases Enables
 # Input Length Extrapolation*, [arXiv:2108.12409](https://arxiv.org/abs/2108.12409), section 3.
 #
-# **Code:** `yarnref/alibi.py` (`alibi_slopes`, `alibi_bias`), `yarnref/attention.py`
+# **Code:** `yarnref/alibi.py` (`alibi_slopes`, `alibi_bias`), `yarnref/softmax_attention.py`
 # (`attention(..., alibi_slopes=)`).
 #
 # ## Motivation

@@ -15,7 +15,7 @@
 # M. Milakov, N. Gimelshein, *Online normalizer calculation for softmax*,
 # [arXiv:1805.02867](https://arxiv.org/abs/1805.02867).
 #
-# **Code:** `yarnref/prefill.py` (`chunked_prefill`), `yarnref/attention.py` (`attention`, its
+# **Code:** `yarnref/prefill.py` (`chunked_prefill`), `yarnref/softmax_attention.py` (`attention`, its
 # `block_size`), `yarnref/presets.py` (the Qwen2.5-7B-Instruct-1M config).
 #
 # ## Motivation

@@ -1,4 +1,4 @@
-"""Every backend's attention and LSE merge agree with the float64 spec (yarnref.attention)."""
+"""Every backend's attention and LSE merge agree with the float64 spec (yarnref.softmax_attention)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from yarnref.attention import attention, merge_attention
+from yarnref.softmax_attention import attention, merge_attention
 from yarnref.errors import InputError
 from yarnref.precision import round_to
 from yarnref.testing import assert_close, assert_error_within, dtype_name, to_float64

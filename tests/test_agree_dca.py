@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from yarnref.attention import attention
+from yarnref.softmax_attention import attention
 from yarnref.errors import InputError
 from yarnref.rope import apply_rope, base_inv_freq, rope_cos_sin
 from yarnref.testing import assert_close, dtype_name

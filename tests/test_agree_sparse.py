@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from yarnref.attention import attention
+from yarnref.softmax_attention import attention
 from yarnref.errors import InputError
 from yarnref.testing import assert_close, dtype_name, to_float64
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import yarnref
 from yarnref.alibi import alibi_bias, alibi_slopes
-from yarnref.attention import attention
+from yarnref.softmax_attention import attention
 from yarnref.errors import InputError
 from yarnref.testing import assert_close, to_float64
 

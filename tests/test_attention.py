@@ -1,4 +1,4 @@
-"""The softmax attention reference (yarnref.attention): blocking, GQA, causal alignment, lse, merge, errors.
+"""The softmax attention reference (yarnref.softmax_attention): blocking, GQA, causal alignment, lse, merge, errors.
 
 Every check compares with a one-shot softmax written here (the whole logit
 matrix at once, masks built from explicit index comparisons), or with an
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from yarnref.attention import attention, check_qkv, default_scale, merge_attention, repeat_kv
+from yarnref.softmax_attention import attention, check_qkv, default_scale, merge_attention, repeat_kv
 from yarnref.errors import InputError
 
 

@@ -17,7 +17,7 @@ import pytest
 
 import yarnref
 from yarnref import checks
-from yarnref.attention import attention, merge_attention
+from yarnref.softmax_attention import attention, merge_attention
 from yarnref.cli import main
 from yarnref.errors import BackendError, ConfigError, DeviceMismatchError, InputError, UnknownBackendError, YarnrefError
 from yarnref.vectors import read_vectors, write_vectors

@@ -30,8 +30,8 @@ import yarnref
 from yarnref.backend import OPERATIONS, spec_function
 from yarnref.errors import DeviceMismatchError, InputError
 
-# Modules by import path: ``yarnref.attention`` as an attribute is the dispatching function.
-spec_attention = importlib.import_module("yarnref.attention")
+# The spec modules by import path (the package attribute ``yarnref.attention`` is the dispatching function).
+spec_attention = importlib.import_module("yarnref.softmax_attention")
 spec_dca = importlib.import_module("yarnref.dca")
 spec_rope = importlib.import_module("yarnref.rope")
 spec_sparse = importlib.import_module("yarnref.sparse")

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yarnref.attention import attention
+from yarnref.softmax_attention import attention
 from yarnref.dca import (
     DCAConfig,
     chunkllama_mscale,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import yarnref
 from yarnref import prefill, sparse
-from yarnref.attention import attention
+from yarnref.softmax_attention import attention
 from yarnref.dca import dca_attention, dca_config, dca_position_ids, qwen_attention_scale
 from yarnref.errors import ConfigError, InputError
 from yarnref.rope import apply_rope, rope_cos_sin

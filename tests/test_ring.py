@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import yarnref
-from yarnref.attention import attention
+from yarnref.softmax_attention import attention
 from yarnref.dca import dca_attention
 from yarnref.errors import InputError
 from yarnref.ring import (

@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-from yarnref.attention import attention  # noqa: E402
+from yarnref.softmax_attention import attention  # noqa: E402
 from yarnref.dca import dca_attention  # noqa: E402
 from yarnref.ring import RING_LAYOUTS, ring_attention, ring_dca_attention, ring_vertical_slash_attention  # noqa: E402
 from yarnref.rope import base_inv_freq  # noqa: E402

@@ -39,7 +39,7 @@ def test_site_builds_in_strict_mode(tmp_path, monkeypatch):
     build(config)  # raises mkdocs.exceptions.Abort on any warning in strict mode
     assert (site / "index.html").is_file()
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
-    assert 'id="yarnref.alibi.alibi_slopes"' in api and 'id="yarnref.attention.attention"' in api
+    assert 'id="yarnref.alibi.alibi_slopes"' in api and 'id="yarnref.softmax_attention.attention"' in api
     lessons = sorted(p.stem for p in (ROOT / "lessons").glob("[0-9][0-9]_*.py"))
     for name in lessons:
         page = (site / "lessons" / name / "index.html").read_text(encoding="utf-8")

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from yarnref import sparse, sparse_lockstep
-from yarnref.attention import attention
+from yarnref.softmax_attention import attention
 from yarnref.errors import InputError
 
 # ----------------------------------------------------------------------------- helpers

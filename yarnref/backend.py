@@ -77,8 +77,8 @@ ENTRY_POINT_GROUP = "yarnref.backends"
 OPERATIONS: dict[str, str] = {
     "rope_cos_sin": "yarnref.rope:rope_cos_sin",
     "apply_rope": "yarnref.rope:apply_rope",
-    "attention": "yarnref.attention:attention",
-    "merge_attention": "yarnref.attention:merge_attention",
+    "attention": "yarnref.softmax_attention:attention",
+    "merge_attention": "yarnref.softmax_attention:merge_attention",
     "dca_attention": "yarnref.dca:dca_attention",
     "vertical_slash_indices": "yarnref.sparse:vertical_slash_indices",
     "convert_vertical_slash_indexes": "yarnref.sparse:convert_vertical_slash_indexes",

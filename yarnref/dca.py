@@ -70,7 +70,7 @@ features) by ``s`` of the sequence length when it was written, and the query by
 Conventions
 -----------
 * Layout ``(batch, heads, seq, head_dim)``; GQA as in
-  :mod:`yarnref.attention` (query head ``h`` reads kv head ``h // group``).
+  :mod:`yarnref.softmax_attention` (query head ``h`` reads kv head ``h // group``).
 * ``q`` and ``k`` are **un-rotated**: DCA rotates them itself, because a query
   is rotated to several positions.  Rotation: :func:`yarnref.rope.apply_rope`
   with ``pairing`` ``"half"`` (vLLM ``is_neox_style``, Qwen2, Llama in
@@ -103,7 +103,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .attention import attention, check_qkv, default_scale, merge_attention
+from .softmax_attention import attention, check_qkv, default_scale, merge_attention
 from .checks import MAX_SEGMENTS, shown, check_allocation, check_array_like, check_logits_fit, check_option, check_same_dtype
 from .checks import check_int as _check_positive_int
 from .checks import check_positive_real as _check_positive_real
@@ -436,8 +436,8 @@ def dca_attention(
     (default ``seq_len`` for every key), with ``seq_len`` the request's length
     (default ``kv_len``); ``form`` ``"union"`` (one softmax over the union of
     the three parts, blocked over queries) or ``"merge"`` (the three parts as
-    separate :func:`~yarnref.attention.attention` calls per DCA segment,
-    combined with :func:`~yarnref.attention.merge_attention`, as vLLM runs it).
+    separate :func:`~yarnref.softmax_attention.attention` calls per DCA segment,
+    combined with :func:`~yarnref.softmax_attention.merge_attention`, as vLLM runs it).
 
     Returns ``out`` ``(batch, q_heads, q_len, v_dim)`` in q's dtype, and with
     ``return_lse`` also ``lse`` ``(batch, q_heads, q_len)`` in float64.

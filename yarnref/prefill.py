@@ -91,7 +91,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .attention import check_qkv
+from .softmax_attention import check_qkv
 from .checks import check_bool as _check_bool
 from .checks import check_int as _check_int
 from .checks import check_scale as _check_scale

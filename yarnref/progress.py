@@ -11,7 +11,7 @@ calls report how far they are::
     with yarnref.show_progress(lambda done, total, what: print(what, done, "/", total)):
         out = yarnref.attention(q, k, v)            # a callback instead
 
-What reports: the query-block loop of :func:`yarnref.attention.attention`,
+What reports: the query-block loop of :func:`yarnref.softmax_attention.attention`,
 both forms of :func:`yarnref.dca.dca_attention`, the row loops of the
 sparse attentions (:mod:`yarnref.sparse`) and the chunks of
 :func:`yarnref.prefill.chunked_prefill`.  Only the outermost of nested loops

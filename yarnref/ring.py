@@ -19,7 +19,7 @@ queries over those keys and their log-sum-exp
    \qquad \ell_i^{(t)} = \log \sum_{j \in K_s} e^{s_{ij}}
 
 and folds it into a running result with the log-sum-exp merge
-(:func:`yarnref.attention.merge_attention`; the blockwise rule of the paper's
+(:func:`yarnref.softmax_attention.merge_attention`; the blockwise rule of the paper's
 Algorithm 1):
 
 .. math::
@@ -49,7 +49,7 @@ positions: one for contiguous and striped, two for zig-zag).  The causal mask
 between a query run and a key run of the same stride is, in local indices,
 "query ``i`` sees key ``j <= i + c``" for one offset ``c``
 (:func:`pair_blocks`), so every partial attention is at most two calls of the
-ordinary :func:`yarnref.attention.attention`: a bottom-right causal one and a
+ordinary :func:`yarnref.softmax_attention.attention`: a bottom-right causal one and a
 full one.  That is also how a device runs it with flash attention.
 
 The same ring carries Dual Chunk Attention (:func:`ring_dca_attention`: each
@@ -61,7 +61,7 @@ column and diagonal lists restricted to each (query run, key run) pair,
 
 Conventions
 -----------
-* Layout ``(batch, heads, seq, head_dim)``; GQA as in :mod:`yarnref.attention`.
+* Layout ``(batch, heads, seq, head_dim)``; GQA as in :mod:`yarnref.softmax_attention`.
 * Padding: a length that ``P`` (``2P`` for zig-zag) does not divide is padded
   at the end with zero tokens up to the next multiple.  Under a causal mask
   no real query sees a position after itself, so the padding changes nothing
@@ -79,7 +79,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .attention import attention, check_qkv, merge_attention
+from .softmax_attention import attention, check_qkv, merge_attention
 from .checks import check_bool, check_int, check_positive_real, check_scale
 from .dca import DCA_PAIRINGS, dca_position_ids, dca_temperature
 from .errors import InputError
@@ -206,7 +206,7 @@ class PairBlock(NamedTuple):
     """Query rows ``rows`` of a query run attend key rows ``keys`` of a key run.
 
     ``causal``: bottom-right aligned (row ``i`` of the block sees the block's
-    keys up to ``i + len(keys) - len(rows)``), as :func:`yarnref.attention.attention`;
+    keys up to ``i + len(keys) - len(rows)``), as :func:`yarnref.softmax_attention.attention`;
     else every key of the block.
     """
 
@@ -447,7 +447,7 @@ def ring_attention(q, k, v, world_size, layout="contiguous", causal=True, scale=
     ``q``, ``k``, ``v``: ``(batch, heads, seq, head_dim)`` (GQA allowed; one
     length for all three, the sequence being sharded).  ``layout``:
     ``"contiguous"``, ``"zigzag"`` or ``"striped"``.  Equal to
-    :func:`yarnref.attention.attention` (``q_len == kv_len``) to float64
+    :func:`yarnref.softmax_attention.attention` (``q_len == kv_len``) to float64
     rounding.  Returns ``out`` in q's dtype, and with ``return_lse`` the
     float64 lse ``(batch, heads, seq)``.
     """

@@ -55,7 +55,7 @@ Conventions
 * Layout ``(batch, heads, seq, head_dim)``; GQA: k and v may have fewer heads,
   query head ``h`` reads kv head ``h // (q_heads // kv_heads)``.  Index arrays
   are per *query* head: ``(batch, q_heads, n)``.
-* Causal masks are aligned bottom-right, as in :mod:`yarnref.attention`: with
+* Causal masks are aligned bottom-right, as in :mod:`yarnref.softmax_attention`: with
   ``q_len <= kv_len`` query row ``i`` is at position ``i + kv_len - q_len`` and
   sees keys ``j <= i + kv_len - q_len``.  ``causal=False`` is the kernels'
   other convention: the query block sits right *after* all the keys (row ``i``
@@ -89,7 +89,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention import check_qkv
+from .softmax_attention import check_qkv
 from .checks import check_bool as _check_bool
 from .checks import check_allocation, check_array_like, check_int32_indices, check_logits_fit, check_same_dtype
 from .checks import check_int as _check_int

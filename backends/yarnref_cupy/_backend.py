@@ -16,7 +16,7 @@ import numpy as np
 
 from yarnref.alibi import check_alibi_slopes
 from yarnref.checks import check_int32_indices, check_same_dtype
-from yarnref.attention import _check_scale, check_qkv
+from yarnref.softmax_attention import _check_scale, check_qkv
 from yarnref.backend import Backend
 from yarnref.errors import InputError
 from yarnref.precision import check_precision

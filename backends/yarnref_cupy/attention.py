@@ -1,4 +1,4 @@
-r"""Softmax attention on the GPU, blocked over queries (spec: :mod:`yarnref.attention`).
+r"""Softmax attention on the GPU, blocked over queries (spec: :mod:`yarnref.softmax_attention`).
 
 Paper: Vaswani et al., arXiv:1706.03762, Eq. (1),
 :math:`\mathrm{softmax}(QK^\top / \sqrt{d_k})V`, with the row log-sum-exp

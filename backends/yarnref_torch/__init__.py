@@ -33,7 +33,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only where torch is 
 
 import numpy as np
 
-from yarnref.attention import DEFAULT_BLOCK_SIZE
+from yarnref.softmax_attention import DEFAULT_BLOCK_SIZE
 from yarnref.backend import Backend
 from yarnref.checks import check_same_dtype
 

@@ -1,4 +1,4 @@
-r"""Softmax attention and the LSE merge on torch (spec: :mod:`yarnref.attention`).
+r"""Softmax attention and the LSE merge on torch (spec: :mod:`yarnref.softmax_attention`).
 
 Paper: Vaswani et al., arXiv:1706.03762, Eq. (1),
 :math:`\mathrm{softmax}(QK^\top s)V`, with the natural-log log-sum-exp of each
@@ -30,7 +30,7 @@ Two paths compute the same function:
 
 Conventions
 -----------
-Those of :mod:`yarnref.attention`: layout ``(batch, heads, seq, head_dim)``;
+Those of :mod:`yarnref.softmax_attention`: layout ``(batch, heads, seq, head_dim)``;
 GQA query head ``h`` reads kv head ``h // (q_heads // kv_heads)``; causal
 bottom-right (the queries are the last ``q_len`` of ``kv_len`` positions); a
 query with no visible key (``q_len > kv_len``, causal) gets output 0 and lse
@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from yarnref.alibi import check_alibi_slopes
 from yarnref.checks import LOGIT_LIMIT, check_logits_fit
-from yarnref.attention import DEFAULT_BLOCK_SIZE, _check_scale, check_qkv
+from yarnref.softmax_attention import DEFAULT_BLOCK_SIZE, _check_scale, check_qkv
 from yarnref.errors import InputError
 
 from ._arrays import ArrayConverter, check_float, check_same_dtype, compute_dtype
@@ -247,7 +247,7 @@ def logit_limit(dtype: torch.dtype) -> float:
 
 
 def attention(conv: ArrayConverter, q, k, v, causal=True, scale=None, return_lse=False, *, block_size=DEFAULT_BLOCK_SIZE, alibi_slopes=None):
-    """Softmax attention; see :func:`yarnref.attention.attention`.
+    """Softmax attention; see :func:`yarnref.softmax_attention.attention`.
 
     With ``alibi_slopes`` the blocked path runs (on every device): torch's
     fused kernels take no ALiBi slopes, and a materialised bias would cost
@@ -296,7 +296,7 @@ def merge_tensors(outputs, lses):
 
 
 def merge_attention(conv: ArrayConverter, outputs, lses):
-    """Merge attention over disjoint key sets; see :func:`yarnref.attention.merge_attention`."""
+    """Merge attention over disjoint key sets; see :func:`yarnref.softmax_attention.merge_attention`."""
     outputs, lses = list(outputs), list(lses)
     if not outputs or len(outputs) != len(lses):
         raise InputError("outputs", f"{len(outputs)} outputs and {len(lses)} lses", "a non-empty, equal number of each")

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from yarnref.checks import check_logits_fit
-from yarnref.attention import check_qkv, default_scale
+from yarnref.softmax_attention import check_qkv, default_scale
 from yarnref.errors import InputError
 
 from ._arrays import ArrayConverter, check_float, check_positive_number, check_same_dtype, compute_dtype, tensor_to_numpy

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from yarnref.attention import check_qkv, default_scale
+from yarnref.softmax_attention import check_qkv, default_scale
 from yarnref.dca import DCA_PAIRINGS, dca_position_ids, dca_temperature
 from yarnref.errors import InputError
 from yarnref.ring import Run, check_layout, chunk_pieces, pair_blocks, pair_vertical_slash, padded_length, run_range, shard_positions, shard_runs, step_blocks

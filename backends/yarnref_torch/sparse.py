@@ -49,7 +49,7 @@ import math
 import numpy as np
 import torch
 
-from yarnref.attention import check_qkv
+from yarnref.softmax_attention import check_qkv
 from yarnref.checks import check_int32_indices
 from yarnref.errors import InputError
 from yarnref.sparse_lockstep import convert_lockstep

@@ -471,7 +471,7 @@ def _check_index(name: str, t, shape: tuple, device: torch.device, last_dim_free
 
 
 def _check_qkv(q, k, v):
-    from yarnref.attention import check_qkv
+    from yarnref.softmax_attention import check_qkv
 
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
