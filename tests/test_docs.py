@@ -35,7 +35,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 RUNNABLE_PAGES = ("oracle.md", "backends.md", "conventions.md", "index.md", "stacks.md", "ring.md")
-WRITTEN_PAGES = ("index.md", "methods.md", "conventions.md", "oracle.md", "backends.md", "stacks.md", "ring.md", "million-tokens.md", "limits.md")
+WRITTEN_PAGES = ("index.md", "methods.md", "conventions.md", "oracle.md", "backends.md", "stacks.md", "ring.md", "million-tokens.md", "limits.md", "where-things-live.md")
 ALL_PAGES = (*WRITTEN_PAGES, "api.md")
 
 _FENCE = re.compile(r"^(`{3,})(.*)$")
@@ -239,3 +239,11 @@ def test_links_resolve(page):
         if fragment and linked.suffix == ".md" and fragment not in _anchors(linked):
             broken.append(target)
     assert not broken, f"{page}: broken links {broken}"
+
+
+def test_where_things_live_names_every_spec_module():
+    """The layout page stays true: each module of yarnref/ is named there."""
+    page = (DOCS / "where-things-live.md").read_text(encoding="utf-8")
+    modules = sorted(p.name for p in (DOCS.parent / "yarnref").glob("*.py") if not p.name.startswith("__"))
+    missing = [m for m in modules if f"`{m}`" not in page and f"{m}`" not in page]
+    assert not missing, f"docs/where-things-live.md does not mention {missing}"
