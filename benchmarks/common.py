@@ -10,7 +10,9 @@ Method (see docs/benchmarks.md):
   read + bytes written) and a bf16 GEMM; report achieved TB/s or TFLOP/s as a
   percentage of them.
 * Check every timed implementation's output against a float64 reference on a
-  slice of rows, so that a fast wrong kernel cannot pass.
+  slice of rows (yarnref's own operations in float64), within yarnref's
+  tolerance table (:mod:`yarnref.testing`), so that a fast wrong kernel
+  cannot pass.
 * Anything missing (an operation a backend does not have yet, a peer that is
   not installed) is recorded as ``missing`` and the run goes on; anything that
   raises is recorded as ``failed`` with the error.
@@ -225,33 +227,64 @@ def load_or_measure_ceilings(args, device) -> dict:
 # ----------------------------------------------------------------------------- checks
 
 
-def compare(out, ref) -> dict:
-    """max |out - ref| and ||out - ref|| / ||ref|| in float64 (NaN fails)."""
-    o = out.detach().to(torch.float64)
-    r = ref.detach().to(torch.float64).to(o.device)
-    diff = o - r
-    rel = float(diff.norm() / r.norm()) if float(r.norm()) > 0 else float(diff.norm())
-    return {"max_abs": float(diff.abs().max()) if diff.numel() else 0.0, "rel_l2": rel, "finite": bool(torch.isfinite(o).all())}
+def compare(out, ref, *, op: str = "attention", **tolerance_options) -> dict:
+    """``out`` against its float64 reference, with yarnref's oracle (:mod:`yarnref.testing`).
+
+    ``ok``: every entry within the tolerance table of ``out``'s dtype for
+    ``op`` (:func:`yarnref.testing.assert_close`; ``tolerance_options`` such as
+    ``max_position`` and ``angle_dtype`` go to it), non-finite entries equal.
+    ``max_abs`` (:func:`yarnref.testing.max_error`) and the relative L2 error
+    are reported beside it.
+    """
+    from yarnref.testing import assert_close, dtype_name, max_error
+
+    o = out.detach().to(torch.float64).cpu().numpy()
+    r = ref.detach().to(torch.float64).cpu().numpy()
+    norm = float(np.linalg.norm(r))
+    rel = float(np.linalg.norm(o - r) / norm) if norm > 0 else float(np.linalg.norm(o - r))
+    result = {"max_abs": max_error(o, r), "rel_l2": rel, "finite": bool(np.isfinite(o).all()), "ok": True}
+    try:
+        assert_close(o, r, dtype=dtype_name(out.dtype), op=op, **tolerance_options)
+    except AssertionError as error:
+        result["ok"] = False
+        result["why"] = str(error).splitlines()[0]
+    return result
 
 
-def check_ok(err: dict, tol: float) -> bool:
-    return err["finite"] and err["rel_l2"] <= tol
+def merge_checks(*errs) -> dict:
+    """One check of several compared slices: the worst numbers, ok only if all are."""
+    return {
+        "max_abs": max(e["max_abs"] for e in errs),
+        "rel_l2": max(e["rel_l2"] for e in errs),
+        "finite": all(e["finite"] for e in errs),
+        "ok": all(e["ok"] for e in errs),
+    }
 
 
 def dense_reference_rows(q, k, v, rows, scale, causal=True):
-    """float64 causal attention (bottom-right) for query rows ``rows`` only; GQA by index, no big temporaries."""
-    b, hq, tq, d = q.shape
-    hk, tk = k.shape[1], k.shape[2]
-    group = hq // hk
-    rows = torch.as_tensor(rows, device=q.device)
-    qs = q[:, :, rows].to(torch.float64)  # (b, hq, r, d)
-    kf = k.to(torch.float64).repeat_interleave(group, dim=1) if group > 1 else k.to(torch.float64)
-    vf = v.to(torch.float64).repeat_interleave(group, dim=1) if group > 1 else v.to(torch.float64)
-    s = scale * qs @ kf.transpose(-1, -2)  # (b, hq, r, tk)
-    if causal:
-        pos = rows + (tk - tq)
-        s = s.masked_fill(torch.arange(tk, device=q.device)[None, :] > pos[:, None], float("-inf"))
-    return torch.softmax(s, -1) @ vf
+    """The float64 reference for query ``rows``: yarnref's attention (the torch backend, tested against the spec).
+
+    Causal alignment is bottom-right; each run of consecutive rows is one
+    call over the keys it can see, so no ``(rows, kv_len)`` matrix of the
+    whole sequence is built.  Returns ``(b, hq, len(rows), dv)`` float64.
+    """
+    import yarnref
+
+    tq, tk = q.shape[2], k.shape[2]
+    rows = [int(r) for r in rows]
+    runs, start = [], 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i] != rows[i - 1] + 1:
+            runs.append((rows[start], rows[i - 1] + 1))
+            start = i
+    parts = []
+    with yarnref.use_backend("torch", device=q.device) as backend:
+        for a, c in runs:
+            keys = c + (tk - tq) if causal else tk  # the keys row c - 1 can see
+            q64 = q[:, :, a:c].to(torch.float64)
+            k64, v64 = k[:, :, :keys].to(torch.float64), v[:, :, :keys].to(torch.float64)
+            parts.append(backend.attention(q64, k64, v64, causal=causal, scale=scale))
+    return torch.cat(parts, dim=2)
 
 
 # ----------------------------------------------------------------------------- results
