@@ -61,6 +61,11 @@ __all__ = [
     "check_same_dtype",
     "check_fits_dtype",
     "check_int32_indices",
+    "check_lengths",
+    "check_budget",
+    "check_streaming_sizes",
+    "check_dca_sizes",
+    "check_rope_shapes",
     "INT32_MAX",
 ]
 
@@ -364,3 +369,67 @@ def check_int32_indices(kv_len: int, block_size_m: int, block_size_n: int) -> No
             f"kv_len + block_size_m + block_size_n <= 2**31 - 1 (here block sizes {block_size_m}, {block_size_n}): "
             "the index lists are int32, as the kernels take them",
         )
+
+
+# ----------------------------------------------------------------------------- checks shared by a spec module and the backends
+
+
+def check_lengths(q_len, kv_len, causal: bool) -> tuple[int, int]:
+    """``q_len`` and ``kv_len`` (integers >= 1); when causal the queries are the last ``q_len`` of ``kv_len`` positions."""
+    q_len = check_int("q_len", q_len, 1)
+    kv_len = check_int("kv_len", kv_len, 1)
+    if causal and q_len > kv_len:
+        raise InputError("q_len", q_len, f"at most kv_len = {kv_len} when causal (the queries are the last q_len positions)")
+    return q_len, kv_len
+
+
+def check_budget(name: str, value, heads: int) -> np.ndarray:
+    """A sparse budget: an int or a ``(heads,)`` int array, each in ``[1, 2**53]``, as an int64 ``(heads,)`` array."""
+    if is_int(value):
+        return np.full(heads, check_int(name, value, 1), dtype=np.int64)
+    a = np.asarray(value)
+    if a.shape != (heads,) or a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
+        raise InputError(name, f"array of shape {a.shape} and dtype {a.dtype}", f"an integer, or an integer array of shape (heads,) = ({heads},)")
+    if np.any(a < 1) or np.any(a > 2**53):
+        raise InputError(name, a.tolist(), "entries in [1, 2**53]")
+    return a.astype(np.int64)
+
+
+def check_streaming_sizes(q_len, kv_len, n_init, n_local, n_last=None):
+    """The A-shape / tri-shape sizes: ``(q_len, kv_len, n_init, n_local, n_last)`` (causal lengths; ``n_last`` may be None)."""
+    q_len, kv_len = check_lengths(q_len, kv_len, True)
+    n_init = check_int("n_init", n_init, 0)
+    n_local = check_int("n_local", n_local, 1)
+    if n_last is not None:
+        n_last = check_int("n_last", n_last, 0)
+    return q_len, kv_len, n_init, n_local, n_last
+
+
+def check_dca_sizes(chunk_size, local_size) -> int:
+    """Validate the DCA sizes and return the chunk length ``L = chunk_size - local_size``."""
+    chunk_size = check_int("chunk_size", chunk_size, 2)
+    local_size = check_int("local_size", local_size, 1)
+    if local_size >= chunk_size:
+        raise InputError("local_size", local_size, f"an integer < chunk_size = {chunk_size} (chunk_len = chunk_size - local_size must be >= 1)")
+    return chunk_size - local_size
+
+
+def check_rope_shapes(x, cos, sin) -> int:
+    """``x`` ``(..., seq, head_dim)`` against cos/sin tables ``(seq, r/2)`` or ``(batch, seq, r/2)``; returns ``rotary_dim = r``."""
+    if x.ndim < 2:
+        raise InputError("x", f"shape {x.shape}", "an array of shape (batch, heads, seq, head_dim)")
+    if cos.shape != sin.shape:
+        raise InputError("sin", f"shape {sin.shape}", f"the shape of cos, {cos.shape}")
+    seq, head_dim = x.shape[-2], x.shape[-1]
+    if cos.ndim not in (2, 3) or cos.shape[-2] != seq:
+        raise InputError(
+            "cos",
+            f"shape {cos.shape}",
+            f"(seq, rotary_dim/2) or (batch, seq, rotary_dim/2) with seq = {seq} (x has shape {x.shape})",
+        )
+    if cos.ndim == 3 and (x.ndim != 4 or cos.shape[0] not in (1, x.shape[0])):
+        raise InputError("cos", f"shape {cos.shape}", f"a batch dimension of 1 or {x.shape[0]} matching x {x.shape}")
+    r = 2 * cos.shape[-1]
+    if r > head_dim:
+        raise InputError("cos", f"shape {cos.shape}", f"rotary_dim/2 <= head_dim/2 = {head_dim // 2}")
+    return r

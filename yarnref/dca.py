@@ -105,6 +105,7 @@ import numpy as np
 
 from .softmax_attention import attention, check_qkv, default_scale, merge_attention
 from .checks import MAX_SEGMENTS, shown, check_allocation, check_array_like, check_logits_fit, check_option, check_same_dtype
+from .checks import check_dca_sizes as _check_sizes
 from .checks import check_int as _check_positive_int
 from .checks import check_positive_real as _check_positive_real
 from .checks import is_int as _is_int
@@ -142,15 +143,6 @@ ROTATE_BLOCK = 4096
 
 
 # ----------------------------------------------------------------------------- argument checks
-
-
-def _check_sizes(chunk_size, local_size) -> int:
-    """Validate the DCA sizes and return the chunk length ``L = chunk_size - local_size``."""
-    chunk_size = _check_positive_int("chunk_size", chunk_size, 2)
-    local_size = _check_positive_int("local_size", local_size, 1)
-    if local_size >= chunk_size:
-        raise InputError("local_size", local_size, f"an integer < chunk_size = {chunk_size} (chunk_len = chunk_size - local_size must be >= 1)")
-    return chunk_size - local_size
 
 
 # ----------------------------------------------------------------------------- position ids

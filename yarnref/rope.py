@@ -55,6 +55,7 @@ import math
 
 import numpy as np
 
+from .checks import check_rope_shapes as _check_rope_shapes
 from .checks import MAX_HEAD_DIM, check_array_like, check_positive_real, finite_float, is_int, check_fits_dtype, check_option, check_positions
 from .errors import InputError
 from .precision import check_precision, round_to
@@ -193,30 +194,6 @@ def _table_dtype(inv_freq) -> np.dtype:
     return np.dtype(np.float64)
 
 
-def _check_pairing(pairing: str) -> None:
-    check_option("pairing", pairing, PAIRINGS)
-
-
-def _check_rope_shapes(x, cos, sin):
-    if x.ndim < 2:
-        raise InputError("x", f"shape {x.shape}", "an array of shape (batch, heads, seq, head_dim)")
-    if cos.shape != sin.shape:
-        raise InputError("sin", f"shape {sin.shape}", f"the shape of cos, {cos.shape}")
-    seq, head_dim = x.shape[-2], x.shape[-1]
-    if cos.ndim not in (2, 3) or cos.shape[-2] != seq:
-        raise InputError(
-            "cos",
-            f"shape {cos.shape}",
-            f"(seq, rotary_dim/2) or (batch, seq, rotary_dim/2) with seq = {seq} (x has shape {x.shape})",
-        )
-    if cos.ndim == 3 and (x.ndim != 4 or cos.shape[0] not in (1, x.shape[0])):
-        raise InputError("cos", f"shape {cos.shape}", f"a batch dimension of 1 or {x.shape[0]} matching x {x.shape}")
-    r = 2 * cos.shape[-1]
-    if r > head_dim:
-        raise InputError("cos", f"shape {cos.shape}", f"rotary_dim/2 <= head_dim/2 = {head_dim // 2}")
-    return r
-
-
 def apply_rope(x, cos, sin, pairing: str = "half"):
     """Rotate the first ``rotary_dim = 2 * cos.shape[-1]`` features of ``x``; pass the rest.
 
@@ -225,7 +202,7 @@ def apply_rope(x, cos, sin, pairing: str = "half"):
     multiplied by the attention factor).  The rotation is computed in float64
     and returned in ``x``'s dtype.
     """
-    _check_pairing(pairing)
+    check_option("pairing", pairing, PAIRINGS)
     x = check_array_like("x", x, "a floating-point array (batch, heads, seq, head_dim)")
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError("x", f"dtype {x.dtype}", "a floating-point array")

@@ -94,7 +94,10 @@ from .checks import check_bool as _check_bool
 from .checks import check_allocation, check_array_like, check_int32_indices, check_logits_fit, check_same_dtype
 from .checks import check_int as _check_int
 from .checks import check_scale as _check_scale
-from .checks import is_int as _is_int
+from .checks import check_budget as _budget
+from .checks import check_lengths as _check_lengths
+from .checks import check_option
+from .checks import check_streaming_sizes as _check_streaming
 from .errors import InputError
 from .progress import progress_iter
 from .sparse_lockstep import conversion_capacity, convert_lockstep
@@ -130,38 +133,12 @@ STREAMING_BLOCK_ROWS = 64
 # ----------------------------------------------------------------------------- argument checks
 
 
-def _check_mode(mode) -> str:
-    if not isinstance(mode, str) or mode not in VS_MODES:
-        raise InputError("mode", mode, f"one of {VS_MODES}")
-    return mode
-
-
 def _check_float_arrays(**arrays) -> None:
     for name, a in arrays.items():
         if not np.issubdtype(a.dtype, np.floating):
             raise InputError(name, f"dtype {a.dtype}", "a floating-point array")
         if not np.all(np.isfinite(a)):
             raise InputError(name, "non-finite values", "finite values")
-
-
-def _check_lengths(q_len, kv_len, causal: bool) -> tuple[int, int]:
-    q_len = _check_int("q_len", q_len, 1)
-    kv_len = _check_int("kv_len", kv_len, 1)
-    if causal and q_len > kv_len:
-        raise InputError("q_len", q_len, f"at most kv_len = {kv_len} when causal (the queries are the last q_len positions)")
-    return q_len, kv_len
-
-
-def _budget(name: str, value, heads: int) -> np.ndarray:
-    """An int or a ``(heads,)`` int array, each >= 1, as an int64 ``(heads,)`` array."""
-    if _is_int(value):
-        return np.full(heads, _check_int(name, value, 1), dtype=np.int64)
-    a = np.asarray(value)
-    if a.shape != (heads,) or a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-        raise InputError(name, f"array of shape {a.shape} and dtype {a.dtype}", f"an integer, or an integer array of shape (heads,) = ({heads},)")
-    if np.any(a < 1) or np.any(a > 2**53):
-        raise InputError(name, a.tolist(), "entries in [1, 2**53]")
-    return a.astype(np.int64)
 
 
 def _index_array(name: str, idx, low: int, high: int | None) -> np.ndarray:
@@ -542,7 +519,7 @@ def vertical_slash_mask(q_len, kv_len, vertical_idx, slash_idx, mode="exact", ca
     are dropped.  Index conventions as in :func:`convert_vertical_slash_indexes`.
     This builds the whole matrix: meant for tests and plots.
     """
-    mode = _check_mode(mode)
+    mode = check_option("mode", mode, VS_MODES)
     causal = _check_bool("causal", causal)
     q_len, kv_len = _check_lengths(q_len, kv_len, causal)
     block_size_m = _check_int("block_size_m", block_size_m, 1)
@@ -754,7 +731,7 @@ def vertical_slash_attention(
     """
     causal = _check_bool("causal", causal)
     q, k, v, (batch, q_heads, _, q_len, kv_len, head_dim) = _check_attention_inputs(q, k, v, causal)
-    mode = _check_mode(mode)
+    mode = check_option("mode", mode, VS_MODES)
     scale = _check_scale(scale, head_dim)
     return_lse = _check_bool("return_lse", return_lse)
     block_size_m = _check_int("block_size_m", block_size_m, 1)
@@ -821,15 +798,6 @@ def attention_recall(q, k, mask, scale=None, *, causal=True):
 
 
 # ----------------------------------------------------------------------------- A-shape and tri-shape
-
-
-def _check_streaming(q_len, kv_len, n_init, n_local, n_last=None):
-    q_len, kv_len = _check_lengths(q_len, kv_len, True)
-    n_init = _check_int("n_init", n_init, 0)
-    n_local = _check_int("n_local", n_local, 1)
-    if n_last is not None:
-        n_last = _check_int("n_last", n_last, 0)
-    return q_len, kv_len, n_init, n_local, n_last
 
 
 def _streaming_rows(rows: slice, q_len: int, kv_len: int, n_init: int, n_local: int, n_last: int) -> np.ndarray:

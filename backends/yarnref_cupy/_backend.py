@@ -15,12 +15,25 @@ import math
 import numpy as np
 
 from yarnref.alibi import check_alibi_slopes
-from yarnref.checks import check_int32_indices, check_same_dtype
-from yarnref.softmax_attention import _check_scale, check_qkv
+from yarnref.checks import (
+    check_bool,
+    check_budget,
+    check_dca_sizes,
+    check_int,
+    check_int32_indices,
+    check_lengths,
+    check_option,
+    check_rope_shapes,
+    check_same_dtype,
+    check_scale,
+    check_streaming_sizes,
+    is_int,
+)
+from yarnref.softmax_attention import check_qkv
 from yarnref.backend import Backend
 from yarnref.errors import InputError
 from yarnref.precision import check_precision
-from yarnref.rope import _check_pairing, _check_rope_shapes
+from yarnref.rope import PAIRINGS
 
 from . import attention as _attention
 from . import dca as _dca
@@ -120,7 +133,7 @@ class CupyBackend(Backend):
             return _rope.cos_sin(xp, freqs, pos, float(attention_factor), precision, out_precision, out_dtype)
 
     def apply_rope(self, x, cos, sin, pairing="half"):
-        _check_pairing(pairing)
+        check_option("pairing", pairing, PAIRINGS)
         with self._device.context():
             x = self._in(x, "x")
             if x.dtype.kind != "f":
@@ -130,7 +143,7 @@ class CupyBackend(Backend):
             for name, table in (("cos", cos), ("sin", sin)):
                 if table.dtype.kind not in "fiu":
                     raise InputError(name, f"dtype {table.dtype}", "a real array")
-            r = _check_rope_shapes(x, cos, sin)
+            r = check_rope_shapes(x, cos, sin)
             return _rope.apply_rope(self.xp, x, cos, sin, r, pairing)
 
     # ----------------------------------------------------------------- attention
@@ -146,7 +159,7 @@ class CupyBackend(Backend):
         with self._device.context():
             q, k, v, (_, hq, _, _, _, d) = self._qkv(q, k, v)
             causal = _check_bool("causal", causal)
-            scale = _check_scale(scale, d)
+            scale = check_scale(scale, d)
             if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
                 raise InputError("block_size", block_size, "a positive integer")
             slopes = None
@@ -206,7 +219,7 @@ class CupyBackend(Backend):
                 raise InputError(
                     "q", f"q_len={q_len}", f"at most kv_len = {kv_len} (the queries are the last q_len of the kv_len positions)"
                 )
-            chunk_len = spec._check_sizes(chunk_size, local_size)
+            chunk_len = check_dca_sizes(chunk_size, local_size)
             freqs = self._in(inv_freq, "inv_freq")
             if (
                 freqs.ndim != 1
@@ -267,9 +280,9 @@ class CupyBackend(Backend):
         return q, k, v, dims
 
     def _budget(self, name, value, heads):
-        if not _sparse_spec()._is_int(value):
+        if not is_int(value):
             value = self._device.to_host_small(value, name)
-        return _sparse_spec()._budget(name, value, heads)
+        return check_budget(name, value, heads)
 
     def vertical_slash_indices(self, q, k, vertical_size, slash_size, last_q=64, *, scale=None, force_verticals=30, force_slashes=100):
         spec = _sparse_spec()
@@ -281,20 +294,20 @@ class CupyBackend(Backend):
                 raise InputError("q", f"q_len={q_len}", f"at most kv_len = {kv_len} (the queries are the last q_len positions)")
             n_vertical = np.minimum(kv_len, np.maximum(self._budget("vertical_size", vertical_size, q_heads), spec.MIN_VERTICAL_SIZE))
             n_slash = np.minimum(kv_len, np.maximum(self._budget("slash_size", slash_size, q_heads), spec.MIN_SLASH_SIZE))
-            last_q = spec._check_int("last_q", last_q, 1)
-            force_verticals = spec._check_int("force_verticals", force_verticals, 0)
-            force_slashes = spec._check_int("force_slashes", force_slashes, 0)
-            scale = spec._check_scale(scale, head_dim)
+            last_q = check_int("last_q", last_q, 1)
+            force_verticals = check_int("force_verticals", force_verticals, 0)
+            force_slashes = check_int("force_slashes", force_slashes, 0)
+            scale = check_scale(scale, head_dim)
             return _sparse().vertical_slash_indices(
                 self.xp, q, k, n_vertical, n_slash, last_q, scale, force_verticals, force_slashes
             )
 
     def _index_args(self, q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal, conversion=False):
         spec = _sparse_spec()
-        causal = spec._check_bool("causal", causal)
-        q_len, kv_len = spec._check_lengths(q_len, kv_len, causal)
-        bm = spec._check_int("block_size_m", block_size_m, 1)
-        bn = spec._check_int("block_size_n", block_size_n, 1)
+        causal = check_bool("causal", causal)
+        q_len, kv_len = check_lengths(q_len, kv_len, causal)
+        bm = check_int("block_size_m", block_size_m, 1)
+        bn = check_int("block_size_n", block_size_n, 1)
         if conversion:
             _sparse().check_block_sizes(bm, bn)
         vertical, slash = _sparse().check_indices(
@@ -311,7 +324,7 @@ class CupyBackend(Backend):
             return _sparse().convert(self.xp, self._device, q_len, kv_len, vertical, slash, bm, bn, causal)
 
     def vertical_slash_mask(self, q_len, kv_len, vertical_idx, slash_idx, mode="exact", causal=True, *, block_size_m=64, block_size_n=64):
-        mode = _sparse_spec()._check_mode(mode)
+        mode = check_option("mode", mode, _sparse_spec().VS_MODES)
         with self._device.context():
             q_len, kv_len, vertical, slash, bm, bn, causal = self._index_args(
                 q_len, kv_len, vertical_idx, slash_idx, block_size_m, block_size_n, causal
@@ -326,14 +339,14 @@ class CupyBackend(Backend):
         self, q, k, v, vertical_idx, slash_idx, mode="kernel", scale=None, return_lse=False, *, causal=True, block_size_m=64, block_size_n=64
     ):
         spec = _sparse_spec()
-        causal = spec._check_bool("causal", causal)
+        causal = check_bool("causal", causal)
         with self._device.context():
             q, k, v, (batch, q_heads, _, _, kv_len, head_dim) = self._sparse_qkv(q, k, v, causal)
-            mode = spec._check_mode(mode)
-            scale = spec._check_scale(scale, head_dim)
-            return_lse = spec._check_bool("return_lse", return_lse)
-            bm = spec._check_int("block_size_m", block_size_m, 1)
-            bn = spec._check_int("block_size_n", block_size_n, 1)
+            mode = check_option("mode", mode, spec.VS_MODES)
+            scale = check_scale(scale, head_dim)
+            return_lse = check_bool("return_lse", return_lse)
+            bm = check_int("block_size_m", block_size_m, 1)
+            bn = check_int("block_size_n", block_size_n, 1)
             sparse = _sparse()
             vertical, slash = sparse.check_indices(
                 self.xp, self._in(vertical_idx, "vertical_idx"), self._in(slash_idx, "slash_idx"), kv_len, (batch, q_heads)
@@ -345,9 +358,9 @@ class CupyBackend(Backend):
         spec = _sparse_spec()
         with self._device.context():
             q, k, v, (_, _, _, q_len, kv_len, head_dim) = self._sparse_qkv(q, k, v, True)
-            _, _, n_init, n_local, n_last = spec._check_streaming(q_len, kv_len, n_init, n_local, n_last)
-            scale = spec._check_scale(scale, head_dim)
-            return_lse = spec._check_bool("return_lse", return_lse)
+            _, _, n_init, n_local, n_last = check_streaming_sizes(q_len, kv_len, n_init, n_local, n_last)
+            scale = check_scale(scale, head_dim)
+            return_lse = check_bool("return_lse", return_lse)
             out, lse = _sparse().streaming_attention(self.xp, q, k, v, n_init, n_local, n_last or 0, scale)
             return (out, lse) if return_lse else out
 

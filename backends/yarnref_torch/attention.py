@@ -50,7 +50,8 @@ import torch.nn.functional as F
 
 from yarnref.alibi import check_alibi_slopes
 from yarnref.checks import LOGIT_LIMIT, check_logits_fit
-from yarnref.softmax_attention import DEFAULT_BLOCK_SIZE, _check_scale, check_qkv
+from yarnref.checks import check_scale
+from yarnref.softmax_attention import DEFAULT_BLOCK_SIZE, check_qkv
 from yarnref.errors import InputError
 
 from ._arrays import ArrayConverter, check_float, check_same_dtype, compute_dtype
@@ -258,7 +259,7 @@ def attention(conv: ArrayConverter, q, k, v, causal=True, scale=None, return_lse
     _, _, _, _, _, d = check_qkv(q, k, v)
     causal = check_bool(causal, "causal")
     return_lse = check_bool(return_lse, "return_lse")
-    scale = _check_scale(scale, d)
+    scale = check_scale(scale, d)
     block_size = check_block_size(block_size)
     check_logits_fit(q, k, scale, v=v, limit=logit_limit(q.dtype))  # refused up front, not NaN
     if alibi_slopes is not None:

@@ -36,7 +36,8 @@ import torch
 from yarnref.checks import check_position_range
 from yarnref.errors import InputError
 from yarnref.precision import check_precision
-from yarnref.rope import _check_pairing, _check_rope_shapes
+from yarnref.checks import check_option, check_rope_shapes
+from yarnref.rope import PAIRINGS
 
 from ._arrays import ArrayConverter, check_all_finite, check_float, check_positive_number, compute_dtype, torch_dtype
 
@@ -113,14 +114,14 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str) 
 
 def apply_rope(conv: ArrayConverter, x, cos, sin, pairing="half"):
     """Rotate the first ``2 * cos.shape[-1]`` features of ``x``; see :func:`yarnref.rope.apply_rope`."""
-    _check_pairing(pairing)
+    check_option("pairing", pairing, PAIRINGS)
     x = check_float(conv.tensor(x, "x"), "x")
     cos = conv.tensor(cos, "cos")
     sin = conv.tensor(sin, "sin")
     for name, t in (("cos", cos), ("sin", sin)):
         if t.dtype == torch.bool or t.is_complex():
             raise InputError(name, f"dtype {t.dtype}", "a real array")
-    _check_rope_shapes(x, cos, sin)
+    check_rope_shapes(x, cos, sin)
     cdt = compute_dtype(x.dtype)
     cos, sin = cos.to(cdt), sin.to(cdt)
     if cos.ndim == 3:  # (batch, seq, r/2) -> (batch, 1, seq, r/2): shared by the heads

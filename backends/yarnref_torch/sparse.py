@@ -51,7 +51,9 @@ import torch
 
 from yarnref.softmax_attention import check_qkv
 from yarnref.checks import check_int32_indices
+from yarnref.checks import check_bool, check_budget, check_int, check_lengths, check_option, check_scale, check_streaming_sizes
 from yarnref.errors import InputError
+from yarnref.sparse import MIN_SLASH_SIZE, MIN_VERTICAL_SIZE, VS_MODES
 from yarnref.sparse_lockstep import convert_lockstep
 
 from ._arrays import ArrayConverter, check_all_finite, check_float, check_same_dtype, compute_dtype, tensor_to_numpy
@@ -74,13 +76,6 @@ BLOCK_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 27}
 def _budget_for(device: torch.device) -> int:
     return BLOCK_ELEMENTS.get(device.type, BLOCK_ELEMENTS["cpu"])
 _BIG = torch.iinfo(torch.int64).max
-
-
-def _spec():
-    """The spec module: its argument checks and constants are shared, so errors read the same."""
-    from yarnref import sparse
-
-    return sparse
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -144,17 +139,16 @@ def _top_indices(score: torch.Tensor, counts: np.ndarray, descending: bool) -> t
 
 def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, scale=None, force_verticals=30, force_slashes=100):
     """Each head's vertical columns and slash distances from its last queries; see :func:`yarnref.sparse.vertical_slash_indices`."""
-    spec = _spec()
     q, k = _qk_tensors(conv, q=q, k=k)
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, k)
     if q_len > kv_len:
         raise InputError("q", f"q_len={q_len}", f"at most kv_len = {kv_len} (the queries are the last q_len positions)")
-    n_vertical = np.minimum(kv_len, np.maximum(spec._budget("vertical_size", _host_budget(vertical_size), q_heads), spec.MIN_VERTICAL_SIZE))
-    n_slash = np.minimum(kv_len, np.maximum(spec._budget("slash_size", _host_budget(slash_size), q_heads), spec.MIN_SLASH_SIZE))
-    last_q = spec._check_int("last_q", last_q, 1)
-    force_verticals = spec._check_int("force_verticals", force_verticals, 0)
-    force_slashes = spec._check_int("force_slashes", force_slashes, 0)
-    scale = spec._check_scale(scale, head_dim)
+    n_vertical = np.minimum(kv_len, np.maximum(check_budget("vertical_size", _host_budget(vertical_size), q_heads), MIN_VERTICAL_SIZE))
+    n_slash = np.minimum(kv_len, np.maximum(check_budget("slash_size", _host_budget(slash_size), q_heads), MIN_SLASH_SIZE))
+    last_q = check_int("last_q", last_q, 1)
+    force_verticals = check_int("force_verticals", force_verticals, 0)
+    force_slashes = check_int("force_slashes", force_slashes, 0)
+    scale = check_scale(scale, head_dim)
 
     m = min(last_q, q_len)
     group = q_heads // kv_heads
@@ -206,11 +200,10 @@ def _convert(q_len, kv_len, vertical, slash, bm, bn, causal):
 
 
 def _check_conversion_args(q_len, kv_len, block_size_m, block_size_n, causal):
-    spec = _spec()
-    causal = spec._check_bool("causal", causal)
-    q_len, kv_len = spec._check_lengths(q_len, kv_len, causal)
-    block_size_m = spec._check_int("block_size_m", block_size_m, 1)
-    block_size_n = spec._check_int("block_size_n", block_size_n, 1)
+    causal = check_bool("causal", causal)
+    q_len, kv_len = check_lengths(q_len, kv_len, causal)
+    block_size_m = check_int("block_size_m", block_size_m, 1)
+    block_size_n = check_int("block_size_n", block_size_n, 1)
     return q_len, kv_len, block_size_m, block_size_n, causal
 
 
@@ -273,8 +266,7 @@ def _kernel_rows(start: int, stop: int, q_len: int, kv_len: int, converted, caus
 
 def vertical_slash_mask(conv, q_len, kv_len, vertical_idx, slash_idx, mode="exact", causal=True, *, block_size_m=64, block_size_n=64):
     """Every query's key set, bool ``(batch, heads, q_len, kv_len)``; see :func:`yarnref.sparse.vertical_slash_mask`."""
-    spec = _spec()
-    mode = spec._check_mode(mode)
+    mode = check_option("mode", mode, VS_MODES)
     q_len, kv_len, bm, bn, causal = _check_conversion_args(q_len, kv_len, block_size_m, block_size_n, causal)
     vertical, slash = _indices(conv, vertical_idx, slash_idx, kv_len)
     if mode == "exact":
@@ -357,14 +349,13 @@ def vertical_slash_attention(
     conv, q, k, v, vertical_idx, slash_idx, mode="kernel", scale=None, return_lse=False, *, causal=True, block_size_m=64, block_size_n=64
 ):
     """Attention restricted to each query's vertical-slash key set; see :func:`yarnref.sparse.vertical_slash_attention`."""
-    spec = _spec()
-    causal = spec._check_bool("causal", causal)
+    causal = check_bool("causal", causal)
     q, k, v, (batch, q_heads, _, q_len, kv_len, head_dim) = _sparse_inputs(conv, q, k, v, causal)
-    mode = spec._check_mode(mode)
-    scale = spec._check_scale(scale, head_dim)
-    return_lse = spec._check_bool("return_lse", return_lse)
-    bm = spec._check_int("block_size_m", block_size_m, 1)
-    bn = spec._check_int("block_size_n", block_size_n, 1)
+    mode = check_option("mode", mode, VS_MODES)
+    scale = check_scale(scale, head_dim)
+    return_lse = check_bool("return_lse", return_lse)
+    bm = check_int("block_size_m", block_size_m, 1)
+    bn = check_int("block_size_n", block_size_n, 1)
     vertical, slash = _indices(conv, vertical_idx, slash_idx, kv_len, (batch, q_heads))
     if mode == "exact":
         weights = lambda start, stop: _exact_rows(start, stop, q_len, kv_len, vertical, slash, causal)  # noqa: E731
@@ -456,11 +447,10 @@ def _a_shape_rows(q, k, v, rows: tuple[int, int], n_init: int, n_local: int, sca
 
 
 def _streaming(conv, q, k, v, n_init, n_local, n_last, scale, return_lse):
-    spec = _spec()
     q, k, v, (batch, q_heads, _, q_len, kv_len, head_dim) = _sparse_inputs(conv, q, k, v, True)
-    _, _, n_init, n_local, n_last = spec._check_streaming(q_len, kv_len, n_init, n_local, n_last)
-    scale = spec._check_scale(scale, head_dim)
-    return_lse = spec._check_bool("return_lse", return_lse)
+    _, _, n_init, n_local, n_last = check_streaming_sizes(q_len, kv_len, n_init, n_local, n_last)
+    scale = check_scale(scale, head_dim)
+    return_lse = check_bool("return_lse", return_lse)
     cdt = compute_dtype(q.dtype)
     dense_from = max(0, q_len - (n_last or 0))  # tri-shape: rows >= dense_from see every causal key
     out = torch.empty((batch, q_heads, q_len, v.shape[-1]), dtype=q.dtype, device=q.device)
