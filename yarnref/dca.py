@@ -105,6 +105,7 @@ import numpy as np
 
 from .softmax_attention import attention, check_qkv, default_scale, merge_attention
 from .checks import MAX_SEGMENTS, shown, check_allocation, check_array_like, check_logits_fit, check_option, check_same_dtype
+from .checks import check_bool
 from .checks import check_dca_sizes as _check_sizes
 from .checks import check_int as _check_positive_int
 from .checks import check_positive_real as _check_positive_real
@@ -121,6 +122,8 @@ __all__ = [
     "DCAPositionIds",
     "DCASegment",
     "DCATemperature",
+    "DCAOptions",
+    "dca_options",
     "chunkllama_mscale",
     "dca_attention",
     "dca_config",
@@ -143,6 +146,32 @@ ROTATE_BLOCK = 4096
 
 
 # ----------------------------------------------------------------------------- argument checks
+
+
+class DCAOptions(NamedTuple):
+    """The scalar options of :func:`dca_attention`, validated: see :func:`dca_options`."""
+
+    scale: float
+    attention_factor: float
+    pi_factor: float
+    return_lse: bool
+
+
+def dca_options(head_dim: int, scale, pairing, attention_factor, pi_factor, form, return_lse) -> DCAOptions:
+    """The non-array options of :func:`dca_attention`, validated and normalised, in the order they are checked.
+
+    The spec and every backend call this one function, so a bad option gets
+    the same error whichever backend runs: ``scale`` (``None``:
+    ``1/sqrt(head_dim)``), ``attention_factor`` and ``pi_factor`` finite
+    numbers > 0, ``pairing`` one of :data:`DCA_PAIRINGS`, ``form`` one of
+    :data:`DCA_FORMS`, ``return_lse`` a bool.
+    """
+    scale = _check_positive_real("scale", default_scale(head_dim) if scale is None else scale)
+    check_option("pairing", pairing, DCA_PAIRINGS)
+    attention_factor = _check_positive_real("attention_factor", attention_factor)
+    pi_factor = _check_positive_real("pi_factor", pi_factor)
+    check_option("form", form, DCA_FORMS)
+    return DCAOptions(scale, attention_factor, pi_factor, check_bool("return_lse", return_lse))
 
 
 # ----------------------------------------------------------------------------- position ids
@@ -448,15 +477,7 @@ def dca_attention(
     if freqs.ndim != 1 or freqs.size == 0 or 2 * freqs.size > head_dim or not np.issubdtype(freqs.dtype, np.floating) or not np.all(np.isfinite(freqs)):
         raise InputError("inv_freq", f"array of shape {freqs.shape} and dtype {freqs.dtype}", f"a 1-D float array of r/2 finite frequencies, 1 <= r/2 <= head_dim/2 = {head_dim // 2}")
     freqs = freqs.astype(np.float64)
-    if scale is None:
-        scale = default_scale(head_dim)
-    scale = _check_positive_real("scale", scale)
-    check_option("pairing", pairing, DCA_PAIRINGS)
-    attention_factor = _check_positive_real("attention_factor", attention_factor)
-    pi_factor = _check_positive_real("pi_factor", pi_factor)
-    check_option("form", form, DCA_FORMS)
-    if not isinstance(return_lse, (bool, np.bool_)):
-        raise InputError("return_lse", return_lse, "True or False")
+    scale, attention_factor, pi_factor, return_lse = dca_options(head_dim, scale, pairing, attention_factor, pi_factor, form, return_lse)
     factors = dca_temperature(
         temperature,
         kv_len,

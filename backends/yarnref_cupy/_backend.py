@@ -10,8 +10,6 @@ validates its arguments with the spec's own checks where they are shared
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from yarnref.alibi import check_alibi_slopes
@@ -23,6 +21,7 @@ from yarnref.checks import (
     check_int32_indices,
     check_lengths,
     check_option,
+    check_positive_real,
     check_rope_shapes,
     check_same_dtype,
     check_scale,
@@ -41,22 +40,6 @@ from . import rope as _rope
 from . import sparse as _sparse_module
 from ._arrays import check_float
 from ._device import Device, cuda_is_usable
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
-
-
-def _check_positive_number(name: str, value) -> float:
-    if not _is_real(value) or not (math.isfinite(float(value)) and float(value) > 0):
-        raise InputError(name, value, "a finite number > 0")
-    return float(value)
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InputError(name, value, "True or False")
-    return bool(value)
 
 
 class CupyBackend(Backend):
@@ -113,8 +96,7 @@ class CupyBackend(Backend):
     def rope_cos_sin(self, inv_freq, positions, attention_factor=1.0, *, precision="float64", out_precision=None):
         check_precision(precision)
         out_precision = precision if out_precision is None else check_precision(out_precision, "out_precision")
-        if not _is_real(attention_factor) or not (math.isfinite(float(attention_factor)) and float(attention_factor) > 0):
-            raise InputError("attention_factor", attention_factor, "a finite number > 0")
+        check_positive_real("attention_factor", attention_factor)
         xp = self.xp
         with self._device.context():
             freqs = self._in(inv_freq, "inv_freq")
@@ -158,7 +140,7 @@ class CupyBackend(Backend):
     def attention(self, q, k, v, causal=True, scale=None, return_lse=False, *, block_size=512, alibi_slopes=None):
         with self._device.context():
             q, k, v, (_, hq, _, _, _, d) = self._qkv(q, k, v)
-            causal = _check_bool("causal", causal)
+            causal = check_bool("causal", causal)
             scale = check_scale(scale, d)
             if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
                 raise InputError("block_size", block_size, "a positive integer")
@@ -234,14 +216,9 @@ class CupyBackend(Backend):
                     f"a 1-D float array of r/2 finite frequencies, 1 <= r/2 <= head_dim/2 = {head_dim // 2}",
                 )
             freqs = freqs.astype(np.float64)
-            scale = _check_positive_number("scale", 1.0 / math.sqrt(head_dim) if scale is None else scale)
-            if pairing not in spec.DCA_PAIRINGS:
-                raise InputError("pairing", pairing, f"one of {spec.DCA_PAIRINGS}")
-            attention_factor = _check_positive_number("attention_factor", attention_factor)
-            pi_factor = _check_positive_number("pi_factor", pi_factor)
-            if form not in spec.DCA_FORMS:
-                raise InputError("form", form, f"one of {spec.DCA_FORMS}")
-            return_lse = _check_bool("return_lse", return_lse)
+            scale, attention_factor, pi_factor, return_lse = spec.dca_options(
+                head_dim, scale, pairing, attention_factor, pi_factor, form, return_lse
+            )
             if key_write_lengths is not None:
                 key_write_lengths = self._device.to_host_small(key_write_lengths, "key_write_lengths")
             factors = spec.dca_temperature(

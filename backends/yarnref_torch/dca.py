@@ -49,21 +49,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from yarnref.checks import check_logits_fit
-from yarnref.softmax_attention import check_qkv, default_scale
+from yarnref.checks import check_dca_sizes, check_logits_fit
+from yarnref.softmax_attention import check_qkv
 from yarnref.errors import InputError
 
-from ._arrays import ArrayConverter, check_float, check_positive_number, check_same_dtype, compute_dtype, tensor_to_numpy
-from .attention import logit_limit, attention_tensors, check_bool, merge_tensors
+from ._arrays import ArrayConverter, check_float, check_same_dtype, compute_dtype, tensor_to_numpy
+from .attention import logit_limit, attention_tensors, merge_tensors
 from .rope import rotate
 
 __all__ = ["dca_attention"]
-
-
-def _check_int(value, param: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(param, value, f"an integer >= {minimum}")
-    return int(value)
 
 
 def _position_table(inv_freq: torch.Tensor, n: int, pi_factor: float, factor: float, dtype: torch.dtype):
@@ -98,18 +92,15 @@ def dca_attention(
     return_lse=False,
 ):
     """Dual Chunk Attention on un-rotated q and k; see :func:`yarnref.dca.dca_attention`."""
-    from yarnref.dca import DCA_FORMS, DCA_PAIRINGS, dca_segments, dca_temperature  # the spec's rules, shared
+    from yarnref.dca import dca_options, dca_segments, dca_temperature  # the spec's rules, shared
 
     q, k, v = (check_float(conv.tensor(a, n), n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
     check_same_dtype("q", {"q": q, "k": k, "v": v})
     batch, q_heads, _, q_len, kv_len, head_dim = check_qkv(q, k, v)
     if q_len > kv_len:
         raise InputError("q", f"q_len={q_len}", f"at most kv_len = {kv_len} (the queries are the last q_len of the kv_len positions)")
-    chunk_size = _check_int(chunk_size, "chunk_size", 2)
-    local_size = _check_int(local_size, "local_size", 1)
-    if local_size >= chunk_size:
-        raise InputError("local_size", local_size, f"an integer < chunk_size = {chunk_size} (chunk_len = chunk_size - local_size must be >= 1)")
-    chunk_len = chunk_size - local_size
+    chunk_len = check_dca_sizes(chunk_size, local_size)
+    chunk_size = int(chunk_size)
     freqs = conv.tensor(inv_freq, "inv_freq")
     if (
         freqs.ndim != 1
@@ -123,14 +114,7 @@ def dca_attention(
             f"array of shape {tuple(freqs.shape)} and dtype {freqs.dtype}",
             f"a 1-D float array of r/2 finite frequencies, 1 <= r/2 <= head_dim/2 = {head_dim // 2}",
         )
-    scale = check_positive_number(default_scale(head_dim) if scale is None else scale, "scale")
-    if pairing not in DCA_PAIRINGS:
-        raise InputError("pairing", pairing, f"one of {DCA_PAIRINGS}")
-    attention_factor = check_positive_number(attention_factor, "attention_factor")
-    pi_factor = check_positive_number(pi_factor, "pi_factor")
-    if form not in DCA_FORMS:
-        raise InputError("form", form, f"one of {DCA_FORMS}")
-    return_lse = check_bool(return_lse, "return_lse")
+    scale, attention_factor, pi_factor, return_lse = dca_options(head_dim, scale, pairing, attention_factor, pi_factor, form, return_lse)
     # Rotated elements are at most sqrt(2) max|x| times the table factor (the temperatures add a factor of a few).
     check_logits_fit(q, k, scale, factor=2.0 * attention_factor * attention_factor, v=v, limit=logit_limit(q.dtype))
     if isinstance(key_write_lengths, torch.Tensor):
