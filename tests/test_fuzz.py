@@ -375,3 +375,57 @@ def test_every_public_function_is_fuzzed():
     functions = [n for n in yarnref.__all__ if callable(getattr(yarnref, n)) and not isinstance(getattr(yarnref, n), type)]
     missing = [n for n in functions if f"yarnref.{n}" not in source]
     assert not missing, f"not fuzzed: {missing}"
+
+
+# ----------------------------------------------------------------------------- ALiBi, ring attention, progress
+
+layouts = st.sampled_from(["contiguous", "zigzag", "striped"])
+
+
+@fuzz_settings
+@given(data=st.data())
+def test_alibi(data):
+    slopes = call(yarnref.alibi_slopes, data.draw(maybe(sizes)))
+    bias = call(yarnref.alibi_bias, data.draw(maybe(st.just(slopes if slopes is not None else np.ones(2)))),
+                data.draw(maybe(sizes)), data.draw(maybe(sizes)))
+    if bias is not None:
+        assert np.all(bias <= 0)  # a penalty, never a bonus
+    q, k, v = data.draw(qkv())
+    call(yarnref.attention, q, k, v, data.draw(maybe(bools)),
+         alibi_slopes=data.draw(maybe(st.just(yarnref.alibi_slopes(q.shape[1])))))
+
+
+@fuzz_settings
+@given(data=st.data())
+def test_ring_attention_and_schedule(data):
+    q, k, v = data.draw(qkv(equal_len=True))
+    world, layout = data.draw(maybe(st.integers(1, 5))), data.draw(maybe(layouts))
+    call(yarnref.ring_attention, data.draw(maybe(st.just(q))), k, v, world, layout, data.draw(maybe(bools)),
+         data.draw(maybe(scales)), data.draw(maybe(bools)))
+    call(yarnref.ring_schedule, data.draw(maybe(sizes)), world, layout, data.draw(maybe(bools)))
+
+
+@fuzz_settings
+@given(data=st.data())
+def test_ring_dca_and_sparse(data):
+    q, k, v = data.draw(qkv(equal_len=True))
+    world, layout = data.draw(maybe(st.integers(1, 4))), data.draw(maybe(layouts))
+    call(yarnref.ring_dca_attention, data.draw(maybe(st.just(q))), k, v, data.draw(maybe(inv_freqs(q.shape[-1] // 2))),
+         data.draw(maybe(st.integers(2, 12))), data.draw(maybe(st.integers(1, 6))), world, layout)
+    batch, heads = q.shape[:2]
+    idx = st.just(np.tile(np.arange(3), (batch, heads, 1)))
+    call(yarnref.ring_vertical_slash_attention, q, k, v, data.draw(maybe(idx)), data.draw(maybe(idx)), world, layout,
+         data.draw(maybe(scales)), data.draw(maybe(bools)))
+
+
+@fuzz_settings
+@given(data=st.data())
+def test_show_progress(data):
+    callback = data.draw(maybe(st.just(lambda done, total, what: None)))
+    try:
+        context = yarnref.show_progress(callback)
+        with context:
+            q, k, v = data.draw(qkv())
+            call(yarnref.attention, q, k, v)
+    except YarnrefError:
+        assert not callable(callback)

@@ -44,8 +44,11 @@ import math
 
 import numpy as np
 
-from .checks import check_int
+from .checks import LOGIT_LIMIT, check_allocation, check_array_like, check_int
 from .errors import InputError
+
+#: Most heads :func:`alibi_slopes` builds (far beyond any model; the slopes are a Python list first).
+MAX_HEADS = 2**20
 
 __all__ = ["alibi_slopes", "alibi_bias", "check_alibi_slopes"]
 
@@ -63,7 +66,7 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
     closest lower power of two ``c`` gives the first ``c`` slopes and the odd
     members of the ``2c`` sequence fill the rest (the paper's code, BLOOM).
     """
-    n = check_int("num_heads", num_heads, minimum=1)
+    n = check_int("num_heads", num_heads, minimum=1, maximum=MAX_HEADS)
     closest = 2 ** int(math.floor(math.log2(n)))
     slopes = _power_of_two_slopes(closest)
     if closest < n:
@@ -87,13 +90,18 @@ def alibi_bias(slopes, q_len: int, kv_len: int) -> np.ndarray:
     q_len``).  No causal mask is applied: combine with one (or call
     ``yarnref.attention(..., alibi_slopes=slopes)``).
     """
-    m = np.asarray(slopes, dtype=np.float64)
-    if m.ndim != 1 or m.size == 0:
-        raise InputError("slopes", f"shape {m.shape}", "a non-empty 1-D array, one slope per head")
+    allowed = "a non-empty 1-D array of finite real slopes, one per head"
+    m = check_array_like("slopes", slopes, allowed)
+    if m.ndim != 1 or m.size == 0 or m.dtype.kind not in "fiu":
+        raise InputError("slopes", f"array of shape {m.shape} and dtype {m.dtype}", allowed)
+    m = m.astype(np.float64)
     if not np.all(np.isfinite(m)):
-        raise InputError("slopes", "non-finite values", "finite slopes")
+        raise InputError("slopes", "non-finite values", allowed)
     q_len = check_int("q_len", q_len, minimum=1)
     kv_len = check_int("kv_len", kv_len, minimum=1)
+    check_allocation("kv_len", kv_len, m.size * q_len * kv_len, what="(heads, q_len, kv_len) bias")
+    if float(np.abs(m).max()) * max(q_len, kv_len) > LOGIT_LIMIT:  # the largest |bias|, finite in float64
+        raise InputError("slopes", f"max |slope| {float(np.abs(m).max()):.3g}", f"|slope| x max(q_len, kv_len) <= {LOGIT_LIMIT:g}")
     query_pos = np.arange(q_len) + (kv_len - q_len)  # (q_len,): bottom-right aligned
     distance = np.abs(query_pos[:, None] - np.arange(kv_len)[None, :])  # (q_len, kv_len)
     return -m[:, None, None] * distance[None]  # (heads, q_len, kv_len)

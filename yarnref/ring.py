@@ -80,7 +80,17 @@ from typing import NamedTuple
 import numpy as np
 
 from .softmax_attention import attention, check_qkv, merge_attention
-from .checks import check_bool, check_int, check_positive_real, check_scale
+from .checks import (
+    check_allocation,
+    check_array_like,
+    check_bool,
+    check_int,
+    check_logits_fit,
+    check_option,
+    check_positive_real,
+    check_same_dtype,
+    check_scale,
+)
 from .dca import DCA_PAIRINGS, dca_position_ids, dca_temperature
 from .errors import InputError
 from .rope import apply_rope, rope_cos_sin
@@ -126,11 +136,18 @@ class Run(NamedTuple):
         return self.start + self.stride * np.arange(self.count, dtype=np.int64)
 
 
+#: Most devices a ring is simulated on (the schedule is ``P x P`` steps of shard bookkeeping).
+MAX_WORLD_SIZE = 1024
+
+
 def check_layout(layout) -> str:
     """``layout`` if it is one of :data:`RING_LAYOUTS`."""
-    if layout not in RING_LAYOUTS:
-        raise InputError("layout", layout, f"one of {RING_LAYOUTS}")
-    return layout
+    return check_option("layout", layout, RING_LAYOUTS)
+
+
+def check_world_size(world_size) -> int:
+    """``world_size`` as an int in ``[1, MAX_WORLD_SIZE]``."""
+    return check_int("world_size", world_size, 1, MAX_WORLD_SIZE)
 
 
 def _blocks_per_device(layout: str) -> int:
@@ -140,7 +157,7 @@ def _blocks_per_device(layout: str) -> int:
 def padded_length(seq_len, world_size, layout) -> int:
     """``seq_len`` rounded up to a multiple of ``world_size`` (``2 * world_size`` for zig-zag)."""
     seq_len = check_int("seq_len", seq_len)
-    world_size = check_int("world_size", world_size)
+    world_size = check_world_size(world_size)
     multiple = world_size * _blocks_per_device(check_layout(layout))
     return -(-seq_len // multiple) * multiple
 
@@ -151,8 +168,9 @@ def shard_runs(seq_len, world_size, layout) -> list[list[Run]]:
     A device's local rows are its runs' positions in order: contiguous and
     striped one run of ``n`` positions, zig-zag two runs of ``n/2``.
     """
-    world_size = check_int("world_size", world_size)
+    world_size = check_world_size(world_size)
     total = padded_length(seq_len, world_size, layout)
+    check_allocation("seq_len", seq_len, total, what="positions of the padded sequence")
     n = total // world_size  # tokens per device
     if layout == "contiguous":
         return [[Run(r * n, 1, n)] for r in range(world_size)]
@@ -368,7 +386,7 @@ def ring_schedule(seq_len, world_size, layout="contiguous", causal=True) -> Ring
     Only real tokens count (the padding of uneven lengths is excluded).
     """
     seq_len = check_int("seq_len", seq_len)
-    world_size = check_int("world_size", world_size)
+    world_size = check_world_size(world_size)
     layout = check_layout(layout)
     causal = check_bool("causal", causal)
     positions = shard_positions(seq_len, world_size, layout)
@@ -387,12 +405,14 @@ def ring_schedule(seq_len, world_size, layout="contiguous", causal=True) -> Ring
 
 
 def _check_ring(q, k, v, world_size, layout, causal):
-    q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+    allowed = "a 4-D floating-point array (batch, heads, seq, head_dim)"
+    q, k, v = (check_array_like(name, a, allowed) for name, a in (("q", q), ("k", k), ("v", v)))
     _, _, _, q_len, kv_len, head_dim = check_qkv(q, k, v, same_len=True)
     for name, a in (("q", q), ("k", k), ("v", v)):
         if not np.issubdtype(a.dtype, np.floating):
             raise InputError(name, f"dtype {a.dtype}", "a floating-point array")
-    world_size = check_int("world_size", world_size)
+    check_same_dtype(q=q, k=k, v=v)
+    world_size = check_world_size(world_size)
     layout = check_layout(layout)
     causal = check_bool("causal", causal)
     if not causal and padded_length(q_len, world_size, layout) != q_len:
@@ -454,6 +474,7 @@ def ring_attention(q, k, v, world_size, layout="contiguous", causal=True, scale=
     q, k, v, seq_len, head_dim, world_size, layout, causal = _check_ring(q, k, v, world_size, layout, causal)
     scale = check_scale(scale, head_dim)
     return_lse = check_bool("return_lse", return_lse)
+    check_logits_fit(q, k, scale, v=v)
     runs = shard_runs(seq_len, world_size, layout)
     qs, ks, vs = (shard(x.astype(np.float64), world_size, layout) for x in (q, k, v))  # each P x (b, h, n, d)
 
@@ -522,19 +543,20 @@ def ring_dca_attention(
     float64 lse).
     """
     q, k, v, seq_len, head_dim, world_size, layout, _ = _check_ring(q, k, v, world_size, layout, True)
-    freqs = np.asarray(inv_freq)
+    freqs = check_array_like("inv_freq", inv_freq, "a 1-D float array of r/2 finite frequencies")
     if freqs.ndim != 1 or freqs.size == 0 or 2 * freqs.size > head_dim or not np.issubdtype(freqs.dtype, np.floating) or not np.all(np.isfinite(freqs)):
         raise InputError("inv_freq", f"array of shape {freqs.shape} and dtype {freqs.dtype}", f"a 1-D float array of r/2 finite frequencies, 1 <= r/2 <= head_dim/2 = {head_dim // 2}")
     freqs = freqs.astype(np.float64)
     scale = check_scale(scale, head_dim)
-    if pairing not in DCA_PAIRINGS:
-        raise InputError("pairing", pairing, f"one of {DCA_PAIRINGS}")
+    check_option("pairing", pairing, DCA_PAIRINGS)
     attention_factor = check_positive_real("attention_factor", attention_factor)
     pi_factor = check_positive_real("pi_factor", pi_factor)
     return_lse = check_bool("return_lse", return_lse)
     factors = dca_temperature(
         temperature, seq_len, max_position_embeddings=max_position_embeddings, original_max_position_embeddings=original_max_position_embeddings
     )
+    key_factor = float(np.max(factors.key)) if np.size(factors.key) else 1.0
+    check_logits_fit(q, k, scale, factor=2.0 * (attention_factor * factors.table) ** 2 * factors.query * key_factor, v=v)
     total = padded_length(seq_len, world_size, layout)
     ids = dca_position_ids(total, chunk_size, local_size)  # checks the sizes; covers the padding too
     chunk_len = chunk_size - local_size
@@ -584,7 +606,7 @@ def ring_dca_attention(
 
 def _check_list(name, idx, batch_heads, seq_len) -> np.ndarray:
     """A ``(batch, q_heads, n)`` integer index list with entries in ``[0, seq_len)`` or ``-1``."""
-    a = np.asarray(idx)
+    a = check_array_like(name, idx, "a (batch, q_heads, n) integer array")
     if a.ndim != 3 or tuple(a.shape[:2]) != tuple(batch_heads) or a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
         raise InputError(name, f"array of shape {a.shape} and dtype {a.dtype}", f"a (batch, q_heads, n) integer array with (batch, q_heads) = {tuple(batch_heads)}")
     bad = (a != -1) & ((a < 0) | (a >= seq_len))
@@ -610,6 +632,7 @@ def ring_vertical_slash_attention(q, k, v, vertical_idx, slash_idx, world_size, 
     q, k, v, seq_len, head_dim, world_size, layout, _ = _check_ring(q, k, v, world_size, layout, True)
     scale = check_scale(scale, head_dim)
     return_lse = check_bool("return_lse", return_lse)
+    check_logits_fit(q, k, scale, v=v)
     vertical_idx = _check_list("vertical_idx", vertical_idx, q.shape[:2], seq_len)
     slash_idx = _check_list("slash_idx", slash_idx, q.shape[:2], seq_len)
     runs = shard_runs(seq_len, world_size, layout)
