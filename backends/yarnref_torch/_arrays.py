@@ -25,9 +25,6 @@ Conventions
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
 import torch
 
@@ -41,9 +38,7 @@ __all__ = [
     "torch_dtype",
     "is_cupy_array",
     "check_float",
-    "check_same_dtype",
     "check_all_finite",
-    "check_positive_number",
     "tensor_to_numpy",
 ]
 
@@ -157,20 +152,11 @@ def tensor_to_numpy(x) -> np.ndarray:
     return x.cpu().numpy()
 
 
-def check_float(t: torch.Tensor, param: str) -> torch.Tensor:
-    """``t`` if it has one of :data:`FLOAT_DTYPES`, else InputError."""
+def check_float(param: str, t: torch.Tensor) -> torch.Tensor:
+    """``t`` if it has one of :data:`FLOAT_DTYPES`, else InputError naming ``param``."""
     if t.dtype not in FLOAT_DTYPES:
         raise InputError(param, f"dtype {t.dtype}", "float64, float32, float16 or bfloat16")
     return t
-
-
-def check_same_dtype(first: str, tensors: dict[str, torch.Tensor]) -> torch.dtype:
-    """Every tensor must have the dtype of ``tensors[first]``; returns that dtype."""
-    dtype = tensors[first].dtype
-    for name, t in tensors.items():
-        if t.dtype != dtype:
-            raise InputError(name, f"dtype {t.dtype}", f"the dtype of {first}, {dtype} (cast it yourself; yarnref never casts silently)")
-    return dtype
 
 
 def check_all_finite(tensors: dict[str, torch.Tensor], what: str = "finite values") -> None:
@@ -192,10 +178,3 @@ def check_all_finite(tensors: dict[str, torch.Tensor], what: str = "finite value
             raise InputError(name, "non-finite values", what)
 
 
-def check_positive_number(value, param: str, *, allow_none: bool = False) -> float | None:
-    """A finite number > 0 as a Python float (``None`` passes if ``allow_none``)."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(float(value)) and float(value) > 0):
-        raise InputError(param, value, ("None or " if allow_none else "") + "a finite number > 0")
-    return float(value)

@@ -44,17 +44,16 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from yarnref.alibi import check_alibi_slopes
 from yarnref.checks import LOGIT_LIMIT, check_logits_fit
-from yarnref.checks import check_scale
+from yarnref.checks import check_bool, check_same_dtype, check_scale
 from yarnref.softmax_attention import DEFAULT_BLOCK_SIZE, check_qkv
 from yarnref.errors import InputError
 
-from ._arrays import ArrayConverter, check_float, check_same_dtype, compute_dtype
+from ._arrays import ArrayConverter, check_float, compute_dtype
 
 __all__ = ["attention", "merge_attention", "attention_tensors", "merge_tensors", "check_block_size", "check_bool"]
 
@@ -65,12 +64,6 @@ def check_block_size(block_size, param: str = "block_size") -> int:
     if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
         raise InputError(param, block_size, "a positive integer")
     return int(block_size)
-
-
-def check_bool(value, param: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InputError(param, value, "True or False")
-    return bool(value)
 
 
 # ----------------------------------------------------------------------------- blocked path
@@ -254,11 +247,11 @@ def attention(conv: ArrayConverter, q, k, v, causal=True, scale=None, return_lse
     fused kernels take no ALiBi slopes, and a materialised bias would cost
     ``O(q_len * kv_len)`` memory.
     """
-    q, k, v = (check_float(conv.tensor(a, n), n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
-    check_same_dtype("q", {"q": q, "k": k, "v": v})
+    q, k, v = (check_float(n, conv.tensor(a, n)) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+    check_same_dtype(q=q, k=k, v=v)
     _, _, _, _, _, d = check_qkv(q, k, v)
-    causal = check_bool(causal, "causal")
-    return_lse = check_bool(return_lse, "return_lse")
+    causal = check_bool("causal", causal)
+    return_lse = check_bool("return_lse", return_lse)
     scale = check_scale(scale, d)
     block_size = check_block_size(block_size)
     check_logits_fit(q, k, scale, v=v, limit=logit_limit(q.dtype))  # refused up front, not NaN
@@ -301,8 +294,8 @@ def merge_attention(conv: ArrayConverter, outputs, lses):
     outputs, lses = list(outputs), list(lses)
     if not outputs or len(outputs) != len(lses):
         raise InputError("outputs", f"{len(outputs)} outputs and {len(lses)} lses", "a non-empty, equal number of each")
-    os_ = [check_float(conv.tensor(o, f"outputs[{i}]"), f"outputs[{i}]") for i, o in enumerate(outputs)]
-    ls = [check_float(conv.tensor(l, f"lses[{i}]"), f"lses[{i}]") for i, l in enumerate(lses)]
+    os_ = [check_float(f"outputs[{i}]", conv.tensor(o, f"outputs[{i}]")) for i, o in enumerate(outputs)]
+    ls = [check_float(f"lses[{i}]", conv.tensor(l, f"lses[{i}]")) for i, l in enumerate(lses)]
     for i, (o, l) in enumerate(zip(os_, ls)):
         if o.shape != os_[0].shape or l.shape != o.shape[:-1]:
             raise InputError(
@@ -310,7 +303,7 @@ def merge_attention(conv: ArrayConverter, outputs, lses):
                 f"shape {tuple(o.shape)} with lse {tuple(l.shape)}",
                 f"output {tuple(os_[0].shape)} and lse {tuple(os_[0].shape[:-1])}",
             )
-    check_same_dtype("outputs[0]", {f"outputs[{i}]": o for i, o in enumerate(os_)})
+    check_same_dtype(**{f"outputs[{i}]": o for i, o in enumerate(os_)})
     for i, l in enumerate(ls):  # -inf is an empty part; +inf and NaN have no meaning
         if bool((torch.isnan(l) | (l == math.inf)).any()):
             raise InputError(f"lses[{i}]", "NaN or +inf values", "finite log-sum-exps, or -inf for a part with no keys")

@@ -49,11 +49,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from yarnref.checks import check_dca_sizes, check_logits_fit
+from yarnref.checks import check_dca_sizes, check_logits_fit, check_same_dtype
 from yarnref.softmax_attention import check_qkv
 from yarnref.errors import InputError
 
-from ._arrays import ArrayConverter, check_float, check_same_dtype, compute_dtype, tensor_to_numpy
+from ._arrays import ArrayConverter, check_float, compute_dtype, tensor_to_numpy
 from .attention import logit_limit, attention_tensors, merge_tensors
 from .rope import rotate
 
@@ -94,8 +94,8 @@ def dca_attention(
     """Dual Chunk Attention on un-rotated q and k; see :func:`yarnref.dca.dca_attention`."""
     from yarnref.dca import dca_options, dca_segments, dca_temperature  # the spec's rules, shared
 
-    q, k, v = (check_float(conv.tensor(a, n), n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
-    check_same_dtype("q", {"q": q, "k": k, "v": v})
+    q, k, v = (check_float(n, conv.tensor(a, n)) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+    check_same_dtype(q=q, k=k, v=v)
     batch, q_heads, _, q_len, kv_len, head_dim = check_qkv(q, k, v)
     if q_len > kv_len:
         raise InputError("q", f"q_len={q_len}", f"at most kv_len = {kv_len} (the queries are the last q_len of the kv_len positions)")

@@ -48,13 +48,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from yarnref.checks import check_bool, check_positive_real, check_same_dtype
 from yarnref.softmax_attention import check_qkv, default_scale
 from yarnref.dca import DCA_PAIRINGS, dca_position_ids, dca_temperature
 from yarnref.errors import InputError
 from yarnref.ring import Run, check_layout, chunk_pieces, pair_blocks, pair_vertical_slash, padded_length, run_range, shard_positions, shard_runs, step_blocks
 
-from ._arrays import ArrayConverter, check_float, check_positive_number, check_same_dtype, compute_dtype
-from .attention import attention_tensors, check_bool
+from ._arrays import ArrayConverter, check_float, compute_dtype
+from .attention import attention_tensors
 from .rope import rotate
 from .sparse import vertical_slash_attention as _vertical_slash_attention
 
@@ -156,8 +157,8 @@ def _run_rows(runs):
 
 def _check_inputs(q, k, v, group):
     conv = ArrayConverter(q.device if isinstance(q, torch.Tensor) else None)
-    q, k, v = (check_float(conv.tensor(a, n), n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
-    check_same_dtype("q", {"q": q, "k": k, "v": v})
+    q, k, v = (check_float(n, conv.tensor(a, n)) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+    check_same_dtype(q=q, k=k, v=v)
     dims = check_qkv(q, k, v, same_len=True)
     if not dist.is_initialized():
         raise InputError("group", group, "an initialised torch.distributed process group (dist.init_process_group first)")
@@ -175,9 +176,9 @@ def ring_attention(q, k, v, layout="zigzag", causal=True, scale=None, return_lse
     """
     _, q, k, v, (_, _, _, n, _, head_dim) = _check_inputs(q, k, v, group)
     layout = check_layout(layout)
-    causal = check_bool(causal, "causal")
-    return_lse = check_bool(return_lse, "return_lse")
-    scale = check_positive_number(default_scale(head_dim) if scale is None else scale, "scale")
+    causal = check_bool("causal", causal)
+    return_lse = check_bool("return_lse", return_lse)
+    scale = check_positive_real("scale", default_scale(head_dim) if scale is None else scale)
     ring = _Ring(group)
     runs = shard_runs(n * ring.world_size, ring.world_size, layout)
     acc = _Accumulator(q, v.shape[-1])
@@ -189,7 +190,7 @@ def ring_attention(q, k, v, layout="zigzag", causal=True, scale=None, return_lse
             out, lse = attention_tensors(q[:, :, r0:r1], ks[:, :, keys], vs[:, :, keys], block.causal, scale, True)
             acc.add(block.rows, out, lse)
 
-    ring.run([k.contiguous(), v.contiguous()], step_attention, check_bool(overlap, "overlap"))
+    ring.run([k.contiguous(), v.contiguous()], step_attention, check_bool("overlap", overlap))
     out = acc.out.to(q.dtype)
     return (out, acc.lse) if return_lse else out
 
@@ -233,12 +234,12 @@ def ring_dca_attention(
     """
     _, q, k, v, (_, _, _, n, _, head_dim) = _check_inputs(q, k, v, group)
     layout = check_layout(layout)
-    scale = check_positive_number(default_scale(head_dim) if scale is None else scale, "scale")
+    scale = check_positive_real("scale", default_scale(head_dim) if scale is None else scale)
     if pairing not in DCA_PAIRINGS:
         raise InputError("pairing", pairing, f"one of {DCA_PAIRINGS}")
-    attention_factor = check_positive_number(attention_factor, "attention_factor")
-    pi_factor = check_positive_number(pi_factor, "pi_factor")
-    return_lse = check_bool(return_lse, "return_lse")
+    attention_factor = check_positive_real("attention_factor", attention_factor)
+    pi_factor = check_positive_real("pi_factor", pi_factor)
+    return_lse = check_bool("return_lse", return_lse)
     freqs = torch.as_tensor(np.asarray(inv_freq, dtype=np.float64) if not isinstance(inv_freq, torch.Tensor) else inv_freq)
     if freqs.ndim != 1 or freqs.numel() == 0 or 2 * freqs.numel() > head_dim:
         raise InputError("inv_freq", f"shape {tuple(freqs.shape)}", f"a 1-D array of r/2 frequencies, 1 <= r/2 <= head_dim/2 = {head_dim // 2}")
@@ -304,8 +305,8 @@ def ring_vertical_slash_attention(q, k, v, vertical_idx, slash_idx, layout="zigz
     """
     conv, q, k, v, (_, _, _, n, _, head_dim) = _check_inputs(q, k, v, group)
     layout = check_layout(layout)
-    return_lse = check_bool(return_lse, "return_lse")
-    scale = check_positive_number(default_scale(head_dim) if scale is None else scale, "scale")
+    return_lse = check_bool("return_lse", return_lse)
+    scale = check_positive_real("scale", default_scale(head_dim) if scale is None else scale)
     as_numpy = lambda x: x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)  # noqa: E731
     vertical, slash = as_numpy(vertical_idx), as_numpy(slash_idx)
     ring = _Ring(group)

@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import torch
 
-from yarnref.checks import check_position_range
+from yarnref.checks import check_option, check_position_range, check_positive_real, check_rope_shapes
 from yarnref.errors import InputError
 from yarnref.precision import check_precision
-from yarnref.checks import check_option, check_rope_shapes
 from yarnref.rope import PAIRINGS
 
-from ._arrays import ArrayConverter, check_all_finite, check_float, check_positive_number, compute_dtype, torch_dtype
+from ._arrays import ArrayConverter, check_all_finite, check_float, compute_dtype, torch_dtype
 
 __all__ = ["rope_cos_sin", "apply_rope", "rotate"]
 
@@ -52,7 +51,7 @@ def rope_cos_sin(conv: ArrayConverter, inv_freq, positions, attention_factor=1.0
     """cos and sin tables ``positions.shape + (r/2,)`` times ``attention_factor``; see :func:`yarnref.rope.rope_cos_sin`."""
     check_precision(precision)
     out_precision = precision if out_precision is None else check_precision(out_precision, "out_precision")
-    m = check_positive_number(attention_factor, "attention_factor")
+    m = check_positive_real("attention_factor", attention_factor)
     f = conv.tensor(inv_freq, "inv_freq")
     if f.dtype == torch.bool or f.is_complex():
         raise InputError("inv_freq", f"dtype {f.dtype}", "a real array of frequencies")
@@ -115,7 +114,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str) 
 def apply_rope(conv: ArrayConverter, x, cos, sin, pairing="half"):
     """Rotate the first ``2 * cos.shape[-1]`` features of ``x``; see :func:`yarnref.rope.apply_rope`."""
     check_option("pairing", pairing, PAIRINGS)
-    x = check_float(conv.tensor(x, "x"), "x")
+    x = check_float("x", conv.tensor(x, "x"))
     cos = conv.tensor(cos, "cos")
     sin = conv.tensor(sin, "sin")
     for name, t in (("cos", cos), ("sin", sin)):

@@ -51,12 +51,21 @@ import torch
 
 from yarnref.softmax_attention import check_qkv
 from yarnref.checks import check_int32_indices
-from yarnref.checks import check_bool, check_budget, check_int, check_lengths, check_option, check_scale, check_streaming_sizes
+from yarnref.checks import (
+    check_bool,
+    check_budget,
+    check_int,
+    check_lengths,
+    check_option,
+    check_same_dtype,
+    check_scale,
+    check_streaming_sizes,
+)
 from yarnref.errors import InputError
 from yarnref.sparse import MIN_SLASH_SIZE, MIN_VERTICAL_SIZE, VS_MODES
 from yarnref.sparse_lockstep import convert_lockstep
 
-from ._arrays import ArrayConverter, check_all_finite, check_float, check_same_dtype, compute_dtype, tensor_to_numpy
+from ._arrays import ArrayConverter, check_all_finite, check_float, compute_dtype, tensor_to_numpy
 from .attention import attention_tensors
 
 __all__ = [
@@ -82,9 +91,9 @@ _BIG = torch.iinfo(torch.int64).max
 
 
 def _qk_tensors(conv: ArrayConverter, **arrays) -> list[torch.Tensor]:
-    tensors = {name: check_float(conv.tensor(a, name), name) for name, a in arrays.items()}
+    tensors = {name: check_float(name, conv.tensor(a, name)) for name, a in arrays.items()}
     first = next(iter(tensors))
-    check_same_dtype(first, tensors)
+    check_same_dtype(**tensors)
     check_all_finite(tensors)
     return list(tensors.values())
 
