@@ -105,7 +105,8 @@ def run(args) -> int:
         factor = args.factor if method in SCALED else None
         return method_spec(method, model.config, factor=factor, **kw)
 
-    lengths = [n // scale for n in PPL_LENGTHS if n <= args.max_length]
+    sections = set(args.sections.split(","))
+    lengths = [n // scale for n in PPL_LENGTHS if n <= args.max_length and "perplexity" in sections]
     t0 = time.perf_counter()
     for n in lengths:
         for method in METHODS:
@@ -129,7 +130,7 @@ def run(args) -> int:
     study["timings"]["perplexity_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    for method in METHODS:
+    for method in METHODS if "passkey" in sections else ():
         for n in [m // scale for m in PASSKEY_LENGTHS if m <= args.max_length]:
             label = f"passkey {method} {n}"
             if over(0.8):
@@ -151,7 +152,7 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     for n in (32768 // scale, 65536 // scale):
-        if n * scale > args.max_length:
+        if n * scale > args.max_length or "patterns" not in sections:
             continue
         if over(0.97):
             study["skipped"].append(f"patterns {n}")
@@ -257,6 +258,7 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=1, help="passkey keys per length and depth")
     p.add_argument("--recall-queries", type=int, default=4096, help="patterns: recall over the last Q queries")
     p.add_argument("--budget-s", type=float, default=450.0, help="skip what would start after this many seconds")
+    p.add_argument("--sections", default="perplexity,passkey,patterns", help="which sections to run (comma-separated)")
     p.add_argument("--scale", type=int, default=1, help="divide every length by this (a quick CPU check: --scale 32)")
     p.add_argument("--pattern-layers", type=lambda t: [int(x) for x in t.split(",")], default=None,
                    help="patterns: these layers only (default: all)")

@@ -72,14 +72,27 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
+_TOKEN_CACHE: dict = {}
+
+
 def tokenize(tokenizer, text: str, needed: int | None = None) -> list[int]:
     """The plain token ids of ``text`` (no special tokens); with ``needed``, at least the first ``needed`` of them.
 
     With ``needed`` a growing prefix of the text is encoded and its last 64
     tokens are dropped, so the ids returned are those of the whole text (the
     pre-tokenizer splits at spaces and punctuation, so nothing 64 tokens before
-    the cut depends on it).
+    the cut depends on it).  The last few results are kept, so a study that
+    scores many methods on one text encodes it once.
     """
+    key = (id(tokenizer), hash(text), needed)
+    if key not in _TOKEN_CACHE:
+        if len(_TOKEN_CACHE) >= 4:
+            _TOKEN_CACHE.pop(next(iter(_TOKEN_CACHE)))
+        _TOKEN_CACHE[key] = _encode(tokenizer, text, needed)
+    return list(_TOKEN_CACHE[key])
+
+
+def _encode(tokenizer, text: str, needed: int | None) -> list[int]:
     if needed is not None:
         chars = max(4096, 6 * needed)
         while chars < len(text):
@@ -386,12 +399,12 @@ def patterns(model, tokenizer, text: str, length: int, spec: MethodSpec, *, laye
         for layer in _progress(layers, len(layers), f"patterns @ {length}", progress):
             q, k = state.capture[layer]  # (1, heads, n, d), (1, kv_heads, n, d), rotated
             q_rec = q if recall_queries is None else q[:, :, length - recall_queries :]  # the last queries
-            _, dense_lse = yarnref.attention(q_rec, k, k[..., :1], causal=True, return_lse=True)  # (1, heads, m)
+            _, dense_lse = yarnref.attention(q_rec, k, k, causal=True, return_lse=True)  # (1, heads, m)
             rows = []
             per_budget = []
             for v_b, s_b in budgets:
                 v_idx, s_idx = yarnref.vertical_slash_indices(q, k, v_b, s_b, last_q)
-                _, lse = yarnref.vertical_slash_attention(q_rec, k, k[..., :1], v_idx, s_idx, "exact", None, True)
+                _, lse = yarnref.vertical_slash_attention(q_rec, k, k, v_idx, s_idx, "exact", None, True)
                 recall = torch.exp((lse - dense_lse).double()).mean(dim=-1)[0].cpu().numpy()  # (heads,)
                 exact = _exact_counts(v_idx[0], s_idx[0], length) / causal_pairs
                 kernel = _kernel_slots(v_idx[0], s_idx[0], length) / causal_pairs

@@ -122,6 +122,9 @@ def converted_folder(gguf: Path, *, progress: bool = True) -> Path:
     if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    quiet = {} if progress else {"TQDM_DISABLE": "1"}  # the GGUF reader's own bar is a plain tqdm
+    saved = {k: os.environ.get(k) for k in quiet}
+    os.environ.update(quiet)
     if not progress:
         hf_logging.disable_progress_bar()
     try:
@@ -132,6 +135,11 @@ def converted_folder(gguf: Path, *, progress: bool = True) -> Path:
     finally:
         if not progress:
             hf_logging.enable_progress_bar()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     _check_model_type(model.config, str(gguf))
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
