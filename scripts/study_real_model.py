@@ -82,12 +82,24 @@ def run(args) -> int:
         "passkey": [],
         "patterns": [],
         "skipped": [],
+        "errors": [],
         "timings": {},
     }
     model, tokenizer = load_model("smollm2-135m", device=device, dtype=dtype, progress=False)
     study["timings"]["load_s"] = time.perf_counter() - started
     text = read_text("kjv")
     _write(path, study)
+
+    def failed(label: str, error: Exception) -> None:
+        """Record an item that raised, free the GPU memory it held, and go on."""
+        import traceback
+
+        study["errors"].append({"item": label, "error": f"{type(error).__name__}: {error}",
+                                "traceback": traceback.format_exc(limit=6)})
+        print(f"{label}: FAILED {type(error).__name__}: {error}", flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        _write(path, study)
 
     def over(share: float) -> bool:
         """True once the run has used ``share`` of its time budget (the end of a section's slot)."""
@@ -119,9 +131,8 @@ def run(args) -> int:
                 windows = max(1, args.ppl_tokens // n)
                 try:
                     r = perplexity(model, tokenizer, text, n, spec, max_windows=windows, batch_tokens=args.batch_tokens)
-                except torch.cuda.OutOfMemoryError as error:  # recorded, the study goes on
-                    torch.cuda.empty_cache()
-                    study["skipped"].append(f"{label}: out of memory ({error})")
+                except Exception as error:  # recorded (out of memory included); the study goes on
+                    failed(label, error)
                     continue
                 study["perplexity"].append({"method": method, "sparse": sparse, "length": n, "perplexity": r["perplexity"],
                                             "windows": r["windows"], "tokens": r["tokens"], "seconds": r["seconds"]})
@@ -139,9 +150,8 @@ def run(args) -> int:
             try:
                 r = passkey(model, tokenizer, n, PASSKEY_DEPTHS, spec_for(method, **dca_sizes(method)), trials=args.trials, seed=0,
                             batch_tokens=args.passkey_batch_tokens)
-            except torch.cuda.OutOfMemoryError as error:
-                torch.cuda.empty_cache()
-                study["skipped"].append(f"{label}: out of memory ({error})")
+            except Exception as error:
+                failed(label, error)
                 continue
             for row in r["results"]:
                 study["passkey"].append({"method": method, "length": n, "depth": row["depth"], "correct": row["correct"],
@@ -158,7 +168,11 @@ def run(args) -> int:
             study["skipped"].append(f"patterns {n}")
             continue
         spec = method_spec("yarn", model.config, factor=args.factor)
-        r = patterns(model, tokenizer, text, n, spec, recall_queries=min(args.recall_queries, n), layers=args.pattern_layers)
+        try:
+            r = patterns(model, tokenizer, text, n, spec, recall_queries=min(args.recall_queries, n), layers=args.pattern_layers)
+        except Exception as error:
+            failed(f"patterns {n}", error)
+            continue
         indices = r.pop("indices")
         study["patterns"].append(r)
         import numpy as np

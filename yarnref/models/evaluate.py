@@ -115,17 +115,25 @@ def _cache_kwargs(model, cache) -> dict:
     return {name: cache, "use_cache": True}
 
 
+def _new_cache(model):
+    """An empty ``DynamicCache`` for ``model`` (transformers 5 takes the config; 4.x takes nothing)."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:
+        return DynamicCache()
+
+
 @torch.no_grad()
 def _hidden_states(model, ids: torch.Tensor, state: PlugState, prefill_chunk: int | None):
     """Yield ``(start, hidden)`` blocks of the last layer's normalised hidden states for ``ids`` ``(batch, n)``."""
-    from transformers import DynamicCache
-
     n = ids.shape[1]
     state.prompt_length = n
     if prefill_chunk is None or prefill_chunk >= n:
         yield 0, model.model(input_ids=ids, use_cache=False).last_hidden_state
         return
-    cache = DynamicCache(config=model.config)
+    cache = _new_cache(model)
     for start in range(0, n, prefill_chunk):
         stop = min(start + prefill_chunk, n)
         positions = torch.arange(start, stop, device=ids.device)[None].expand(ids.shape[0], -1)
@@ -244,11 +252,9 @@ def _parse_depths(depths) -> list[float]:
 @torch.no_grad()
 def _greedy(model, ids: torch.Tensor, state: PlugState, new_tokens: int, prefill_chunk: int | None) -> torch.Tensor:
     """Greedy continuation ``(batch, new_tokens)`` of ``ids`` ``(batch, n)`` with a KV cache."""
-    from transformers import DynamicCache
-
     n = ids.shape[1]
     state.prompt_length = n
-    cache = DynamicCache(config=model.config)
+    cache = _new_cache(model)
     chunk = prefill_chunk or n
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
