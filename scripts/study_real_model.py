@@ -191,17 +191,12 @@ def run(args) -> int:
     return 0
 
 
-def plot(args) -> int:
-    import matplotlib
+def _tokens(n: int) -> str:
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
 
-    study = json.loads(Path(args.plot).read_text())
-    figures = Path(args.figures)
-    figures.mkdir(parents=True, exist_ok=True)
-
+def perplexity_figure(study: dict, figures: Path, plt) -> None:
+    """Perplexity against window length, one line per method (dashed: with --sparse)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in METHODS:
         for sparse in (False, True):
@@ -219,6 +214,21 @@ def plot(args) -> int:
     fig.tight_layout()
     fig.savefig(figures / "real_model_perplexity.png", dpi=120)
 
+
+def plot(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    study = json.loads(Path(args.plot).read_text())
+    figures = Path(args.figures)
+    figures.mkdir(parents=True, exist_ok=True)
+
+    if study["perplexity"]:
+        perplexity_figure(study, figures, plt)
+
     methods = [m for m in METHODS if any(r["method"] == m for r in study["passkey"])]
     if methods:
         fig, axes = plt.subplots(2, (len(methods) + 1) // 2, figsize=(12, 5), squeeze=False)
@@ -230,7 +240,7 @@ def plot(args) -> int:
             for r in rows:
                 grid[depths.index(r["depth"]), lengths.index(r["length"])] = r["correct"] / r["trials"]
             ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
-            ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" for n in lengths], fontsize=7)
+            ax.set_xticks(range(len(lengths)), [_tokens(n) for n in lengths], fontsize=7)
             ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=6)
             ax.set_title(method, fontsize=9)
         for ax in list(axes.flat)[len(methods):]:
@@ -245,7 +255,7 @@ def plot(args) -> int:
             budgets = entry["budgets"]
             recall = [np.mean([np.mean(l["budgets"][i]["recall"]) for l in entry["layers"]]) for i in range(len(budgets))]
             density = [np.mean([np.mean(l["budgets"][i]["exact_density"]) for l in entry["layers"]]) for i in range(len(budgets))]
-            ax.plot(density, recall, marker="o", label=f"{entry['length'] // 1024}K")
+            ax.plot(density, recall, marker="o", label=_tokens(entry["length"]))
             for (v, s), x, y in zip(budgets, density, recall):
                 ax.annotate(f"{v}:{s}", (x, y), fontsize=6)
         ax.set_xscale("log")
