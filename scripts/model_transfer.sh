@@ -19,7 +19,7 @@ PART=50000000   # bytes in part 1 (< 60 MB, so part 1 plus the wheels fit one ca
 
 case "${1:-}" in
   prepare)
-    PY=${PYTHON:-python3}
+    PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
     src=$("$PY" -c "import yarnref.models.loading as l; print(l.default_gguf_path())")
     mkdir -p .model
     head -c "$PART" "$src" > .model/part1
