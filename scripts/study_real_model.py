@@ -265,8 +265,59 @@ def plot(args) -> int:
         ax.legend()
         fig.tight_layout()
         fig.savefig(figures / "real_model_recall.png", dpi=120)
-    print(f"figures written to {figures}")
+    tables = markdown_tables(study)
+    (figures / "real_model_tables.md").write_text(tables)
+    print(tables)
+    print(f"figures and tables written to {figures}")
     return 0
+
+
+def markdown_tables(study: dict) -> str:
+    """The study's numbers as Markdown tables (perplexity, passkey, patterns), for the docs page."""
+    lines = [f"Measured {study['date']} on {study['device']} ({study['dtype']}, torch {study['torch']}, "
+             f"transformers {study['transformers']}); scaled methods at factor {study['factor']:g}.", ""]
+    ppl = study["perplexity"]
+    if ppl:
+        lengths = sorted({r["length"] for r in ppl})
+        lines += ["| method | " + " | ".join(_tokens(n) for n in lengths) + " |",
+                  "|---|" + "---:|" * len(lengths)]
+        for method in METHODS:
+            for sparse in (False, True):
+                cells = {r["length"]: r["perplexity"] for r in ppl if r["method"] == method and r["sparse"] == sparse}
+                if cells:
+                    name = method + (" + sparse" if sparse else "")
+                    lines.append(f"| {name} | " + " | ".join(f"{cells[n]:.3g}" if n in cells else "" for n in lengths) + " |")
+        lines.append("")
+    keys = study["passkey"]
+    if keys:
+        lengths = sorted({r["length"] for r in keys})
+        lines += ["| passkey (found / tried, all depths) | " + " | ".join(_tokens(n) for n in lengths) + " |",
+                  "|---|" + "---:|" * len(lengths)]
+        for method in METHODS:
+            rows = [r for r in keys if r["method"] == method]
+            if rows:
+                cells = []
+                for n in lengths:
+                    at = [r for r in rows if r["length"] == n]
+                    cells.append(f"{sum(r['correct'] for r in at)}/{sum(r['trials'] for r in at)}" if at else "")
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for entry in study["patterns"]:
+        lines += [f"Patterns at {_tokens(entry['length'])} ({entry['method']['method']} x{entry['method']['factor']:g}), "
+                  f"recall over the last {entry['recall_queries']} queries, mean over {len(entry['layers'])} layers "
+                  "and their heads:", "",
+                  "| budget V:S | recall | exact density | kernel density | heads reaching the target |", "|---|---:|---:|---:|---:|"]
+        for i, (v, s_) in enumerate(entry["budgets"]):
+            recall = [x for l in entry["layers"] for x in l["budgets"][i]["recall"]]
+            exact = [x for l in entry["layers"] for x in l["budgets"][i]["exact_density"]]
+            kernel = [x for l in entry["layers"] for x in l["budgets"][i]["kernel_density"]]
+            reach = sum(x >= entry["recall_target"] for x in recall)
+            lines.append(f"| {v}:{s_} | {sum(recall) / len(recall):.3f} | {sum(exact) / len(exact):.4f} | "
+                         f"{sum(kernel) / len(kernel):.4f} | {reach}/{len(recall)} |")
+        lines.append("")
+    if study.get("skipped") or study.get("errors"):
+        lines.append(f"Skipped: {len(study.get('skipped', []))} items; failed: {len(study.get('errors', []))} items.")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,8 @@ the share of each query's dense attention mass the exact vertical-slash set
 keeps, :math:`\exp(\mathrm{lse}_{\mathrm{vs}} - \mathrm{lse}_{\mathrm{dense}})`
 averaged over all queries, with the exact density (kept causal pairs /
 causal pairs) and the kernel density (key slots the block/column kernel
-visits, :func:`yarnref.convert_vertical_slash_indexes`, / causal pairs).  The
+visits, :func:`yarnref.convert_vertical_slash_indexes`, / causal pairs; above
+1 at full budget, since blocks on the diagonal are computed whole).  The
 refinement picks per head the smallest budget whose recall reaches a target
 and writes a ``sparse_attention_config``.
 
