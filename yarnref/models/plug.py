@@ -61,6 +61,7 @@ class PlugState:
     #: layer index -> None; filled by the attention function with (rotated q, rotated k) of the last forward
     capture: dict = field(default_factory=dict)
     _frequencies: dict = field(default_factory=dict)
+    _budgets: dict = field(default_factory=dict)
 
     def frequencies(self, seq_len: int) -> tuple[np.ndarray, float]:
         key = seq_len if self.spec.depends_on_length else None
@@ -92,8 +93,11 @@ class YarnrefRotaryEmbedding(torch.nn.Module):
 
 
 def _key_write_lengths(prompt_length: int | None, kv_len: int) -> tuple[int, np.ndarray]:
-    """``(seq_len, key_write_lengths)`` of the Qwen temperature for a cache of ``kv_len`` keys."""
-    prompt = kv_len if prompt_length is None else max(1, min(prompt_length, 1 << 62))
+    """``(seq_len, key_write_lengths)`` of the Qwen temperature for a cache of ``kv_len`` keys.
+
+    Prompt keys were written at the prompt's length, a decoded key ``j`` at ``j + 1``.
+    """
+    prompt = kv_len if prompt_length is None else max(1, int(prompt_length))
     seq_len = max(prompt, kv_len)
     return seq_len, np.maximum(prompt, np.arange(1, kv_len + 1, dtype=np.int64))
 
@@ -135,7 +139,7 @@ def yarnref_attention(module, query, key, value, attention_mask, dropout: float 
             if layer in state.capture:
                 state.capture[layer] = (query.detach(), key.detach())
             if sparse:
-                vertical, slash = _budgets(spec, layer)
+                vertical, slash = _budgets(state, layer)
                 v_idx, s_idx = yarnref.vertical_slash_indices(query, key, vertical, slash, spec.sparse.last_q, scale=scaling)
                 out = yarnref.vertical_slash_attention(query, key, value, v_idx, s_idx, "kernel", scaling)
             else:
@@ -143,18 +147,15 @@ def yarnref_attention(module, query, key, value, attention_mask, dropout: float 
     return out.transpose(1, 2).contiguous(), None
 
 
-_BUDGETS: dict = {}
-
-
-def _budgets(spec: MethodSpec, layer: int):
+def _budgets(state: PlugState, layer: int):
     """Per-head ``(vertical, slash)`` budgets of ``layer`` from the spec's table (vLLM's 30 -> 130 applied)."""
     from ..prefill import sparse_attention_config_for
 
-    key = (id(spec.sparse.table), layer)
-    if key not in _BUDGETS:
-        b = sparse_attention_config_for({"chunk_size": 2, "local_size": 1, "sparse_attention_config": spec.sparse.table}, layer)
-        _BUDGETS[key] = (b.vertical_size, b.slash_size)
-    return _BUDGETS[key]
+    if layer not in state._budgets:
+        table = state.spec.sparse.table
+        b = sparse_attention_config_for({"chunk_size": 2, "local_size": 1, "sparse_attention_config": table}, layer)
+        state._budgets[layer] = (b.vertical_size, b.slash_size)
+    return state._budgets[layer]
 
 
 def _dca_with_table(spec: MethodSpec):
