@@ -178,9 +178,9 @@ def run(args) -> int:
         import numpy as np
 
         arrays = {"layers": np.asarray(sorted(indices)), "length": np.int64(n)}
-        for layer, (v, s) in indices.items():
-            arrays[f"layer{layer}_vertical_idx"], arrays[f"layer{layer}_slash_idx"] = v, s
-        np.savez(out / f"patterns_{n}.npz", **arrays)
+        for layer, (v, s) in indices.items():  # int32 and compressed: the file comes back from the GPU machine
+            arrays[f"layer{layer}_vertical_idx"], arrays[f"layer{layer}_slash_idx"] = v.astype(np.int32), s.astype(np.int32)
+        np.savez_compressed(out / f"patterns_{n}.npz", **arrays)
         (out / f"sparse_attention_config_{n}.json").write_text(json.dumps(r["sparse_attention_config"]))
         print(f"patterns {n}: {r['seconds']:.1f} s", flush=True)
         _write(path, study)

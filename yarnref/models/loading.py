@@ -180,7 +180,10 @@ def load_model(model: str = "smollm2-135m", *, device: str = "cpu", dtype: str =
         hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype), attn_implementation="sdpa")
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype), attn_implementation="sdpa")
+        except TypeError:  # transformers before 4.56 names it torch_dtype
+            lm = AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype=getattr(torch, dtype), attn_implementation="sdpa")
     except (OSError, ValueError) as error:
         raise InputError("model", str(model), f"a checkpoint transformers can load ({type(error).__name__}: {error})") from None
     finally:
