@@ -544,10 +544,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="current sequence length passed to rope_frequencies (dynamic NTK, LongRoPE)")
     v.add_argument("--batch", type=_positive_int, default=1, metavar="B", help="batch size of q and k (default 1)")
     v.add_argument("--heads", type=_positive_int, default=2, metavar="H", help="heads of q and k (default 2)")
+
+    from .models.commands import add_model_commands  # perplexity, passkey, patterns (torch imported only when run)
+
+    add_model_commands(sub)
     return parser
 
 
 def _run(args, out) -> int:
+    if getattr(args, "model_command", None) is not None:  # yarnref.models.commands
+        return args.model_command(args, out)
     if args.command == "presets":
         out.write(format_presets())
         return 0
