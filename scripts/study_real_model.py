@@ -198,12 +198,14 @@ def _tokens(n: int) -> str:
 def perplexity_figure(study: dict, figures: Path, plt) -> None:
     """Perplexity against window length, one line per method (dashed: with --sparse)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in METHODS:
+    colors = plt.get_cmap("tab10").colors  # one colour per method; its --sparse line dashed in the same colour
+    for method, color in zip(METHODS, colors):
         for sparse in (False, True):
             rows = sorted((r["length"], r["perplexity"]) for r in study["perplexity"] if r["method"] == method and r["sparse"] == sparse)
             if rows:
                 x, y = zip(*rows)
-                ax.plot(x, y, marker="o", ls="--" if sparse else "-", label=method + (" + sparse" if sparse else ""))
+                ax.plot(x, y, marker="x" if sparse else "o", ls="--" if sparse else "-", color=color,
+                        label=method + (" + sparse" if sparse else ""))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.axvline(8192, color="grey", lw=0.8)
@@ -266,9 +268,10 @@ def plot(args) -> int:
         fig.tight_layout()
         fig.savefig(figures / "real_model_recall.png", dpi=120)
     tables = markdown_tables(study)
-    (figures / "real_model_tables.md").write_text(tables)
+    tables_path = Path(args.plot).with_name("tables.md")  # beside the study, not among the site's pages
+    tables_path.write_text(tables)
     print(tables)
-    print(f"figures and tables written to {figures}")
+    print(f"figures written to {figures}, tables to {tables_path}")
     return 0
 
 

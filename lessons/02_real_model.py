@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # Extending a real model past its training window
+# # Lesson 2: A real model past its training window
 #
 # **Papers:** Peng et al., *YaRN* ([arXiv:2309.00071](https://arxiv.org/abs/2309.00071)); An et al.,
 # *Training-Free Long-Context Scaling of Large Language Models* (DCA,
@@ -25,7 +25,12 @@
 # SmolLM2-135M-Instruct. It was trained on windows of $T_{\mathrm{train}} = 8192$ tokens. Its rotary
 # pairs turn at $\theta_i = b^{-2i/d}$ with $b = 10^5$ and $d = 64$, so pair $i$ takes
 # $\lambda_i = 2\pi/\theta_i$ tokens per turn. The slowest pairs never completed a turn during
-# training: their angles past 8K are new to the model. Every method answers this differently:
+# training: their angles past 8K are new to the model:
+#
+# $$\phi_i(p) = p\,\theta_i, \qquad \theta_i = b^{-2i/d}, \qquad \lambda_i = \frac{2\pi}{\theta_i},
+# \qquad \text{pair } i \text{ is out of distribution past } T_{\mathrm{train}} \text{ when } \lambda_i > T_{\mathrm{train}}.$$
+#
+# Every method answers this differently:
 #
 # * **Position Interpolation** divides every position by $s$: $\theta'_i = \theta_i / s$.
 # * **NTK-aware scaling** changes the base, $b' = b\, s^{d/(d-2)}$. The fast pairs barely move and
