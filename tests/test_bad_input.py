@@ -364,3 +364,14 @@ def test_torch_float32_logits_beyond_float32_are_refused():
         with pytest.raises(InputError) as info:
             yarnref.attention(q, q, q)
     assert info.value.param == "q"
+
+
+def test_torch_mask_refuses_sizes_beyond_memory():
+    """The torch backend's whole-mask builder refuses a 2**40-key mask before allocating (the spec's rule)."""
+    pytest.importorskip("torch")
+    idx = np.zeros((1, 1, 1), dtype=np.int64)
+    with yarnref.use_backend("torch", device="cpu"):
+        for mode in ("exact", "kernel"):
+            with pytest.raises(InputError) as info:
+                yarnref.vertical_slash_mask(2**20, 2**40, idx, idx, mode)
+            assert info.value.param == "kv_len" and "GiB" in str(info.value)

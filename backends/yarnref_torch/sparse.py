@@ -50,8 +50,9 @@ import numpy as np
 import torch
 
 from yarnref.softmax_attention import check_qkv
-from yarnref.checks import check_int32_indices
 from yarnref.checks import (
+    check_allocation,
+    check_int32_indices,
     check_bool,
     check_budget,
     check_int,
@@ -273,11 +274,31 @@ def _kernel_rows(start: int, stop: int, q_len: int, kv_len: int, converted, caus
     return per_row
 
 
+def _check_mask_memory(vertical: torch.Tensor, q_len: int, kv_len: int) -> None:
+    """Refuse, before allocating, a whole mask that cannot fit where it would live (host or device memory).
+
+    The mask is ``batch * heads * q_len * kv_len`` bools, and building it takes
+    a ``(q_len, kv_len)`` grid of int64 distances too.
+    """
+    nbytes = q_len * kv_len * (vertical.shape[0] * vertical.shape[1] + 8)
+    if vertical.device.type != "cuda":
+        check_allocation("kv_len", kv_len, nbytes, itemsize=1, what="(batch, heads, q_len, kv_len) mask")
+        return
+    limit = torch.cuda.get_device_properties(vertical.device).total_memory
+    if nbytes > limit:
+        raise InputError(
+            "kv_len", kv_len,
+            f"a size whose (batch, heads, q_len, kv_len) mask fits on {vertical.device} "
+            f"({nbytes / 2**30:.1f} GiB asked, {limit / 2**30:.1f} GiB there)",
+        )
+
+
 def vertical_slash_mask(conv, q_len, kv_len, vertical_idx, slash_idx, mode="exact", causal=True, *, block_size_m=64, block_size_n=64):
     """Every query's key set, bool ``(batch, heads, q_len, kv_len)``; see :func:`yarnref.sparse.vertical_slash_mask`."""
     mode = check_option("mode", mode, VS_MODES)
     q_len, kv_len, bm, bn, causal = _check_conversion_args(q_len, kv_len, block_size_m, block_size_n, causal)
     vertical, slash = _indices(conv, vertical_idx, slash_idx, kv_len)
+    _check_mask_memory(vertical, q_len, kv_len)
     if mode == "exact":
         return _exact_rows(0, q_len, q_len, kv_len, vertical, slash, causal)
     if bn < bm:
