@@ -514,3 +514,17 @@ def test_longrope_attention_factor_vllm_and_llama_cpp_from_max_position():
     phi["rope_scaling"].update(short_mscale=1.1, long_mscale=1.3)
     assert rope_frequencies(phi, stack="vllm", max_model_len=131072)[1] == 1.3
     assert rope_frequencies(phi, stack="vllm", max_model_len=4096)[1] == 1.1
+
+
+def test_every_rope_type_has_its_frequency_functions(monkeypatch):
+    """``ROPE_FREQUENCY_FUNCTIONS`` is the one table rope_frequencies dispatches through (the extension point)."""
+    from yarnref.config import ROPE_TYPES
+    from yarnref.scaling import frequencies
+
+    assert set(frequencies.ROPE_FREQUENCY_FUNCTIONS) == set(ROPE_TYPES)
+    config = {"rope_theta": 10000.0, "head_dim": 8, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}
+    want, factor = rope_frequencies(config)
+    marked = (lambda *args: (want * 3.0, 1.5), frequencies.ROPE_FREQUENCY_FUNCTIONS["linear"][1])
+    monkeypatch.setitem(frequencies.ROPE_FREQUENCY_FUNCTIONS, "linear", marked)
+    got, got_factor = rope_frequencies(config)
+    assert np.array_equal(got, want * 3.0) and got_factor == 1.5 and factor == 1.0

@@ -40,31 +40,16 @@ from __future__ import annotations
 import math
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .checks import check_bool, check_option, foreign_array_type, shown
+from .checks import foreign_array_type, shown
+from .checks import is_int as _is_int
 from .errors import ConfigError, InputError
-from .rope import base_inv_freq
-from .scaling import (
-    ntk_frequencies,
-    proportional_frequencies,
-    dynamic_ntk_frequencies,
-    dynamic_yarn_frequencies,
-    linear_frequencies,
-    llama3_frequencies,
-    longrope_frequencies,
-    vllm_dynamic_ntk_frequencies,
-    yarn_frequencies,
-)
-from .scaling import float32 as f32
-from .scaling.longrope import MSCALE_RULES as LONGROPE_MSCALE_RULES
-from .scaling.longrope import SWITCHES, uses_long_factors
-from .scaling.ntk import dynamic_ntk_base
-from .scaling.yarn import CLAMPS, EPSILON_RULES, MSCALE_RULES, RAMPS, correction_dim, correction_range
+from .scaling.yarn import correction_dim, correction_range
 
 __all__ = [
     "ROPE_TYPES",
@@ -75,6 +60,12 @@ __all__ = [
     "rope_layer_types",
     "rope_frequencies",
     "stack_options",
+    "ROPE_FREQUENCY_FUNCTIONS",
+    "DCAConfig",
+    "dca_config",
+    "SPARSE_PATTERN",
+    "SparseHeadBudgets",
+    "sparse_attention_config_for",
 ]
 
 #: The canonical rope types: transformers' names, then vLLM's ``"ntk"`` (fixed / mixed NTK, vLLM only).
@@ -722,325 +713,250 @@ def _check_yarn(key, params, factor, rotary, max_pos, original, model_type, note
 
 
 # ----------------------------------------------------------------------------------------------
-# rope_frequencies
+# Dual Chunk Attention and the sparse table: the other parts of a Qwen2.5-1M config.json
 
-_STACK_DEFAULTS = {
-    "transformers": dict(
-        ramp="index", clamp="rotary_dim", truncate=None, epsilon_rule="transformers",
-        mscale_rule="transformers", longrope_switch="current_length", dynamic_ntk="transformers",
-        longrope_mscale_rule="transformers",
-    ),
-    "vllm": dict(
-        ramp="index", clamp="rotary_dim", truncate=None, epsilon_rule="transformers",
-        mscale_rule="transformers", longrope_switch="static", dynamic_ntk="vllm",
-        longrope_mscale_rule="max_position",
-    ),
-    "llama.cpp": dict(
-        ramp="index", clamp="rotary_dim", truncate=True, epsilon_rule="ggml",
-        mscale_rule="llama.cpp", longrope_switch="static", dynamic_ntk=None,
-        longrope_mscale_rule="max_position",
-    ),
-    "yarn_authors": dict(
-        ramp="index", clamp="rotary_dim", truncate=True, epsilon_rule="transformers",
-        mscale_rule="yarn_authors", longrope_switch=None, dynamic_ntk="transformers",
-        longrope_mscale_rule=None,
-    ),
-}
-_OPTION_VALUES = {
-    "ramp": RAMPS,
-    "clamp": CLAMPS,
-    "epsilon_rule": EPSILON_RULES,
-    "mscale_rule": MSCALE_RULES,
-    "longrope_switch": SWITCHES,
-    "longrope_mscale_rule": LONGROPE_MSCALE_RULES,
-    "dynamic_ntk": ("transformers", "vllm"),
-    "correction_length": ("original_max_position_embeddings", "max_position_embeddings"),
-}
+@dataclass(frozen=True)
+class DCAConfig:
+    """A model's ``dual_chunk_attention_config``, validated.
 
-
-def stack_options(stack: str = "transformers", config: Mapping | RopeConfig | None = None) -> dict[str, Any]:
-    """The option values ``stack`` stands for (``None`` where it has no such method).
-
-    With a ``config`` of an MLA model (DeepSeek-style, ``qk_rope_head_dim``
-    present): ``stack="vllm"`` picks ``mscale_rule="vllm_deepseek"`` and
-    ``truncate=True`` (vLLM 0.33 routes these to
-    ``DeepseekScalingRotaryEmbedding``, which receives neither
-    ``attention_factor`` nor ``truncate`` and always floors/ceils);
-    ``stack="llama.cpp"`` picks ``mscale_rule="llama.cpp_deepseek2"`` (net
-    magnitude 1, llama.cpp's DEEPSEEK2 architecture).
+    ``original_max_position_embeddings``: 0 or None means no temperature (as in
+    vLLM); a positive value selects ``temperature="qwen"``.  The sparse keys are
+    kept as given (``sparse_attention_enabled`` defaults, as in vLLM, to whether
+    a ``sparse_attention_config`` is present).
     """
-    check_option("stack", stack, STACKS)
-    options = dict(_STACK_DEFAULTS[stack])
-    if config is not None and stack in ("vllm", "llama.cpp") and parse_rope_config(config).is_mla:
-        if stack == "vllm":
-            options.update(mscale_rule="vllm_deepseek", truncate=True)
-        else:
-            options["mscale_rule"] = "llama.cpp_deepseek2"
-    return options
+
+    chunk_size: int
+    local_size: int
+    original_max_position_embeddings: int | None = None
+    sparse_attention_config: Any = field(default=None, hash=False, compare=True)
+    sparse_attention_enabled: bool = False
+    sparse_attention_threshold: int = 32768
+    sparse_attention_last_q: int = 64
+
+    def __post_init__(self):
+        """Validate at construction, as :func:`dca_config` does for a config dict."""
+        def integer(key, minimum, value):
+            if not _is_int(value) or not minimum <= value <= 2**53:
+                raise ConfigError(key, value, f"an integer in [{minimum}, 2**53]")
+
+        integer("chunk_size", 2, self.chunk_size)
+        integer("local_size", 1, self.local_size)
+        if self.local_size >= self.chunk_size:
+            raise ConfigError("local_size", self.local_size, f"an integer < chunk_size = {self.chunk_size}")
+        if self.original_max_position_embeddings is not None:
+            integer("original_max_position_embeddings", 0, self.original_max_position_embeddings)
+        sparse = self.sparse_attention_config
+        if sparse is not None and not isinstance(sparse, (list, tuple, Mapping)):
+            raise ConfigError("sparse_attention_config", shown(sparse),
+                              "None, or a per-layer list of {head: [type, vertical, slash, score]}")
+        if not isinstance(self.sparse_attention_enabled, (bool, np.bool_)):
+            raise ConfigError("sparse_attention_enabled", self.sparse_attention_enabled, "True or False")
+        integer("sparse_attention_threshold", 1, self.sparse_attention_threshold)
+        integer("sparse_attention_last_q", 1, self.sparse_attention_last_q)
+
+    @property
+    def chunk_len(self) -> int:
+        """``L = chunk_size - local_size``, the length of a chunk (the paper's ``s``)."""
+        return self.chunk_size - self.local_size
+
+    @property
+    def temperature(self) -> str:
+        """``"qwen"`` if ``original_max_position_embeddings`` is positive, else ``"none"``."""
+        return "qwen" if self.original_max_position_embeddings else "none"
+
+    def attention_kwargs(self) -> dict:
+        """Keyword arguments for :func:`dca_attention` (chunk sizes and temperature)."""
+        kwargs = {"chunk_size": self.chunk_size, "local_size": self.local_size, "temperature": self.temperature}
+        if self.temperature == "qwen":
+            kwargs["original_max_position_embeddings"] = self.original_max_position_embeddings
+        return kwargs
 
 
-def rope_frequencies(
-    config: Mapping | RopeConfig,
-    seq_len: int | None = None,
-    *,
-    stack: str = "transformers",
-    ramp: str | None = None,
-    clamp: str | None = None,
-    truncate: bool | None = None,
-    epsilon_rule: str | None = None,
-    correction_length: str = "original_max_position_embeddings",
-    mscale_rule: str | None = None,
-    extrapolation_factor: float = 1.0,
-    dynamic_yarn: bool = False,
-    dynamic_ntk: str | None = None,
-    longrope_switch: str | None = None,
-    max_model_len: int | None = None,
-    longrope_mscale_rule: str | None = None,
-    precision: str = "float64",
-    layer_type: str | None = None,
-) -> tuple[np.ndarray, float]:
-    """``(inv_freq, attention_factor)`` for a model config: float64 ``(rotary_dim/2,)`` and a Python float.
+def _check_sparse_table_fits(model: Mapping, table, key: str) -> None:
+    """A per-layer sparse table must have one entry per layer and per attention head of the model."""
+    layers, heads = model.get("num_hidden_layers"), model.get("num_attention_heads")
+    if _is_int(layers) and len(table) != layers:
+        raise ConfigError(key, f"a table of {len(table)} layers", f"one entry per layer (num_hidden_layers = {layers})")
+    if _is_int(heads):
+        for index, entry in enumerate(table):
+            if isinstance(entry, Mapping) and len(entry) != heads:
+                raise ConfigError(f"{key}[{index}]", f"a layer with {len(entry)} heads",
+                                  f"one entry per attention head (num_attention_heads = {heads})")
 
-    The default is what transformers v5.23 computes (in float64 instead of its
-    float32).  ``seq_len`` is the current sequence length, ``max(position_ids)
-    + 1``; it matters for ``"dynamic"`` (``None``: ``max_position_embeddings``),
-    for ``"longrope"`` (long factors iff ``seq_len > original``) and with
-    ``dynamic_yarn``; the other types ignore it.
 
-    Options (keyword-only).  ``stack`` sets several at once; an option given
-    explicitly overrides the stack's value (:func:`stack_options` lists them):
+def dca_config(config: Mapping) -> DCAConfig:
+    """Read ``config["dual_chunk_attention_config"]`` (a Qwen2.5-1M ``config.json`` dict) or a bare dict of its keys.
 
-    ========================  ==================================  ===========================================
-    option                    ``stack="transformers"``            other values
-    ========================  ==================================  ===========================================
-    ``stack``                 transformers v5                     ``"vllm"`` (0.33), ``"llama.cpp"`` (ggml),
-                                                                  ``"yarn_authors"`` (jquesnelle/yarn)
-    ``ramp``                  ``"index"``                         ``"paper"`` (YaRN Def. 2)
-    ``clamp``                 ``"rotary_dim"`` ([0, r-1])         ``"half"`` ([0, r/2-1], buggy ports)
-    ``truncate``              from the config (default true)      ``True``/``False`` override (ggml: True)
-    ``epsilon_rule``          ``"transformers"`` (hi += 0.001)    ``"ggml"`` (max(0.001, hi - lo))
-    ``correction_length``     ``"original_max_position_embeddings"``  ``"max_position_embeddings"``
-                                                                  (transformers < 4.45, #33783)
-    ``mscale_rule``           ``"transformers"``                  ``"vllm_deepseek"``, ``"yarn_authors"``,
-                                                                  ``"llama.cpp"``, ``"llama.cpp_deepseek2"``
-    ``extrapolation_factor``  1.0                                 the YaRN authors' / ggml ``ext_factor``
-    ``dynamic_yarn``          False                               True: YaRN with s = max(1, seq_len / L)
-    ``dynamic_ntk``           ``"transformers"`` (pure in         ``"vllm"`` (static, at load)
-                              seq_len)
-    ``longrope_switch``       ``"current_length"``                ``"static"`` (needs ``max_model_len``)
-    ``max_model_len``         None                                vLLM ``--max-model-len`` / llama.cpp
-                                                                  ``n_ctx / n_seq_max``
-    ``longrope_mscale_rule``  ``"transformers"`` (``attention_    ``"max_position"``: ``sqrt(1 + ln(max/L) /
-                              factor`` > ``factor`` > max/L)      ln L)`` always (vLLM, llama.cpp)
-    ``precision``             ``"float64"``                       ``"float32"``: the stack's float32 inv_freq
-    ========================  ==================================  ===========================================
-
-    Stack values: ``"vllm"``: static LongRoPE switch (pass ``max_model_len``),
-    LongRoPE factor from ``max_position_embeddings`` (``short_mscale`` /
-    ``long_mscale`` honoured), static dynamic NTK, and for MLA configs the
-    DeepSeek mscale rule with truncation always on.
-    ``"llama.cpp"``: always truncate, the ggml epsilon, llama.cpp's mscale
-    rule (net magnitude 1 for MLA configs), LongRoPE factor from
-    ``max_position_embeddings``, static LongRoPE switch; it has no dynamic
-    NTK.  ``"yarn_authors"``:
-    always truncate, ``m = g(s) * attention_factor``; no Llama 3 or LongRoPE.
-    transformers' stateful dynamic cache is
-    :class:`yarnref.scaling.DynamicNTKCache`.
-
-    ``precision="float32"`` returns, as a float32 array, the ``inv_freq`` the
-    chosen stack computes in float32 torch arithmetic, operation by operation
-    (:mod:`yarnref.scaling.float32`), not a rounding of the float64 result;
-    ``rope_cos_sin(inv_freq, positions, m, precision="float32",
-    out_precision="bfloat16")`` then gives that stack's tables.  Not for
-    ``stack="llama.cpp"`` (ggml forms angles by a recurrence, not from an
-    ``inv_freq`` vector: :func:`yarnref.ggml.ggml_cos_sin`) nor ``ramp="paper"``
-    (no stack computes it).
-
-    ``layer_type``: for per-layer-type RoPE (Gemma 3's full-attention and
-    sliding-window layers, :func:`rope_layer_types`), which layers' RoPE;
-    default ``"full_attention"``.
-
-    Raises :class:`~yarnref.errors.ConfigError` for a bad config and
-    :class:`~yarnref.errors.InputError` for a bad option or ``seq_len``.
+    Raises :class:`~yarnref.errors.ConfigError` naming the key for a missing
+    ``chunk_size``/``local_size``, a non-integer or non-positive size,
+    ``local_size >= chunk_size``, and any key of the wrong type.
     """
-    if precision not in ("float64", "float32"):
-        raise InputError("precision", precision, "'float64' (the spec) or 'float32' (what the stack computes)")
-    rc = parse_rope_config(config, layer_type)
-    opts = stack_options(stack, rc)
-    given = dict(ramp=ramp, clamp=clamp, truncate=truncate, epsilon_rule=epsilon_rule, mscale_rule=mscale_rule,
-                 dynamic_ntk=dynamic_ntk, longrope_switch=longrope_switch, longrope_mscale_rule=longrope_mscale_rule)
-    opts.update({k: v for k, v in given.items() if v is not None})
-    opts["correction_length"] = correction_length
-    for name, allowed in _OPTION_VALUES.items():
-        if opts[name] is not None:
-            check_option(name, opts[name], allowed)
-    if opts["truncate"] is not None and not isinstance(opts["truncate"], bool):
-        raise InputError("truncate", opts["truncate"], "None (from the config), True or False")
-    if _finite_float(extrapolation_factor) is None or not 0.0 <= float(extrapolation_factor) <= 1.0:
-        raise InputError("extrapolation_factor", extrapolation_factor,
-                         "a number in [0, 1] (the weight of the extrapolated frequencies; 1 is YaRN)")
-    for name, value in (("seq_len", seq_len), ("max_model_len", max_model_len)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or not 1 <= value <= MAX_LENGTH):
-            shown = value if not (isinstance(value, int) and value > 10**30) else f"an integer of {len(str(value))} digits"
-            raise InputError(name, shown, "None or an integer in [1, 2**53] (seq_len: max(position_ids) + 1)")
+    if not isinstance(config, Mapping):
+        raise ConfigError("config", shown(config), "a mapping (a config.json dict)")
+    prefix = ""
+    if "dual_chunk_attention_config" in config:
+        dca = config["dual_chunk_attention_config"]
+        prefix = "dual_chunk_attention_config."
+        if not isinstance(dca, Mapping):
+            raise ConfigError("dual_chunk_attention_config", dca, "a mapping with chunk_size and local_size")
+    else:
+        dca = config
 
-    dynamic_yarn = check_bool("dynamic_yarn", dynamic_yarn)
-    _check_method_options(rc, stack, opts, seq_len, dynamic_yarn, max_model_len)
-    if precision == "float32":
-        if stack == "llama.cpp":
-            raise InputError("precision", precision, "'float64' with stack='llama.cpp' (ggml's float32 angles: "
-                             "yarnref.ggml.ggml_cos_sin)")
-        if opts["ramp"] == "paper":
-            raise InputError("precision", precision, "'float64' with ramp='paper' (no stack computes it in float32)")
+    def integer(key, minimum, default=None, required=False):
+        if key not in dca:
+            if required:
+                raise ConfigError(prefix + key, "<missing>", f"an integer >= {minimum}")
+            return default
+        value = dca[key]
+        if not _is_int(value) or value < minimum:
+            raise ConfigError(prefix + key, value, f"an integer >= {minimum}")
+        return int(value)
 
-    try:
-        # Overflow or invalid arithmetic means the config's values do not fit float64: an error, not a NaN.
-        with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
-            inv_freq, attention = _compute(rc, seq_len, opts, float(extrapolation_factor), dynamic_yarn, max_model_len)
-            if precision == "float32":
-                inv_freq = _compute_float32(rc, seq_len, opts, float(extrapolation_factor), dynamic_yarn,
-                                            max_model_len)
-    except (OverflowError, ZeroDivisionError, FloatingPointError) as error:
-        raise ConfigError("rope_theta", rc.base, "values whose frequencies fit in float64",
-                          context=f"{rc.rope_type} with factor={rc.factor}: {error}") from error
-    except InputError as error:  # options were checked above, so this comes from the config's values
-        raise ConfigError(error.param, error.value, error.allowed, context=f"rope_type {rc.rope_type!r}") from error
-
-    inv_freq = np.asarray(inv_freq, dtype=np.float32 if precision == "float32" else np.float64)
-    attention = float(attention)
-    positive = inv_freq >= 0 if rc.rope_type == "proportional" else inv_freq > 0  # proportional: 0 = not rotated
-    if not (np.all(np.isfinite(inv_freq)) and np.all(positive)):
-        raise ConfigError("rope_theta", rc.base, "values whose inverse frequencies are finite and positive in float64",
-                          context=f"rope_type {rc.rope_type!r}, factor={rc.factor}, rotary_dim={rc.rotary_dim}")
-    if not (math.isfinite(attention) and attention > 0):
-        raise ConfigError("attention_factor", attention, "a finite positive attention factor",
-                          context=f"rope_type {rc.rope_type!r}, factor={rc.factor}")
-    return inv_freq, attention
-
-
-def _check_method_options(rc: RopeConfig, stack, opts, seq_len, dynamic_yarn, max_model_len) -> None:
-    """InputError for an option that cannot apply to this config's method."""
-    def unsupported(what: str):
-        return InputError("stack", stack, f"a stack that implements {what} (rope_type {rc.rope_type!r})")
-
-    if rc.rope_type == "dynamic" and opts["dynamic_ntk"] is None:
-        raise unsupported("dynamic NTK")
-    if rc.rope_type == "dynamic" and rc.params.get("alpha") is not None and opts["dynamic_ntk"] != "vllm":
-        raise InputError("stack", stack, "'vllm' (dynamic NTK with alpha is vLLM's DynamicNTKAlphaRotaryEmbedding)")
-    if rc.rope_type in VLLM_ONLY_TYPES and stack != "vllm":
-        raise InputError("stack", stack, f"'vllm' (rope_type {rc.rope_type!r} is implemented by vLLM only)")
-    if rc.rope_type == "proportional" and stack != "transformers":
-        raise InputError("stack", stack, "'transformers' (rope_type 'proportional' as transformers 5.24 computes it)")
-    if rc.rope_type == "llama3" and stack == "yarn_authors":
-        raise unsupported("the Llama 3 schedule")
-    if rc.rope_type == "longrope":
-        if opts["longrope_switch"] is None:
-            raise unsupported("LongRoPE")
-        if opts["longrope_switch"] == "static" and max_model_len is None:
-            raise InputError("max_model_len", None, "a positive integer: the static LongRoPE switch decides from it")
-    if dynamic_yarn and rc.rope_type != "yarn":
-        raise InputError("dynamic_yarn", True, f"False for rope_type {rc.rope_type!r} (it applies to 'yarn')")
-    if dynamic_yarn and seq_len is None:
-        raise InputError("seq_len", None, "a positive integer with dynamic_yarn=True")
-    old_length = opts["correction_length"] == "max_position_embeddings"
-    if rc.rope_type == "yarn" and old_length and rc.max_position_embeddings is None:
-        raise InputError("correction_length", "max_position_embeddings", "a config with max_position_embeddings")
-
-
-def _compute(rc: RopeConfig, seq_len, opts, extrapolation_factor, dynamic_yarn, max_model_len):
-    """Dispatch to the scaling module of ``rc.rope_type`` (options already checked)."""
-    r, b, p = rc.rotary_dim, rc.base, rc.params
-    if rc.rope_type == "default":
-        return base_inv_freq(r, b), 1.0
-    if rc.rope_type == "linear":
-        return linear_frequencies(r, b, rc.factor)
-    if rc.rope_type == "dynamic":
-        if p.get("alpha") is not None:  # vLLM (Hunyuan): static NTK-aware base b * alpha^(r/(r-2))
-            return ntk_frequencies(r, b, float(p["alpha"]))
-        if opts["dynamic_ntk"] == "vllm":
-            trained = p.get("max_trained_positions")
-            return vllm_dynamic_ntk_frequencies(r, b, rc.factor, rc.max_position_embeddings, trained)
-        return dynamic_ntk_frequencies(r, b, rc.factor, rc.max_position_embeddings, seq_len)
-    if rc.rope_type == "ntk":
-        mixed_b = p.get("mixed_b")
-        return ntk_frequencies(r, b, rc.factor, variant="vllm_fixed" if mixed_b is None else "vllm_mixed",
-                               mixed_b=mixed_b)
-    if rc.rope_type == "proportional":
-        return proportional_frequencies(rc.head_dim, b, rc.partial_rotary_factor, rc.factor or 1.0)
-    if rc.rope_type == "yarn":
-        if opts["correction_length"] == "max_position_embeddings":
-            length = rc.max_position_embeddings
-        else:
-            length = rc.original_max_position_embeddings
-        truncate = opts["truncate"] if opts["truncate"] is not None else bool(p.get("truncate", True))
-        yarn_options = dict(
-            beta_fast=p.get("beta_fast") or 32,  # transformers: `get(...) or 32`
-            beta_slow=p.get("beta_slow") or 1,
-            truncate=truncate,
-            clamp=opts["clamp"],
-            ramp=opts["ramp"],
-            epsilon_rule=opts["epsilon_rule"],
-            extrapolation_factor=extrapolation_factor,
-            # vLLM's DeepSeek class never sees attention_factor; it reads its own key attn_factor
-            attention_factor=p.get("attn_factor") if opts["mscale_rule"] == "vllm_deepseek" else p.get("attention_factor"),
-            mscale=p.get("mscale"),
-            mscale_all_dim=p.get("mscale_all_dim"),
-            mscale_rule=opts["mscale_rule"],
-        )
-        if dynamic_yarn:
-            return dynamic_yarn_frequencies(r, b, length, seq_len, **yarn_options)
-        return yarn_frequencies(r, b, rc.factor, length, **yarn_options)
-    if rc.rope_type == "llama3":
-        low, high = p["low_freq_factor"], p["high_freq_factor"]
-        return llama3_frequencies(r, b, rc.factor, low, high, rc.original_max_position_embeddings)
-    attention_factor = p.get("attention_factor")
-    if opts["longrope_mscale_rule"] == "max_position":  # vLLM's short_mscale / long_mscale overrides
-        use_long = uses_long_factors(seq_len, rc.original_max_position_embeddings, switch=opts["longrope_switch"],
-                                     max_model_len=max_model_len)
-        attention_factor = p.get("long_mscale" if use_long else "short_mscale")
-    return longrope_frequencies(
-        r, b, p["short_factor"], p["long_factor"], rc.original_max_position_embeddings,
-        factor=p.get("factor"), max_position_embeddings=rc.max_position_embeddings,
-        attention_factor=attention_factor, seq_len=seq_len,
-        switch=opts["longrope_switch"], max_model_len=max_model_len, mscale_rule=opts["longrope_mscale_rule"],
+    chunk_size = integer("chunk_size", 2, required=True)
+    local_size = integer("local_size", 1, required=True)
+    if local_size >= chunk_size:
+        raise ConfigError(prefix + "local_size", local_size, f"an integer < chunk_size = {chunk_size}")
+    original = dca.get("original_max_position_embeddings")
+    if original is not None and (not _is_int(original) or original < 0):
+        raise ConfigError(prefix + "original_max_position_embeddings", original, "None or an integer >= 0 (0: no temperature)")
+    sparse = dca.get("sparse_attention_config")
+    if sparse is not None and not isinstance(sparse, (list, tuple, Mapping)):
+        raise ConfigError(prefix + "sparse_attention_config", sparse, "None, or a per-layer list of {head: [type, vertical, slash, score]}")
+    if prefix and isinstance(sparse, (list, tuple)):
+        _check_sparse_table_fits(config, sparse, prefix + "sparse_attention_config")
+    enabled = dca.get("sparse_attention_enabled", sparse is not None)
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise ConfigError(prefix + "sparse_attention_enabled", enabled, "true or false")
+    return DCAConfig(
+        chunk_size=chunk_size,
+        local_size=local_size,
+        original_max_position_embeddings=None if original is None else int(original),
+        sparse_attention_config=sparse,
+        sparse_attention_enabled=bool(enabled),
+        sparse_attention_threshold=integer("sparse_attention_threshold", 1, 32768),
+        sparse_attention_last_q=integer("sparse_attention_last_q", 1, 64),
     )
 
 
-def _compute_float32(rc: RopeConfig, seq_len, opts, extrapolation_factor, dynamic_yarn, max_model_len) -> np.ndarray:
-    """The float32 ``inv_freq`` of the stack (transformers or vLLM), operation by operation (options checked)."""
-    r, b, p = rc.rotary_dim, rc.base, rc.params
-    if rc.rope_type == "default":
-        return f32.f32_base_inv_freq(r, b)
-    if rc.rope_type == "linear":
-        return f32.f32_linear(r, b, rc.factor)
-    if rc.rope_type == "ntk":
-        return f32.f32_ntk_vllm_fixed(r, b, rc.factor, p.get("mixed_b"))
-    if rc.rope_type == "proportional":
-        return f32.f32_proportional(rc.head_dim, b, rc.partial_rotary_factor, rc.factor or 1.0)
-    if rc.rope_type == "dynamic":
-        if p.get("alpha") is not None:
-            return f32.f32_base_inv_freq(r, b * float(p["alpha"]) ** (r / (r - 2)))
-        if opts["dynamic_ntk"] == "vllm":
-            current = rc.max_position_embeddings
-            trained = p.get("max_trained_positions") or current
-            new_base = b * ((rc.factor * current / trained) - (rc.factor - 1)) ** (r / (r - 2))
-        else:
-            new_base = dynamic_ntk_base(b, rc.factor, r, rc.max_position_embeddings, seq_len)
-        return f32.f32_base_inv_freq(r, new_base)
-    if rc.rope_type == "yarn":
-        length = (rc.max_position_embeddings if opts["correction_length"] == "max_position_embeddings"
-                  else rc.original_max_position_embeddings)
-        truncate = opts["truncate"] if opts["truncate"] is not None else bool(p.get("truncate", True))
-        factor = max(1.0, seq_len / length) if dynamic_yarn else rc.factor
-        lo, hi = correction_range(r, b, length, p.get("beta_fast") or 32, p.get("beta_slow") or 1, truncate,
-                                  opts["clamp"])
-        if truncate:  # transformers keeps floor/ceil as Python ints; the float32 results are the same
-            lo, hi = int(lo), int(hi)
-        return f32.f32_yarn(r, b, factor, lo, hi, epsilon_rule=opts["epsilon_rule"],
-                            extrapolation_factor=extrapolation_factor)
-    if rc.rope_type == "llama3":
-        return f32.f32_llama3(r, b, rc.factor, p["low_freq_factor"], p["high_freq_factor"],
-                              rc.original_max_position_embeddings)
-    use_long = uses_long_factors(seq_len, rc.original_max_position_embeddings, switch=opts["longrope_switch"],
-                                 max_model_len=max_model_len)
-    return f32.f32_longrope(r, b, p["long_factor"] if use_long else p["short_factor"])
+#: The only pattern vLLM's DCA backend runs from a ``sparse_attention_config``.
+SPARSE_PATTERN = "vertical_and_slash"
+
+#: vLLM's special case: a vertical budget of 30 is run as 130.
+_VERTICAL_30_AS = 130
+
+
+class SparseHeadBudgets(NamedTuple):
+    """One layer's per-head vertical-slash budgets, for a range of (global) heads."""
+
+    #: ``(heads,)`` int64: the vertical budget as vLLM runs it (a table value of 30 becomes 130).
+    vertical_size: np.ndarray
+    #: ``(heads,)`` int64: the slash budget.
+    slash_size: np.ndarray
+    #: ``(heads,)`` float64: the table's fourth field (the offline search's score; unused at run time).
+    score: np.ndarray
+    #: ``(heads,)`` int64: the vertical budget as written in the table.
+    config_vertical_size: np.ndarray
+
+
+def _as_dca_config(config):
+    from .dca import DCAConfig, dca_config
+
+    if isinstance(config, DCAConfig):
+        return config
+    if isinstance(config, Mapping):
+        return dca_config(config)
+    raise InputError("dca", shown(config), "a yarnref.dca.DCAConfig or a config dict (config.json or its dual_chunk_attention_config)")
+
+
+def _head_id(key, where: str) -> int:
+    if _is_int(key) and key >= 0:
+        return int(key)
+    if isinstance(key, str) and key.isdecimal():
+        return int(key)
+    raise ConfigError(where, key, "head ids that are non-negative integers (or their decimal strings)")
+
+
+def sparse_attention_config_for(config, layer, heads=None) -> SparseHeadBudgets:
+    """Parse and validate one layer of a ``sparse_attention_config`` table.
+
+    ``config``: a :class:`yarnref.dca.DCAConfig`, or a config dict (a
+    Qwen2.5-1M ``config.json`` with ``dual_chunk_attention_config``, or that
+    dict itself) carrying ``sparse_attention_config``: a list over layers of
+    ``{head_id: [pattern, vertical_size, slash_size, score]}`` (head ids as
+    JSON strings or ints), as in ``sparse_attention_config.json`` of the
+    Qwen2.5-1M repositories and MInference's configs.
+
+    ``heads``: ``None`` for every head of the layer (ids must be ``0 .. H-1``),
+    or ``(start, stop)`` for the heads of one tensor-parallel rank (vLLM gives
+    rank ``r`` the heads ``[r H_local, (r + 1) H_local)``).
+
+    Raises :class:`~yarnref.errors.ConfigError` for a missing table, a pattern
+    other than ``"vertical_and_slash"``, a budget that is not an integer >= 1,
+    a missing head; :class:`~yarnref.errors.InputError` for a bad ``layer`` or
+    ``heads``.  (A loop over the table's heads parses the JSON; nothing is
+    computed per head.)
+    """
+    cfg = _as_dca_config(config)
+    table = cfg.sparse_attention_config
+    name = "sparse_attention_config"
+    if table is None:
+        raise ConfigError(name, None, "a per-layer list of {head: [pattern, vertical_size, slash_size, score]} (sparse attention needs it)")
+    if not _is_int(layer) or layer < 0:
+        raise InputError("layer", layer, "an integer >= 0")
+    layer = int(layer)
+    if isinstance(table, Mapping):
+        by_layer = {_head_id(key, f"{name} layer key"): value for key, value in table.items()}
+        if layer not in by_layer:
+            raise InputError("layer", layer, f"one of the table's layers {sorted(by_layer)}")
+        entry = by_layer[layer]
+    else:
+        if layer >= len(table):
+            raise InputError("layer", layer, f"an integer in [0, {len(table)}) (the table has {len(table)} layers)")
+        entry = table[layer]
+    where = f"{name}[{layer}]"
+    if not isinstance(entry, Mapping) or not entry:
+        raise ConfigError(where, entry, "a non-empty mapping {head_id: [pattern, vertical_size, slash_size, score]}")
+    by_head = {}
+    for key, value in entry.items():
+        head = _head_id(key, f"{where} key")
+        if head in by_head:
+            raise ConfigError(f"{where}[{key!r}]", value, f"one entry per head (head {head} is listed twice)")
+        by_head[head] = value
+    if heads is None:
+        start, stop = 0, len(by_head)
+    else:
+        if not isinstance(heads, (tuple, list)) or len(heads) != 2 or not all(_is_int(h) for h in heads) or not 0 <= heads[0] < heads[1]:
+            raise InputError("heads", heads, "None or (start, stop) with 0 <= start < stop")
+        start, stop = int(heads[0]), int(heads[1])
+    missing = [h for h in range(start, stop) if h not in by_head]
+    if missing:
+        raise ConfigError(where, f"no entry for head {missing[0]}", f"entries for the heads [{start}, {stop})")
+    vertical, slash, score = [], [], []
+    for head in range(start, stop):
+        item = by_head[head]
+        at = f"{where}[{head}]"
+        if not isinstance(item, (list, tuple)) or len(item) != 4:
+            raise ConfigError(at, item, "[pattern, vertical_size, slash_size, score]")
+        pattern, v_size, s_size, head_score = item
+        if pattern != SPARSE_PATTERN:
+            raise ConfigError(at + "[0]", pattern, f"{SPARSE_PATTERN!r} (the only pattern vLLM's DCA backend runs)")
+        for position, size in ((1, v_size), (2, s_size)):
+            if not _is_int(size) or size < 1:
+                raise ConfigError(f"{at}[{position}]", size, "an integer budget >= 1")
+        if not isinstance(head_score, (int, float, np.integer, np.floating)) or isinstance(head_score, (bool, np.bool_)) or not math.isfinite(head_score):
+            raise ConfigError(at + "[3]", head_score, "a finite number (the search score)")
+        vertical.append(int(v_size))
+        slash.append(int(s_size))
+        score.append(float(head_score))
+    config_vertical = np.asarray(vertical, dtype=np.int64)
+    return SparseHeadBudgets(
+        vertical_size=np.where(config_vertical == 30, _VERTICAL_30_AS, config_vertical),
+        slash_size=np.asarray(slash, dtype=np.int64),
+        score=np.asarray(score, dtype=np.float64),
+        config_vertical_size=config_vertical,
+    )
+
+
+# The computation lives next to the scaling methods (yarnref.scaling.frequencies); imported here
+# last, since it reads this module's parser, so that ``yarnref.config.rope_frequencies`` stays.
+from .scaling.frequencies import ROPE_FREQUENCY_FUNCTIONS, rope_frequencies, stack_options  # noqa: E402

@@ -97,21 +97,20 @@ Shared with the backends: :func:`dca_segments` (the walk over chunks) and
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from .softmax_attention import attention, check_qkv, default_scale, merge_attention
-from .checks import MAX_SEGMENTS, shown, check_allocation, check_array_like, check_logits_fit, check_option, check_same_dtype
+from .checks import MAX_SEGMENTS, check_allocation, check_array_like, check_logits_fit, check_option, check_same_dtype
 from .checks import check_bool
 from .checks import check_dca_sizes as _check_sizes
 from .checks import check_int as _check_positive_int
 from .checks import check_positive_real as _check_positive_real
 from .checks import is_int as _is_int
-from .errors import ConfigError, InputError
+from .errors import InputError
 from .progress import progress_iter
+from .config import DCAConfig, dca_config  # read with the rest of a config.json
 from .rope import apply_rope, rope_cos_sin
 
 __all__ = [
@@ -582,129 +581,3 @@ def _merge_form(rotated_queries, query_positions, k_rot, v, segments, offset, q_
         rows = slice(seg.begin - offset, seg.end - offset)
         out[:, :, rows], lse[:, :, rows] = merge_attention(outputs, lses)
     return out, lse
-
-
-# ----------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class DCAConfig:
-    """A model's ``dual_chunk_attention_config``, validated.
-
-    ``original_max_position_embeddings``: 0 or None means no temperature (as in
-    vLLM); a positive value selects ``temperature="qwen"``.  The sparse keys are
-    kept as given (``sparse_attention_enabled`` defaults, as in vLLM, to whether
-    a ``sparse_attention_config`` is present).
-    """
-
-    chunk_size: int
-    local_size: int
-    original_max_position_embeddings: int | None = None
-    sparse_attention_config: Any = field(default=None, hash=False, compare=True)
-    sparse_attention_enabled: bool = False
-    sparse_attention_threshold: int = 32768
-    sparse_attention_last_q: int = 64
-
-    def __post_init__(self):
-        """Validate at construction, as :func:`dca_config` does for a config dict."""
-        def integer(key, minimum, value):
-            if not _is_int(value) or not minimum <= value <= 2**53:
-                raise ConfigError(key, value, f"an integer in [{minimum}, 2**53]")
-
-        integer("chunk_size", 2, self.chunk_size)
-        integer("local_size", 1, self.local_size)
-        if self.local_size >= self.chunk_size:
-            raise ConfigError("local_size", self.local_size, f"an integer < chunk_size = {self.chunk_size}")
-        if self.original_max_position_embeddings is not None:
-            integer("original_max_position_embeddings", 0, self.original_max_position_embeddings)
-        sparse = self.sparse_attention_config
-        if sparse is not None and not isinstance(sparse, (list, tuple, Mapping)):
-            raise ConfigError("sparse_attention_config", shown(sparse),
-                              "None, or a per-layer list of {head: [type, vertical, slash, score]}")
-        if not isinstance(self.sparse_attention_enabled, (bool, np.bool_)):
-            raise ConfigError("sparse_attention_enabled", self.sparse_attention_enabled, "True or False")
-        integer("sparse_attention_threshold", 1, self.sparse_attention_threshold)
-        integer("sparse_attention_last_q", 1, self.sparse_attention_last_q)
-
-    @property
-    def chunk_len(self) -> int:
-        """``L = chunk_size - local_size``, the length of a chunk (the paper's ``s``)."""
-        return self.chunk_size - self.local_size
-
-    @property
-    def temperature(self) -> str:
-        """``"qwen"`` if ``original_max_position_embeddings`` is positive, else ``"none"``."""
-        return "qwen" if self.original_max_position_embeddings else "none"
-
-    def attention_kwargs(self) -> dict:
-        """Keyword arguments for :func:`dca_attention` (chunk sizes and temperature)."""
-        kwargs = {"chunk_size": self.chunk_size, "local_size": self.local_size, "temperature": self.temperature}
-        if self.temperature == "qwen":
-            kwargs["original_max_position_embeddings"] = self.original_max_position_embeddings
-        return kwargs
-
-
-def _check_sparse_table_fits(model: Mapping, table, key: str) -> None:
-    """A per-layer sparse table must have one entry per layer and per attention head of the model."""
-    layers, heads = model.get("num_hidden_layers"), model.get("num_attention_heads")
-    if _is_int(layers) and len(table) != layers:
-        raise ConfigError(key, f"a table of {len(table)} layers", f"one entry per layer (num_hidden_layers = {layers})")
-    if _is_int(heads):
-        for index, entry in enumerate(table):
-            if isinstance(entry, Mapping) and len(entry) != heads:
-                raise ConfigError(f"{key}[{index}]", f"a layer with {len(entry)} heads",
-                                  f"one entry per attention head (num_attention_heads = {heads})")
-
-
-def dca_config(config: Mapping) -> DCAConfig:
-    """Read ``config["dual_chunk_attention_config"]`` (a Qwen2.5-1M ``config.json`` dict) or a bare dict of its keys.
-
-    Raises :class:`~yarnref.errors.ConfigError` naming the key for a missing
-    ``chunk_size``/``local_size``, a non-integer or non-positive size,
-    ``local_size >= chunk_size``, and any key of the wrong type.
-    """
-    if not isinstance(config, Mapping):
-        raise ConfigError("config", shown(config), "a mapping (a config.json dict)")
-    prefix = ""
-    if "dual_chunk_attention_config" in config:
-        dca = config["dual_chunk_attention_config"]
-        prefix = "dual_chunk_attention_config."
-        if not isinstance(dca, Mapping):
-            raise ConfigError("dual_chunk_attention_config", dca, "a mapping with chunk_size and local_size")
-    else:
-        dca = config
-
-    def integer(key, minimum, default=None, required=False):
-        if key not in dca:
-            if required:
-                raise ConfigError(prefix + key, "<missing>", f"an integer >= {minimum}")
-            return default
-        value = dca[key]
-        if not _is_int(value) or value < minimum:
-            raise ConfigError(prefix + key, value, f"an integer >= {minimum}")
-        return int(value)
-
-    chunk_size = integer("chunk_size", 2, required=True)
-    local_size = integer("local_size", 1, required=True)
-    if local_size >= chunk_size:
-        raise ConfigError(prefix + "local_size", local_size, f"an integer < chunk_size = {chunk_size}")
-    original = dca.get("original_max_position_embeddings")
-    if original is not None and (not _is_int(original) or original < 0):
-        raise ConfigError(prefix + "original_max_position_embeddings", original, "None or an integer >= 0 (0: no temperature)")
-    sparse = dca.get("sparse_attention_config")
-    if sparse is not None and not isinstance(sparse, (list, tuple, Mapping)):
-        raise ConfigError(prefix + "sparse_attention_config", sparse, "None, or a per-layer list of {head: [type, vertical, slash, score]}")
-    if prefix and isinstance(sparse, (list, tuple)):
-        _check_sparse_table_fits(config, sparse, prefix + "sparse_attention_config")
-    enabled = dca.get("sparse_attention_enabled", sparse is not None)
-    if not isinstance(enabled, (bool, np.bool_)):
-        raise ConfigError(prefix + "sparse_attention_enabled", enabled, "true or false")
-    return DCAConfig(
-        chunk_size=chunk_size,
-        local_size=local_size,
-        original_max_position_embeddings=None if original is None else int(original),
-        sparse_attention_config=sparse,
-        sparse_attention_enabled=bool(enabled),
-        sparse_attention_threshold=integer("sparse_attention_threshold", 1, 32768),
-        sparse_attention_last_q=integer("sparse_attention_last_q", 1, 64),
-    )

@@ -95,8 +95,7 @@ from .softmax_attention import check_qkv
 from .checks import check_bool as _check_bool
 from .checks import check_int as _check_int
 from .checks import check_scale as _check_scale
-from .checks import is_int as _is_int
-from .checks import shown
+from .config import SPARSE_PATTERN, SparseHeadBudgets, _as_dca_config, sparse_attention_config_for  # noqa: F401
 from .errors import ConfigError, InputError
 from .progress import progress_iter
 
@@ -113,11 +112,6 @@ __all__ = [
 ]
 
 #: The only pattern Qwen2.5-1M's per-head tables use (and the only one vLLM accepts).
-SPARSE_PATTERN = "vertical_and_slash"
-
-#: vLLM's special case: a vertical budget of 30 is run as 130.
-_VERTICAL_30_AS = 130
-
 #: Forced sink columns and local diagonals of the estimation (MInference and vLLM).
 _FORCE_VERTICALS, _FORCE_SLASHES = 30, 100
 
@@ -227,118 +221,6 @@ def chunked_prefill(q, k, v, chunk_size, scale=None, *, sparse=None, return_lse=
 
 
 # ----------------------------------------------------------------------------- the per-head sparse table
-
-
-class SparseHeadBudgets(NamedTuple):
-    """One layer's per-head vertical-slash budgets, for a range of (global) heads."""
-
-    #: ``(heads,)`` int64: the vertical budget as vLLM runs it (a table value of 30 becomes 130).
-    vertical_size: np.ndarray
-    #: ``(heads,)`` int64: the slash budget.
-    slash_size: np.ndarray
-    #: ``(heads,)`` float64: the table's fourth field (the offline search's score; unused at run time).
-    score: np.ndarray
-    #: ``(heads,)`` int64: the vertical budget as written in the table.
-    config_vertical_size: np.ndarray
-
-
-def _as_dca_config(config):
-    from .dca import DCAConfig, dca_config
-
-    if isinstance(config, DCAConfig):
-        return config
-    if isinstance(config, Mapping):
-        return dca_config(config)
-    raise InputError("dca", shown(config), "a yarnref.dca.DCAConfig or a config dict (config.json or its dual_chunk_attention_config)")
-
-
-def _head_id(key, where: str) -> int:
-    if _is_int(key) and key >= 0:
-        return int(key)
-    if isinstance(key, str) and key.isdecimal():
-        return int(key)
-    raise ConfigError(where, key, "head ids that are non-negative integers (or their decimal strings)")
-
-
-def sparse_attention_config_for(config, layer, heads=None) -> SparseHeadBudgets:
-    """Parse and validate one layer of a ``sparse_attention_config`` table.
-
-    ``config``: a :class:`yarnref.dca.DCAConfig`, or a config dict (a
-    Qwen2.5-1M ``config.json`` with ``dual_chunk_attention_config``, or that
-    dict itself) carrying ``sparse_attention_config``: a list over layers of
-    ``{head_id: [pattern, vertical_size, slash_size, score]}`` (head ids as
-    JSON strings or ints), as in ``sparse_attention_config.json`` of the
-    Qwen2.5-1M repositories and MInference's configs.
-
-    ``heads``: ``None`` for every head of the layer (ids must be ``0 .. H-1``),
-    or ``(start, stop)`` for the heads of one tensor-parallel rank (vLLM gives
-    rank ``r`` the heads ``[r H_local, (r + 1) H_local)``).
-
-    Raises :class:`~yarnref.errors.ConfigError` for a missing table, a pattern
-    other than ``"vertical_and_slash"``, a budget that is not an integer >= 1,
-    a missing head; :class:`~yarnref.errors.InputError` for a bad ``layer`` or
-    ``heads``.  (A loop over the table's heads parses the JSON; nothing is
-    computed per head.)
-    """
-    cfg = _as_dca_config(config)
-    table = cfg.sparse_attention_config
-    name = "sparse_attention_config"
-    if table is None:
-        raise ConfigError(name, None, "a per-layer list of {head: [pattern, vertical_size, slash_size, score]} (sparse attention needs it)")
-    if not _is_int(layer) or layer < 0:
-        raise InputError("layer", layer, "an integer >= 0")
-    layer = int(layer)
-    if isinstance(table, Mapping):
-        by_layer = {_head_id(key, f"{name} layer key"): value for key, value in table.items()}
-        if layer not in by_layer:
-            raise InputError("layer", layer, f"one of the table's layers {sorted(by_layer)}")
-        entry = by_layer[layer]
-    else:
-        if layer >= len(table):
-            raise InputError("layer", layer, f"an integer in [0, {len(table)}) (the table has {len(table)} layers)")
-        entry = table[layer]
-    where = f"{name}[{layer}]"
-    if not isinstance(entry, Mapping) or not entry:
-        raise ConfigError(where, entry, "a non-empty mapping {head_id: [pattern, vertical_size, slash_size, score]}")
-    by_head = {}
-    for key, value in entry.items():
-        head = _head_id(key, f"{where} key")
-        if head in by_head:
-            raise ConfigError(f"{where}[{key!r}]", value, f"one entry per head (head {head} is listed twice)")
-        by_head[head] = value
-    if heads is None:
-        start, stop = 0, len(by_head)
-    else:
-        if not isinstance(heads, (tuple, list)) or len(heads) != 2 or not all(_is_int(h) for h in heads) or not 0 <= heads[0] < heads[1]:
-            raise InputError("heads", heads, "None or (start, stop) with 0 <= start < stop")
-        start, stop = int(heads[0]), int(heads[1])
-    missing = [h for h in range(start, stop) if h not in by_head]
-    if missing:
-        raise ConfigError(where, f"no entry for head {missing[0]}", f"entries for the heads [{start}, {stop})")
-    vertical, slash, score = [], [], []
-    for head in range(start, stop):
-        item = by_head[head]
-        at = f"{where}[{head}]"
-        if not isinstance(item, (list, tuple)) or len(item) != 4:
-            raise ConfigError(at, item, "[pattern, vertical_size, slash_size, score]")
-        pattern, v_size, s_size, head_score = item
-        if pattern != SPARSE_PATTERN:
-            raise ConfigError(at + "[0]", pattern, f"{SPARSE_PATTERN!r} (the only pattern vLLM's DCA backend runs)")
-        for position, size in ((1, v_size), (2, s_size)):
-            if not _is_int(size) or size < 1:
-                raise ConfigError(f"{at}[{position}]", size, "an integer budget >= 1")
-        if not isinstance(head_score, (int, float, np.integer, np.floating)) or isinstance(head_score, (bool, np.bool_)) or not math.isfinite(head_score):
-            raise ConfigError(at + "[3]", head_score, "a finite number (the search score)")
-        vertical.append(int(v_size))
-        slash.append(int(s_size))
-        score.append(float(head_score))
-    config_vertical = np.asarray(vertical, dtype=np.int64)
-    return SparseHeadBudgets(
-        vertical_size=np.where(config_vertical == 30, _VERTICAL_30_AS, config_vertical),
-        slash_size=np.asarray(slash, dtype=np.int64),
-        score=np.asarray(score, dtype=np.float64),
-        config_vertical_size=config_vertical,
-    )
 
 
 # ----------------------------------------------------------------------------- index bookkeeping (NumPy)
