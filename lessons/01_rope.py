@@ -214,13 +214,9 @@ assert err[-1] > 1e-3 and err[0] < 1e-4, "the error grows with position"
 # without CUDA.
 
 # %%
-import importlib.util
-
-gpu = False
-if importlib.util.find_spec("torch") is not None and "torch" in yarnref.available_backends():
+gpu = "torch" in yarnref.gpu_backends()  # the torch backend with a CUDA device
+if gpu:
     import torch
-
-    gpu = torch.cuda.is_available()
 if not gpu:
     print("No CUDA device for the torch backend here: the GPU cell is skipped.")
 

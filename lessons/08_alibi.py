@@ -131,15 +131,11 @@ print(f"checked: {int(steep.sum())} steep heads see the same output at {n} token
 # Skipped without CUDA.
 
 # %%
-import importlib.util
-
 from yarnref.testing import assert_close
 
-gpu = False
-if importlib.util.find_spec("torch") is not None and "torch" in yarnref.available_backends():
+gpu = "torch" in yarnref.gpu_backends()  # the torch backend with a CUDA device
+if gpu:
     import torch
-
-    gpu = torch.cuda.is_available()
 if not gpu:
     print("No CUDA device for the torch backend here: the GPU cell is skipped.")
 

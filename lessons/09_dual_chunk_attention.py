@@ -206,13 +206,9 @@ assert qwen_attention_scale(262144, 262144) == 1.0 < qwen_attention_scale(101000
 # chunks of a scaled-down configuration, against the float64 spec. Skipped without CUDA.
 
 # %%
-import importlib.util
-
-gpu = False
-if importlib.util.find_spec("torch") is not None and "torch" in yarnref.available_backends():
+gpu = "torch" in yarnref.gpu_backends()  # the torch backend with a CUDA device
+if gpu:
     import torch
-
-    gpu = torch.cuda.is_available()
 if not gpu:
     print("No CUDA device for the torch backend here: the GPU cell is skipped.")
 

@@ -257,13 +257,9 @@ print("max |sparse - dense DCA|:", float(np.abs(sparse_qwen - dense_dca).max()),
 # the kernel key set, against the float64 spec. Skipped without CUDA.
 
 # %%
-import importlib.util
-
-gpu = False
-if importlib.util.find_spec("torch") is not None and "torch" in yarnref.available_backends():
+gpu = "torch" in yarnref.gpu_backends()  # the torch backend with a CUDA device
+if gpu:
     import torch
-
-    gpu = torch.cuda.is_available()
 if not gpu:
     print("No CUDA device for the torch backend here: the GPU cell is skipped.")
 

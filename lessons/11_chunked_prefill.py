@@ -140,15 +140,11 @@ plt.show()
 # the one-pass prefill to bfloat16 rounding. 32768 tokens, 8 heads of 128, bfloat16. Skipped without CUDA.
 
 # %%
-import importlib.util
-
 from yarnref.testing import assert_close
 
-gpu = False
-if importlib.util.find_spec("torch") is not None and "torch" in yarnref.available_backends():
+gpu = "torch" in yarnref.gpu_backends()  # the torch backend with a CUDA device
+if gpu:
     import torch
-
-    gpu = torch.cuda.is_available()
 if not gpu:
     print("No CUDA device for the torch backend here: the GPU cell is skipped.")
 

@@ -420,3 +420,15 @@ def test_cupy_arrays_cross_by_dlpack_without_a_copy():
     a = cupy.arange(6, dtype=cupy.float32)
     t = backend.asarray(a)
     assert t.data_ptr() == a.data.ptr and t.dtype == torch.float32
+
+
+def test_gpu_backends_are_the_usable_ones_with_a_gpu():
+    names = yarnref.gpu_backends()
+    assert set(names) <= set(yarnref.available_backends()) and "numpy" not in names
+    try:
+        import torch
+    except ImportError:
+        assert "torch" not in names
+    else:
+        assert ("torch" in names) == ("torch" in yarnref.available_backends() and torch.cuda.is_available())
+    assert ("cupy" in names) == ("cupy" in yarnref.available_backends())  # CuPy runs on a GPU or not at all

@@ -429,3 +429,8 @@ def test_show_progress(data):
             call(yarnref.attention, q, k, v)
     except YarnrefError:
         assert not callable(callback)
+
+
+def test_gpu_backends():
+    names = call(yarnref.gpu_backends)
+    assert isinstance(names, list) and "numpy" not in names

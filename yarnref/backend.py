@@ -67,6 +67,7 @@ __all__ = [
     "use_backend",
     "get_backend",
     "available_backends",
+    "gpu_backends",
     "registered_backends",
     "ENTRY_POINT_GROUP",
 ]
@@ -207,6 +208,11 @@ class Backend:
     def is_available(cls) -> bool:
         """True if this backend can run here (its library imports and its device works)."""
         return True
+
+    @classmethod
+    def has_gpu(cls) -> bool:
+        """True if this backend can run on a GPU here (False for the NumPy spec)."""
+        return False
 
     def asarray(self, x):
         """``x`` as this backend's array, on its device, with its dtype kept."""
@@ -356,6 +362,22 @@ def _usable(name: str) -> bool:
 def available_backends() -> list[str]:
     """The names of the backends that can run here: importable and with a working device."""
     return [n for n in registered_backends() if _usable(n)]
+
+
+def gpu_backends() -> list[str]:
+    """The usable backends that can run on a GPU here: ``"torch"`` where torch sees a CUDA device, ``"cupy"``.
+
+    A GPU cell of a lesson or an example guards itself with
+    ``if "torch" in yarnref.gpu_backends():``.
+    """
+    names = []
+    for name in available_backends():
+        try:
+            if _backend_class(name).has_gpu():
+                names.append(name)
+        except Exception:  # a broken optional library: no GPU through it
+            continue
+    return names
 
 
 def _make_backend(backend, options: dict) -> Backend:

@@ -68,6 +68,10 @@ class CupyBackend(Backend):
     def is_available(cls) -> bool:
         return cuda_is_usable()
 
+    @classmethod
+    def has_gpu(cls) -> bool:
+        return cuda_is_usable()  # CuPy runs on a CUDA device or not at all
+
     def describe(self) -> str:
         return "cupy"
 

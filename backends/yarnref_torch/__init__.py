@@ -64,6 +64,11 @@ class TorchBackend(Backend):
         """True: torch imported, and its CPU always works (CUDA is checked when ``device="cuda"`` is asked for)."""
         return True
 
+    @classmethod
+    def has_gpu(cls) -> bool:
+        """True where torch sees a CUDA device."""
+        return bool(torch.cuda.is_available())
+
     def describe(self) -> str:
         return f"torch-{self.device.type}"
 
