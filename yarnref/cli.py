@@ -2,13 +2,53 @@ r"""The ``yarnref`` command: explain a model's RoPE scaling, list presets, write
 
 ::
 
-    yarnref explain [MODEL] [--seq-len N] [--plot FILE.png] [--pairs compact|all]
-    yarnref presets
+    yarnref --version
+    yarnref explain [MODEL] [--seq-len N] [--plot FILE.png] [--pairs compact|all] [--json]
+                    [--stack STACK] [--precision P] [--max-model-len N]
+    yarnref presets [--json]
     yarnref vectors MODEL --out FILE.npz [--positions P ...] [--seed N] [--seq-len N]
+                    [--stack STACK] [--precision P] [--max-model-len N]
 
-``MODEL`` is a preset name (``yarnref presets``) or a path to a Hugging Face
+``MODEL`` is a preset name (``yarnref presets``, matched case-insensitively;
+an unknown name gets "did you mean" suggestions) or a path to a Hugging Face
 ``config.json`` (or to the folder holding one); ``explain`` defaults to
 :data:`yarnref.presets.DEFAULT_PRESET`.  Also runnable as ``python -m yarnref``.
+
+``--stack`` is one of :data:`yarnref.config.STACKS` (``transformers``,
+``vllm``, ``llama.cpp``, ``yarn_authors``; see
+:func:`yarnref.config.stack_options`); by default transformers, or vLLM for
+the rope types only vLLM implements.  ``--max-model-len`` is vLLM's
+``--max-model-len`` (llama.cpp's ``n_ctx``), from which those stacks pick
+LongRoPE's factor list.  ``--precision`` is the dtype the stack's model runs
+in: ``float64`` (the spec alone), ``float32``, ``bfloat16`` or ``float16``;
+the stack computes its frequencies, angles and cos/sin in float32 and casts
+the tables to that dtype (:func:`yarnref.vectors.stack_tables`).
+
+``explain`` on a Dual Chunk Attention model (a config with
+``dual_chunk_attention_config``) also summarises the per-head sparse budgets
+when the config carries a ``sparse_attention_config`` table, and ``--plot``
+draws the DCA distance map (:func:`yarnref.plot.dca_distance_map`) instead of
+the per-pair scales, which DCA leaves at 1.
+
+JSON output (``--json``), for scripts; the keys are stable (new keys may be
+added, none removed or renamed within a ``format_version``):
+
+* ``explain --json``: one object, :data:`EXPLAIN_KEYS` (see
+  :func:`explain_data`): ``format`` (``"yarnref-explain"``),
+  ``format_version``, ``model``, ``source``, ``notes``, ``model_type``,
+  ``rope_type``, ``head_dim``, ``rotary_dim``, ``partial_rotary_factor``,
+  ``base``, ``factor``, ``original_max_position_embeddings``,
+  ``max_position_embeddings``, ``seq_len``, ``stack``, ``max_model_len``,
+  ``pairing``, ``attention_factor``, ``inv_freq`` (the float64 list
+  :func:`yarnref.rope_frequencies` returns for that stack; JSON floats
+  round-trip exactly), ``base_inv_freq``, ``scales``, ``regions``,
+  ``counts``, ``yarn`` (``lo``, ``hi``, ``beta_fast``, ``beta_slow``,
+  ``truncate``, or null), ``mla`` (or null), ``dca`` (or null; with
+  ``sparse``, the budget summary or null), ``precision`` (or null),
+  ``layer_types`` (or null), ``warnings``, ``plot`` (the path written, or
+  null).
+* ``presets --json``: a list of objects with :data:`PRESET_KEYS`: ``name``,
+  ``rope_type``, ``factor``, ``dca``, ``source``, ``notes``, ``config``.
 
 What ``explain`` prints, per pair ``i = 0 .. r/2 - 1`` (YaRN paper,
 arXiv:2309.00071, Eq. 17 and section 3; RoFormer Eq. 15):
@@ -54,12 +94,29 @@ from typing import Any
 
 import numpy as np
 
-from .config import VLLM_ONLY_TYPES, RopeConfig, parse_rope_config, rope_frequencies
-from .errors import InputError, YarnrefError
-from .presets import DEFAULT_PRESET, PRESETS, preset_names
+from .config import STACKS, VLLM_ONLY_TYPES, RopeConfig, parse_rope_config, rope_frequencies
+from .errors import ConfigError, InputError, YarnrefError
+from .presets import DEFAULT_PRESET, PRESETS, find_preset, preset_names, similar_preset_names
 from .rope import base_inv_freq
 
-__all__ = ["main", "load_model", "explain", "pair_regions", "format_presets"]
+__all__ = ["main", "load_model", "explain", "explain_data", "pair_regions", "format_presets", "presets_data",
+           "sparse_budget_summary", "default_stack", "EXPLAIN_KEYS", "PRESET_KEYS", "PRECISIONS"]
+
+#: ``--precision`` values: the dtype the stack's model runs in (float64: the spec alone).
+PRECISIONS = ("float64", "float32", "bfloat16", "float16")
+
+#: The keys of ``yarnref explain --json`` (stable within EXPLAIN_FORMAT_VERSION).
+EXPLAIN_KEYS = (
+    "format", "format_version", "model", "source", "notes", "model_type", "rope_type", "head_dim", "rotary_dim",
+    "partial_rotary_factor", "base", "factor", "original_max_position_embeddings", "max_position_embeddings",
+    "seq_len", "stack", "max_model_len", "pairing", "attention_factor", "inv_freq", "base_inv_freq", "scales",
+    "regions", "counts", "yarn", "mla", "dca", "precision", "layer_types", "warnings", "plot",
+)
+EXPLAIN_FORMAT = "yarnref-explain"
+EXPLAIN_FORMAT_VERSION = 1
+
+#: The keys of each object of ``yarnref presets --json``.
+PRESET_KEYS = ("name", "rope_type", "factor", "dca", "source", "notes", "config")
 
 PROG = "yarnref"
 _REL = 1e-9  # relative tolerance for "scale is exactly 1 / exactly s"
@@ -98,13 +155,16 @@ def load_model(model: str) -> tuple[dict[str, Any], str, str]:
         if not isinstance(config, dict):
             raise CommandError(f"{str(path)!r} holds a JSON {type(config).__name__}, not an object (a config.json dict)")
         return config, path.stem if path.name != "config.json" else (path.parent.name or "config.json"), str(path)
-    if model in PRESETS:
-        preset = PRESETS[model]
-        return json.loads(json.dumps(preset.config)), preset.name, preset.source
-    raise CommandError(
-        f"unknown model {model!r}: not a preset name and no such file "
-        f"(presets: {', '.join(preset_names())}; or give a path to a config.json)"
-    )
+    try:
+        preset = find_preset(model)
+    except ConfigError:
+        close = similar_preset_names(model)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise CommandError(
+            f"unknown model {model!r}: not a preset name and no such file; {hint}"
+            f"MODEL is a preset name, case-insensitive ({', '.join(preset_names())}), or a path to a config.json"
+        ) from None
+    return json.loads(json.dumps(preset.config)), preset.name, preset.source
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,16 +224,28 @@ def _compact_rows(regions: list[str], must: set[int]) -> list[int]:
 # explain
 
 
-def _yarn_section(rc: RopeConfig, lines: list[str]) -> set[int]:
-    from .scaling.yarn import correction_dim, correction_range
+def _yarn_range(rc: RopeConfig, stack: str) -> dict[str, Any]:
+    """YaRN's correction range as ``stack`` computes it: ``lo``, ``hi``, ``beta_fast``, ``beta_slow``, ``truncate``."""
+    from .config import stack_options
+    from .scaling.yarn import correction_range
 
     p = rc.params
     beta_fast = p.get("beta_fast") or 32
     beta_slow = p.get("beta_slow") or 1
-    truncate = bool(p.get("truncate", True))
+    forced = stack_options(stack, rc)["truncate"]  # llama.cpp, the YaRN authors, vLLM's DeepSeek: always on
+    truncate = bool(p.get("truncate", True)) if forced is None else bool(forced)
+    lo, hi = correction_range(rc.rotary_dim, rc.base, rc.original_max_position_embeddings, beta_fast, beta_slow, truncate)
+    return {"lo": float(lo), "hi": float(hi), "beta_fast": float(beta_fast), "beta_slow": float(beta_slow),
+            "truncate": truncate}
+
+
+def _yarn_section(rc: RopeConfig, lines: list[str], stack: str = "transformers") -> set[int]:
+    from .scaling.yarn import correction_dim
+
+    yarn = _yarn_range(rc, stack)
+    beta_fast, beta_slow, truncate, lo, hi = (yarn[k] for k in ("beta_fast", "beta_slow", "truncate", "lo", "hi"))
     L = rc.original_max_position_embeddings
     r = rc.rotary_dim
-    lo, hi = correction_range(r, rc.base, L, beta_fast, beta_slow, truncate)
     raw_lo = correction_dim(beta_fast, r, rc.base, L)
     raw_hi = correction_dim(beta_slow, r, rc.base, L)
     lines.append("")
@@ -267,8 +339,115 @@ def _dca_lines(rc: RopeConfig, seq_len, lines: list[str]) -> None:
             f"  sparse attention: enabled {d.sparse_attention_enabled}, threshold {d.sparse_attention_threshold:,}, "
             f"last_q {d.sparse_attention_last_q}"
         )
+    summary = sparse_budget_summary(rc)
+    if summary is not None:
+        lines.append(f"  sparse budgets (vertical-slash, per head; {summary['layers']} layers, {summary['heads']} heads):")
+        for kind in ("vertical", "slash"):
+            b = summary[kind]
+            counts = ", ".join(f"{budget} x {n}" for budget, n in b["counts"].items())
+            lines.append(f"    {kind:<8} min {b['min']:,}, median {_num(b['median'])}, max {b['max']:,}; "
+                         f"heads per budget: {counts}")
+        if summary["vertical_30_as_130"]:
+            lines.append(f"    ({summary['vertical_30_as_130']} heads have vertical 30 in the table, which vLLM runs as 130)")
     if rc.rope_type != "default":
         lines.append("  note: with DCA, vLLM uses the plain base and ignores the rope scaling above")
+
+
+def default_stack(config: Mapping | RopeConfig) -> str:
+    """The stack ``explain`` and ``vectors`` use without ``--stack``: vLLM for rope types only it implements."""
+    rc = parse_rope_config(config)
+    vllm_only = rc.rope_type in VLLM_ONLY_TYPES or (rc.rope_type == "dynamic" and rc.params.get("alpha") is not None)
+    return "vllm" if vllm_only else "transformers"
+
+
+def _budget_stats(values: np.ndarray) -> dict[str, Any]:
+    budgets, counts = np.unique(values, return_counts=True)
+    return {"counts": {str(int(b)): int(n) for b, n in zip(budgets, counts)}, "min": int(values.min()),
+            "median": float(np.median(values)), "max": int(values.max())}
+
+
+def sparse_budget_summary(config: Mapping | RopeConfig) -> dict[str, Any] | None:
+    """A DCA model's vertical-slash budgets, summarised; ``None`` without a ``sparse_attention_config`` table.
+
+    Returns ``enabled``, ``threshold``, ``last_q``, ``layers``, ``heads``
+    (over all layers), ``vertical`` and ``slash`` (each ``counts``: heads per
+    budget, keys the budgets as strings in increasing order; ``min``,
+    ``median``, ``max``), and ``vertical_30_as_130``.  Budgets are as vLLM runs
+    them (:func:`yarnref.config.sparse_attention_config_for`: a table
+    vertical of 30 runs as 130).
+    """
+    from .config import dca_config, sparse_attention_config_for
+
+    rc = parse_rope_config(config)
+    if rc.dual_chunk_attention is None:
+        return None
+    d = dca_config(dict(rc.dual_chunk_attention))
+    table = d.sparse_attention_config
+    if table is None:
+        return None
+    layers = sorted(int(k) for k in table) if isinstance(table, Mapping) else list(range(len(table)))
+    parsed = [sparse_attention_config_for(d, layer) for layer in layers]
+    vertical = np.concatenate([b.vertical_size for b in parsed])  # (heads over all layers,)
+    slash = np.concatenate([b.slash_size for b in parsed])
+    config_vertical = np.concatenate([b.config_vertical_size for b in parsed])
+    return {
+        "enabled": bool(d.sparse_attention_enabled),
+        "threshold": int(d.sparse_attention_threshold),
+        "last_q": int(d.sparse_attention_last_q),
+        "layers": len(layers),
+        "heads": int(vertical.size),
+        "vertical": _budget_stats(vertical),
+        "slash": _budget_stats(slash),
+        "vertical_30_as_130": int(np.count_nonzero(config_vertical == 30)),
+    }
+
+
+def _precision_report(rc: RopeConfig, stack: str, precision: str, seq_len, max_model_len) -> dict[str, Any] | None:
+    """How far the stack's float32 (and ``precision``) numbers are from the float64 spec, at the default positions."""
+    if precision == "float64":
+        return None
+    from .rope import rope_angles, rope_cos_sin
+    from .vectors import default_positions, stack_tables
+
+    options = {"stack": stack}
+    if max_model_len is not None:
+        options["max_model_len"] = max_model_len
+    positions = default_positions(rc)
+    inv64, m = rope_frequencies(rc, seq_len, **options)
+    cos64, sin64 = rope_cos_sin(inv64, positions, m)  # (n, r/2)
+    arrays, notes = stack_tables(rc, positions, table_precision=precision, seq_len=seq_len, **options)
+    report: dict[str, Any] = {"dtype": precision, "stack": stack, "positions": [int(p) for p in positions],
+                              "largest_position": int(positions.max()), "inv_freq_max_relative_difference": None,
+                              "angle_max_error": None, "table_max_error": {}, "note": notes.get("no_lower_precision_table")}
+    if "inv_freq_float32" in arrays:
+        inv32 = arrays["inv_freq_float32"].astype(np.float64)
+        report["inv_freq_max_relative_difference"] = float(np.max(np.abs(inv32 - inv64) / inv64))
+        top = positions[-1:]
+        report["angle_max_error"] = float(np.max(np.abs(rope_angles(inv32, top, precision="float32")
+                                                        - rope_angles(inv64, top))))
+    for dtype in ("float32", precision):
+        if f"cos_{dtype}" in arrays:
+            report["table_max_error"][dtype] = float(max(np.max(np.abs(arrays[f"cos_{dtype}"] - cos64)),
+                                                         np.max(np.abs(arrays[f"sin_{dtype}"] - sin64))))
+    return report
+
+
+def _precision_lines(report: dict[str, Any], lines: list[str]) -> None:
+    lines.append("")
+    how = ("ggml's float32 angles and cos/sin (yarnref.ggml)" if report["stack"] == "llama.cpp" else
+           "float32 frequencies, angles and cos/sin" + ("" if report["dtype"] == "float32" else
+                                                        f", tables cast to {report['dtype']}"))
+    lines.append(f"Precision    {report['dtype']} model on {report['stack']}: {how} "
+                 "(yarnref.vectors.stack_tables), against the float64 spec")
+    if report["inv_freq_max_relative_difference"] is not None:
+        lines.append(f"  inv_freq float32: max relative difference {report['inv_freq_max_relative_difference']:.3g}")
+        lines.append(f"  angle p * theta at the largest position p = {report['largest_position']:,}: off by up to "
+                     f"{report['angle_max_error']:.3g} rad in float32")
+    for dtype, error in report["table_max_error"].items():
+        lines.append(f"  cos/sin {dtype:<8} max |difference| {error:.3g} over positions "
+                     f"{', '.join(f'{p:,}' for p in report['positions'])}")
+    if report["note"]:
+        lines.append(f"  {report['note']}")
 
 
 def explain(
@@ -279,13 +458,22 @@ def explain(
     notes: str | None = None,
     seq_len: int | None = None,
     pairs: str = "compact",
+    stack: str | None = None,
+    precision: str = "float64",
+    max_model_len: int | None = None,
 ) -> str:
-    """The text report ``yarnref explain`` prints for ``config`` (see the module docstring)."""
+    """The text report ``yarnref explain`` prints for ``config`` (see the module docstring).
+
+    ``stack``: one of :data:`yarnref.config.STACKS` (default
+    :func:`default_stack`); ``precision``: one of :data:`PRECISIONS` (other
+    than float64 adds the precision section); ``max_model_len``: passed to
+    :func:`yarnref.rope_frequencies` (the static LongRoPE switch).
+    """
     if not isinstance(pairs, str) or pairs not in ("compact", "all"):
         raise InputError("pairs", pairs, "'compact' or 'all'")
     rc = parse_rope_config(config)
-    vllm_only = rc.rope_type in VLLM_ONLY_TYPES or (rc.rope_type == "dynamic" and rc.params.get("alpha") is not None)
-    inv_freq, m = rope_frequencies(rc, seq_len, stack="vllm" if vllm_only else "transformers")
+    stack, options = _stack_and_options(rc, stack, precision, max_model_len)
+    inv_freq, m = rope_frequencies(rc, seq_len, **options)
     theta = base_inv_freq(rc.rotary_dim, rc.base)  # (r/2,)
     with np.errstate(divide="ignore"):  # proportional RoPE: pairs with frequency 0 are not rotated
         scales = theta / inv_freq  # (r/2,)
@@ -321,10 +509,15 @@ def explain(
     lines.append(f"Lengths      {'; '.join(lengths) if lengths else 'not given'}")
     if seq_len is not None:
         lines.append(f"seq_len      {seq_len:,} (current length: used by dynamic NTK, LongRoPE and the DCA temperature)")
+    from .vectors import model_pairing
+
+    lines.append(f"Stack        {stack}" + (f", max_model_len {max_model_len:,}" if max_model_len else "")
+                 + f" (--stack: {', '.join(STACKS)})")
+    lines.append(f"Pairing      {model_pairing(rc, stack)} (how this model's q/k planes are formed in {stack})")
 
     must: set[int] = set()
     if rc.rope_type == "yarn":
-        must = _yarn_section(rc, lines)
+        must = _yarn_section(rc, lines, stack)
     elif rc.rope_type == "llama3":
         p = rc.params
         lo_w = rc.original_max_position_embeddings / p["low_freq_factor"]
@@ -413,12 +606,16 @@ def explain(
     if rc.dual_chunk_attention is not None:
         _dca_lines(rc, seq_len, lines)
 
+    report = _precision_report(rc, stack, precision, seq_len, max_model_len)
+    if report is not None:
+        _precision_lines(report, lines)
+
     if rc.layer_types and isinstance(config, Mapping):
         lines.append("")
         lines.append(f"Per-layer-type RoPE (the report above is for {rc.layer_type!r} layers)")
         for layer_type in rc.layer_types:
             other = parse_rope_config(config, layer_type)
-            inv, m_other = rope_frequencies(other, seq_len)
+            inv, m_other = rope_frequencies(other, seq_len, **options)
             lines.append(f"  {layer_type:<18} {other.rope_type}, base {_num(other.base)}, factor "
                          f"{_num(other.factor) if other.factor else '-'}, attention factor {m_other:.6g}, "
                          f"theta' from {inv[0]:.6g} to {inv[-1]:.6g}")
@@ -431,6 +628,109 @@ def explain(
     else:
         lines.append("Warnings     none")
     return "\n".join(lines) + "\n"
+
+
+def _stack_and_options(rc: RopeConfig, stack, precision, max_model_len) -> tuple[str, dict[str, Any]]:
+    """The stack to use and the options for :func:`yarnref.rope_frequencies`; InputError for a bad value."""
+    from .checks import check_option
+
+    stack = default_stack(rc) if stack is None else stack
+    check_option("stack", stack, STACKS)
+    check_option("precision", precision, PRECISIONS)
+    options: dict[str, Any] = {"stack": stack}
+    if max_model_len is not None:
+        options["max_model_len"] = max_model_len
+    return stack, options
+
+
+def _plain_float(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def explain_data(
+    config: Mapping | RopeConfig,
+    *,
+    name: str | None = None,
+    source: str | None = None,
+    notes: str | None = None,
+    seq_len: int | None = None,
+    stack: str | None = None,
+    precision: str = "float64",
+    max_model_len: int | None = None,
+) -> dict[str, Any]:
+    """What ``yarnref explain --json`` prints: a dict with the keys :data:`EXPLAIN_KEYS` (see the module docstring).
+
+    Every number is the library's: ``inv_freq`` and ``attention_factor`` are
+    :func:`yarnref.rope_frequencies` for the stack, ``scales`` is
+    ``base_inv_freq / inv_freq`` (``null`` where a frequency is 0), and so on.
+    """
+    from .dca import dca_config, qwen_attention_scale
+    from .vectors import model_pairing
+
+    rc = parse_rope_config(config)
+    stack, options = _stack_and_options(rc, stack, precision, max_model_len)
+    inv_freq, m = rope_frequencies(rc, seq_len, **options)
+    theta = base_inv_freq(rc.rotary_dim, rc.base)  # (r/2,)
+    with np.errstate(divide="ignore"):
+        scales = theta / inv_freq  # (r/2,)
+    regions = pair_regions(scales, rc.factor)
+    data: dict[str, Any] = {key: None for key in EXPLAIN_KEYS}
+    data.update(
+        format=EXPLAIN_FORMAT, format_version=EXPLAIN_FORMAT_VERSION, model=name, source=source, notes=notes,
+        model_type=rc.model_type, rope_type=rc.rope_type, head_dim=rc.head_dim, rotary_dim=rc.rotary_dim,
+        partial_rotary_factor=float(rc.partial_rotary_factor), base=float(rc.base), factor=_plain_float(rc.factor),
+        original_max_position_embeddings=rc.original_max_position_embeddings,
+        max_position_embeddings=rc.max_position_embeddings, seq_len=seq_len, stack=stack,
+        max_model_len=max_model_len, pairing=model_pairing(rc, stack), attention_factor=float(m),
+        inv_freq=[float(x) for x in inv_freq], base_inv_freq=[float(x) for x in theta],
+        scales=[float(x) if np.isfinite(x) else None for x in scales], regions=regions,
+        counts={"kept": regions.count("kept"), "blended": regions.count("blend"),
+                "interpolated": regions.count("interp"), "other": regions.count("other")},
+        warnings=list(rc.warnings),
+    )
+    if rc.rope_type == "yarn":
+        data["yarn"] = _yarn_range(rc, stack)
+    if rc.is_mla:
+        from .scaling.yarn import deepseek_softmax_scale
+
+        qk = rc.qk_nope_head_dim + rc.rotary_dim
+        softmax = (deepseek_softmax_scale(qk, rc.factor, rc.params.get("mscale_all_dim"))
+                   if rc.rope_type != "default" and rc.factor is not None else qk ** -0.5)
+        data["mla"] = {"qk_nope_head_dim": rc.qk_nope_head_dim, "qk_rope_head_dim": rc.rotary_dim,
+                       "softmax_scale": float(softmax)}
+    if rc.dual_chunk_attention is not None:
+        d = dca_config(dict(rc.dual_chunk_attention))
+        orig = d.original_max_position_embeddings
+        data["dca"] = {
+            "chunk_size": d.chunk_size, "local_size": d.local_size, "chunk_len": d.chunk_len,
+            "inter_query_position": min(2 * d.chunk_len - 1, d.chunk_size), "max_distance": d.chunk_size,
+            "temperature": d.temperature, "original_max_position_embeddings": orig,
+            "temperature_at_seq_len": (float(qwen_attention_scale(seq_len, orig))
+                                       if orig and seq_len is not None else None),
+            "sparse": sparse_budget_summary(rc),
+        }
+    data["precision"] = _precision_report(rc, stack, precision, seq_len, max_model_len)
+    if rc.layer_types and isinstance(config, Mapping):
+        data["layer_types"] = {}
+        for layer_type in rc.layer_types:
+            other = parse_rope_config(config, layer_type)
+            inv, m_other = rope_frequencies(other, seq_len, **options)
+            data["layer_types"][layer_type] = {"rope_type": other.rope_type, "base": float(other.base),
+                                               "factor": _plain_float(other.factor), "attention_factor": float(m_other),
+                                               "inv_freq": [float(x) for x in inv]}
+    return data
+
+
+def presets_data() -> list[dict[str, Any]]:
+    """What ``yarnref presets --json`` prints: one dict per preset (sorted by name) with :data:`PRESET_KEYS`."""
+    out = []
+    for name in preset_names():
+        preset = PRESETS[name]
+        rc = parse_rope_config(preset.config)
+        out.append({"name": name, "rope_type": rc.rope_type, "factor": _plain_float(rc.factor),
+                    "dca": rc.dual_chunk_attention is not None, "source": preset.source, "notes": preset.notes,
+                    "config": json.loads(json.dumps(preset.config))})
+    return out
 
 
 def format_presets() -> str:
@@ -513,8 +813,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="yarnref: the reference for how RoPE transformers reach long context (RoPE, PI, NTK, YaRN, "
         "Llama 3, LongRoPE, Dual Chunk Attention).",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                        help="print yarnref's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    def stack_arguments(p, precision_default: str, precision_help: str) -> None:
+        p.add_argument("--stack", choices=STACKS, default=None,
+                       help="whose numbers: transformers (default; vllm for the rope types only vLLM implements), "
+                       "vllm, llama.cpp or yarn_authors (yarnref.config.stack_options)")
+        p.add_argument("--precision", choices=PRECISIONS, default=precision_default, help=precision_help)
+        p.add_argument("--max-model-len", type=_positive_int, default=None, metavar="N",
+                       help="vLLM's --max-model-len / llama.cpp's n_ctx: the static LongRoPE switch of those stacks")
 
     p = sub.add_parser("explain", help="explain a model's RoPE scaling pair by pair",
                        description="Explain a model's RoPE scaling: type, lengths, YaRN correction range, "
@@ -527,8 +839,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw the per-pair scale beside PI, NTK-aware and YaRN (needs matplotlib)")
     p.add_argument("--pairs", choices=("compact", "all"), default="compact",
                    help="table rows: compact (default: the ends of each region) or all")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object instead of the text (stable keys: format, format_version, model, "
+                   "rope_type, stack, pairing, attention_factor, inv_freq, scales, regions, counts, yarn, mla, dca, "
+                   "precision, warnings, ...; see yarnref.cli)")
+    stack_arguments(p, "float64", "the dtype the stack's model runs in: float64 (default: the spec alone), float32, "
+                    "bfloat16 or float16 adds how far the stack's float32 frequencies, angles and cast tables are "
+                    "from the spec")
 
-    sub.add_parser("presets", help="list the presets (name, rope type, factor, source)")
+    pr = sub.add_parser("presets", help="list the presets (name, rope type, factor, source)")
+    pr.add_argument("--json", action="store_true",
+                    help="print a JSON list of objects with keys name, rope_type, factor, dca, source, notes, config")
 
     v = sub.add_parser("vectors", help="write golden vectors (.npz) for a model",
                        description="Write golden vectors: inv_freq, attention factor, cos/sin at chosen positions, "
@@ -544,6 +865,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="current sequence length passed to rope_frequencies (dynamic NTK, LongRoPE)")
     v.add_argument("--batch", type=_positive_int, default=1, metavar="B", help="batch size of q and k (default 1)")
     v.add_argument("--heads", type=_positive_int, default=2, metavar="H", help="heads of q and k (default 2)")
+    stack_arguments(v, "bfloat16", "the dtype the stack's model runs in: the stack's float32 cos/sin tables and, for "
+                    "bfloat16 (default) or float16, those cast to it are written too (cos_float32, cos_bfloat16, ...); "
+                    "float64 writes the spec's tables only")
 
     from .models.commands import add_model_commands  # perplexity, passkey, patterns (torch imported only when run)
 
@@ -555,17 +879,29 @@ def _run(args, out) -> int:
     if getattr(args, "model_command", None) is not None:  # yarnref.models.commands
         return args.model_command(args, out)
     if args.command == "presets":
-        out.write(format_presets())
+        out.write(json.dumps(presets_data(), indent=2) + "\n" if args.json else format_presets())
         return 0
     config, name, source = load_model(args.model)
+    stack_args = dict(stack=args.stack, precision=args.precision, max_model_len=args.max_model_len)
     if args.command == "explain":
         notes = PRESETS[name].notes if (name in PRESETS and source == PRESETS[name].source) else None
-        report = explain(config, name=name, source=source, notes=notes, seq_len=args.seq_len, pairs=args.pairs)
+        if args.json:
+            data = explain_data(config, name=name, source=source, notes=notes, seq_len=args.seq_len, **stack_args)
+            report = ""
+        else:
+            report = explain(config, name=name, source=source, notes=notes, seq_len=args.seq_len, pairs=args.pairs,
+                             **stack_args)
         if args.plot:
-            from .plot import save_figure, scaling_comparison
+            from .plot import dca_distance_map, save_figure, scaling_comparison
 
             try:
-                fig = scaling_comparison(config, name=name, seq_len=args.seq_len)
+                if parse_rope_config(config).dual_chunk_attention is not None:  # DCA remaps positions, not frequencies
+                    fig = dca_distance_map(config, name=name, seq_len=args.seq_len)
+                else:
+                    options = {} if args.stack is None else {"stack": args.stack}
+                    if args.max_model_len is not None:
+                        options["max_model_len"] = args.max_model_len
+                    fig = scaling_comparison(config, name=name, seq_len=args.seq_len, **options)
                 save_figure(fig, args.plot)
             except ImportError as error:  # the explanation stands without the figure: print it, then say why
                 out.write(report)
@@ -573,6 +909,9 @@ def _run(args, out) -> int:
             except (OSError, ValueError) as error:  # a missing folder, or a format matplotlib does not know
                 raise CommandError(f"cannot write the plot to {args.plot!r}: {error}") from error
             report += f"\nPlot written to {args.plot}\n"
+        if args.json:
+            data["plot"] = args.plot
+            report = json.dumps(data, indent=2, allow_nan=False) + "\n"
         out.write(report)
         return 0
     # vectors
@@ -591,8 +930,13 @@ def _run(args, out) -> int:
     # Written to a temporary file in the same folder and renamed: no partial file under the name asked for.
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp.npz")
     try:
+        stack = args.stack or default_stack(config)
+        options: dict[str, Any] = {"stack": stack}
+        if args.max_model_len is not None:
+            options["max_model_len"] = args.max_model_len
         vectors = write_vectors(temporary, config, positions=positions, seed=args.seed, batch=args.batch,
-                                heads=args.heads, seq_len=args.seq_len)
+                                heads=args.heads, seq_len=args.seq_len,
+                                table_precision=None if args.precision == "float64" else args.precision, **options)
         os.replace(temporary, target)
     except OSError as error:
         raise CommandError(f"cannot write {str(target)!r}: {error}") from error
@@ -600,11 +944,20 @@ def _run(args, out) -> int:
         if temporary.exists():
             temporary.unlink()
     pos = vectors["positions"]
-    out.write(
-        f"Wrote {target}: {name} ({vectors['meta']['rope']['rope_type']}), {vectors['inv_freq'].size} frequencies, "
-        f"attention factor {float(vectors['attention_factor']):.10g}, {pos.size} positions "
-        f"({', '.join(str(int(p)) for p in pos)}), q/k {tuple(vectors['q'].shape)}, pairings half and interleaved\n"
-    )
+    meta = vectors["meta"]
+    lines = [
+        f"Wrote {target}: {name} ({meta['rope']['rope_type']}, stack {meta['stack']}), {vectors['inv_freq'].size} "
+        f"frequencies, attention factor {float(vectors['attention_factor']):.10g}, {pos.size} positions "
+        f"({', '.join(str(int(p)) for p in pos)}), q/k {tuple(vectors['q'].shape)}",
+        f"  rotations: pairings {', '.join(meta['pairings'])}; the model uses {meta['pairing']!r} in {meta['stack']}",
+    ]
+    if meta["stack_tables"] is not None:
+        tables = meta["stack_tables"]
+        lines.append(f"  {meta['stack']} tables: {', '.join(tables['arrays'])}"
+                     + (f" ({tables['no_lower_precision_table']})" if tables.get("no_lower_precision_table") else ""))
+    if meta["dca"] is not None:
+        lines.append(f"  DCA position ids: {', '.join(meta['dca']['arrays'])}")
+    out.write("\n".join(lines) + "\n")
     return 0
 
 

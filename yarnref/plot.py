@@ -16,6 +16,12 @@ and the methods differ only in *which* pairs they scale and by how much:
 * Llama 3: the same three bands, set by wavelengths ``L / high_freq_factor`` and
   ``L / low_freq_factor``; LongRoPE: a searched factor per pair.
 
+Dual Chunk Attention (arXiv:2402.17463, Eqs. 2-8) leaves the frequencies alone
+and remaps positions instead: :func:`dca_distance_map` draws the relative
+distance :math:`M[i][j] = P_q^{\mathrm{part}}(i) - P_k(j)` every (query, key)
+pair sees, intra-chunk, successive-chunk or inter-chunk, sampled over the
+model's whole context (:func:`dca_distances`).
+
 :func:`scaling_comparison` draws a model's scales beside PI, NTK-aware and YaRN
 at the same factor and original length; :func:`wavelength_plot` draws the
 wavelengths before and after scaling against ``L``.
@@ -45,7 +51,8 @@ from .config import RopeConfig, parse_rope_config, rope_frequencies
 from .errors import InputError
 from .rope import base_inv_freq
 
-__all__ = ["pair_scales", "reference_scales", "scaling_comparison", "wavelength_plot", "save_figure"]
+__all__ = ["pair_scales", "reference_scales", "scaling_comparison", "wavelength_plot", "dca_distances",
+           "dca_distance_map", "save_figure"]
 
 
 def pair_scales(config: Mapping | RopeConfig, seq_len: int | None = None, **frequency_options) -> np.ndarray:
@@ -277,6 +284,105 @@ def wavelength_plot(
     ax.set_title(f"{label}: wavelength of each rotation pair", fontsize=11)
     ax.grid(True, alpha=0.3)
     _legend(fig, ax, own_figure)
+    return fig
+
+
+#: The most positions :func:`dca_distances` samples on each axis.
+MAX_DCA_SAMPLES = 4096
+
+
+def _dca_sizes(config: Mapping | RopeConfig):
+    from .dca import dca_config
+
+    rc = parse_rope_config(config)
+    if rc.dual_chunk_attention is None:
+        raise InputError("config", "a config without dual_chunk_attention_config", "a DCA model's config")
+    return rc, dca_config(dict(rc.dual_chunk_attention))
+
+
+def dca_distances(config: Mapping | RopeConfig, seq_len: int | None = None, samples: int = 384):
+    r"""``(positions, distances)``: DCA's effective distance between sampled tokens of a DCA model.
+
+    ``positions``: ``(k,)`` int64, ``k <= samples`` token positions spread
+    evenly over ``0 .. seq_len - 1`` (default ``seq_len``: the model's context
+    length, :func:`yarnref.vectors.context_length`, else four chunks).
+    ``distances[a, b]``: ``(k, k)`` int64, Eq. (8) for query
+    ``positions[a]`` and key ``positions[b]``, ``-1`` where the key comes
+    after the query; this is :func:`yarnref.dca_relative_positions` at those
+    rows and columns, without building the ``(seq_len, seq_len)`` matrix.
+    The part is chosen by the chunk distance ``a // L - b // L`` (0 intra, 1
+    successive, 2 or more inter), the ids are :func:`yarnref.vectors.dca_ids_at`.
+    """
+    from .checks import check_int
+    from .vectors import context_length, dca_ids_at
+
+    rc, d = _dca_sizes(config)
+    samples = check_int("samples", samples, 2, MAX_DCA_SAMPLES)
+    if seq_len is None:
+        seq_len = context_length(rc) or 4 * d.chunk_len
+    seq_len = check_int("seq_len", seq_len, 1, 2**53)
+    positions = np.unique(np.round(np.linspace(0, seq_len - 1, min(samples, seq_len))).astype(np.int64))  # (k,)
+    ids = dca_ids_at(rc, positions)
+    chunk = positions // d.chunk_len  # (k,)
+    chunk_distance = chunk[:, None] - chunk[None, :]  # (k, k)
+    query = np.where(chunk_distance == 0, ids["intra"][:, None],
+                     np.where(chunk_distance == 1, ids["successive"][:, None], ids["inter"][:, None]))
+    causal = positions[None, :] <= positions[:, None]
+    return positions, np.where(causal, query - ids["key"][None, :], -1).astype(np.int64)
+
+
+def dca_distance_map(
+    config: Mapping | RopeConfig,
+    *,
+    name: str | None = None,
+    seq_len: int | None = None,
+    samples: int = 384,
+    figsize=(12.0, 5.2),
+):
+    r"""The DCA distance map of a DCA model: which relative distance each (query, key) pair sees; returns the Figure.
+
+    Left: :func:`dca_distances` as an image over (key position, query
+    position), the chunk boundaries (multiples of ``L = chunk_size -
+    local_size``) drawn; intra-chunk distances grow as ``i - j``, the
+    successive chunk's are ``min(r(i) + L, C) - r(j)`` and every earlier
+    chunk's ``min(2L - 1, C) - r(j)``, all within ``[0, C]``.  Right: the
+    last query's distance to every key beside the true distance ``i - j``
+    that plain RoPE would use.
+    """
+    rc, d = _dca_sizes(config)
+    positions, distances = dca_distances(rc, seq_len, samples)
+    Figure = _import_matplotlib()
+    fig = Figure(figsize=figsize, layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=(1.15, 1))
+    top = int(positions[-1])
+    shown = np.ma.masked_less(distances, 0)
+    edges = np.concatenate([positions, [top + 1]]).astype(np.float64)
+    mesh = left.pcolormesh(edges, edges, shown, cmap="viridis", vmin=0, vmax=d.chunk_size, shading="flat")
+    fig.colorbar(mesh, ax=left, label="effective distance (tokens)")
+    for boundary in range(d.chunk_len, top + 1, d.chunk_len):
+        left.axvline(boundary, color="white", linewidth=0.8, alpha=0.8)
+        left.axhline(boundary, color="white", linewidth=0.8, alpha=0.8)
+    left.set_xlim(0, top + 1)
+    left.set_ylim(top + 1, 0)
+    left.set_xlabel("key position j")
+    left.set_ylabel("query position i")
+    left.set_title("distance each (query, key) pair sees\n(white lines: chunk boundaries, every L tokens)", fontsize=10)
+
+    last = distances[-1]  # (k,): the last query against every sampled key
+    right.plot(positions, positions[-1] - positions, color="0.5", linestyle="--", linewidth=1.5,
+               label="plain RoPE: i - j")
+    right.plot(positions, last, color="tab:red", linewidth=2, label="DCA")
+    right.axhline(d.chunk_size, color="tab:blue", linestyle=":", linewidth=1,
+                  label=f"chunk_size C = {d.chunk_size:,} (the largest distance)")
+    right.set_xlabel("key position j")
+    right.set_ylabel(f"distance from the last query i = {top:,}")
+    right.set_title("the last query's distances", fontsize=10)
+    right.grid(True, alpha=0.3)
+    right.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    label = _model_label(config, name, rc)
+    fig.suptitle(f"{label}: Dual Chunk Attention distance map over {top + 1:,} tokens\n"
+                 f"chunk_size C = {d.chunk_size:,}, local_size = {d.local_size:,}, chunk length L = {d.chunk_len:,}",
+                 fontsize=11)
     return fig
 
 

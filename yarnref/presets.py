@@ -19,12 +19,13 @@ where the values were read, ``notes`` what to know about them.
 from __future__ import annotations
 
 import copy
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Preset", "PRESETS", "DEFAULT_PRESET", "get_preset", "preset_names"]
+__all__ = ["Preset", "PRESETS", "DEFAULT_PRESET", "find_preset", "get_preset", "preset_names", "similar_preset_names"]
 
 
 @dataclass(frozen=True)
@@ -327,8 +328,41 @@ def preset_names() -> list[str]:
     return sorted(PRESETS)
 
 
+def similar_preset_names(name: str, limit: int = 3) -> list[str]:
+    """Up to ``limit`` preset names close to ``name`` (case-insensitive, :func:`difflib.get_close_matches`), best first."""
+    if not isinstance(name, str):
+        return []
+    by_lower = {preset.lower(): preset for preset in PRESETS}
+    close = difflib.get_close_matches(name.strip().lower(), list(by_lower), n=limit, cutoff=0.6)
+    return [by_lower[match] for match in close]
+
+
+def _unknown(name) -> str:
+    """The ``allowed`` phrase of the error for an unknown preset name: suggestions first, then every name."""
+    close = similar_preset_names(name) if isinstance(name, str) else []
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"{hint}a preset name, case-insensitive: one of {preset_names()}"
+
+
+def find_preset(name: str) -> Preset:
+    """The preset called ``name``, matched case-insensitively (``"Llama-3.1-8B"`` is ``"llama-3.1-8b"``).
+
+    An unknown name raises :class:`~yarnref.errors.ConfigError` whose message
+    suggests the closest names (:func:`similar_preset_names`) and lists them all.
+    """
+    if isinstance(name, str):
+        if name in PRESETS:
+            return PRESETS[name]
+        by_lower = {preset.lower(): preset for preset in PRESETS}
+        key = name.strip().lower()
+        if key in by_lower:
+            return PRESETS[by_lower[key]]
+    raise ConfigError("preset", name, _unknown(name))
+
+
 def get_preset(name: str) -> dict[str, Any]:
-    """A deep copy of the named preset's config dict; unknown names raise ConfigError listing the names."""
-    if not isinstance(name, str) or name not in PRESETS:
-        raise ConfigError("preset", name, f"one of {preset_names()}")
-    return copy.deepcopy(PRESETS[name].config)
+    """A deep copy of the named preset's config dict (name matched as :func:`find_preset` does).
+
+    Unknown names raise :class:`~yarnref.errors.ConfigError` with suggestions and the list of names.
+    """
+    return copy.deepcopy(find_preset(name).config)

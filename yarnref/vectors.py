@@ -101,6 +101,11 @@ __all__ = [
     "DEFAULT_POSITIONS",
     "VECTOR_PAIRINGS",
     "ARRAY_NAMES",
+    "TABLE_PRECISIONS",
+    "DCA_ID_NAMES",
+    "model_pairing",
+    "stack_tables",
+    "dca_ids_at",
     "context_length",
     "default_positions",
     "make_vectors",
@@ -133,6 +138,16 @@ ARRAY_NAMES = (
     "k_rot_interleaved",
 )
 
+#: ``table_precision`` values of :func:`make_vectors`: the activation dtype of the stack's model (None: no stack tables).
+TABLE_PRECISIONS = ("float32", "bfloat16", "float16")
+
+#: The DCA position-id arrays written for a DCA model (``dca_<name>``), the fields of :class:`yarnref.dca.DCAPositionIds`.
+DCA_ID_NAMES = ("key", "intra", "successive", "inter", "successive_critical", "inter_critical")
+
+# Model types whose q/k planes are interleaved (x[2i], x[2i+1]) in the checkpoint's layout, in every stack:
+# GPT-J (rotate_every_two), GLM (rotate_half on 0::2 / 1::2), Llama 4 and DeepSeek-V2 (complex multiply).
+_INTERLEAVED_MODEL_TYPES = ("gptj", "glm", "glm4", "chatglm", "llama4", "llama4_text", "deepseek_v2")
+
 _CONVENTIONS = [
     "theta'_i = inv_freq[i], i = 0 .. r/2-1 (r = rotary_dim); m = attention_factor",
     "cos[n, i] = m * cos(positions[n] * inv_freq[i]); sin[n, i] = m * sin(positions[n] * inv_freq[i]); float64",
@@ -144,6 +159,14 @@ _CONVENTIONS = [
     "q, k = numpy.random.default_rng(seed).standard_normal(shape), q drawn first",
     "inv_freq and attention_factor are yarnref.rope_frequencies(config, seq_len, **frequency_options) "
     "(transformers v5 semantics unless frequency_options say otherwise), computed in float64",
+    "meta['pairing'] is the pairing the model uses in meta['stack'] (yarnref.vectors.model_pairing); when it is "
+    "neither 'half' nor 'interleaved' (transformers' DeepSeek-V3: 'interleaved_in_half_out') its rotations are "
+    "stored too, as q_rot_<pairing> and k_rot_<pairing>",
+    "stack tables (optional): cos_float32, sin_float32 are the stack's float32 tables (its float32 inv_freq, "
+    "float32 angles and cos/sin; ggml's recurrence for llama.cpp); cos_<dtype>, sin_<dtype> are those cast to the "
+    "activation dtype; all stored as float32 arrays whose values are exact in their precision",
+    "DCA models (optional): dca_key, dca_intra, dca_successive, dca_inter, dca_successive_critical, "
+    "dca_inter_critical are yarnref.dca_position_ids(...) of the token at positions[n] (int64, (n,))",
 ]
 
 _ARRAY_DOC = {
@@ -232,6 +255,122 @@ def _jsonable(obj):
     raise InputError("config", type(obj).__name__, "JSON-representable values (numbers, strings, lists, mappings)")
 
 
+def model_pairing(config: Mapping | RopeConfig, stack: str = "transformers") -> str:
+    """The pairing (one of :data:`yarnref.rope.PAIRINGS`) the model's q and k are rotated with in ``stack``.
+
+    On the layout of the model's own checkpoint (the Hugging Face weights):
+
+    * DeepSeek-V3 (``model_type`` ``"deepseek_v3"``, or an MLA config carrying
+      ``rope_interleave``): transformers' ``apply_rotary_pos_emb_interleave``
+      reads interleaved pairs and writes half-split ones,
+      ``"interleaved_in_half_out"`` (with ``rope_interleave`` false,
+      ``"half"``); vLLM (``is_neox_style=False``) and llama.cpp (GGML rope
+      mode NORMAL) rotate interleaved pairs and write them in place,
+      ``"interleaved"``.
+    * Other MLA (DeepSeek-style, ``qk_rope_head_dim``) configs, GPT-J, GLM,
+      Llama 4 and DeepSeek-V2: ``"interleaved"`` in every stack.
+    * Everything else (Llama, Mistral, Qwen, Phi-3, gpt-oss, ...):
+      ``"half"``.  llama.cpp rotates Llama-family models in its interleaved
+      mode, but its GGUF converter permutes the q/k rows to match, so on the
+      checkpoint's layout the pairing is half-split.
+    """
+    from .checks import check_option
+    from .config import STACKS
+
+    check_option("stack", stack, STACKS)
+    rc = parse_rope_config(config)
+    source = rc.source if isinstance(rc.source, Mapping) else {}
+    deepseek_v3 = rc.model_type == "deepseek_v3" or (rc.is_mla and "rope_interleave" in source)
+    if deepseek_v3:
+        if stack == "transformers":
+            return "interleaved_in_half_out" if source.get("rope_interleave", True) else "half"
+        return "interleaved"
+    if rc.is_mla or rc.model_type in _INTERLEAVED_MODEL_TYPES:
+        return "interleaved"
+    return "half"
+
+
+def stack_tables(
+    config: Mapping | RopeConfig,
+    positions,
+    *,
+    table_precision: str = "bfloat16",
+    seq_len: int | None = None,
+    **frequency_options,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The cos/sin tables the chosen stack computes, in float32 and in the activation dtype; ``(arrays, notes)``.
+
+    ``frequency_options`` are those of :func:`yarnref.config.rope_frequencies`
+    (``stack=...``, ``max_model_len=...``, ...).  For every stack but
+    llama.cpp: the stack's float32 ``inv_freq``
+    (``rope_frequencies(..., precision="float32")``), then
+    ``rope_cos_sin(inv_freq32, positions, m, precision="float32",
+    out_precision=...)``: ``inv_freq_float32``, ``cos_float32``,
+    ``sin_float32`` and, for ``table_precision`` ``"bfloat16"`` or
+    ``"float16"``, ``cos_<dtype>``/``sin_<dtype>`` (transformers casts its
+    tables to the activation dtype; vLLM casts its float32 cache to the model
+    dtype).  For ``stack="llama.cpp"``: ggml's float32 tables
+    (:func:`yarnref.ggml.llama_cpp_cos_sin`, ``n_ctx = max_model_len``); ggml
+    rotates in float32, so there is no lower-precision table, and ``notes``
+    says so.  Every array is float32, ``(n, r/2)`` (``(r/2,)`` for
+    ``inv_freq_float32``); a bfloat16 or float16 table holds values exact in
+    that precision.
+    """
+    from .precision import check_precision
+
+    if table_precision not in TABLE_PRECISIONS:
+        raise InputError("table_precision", table_precision, f"one of {TABLE_PRECISIONS}")
+    check_precision(table_precision, "table_precision")
+    rc = parse_rope_config(config)
+    pos = _check_positions(positions)
+    stack = frequency_options.get("stack", "transformers")
+    notes: dict[str, Any] = {"stack": stack, "table_precision": table_precision}
+    arrays: dict[str, np.ndarray] = {}
+    if stack == "llama.cpp":
+        from .ggml import llama_cpp_cos_sin
+
+        cos32, sin32 = llama_cpp_cos_sin(rc, pos, n_ctx=frequency_options.get("max_model_len"))
+        arrays["cos_float32"], arrays["sin_float32"] = cos32.astype(np.float32), sin32.astype(np.float32)
+        notes["computed_by"] = "yarnref.ggml.llama_cpp_cos_sin (ggml's float32 recurrence)"
+        if table_precision != "float32":
+            notes["no_lower_precision_table"] = (
+                f"llama.cpp rotates in float32 (ggml_rope_ext): it has no {table_precision} cos/sin table")
+        return arrays, notes
+    inv32, m = rope_frequencies(rc, seq_len, **{**frequency_options, "precision": "float32"})
+    arrays["inv_freq_float32"] = np.asarray(inv32, dtype=np.float32)
+    cos32, sin32 = rope_cos_sin(inv32, pos, m, precision="float32")  # (n, r/2) float32
+    arrays["cos_float32"], arrays["sin_float32"] = cos32, sin32
+    notes["computed_by"] = ("yarnref.rope_frequencies(..., precision='float32') and yarnref.rope_cos_sin(inv_freq32, "
+                            "positions, attention_factor, precision='float32', out_precision=...)")
+    if table_precision != "float32":
+        cos_low, sin_low = rope_cos_sin(inv32, pos, m, precision="float32", out_precision=table_precision)
+        arrays[f"cos_{table_precision}"], arrays[f"sin_{table_precision}"] = cos_low, sin_low
+    return arrays, notes
+
+
+def dca_ids_at(config: Mapping | RopeConfig, positions) -> dict[str, np.ndarray]:
+    """``{name: ids}`` for :data:`DCA_ID_NAMES`: :func:`yarnref.dca_position_ids` of each token in ``positions``.
+
+    ``ids[n]`` is the DCA position id of the token at ``positions[n]`` in a
+    sequence that reaches it (``dca_position_ids(seq_len, chunk_size,
+    local_size)[name][positions[n]]`` for any ``seq_len > positions[n]``).
+    Every id depends on the position only through ``p mod L`` (``L =
+    chunk_size - local_size``; ``inter`` is one constant), so the ids of at
+    most ``L`` tokens are computed however large the positions.
+    """
+    from .dca import dca_config, dca_position_ids
+
+    rc = parse_rope_config(config)
+    if rc.dual_chunk_attention is None:
+        raise InputError("config", "a config without dual_chunk_attention_config", "a DCA model's config")
+    d = dca_config(dict(rc.dual_chunk_attention))
+    pos = _check_positions(positions)
+    span = int(min(int(pos.max()) + 1, d.chunk_len))
+    ids = dca_position_ids(span, d.chunk_size, d.local_size)  # each (span,)
+    at = pos % d.chunk_len if span == d.chunk_len else pos
+    return {name: np.asarray(getattr(ids, name)[at], dtype=np.int64) for name in DCA_ID_NAMES}
+
+
 def make_vectors(
     config: Mapping | RopeConfig,
     *,
@@ -240,9 +379,18 @@ def make_vectors(
     batch: int = 1,
     heads: int = 2,
     seq_len: int | None = None,
+    table_precision: str | None = None,
     **frequency_options,
 ) -> dict[str, Any]:
     """The golden vectors of ``config`` as a dict: the arrays of :data:`ARRAY_NAMES` plus ``"meta"`` (a dict).
+
+    Besides those arrays: the rotations in the pairing the model uses in the
+    chosen stack (:func:`model_pairing`) when it is not one of
+    :data:`VECTOR_PAIRINGS` (``q_rot_interleaved_in_half_out``, ...);
+    with ``table_precision`` (one of :data:`TABLE_PRECISIONS`), the stack's
+    float32 and activation-dtype tables (:func:`stack_tables`); for a DCA
+    model, the DCA position ids of the positions (:func:`dca_ids_at`,
+    ``dca_key``, ``dca_intra``, ...).
 
     ``positions``: integers >= 0 (default :func:`default_positions`);
     ``seed``: the NumPy ``default_rng`` seed of ``q`` and ``k``; ``batch``,
@@ -289,9 +437,26 @@ def make_vectors(
         "q": q,
         "k": k,
     }
-    for pairing in VECTOR_PAIRINGS:
+    stack = frequency_options.get("stack", "transformers")
+    pairing_used = model_pairing(rc, stack)
+    pairings = list(VECTOR_PAIRINGS) + ([pairing_used] if pairing_used not in VECTOR_PAIRINGS else [])
+    for pairing in pairings:
         arrays[f"q_rot_{pairing}"] = apply_rope(q, cos, sin, pairing)
         arrays[f"k_rot_{pairing}"] = apply_rope(k, cos, sin, pairing)
+    tables = None
+    if table_precision is not None:
+        table_arrays, tables = stack_tables(rc, pos, table_precision=table_precision, seq_len=seq_len,
+                                            **frequency_options)
+        tables["arrays"] = list(table_arrays)
+        arrays.update(table_arrays)
+    dca = None
+    if rc.dual_chunk_attention is not None:
+        from .dca import dca_config
+
+        d = dca_config(dict(rc.dual_chunk_attention))
+        arrays.update({f"dca_{name}": ids for name, ids in dca_ids_at(rc, pos).items()})
+        dca = {"chunk_size": d.chunk_size, "local_size": d.local_size, "chunk_len": d.chunk_len,
+               "arrays": [f"dca_{name}" for name in DCA_ID_NAMES]}
 
     from . import __version__  # late: yarnref/__init__ may import this module
 
@@ -320,12 +485,29 @@ def make_vectors(
         "seed": int(seed),
         "batch": batch,
         "heads": heads,
-        "pairings": list(VECTOR_PAIRINGS),
-        "arrays": dict(_ARRAY_DOC),
+        "pairings": pairings,
+        "stack": stack,
+        "pairing": pairing_used,
+        "stack_tables": tables,
+        "dca": dca,
+        "arrays": {name: _ARRAY_DOC.get(name) or _extra_doc(name) for name in arrays},
         "conventions": list(_CONVENTIONS),
     }
     arrays["meta"] = meta
     return arrays
+
+
+def _extra_doc(name: str) -> str:
+    """The metadata's description of an optional array (see the module's Conventions)."""
+    if name.startswith(("q_rot_", "k_rot_")):
+        return f"{name[0]} rotated, pairing {name[6:]!r} (the pairing the model uses in this stack)"
+    if name == "inv_freq_float32":
+        return "(r/2,) float32: the stack's float32 inverse frequencies"
+    if name.startswith(("cos_", "sin_")):
+        return f"(n, r/2) float32: the stack's {name[4:]} table (values exact in {name[4:]}), attention factor included"
+    if name.startswith("dca_"):
+        return f"(n,) int64: yarnref.dca_position_ids(...).{name[4:]} of the token at positions[n]"
+    return ""
 
 
 def _longrope_switch(rc: RopeConfig, pos: np.ndarray, seq_len, frequency_options) -> tuple[int | None, dict]:
@@ -379,7 +561,7 @@ def write_vectors(
         config, positions=positions, seed=seed, batch=batch, heads=heads, seq_len=seq_len, **frequency_options
     )
     text = json.dumps(vectors["meta"], sort_keys=True, allow_nan=False)
-    payload = {name: vectors[name] for name in ARRAY_NAMES}
+    payload = {name: value for name, value in vectors.items() if name != "meta"}  # ARRAY_NAMES and the optional ones
     payload["meta_json"] = np.array(text)  # () unicode
     payload["meta_json_utf8"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)  # (bytes,) uint8
     np.savez(Path(path), **payload)
@@ -387,7 +569,7 @@ def write_vectors(
 
 
 def read_vectors(path) -> dict[str, Any]:
-    """Read a golden-vector file: the arrays of :data:`ARRAY_NAMES` plus ``"meta"`` (the provenance dict).
+    """Read a golden-vector file: the arrays of :data:`ARRAY_NAMES`, any optional ones, and ``"meta"`` (the provenance dict).
 
     Raises :class:`~yarnref.errors.InputError` if the file is not a yarnref
     golden-vector file (missing arrays, bad metadata, a newer format).
@@ -406,7 +588,8 @@ def read_vectors(path) -> dict[str, Any]:
         if missing:
             raise InputError("path", str(path), f"a {FORMAT} .npz file (missing arrays: {missing})")
         try:
-            out: dict[str, Any] = {name: data[name] for name in ARRAY_NAMES}
+            names = [*ARRAY_NAMES, *(n for n in data.files if n not in ARRAY_NAMES and not n.startswith("meta_json"))]
+            out: dict[str, Any] = {name: data[name] for name in names}
             meta_json = data["meta_json"]
         except (OSError, ValueError, EOFError, TypeError, KeyError, zipfile.BadZipFile) as error:
             raise InputError("path", str(path), f"a {FORMAT} .npz file ({type(error).__name__}: {error})") from None
@@ -430,7 +613,8 @@ def read_vectors(path) -> dict[str, Any]:
 
 
 #: Arrays compared by check_vectors whose error grows with the position (angles).
-_POSITIONAL = {"cos", "sin", "q_rot_half", "k_rot_half", "q_rot_interleaved", "k_rot_interleaved"}
+_POSITIONAL = {"cos", "sin", "q_rot_half", "k_rot_half", "q_rot_interleaved", "k_rot_interleaved",
+               "q_rot_interleaved_in_half_out", "k_rot_interleaved_in_half_out"}
 
 
 def check_vectors(
@@ -446,6 +630,8 @@ def check_vectors(
     k_rot_half=None,
     q_rot_interleaved=None,
     k_rot_interleaved=None,
+    q_rot_interleaved_in_half_out=None,
+    k_rot_interleaved_in_half_out=None,
 ) -> list[str]:
     """Compare another implementation's arrays with a golden-vector file; return the names checked.
 
@@ -472,8 +658,13 @@ def check_vectors(
         "k_rot_half": k_rot_half,
         "q_rot_interleaved": q_rot_interleaved,
         "k_rot_interleaved": k_rot_interleaved,
+        "q_rot_interleaved_in_half_out": q_rot_interleaved_in_half_out,
+        "k_rot_interleaved_in_half_out": k_rot_interleaved_in_half_out,
     }
     given = {name: value for name, value in given.items() if value is not None}
+    absent = [name for name in given if name not in stored]
+    if absent:
+        raise InputError(absent[0], "an array", f"one the file holds (its pairing is {stored['meta'].get('pairing')!r})")
     if not given:
         raise InputError("arrays", None, f"at least one of {list(_CHECKABLE)} to compare")
     max_position = int(np.max(stored["positions"]))
@@ -501,4 +692,6 @@ _CHECKABLE = (
     "k_rot_half",
     "q_rot_interleaved",
     "k_rot_interleaved",
+    "q_rot_interleaved_in_half_out",
+    "k_rot_interleaved_in_half_out",
 )
