@@ -312,7 +312,7 @@ def test_vectors_command_bad_positions(capsys, tmp_path, positions):
 def _assert_one_line_error(code, out, err, *needles):
     assert code == 2
     assert out == ""
-    assert err.startswith("yarnref: error: ")
+    assert err.startswith(("yarnref: error: ", "yarnref explain: error: ", "yarnref vectors: error: "))  # argparse: with the command
     assert err.count("\n") == 1, err
     assert "Traceback" not in err
     for needle in needles:
@@ -385,3 +385,282 @@ def test_python_m_yarnref():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.startswith("yarnref: error: unknown model") and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- --version
+
+
+def test_version_is_the_package_version(capsys):
+    import yarnref
+
+    code, out, err = run(capsys, "--version")
+    assert code == 0 and err == ""
+    assert out == f"yarnref {yarnref.__version__}\n"
+    declared = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
+    assert declared and declared.group(1) == yarnref.__version__
+
+
+# ---------------------------------------------------------------------------------------------- --json
+
+
+def _json(capsys, *argv):
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_explain_json_is_the_library_numbers(capsys, name):
+    from yarnref.cli import EXPLAIN_KEYS, default_stack
+    from yarnref.vectors import model_pairing
+
+    data = _json(capsys, "explain", name, "--json")
+    assert tuple(data) == EXPLAIN_KEYS
+    assert data["format"] == "yarnref-explain" and data["format_version"] == 1
+    config = get_preset(name)
+    rc = parse_rope_config(config)
+    stack = default_stack(config)
+    inv_freq, m = rope_frequencies(config, stack=stack)
+    # JSON floats round-trip: the very float64 values of the library
+    assert np.array_equal(np.array(data["inv_freq"]), inv_freq)
+    assert data["attention_factor"] == m
+    theta = base_inv_freq(rc.rotary_dim, rc.base)
+    assert np.array_equal(np.array(data["base_inv_freq"]), theta)
+    assert np.array_equal(np.array(data["scales"]), theta / inv_freq)
+    assert data["regions"] == pair_regions(theta / inv_freq, rc.factor)
+    assert sum(data["counts"].values()) == rc.rotary_dim // 2
+    assert (data["model"], data["rope_type"], data["rotary_dim"], data["base"], data["factor"]) == (
+        name, rc.rope_type, rc.rotary_dim, rc.base, rc.factor)
+    assert data["stack"] == stack and data["pairing"] == model_pairing(config, stack)
+    assert data["warnings"] == list(rc.warnings)
+    assert data["source"] == PRESETS[name].source
+    assert (data["dca"] is None) == (rc.dual_chunk_attention is None)
+    assert (data["yarn"] is None) == (rc.rope_type != "yarn")
+    assert data["precision"] is None and data["plot"] is None
+
+
+def test_explain_json_yarn_range_and_mla(capsys):
+    data = _json(capsys, "explain", "yarn-llama-2-7b-128k", "--json")
+    assert (data["yarn"]["lo"], data["yarn"]["hi"]) == (20, 46)  # the published range, as by hand above
+    assert data["counts"] == {"kept": 21, "blended": 25, "interpolated": 18, "other": 0}
+    assert data["attention_factor"] == pytest.approx(0.1 * math.log(32) + 1, rel=1e-15)
+    ds = _json(capsys, "explain", "deepseek-v3", "--json")
+    g = 0.1 * math.log(40) + 1
+    assert ds["mla"] == {"qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+                         "softmax_scale": pytest.approx(192 ** -0.5 * g * g, rel=1e-14)}
+    assert ds["pairing"] == "interleaved_in_half_out"
+
+
+@pytest.mark.parametrize("name,stack,extra", [
+    ("deepseek-v3", "vllm", []), ("deepseek-v3", "llama.cpp", []), ("gpt-oss-20b", "llama.cpp", []),
+    ("gpt-oss-20b", "vllm", []), ("yarn-mistral-7b-128k", "yarn_authors", []),
+    ("phi-3-mini-128k", "vllm", ["--max-model-len", "131072"]), ("phi-3-mini-128k", "llama.cpp", ["--max-model-len", "4096"]),
+])
+def test_explain_stack_option_uses_that_stack(capsys, name, stack, extra):
+    config = get_preset(name)
+    max_model_len = int(extra[1]) if extra else None
+    data = _json(capsys, "explain", name, "--stack", stack, "--json", *extra)
+    inv_freq, m = rope_frequencies(config, stack=stack, max_model_len=max_model_len)
+    assert np.array_equal(np.array(data["inv_freq"]), inv_freq) and data["attention_factor"] == m
+    assert data["stack"] == stack and data["max_model_len"] == max_model_len
+    code, text, err = run(capsys, "explain", name, "--stack", stack, *extra)
+    assert code == 0, err
+    assert f"Attention factor m = {m:.10g}" in text and f"Stack        {stack}" in text
+
+
+def test_explain_stack_changes_the_numbers_where_stacks_differ(capsys):
+    # gpt-oss: truncate=false; llama.cpp always floors/ceils the correction range
+    hf = _json(capsys, "explain", "gpt-oss-20b", "--json")
+    ggml = _json(capsys, "explain", "gpt-oss-20b", "--json", "--stack", "llama.cpp")
+    assert hf["yarn"]["truncate"] is False and ggml["yarn"]["truncate"] is True
+    assert ggml["yarn"]["lo"] == math.floor(hf["yarn"]["lo"]) and ggml["yarn"]["hi"] == math.ceil(hf["yarn"]["hi"])
+    assert hf["inv_freq"] != ggml["inv_freq"]
+    # DeepSeek-V3: vLLM's DeepseekScalingRotaryEmbedding puts g(s, mscale) / g(s, mscale_all_dim) = 1 into cos/sin too,
+    # and interleaves
+    vllm = _json(capsys, "explain", "deepseek-v3", "--json", "--stack", "vllm")
+    assert vllm["pairing"] == "interleaved"
+    _, m = rope_frequencies(get_preset("deepseek-v3"), stack="vllm")
+    assert vllm["attention_factor"] == m
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "float16"])
+def test_explain_precision_reports_the_stack_tables(capsys, precision):
+    from yarnref.rope import rope_cos_sin
+    from yarnref.vectors import default_positions
+
+    name = "qwen2.5-7b-instruct-yarn"
+    config = get_preset(name)
+    report = _json(capsys, "explain", name, "--json", "--precision", precision)["precision"]
+    positions = default_positions(config)
+    assert report["positions"] == positions.tolist() and report["largest_position"] == 131071
+    inv64, m = rope_frequencies(config)
+    inv32, _ = rope_frequencies(config, precision="float32")
+    cos64, sin64 = rope_cos_sin(inv64, positions, m)
+    for dtype in {"float32", precision}:
+        cos, sin = rope_cos_sin(inv32, positions, m, precision="float32", out_precision=dtype)
+        expected = max(np.max(np.abs(cos - cos64)), np.max(np.abs(sin - sin64)))
+        assert report["table_max_error"][dtype] == expected
+    assert report["inv_freq_max_relative_difference"] == np.max(np.abs(inv32.astype(np.float64) - inv64) / inv64)
+    # a float32 angle p * theta at p = 131071 is off by at most a few ulps of the largest angle, and the
+    # table errors follow from it (cos and sin are 1-Lipschitz), plus one rounding of the cast
+    largest_angle = 131071 * inv64[0]
+    assert 0 < report["angle_max_error"] <= 4 * largest_angle * 2.0**-24
+    u = {"float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}[precision]
+    assert report["table_max_error"][precision] <= m * (report["table_max_error"]["float32"] + 2 * u)
+    code, text, err = run(capsys, "explain", name, "--precision", precision)
+    assert code == 0, err
+    assert f"Precision    {precision} model on transformers" in text
+    assert f"{report['table_max_error'][precision]:.3g}" in text
+
+
+def test_explain_precision_on_llama_cpp_has_only_ggml_float32(capsys):
+    report = _json(capsys, "explain", "llama-3.1-8b", "--json", "--stack", "llama.cpp", "--precision", "bfloat16")[
+        "precision"]
+    assert list(report["table_max_error"]) == ["float32"]
+    assert "no bfloat16" in report["note"]
+
+
+def test_presets_json(capsys):
+    from yarnref.cli import PRESET_KEYS
+
+    data = _json(capsys, "presets", "--json")
+    assert [item["name"] for item in data] == preset_names()
+    for item in data:
+        assert tuple(item) == PRESET_KEYS
+        rc = parse_rope_config(PRESETS[item["name"]].config)
+        assert item["config"] == get_preset(item["name"])
+        assert item["rope_type"] == rc.rope_type and item["factor"] == rc.factor
+        assert item["dca"] == (rc.dual_chunk_attention is not None)
+        assert item["source"] == PRESETS[item["name"]].source and item["notes"] == PRESETS[item["name"]].notes
+
+
+# ---------------------------------------------------------------------------------------------- preset names
+
+
+def test_preset_names_are_case_insensitive(capsys):
+    _, exact, _ = run(capsys, "explain", "llama-3.1-8b")
+    code, upper, err = run(capsys, "explain", "LLaMA-3.1-8B")
+    assert code == 0, err
+    assert upper == exact
+
+
+@pytest.mark.parametrize("typo,suggestion", [("llama-3.1-8bb", "llama-3.1-8b"), ("deepsek-v3", "deepseek-v3"),
+                                             ("Qwen2.5-7B-Instruct-1N", "qwen2.5-7b-instruct-1m")])
+def test_unknown_preset_suggests_close_names(capsys, typo, suggestion):
+    code, out, err = run(capsys, "explain", typo)
+    _assert_one_line_error(code, out, err, repr(typo), f"did you mean {suggestion!r}", "case-insensitive")
+
+
+def test_unknown_preset_without_close_names_lists_them_all(capsys):
+    code, out, err = run(capsys, "vectors", "zzzzzz", "--out", "x.npz")
+    _assert_one_line_error(code, out, err, "'zzzzzz'", *preset_names())
+    assert "did you mean" not in err
+
+
+# ---------------------------------------------------------------------------------------------- stack options: errors
+
+
+@pytest.mark.parametrize("argv,needles", [
+    (["explain", "llama-2-7b", "--stack", "tensorrt"], ["--stack", "'tensorrt'", "'vllm'", "'llama.cpp'"]),
+    (["vectors", "llama-2-7b", "--out", "v.npz", "--precision", "fp8"], ["--precision", "'fp8'", "'bfloat16'"]),
+    (["explain", "llama-2-7b", "--max-model-len", "0"], ["--max-model-len", "'0'", "[1, 2**53]"]),
+    (["explain", "phi-3-mini-128k", "--stack", "vllm"], ["max_model_len", "None", "positive integer"]),
+    (["explain", "phi-3-mini-128k", "--stack", "yarn_authors"], ["stack", "yarn_authors", "LongRoPE"]),
+])
+def test_stack_option_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, needles):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    _assert_one_line_error(code, out, err, *needles)
+    assert not (tmp_path / "v.npz").exists()
+
+
+# ---------------------------------------------------------------------------------------------- DCA
+
+
+def _sparse_model(table):
+    config = get_preset("qwen2.5-7b-instruct-1m")
+    config.update(num_hidden_layers=len(table), num_attention_heads=len(table[0]))
+    config["dual_chunk_attention_config"]["sparse_attention_config"] = table
+    return config
+
+
+def test_explain_summarises_the_sparse_budgets(capsys, tmp_path):
+    import statistics
+    from collections import Counter
+
+    rng = np.random.default_rng(0)
+    table = [{str(h): ["vertical_and_slash", int(rng.choice([30, 100, 500, 1000, 3500])),
+                       int(rng.choice([100, 800, 1000, 6096])), float(rng.random())] for h in range(28)}
+             for _ in range(3)]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(_sparse_model(table)))
+    sparse = _json(capsys, "explain", str(path), "--json")["dca"]["sparse"]
+    vertical = [130 if item[1] == 30 else item[1] for layer in table for item in layer.values()]  # vLLM runs 30 as 130
+    slash = [item[2] for layer in table for item in layer.values()]
+    assert (sparse["layers"], sparse["heads"]) == (3, 84)
+    for kind, values in (("vertical", vertical), ("slash", slash)):
+        assert sparse[kind]["counts"] == {str(b): n for b, n in sorted(Counter(values).items())}
+        assert (sparse[kind]["min"], sparse[kind]["median"], sparse[kind]["max"]) == (
+            min(values), statistics.median(values), max(values))
+    assert sparse["vertical_30_as_130"] == sum(item[1] == 30 for layer in table for item in layer.values())
+    assert sparse["enabled"] is True
+    code, text, err = run(capsys, "explain", str(path))
+    assert code == 0, err
+    assert "sparse budgets (vertical-slash, per head; 3 layers, 84 heads)" in text
+    counts = ", ".join(f"{b} x {n}" for b, n in sorted(Counter(slash).items()))
+    assert f"slash    min {min(slash):,}, median" in text and counts in text
+    # without a table: no summary
+    assert _json(capsys, "explain", "qwen2.5-7b-instruct-1m", "--json")["dca"]["sparse"] is None
+
+
+def test_explain_json_dca(capsys):
+    dca = _json(capsys, "explain", "qwen2.5-7b-instruct-1m", "--json", "--seq-len", "1000000")["dca"]
+    assert dca["chunk_len"] == 253952 and dca["max_distance"] == dca["chunk_size"] == 262144
+    assert dca["inter_query_position"] == min(2 * 253952 - 1, 262144)
+    assert dca["temperature"] == "qwen"
+    assert dca["temperature_at_seq_len"] == pytest.approx(0.1 * math.log(1_000_000 / 262144) + 1, rel=1e-14)
+
+
+def test_explain_plot_on_a_dca_model_draws_the_distance_map(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "dca.png"
+    data = _json(capsys, "explain", "qwen2.5-7b-instruct-1m", "--plot", str(target), "--json")
+    assert data["plot"] == str(target)
+    png = target.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+# ---------------------------------------------------------------------------------------------- vectors: stack options
+
+
+def test_vectors_command_writes_pairing_tables_and_dca_ids(capsys, tmp_path):
+    from yarnref.dca import dca_position_ids
+    from yarnref.rope import apply_rope, rope_cos_sin
+    from yarnref.vectors import read_vectors
+
+    out_path = tmp_path / "ds.npz"
+    code, out, err = run(capsys, "vectors", "DeepSeek-V3", "--out", str(out_path))
+    assert code == 0, err
+    assert "the model uses 'interleaved_in_half_out' in transformers" in out
+    v = read_vectors(out_path)
+    np.testing.assert_array_equal(v["q_rot_interleaved_in_half_out"],
+                                  apply_rope(v["q"], v["cos"], v["sin"], "interleaved_in_half_out"))
+    inv32, m = rope_frequencies(get_preset("deepseek-v3"), precision="float32")  # the default: bfloat16 tables
+    cos, _ = rope_cos_sin(inv32, v["positions"], m, precision="float32", out_precision="bfloat16")
+    np.testing.assert_array_equal(v["cos_bfloat16"], cos)
+
+    out_path = tmp_path / "q.npz"
+    code, out, err = run(capsys, "vectors", "qwen2.5-7b-instruct-1m", "--out", str(out_path), "--stack", "vllm",
+                         "--precision", "float32", "--positions", "0,253951,253952,600000,1009999")
+    assert code == 0, err
+    v = read_vectors(out_path)
+    assert v["meta"]["stack"] == "vllm" and "cos_float32" in v and "cos_bfloat16" not in v
+    ids = dca_position_ids(1010000, 262144, 8192)
+    for name in ("key", "intra", "successive", "inter"):
+        np.testing.assert_array_equal(v[f"dca_{name}"], getattr(ids, name)[v["positions"]])
+    assert "DCA position ids: dca_key, dca_intra, dca_successive, dca_inter" in out
+
+    out_path = tmp_path / "plain.npz"
+    code, out, err = run(capsys, "vectors", "llama-2-7b", "--out", str(out_path), "--precision", "float64")
+    assert code == 0, err
+    assert not any(name.endswith(("float32", "bfloat16")) for name in read_vectors(out_path))

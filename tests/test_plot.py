@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from yarnref.config import parse_rope_config, rope_frequencies
 from yarnref.errors import InputError
@@ -155,3 +157,58 @@ def test_save_figure_needs_a_suffix(tmp_path):
         save_figure(fig, tmp_path / "noext")
     assert info.value.param == "path"
     assert save_figure(fig, tmp_path / "x.svg").read_text().lstrip().startswith("<?xml")
+
+
+# ---------------------------------------------------------------------------------------------- DCA distance map
+
+
+@settings(max_examples=25, deadline=None)
+@given(chunk_size=st.integers(2, 40), local=st.integers(1, 39), seq_len=st.integers(1, 150),
+       samples=st.integers(2, 200))
+def test_dca_distances_are_dca_relative_positions_at_the_samples(chunk_size, local, seq_len, samples):
+    from yarnref.dca import dca_relative_positions
+    from yarnref.plot import dca_distances
+
+    local = min(local, chunk_size - 1)  # local_size < chunk_size
+    config = {"head_dim": 8, "rope_theta": 10000.0,
+              "dual_chunk_attention_config": {"chunk_size": chunk_size, "local_size": local}}
+    positions, distances = dca_distances(config, seq_len, samples)
+    assert positions[0] == 0 and positions[-1] == seq_len - 1 and np.all(np.diff(positions) > 0)
+    assert positions.size == min(samples, seq_len)
+    full = dca_relative_positions(seq_len, chunk_size, local)
+    np.testing.assert_array_equal(distances, full[np.ix_(positions, positions)])
+
+
+def test_dca_distances_of_qwen_1m_stay_within_chunk_size():
+    from yarnref.plot import dca_distances
+
+    positions, distances = dca_distances(get_preset("qwen2.5-7b-instruct-1m"))
+    assert positions[-1] == 1010000 - 1  # the model's context length
+    seen = distances[distances >= 0]
+    assert seen.max() <= 262144 and seen.min() == 0
+    # intra-chunk pairs see their true distance; others are capped
+    true = positions[:, None] - positions[None, :]
+    same_chunk = (positions[:, None] // 253952) == (positions[None, :] // 253952)
+    np.testing.assert_array_equal(distances[same_chunk & (true >= 0)], true[same_chunk & (true >= 0)])
+    assert np.all(distances[true > 262144] < true[true > 262144])
+
+
+def test_dca_distance_map_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    from yarnref.plot import dca_distance_map, save_figure
+
+    fig = dca_distance_map(get_preset("qwen2.5-7b-instruct-1m"), name="qwen 1m", samples=64)
+    image, profile = fig.axes[0], fig.axes[1]
+    title = fig._suptitle.get_text()  # Figure.get_suptitle() is matplotlib >= 3.8; yarnref supports 3.7
+    assert "Dual Chunk Attention" in title and "253,952" in title
+    # the right panel's DCA line is the last query's row of dca_distances
+    from yarnref.plot import dca_distances
+
+    positions, distances = dca_distances(get_preset("qwen2.5-7b-instruct-1m"), samples=64)
+    dca_line = next(line for line in profile.get_lines() if line.get_label() == "DCA")
+    np.testing.assert_array_equal(dca_line.get_ydata(), distances[-1])
+    assert len(image.collections) == 1  # the mesh
+    path = save_figure(fig, tmp_path / "dca.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(InputError, match="dual_chunk_attention_config"):
+        dca_distance_map(get_preset("llama-2-7b"))

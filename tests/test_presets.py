@@ -240,3 +240,31 @@ def test_golden_values(golden, name, seq_len):
     inv_freq, m = rope_frequencies(get_preset(name), seq_len=seq_len)
     np.testing.assert_allclose(inv_freq, expected, rtol=2e-15, atol=0)
     assert m == expected_m
+
+
+def test_preset_names_match_case_insensitively():
+    from yarnref.presets import find_preset
+
+    for name in preset_names():
+        assert find_preset(name.upper()) is PRESETS[name]
+        assert get_preset(f"  {name.title()} ") == get_preset(name)
+
+
+def test_unknown_preset_error_suggests_close_names():
+    import difflib
+
+    from yarnref.presets import similar_preset_names
+
+    with pytest.raises(ConfigError) as info:
+        get_preset("Llama-3.1-8")
+    message = str(info.value)
+    assert "did you mean 'llama-3.1-8b'" in message and "'Llama-3.1-8'" in message
+    assert all(name in message for name in preset_names())  # and what is allowed
+    assert info.value.key == "preset"
+    # the suggestions are difflib's closest names, best first
+    assert similar_preset_names("qwen2.5-7b-instruct-yarm") == difflib.get_close_matches(
+        "qwen2.5-7b-instruct-yarm", preset_names(), n=3, cutoff=0.6)
+    assert similar_preset_names("zzzz") == [] and similar_preset_names(None) == []  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as info:
+        get_preset("zzzz")
+    assert "did you mean" not in str(info.value)

@@ -27,8 +27,8 @@ from yarnref.vectors import (
 
 
 def assert_same(written: dict, read: dict) -> None:
-    assert set(read) == set(ARRAY_NAMES) | {"meta"}
-    for name in ARRAY_NAMES:
+    assert set(read) == set(written) and set(ARRAY_NAMES) | {"meta"} <= set(read)
+    for name in set(read) - {"meta"}:
         assert read[name].dtype == written[name].dtype, name
         assert read[name].shape == written[name].shape, name
         np.testing.assert_array_equal(read[name], written[name], err_msg=name)
@@ -299,3 +299,135 @@ def test_stack_float32_output_passes_the_default_vectors(name):
     cos_bad, _ = rope_cos_sin(inv32, v["positions"] + 1, m, precision="float32")
     with pytest.raises(AssertionError, match="cos"):
         check_vectors(v, cos=cos_bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pairing the model uses, the stack's low-precision tables, DCA position ids
+
+
+def test_model_pairing_of_the_presets_and_of_deepseek_v3():
+    from yarnref.rope import PAIRINGS
+    from yarnref.vectors import model_pairing
+
+    deepseek = get_preset("deepseek-v3")
+    # transformers' DeepSeek-V3 reads interleaved pairs and writes them half-split; vLLM and llama.cpp interleave
+    assert model_pairing(deepseek) == "interleaved_in_half_out"
+    assert model_pairing(deepseek, "vllm") == model_pairing(deepseek, "llama.cpp") == "interleaved"
+    assert model_pairing({**deepseek, "rope_interleave": False}) == "half"
+    for name in preset_names():
+        for stack in ("transformers", "vllm", "llama.cpp", "yarn_authors"):
+            assert model_pairing(get_preset(name), stack) in PAIRINGS
+        if name != "deepseek-v3":  # Llama, Mistral, Qwen, Phi-3, gpt-oss: half-split everywhere
+            assert model_pairing(get_preset(name)) == "half"
+    assert model_pairing({"model_type": "gptj", "head_dim": 64, "rope_theta": 10000.0}) == "interleaved"
+    with pytest.raises(InputError, match="stack"):
+        model_pairing(deepseek, "tensorrt")
+
+
+def test_vectors_store_the_model_pairing_rotation(tmp_path):
+    config = get_preset("deepseek-v3")
+    written = write_vectors(tmp_path / "ds.npz", config, heads=2, seed=5)
+    v = read_vectors(tmp_path / "ds.npz")
+    assert v["meta"]["pairing"] == "interleaved_in_half_out"
+    assert v["meta"]["pairings"] == ["half", "interleaved", "interleaved_in_half_out"]
+    for x in ("q", "k"):
+        expected = apply_rope(v[x], v["cos"], v["sin"], "interleaved_in_half_out")
+        np.testing.assert_array_equal(v[f"{x}_rot_interleaved_in_half_out"], expected)
+        # the same planes as the interleaved rotation, written half-split: evens' then odds'
+        interleaved = v[f"{x}_rot_interleaved"]
+        np.testing.assert_array_equal(expected, np.concatenate([interleaved[..., 0::2], interleaved[..., 1::2]], -1))
+    assert check_vectors(v, q_rot_interleaved_in_half_out=written["q_rot_interleaved_in_half_out"]) == [
+        "q_rot_interleaved_in_half_out"]
+    # vLLM runs DeepSeek interleaved: no third rotation, and asking to check one is an error
+    vllm = make_vectors(config, stack="vllm", heads=1)
+    assert vllm["meta"]["pairing"] == "interleaved" and "q_rot_interleaved_in_half_out" not in vllm
+    with pytest.raises(InputError, match="q_rot_interleaved_in_half_out"):
+        check_vectors(vllm, q_rot_interleaved_in_half_out=v["q_rot_interleaved_in_half_out"])
+
+
+@pytest.mark.parametrize("name,stack", [
+    ("yarn-llama-2-7b-128k", "transformers"), ("yarn-llama-2-7b-128k", "vllm"), ("yarn-llama-2-7b-128k", "yarn_authors"),
+    ("deepseek-v3", "vllm"), ("llama-3.1-8b", "transformers"), ("phi-3-mini-128k", "vllm"),
+])
+@pytest.mark.parametrize("table_precision", ["bfloat16", "float16"])
+def test_stack_tables_are_the_library_float32_path_bit_for_bit(tmp_path, name, stack, table_precision):
+    from yarnref.precision import round_to
+
+    config = get_preset(name)
+    options = {"stack": stack, **({"max_model_len": 131072} if name == "phi-3-mini-128k" else {})}
+    path = tmp_path / "v.npz"
+    write_vectors(path, config, heads=1, table_precision=table_precision, **options)
+    v = read_vectors(path)
+    inv32, m = rope_frequencies(config, v["meta"]["seq_len"], precision="float32", **options)
+    cos32, sin32 = rope_cos_sin(inv32, v["positions"], m, precision="float32")
+    low_cos, low_sin = rope_cos_sin(inv32, v["positions"], m, precision="float32", out_precision=table_precision)
+    for stored, expected in ((v["inv_freq_float32"], inv32), (v["cos_float32"], cos32), (v["sin_float32"], sin32),
+                             (v[f"cos_{table_precision}"], low_cos), (v[f"sin_{table_precision}"], low_sin)):
+        assert stored.dtype == np.float32
+        np.testing.assert_array_equal(stored, expected)
+    # the low-precision tables hold values exact in that precision, each the rounding of the float32 one
+    for x in ("cos", "sin"):
+        low = v[f"{x}_{table_precision}"].astype(np.float64)
+        np.testing.assert_array_equal(round_to(low, table_precision), low)
+        np.testing.assert_array_equal(low, round_to(v[f"{x}_float32"], table_precision))
+    # the float32 table differs from the float64 spec by at most the float32 angle error at that position
+    angle_error = np.abs(v["positions"][:, None] * np.float64(1.0)) * 2.0**-23 * np.max(inv32) + 1e-6
+    assert np.all(np.abs(v["cos_float32"] - v["cos"]) <= angle_error * m + 2.0**-22)
+    assert v["meta"]["stack_tables"]["arrays"] == ["inv_freq_float32", "cos_float32", "sin_float32",
+                                                   f"cos_{table_precision}", f"sin_{table_precision}"]
+
+
+def test_llama_cpp_tables_are_ggml_float32_only():
+    from yarnref.ggml import llama_cpp_cos_sin
+
+    config = get_preset("llama-3.1-8b")
+    v = make_vectors(config, heads=1, table_precision="bfloat16", stack="llama.cpp")
+    cos, sin = llama_cpp_cos_sin(config, v["positions"])
+    np.testing.assert_array_equal(v["cos_float32"], cos)
+    np.testing.assert_array_equal(v["sin_float32"], sin)
+    assert "cos_bfloat16" not in v and "inv_freq_float32" not in v
+    assert "no bfloat16" in v["meta"]["stack_tables"]["no_lower_precision_table"]
+
+
+def test_no_stack_tables_unless_asked():
+    v = make_vectors(get_preset("llama-2-7b"), heads=1)
+    assert v["meta"]["stack_tables"] is None and not any(name.endswith("float32") for name in v)
+    with pytest.raises(InputError, match="table_precision"):
+        make_vectors(get_preset("llama-2-7b"), table_precision="float8")
+
+
+def test_dca_position_ids_of_the_qwen_1m_vectors(tmp_path):
+    from yarnref.dca import dca_position_ids
+    from yarnref.vectors import DCA_ID_NAMES
+
+    config = get_preset("qwen2.5-7b-instruct-1m")
+    path = tmp_path / "q.npz"
+    write_vectors(path, config, heads=1)
+    v = read_vectors(path)
+    dca = config["dual_chunk_attention_config"]
+    ids = dca_position_ids(int(v["positions"].max()) + 1, dca["chunk_size"], dca["local_size"])
+    for name in DCA_ID_NAMES:
+        assert v[f"dca_{name}"].dtype == np.int64
+        np.testing.assert_array_equal(v[f"dca_{name}"], getattr(ids, name)[v["positions"]], err_msg=name)
+    assert v["meta"]["dca"]["chunk_len"] == 262144 - 8192
+    # no DCA ids for a model without DCA
+    assert not any(name.startswith("dca_") for name in make_vectors(get_preset("llama-2-7b"), heads=1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    chunk_size=st.integers(2, 64),
+    local_fraction=st.floats(0.0, 0.99),
+    positions=st.lists(st.integers(0, 600), min_size=1, max_size=8),
+)
+def test_dca_ids_at_any_positions_are_dca_position_ids(chunk_size, local_fraction, positions):
+    from yarnref.dca import dca_position_ids
+    from yarnref.vectors import DCA_ID_NAMES, dca_ids_at
+
+    local_size = max(1, min(chunk_size - 1, int(local_fraction * chunk_size)))
+    config = {"head_dim": 8, "rope_theta": 10000.0,
+              "dual_chunk_attention_config": {"chunk_size": chunk_size, "local_size": local_size}}
+    got = dca_ids_at(config, positions)
+    ids = dca_position_ids(max(positions) + 1, chunk_size, local_size)
+    for name in DCA_ID_NAMES:
+        np.testing.assert_array_equal(got[name], getattr(ids, name)[positions], err_msg=name)
