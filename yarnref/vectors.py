@@ -41,6 +41,24 @@ array                  shape, dtype                meaning
                                                    NumPy unicode support, e.g. cnpy, ndarray-npy)
 =====================  ==========================  =====================================================
 
+Optional arrays, written when they apply (:func:`make_vectors`):
+
+=================================  ======================  ==================================================
+array                              shape, dtype            meaning
+=================================  ======================  ==================================================
+``q_rot_interleaved_in_half_out``  like ``q``              the rotation in the pairing the model uses in the
+``k_rot_interleaved_in_half_out``                          chosen stack (``meta["pairing"]``,
+                                                           :func:`model_pairing`) when it is neither of the two
+                                                           above: transformers' DeepSeek-V3
+``inv_freq_float32``               ``(r/2,)`` float32      the stack's float32 :math:`\theta'` (not llama.cpp)
+``cos_float32``, ``sin_float32``   ``(n, r/2)`` float32    the stack's float32 tables (:func:`stack_tables`)
+``cos_bfloat16``, ``sin_...``      ``(n, r/2)`` float32    those cast to the model's dtype (``bfloat16`` or
+                                                           ``float16``), values exact in it
+``dca_key``, ``dca_intra``,        ``(n,)`` int64          a DCA model's position ids of the token at
+``dca_successive``, ``dca_inter``                          ``positions[n]`` (:func:`dca_ids_at`), and the two
+                                                           ``dca_*_critical`` ids of the sparse estimation
+=================================  ======================  ==================================================
+
 Token ``n`` of ``q[b, h]`` sits at ``positions[n]``.  The metadata holds the
 yarnref, NumPy and Python versions, the creation time (UTC, ISO 8601), the
 config (as given), the parsed RoPE fields and their warnings, the options
