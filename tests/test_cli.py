@@ -481,6 +481,25 @@ def test_explain_stack_changes_the_numbers_where_stacks_differ(capsys):
     assert vllm["pairing"] == "interleaved"
     _, m = rope_frequencies(get_preset("deepseek-v3"), stack="vllm")
     assert vllm["attention_factor"] == m
+    # the YaRN authors' rule multiplies g(s) into any attention factor: DeepSeek's m is then not 1, and the text says
+    # whose rule it is
+    authors = _json(capsys, "explain", "deepseek-v3", "--json", "--stack", "yarn_authors")
+    assert authors["attention_factor"] == rope_frequencies(get_preset("deepseek-v3"), stack="yarn_authors")[1] != 1.0
+    _, text, _ = run(capsys, "explain", "deepseek-v3", "--stack", "yarn_authors")
+    assert "yarn_authors's rule: mscale_rule 'yarn_authors'" in text
+
+
+def test_explain_json_per_layer_type_rope(capsys, tmp_path):
+    gemma3 = {"model_type": "gemma3_text", "head_dim": 256, "hidden_size": 2560, "num_attention_heads": 8,
+              "max_position_embeddings": 131072, "rope_theta": 1e6, "rope_local_base_freq": 1e4,
+              "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "sliding_window": 1024}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(gemma3))
+    layers = _json(capsys, "explain", str(path), "--json")["layer_types"]
+    assert sorted(layers) == ["full_attention", "sliding_attention"]
+    for layer_type, item in layers.items():
+        inv_freq, m = rope_frequencies(gemma3, layer_type=layer_type)
+        assert np.array_equal(np.array(item["inv_freq"]), inv_freq) and item["attention_factor"] == m
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "float16"])

@@ -205,7 +205,7 @@ def _grid():
 def test_extreme_numbers_grid_gives_config_errors_or_finite_results(kind, tmp_path):
     """Every numeric key of each base config set to each extreme value: the reader, the frequencies, the
     ``explain`` text and golden vectors give a yarnref error or finite numbers; never a raw exception."""
-    from yarnref.cli import explain
+    from yarnref.cli import explain, explain_data
     from yarnref.errors import YarnrefError
     from yarnref.vectors import make_vectors
 
@@ -226,6 +226,7 @@ def test_extreme_numbers_grid_gives_config_errors_or_finite_results(kind, tmp_pa
                 try:
                     text = explain(config, seq_len=seq_len, pairs="all")
                     assert "nan" not in text.lower().split()
+                    json.dumps(explain_data(config, seq_len=seq_len), allow_nan=False)  # what --json prints
                     vectors = make_vectors(config, positions=[0, 1, 4096], seq_len=seq_len)
                 except YarnrefError:
                     continue

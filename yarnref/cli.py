@@ -268,12 +268,19 @@ def _yarn_section(rc: RopeConfig, lines: list[str], stack: str = "transformers")
     return {int(math.floor(lo)), int(math.ceil(hi))}
 
 
-def _attention_lines(rc: RopeConfig, m: float, seq_len, lines: list[str]) -> None:
+def _attention_lines(rc: RopeConfig, m: float, seq_len, lines: list[str], stack: str = "transformers") -> None:
+    from .config import stack_options
     from .scaling.yarn import deepseek_softmax_scale, get_mscale
 
     p = rc.params
     s = rc.factor
-    if rc.rope_type == "yarn":
+    rule = stack_options(stack, rc)["mscale_rule"] if rc.rope_type == "yarn" else None
+    if rule is not None and rule != "transformers":
+        how = f"{stack}'s rule: mscale_rule {rule!r}, see yarnref.scaling.yarn_attention_factor"
+    elif rc.rope_type == "longrope" and stack != "transformers":
+        how = (f"{stack}'s rule: sqrt(1 + ln(max / L) / ln L) from max_position_embeddings = "
+               f"{rc.max_position_embeddings:,}")
+    elif rc.rope_type == "yarn":
         if p.get("attention_factor") is not None:
             how = "the config's attention_factor, used verbatim"
         elif p.get("mscale") and p.get("mscale_all_dim"):
@@ -283,7 +290,7 @@ def _attention_lines(rc: RopeConfig, m: float, seq_len, lines: list[str]) -> Non
             )
         else:
             how = f"0.1 ln s + 1 = 0.1 ln {_num(s)} + 1 (YaRN Eq. 22)"
-    elif rc.rope_type == "longrope":
+    elif rc.rope_type == "longrope":  # transformers
         if p.get("attention_factor") is not None:
             how = "the config's attention_factor, used verbatim"
         else:
@@ -306,7 +313,7 @@ def _attention_lines(rc: RopeConfig, m: float, seq_len, lines: list[str]) -> Non
             if msa:
                 rope_total = m * m * softmax / plain
                 lines.append(
-                    f"  net logit multipliers: rope dims x {rope_total:.6g} (= g(s, mscale)^2), "
+                    f"  net logit multipliers: rope dims x {rope_total:.6g} (= m^2 g(s, mscale_all_dim)^2), "
                     f"nope dims x {softmax / plain:.6g} (= g(s, mscale_all_dim)^2 = {get_mscale(s, msa) ** 2:.6g})"
                 )
 
@@ -421,7 +428,8 @@ def _precision_report(rc: RopeConfig, stack: str, precision: str, seq_len, max_m
                               "angle_max_error": None, "table_max_error": {}, "note": notes.get("no_lower_precision_table")}
     if "inv_freq_float32" in arrays:
         inv32 = arrays["inv_freq_float32"].astype(np.float64)
-        report["inv_freq_max_relative_difference"] = float(np.max(np.abs(inv32 - inv64) / inv64))
+        rotated = inv64 > 0  # proportional RoPE: pairs of frequency 0 are not rotated
+        report["inv_freq_max_relative_difference"] = float(np.max(np.abs(inv32 - inv64)[rotated] / inv64[rotated]))
         top = positions[-1:]
         report["angle_max_error"] = float(np.max(np.abs(rope_angles(inv32, top, precision="float32")
                                                         - rope_angles(inv64, top))))
@@ -569,7 +577,7 @@ def explain(
         lines.append("")
         lines.append(f"Position Interpolation: every pair divided by {_num(factor)}")
 
-    _attention_lines(rc, m, seq_len, lines)
+    _attention_lines(rc, m, seq_len, lines, stack)
 
     regions = pair_regions(scales, factor)
     counts = {k: regions.count(k) for k in ("kept", "blend", "interp", "other")}
