@@ -683,3 +683,21 @@ def test_vectors_command_writes_pairing_tables_and_dca_ids(capsys, tmp_path):
     code, out, err = run(capsys, "vectors", "llama-2-7b", "--out", str(out_path), "--precision", "float64")
     assert code == 0, err
     assert not any(name.endswith(("float32", "bfloat16")) for name in read_vectors(out_path))
+
+
+def test_help_documents_the_json_keys_and_stack_options(capsys):
+    from yarnref.cli import EXPLAIN_KEYS, PRESET_KEYS
+    from yarnref.config import STACKS
+
+    assert main(["explain", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for key in EXPLAIN_KEYS:
+        assert f" {key}," in text or f" {key} " in text or text.endswith(key), key
+    for option in ("--json", "--stack", "--precision", "--max-model-len", *STACKS, "bfloat16"):
+        assert option in text
+    assert main(["presets", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(key in text for key in PRESET_KEYS)
+    assert main(["vectors", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(option in text for option in ("--stack", "--precision", "--max-model-len", "cos_bfloat16"))

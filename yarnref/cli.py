@@ -844,20 +844,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=_positive_int, default=None, metavar="N",
                    help="current sequence length (dynamic NTK, LongRoPE long/short, DCA temperature)")
     p.add_argument("--plot", metavar="FILE.png", default=None,
-                   help="also draw the per-pair scale beside PI, NTK-aware and YaRN (needs matplotlib)")
+                   help="also draw the per-pair scale beside PI, NTK-aware and YaRN, or for a DCA model the DCA distance map "
+                   "(needs matplotlib)")
     p.add_argument("--pairs", choices=("compact", "all"), default="compact",
                    help="table rows: compact (default: the ends of each region) or all")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object instead of the text (stable keys: format, format_version, model, "
-                   "rope_type, stack, pairing, attention_factor, inv_freq, scales, regions, counts, yarn, mla, dca, "
-                   "precision, warnings, ...; see yarnref.cli)")
+                   help="print one JSON object instead of the text; its keys, stable within format_version: "
+                   f"{', '.join(EXPLAIN_KEYS)}")
     stack_arguments(p, "float64", "the dtype the stack's model runs in: float64 (default: the spec alone), float32, "
                     "bfloat16 or float16 adds how far the stack's float32 frequencies, angles and cast tables are "
                     "from the spec")
 
     pr = sub.add_parser("presets", help="list the presets (name, rope type, factor, source)")
     pr.add_argument("--json", action="store_true",
-                    help="print a JSON list of objects with keys name, rope_type, factor, dca, source, notes, config")
+                    help=f"print a JSON list, one object per preset with the keys {', '.join(PRESET_KEYS)}")
 
     v = sub.add_parser("vectors", help="write golden vectors (.npz) for a model",
                        description="Write golden vectors: inv_freq, attention factor, cos/sin at chosen positions, "
