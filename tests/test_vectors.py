@@ -431,3 +431,17 @@ def test_dca_ids_at_any_positions_are_dca_position_ids(chunk_size, local_fractio
     ids = dca_position_ids(max(positions) + 1, chunk_size, local_size)
     for name in DCA_ID_NAMES:
         np.testing.assert_array_equal(got[name], getattr(ids, name)[positions], err_msg=name)
+
+
+def test_deepseek_vectors_match_transformers_interleave_rotation():
+    """The stored DeepSeek-V3 rotation is what transformers' apply_rotary_pos_emb_interleave computes (float64)."""
+    torch = pytest.importorskip("torch")
+    deepseek_v3 = pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
+
+    v = make_vectors(get_preset("deepseek-v3"), heads=2, seed=3)
+    cos = torch.from_numpy(np.concatenate([v["cos"], v["cos"]], -1))[None]  # (1, n, r): transformers' cat(c, c)
+    sin = torch.from_numpy(np.concatenate([v["sin"], v["sin"]], -1))[None]
+    q_embed, k_embed = deepseek_v3.apply_rotary_pos_emb_interleave(torch.from_numpy(v["q"]), torch.from_numpy(v["k"]),
+                                                                   cos, sin)
+    np.testing.assert_allclose(v["q_rot_interleaved_in_half_out"], q_embed.numpy(), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(v["k_rot_interleaved_in_half_out"], k_embed.numpy(), rtol=0, atol=1e-14)
