@@ -701,3 +701,16 @@ def test_help_documents_the_json_keys_and_stack_options(capsys):
     assert main(["vectors", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert all(option in text for option in ("--stack", "--precision", "--max-model-len", "cos_bfloat16"))
+
+
+def test_explain_precision_positions_are_those_the_lengths_reach(capsys):
+    # a LongRoPE model without a length uses its short factors, which cover positions below the original length
+    short = _json(capsys, "explain", "phi-3-mini-128k", "--json", "--precision", "float32")["precision"]
+    assert short["largest_position"] == 4095 and max(short["positions"]) == 4095
+    long = _json(capsys, "explain", "phi-3-mini-128k", "--json", "--precision", "float32", "--seq-len", "100000")
+    assert long["precision"]["positions"] == [0, 1, 2, 127, 4095, 4096, 32767, 99999]
+    vllm = _json(capsys, "explain", "phi-3-mini-128k", "--json", "--precision", "float32", "--stack", "vllm",
+                 "--max-model-len", "131072")["precision"]
+    assert vllm["largest_position"] == 131071
+    # the angle error grows with the position
+    assert long["precision"]["angle_max_error"] > 10 * short["angle_max_error"]

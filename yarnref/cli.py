@@ -409,6 +409,21 @@ def sparse_budget_summary(config: Mapping | RopeConfig) -> dict[str, Any] | None
     }
 
 
+def _report_positions(rc: RopeConfig, positions: np.ndarray, seq_len, max_model_len) -> np.ndarray:
+    """The default positions a forward with these lengths reaches: below ``seq_len`` or ``max_model_len``.
+
+    Without either, a LongRoPE model uses its short factors (transformers'
+    switch at ``seq_len=None``), which cover positions below the original
+    length only.
+    """
+    limit = seq_len if seq_len is not None else max_model_len
+    if limit is None and rc.rope_type == "longrope":
+        limit = rc.original_max_position_embeddings
+    if limit is None:
+        return positions
+    return np.union1d(positions[positions < limit], [limit - 1]).astype(np.int64)
+
+
 def _precision_report(rc: RopeConfig, stack: str, precision: str, seq_len, max_model_len) -> dict[str, Any] | None:
     """How far the stack's float32 (and ``precision``) numbers are from the float64 spec, at the default positions."""
     if precision == "float64":
@@ -419,7 +434,7 @@ def _precision_report(rc: RopeConfig, stack: str, precision: str, seq_len, max_m
     options = {"stack": stack}
     if max_model_len is not None:
         options["max_model_len"] = max_model_len
-    positions = default_positions(rc)
+    positions = _report_positions(rc, default_positions(rc), seq_len, max_model_len)
     inv64, m = rope_frequencies(rc, seq_len, **options)
     cos64, sin64 = rope_cos_sin(inv64, positions, m)  # (n, r/2)
     arrays, notes = stack_tables(rc, positions, table_precision=precision, seq_len=seq_len, **options)
