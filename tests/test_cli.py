@@ -583,8 +583,8 @@ def test_unknown_preset_without_close_names_lists_them_all(capsys):
     (["explain", "llama-2-7b", "--stack", "tensorrt"], ["--stack", "'tensorrt'", "'vllm'", "'llama.cpp'"]),
     (["vectors", "llama-2-7b", "--out", "v.npz", "--precision", "fp8"], ["--precision", "'fp8'", "'bfloat16'"]),
     (["explain", "llama-2-7b", "--max-model-len", "0"], ["--max-model-len", "'0'", "[1, 2**53]"]),
-    (["explain", "phi-3-mini-128k", "--stack", "vllm"], ["max_model_len", "None", "positive integer"]),
-    (["explain", "phi-3-mini-128k", "--stack", "yarn_authors"], ["stack", "yarn_authors", "LongRoPE"]),
+    (["explain", "phi-3-mini-128k", "--stack", "vllm"], ["max_model_len", "None", "positive integer", "--max-model-len"]),
+    (["explain", "phi-3-mini-128k", "--stack", "yarn_authors"], ["stack", "yarn_authors", "LongRoPE", "option --stack"]),
 ])
 def test_stack_option_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, needles):
     monkeypatch.chdir(tmp_path)

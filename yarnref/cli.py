@@ -997,7 +997,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except YarnrefError as error:
-        print(f"{PROG}: error: {_where(args)}: {_one_line(error)}", file=sys.stderr)
+        flag = _FLAGS.get(getattr(error, "param", None)) if isinstance(error, InputError) else None
+        option = f" (the option {flag})" if flag else ""
+        print(f"{PROG}: error: {_where(args)}: {_one_line(error)}{option}", file=sys.stderr)
         return 2
     except Exception as error:  # anything else: still one line and status 2 (YARNREF_TRACEBACK=1 shows it)
         if os.environ.get("YARNREF_TRACEBACK"):
@@ -1005,6 +1007,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {_where(args)}: unexpected {type(error).__name__}: {_one_line(error)} "
               "(set YARNREF_TRACEBACK=1 for the traceback)", file=sys.stderr)
         return 2
+
+
+#: The command-line option behind each library parameter an InputError may name.
+_FLAGS = {"max_model_len": "--max-model-len", "seq_len": "--seq-len", "stack": "--stack", "precision": "--precision",
+          "positions": "--positions", "seed": "--seed", "batch": "--batch", "heads": "--heads"}
 
 
 def _where(args) -> str:
