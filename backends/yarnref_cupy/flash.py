@@ -1,4 +1,4 @@
-"""The fused float16 attention kernel of the CuPy backend (``flash_attention.cu``), and when it applies.
+"""The fused float16/bfloat16 attention kernel of the CuPy backend (``flash_attention.cu``), and when it applies.
 
 One CUDA kernel, compiled by NVRTC through CuPy's RawModule, computes softmax
 attention with an online softmax over 64-key tiles, never forming the
@@ -7,13 +7,18 @@ kernel lists of the index conversion.  Its conventions are the spec's
 (bottom-right causal alignment, GQA by ``h // group``, empty rows give 0 and
 lse ``-inf``; a key listed twice counts twice), and it computes as the fused
 kernels of production stacks do: float16 inputs, float32 logits, softmax
-state and accumulators, the probabilities rounded to float16 for the
-``P V`` product, output in float16, lse in float32.
+state and accumulators, the probabilities rounded to the input's 16-bit
+type for the ``P V`` product, output in the input dtype, lse in float32.
+float16 and bfloat16 (CuPy's own ``bfloat16`` dtype, the ``ml_dtypes`` one)
+are the same kernel with the other ``mma``/``cvt`` variant.
 
-It runs when :func:`fusable` says so (a real CUDA device, float16 q/k/v,
-``head_dim`` 32, 64 or 128 for both k and v, rows contiguous and 16-byte
-aligned, and for lists 64 x 64 blocks); everything else takes the blocked
-cuBLAS path of :mod:`.attention`.
+It runs when :func:`fusable` says so (a real CUDA device, float16 or
+bfloat16 q/k/v, ``head_dim`` one of :data:`HEAD_DIMS` for both k and v, rows
+with a unit last stride and 16-byte aligned, and for lists 64 x 64 blocks);
+everything else takes the blocked cuBLAS path of :mod:`.attention`.  Where
+torch and Triton are installed, yarnref's Triton kernels are preferred
+(:mod:`.kernels`); this kernel is the fused path of a CuPy-only install, and
+``YARNREF_CUPY_KERNELS=nvrtc`` forces it.
 """
 
 from __future__ import annotations
@@ -24,26 +29,32 @@ import numpy as np
 
 __all__ = ["fusable", "flash_attention", "HEAD_DIMS"]
 
-#: head_dim values the kernel is compiled for.
-HEAD_DIMS = (32, 64, 128)
+#: head_dim values the kernel is compiled for (each a multiple of 16, the mma k-step).
+HEAD_DIMS = (32, 64, 80, 96, 128, 256)
+#: The 16-bit dtypes it takes, by name: float16, and bfloat16 (CuPy's ``ml_dtypes.bfloat16``).
+DTYPES = ("float16", "bfloat16")
 BLOCK_M = BLOCK_N = 64
 _THREADS = 128
 _MAX_GRID_Y = 65535
 _MODULES: dict[int, object] = {}
 
 
-def _kernel(cupy, head_dim: int):
-    """The kernel for ``head_dim`` on the current device (compiled once per process; CuPy caches the binary)."""
+def _name(head_dim: int, bf16: bool) -> str:
+    return f"yarnref_flash_fwd<{head_dim}, {'true' if bf16 else 'false'}>"
+
+
+def _kernel(cupy, head_dim: int, bf16: bool):
+    """The kernel for ``head_dim`` and the dtype on the current device (compiled once per process; CuPy caches the binary)."""
     device_id = cupy.cuda.Device().id
     if device_id not in _MODULES:
         source = Path(__file__).with_name("flash_attention.cu").read_text()
-        names = tuple(f"yarnref_flash_fwd<{d}>" for d in HEAD_DIMS)
+        names = tuple(_name(d, b) for d in HEAD_DIMS for b in (False, True))
         _MODULES[device_id] = cupy.RawModule(code=source, options=("--std=c++14",), name_expressions=names)
-    return _MODULES[device_id].get_function(f"yarnref_flash_fwd<{head_dim}>")
+    return _MODULES[device_id].get_function(_name(head_dim, bf16))
 
 
 def _rows_ok(x) -> bool:
-    """Last axis contiguous, rows (and the base) 16-byte aligned: the kernel reads 8 halves at a time."""
+    """Last axis contiguous, rows (and the base) 16-byte aligned: the kernel copies 8 elements (16 bytes) at a time."""
     item = x.itemsize
     return x.strides[-1] == item and x.data.ptr % 16 == 0 and all(s % 16 == 0 for s in x.strides[:-1])
 
@@ -52,7 +63,7 @@ def fusable(xp, q, k, v, lists: bool = False, block_size_m: int = BLOCK_M, block
     """True if :func:`flash_attention` can compute this call (see the module docstring)."""
     if getattr(xp, "__name__", "") != "cupy":
         return False
-    if not (q.dtype == k.dtype == v.dtype == np.float16):
+    if not (q.dtype == k.dtype == v.dtype) or np.dtype(q.dtype).name not in DTYPES:
         return False
     d = q.shape[-1]
     if d not in HEAD_DIMS or k.shape[-1] != d or v.shape[-1] != d:
@@ -67,14 +78,14 @@ def fusable(xp, q, k, v, lists: bool = False, block_size_m: int = BLOCK_M, block
 def flash_attention(xp, q, k, v, scale: float, causal: bool, lists=None):
     """``(out, lse)`` of softmax attention, fused; ``lists``: the conversion's four arrays, or None for dense.
 
-    ``q`` ``(B, Hq, Tq, D)``, ``k``/``v`` ``(B, Hk, Tk, D)`` float16 (checked by
-    :func:`fusable`); ``scale`` multiplies the logits.  ``out`` float16
-    ``(B, Hq, Tq, D)``, ``lse`` float32 ``(B, Hq, Tq)``.
+    ``q`` ``(B, Hq, Tq, D)``, ``k``/``v`` ``(B, Hk, Tk, D)`` float16 or bfloat16
+    (checked by :func:`fusable`); ``scale`` multiplies the logits.  ``out``
+    ``(B, Hq, Tq, D)`` in q's dtype, ``lse`` float32 ``(B, Hq, Tq)``.
     """
     cupy = xp
     b, hq, tq, d = q.shape
     hk, tk = k.shape[1], k.shape[2]
-    out = cupy.empty((b, hq, tq, d), dtype=np.float16)
+    out = cupy.empty((b, hq, tq, d), dtype=q.dtype)
     lse = cupy.empty((b, hq, tq), dtype=np.float32)
     n_rows = -(-tq // BLOCK_M)
     if lists is None:
@@ -87,7 +98,7 @@ def flash_attention(xp, q, k, v, scale: float, causal: bool, lists=None):
     item = q.itemsize
     strides = [s // item for x in (q, k, v) for s in x.strides[:3]]
     smem = 2 * 2 * BLOCK_N * (d + 8) * 2 + 2 * BLOCK_N * 4  # two stages of K and V tiles, and their key indices
-    kernel = _kernel(cupy, d)
+    kernel = _kernel(cupy, d, np.dtype(q.dtype).name == "bfloat16")
     if smem > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < smem:
         kernel.max_dynamic_shared_size_bytes = smem  # opt in above the 48 KB default
     kernel(

@@ -21,7 +21,13 @@ How it runs here
   one thread per (batch, head, row block), run through CuPy's RawModule.  In
   the NumPy shim the vectorised conversion shared with the spec runs instead; the kernel source is
   tested on the CPU (compiled as C++) against the spec.
-* Attention (:func:`vs_attention`, :func:`streaming_attention`): per group of
+* Kernel-mode attention on float16/bfloat16 where torch and Triton are
+  installed (:mod:`.kernels`): yarnref's Triton conversion and sparse kernel
+  (:mod:`yarnref_torch.triton_sparse`, the torch backend's) launched on the
+  CuPy arrays through DLPack, on CuPy's current stream; otherwise the
+  conversion kernel above and the NVRTC attention kernel of :mod:`.flash`
+  where it applies.
+* Attention otherwise (:func:`vs_attention`, :func:`streaming_attention`): per group of
   row blocks, the kept keys are *gathered* (kernel mode: the listed blocks,
   ``block_size_n`` keys each, and the listed columns; exact mode: per row the
   verticals and the diagonals' keys) and fed to the one softmax core
@@ -47,7 +53,8 @@ import numpy as np
 from yarnref.errors import InputError
 from yarnref.sparse_lockstep import conversion_capacity, convert_lockstep, sort_indices
 
-from ._arrays import compute_dtype, scalar
+from . import kernels
+from ._arrays import compute_dtype, is_half, scalar
 from .attention import attention as dense_attention
 from .attention import softmax_attend
 from .flash import flash_attention, fusable
@@ -342,6 +349,72 @@ def _step(per_unit: int) -> int:
     return max(1, STEP_ELEMENTS // max(1, per_unit))
 
 
+_TRITON_BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def _triton_sparse(xp, q, k, v, bm: int, bn: int):
+    """The Triton modules if their conversion and sparse kernel take this call, else None."""
+    triton = kernels.triton_kernels(xp)
+    d = q.shape[-1]
+    ok = (
+        triton is not None
+        and is_half(q)
+        and q.dtype == k.dtype == v.dtype
+        and v.shape[-1] == d
+        and 16 <= d <= 256
+        and d & (d - 1) == 0
+        and bm in _TRITON_BLOCK_SIZES
+        and bn in _TRITON_BLOCK_SIZES
+        and bn >= bm
+        and q.shape[2] > 0
+    )
+    return triton if ok else None
+
+
+#: Bytes the Triton path's block and column lists may take at once (as the torch backend); causal
+#: calls convert and consume them per chunk of row blocks beyond that.
+LIST_BYTES = 1 << 30
+
+
+def _triton_vs_attention(xp, triton, q, k, v, vertical, slash, scale: float, causal: bool, bm: int, bn: int):
+    """Kernel-mode vertical-slash attention with the torch backend's Triton conversion and kernel, on the CuPy arrays.
+
+    Causal calls are cut into chunks of whole row blocks whose lists fit
+    :data:`LIST_BYTES`; rows ``[a, b)`` see only keys ``< kv_len - q_len + b``,
+    so each chunk is converted against those keys alone (the spec's lists of
+    those rows are the same).
+    """
+    batch, q_heads, q_len, _ = q.shape
+    kv_len = k.shape[2]
+    off = kv_len - q_len if causal else kv_len
+    # Distances past every row's reach select nothing; capped so that the int32 lists hold them.
+    slash = xp.minimum(slash, q_len + off + 1)
+    per_row_block = 4 * batch * q_heads * (max(slash.shape[-1], 1) * -(-bm // bn) + max(vertical.shape[-1], 1) + 2)
+    step = max(1, LIST_BYTES // per_row_block) * bm if causal else q_len
+    torch = triton["torch"]
+    ts = triton["sparse"]
+    with kernels.on_cupy_stream(xp, torch):
+        tq, tk, tv = (kernels.to_torch(torch, x) for x in (q, k, v))
+        tvert, tslash = kernels.to_torch(torch, vertical), kernels.to_torch(torch, slash)
+        if step >= q_len:  # the whole call at once
+            lists = ts.convert_vertical_slash_indexes_triton(q_len, kv_len, tvert, tslash, bm, bn, causal)
+            o, l = ts.sparse_attention_triton(tq, tk, tv, *lists, scale, bm, bn, True, causal=causal)
+            return kernels.to_cupy(xp, o), kernels.to_cupy(xp, l)
+        out = xp.empty(q.shape, dtype=q.dtype)
+        lse = xp.empty(q.shape[:3], dtype=np.float32)
+        tout, tlse = kernels.to_torch(torch, out), kernels.to_torch(torch, lse)
+        for start in range(0, q_len, step):  # one chunk up to 128K tokens at ordinary budgets
+            stop = min(start + step, q_len)
+            keys = kv_len - q_len + stop if causal else kv_len
+            lists = ts.convert_vertical_slash_indexes_triton(stop - start, keys, tvert, tslash, bm, bn, causal)
+            o, l = ts.sparse_attention_triton(
+                tq[:, :, start:stop], tk[:, :, :keys], tv[:, :, :keys], *lists, scale, bm, bn, True, causal=causal
+            )
+            tout[:, :, start:stop] = o
+            tlse[:, :, start:stop] = l
+    return out, lse
+
+
 def vs_attention(xp, device, q, k, v, vertical, slash, mode: str, scale: float, causal: bool, bm: int, bn: int):
     """Vertical-slash attention over validated device arrays.  Returns ``(out, lse)``."""
     batch, q_heads, q_len, head_dim = q.shape
@@ -353,6 +426,9 @@ def vs_attention(xp, device, q, k, v, vertical, slash, mode: str, scale: float, 
     out = xp.empty((batch, q_heads, q_len, v_dim), dtype=q.dtype)
     lse = xp.empty((batch, q_heads, q_len), dtype=cdt)
     if mode == "kernel":
+        triton = _triton_sparse(xp, q, k, v, bm, bn)
+        if triton is not None:
+            return _triton_vs_attention(xp, triton, q, k, v, vertical, slash, scale, causal, bm, bn)
         converted = convert(xp, device, q_len, kv_len, vertical, slash, bm, bn, causal)
         if fusable(xp, q, k, v, lists=True, block_size_m=bm, block_size_n=bn):
             return flash_attention(xp, q, k, v, scale, causal, converted)
