@@ -36,7 +36,7 @@ DTYPES = ("float16", "bfloat16")
 BLOCK_M = BLOCK_N = 64
 _THREADS = 128
 _MAX_GRID_Y = 65535
-_MODULES: dict[int, object] = {}
+_MODULES: dict[tuple, object] = {}
 
 
 def _name(head_dim: int, bf16: bool) -> str:
@@ -44,13 +44,18 @@ def _name(head_dim: int, bf16: bool) -> str:
 
 
 def _kernel(cupy, head_dim: int, bf16: bool):
-    """The kernel for ``head_dim`` and the dtype on the current device (compiled once per process; CuPy caches the binary)."""
-    device_id = cupy.cuda.Device().id
-    if device_id not in _MODULES:
+    """The kernel for ``head_dim`` and the dtype on the current device.
+
+    Each instantiation is compiled on first use only (NVRTC takes seconds for
+    the large head dims; CuPy caches the binary on disk) and once per process.
+    """
+    key = (cupy.cuda.Device().id, head_dim, bf16)
+    if key not in _MODULES:
         source = Path(__file__).with_name("flash_attention.cu").read_text()
-        names = tuple(_name(d, b) for d in HEAD_DIMS for b in (False, True))
-        _MODULES[device_id] = cupy.RawModule(code=source, options=("--std=c++14",), name_expressions=names)
-    return _MODULES[device_id].get_function(_name(head_dim, bf16))
+        name = _name(head_dim, bf16)
+        module = cupy.RawModule(code=source, options=("--std=c++14",), name_expressions=(name,))
+        _MODULES[key] = (module, module.get_function(name))  # the module is kept alive with its function
+    return _MODULES[key][1]
 
 
 def _rows_ok(x) -> bool:
