@@ -33,26 +33,29 @@ __all__ = ["fusable", "flash_attention", "HEAD_DIMS"]
 HEAD_DIMS = (32, 64, 80, 96, 128, 256)
 #: The 16-bit dtypes it takes, by name: float16, and bfloat16 (CuPy's ``ml_dtypes.bfloat16``).
 DTYPES = ("float16", "bfloat16")
+#: Query rows per block of the list (vertical-slash) kernel, and keys per tile: the conversion's 64 x 64.
 BLOCK_M = BLOCK_N = 64
-_THREADS = 128
+#: Warps per block (16 query rows each) for dense attention: 128-row blocks, so every K/V tile
+#: brought into shared memory serves 128 queries (64-row blocks, 4 warps, for short queries and lists).
+DENSE_WARPS = 8
 _MAX_GRID_Y = 65535
 _MODULES: dict[tuple, object] = {}
 
 
-def _name(head_dim: int, bf16: bool) -> str:
-    return f"yarnref_flash_fwd<{head_dim}, {'true' if bf16 else 'false'}>"
+def _name(head_dim: int, bf16: bool, warps: int) -> str:
+    return f"yarnref_flash_fwd<{head_dim}, {'true' if bf16 else 'false'}, {warps}>"
 
 
-def _kernel(cupy, head_dim: int, bf16: bool):
+def _kernel(cupy, head_dim: int, bf16: bool, warps: int):
     """The kernel for ``head_dim`` and the dtype on the current device.
 
     Each instantiation is compiled on first use only (NVRTC takes seconds for
     the large head dims; CuPy caches the binary on disk) and once per process.
     """
-    key = (cupy.cuda.Device().id, head_dim, bf16)
+    key = (cupy.cuda.Device().id, head_dim, bf16, warps)
     if key not in _MODULES:
         source = Path(__file__).with_name("flash_attention.cu").read_text()
-        name = _name(head_dim, bf16)
+        name = _name(head_dim, bf16, warps)
         module = cupy.RawModule(code=source, options=("--std=c++14",), name_expressions=(name,))
         _MODULES[key] = (module, module.get_function(name))  # the module is kept alive with its function
     return _MODULES[key][1]
@@ -92,7 +95,8 @@ def flash_attention(xp, q, k, v, scale: float, causal: bool, lists=None):
     hk, tk = k.shape[1], k.shape[2]
     out = cupy.empty((b, hq, tq, d), dtype=q.dtype)
     lse = cupy.empty((b, hq, tq), dtype=np.float32)
-    n_rows = -(-tq // BLOCK_M)
+    warps = DENSE_WARPS if lists is None and tq > BLOCK_M else 4
+    n_rows = -(-tq // (16 * warps))
     if lists is None:
         dummy = cupy.zeros(1, dtype=np.int32)
         bc = bo = cc = ci = dummy
@@ -103,14 +107,15 @@ def flash_attention(xp, q, k, v, scale: float, causal: bool, lists=None):
     item = q.itemsize
     strides = [s // item for x in (q, k, v) for s in x.strides[:3]]
     smem = 2 * 2 * BLOCK_N * (d + 8) * 2 + 2 * BLOCK_N * 4  # two stages of K and V tiles, and their key indices
-    kernel = _kernel(cupy, d, np.dtype(q.dtype).name == "bfloat16")
+    kernel = _kernel(cupy, d, np.dtype(q.dtype).name == "bfloat16", warps)
     if smem > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < smem:
         kernel.max_dynamic_shared_size_bytes = smem  # opt in above the 48 KB default
+    raw = [x.view(np.uint16) for x in (q, k, v, out)]  # the kernel reads raw 16-bit words (u16)
     kernel(
         (n_rows, b * hq),
-        (_THREADS,),
+        (32 * warps,),
         (
-            q, k, v, out, lse,
+            *raw, lse,
             *(np.int64(s) for s in strides),
             np.int32(hq), np.int32(hq // hk), np.int32(tq), np.int32(tk),
             np.float32(scale * 1.4426950408889634), np.int32(bool(causal)),

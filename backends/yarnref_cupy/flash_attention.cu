@@ -2,7 +2,7 @@
 // accumulation, output in the input dtype.
 //
 // One kernel serves dense attention and the vertical-slash kernel lists (see flash.py and
-// yarnref.sparse).  A block of 4 warps owns BLOCK_M = 64 query rows (16 per warp) of one
+// yarnref.sparse).  A block of WARPS warps owns 16 * WARPS query rows (16 per warp) of one
 // (batch, query head); it walks key tiles of BLOCK_N = 64 keys and keeps, per row, the online
 // softmax state (Milakov & Gimelshein, arXiv:1805.02867; FlashAttention-2, arXiv:2307.08691,
 // Algorithm 1):
@@ -41,9 +41,7 @@
 // converted with cvt.rn.{f16x2,bf16x2}.f32 (sm_80+, like mma.m16n8k16 itself), so the source needs
 // no CUDA header and compiles the same under every NVRTC version.
 
-#define BLOCK_M 64
 #define BLOCK_N 64
-#define THREADS 128
 #define NEG_INF __int_as_float(0xff800000)  // -infinity
 
 typedef unsigned short u16;  // one float16 or bfloat16 element, as raw bits
@@ -92,8 +90,10 @@ __device__ __forceinline__ void ldmatrix_x2_trans(unsigned& b0, unsigned& b1, co
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(smem_address(row_address)));
 }
 
-template <int D, bool BF16>
-__global__ void __launch_bounds__(THREADS) yarnref_flash_fwd(
+// WARPS = 4: 64-row blocks (the vertical-slash lists are per 64-row block); WARPS = 8: 128-row blocks
+// for dense attention, where each K/V tile brought into shared memory serves twice as many queries.
+template <int D, bool BF16, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) yarnref_flash_fwd(
     const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
     u16* __restrict__ Out, float* __restrict__ Lse,
     long long sqb, long long sqh, long long sqm,
@@ -106,6 +106,8 @@ __global__ void __launch_bounds__(THREADS) yarnref_flash_fwd(
     constexpr int KSTEPS = D / 16;  // k-steps of Q K^T
     constexpr int DBLK = D / 8;     // n-blocks of P V
     constexpr int TILE = BLOCK_N * LD;
+    constexpr int BLOCK_M = 16 * WARPS;  // query rows of this block
+    constexpr int THREADS = 32 * WARPS;
     extern __shared__ __align__(16) unsigned char smem[];
     u16* Ks = reinterpret_cast<u16*>(smem);      // [2 stages][BLOCK_N][LD]
     u16* Vs = Ks + 2 * TILE;                        // [2 stages][BLOCK_N][LD]
