@@ -161,19 +161,38 @@ def _call(be, op: str, a: dict, case: Case):
     raise ValueError(op)
 
 
-def _check(op: str, out, case: Case, lists, ref_indices):
+def _reference(op: str, case: Case):
+    """The float64 reference of ``op`` on the checked slice (computed once per case, shared by the implementations)."""
     q, k, v, rows = case.q, case.k, case.v, case.rows
     if op == "attention":
-        return compare(_as_torch(out)[:, :2, rows], dense_reference_rows(q[:, :2], k[:, :1], v[:, :1], rows, case.scale))
+        return dense_reference_rows(q[:, :2], k[:, :1], v[:, :1], rows, case.scale)  # heads 0-1 read kv head 0
     if op == "dca_attention":
-        return compare(_as_torch(out)[:, :2, rows].cpu(), dca_reference_rows(q, k, v, case.inv_freq, rows), op="dca")
+        return dca_reference_rows(q, k, v, case.inv_freq, rows)
     if op == "vertical_slash_attention":
-        return check_sparse(_as_torch(out), q, k, v, lists, case.scale, heads=(0, case.heads - 1))
+        return load_triton_sparse().convert_vertical_slash_indexes_triton(case.n, case.n, case.vertical, case.slash, 64, 64)
+    if op == "apply_rope":
+        return rope_reference_rows(q, case.cos, case.sin, rows)
+    if op == "vertical_slash_indices":  # the heads of kv head 0, estimated in float64 by the torch backend
+        with use_yarnref_backend("torch", q.device) as tb:
+            group = case.heads // case.kv_heads
+            return tb.vertical_slash_indices(q[:, :group].double(), k[:, :1].double(), N_VERT, N_SLASH)
+    raise ValueError(op)
+
+
+def _check(op: str, out, case: Case, ref):
+    rows = case.rows
+    if op == "attention":
+        return compare(_as_torch(out)[:, :2, rows], ref)
+    if op == "dca_attention":
+        return compare(_as_torch(out)[:, :2, rows].cpu(), ref, op="dca")
+    if op == "vertical_slash_attention":  # ref: the conversion's lists; the float64 rows are computed from them
+        return check_sparse(_as_torch(out), case.q, case.k, case.v, ref, case.scale, heads=(0, case.heads - 1))
     if op == "apply_rope":
         angles = {"op": "rope", "max_position": rows[-1], "angle_dtype": "float32"}
-        return compare(_as_torch(out)[:, :2, rows].cpu(), rope_reference_rows(q, case.cos, case.sin, rows), **angles)
+        return compare(_as_torch(out)[:, :2, rows].cpu(), ref, **angles)
     if op == "vertical_slash_indices":
-        overlaps = [index_overlap(got, want) for got, want in zip(out, ref_indices)]
+        group = case.heads // case.kv_heads
+        overlaps = [index_overlap(_as_torch(got)[:, :group], want) for got, want in zip(out, ref)]
         worst = min(overlaps)
         return {"max_abs": 1.0 - worst, "rel_l2": 1.0 - worst, "finite": True, "ok": worst >= 0.98, "overlap": overlaps}
     raise ValueError(op)
@@ -195,17 +214,18 @@ def run_case(rec, case: Case, op: str, budget_s: float, deadline: float):
     label = {torch.bfloat16: "bf16", torch.float16: "fp16"}[case.dtype]
     name = f"{op} {label} {case.n // 1024}K" if case.n >= 1024 else f"{op} {label} {case.n}"
     device = case.q.device
-    lists = ref_indices = None
-    if op == "vertical_slash_attention":
-        try:
-            lists = load_triton_sparse().convert_vertical_slash_indexes_triton(case.n, case.n, case.vertical, case.slash, 64, 64)
-        except MissingOperation as exc:
-            rec.missing(name, "(reference)", str(exc))
-            return
-    if op == "vertical_slash_indices":
-        with use_yarnref_backend("torch", device) as tb:
-            group = case.heads // case.kv_heads
-            ref_indices = tb.vertical_slash_indices(case.q[:, :group].double(), case.k[:, :1].double(), N_VERT, N_SLASH)
+    if rec.elapsed() > deadline:
+        for impl in IMPLS:
+            rec.missing(name, f"yarnref {op} ({impl})", f"total time budget ({deadline:.0f} s) spent")
+        return
+    try:
+        ref = _reference(op, case)
+    except MissingOperation as exc:
+        rec.missing(name, "(reference)", str(exc))
+        return
+    except Exception as exc:  # noqa: BLE001 - a benchmark must never take the run down
+        rec.failed(name, "(reference)", exc)
+        return
     for impl in IMPLS:
         label_impl = f"yarnref {op} ({impl})"
         if rec.elapsed() > deadline:
@@ -228,10 +248,7 @@ def run_case(rec, case: Case, op: str, budget_s: float, deadline: float):
                 out = fn()  # also the first call: compilation, autotuning
                 torch.cuda.synchronize()
                 first_ms = (time.perf_counter() - t0) * 1e3
-                if op == "vertical_slash_indices":
-                    group = case.heads // case.kv_heads
-                    out = tuple(_as_torch(x)[:, :group] for x in out)
-                err = _check(op, out, case, lists, ref_indices)
+                err = _check(op, out, case, ref)
                 del out
                 slow = first_ms > 300
                 if slow:  # the first call may be compilation: time a second one to know
