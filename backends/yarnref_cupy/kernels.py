@@ -40,6 +40,7 @@ The switch
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import importlib.util
 import os
@@ -55,14 +56,16 @@ ENV = "YARNREF_CUPY_KERNELS"
 #: Its values.
 MODES = ("auto", "triton", "nvrtc")
 
-_override: list[str] = []  # set by use_kernels(); the innermost wins
+# Set by use_kernels(): a ContextVar, so threads and async tasks keep their own choice (as use_backend does).
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("yarnref_cupy_kernels", default=None)
 _TORCH_KERNELS: dict[str, object] = {}
 
 
 def kernel_mode() -> str:
     """The kernels asked for: :func:`use_kernels`' value if one is active, else ``$YARNREF_CUPY_KERNELS`` (default ``auto``)."""
-    if _override:
-        return _override[-1]
+    chosen = _override.get()
+    if chosen is not None:
+        return chosen
     mode = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if mode not in MODES:
         raise InputError(ENV, mode, f"one of {MODES} (the environment variable choosing the CuPy backend's kernels)")
@@ -74,11 +77,11 @@ def use_kernels(mode: str):
     """``with use_kernels("nvrtc"):`` runs the CuPy backend with those kernels inside the block (see the module docstring)."""
     if mode not in MODES:
         raise InputError("mode", mode, f"one of {MODES}")
-    _override.append(mode)
+    token = _override.set(mode)
     try:
         yield
     finally:
-        _override.pop()
+        _override.reset(token)
 
 
 def _import_sibling(package: str, module: str):

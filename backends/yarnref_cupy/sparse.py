@@ -14,9 +14,10 @@ and attends with a softmax over the kept keys only,
 How it runs here
 ----------------
 * Estimation (:func:`vertical_slash_indices`): the last ``m <= 64`` queries
-  against all keys in float64 (``m * kv_len`` per head; the spec's float64,
-  so the top-k picks the same indices up to true near-ties), column and
-  diagonal sums, a stable sort (ties to the lower index, as the spec).
+  against all keys (``m * kv_len`` per head) in the compute dtype, float64
+  for float64 inputs and float32 otherwise, as the torch backend (the top-k
+  then differs from the spec's only on near-ties within float32 rounding),
+  column and diagonal sums, a stable sort (ties to the lower index, as the spec).
 * Conversion (:func:`convert`): the CUDA kernel ``vertical_slash_index.cu``,
   one thread per (batch, head, row block), run through CuPy's RawModule.  In
   the NumPy shim the vectorised conversion shared with the spec runs instead; the kernel source is
@@ -132,26 +133,28 @@ def vertical_slash_indices(xp, q, k, n_vertical, n_slash, last_q: int, scale: fl
     on_grid = source >= 0
     rows = xp.arange(m)[:, None]
     cols = xp.where(on_grid, source, 0)
-    vertical_score = xp.empty((batch, q_heads, kv_len), dtype=np.float64)
-    slash_score = xp.empty((batch, q_heads, kv_len), dtype=np.float64)
+    cdt = compute_dtype(q, k)
+    bias = xp.where(visible, scalar(0.0, cdt), scalar(-np.inf, cdt))  # (m, kv_len): causal among the last m
+    vertical_score = xp.empty((batch, q_heads, kv_len), dtype=cdt)
+    slash_score = xp.empty((batch, q_heads, kv_len), dtype=cdt)
     # Groups of kv heads small enough for the memory budget (one group for any ordinary size).
     per_kv_head = batch * group * m * kv_len
     step = max(1, ESTIMATE_ELEMENTS // max(1, per_kv_head))
     for h0 in range(0, kv_heads, step):
         h1 = min(h0 + step, kv_heads)
         n_kv = h1 - h0
-        q_last = q[:, h0 * group : h1 * group, q_len - m :].astype(np.float64)
+        q_last = q[:, h0 * group : h1 * group, q_len - m :].astype(cdt)
         q_last = q_last.reshape(batch, n_kv, group * m, head_dim)  # query heads under their kv head
-        keys_t = xp.swapaxes(k[:, h0:h1].astype(np.float64), -1, -2)  # (batch, n_kv, head_dim, kv_len)
-        logits = xp.matmul(q_last, keys_t).reshape(batch, n_kv * group, m, kv_len)
-        logits *= scalar(scale, np.float64)
-        logits = xp.where(visible, logits, -np.inf)
-        logits -= logits.max(axis=-1, keepdims=True)  # every row sees its own key: the max is finite
-        probs = xp.exp(logits)
+        keys_t = xp.swapaxes(k[:, h0:h1].astype(cdt), -1, -2)  # (batch, n_kv, head_dim, kv_len)
+        probs = xp.matmul(q_last, keys_t).reshape(batch, n_kv * group, m, kv_len)  # the logits, then in place
+        probs *= scalar(scale, cdt)
+        probs += bias
+        probs -= probs.max(axis=-1, keepdims=True)  # every row sees its own key: the max is finite
+        xp.exp(probs, out=probs)
         probs /= probs.sum(axis=-1, keepdims=True)  # (batch, heads, m, kv_len)
         heads = slice(h0 * group, h1 * group)
         vertical_score[:, heads] = probs.sum(axis=-2)  # column sums
-        slash_score[:, heads] = xp.where(on_grid, probs[:, :, rows, cols], 0.0).sum(axis=-2)  # diagonal sums
+        slash_score[:, heads] = xp.where(on_grid, probs[:, :, rows, cols], scalar(0.0, cdt)).sum(axis=-2)  # diagonal sums
     vertical_score[..., :force_verticals] = np.inf
     slash_score[..., :force_slashes] = np.inf
     return (
