@@ -239,7 +239,8 @@ class CupyBackend(Backend):
             segments = spec.dca_segments(kv_len, q_len, chunk_size, local_size)
             out, lse = _dca.dca_attention(
                 xp, q, k, v, freqs, int(chunk_size), chunk_len, scale, pairing,
-                attention_factor * factors.table, float(factors.query), self._in(factors.key, "key_write_lengths"),
+                attention_factor * factors.table, float(factors.query),
+                None if factors.key is None or np.all(factors.key == 1.0) else self._in(factors.key, "key_write_lengths"),
                 pi_factor, segments,
             )
             return (out, lse) if return_lse else out

@@ -62,7 +62,7 @@ def dca_attention(
     xp, q, k, v, inv_freq, chunk_size: int, chunk_len: int, scale: float, pairing: str,
     table_factor: float, query_factor: float, key_factor, pi_factor: float, segments,
 ):
-    """DCA over validated device arrays.  ``key_factor``: ``(kv_len,)`` device array.  Returns ``(out, lse)``."""
+    """DCA over validated device arrays.  ``key_factor``: ``(kv_len,)`` device array, or None for all ones.  Returns ``(out, lse)``."""
     batch, q_heads, q_len, _ = q.shape
     kv_len = k.shape[2]
     cdt = compute_dtype(q, k, v)
@@ -73,7 +73,8 @@ def dca_attention(
     # call (vLLM rotates in the model dtype too), else the compute dtype.
     work = q.dtype if takes_fused(xp, q, k, v, causal=False) else cdt
     k_rot = rotate(xp, k.astype(cdt), inv_freq, key_positions, table_factor, pairing)  # (b, hk, kv_len, d)
-    k_rot *= key_factor.astype(cdt)[:, None]
+    if key_factor is not None:  # the Qwen temperature's write-time factors
+        k_rot *= key_factor.astype(cdt)[:, None]
     k_rot = k_rot.astype(work, copy=False)
     vc = v.astype(work, copy=False)
     logit_scale = scale * query_factor
