@@ -25,6 +25,8 @@ settings.register_profile(
 )
 settings.register_profile("ci", parent=settings.get_profile("default"), max_examples=25, derandomize=True)
 settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=300)
+# A short pass (e.g. one backend's tests on a GPU machine with a time limit).
+settings.register_profile("quick", parent=settings.get_profile("default"), max_examples=8, derandomize=True)
 settings.load_profile(os.environ.get("YARNREF_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
 
 BACKEND_IDS = ("numpy", "torch-cpu", "torch-cuda", "cupy")

@@ -370,6 +370,7 @@ def _triton_sparse(xp, q, k, v, bm: int, bn: int):
         and bn in _TRITON_BLOCK_SIZES
         and bn >= bm
         and q.shape[2] > 0
+        and k.shape[2] > 0
     )
     return triton if ok else None
 
