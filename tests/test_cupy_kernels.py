@@ -180,7 +180,7 @@ def test_each_path_agrees_with_the_spec(cb, kernels, mode, dtype):
     assert_close(out, want, dtype=dtype, op="attention")
     assert_close(lse, want_lse, dtype=dtype, op="attention")
     # The rotated q and k are rounded to the input dtype before attention (as vLLM rotates in the model dtype).
-    tol = 4e-3 if dtype == "float16" else 3e-2
+    tol = {"float16": 4e-3, "bfloat16": 3.2e-2}[dtype]  # twice the table's bound, as test_cupy_flash for float16
     assert_close(dca, yarnref.dca_attention(q64, k64, v64, inv_freq, 128, 32), dtype=dtype, op="dca", rtol=tol, atol=tol)
     want_vs, want_vs_lse = yarnref.vertical_slash_attention(q64, k64, v64, vertical_h, slash_h, "kernel", None, True)
     assert_close(vs, want_vs, dtype=dtype, op="sparse")
