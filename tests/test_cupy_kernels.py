@@ -16,6 +16,9 @@ CUDA device.  bfloat16 inputs are CuPy's own ``bfloat16`` arrays
 from __future__ import annotations
 
 import importlib
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,6 +111,55 @@ def _cupy_module_or_none():
         return cupy
     except ImportError:
         return np
+
+
+# ----------------------------------------------------------------------------- the NVRTC kernel's source (runs where a C++ compiler is)
+
+#: CUDA's device-side names, stubbed so that a host C++ compiler can check the kernel source's syntax and templates.
+_CUDA_STUBS = """
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+#define __restrict__
+#define __align__(x)
+#define __shared__
+struct Dim3 { int x, y, z; };
+static Dim3 threadIdx, blockIdx;
+inline void __syncthreads() {}
+inline float __int_as_float(int) { return 0.f; }
+inline float exp2f(float x) { return x; }
+inline float log2f(float x) { return x; }
+inline float fmaxf(float a, float b) { return a > b ? a : b; }
+inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
+inline unsigned long __cvta_generic_to_shared(const void*) { return 0; }
+template <typename T> T min(T a, T b) { return a < b ? a : b; }
+template <typename T> T max(T a, T b) { return a > b ? a : b; }
+"""
+
+
+def test_flash_kernel_source_instantiates_every_head_dim_dtype_and_block(tmp_path):
+    """Every instantiation flash.py may ask NVRTC for (head dims x float16/bfloat16 x 4/8 warps) type-checks as C++.
+
+    The inline PTX is not checked here (a host compiler cannot); the GPU tests run it.
+    """
+    compiler = shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        pytest.skip("no C++ compiler to check the kernel source")
+    flash = importlib.import_module(_package().__name__ + ".flash")
+    source = Path(flash.__file__).with_name("flash_attention.cu")
+    params = "const u16*, const u16*, const u16*, u16*, float*, " + "long long, " * 9 + (
+        "int, int, int, int, float, int, int, const int*, const int*, int, const int*, const int*, int"
+    )
+    lines = [_CUDA_STUBS, f'#include "{source}"']
+    for d in flash.HEAD_DIMS:
+        for bf16 in ("false", "true"):
+            for warps in (4, flash.DENSE_WARPS):
+                lines.append(f"template void yarnref_flash_fwd<{d}, {bf16}, {warps}>({params});")
+    harness = tmp_path / "flash_check.cpp"
+    harness.write_text("\n".join(lines) + "\n")
+    result = subprocess.run([compiler, "-std=c++14", "-fsyntax-only", str(harness)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------- the NVRTC kernel, forced
