@@ -25,7 +25,7 @@ BENCHES = [
     ("sparse", "bench_sparse.py", 170, 240),
     ("attention", "bench_attention.py", 100, 150),
     ("rope", "bench_rope.py", 30, 80),
-    ("cupy", "bench_cupy.py", 40, 80),
+    ("cupy", "bench_cupy.py", 190, 240),
 ]
 
 

@@ -25,6 +25,8 @@ settings.register_profile(
 )
 settings.register_profile("ci", parent=settings.get_profile("default"), max_examples=25, derandomize=True)
 settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=300)
+# A short pass (e.g. one backend's tests on a GPU machine with a time limit).
+settings.register_profile("quick", parent=settings.get_profile("default"), max_examples=8, derandomize=True)
 settings.load_profile(os.environ.get("YARNREF_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
 
 BACKEND_IDS = ("numpy", "torch-cpu", "torch-cuda", "cupy")
@@ -120,13 +122,37 @@ def rng():
 backend_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+_CUPY_BFLOAT16: list[bool] = []
+
+
+def cupy_takes_bfloat16() -> bool:
+    """True if CuPy carries ``ml_dtypes.bfloat16`` arrays on the device (CuPy 14 does)."""
+    if not _CUPY_BFLOAT16:
+        try:
+            import cupy
+            import ml_dtypes
+
+            a = cupy.asarray(np.ones(4, dtype=ml_dtypes.bfloat16))
+            _CUPY_BFLOAT16.append(a.dtype == ml_dtypes.bfloat16 and float((a + a).astype(np.float32).sum()) == 8.0)
+        except Exception:  # noqa: BLE001 - no CuPy, no ml_dtypes, an older CuPy, no device
+            _CUPY_BFLOAT16.append(False)
+    return _CUPY_BFLOAT16[0]
+
+
 def backend_dtypes(backend) -> list[str]:
-    """The floating dtypes a backend takes: NumPy and CuPy have no bfloat16."""
-    return ["float64", "float32", "float16", "bfloat16"] if backend.name == "torch" else ["float64", "float32", "float16"]
+    """The floating dtypes a backend takes: NumPy has no bfloat16; CuPy has it from version 14 (``ml_dtypes``)."""
+    if backend.name == "torch" or (backend.name == "cupy" and cupy_takes_bfloat16()):
+        return ["float64", "float32", "float16", "bfloat16"]
+    return ["float64", "float32", "float16"]
 
 
 def as_inputs(backend, array: np.ndarray, dtype: str):
     """``array`` rounded to ``dtype``: (what the backend gets, the float64 copy the spec gets)."""
+    if dtype == "bfloat16" and backend.name == "cupy":  # CuPy's bfloat16 is ml_dtypes'
+        import ml_dtypes
+
+        rounded = np.asarray(array, dtype=np.float32).astype(ml_dtypes.bfloat16)
+        return backend.asarray(rounded), rounded.astype(np.float64)
     if dtype == "bfloat16":
         import torch
 

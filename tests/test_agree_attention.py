@@ -128,6 +128,26 @@ def test_half_precision_error_is_within_twice_a_naive_implementations(backend, d
     assert_error_within(fast, spec, naive, factor=2.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("head_dim", [32, 64, 80, 96, 128, 256])
+def test_half_precision_attention_at_every_model_head_dim(backend, head_dim):
+    """The head dims of real models (80: Phi-2, 96: Phi-3, 256: Gemma) in each 16-bit dtype, GQA, q_len < kv_len.
+
+    On the GPU backends these are the fused kernels' shapes (130 query rows:
+    two row blocks and a partial one); each is held to the half-precision rule.
+    """
+    rng = np.random.default_rng(head_dim)
+    for dtype in [d for d in backend_dtypes(backend) if d in ("bfloat16", "float16")]:
+        (q, q64), (k, k64), (v, v64) = (
+            as_inputs(backend, rng.standard_normal(shape), dtype)
+            for shape in ((1, 4, 130, head_dim), (1, 2, 150, head_dim), (1, 2, 150, head_dim))
+        )
+        out, lse = backend.attention(q, k, v, causal=True, return_lse=True)
+        want_out, want_lse = attention(q64, k64, v64, causal=True, return_lse=True)
+        assert dtype_name(out.dtype) == dtype
+        assert_close(out, want_out, dtype=dtype, op="attention", err_msg=f"out, {dtype}, head_dim {head_dim}")
+        assert_close(lse, want_lse, dtype=dtype, op="attention", err_msg=f"lse, {dtype}, head_dim {head_dim}")
+
+
 def test_bad_attention_inputs_raise_input_errors(backend):
     q = np.zeros((1, 4, 5, 8))
     with pytest.raises(InputError, match="k"):

@@ -14,8 +14,13 @@ Conventions
 * Scalars mixed with arrays are NumPy scalars of the array's own dtype
   (``_scalar``), so the result dtype is the array's under every promotion
   rule (NumPy's NEP 50, CuPy's, legacy value-based casting).
-* CuPy has no bfloat16 dtype: rounding to bfloat16 is done on the float32 bit
-  pattern with integer operations, exactly as :mod:`yarnref.precision` does.
+* bfloat16 arrays are CuPy's own ``bfloat16`` dtype (CuPy 14 carries the
+  ``ml_dtypes.bfloat16`` NumPy dtype natively; a torch bfloat16 tensor crosses
+  by DLPack as one).  They are computed in float32 like float16.  The
+  *rounding* of float32/float64 values to bfloat16 precision (RoPE tables'
+  ``precision="bfloat16"``) is still done on the float32 bit pattern with
+  integer operations, exactly as :mod:`yarnref.precision` does, so it needs
+  no bfloat16 support from the array library.
 """
 
 from __future__ import annotations
@@ -24,13 +29,36 @@ import numpy as np
 
 from yarnref.errors import InputError
 
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+#: The float dtypes the backend takes, by name (bfloat16 is ``ml_dtypes.bfloat16``, CuPy's bfloat16).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def dtype_name(dtype) -> str:
+    return np.dtype(dtype).name
 
 
 def check_float(name: str, a) -> None:
-    """Raise InputError unless ``a`` is a float16/float32/float64 array."""
-    if np.dtype(a.dtype) not in FLOAT_DTYPES:
-        raise InputError(name, f"dtype {a.dtype}", "a float16, float32 or float64 array")
+    """Raise InputError unless ``a`` is a float16/bfloat16/float32/float64 array."""
+    if dtype_name(a.dtype) not in FLOAT_DTYPES:
+        raise InputError(name, f"dtype {a.dtype}", "a float16, bfloat16, float32 or float64 array")
+
+
+def is_half(a) -> bool:
+    """True for the 16-bit float dtypes (float16, bfloat16), which the fused kernels take."""
+    return dtype_name(a.dtype) in ("float16", "bfloat16")
+
+
+def all_finite(xp, a) -> bool:
+    """True if no entry of the float array ``a`` is inf or NaN.
+
+    bfloat16 is tested on its bits (exponent all ones means inf or NaN), so
+    the test needs no bfloat16 arithmetic from the array library.
+    """
+    if a.size == 0:
+        return True
+    if dtype_name(a.dtype) == "bfloat16":
+        return not bool(((a.view(xp.uint16) & np.uint16(0x7F80)) == np.uint16(0x7F80)).any())
+    return bool(xp.all(xp.isfinite(a)))
 
 
 def compute_dtype(*arrays) -> np.dtype:

@@ -38,7 +38,7 @@ from . import attention as _attention
 from . import dca as _dca
 from . import rope as _rope
 from . import sparse as _sparse_module
-from ._arrays import check_float
+from ._arrays import all_finite, check_float, dtype_name
 from ._device import Device, cuda_is_usable
 
 
@@ -48,9 +48,12 @@ class CupyBackend(Backend):
     ``CupyBackend(device=None)``: ``device`` is a CUDA device id (default: the
     current device).  Arrays in = arrays out: inputs are NumPy arrays (copied
     to the device once), CuPy arrays on the device, or torch CUDA tensors
-    (zero-copy through DLPack); results are CuPy arrays.  Computed in float64
-    for float64 inputs, else in float32; outputs in the spec's dtypes, lse in
-    the compute dtype.
+    (zero-copy through DLPack); results are CuPy arrays.  float16, bfloat16
+    (CuPy's ``bfloat16``, i.e. ``ml_dtypes.bfloat16``), float32 and float64
+    are taken.  Computed in float64 for float64 inputs, else in float32;
+    outputs in the spec's dtypes, lse in the compute dtype.  The fused kernels
+    (yarnref's Triton kernels where torch and Triton are installed, else the
+    NVRTC kernel) are chosen per call by :mod:`.kernels`.
 
     ``_xp`` is for yarnref's own tests only: ``CupyBackend(_xp=numpy)`` runs
     every array operation with NumPy standing in for CuPy, on the host.
@@ -122,12 +125,12 @@ class CupyBackend(Backend):
         check_option("pairing", pairing, PAIRINGS)
         with self._device.context():
             x = self._in(x, "x")
-            if x.dtype.kind != "f":
+            if x.dtype.kind != "f" and dtype_name(x.dtype) != "bfloat16":
                 raise InputError("x", f"dtype {x.dtype}", "a floating-point array")
             check_float("x", x)
             cos, sin = self._in(cos, "cos"), self._in(sin, "sin")
             for name, table in (("cos", cos), ("sin", sin)):
-                if table.dtype.kind not in "fiu":
+                if table.dtype.kind not in "fiu" and dtype_name(table.dtype) != "bfloat16":
                     raise InputError(name, f"dtype {table.dtype}", "a real array")
             r = check_rope_shapes(x, cos, sin)
             return _rope.apply_rope(self.xp, x, cos, sin, r, pairing)
@@ -211,8 +214,8 @@ class CupyBackend(Backend):
                 freqs.ndim != 1
                 or freqs.size == 0
                 or 2 * freqs.size > head_dim
-                or freqs.dtype.kind != "f"
-                or not bool(xp.all(xp.isfinite(freqs)))
+                or (freqs.dtype.kind != "f" and dtype_name(freqs.dtype) != "bfloat16")
+                or not all_finite(xp, freqs)
             ):
                 raise InputError(
                     "inv_freq",
@@ -236,7 +239,8 @@ class CupyBackend(Backend):
             segments = spec.dca_segments(kv_len, q_len, chunk_size, local_size)
             out, lse = _dca.dca_attention(
                 xp, q, k, v, freqs, int(chunk_size), chunk_len, scale, pairing,
-                attention_factor * factors.table, float(factors.query), self._in(factors.key, "key_write_lengths"),
+                attention_factor * factors.table, float(factors.query),
+                None if factors.key is None or np.all(factors.key == 1.0) else self._in(factors.key, "key_write_lengths"),
                 pi_factor, segments,
             )
             return (out, lse) if return_lse else out
@@ -247,7 +251,7 @@ class CupyBackend(Backend):
         """The spec's check for the sparse operations: float dtypes and finite values."""
         for name, a in arrays.items():
             check_float(name, a)
-            if a.size and not bool(self.xp.all(self.xp.isfinite(a))):
+            if not all_finite(self.xp, a):
                 raise InputError(name, "non-finite values", "finite values")
 
     def _sparse_qkv(self, q, k, v, causal: bool):

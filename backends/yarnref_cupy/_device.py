@@ -9,9 +9,10 @@ cast to another dtype behind the caller's back.
   raises :class:`~yarnref.errors.DeviceMismatchError`.
 * A torch CUDA tensor on the backend's device crosses by DLPack
   (``cupy.from_dlpack``, no copy; torch is never imported for this, the
-  tensor is recognised by its module name).  A torch CPU tensor raises
-  DeviceMismatchError (it is never moved silently), and so does a bfloat16
-  tensor: CuPy has no bfloat16 dtype, and a cast would be silent.
+  tensor is recognised by its module name); a bfloat16 tensor becomes a
+  CuPy ``bfloat16`` array (CuPy 14 carries ``ml_dtypes.bfloat16``; an older
+  CuPy cannot take it and the error says so).  A torch CPU tensor raises
+  DeviceMismatchError (it is never moved silently).
 * Results are CuPy arrays on the backend's device.
 
 CuPy is imported lazily (by :class:`Device` and :func:`cuda_is_usable`), so
@@ -113,15 +114,19 @@ class Device:
                 f"{name} is a torch tensor on cuda:{device.index}, but this cupy backend runs on cuda:{self.id}; "
                 f"use CupyBackend(device={device.index}) or move the tensor yourself"
             )
-        if str(x.dtype) == "torch.bfloat16":
-            raise DeviceMismatchError(
-                f"{name} is a torch.bfloat16 tensor; CuPy has no bfloat16 dtype and yarnref never casts silently: "
-                f"pass {name}.float() (float32) or use the torch backend, which keeps bfloat16"
-            )
         if getattr(x, "requires_grad", False):
             x = x.detach()  # the same memory; the backend does not differentiate anyway
         with self.context():
-            return self.cupy.from_dlpack(x)  # zero-copy, ordered on the current streams
+            try:
+                return self.cupy.from_dlpack(x)  # zero-copy, ordered on the current streams
+            except Exception as exc:  # noqa: BLE001 - e.g. bfloat16 on a CuPy older than 14
+                if str(x.dtype) != "torch.bfloat16":
+                    raise
+                raise DeviceMismatchError(
+                    f"{name} is a torch.bfloat16 tensor, which this CuPy ({self.cupy.__version__}) cannot take by DLPack "
+                    f"({type(exc).__name__}: {exc}); CuPy >= 14 carries bfloat16, and yarnref never casts silently: "
+                    f"upgrade CuPy, pass {name}.float(), or use the torch backend"
+                ) from exc
 
     def to_numpy(self, x) -> np.ndarray:
         """A NumPy copy of a device array."""

@@ -23,17 +23,59 @@ Conventions (the spec's)
 * Computed in float64 for float64 inputs, else in float32 (no TF32: CuPy's
   default).  Output in q's dtype; lse in the compute dtype.  Memory per query
   block is ``O(block_size * kv_len)`` per head.
-* float16 on a GPU goes to the fused kernel of :mod:`.flash` where it
-  applies: float32 logits and accumulators, the probabilities rounded to
-  float16 for ``P V``, as production kernels compute.
+* float16 and bfloat16 on a GPU go to a fused kernel (:func:`fused_attention`):
+  yarnref's Triton dense kernel (``dense_attention_triton`` of
+  :mod:`yarnref_torch.triton_sparse`, launched on the CuPy arrays, see
+  :mod:`.kernels`) where torch and Triton are installed and it has that mode,
+  else the NVRTC kernel of :mod:`.flash` where it applies.  Both keep float32
+  logits, softmax state and accumulators and round the probabilities to the
+  input's type for ``P V``, as production kernels compute.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._arrays import compute_dtype, scalar, where_scalar
+from . import kernels
+from ._arrays import compute_dtype, is_half, scalar, where_scalar
 from .flash import flash_attention, fusable
+
+
+def _triton_dense(xp, q, k, v, causal: bool):
+    """The Triton modules if their dense kernel takes this call, else None."""
+    triton = kernels.triton_kernels(xp)
+    if not kernels.has_dense_triton(triton) or not is_half(q) or not (q.dtype == k.dtype == v.dtype):
+        return None
+    d, tq, tk = q.shape[-1], q.shape[2], k.shape[2]
+    if v.shape[-1] != d or not 16 <= d <= 256 or d & (d - 1) or tq == 0 or tk == 0 or (causal and tq > tk):
+        return None  # (rows that see no key, and the other corners, stay with the paths tested on them)
+    return triton
+
+
+def takes_fused(xp, q, k, v, causal: bool = True) -> bool:
+    """True if :func:`fused_attention` would compute this call (so callers may hand it q's 16-bit dtype)."""
+    return _triton_dense(xp, q, k, v, causal) is not None or fusable(xp, q, k, v)
+
+
+def fused_attention(xp, q, k, v, scale: float, causal: bool):
+    """``(out, lse)`` of dense attention from a fused kernel, or None if none takes the call.
+
+    Triton's dense kernel first (the one source the torch backend runs too),
+    then the NVRTC kernel; ``YARNREF_CUPY_KERNELS=nvrtc`` skips Triton.
+    ``out`` in q's dtype, ``lse`` float32.
+    """
+    triton = _triton_dense(xp, q, k, v, causal)
+    if triton is not None:
+        torch = triton["torch"]
+        with kernels.on_cupy_stream(xp, torch):
+            out, lse = triton["sparse"].dense_attention_triton(
+                kernels.to_torch(torch, q), kernels.to_torch(torch, k), kernels.to_torch(torch, v),
+                causal=causal, scale=scale, return_lse=True,
+            )
+            return kernels.to_cupy(xp, out), kernels.to_cupy(xp, lse)
+    if fusable(xp, q, k, v):
+        return flash_attention(xp, q, k, v, scale, causal)
+    return None
 
 
 def softmax_attend(xp, q, k, v, bias=None):
@@ -76,13 +118,15 @@ def causal_bias(xp, query_pos, key_pos, dtype):
 def attention(xp, q, k, v, causal: bool, scale: float, block_size: int, slopes=None):
     """Blocked attention; arguments validated by the caller.  Returns ``(out, lse)``.
 
-    float16 calls the fused kernel can take (:func:`.flash.fusable`) run there;
-    the rest as two cuBLAS matmuls per block of ``block_size`` queries.
+    float16/bfloat16 calls a fused kernel takes (:func:`fused_attention`) run
+    there; the rest as two cuBLAS matmuls per block of ``block_size`` queries.
     ``slopes``: None, or ALiBi slopes ``(q_heads,)``, added to the bias of the
     blocked path as ``-m_h |p_q - p_k|`` (the fused kernel takes no slopes).
     """
-    if slopes is None and fusable(xp, q, k, v):
-        return flash_attention(xp, q, k, v, scale, causal)
+    if slopes is None:
+        fused = fused_attention(xp, q, k, v, scale, causal)
+        if fused is not None:
+            return fused
     b, hq, tq, d = q.shape
     hk, tk, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = hq // hk

@@ -22,9 +22,14 @@ computes; on the GPU both forms are the same merged computation (they are
 equal up to rounding, which the spec's tests check).  Tables are computed in
 float64 and applied in the compute dtype (float64 for float64 inputs, else
 float32); the temperature factors come from :func:`yarnref.dca.dca_temperature`.
-For float16 inputs the fused kernel takes (:func:`.flash.fusable`), the rotated
-q and k are rounded to float16 and each part runs in that kernel, as vLLM
-rotates in the model dtype and runs its parts in FlashAttention.
+For float16/bfloat16 inputs a fused kernel takes
+(:func:`.attention.takes_fused`: yarnref's Triton dense kernel where torch and
+Triton are installed, else the NVRTC kernel), the rotated q and k are rounded
+to the input dtype and each part runs in that kernel with its lse, as vLLM
+rotates in the model dtype and runs its parts in FlashAttention; the parts are
+merged by :func:`.attention.merge_attention`, the same LSE merge the torch
+backend composes around SDPA.  The rotations themselves are yarnref's Triton
+RoPE kernel on the float32 copies where Triton runs (:mod:`.rope`).
 """
 
 from __future__ import annotations
@@ -34,8 +39,7 @@ import importlib
 import numpy as np
 
 from ._arrays import compute_dtype, scalar
-from .attention import attention, merge_attention
-from .flash import fusable
+from .attention import attention, merge_attention, takes_fused
 from .rope import apply_rope, cos_sin
 
 spec = importlib.import_module("yarnref.dca")
@@ -58,18 +62,19 @@ def dca_attention(
     xp, q, k, v, inv_freq, chunk_size: int, chunk_len: int, scale: float, pairing: str,
     table_factor: float, query_factor: float, key_factor, pi_factor: float, segments,
 ):
-    """DCA over validated device arrays.  ``key_factor``: ``(kv_len,)`` device array.  Returns ``(out, lse)``."""
+    """DCA over validated device arrays.  ``key_factor``: ``(kv_len,)`` device array, or None for all ones.  Returns ``(out, lse)``."""
     batch, q_heads, q_len, _ = q.shape
     kv_len = k.shape[2]
     cdt = compute_dtype(q, k, v)
     offset = kv_len - q_len  # absolute position of query row 0
     key_positions = (xp.arange(kv_len, dtype=np.int64) % chunk_len).astype(np.float64) / scalar(pi_factor, np.float64)
     # Keys are rotated once, at p mod L, and carry their write-time factor (vLLM caches them so).
-    # The dtype the rotated q/k go to attention in: float16 where the fused kernel takes the call
-    # (vLLM rotates in the model dtype too), else the compute dtype.
-    work = np.float16 if fusable(xp, q, k, v) else cdt
+    # The dtype the rotated q/k go to attention in: q's 16-bit dtype where a fused kernel takes the
+    # call (vLLM rotates in the model dtype too), else the compute dtype.
+    work = q.dtype if takes_fused(xp, q, k, v, causal=False) else cdt
     k_rot = rotate(xp, k.astype(cdt), inv_freq, key_positions, table_factor, pairing)  # (b, hk, kv_len, d)
-    k_rot *= key_factor.astype(cdt)[:, None]
+    if key_factor is not None:  # the Qwen temperature's write-time factors
+        k_rot *= key_factor.astype(cdt)[:, None]
     k_rot = k_rot.astype(work, copy=False)
     vc = v.astype(work, copy=False)
     logit_scale = scale * query_factor

@@ -1,7 +1,8 @@
-// Fused softmax attention for the CuPy backend: float16 in, float32 accumulation, float16 out.
+// Fused softmax attention for the CuPy backend: float16 or bfloat16 in, float32 softmax state and
+// accumulation, output in the input dtype.
 //
 // One kernel serves dense attention and the vertical-slash kernel lists (see flash.py and
-// yarnref.sparse).  A block of 4 warps owns BLOCK_M = 64 query rows (16 per warp) of one
+// yarnref.sparse).  A block of WARPS warps owns 16 * WARPS query rows (16 per warp) of one
 // (batch, query head); it walks key tiles of BLOCK_N = 64 keys and keeps, per row, the online
 // softmax state (Milakov & Gimelshein, arXiv:1805.02867; FlashAttention-2, arXiv:2307.08691,
 // Algorithm 1):
@@ -19,12 +20,14 @@
 // Every key of every tile passes the test 0 <= j < kv_len and, if causal, j <= i + kv_len - q_len
 // (bottom-right alignment), so the result is the spec's whatever the lists contain.
 //
-// Matrix products use mma.sync.m16n8k16 (f16 x f16 -> f32), whose register layouts are
+// Matrix products use mma.sync.m16n8k16 (f16 x f16 -> f32, or bf16 x bf16 -> f32: the same
+// fragment layouts), whose register layouts are
 // (g = lane / 4, t = lane % 4; PTX ISA, "Matrix Fragments for mma.m16n8k16"):
 //   A (16 x 16, row):  a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
 //   B (16 x 8, col):   b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]
 //   C (16 x 8):        c0, c1 = C[g][2t], C[g][2t+1];  c2, c3 = C[g+8][2t], C[g+8][2t+1]
-// The C layout of S = Q K^T, rounded to half, is the A layout of P for P V (FlashAttention-2).
+// The C layout of S = Q K^T, rounded to the input's 16-bit type, is the A layout of P for P V
+// (FlashAttention-2).
 // The B fragments of P V come from row-major V through the transposing ldmatrix.
 //
 // K and V tiles are copied with cp.async into two shared-memory stages, so that the copy of
@@ -32,27 +35,45 @@
 //
 // Layout: q (B, Hq, Tq, D), k and v (B, Hk, Tk, D), rows contiguous and 16-byte aligned
 // (checked by the caller); GQA: query head h reads kv head h / group.
+//
+// Template parameters: D, the head dim (a multiple of 16: 32, 64, 80, 96, 128, 256 are compiled),
+// and BF16 (false: float16, true: bfloat16).  Elements are handled as raw 16-bit words (u16) and
+// converted with cvt.rn.{f16x2,bf16x2}.f32 (sm_80+, like mma.m16n8k16 itself), so the source needs
+// no CUDA header and compiles the same under every NVRTC version.
 
-#include <cuda_fp16.h>
-
-#define BLOCK_M 64
 #define BLOCK_N 64
-#define THREADS 128
 #define NEG_INF __int_as_float(0xff800000)  // -infinity
 
+typedef unsigned short u16;  // one float16 or bfloat16 element, as raw bits
+
+template <bool BF16>
 __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    if (BF16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
 }
 
-__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<unsigned*>(&h);
+// (lo, hi) rounded to nearest-even in the 16-bit type, packed as lo | hi << 16 (cvt puts its first source high).
+template <bool BF16>
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+    unsigned d;
+    if (BF16) {
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(d) : "f"(hi), "f"(lo));
+    } else {
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(d) : "f"(hi), "f"(lo));
+    }
+    return d;
 }
 
-__device__ __forceinline__ unsigned load_u32(const __half* p) { return *reinterpret_cast<const unsigned*>(p); }
+__device__ __forceinline__ unsigned load_u32(const u16* p) { return *reinterpret_cast<const unsigned*>(p); }
 
 __device__ __forceinline__ unsigned smem_address(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
 
@@ -65,27 +86,31 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 // The B fragment of P V (keys 16 x dims 8) from row-major V in shared memory: the transposing ldmatrix.
-__device__ __forceinline__ void ldmatrix_x2_trans(unsigned& b0, unsigned& b1, const __half* row_address) {
+__device__ __forceinline__ void ldmatrix_x2_trans(unsigned& b0, unsigned& b1, const u16* row_address) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(smem_address(row_address)));
 }
 
-template <int D>
-__global__ void __launch_bounds__(THREADS) yarnref_flash_fwd(
-    const __half* __restrict__ Q, const __half* __restrict__ K, const __half* __restrict__ V,
-    __half* __restrict__ Out, float* __restrict__ Lse,
+// WARPS = 4: 64-row blocks (the vertical-slash lists are per 64-row block); WARPS = 8: 128-row blocks
+// for dense attention, where each K/V tile brought into shared memory serves twice as many queries.
+template <int D, bool BF16, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) yarnref_flash_fwd(
+    const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
+    u16* __restrict__ Out, float* __restrict__ Lse,
     long long sqb, long long sqh, long long sqm,
     long long skb, long long skh, long long skn,
     long long svb, long long svh, long long svn,
     int n_heads, int group, int q_len, int kv_len, float qk_scale_log2, int causal,
     int use_lists, const int* __restrict__ block_count, const int* __restrict__ block_offset, int blk_cap,
     const int* __restrict__ column_count, const int* __restrict__ column_index, int col_cap) {
-    constexpr int LD = D + 8;       // row stride of the K and V tiles (halves): spreads rows over banks
+    constexpr int LD = D + 8;       // row stride of the K and V tiles (elements): spreads rows over banks
     constexpr int KSTEPS = D / 16;  // k-steps of Q K^T
     constexpr int DBLK = D / 8;     // n-blocks of P V
     constexpr int TILE = BLOCK_N * LD;
+    constexpr int BLOCK_M = 16 * WARPS;  // query rows of this block
+    constexpr int THREADS = 32 * WARPS;
     extern __shared__ __align__(16) unsigned char smem[];
-    __half* Ks = reinterpret_cast<__half*>(smem);      // [2 stages][BLOCK_N][LD]
-    __half* Vs = Ks + 2 * TILE;                        // [2 stages][BLOCK_N][LD]
+    u16* Ks = reinterpret_cast<u16*>(smem);      // [2 stages][BLOCK_N][LD]
+    u16* Vs = Ks + 2 * TILE;                        // [2 stages][BLOCK_N][LD]
     int* kidx = reinterpret_cast<int*>(Vs + 2 * TILE);  // [2 stages][BLOCK_N]: key index of each tile row (-1: none)
 
     const int n_rows = (q_len + BLOCK_M - 1) / BLOCK_M;
@@ -95,8 +120,8 @@ __global__ void __launch_bounds__(THREADS) yarnref_flash_fwd(
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     const int off = kv_len - q_len;  // query i sits at key position i + off
 
-    const __half* Kb = K + b * skb + hk * skh;
-    const __half* Vb = V + b * svb + hk * svh;
+    const u16* Kb = K + b * skb + hk * skh;
+    const u16* Vb = V + b * svb + hk * svh;
     const int row0 = row_block * BLOCK_M + warp * 16 + g;  // this thread's two rows: row0 and row0 + 8
     const int row1 = row0 + 8;
     const int pos0 = row0 + off, pos1 = row1 + off;
@@ -104,7 +129,7 @@ __global__ void __launch_bounds__(THREADS) yarnref_flash_fwd(
     // Q fragments, once: (16 rows of this warp) x D.
     unsigned qf[KSTEPS][4];
     {
-        const __half* Qb = Q + b * sqb + h * sqh;
+        const u16* Qb = Q + b * sqb + h * sqh;
         for (int kk = 0; kk < KSTEPS; ++kk) {
             const int c = kk * 16 + 2 * t;
             qf[kk][0] = row0 < q_len ? load_u32(Qb + row0 * sqm + c) : 0u;
@@ -174,16 +199,16 @@ __global__ void __launch_bounds__(THREADS) yarnref_flash_fwd(
             cp_async_wait<0>();
         }
         __syncthreads();
-        const __half* Kt = Ks + stage * TILE;
-        const __half* Vt = Vs + stage * TILE;
+        const u16* Kt = Ks + stage * TILE;
+        const u16* Vt = Vs + stage * TILE;
         const int* keys = kidx + stage * BLOCK_N;
 
         // S = Q K^T for this warp's 16 rows: 8 n-blocks of 8 keys.
         float s[BLOCK_N / 8][4];
         for (int nb = 0; nb < BLOCK_N / 8; ++nb) {
             s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.f;
-            const __half* kr = Kt + (nb * 8 + g) * LD + 2 * t;
-            for (int kk = 0; kk < KSTEPS; ++kk) mma_16816(s[nb], qf[kk], load_u32(kr + kk * 16), load_u32(kr + kk * 16 + 8));
+            const u16* kr = Kt + (nb * 8 + g) * LD + 2 * t;
+            for (int kk = 0; kk < KSTEPS; ++kk) mma_16816<BF16>(s[nb], qf[kk], load_u32(kr + kk * 16), load_u32(kr + kk * 16 + 8));
         }
         // Scale to base 2, hide the keys a row may not see, and the row maxima.
         float mx0 = NEG_INF, mx1 = NEG_INF;
@@ -216,22 +241,22 @@ __global__ void __launch_bounds__(THREADS) yarnref_flash_fwd(
             o[i][2] *= alpha1;
             o[i][3] *= alpha1;
         }
-        // P = 2^(s - m) as half A fragments (the C layout of S), then O += P V.
+        // P = 2^(s - m) as 16-bit A fragments (the C layout of S), then O += P V.
         unsigned pf[BLOCK_N / 16][4];
         for (int nb = 0; nb < BLOCK_N / 8; ++nb) {
             const float p0 = exp2f(s[nb][0] - base0), p1 = exp2f(s[nb][1] - base0);
             const float p2 = exp2f(s[nb][2] - base1), p3 = exp2f(s[nb][3] - base1);
             l0 += p0 + p1;
             l1 += p2 + p3;
-            pf[nb / 2][(nb % 2) * 2 + 0] = pack_half2(p0, p1);
-            pf[nb / 2][(nb % 2) * 2 + 1] = pack_half2(p2, p3);
+            pf[nb / 2][(nb % 2) * 2 + 0] = pack2<BF16>(p0, p1);
+            pf[nb / 2][(nb % 2) * 2 + 1] = pack2<BF16>(p2, p3);
         }
         for (int ks = 0; ks < BLOCK_N / 16; ++ks) {
-            const __half* vr = Vt + (ks * 16 + (lane & 15)) * LD;  // lanes 0-15 address the 16 key rows
+            const u16* vr = Vt + (ks * 16 + (lane & 15)) * LD;  // lanes 0-15 address the 16 key rows
             for (int db = 0; db < DBLK; ++db) {
                 unsigned b0, b1;
                 ldmatrix_x2_trans(b0, b1, vr + db * 8);
-                mma_16816(o[db], pf[ks], b0, b1);
+                mma_16816<BF16>(o[db], pf[ks], b0, b1);
             }
         }
         __syncthreads();  // every warp is done with this stage before it is refilled
@@ -242,11 +267,11 @@ __global__ void __launch_bounds__(THREADS) yarnref_flash_fwd(
     l1 += __shfl_xor_sync(0xffffffff, l1, 1);
     l1 += __shfl_xor_sync(0xffffffff, l1, 2);
     const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-    __half* Ob = Out + ((long long)bh * q_len) * D;  // out is (B, Hq, Tq, D) contiguous
+    u16* Ob = Out + ((long long)bh * q_len) * D;  // out is (B, Hq, Tq, D) contiguous
     for (int db = 0; db < DBLK; ++db) {
         const int c = db * 8 + 2 * t;
-        if (row0 < q_len) *reinterpret_cast<__half2*>(Ob + (long long)row0 * D + c) = __floats2half2_rn(o[db][0] * inv0, o[db][1] * inv0);
-        if (row1 < q_len) *reinterpret_cast<__half2*>(Ob + (long long)row1 * D + c) = __floats2half2_rn(o[db][2] * inv1, o[db][3] * inv1);
+        if (row0 < q_len) *reinterpret_cast<unsigned*>(Ob + (long long)row0 * D + c) = pack2<BF16>(o[db][0] * inv0, o[db][1] * inv0);
+        if (row1 < q_len) *reinterpret_cast<unsigned*>(Ob + (long long)row1 * D + c) = pack2<BF16>(o[db][2] * inv1, o[db][3] * inv1);
     }
     if (t == 0) {
         const float ln2 = 0.6931471805599453f;

@@ -18,7 +18,10 @@ Conventions (the spec's; see :mod:`yarnref.rope` for the full block)
   every step, exactly like the spec.  ``out_precision`` then rounds the
   stored values.  The tables have ``inv_freq``'s float dtype (else float64).
 * The rotation is computed in float64 for float64 ``x`` and in float32
-  otherwise, and written in ``x``'s dtype.
+  otherwise, and written in ``x``'s dtype.  For float32, float16 and
+  bfloat16 ``x`` it is yarnref's Triton kernel
+  (:mod:`yarnref_torch.rope_triton`, one read and one write of ``x``) where
+  torch and Triton are installed (:mod:`.kernels`), else CuPy array code.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import numpy as np
 
 from yarnref.precision import round_to as spec_round_to
 
-from ._arrays import round_to, scalar
+from . import kernels
+from ._arrays import dtype_name, round_to, scalar
 
 
 def cos_sin(xp, inv_freq, positions, attention_factor: float, precision: str, out_precision: str, out_dtype):
@@ -65,6 +69,12 @@ def apply_rope(xp, x, cos, sin, rotary_dim: int, pairing: str):
     ``x``: ``(batch, heads, seq, head_dim)``; ``cos``/``sin``: ``(seq, r/2)``
     or ``(batch, seq, r/2)``.
     """
+    triton = kernels.triton_kernels(xp)
+    if triton is not None and x.ndim == 4 and x.size and dtype_name(x.dtype) in ("float32", "float16", "bfloat16"):
+        torch = triton["torch"]
+        with kernels.on_cupy_stream(xp, torch):  # (batch, heads, seq, head_dim) in, a new one of x's dtype out
+            t = triton["rope"].rotate_triton(kernels.to_torch(torch, x), kernels.to_torch(torch, cos), kernels.to_torch(torch, sin), pairing)
+            return kernels.to_cupy(xp, t)
     cdt = np.float64 if x.dtype == np.float64 else np.float32
     r, half = rotary_dim, rotary_dim // 2
     cos = cos.astype(cdt, copy=False)

@@ -14,14 +14,21 @@ and attends with a softmax over the kept keys only,
 How it runs here
 ----------------
 * Estimation (:func:`vertical_slash_indices`): the last ``m <= 64`` queries
-  against all keys in float64 (``m * kv_len`` per head; the spec's float64,
-  so the top-k picks the same indices up to true near-ties), column and
-  diagonal sums, a stable sort (ties to the lower index, as the spec).
+  against all keys (``m * kv_len`` per head) in the compute dtype, float64
+  for float64 inputs and float32 otherwise, as the torch backend (the top-k
+  then differs from the spec's only on near-ties within float32 rounding),
+  column and diagonal sums, a stable sort (ties to the lower index, as the spec).
 * Conversion (:func:`convert`): the CUDA kernel ``vertical_slash_index.cu``,
   one thread per (batch, head, row block), run through CuPy's RawModule.  In
   the NumPy shim the vectorised conversion shared with the spec runs instead; the kernel source is
   tested on the CPU (compiled as C++) against the spec.
-* Attention (:func:`vs_attention`, :func:`streaming_attention`): per group of
+* Kernel-mode attention on float16/bfloat16 where torch and Triton are
+  installed (:mod:`.kernels`): yarnref's Triton conversion and sparse kernel
+  (:mod:`yarnref_torch.triton_sparse`, the torch backend's) launched on the
+  CuPy arrays through DLPack, on CuPy's current stream; otherwise the
+  conversion kernel above and the NVRTC attention kernel of :mod:`.flash`
+  where it applies.
+* Attention otherwise (:func:`vs_attention`, :func:`streaming_attention`): per group of
   row blocks, the kept keys are *gathered* (kernel mode: the listed blocks,
   ``block_size_n`` keys each, and the listed columns; exact mode: per row the
   verticals and the diagonals' keys) and fed to the one softmax core
@@ -47,7 +54,8 @@ import numpy as np
 from yarnref.errors import InputError
 from yarnref.sparse_lockstep import conversion_capacity, convert_lockstep, sort_indices
 
-from ._arrays import compute_dtype, scalar
+from . import kernels
+from ._arrays import compute_dtype, is_half, scalar
 from .attention import attention as dense_attention
 from .attention import softmax_attend
 from .flash import flash_attention, fusable
@@ -125,26 +133,28 @@ def vertical_slash_indices(xp, q, k, n_vertical, n_slash, last_q: int, scale: fl
     on_grid = source >= 0
     rows = xp.arange(m)[:, None]
     cols = xp.where(on_grid, source, 0)
-    vertical_score = xp.empty((batch, q_heads, kv_len), dtype=np.float64)
-    slash_score = xp.empty((batch, q_heads, kv_len), dtype=np.float64)
+    cdt = compute_dtype(q, k)
+    bias = xp.where(visible, scalar(0.0, cdt), scalar(-np.inf, cdt))  # (m, kv_len): causal among the last m
+    vertical_score = xp.empty((batch, q_heads, kv_len), dtype=cdt)
+    slash_score = xp.empty((batch, q_heads, kv_len), dtype=cdt)
     # Groups of kv heads small enough for the memory budget (one group for any ordinary size).
     per_kv_head = batch * group * m * kv_len
     step = max(1, ESTIMATE_ELEMENTS // max(1, per_kv_head))
     for h0 in range(0, kv_heads, step):
         h1 = min(h0 + step, kv_heads)
         n_kv = h1 - h0
-        q_last = q[:, h0 * group : h1 * group, q_len - m :].astype(np.float64)
+        q_last = q[:, h0 * group : h1 * group, q_len - m :].astype(cdt)
         q_last = q_last.reshape(batch, n_kv, group * m, head_dim)  # query heads under their kv head
-        keys_t = xp.swapaxes(k[:, h0:h1].astype(np.float64), -1, -2)  # (batch, n_kv, head_dim, kv_len)
-        logits = xp.matmul(q_last, keys_t).reshape(batch, n_kv * group, m, kv_len)
-        logits *= scalar(scale, np.float64)
-        logits = xp.where(visible, logits, -np.inf)
-        logits -= logits.max(axis=-1, keepdims=True)  # every row sees its own key: the max is finite
-        probs = xp.exp(logits)
+        keys_t = xp.swapaxes(k[:, h0:h1].astype(cdt), -1, -2)  # (batch, n_kv, head_dim, kv_len)
+        probs = xp.matmul(q_last, keys_t).reshape(batch, n_kv * group, m, kv_len)  # the logits, then in place
+        probs *= scalar(scale, cdt)
+        probs += bias
+        probs -= probs.max(axis=-1, keepdims=True)  # every row sees its own key: the max is finite
+        xp.exp(probs, out=probs)
         probs /= probs.sum(axis=-1, keepdims=True)  # (batch, heads, m, kv_len)
         heads = slice(h0 * group, h1 * group)
         vertical_score[:, heads] = probs.sum(axis=-2)  # column sums
-        slash_score[:, heads] = xp.where(on_grid, probs[:, :, rows, cols], 0.0).sum(axis=-2)  # diagonal sums
+        slash_score[:, heads] = xp.where(on_grid, probs[:, :, rows, cols], scalar(0.0, cdt)).sum(axis=-2)  # diagonal sums
     vertical_score[..., :force_verticals] = np.inf
     slash_score[..., :force_slashes] = np.inf
     return (
@@ -342,6 +352,73 @@ def _step(per_unit: int) -> int:
     return max(1, STEP_ELEMENTS // max(1, per_unit))
 
 
+_TRITON_BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def _triton_sparse(xp, q, k, v, bm: int, bn: int):
+    """The Triton modules if their conversion and sparse kernel take this call, else None."""
+    triton = kernels.triton_kernels(xp)
+    d = q.shape[-1]
+    ok = (
+        triton is not None
+        and is_half(q)
+        and q.dtype == k.dtype == v.dtype
+        and v.shape[-1] == d
+        and 16 <= d <= 256
+        and d & (d - 1) == 0
+        and bm in _TRITON_BLOCK_SIZES
+        and bn in _TRITON_BLOCK_SIZES
+        and bn >= bm
+        and q.shape[2] > 0
+        and k.shape[2] > 0
+    )
+    return triton if ok else None
+
+
+#: Bytes the Triton path's block and column lists may take at once (as the torch backend); causal
+#: calls convert and consume them per chunk of row blocks beyond that.
+LIST_BYTES = 1 << 30
+
+
+def _triton_vs_attention(xp, triton, q, k, v, vertical, slash, scale: float, causal: bool, bm: int, bn: int):
+    """Kernel-mode vertical-slash attention with the torch backend's Triton conversion and kernel, on the CuPy arrays.
+
+    Causal calls are cut into chunks of whole row blocks whose lists fit
+    :data:`LIST_BYTES`; rows ``[a, b)`` see only keys ``< kv_len - q_len + b``,
+    so each chunk is converted against those keys alone (the spec's lists of
+    those rows are the same).
+    """
+    batch, q_heads, q_len, _ = q.shape
+    kv_len = k.shape[2]
+    off = kv_len - q_len if causal else kv_len
+    # Distances past every row's reach select nothing; capped so that the int32 lists hold them.
+    slash = xp.minimum(slash, q_len + off + 1)
+    per_row_block = 4 * batch * q_heads * (max(slash.shape[-1], 1) * -(-bm // bn) + max(vertical.shape[-1], 1) + 2)
+    step = max(1, LIST_BYTES // per_row_block) * bm if causal else q_len
+    torch = triton["torch"]
+    ts = triton["sparse"]
+    with kernels.on_cupy_stream(xp, torch):
+        tq, tk, tv = (kernels.to_torch(torch, x) for x in (q, k, v))
+        tvert, tslash = kernels.to_torch(torch, vertical), kernels.to_torch(torch, slash)
+        if step >= q_len:  # the whole call at once
+            lists = ts.convert_vertical_slash_indexes_triton(q_len, kv_len, tvert, tslash, bm, bn, causal)
+            o, l = ts.sparse_attention_triton(tq, tk, tv, *lists, scale, bm, bn, True, causal=causal)
+            return kernels.to_cupy(xp, o), kernels.to_cupy(xp, l)
+        out = xp.empty(q.shape, dtype=q.dtype)
+        lse = xp.empty(q.shape[:3], dtype=np.float32)
+        tout, tlse = kernels.to_torch(torch, out), kernels.to_torch(torch, lse)
+        for start in range(0, q_len, step):  # one chunk up to 128K tokens at ordinary budgets
+            stop = min(start + step, q_len)
+            keys = kv_len - q_len + stop if causal else kv_len
+            lists = ts.convert_vertical_slash_indexes_triton(stop - start, keys, tvert, tslash, bm, bn, causal)
+            o, l = ts.sparse_attention_triton(
+                tq[:, :, start:stop], tk[:, :, :keys], tv[:, :, :keys], *lists, scale, bm, bn, True, causal=causal
+            )
+            tout[:, :, start:stop] = o
+            tlse[:, :, start:stop] = l
+    return out, lse
+
+
 def vs_attention(xp, device, q, k, v, vertical, slash, mode: str, scale: float, causal: bool, bm: int, bn: int):
     """Vertical-slash attention over validated device arrays.  Returns ``(out, lse)``."""
     batch, q_heads, q_len, head_dim = q.shape
@@ -353,6 +430,9 @@ def vs_attention(xp, device, q, k, v, vertical, slash, mode: str, scale: float, 
     out = xp.empty((batch, q_heads, q_len, v_dim), dtype=q.dtype)
     lse = xp.empty((batch, q_heads, q_len), dtype=cdt)
     if mode == "kernel":
+        triton = _triton_sparse(xp, q, k, v, bm, bn)
+        if triton is not None:
+            return _triton_vs_attention(xp, triton, q, k, v, vertical, slash, scale, causal, bm, bn)
         converted = convert(xp, device, q_len, kv_len, vertical, slash, bm, bn, causal)
         if fusable(xp, q, k, v, lists=True, block_size_m=bm, block_size_n=bn):
             return flash_attention(xp, q, k, v, scale, causal, converted)

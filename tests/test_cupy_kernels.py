@@ -1,0 +1,275 @@
+"""The CuPy backend's fused kernels against the float64 spec, on both paths, in float16 and bfloat16.
+
+Two paths serve the CuPy backend (``backends/yarnref_cupy/kernels.py``):
+yarnref's Triton kernels launched on CuPy arrays (where torch and Triton are
+installed) and the NVRTC kernel ``flash_attention.cu`` (a CuPy-only install;
+``YARNREF_CUPY_KERNELS=nvrtc`` or ``use_kernels("nvrtc")`` forces it).  The
+tests here run each path on purpose, for every head dim the NVRTC kernel is
+compiled for, and check that results computed on a non-default CuPy stream
+are right (the Triton launches must land on CuPy's current stream).
+
+The switch tests run everywhere; everything else skips without CuPy and a
+CUDA device.  bfloat16 inputs are CuPy's own ``bfloat16`` arrays
+(``ml_dtypes.bfloat16``), compared after rounding the spec's inputs the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import yarnref
+from yarnref.errors import InputError
+from yarnref.testing import assert_close
+
+from conftest import cupy_takes_bfloat16
+
+DTYPES = ("float16", "bfloat16")
+
+
+def _package():
+    return importlib.import_module(yarnref.backend._backend_class("cupy").__module__.rsplit(".", 1)[0])
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return importlib.import_module(_package().__name__ + ".kernels")
+
+
+@pytest.fixture(scope="module")
+def cb():
+    cls = yarnref.backend._backend_class("cupy")
+    if not cls.is_available():
+        pytest.skip("needs CuPy and a working CUDA device")
+    return cls()
+
+
+@pytest.fixture(scope="module")
+def flash(cb):
+    return importlib.import_module(_package().__name__ + ".flash")
+
+
+def _inputs(cb, rng, shape, dtype: str, scale: float = 1.0):
+    """(the device array in ``dtype``, its float64 NumPy copy)."""
+    x = rng.standard_normal(shape) * scale
+    if dtype == "bfloat16":
+        if not cupy_takes_bfloat16():
+            pytest.skip("this CuPy has no bfloat16 (CuPy >= 14 with ml_dtypes)")
+        import ml_dtypes
+
+        rounded = x.astype(np.float32).astype(ml_dtypes.bfloat16)
+    else:
+        rounded = x.astype(dtype)
+    return cb.asarray(rounded), rounded.astype(np.float64)
+
+
+def _need_triton(kernels, cb):
+    found = kernels.triton_kernels(cb.xp)
+    if found is None:
+        pytest.skip("the Triton path needs torch (with CUDA) and Triton beside CuPy")
+    return found
+
+
+# ----------------------------------------------------------------------------- the switch (runs everywhere)
+
+
+def test_the_kernel_switch_reads_the_environment_and_use_kernels(kernels, monkeypatch):
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    assert kernels.kernel_mode() == "auto"
+    monkeypatch.setenv(kernels.ENV, " NVRTC ")
+    assert kernels.kernel_mode() == "nvrtc"
+    with kernels.use_kernels("triton"):
+        assert kernels.kernel_mode() == "triton"
+        with kernels.use_kernels("nvrtc"):
+            assert kernels.kernel_mode() == "nvrtc"
+        assert kernels.kernel_mode() == "triton"
+    assert kernels.kernel_mode() == "nvrtc"
+    monkeypatch.setenv(kernels.ENV, "cutlass")
+    with pytest.raises(InputError, match=kernels.ENV):
+        kernels.kernel_mode()
+    with pytest.raises(InputError, match="mode"):
+        with kernels.use_kernels("fast"):
+            pass
+
+
+def test_nvrtc_mode_and_numpy_never_take_the_triton_path(kernels, monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "nvrtc")
+    assert kernels.triton_kernels(_cupy_module_or_none()) is None
+    monkeypatch.setenv(kernels.ENV, "auto")
+    assert kernels.triton_kernels(np) is None  # the NumPy shim
+
+
+def _cupy_module_or_none():
+    try:
+        import cupy
+
+        return cupy
+    except ImportError:
+        return np
+
+
+# ----------------------------------------------------------------------------- the NVRTC kernel's source (runs where a C++ compiler is)
+
+#: CUDA's device-side names, stubbed so that a host C++ compiler can check the kernel source's syntax and templates.
+_CUDA_STUBS = """
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+#define __restrict__
+#define __align__(x)
+#define __shared__
+struct Dim3 { int x, y, z; };
+static Dim3 threadIdx, blockIdx;
+inline void __syncthreads() {}
+inline float __int_as_float(int) { return 0.f; }
+inline float exp2f(float x) { return x; }
+inline float log2f(float x) { return x; }
+inline float fmaxf(float a, float b) { return a > b ? a : b; }
+inline float __shfl_xor_sync(unsigned, float v, int) { return v; }
+inline unsigned long __cvta_generic_to_shared(const void*) { return 0; }
+template <typename T> T min(T a, T b) { return a < b ? a : b; }
+template <typename T> T max(T a, T b) { return a > b ? a : b; }
+"""
+
+
+def test_flash_kernel_source_instantiates_every_head_dim_dtype_and_block(tmp_path):
+    """Every instantiation flash.py may ask NVRTC for (head dims x float16/bfloat16 x 4/8 warps) type-checks as C++.
+
+    The inline PTX is not checked here (a host compiler cannot); the GPU tests run it.
+    """
+    compiler = shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        pytest.skip("no C++ compiler to check the kernel source")
+    flash = importlib.import_module(_package().__name__ + ".flash")
+    source = Path(flash.__file__).with_name("flash_attention.cu")
+    params = "const u16*, const u16*, const u16*, u16*, float*, " + "long long, " * 9 + (
+        "int, int, int, int, float, int, int, const int*, const int*, int, const int*, const int*, int"
+    )
+    lines = [_CUDA_STUBS, f'#include "{source}"']
+    for d in flash.HEAD_DIMS:
+        for bf16 in ("false", "true"):
+            for warps in (4, flash.DENSE_WARPS):
+                lines.append(f"template void yarnref_flash_fwd<{d}, {bf16}, {warps}>({params});")
+    harness = tmp_path / "flash_check.cpp"
+    harness.write_text("\n".join(lines) + "\n")
+    result = subprocess.run([compiler, "-std=c++14", "-fsyntax-only", str(harness)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- the NVRTC kernel, forced
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [32, 64, 80, 96, 128, 256])
+def test_nvrtc_dense_attention_every_head_dim(cb, flash, kernels, dtype, head_dim):
+    assert head_dim in flash.HEAD_DIMS
+    rng = np.random.default_rng(head_dim)
+    q, q64 = _inputs(cb, rng, (1, 4, 150, head_dim), dtype)  # 150: not a multiple of the 64-row blocks
+    k, k64 = _inputs(cb, rng, (1, 2, 230, head_dim), dtype)  # GQA 2, decode-like: queries are the last rows
+    v, v64 = _inputs(cb, rng, (1, 2, 230, head_dim), dtype)
+    assert flash.fusable(cb.xp, q, k, v)
+    with kernels.use_kernels("nvrtc"):
+        out, lse = cb.attention(q, k, v, causal=True, return_lse=True)
+        out_nc = cb.attention(q, k, v, causal=False)
+    assert out.dtype.name == dtype and lse.dtype == np.float32
+    want, want_lse = yarnref.attention(q64, k64, v64, causal=True, return_lse=True)
+    assert_close(out, want, dtype=dtype, op="attention")
+    assert_close(lse, want_lse, dtype=dtype, op="attention")
+    assert_close(out_nc, yarnref.attention(q64, k64, v64, causal=False), dtype=dtype, op="attention")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [80, 128])
+def test_nvrtc_vertical_slash_lists(cb, flash, kernels, dtype, head_dim):
+    rng = np.random.default_rng(3 + head_dim)
+    n, heads = 333, 4
+    q, q64 = _inputs(cb, rng, (1, heads, n, head_dim), dtype)
+    k, k64 = _inputs(cb, rng, (1, 2, n, head_dim), dtype)
+    v, v64 = _inputs(cb, rng, (1, 2, n, head_dim), dtype)
+    vertical = np.stack([np.sort(rng.choice(n, 20, replace=False)) for _ in range(heads)])[None]
+    slash = np.stack([rng.choice(n, 12, replace=False) for _ in range(heads)])[None]
+    assert flash.fusable(cb.xp, q, k, v, lists=True)
+    with kernels.use_kernels("nvrtc"):
+        out, lse = cb.vertical_slash_attention(q, k, v, vertical, slash, "kernel", None, True)
+    want, want_lse = yarnref.vertical_slash_attention(q64, k64, v64, vertical, slash, "kernel", None, True)
+    assert out.dtype.name == dtype
+    assert_close(out, want, dtype=dtype, op="sparse")
+    assert_close(lse, want_lse, dtype=dtype, op="sparse")
+
+
+# ----------------------------------------------------------------------------- both paths
+
+
+@pytest.mark.parametrize("mode", ["nvrtc", "triton"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_each_path_agrees_with_the_spec(cb, kernels, mode, dtype):
+    """RoPE, dense attention, DCA and kernel-mode vertical-slash on the path asked for."""
+    if mode == "triton":
+        _need_triton(kernels, cb)
+    rng = np.random.default_rng(17)
+    n, d = 300, 128
+    q, q64 = _inputs(cb, rng, (1, 8, n, d), dtype)
+    k, k64 = _inputs(cb, rng, (1, 2, n, d), dtype)
+    v, v64 = _inputs(cb, rng, (1, 2, n, d), dtype)
+    inv_freq = 10000.0 ** (-np.arange(0, d, 2) / d)
+    cos, sin = yarnref.rope_cos_sin(inv_freq, np.arange(n))
+    vertical, slash = cb.vertical_slash_indices(q, k, 40, 60)
+    vertical_h, slash_h = cb.to_numpy(vertical), cb.to_numpy(slash)
+    with kernels.use_kernels(mode):
+        rotated = cb.apply_rope(q, cos, sin, "half")
+        out, lse = cb.attention(q, k, v, causal=True, return_lse=True)
+        dca = cb.dca_attention(q, k, v, inv_freq, 128, 32)
+        vs, vs_lse = cb.vertical_slash_attention(q, k, v, vertical, slash, "kernel", None, True)
+    assert rotated.dtype.name == dtype and out.dtype.name == dtype and dca.dtype.name == dtype and vs.dtype.name == dtype
+    assert_close(rotated, yarnref.apply_rope(q64, cos, sin, "half"), dtype=dtype, op="rope")
+    want, want_lse = yarnref.attention(q64, k64, v64, causal=True, return_lse=True)
+    assert_close(out, want, dtype=dtype, op="attention")
+    assert_close(lse, want_lse, dtype=dtype, op="attention")
+    # The rotated q and k are rounded to the input dtype before attention (as vLLM rotates in the model dtype).
+    tol = {"float16": 4e-3, "bfloat16": 3.2e-2}[dtype]  # twice the table's bound, as test_cupy_flash for float16
+    assert_close(dca, yarnref.dca_attention(q64, k64, v64, inv_freq, 128, 32), dtype=dtype, op="dca", rtol=tol, atol=tol)
+    want_vs, want_vs_lse = yarnref.vertical_slash_attention(q64, k64, v64, vertical_h, slash_h, "kernel", None, True)
+    assert_close(vs, want_vs, dtype=dtype, op="sparse")
+    assert_close(vs_lse, want_vs_lse, dtype=dtype, op="sparse")
+
+
+@pytest.mark.parametrize("mode", ["nvrtc", "triton"])
+def test_results_on_a_non_default_stream_are_right(cb, kernels, mode):
+    """Inputs written on a fresh CuPy stream and used there at once: the kernels must run on that stream."""
+    if mode == "triton":
+        _need_triton(kernels, cb)
+    cupy = cb.xp
+    rng = np.random.default_rng(23)
+    n, d = 2048, 128
+    q0, q64 = _inputs(cb, rng, (1, 8, n, d), "float16")
+    k0, k64 = _inputs(cb, rng, (1, 2, n, d), "float16")
+    v0, v64 = _inputs(cb, rng, (1, 2, n, d), "float16")
+    inv_freq = 10000.0 ** (-np.arange(0, d, 2) / d)
+    cos, sin = yarnref.rope_cos_sin(inv_freq, np.arange(n))
+    vertical = np.broadcast_to(np.arange(0, n, 37)[None, None], (1, 8, len(range(0, n, 37)))).copy()
+    slash = np.broadcast_to(np.arange(0, 300, 3)[None, None], (1, 8, 100)).copy()
+    stream = cupy.cuda.Stream(non_blocking=True)
+    cupy.cuda.Device().synchronize()
+    with kernels.use_kernels(mode), stream:
+        # Fresh buffers filled by a (slow) chain of kernels on this stream, then consumed at once.
+        q, k, v = cupy.zeros_like(q0), cupy.zeros_like(k0), cupy.zeros_like(v0)
+        for _ in range(20):
+            q += q0 * np.float16(0.05)
+            k += k0 * np.float16(0.05)
+            v += v0 * np.float16(0.05)
+        out = cb.attention(q, k, v, causal=True)
+        rotated = cb.apply_rope(q, cos, sin)
+        vs = cb.vertical_slash_attention(q, k, v, vertical, slash, "kernel")
+        results = [x.copy() for x in (q, k, v, out, rotated, vs)]
+    stream.synchronize()
+    q, k, v, out, rotated, vs = results
+    q64, k64, v64 = (cb.to_numpy(x).astype(np.float64) for x in (q, k, v))  # what the kernels should have read
+    assert_close(out, yarnref.attention(q64, k64, v64, causal=True), dtype="float16", op="attention")
+    assert_close(rotated, yarnref.apply_rope(q64, cos, sin), dtype="float16", op="rope")
+    assert_close(vs, yarnref.vertical_slash_attention(q64, k64, v64, vertical, slash, "kernel"), dtype="float16", op="sparse")
