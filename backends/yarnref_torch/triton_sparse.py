@@ -50,8 +50,9 @@ Conventions
 -----------
 * Layout ``(batch, heads, seq, head_dim)``; q ``(B, Hq, Tq, D)``, k and v
   ``(B, Hk, Tk, D)``; GQA: query head ``h`` reads kv head ``h // (Hq // Hk)``
-  (no repeated k/v is materialised).  fp16 or bf16; ``D`` a power of two in
-  16..256.
+  (no repeated k/v is materialised).  fp16 or bf16; ``D`` up to 256 (80, 96
+  and other head dims are padded to the next power of two inside the kernel,
+  the extra dims masked; TMA is used for power-of-two ``D`` only).
 * Causal masks are aligned bottom-right: query ``i`` is at position
   ``i + Tk - Tq`` and sees keys ``j <= i + Tk - Tq``.  With ``causal=False``
   only ``0 <= j < Tk`` is tested.
@@ -84,6 +85,44 @@ diagonal or the sequence ends, -> 209 ms; 3 pipeline stages with TMA (2
 without).  Earlier sweeps: two ranges per 128-wide tile built with
 ``tl.where`` lose the contiguity of each half (335-390 ms); 128-column gather
 tiles 340-410 ms; 8 warps about 2x slower.
+
+Two row blocks per program (``paired=True``)
+--------------------------------------------
+A 64-row program brings each K/V tile from L2 for 64 queries; two
+neighbouring row blocks list mostly the same tiles (a slash's range moves by
+64 columns per row block, so a contiguous run of ranges is shared but for one
+tile at each end), so one program per pair ``(2p, 2p+1)`` reads each common
+tile once for 128 queries, half the L2 traffic per flop on those tiles.  The
+key sets stay exactly the converted lists of each 64-row block: a prepass
+(:func:`pair_schedule`) marks which entries of ``2p``'s list ``2p+1`` holds
+too (binary search; it needs strictly ascending lists, as the conversion
+writes them, and shares nothing otherwise) and lists ``2p+1``'s other
+entries; the kernel walks ``2p``'s list (using each tile for ``2p+1`` too
+where marked), then ``2p+1``'s own entries, ranges then columns, one online
+softmax per row block.  A schedule in memory rather than a two-pointer merge
+inside the loop keeps every tile address a function of the loop counter, so
+Triton's software pipeline (TMA loads issued stages ahead) still applies.
+Scattered slashes are not shared (each such key serves only 64 queries,
+whatever the program shape), so the gain is largest where ranges are long.
+
+How a tile is multiplied (``pair_dot``):
+``"split"`` keeps two 64-row halves with their own m, l and accumulators; a
+tile only one block lists costs that block's dots only.  ``"joint"`` runs one
+128-row dot (fuller tensor-core tiles, as cuDNN's 128-row kernels) and masks
+the rows of a block that does not list the tile to ``-inf``, so a one-sided
+tile costs a full 128-row dot.  With the benchmark's ``realistic`` pattern
+most range tiles are one-sided (the scattered slashes) and ``split`` should
+win; with ``local`` ranges almost all are shared and ``joint`` may.  Both are
+kept as launch options and ``benchmarks/tune_sparse.py`` measures them
+against the one-block kernel; the default stays one row block per program
+until that measurement says otherwise.
+
+Dense mode
+----------
+:func:`dense_attention_triton` is the same online softmax over one
+contiguous key range per 128-row block (``[0, causal_end)`` when causal), the
+tiles wholly below the diagonal unmasked; it serves the CuPy backend
+(through DLPack) and the tests, with the sparse kernel's conventions.
 """
 
 from __future__ import annotations
