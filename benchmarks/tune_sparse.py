@@ -21,8 +21,11 @@ reference (``check_sparse`` / ``check_dense`` of bench_sparse.py):
 The ceilings (copy, GEMM, L2 read) are measured at the start of the run.
 ``YARNREF_TUNE_LEGACY=1`` adds the earlier sweep of the one-block kernel
 (TMA or pointer loads, mask on every tile or on the edges, 2 or 3 stages, and
-the 128 x 128 lists probe).  ``python benchmarks/tune_sparse.py --out DIR``
-(about 3 minutes on one H100/H200); ``--quick`` runs tiny sizes anywhere.
+the 128 x 128 lists probe).  MInference's own Triton kernel runs on the same
+lists where its file is there (see bench_sparse.py).  ``python
+benchmarks/tune_sparse.py --out DIR [--budget SECONDS]`` (about 3 minutes on
+one H100/H200; past the budget the remaining dense cases are skipped, and a
+SIGTERM still writes what was measured); ``--quick`` runs tiny sizes anywhere.
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import signal
+import sys
 
 import torch
 
 from bench_sparse import (
     BM, BN, HEAD_DIM, HEADS, N_SLASH, N_VERT, check_dense, check_sparse, kept_pairs, load_triton_sparse, make_indices,
+    run_minference,
 )
 from common import MissingOperation, flops_causal, main_wrapper, measure_l2_read, time_fn
 
@@ -98,11 +104,13 @@ def sparse_part(rec, ts, quick: bool):
                 extra = {"pct_l2": 100 * l2 / rec.ceilings["l2_read_tbps"]} if "l2_read_tbps" in rec.ceilings else {}
                 rec.add(case, label, timing=t, flops=4.0 * d * kept, err=err, ok=err["ok"], density=density,
                         l2_tbps_tiles=l2, tile_loads=loads, **extra)
-        base = next((r for r in rec.rows if r["case"] == case and r["impl"] == SPARSE_VARIANTS[0][0] and "ms" in r), None)
-        if base is not None:
-            for r in rec.rows:
-                if r["case"] == case and r is not base and "ms" in r and r["impl"].startswith("2 blocks"):
-                    r.setdefault("speedup_vs", {})[base["impl"]] = base["ms"] / r["ms"]
+        run_minference(rec, case, q, k, v, lists, kept, scale, 1.5)
+        ours = [r for r in rec.rows if r["case"] == case and "ms" in r and r["impl"] in dict(SPARSE_VARIANTS)]
+        for r in ours:  # speedup_vs: the other's time / this one's (> 1: this one is faster)
+            for other in rec.rows:
+                if other["case"] == case and "ms" in other and other is not r and (
+                        other["impl"] == SPARSE_VARIANTS[0][0] or other["impl"].startswith("minference")):
+                    r.setdefault("speedup_vs", {})[other["impl"]] = other["ms"] / r["ms"]
         if quick:
             break
 
@@ -114,6 +122,9 @@ def dense_part(rec, ts, quick: bool):
     heads = 2 if quick else HEADS
     plan = [(256, 64)] if quick else [(8192, 128), (32768, 128), (131072, 128), (32768, 64), (32768, 96), (32768, 256)]
     for n, d in plan:
+        if rec.args.budget and rec.elapsed() > rec.args.budget:
+            rec.note(f"time budget ({rec.args.budget:.0f} s) spent: dense {n} d={d} skipped")
+            continue
         g = torch.Generator(device=device).manual_seed(n + d)
         q, k, v = (torch.randn((1, heads, n, d), device=device, dtype=dtype, generator=g) for _ in range(3))
         scale = 1 / math.sqrt(d)
@@ -209,4 +220,6 @@ def run(rec):
 
 
 if __name__ == "__main__":
+    # A `timeout` sends SIGTERM: leave through SystemExit so that what was measured is still written.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     main_wrapper("tune_sparse", run)

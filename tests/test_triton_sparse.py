@@ -576,6 +576,7 @@ def test_pair_schedule_matches_definition(n_rows, ns, sort, seed):
             shared, b_only, n_only = (np.asarray(x.cpu()) for x in (shared, b_only, n_only))
             for (bh, p), (w_shared, w_b_only) in want.items():
                 assert np.array_equal(shared[bh, p, : len(w_shared)].astype(bool), w_shared)
+                assert not shared[bh, p, len(w_shared):].any()  # 0 past the count
                 assert n_only[bh, p] == len(w_b_only)
                 assert np.array_equal(b_only[bh, p, : len(w_b_only)], w_b_only)
 
@@ -639,7 +640,7 @@ def test_dense_matches_spec(ts, d, dtype, causal):
         q64, k64, v64 = (np.asarray(x.float().cpu(), np.float64) for x in (q, k, v))
         ref_out, ref_lse = yarnref.attention(q64, k64, v64, causal=causal, scale=scale, return_lse=True)
         _assert_matches(out, lse, ref_out, ref_lse, dtype)
-        if CUDA:
+        if CUDA and (b, hq, hk, tq, tk) == DENSE_SHAPES[0]:  # without the lse: the same output
             assert torch.equal(ts.dense_attention_triton(q, k, v, causal=causal, scale=scale), out)
 
 

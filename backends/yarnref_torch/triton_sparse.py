@@ -1111,6 +1111,7 @@ def pair_schedule(block_count, block_offset, column_count, column_index):
 
     * ``shared`` ``(B*H, P, cap)`` int8: entry ``i`` of row block ``2p``'s list
       is in row block ``2p+1``'s list too (the tile is read once for both);
+      0 past the count;
     * ``b_only`` ``(B*H, P, cap)`` int32: the other entries of ``2p+1``'s list,
       in list order; ``b_only_count`` ``(B*H, P)`` int32 how many.
 
@@ -1127,7 +1128,7 @@ def pair_schedule(block_count, block_offset, column_count, column_index):
     out = []
     for count, lists in ((block_count, block_offset), (column_count, column_index)):
         cap = lists.shape[-1]
-        shared = torch.empty((b * h, n_pairs, cap), dtype=torch.int8, device=device)
+        shared = torch.zeros((b * h, n_pairs, cap), dtype=torch.int8, device=device)  # 0 past the counts too
         b_only = torch.empty((b * h, n_pairs, cap), dtype=torch.int32, device=device)
         b_only_count = torch.empty((b * h, n_pairs), dtype=torch.int32, device=device)
         _pair_schedule_kernel[(n_pairs, b * h)](
