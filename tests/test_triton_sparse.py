@@ -481,7 +481,7 @@ def _pooled_lists(rng, b, h, n_rows, tk, ns, nv, bn, sort=True):
             pool_s = rng.choice(np.arange(-bn + 1, tk + 3), size=min(2 * ns, tk + bn + 2), replace=False)
             pool_c = rng.choice(np.arange(-2, tk + 2), size=min(2 * nv, tk + 4), replace=False)
             for r in range(n_rows):
-                n_s, n_c = rng.integers(0, ns + 1), rng.integers(0, nv + 1)
+                n_s, n_c = rng.integers(0, min(ns, pool_s.size) + 1), rng.integers(0, min(nv, pool_c.size) + 1)
                 starts = rng.choice(pool_s, size=n_s, replace=False)
                 cols = rng.choice(pool_c, size=n_c, replace=False)
                 if sort:
@@ -540,6 +540,33 @@ def test_paired_any_list_contents(ts, pair_dot):
     ref = weighted_attention(q, k, v, key_weights(tq, tk, *lists, 64, 64), 1 / np.sqrt(d))
     out, lse = ts.sparse_attention_triton(q, k, v, *lists, None, return_lse=True, paired=True, pair_dot=pair_dot)
     _assert_matches(out, lse, *ref, torch.float16)
+
+
+@settings(max_examples=5, deadline=None)
+@given(
+    tq=st.integers(1, 200),
+    extra=st.integers(0, 70),
+    group=st.sampled_from([1, 2]),
+    pair_dot=st.sampled_from(["split", "joint"]),
+    causal=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_paired_random_lists(tq, extra, group, pair_dot, causal, seed):
+    """Any shape and sorted pooled lists (Hypothesis): two blocks per program equal the masked softmax."""
+    if not HAVE_TRITON or not (CUDA or INTERPRETED):
+        pytest.skip("triton cannot run here")
+    with pytest.MonkeyPatch.context() as mp:
+        if not CUDA:
+            mp.setenv("TRITON_INTERPRET", "1")
+        mod = _load(interpret=not CUDA)
+        tk = tq + extra
+        gen = torch.Generator().manual_seed(seed)
+        q, k, v = _rand_qkv(gen, 1, group, 1, tq, tk, 64, torch.float16)
+        lists = _pooled_lists(np.random.default_rng(seed), 1, group, -(-tq // 64), tk, ns=3, nv=40, bn=64)
+        out, lse = mod.sparse_attention_triton(q, k, v, *lists, None, return_lse=True, causal=causal, paired=True,
+                                               pair_dot=pair_dot)
+        ref = weighted_attention(q, k, v, key_weights(tq, tk, *lists, 64, 64, causal=causal), 1 / np.sqrt(64))
+        _assert_matches(out, lse, *ref, torch.float16)
 
 
 def _schedule_reference(count, lists):

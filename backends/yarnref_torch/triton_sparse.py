@@ -907,7 +907,7 @@ def _tma_possible(k, v, block_n: int) -> bool:
         if x.stride(-1) != 1 or x.data_ptr() % 16 or any((st * size) % 16 for st in x.stride()[:-1]):
             return False
         d = x.shape[-1]
-        if d * size < 16 or d > 256 or d & (d - 1) or block_n > 256:  # the box is (block_n, d): d a power of two
+        if d < 16 or d > 256 or d & (d - 1) or block_n > 256:  # the box is (block_n, d): d the kernel's (unpadded) head_dim
             return False
     return True
 
