@@ -7,9 +7,10 @@ set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$(mkdir -p "$1" && cd "$1" && pwd)"
 budget="${2:-150}"
-py="${PYTHON:-python}"
+py="${PYTHON:-python3}"
 export PYTHONPATH="$root:$root/backends${PYTHONPATH:+:$PYTHONPATH}"
 cd "$root"
+"$py" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')"
 t0=$(date +%s)
 i=0
 for group in "dense" "paired or pair_schedule or head_dims" "not dense and not paired and not pair_schedule and not head_dims"; do
