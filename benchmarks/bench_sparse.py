@@ -12,7 +12,23 @@ Per length (128K first: the headline), B=1, 32 heads, head_dim 128, bf16,
   causal call at the same length, the cost sparse attention must beat;
 * ``flex sparse (same mask)``: FlexAttention with a BlockMask of the same key
   set (128x128 tiles from the lists, the exact per-element mask in
-  ``mask_mod``), compiled; its mask-building time is reported too.
+  ``mask_mod``), compiled; its mask-building time is reported too;
+* ``minference triton (same lists)``: MInference's own Triton kernel
+  (``_triton_mixed_sparse_attention`` of
+  ``minference/ops/pit_sparse_flash_attention_v2.py``, MIT) fed our lists.
+  Its file is not part of this project: pass ``--minference-kernel FILE``
+  (or set ``YARNREF_MINFERENCE_KERNEL``; default ``.peers/`` at the
+  repository root, where ``benchmarks/carry_minference.sh`` copies it); the
+  row reads ``missing`` without it.  Its calling convention, read from the
+  file: q, k, v ``(B, H, N, D)`` with as many kv heads as query heads (k and
+  v are repeated for GQA here), ``N`` a multiple of 64, the same four int32
+  lists as ours (contiguous, ``(B, H, ceil(N / 64), cap)``; MInference's CUDA
+  converter writes the same lists as ours), 64 x 64 blocks, ``seqlens``
+  ``(B,)`` int32.  It tests causality on the ranges only (``col <= row``,
+  q_len = kv_len), not on the columns, and pre-scales q in bf16; with the
+  distances 0..99 always kept, its key sets equal ours;
+* ``yarnref triton sparse (2 blocks/program)`` (128K only): the same kernel
+  with two row blocks per program sharing K/V tiles (``paired=True``).
 
 Index patterns (slash distances 0..99 and verticals 0..29 always kept, as
 MInference forces them; the rest drawn per head):
@@ -36,10 +52,15 @@ checked on a slice of rows against a float64 reference.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import inspect
 import math
+import os
+import sys
 import time
+import types
+from pathlib import Path
 
 import torch
 
@@ -71,6 +92,71 @@ def load_triton_sparse():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+#: Where benchmarks/carry_minference.sh puts MInference's kernel file.
+MINFERENCE_DEFAULT = ROOT / ".peers" / "pit_sparse_flash_attention_v2.py"
+MINFERENCE_FILE: str | None = None  # set from --minference-kernel in __main__
+_minference = {}
+
+
+def load_minference_kernel():
+    """MInference's ``_triton_mixed_sparse_attention`` from its file, imported by path (MissingOperation if absent).
+
+    The file imports its CUDA converter relatively (``from ..cuda import ...``):
+    it is loaded as a module of a stand-in package whose ``cuda`` module has a
+    converter that refuses to run (the benchmark feeds the kernel our lists).
+    """
+    if "fn" in _minference:
+        return _minference["fn"]
+    path = MINFERENCE_FILE or os.environ.get("YARNREF_MINFERENCE_KERNEL") or str(MINFERENCE_DEFAULT)
+    if not Path(path).is_file():
+        raise MissingOperation(f"MInference's kernel file is not here ({path}): benchmarks/carry_minference.sh copies it")
+    pkg = "_yarnref_peer_minference"
+    if pkg not in sys.modules:
+        root, ops, cuda = (types.ModuleType(name) for name in (pkg, f"{pkg}.ops", f"{pkg}.cuda"))
+        root.__path__, ops.__path__ = [], []
+
+        def convert_vertical_slash_indexes(*args, **kwargs):
+            raise MissingOperation("MInference's CUDA converter is not loaded; the benchmark gives its kernel our lists")
+
+        cuda.convert_vertical_slash_indexes = convert_vertical_slash_indexes
+        sys.modules.update({pkg: root, f"{pkg}.ops": ops, f"{pkg}.cuda": cuda})
+    spec = importlib.util.spec_from_file_location(f"{pkg}.ops.pit_sparse_flash_attention_v2", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    fn = getattr(mod, "_triton_mixed_sparse_attention", None)
+    if fn is None:
+        raise MissingOperation(f"{path} has no _triton_mixed_sparse_attention")
+    _minference["fn"] = fn
+    return fn
+
+
+def run_minference(rec, case, q, k, v, lists, kept, scale, budget_per_impl):
+    """MInference's Triton kernel on our lists, checked like ours."""
+    impl = "minference triton (same lists)"
+    with rec.guard(case, impl):
+        if rec.device.type != "cuda":
+            raise MissingOperation("needs CUDA")
+        fn = load_minference_kernel()
+        n, d = q.shape[2], q.shape[-1]
+        if n % BM or d not in (16, 32, 64, 128):
+            raise MissingOperation(f"its kernel takes seq lengths that are multiples of {BM} and head_dim 16..128")
+        group = q.shape[1] // k.shape[1]
+        kk, vv = (x.repeat_interleave(group, dim=1) if group > 1 else x for x in (k, v))
+        seqlens = torch.full((q.shape[0],), n, dtype=torch.int32, device=q.device)
+        lists = [t.contiguous() for t in lists]
+
+        def call():
+            return fn(q, kk, vv, seqlens, *lists, scale, BM, BN)
+
+        out = call()
+        err = check_sparse(out, q, k, v, lists, scale)
+        del out
+        t = time_fn(call, rec.device, budget_s=budget_per_impl)
+        rec.add(case, impl, timing=t, flops=4.0 * q.shape[-1] * kept, err=err, ok=err["ok"],
+                note="MInference's own Triton kernel, file carried at run time")
 
 
 # ----------------------------------------------------------------------------- index patterns
@@ -320,6 +406,19 @@ def run_length(rec, ts, n: int, patterns, heads: int, n_vert: int, n_slash: int,
                     density=density, tflops_tiles=4.0 * d * BM * BN * tiles / (t["ms"] * 1e-3) / 1e12,
                     l2_tbps_tiles=l2_tbps, **extra)
             del out
+        if n >= 131072 or rec.args.quick:
+            impl = "yarnref triton sparse (2 blocks/program)"
+            with rec.guard(case, impl):
+                def paired():
+                    return ts.sparse_attention_triton(q, k, v, *lists, scale, BM, BN, paired=True)
+
+                out = paired()
+                err = check_sparse(out, q, k, v, lists, scale)
+                del out
+                t = time_fn(paired, device, budget_s=budget_per_impl)
+                rec.add(case, impl, timing=t, flops=4.0 * d * kept, err=err, ok=err["ok"], density=density,
+                        note="includes the pair schedule")
+        run_minference(rec, case, q, k, v, lists, kept, scale, budget_per_impl)
         if pattern == patterns[0]:
             with rec.guard(case, "yarnref vertical_slash_attention (api)"):
                 with use_yarnref_backend("torch", device) as be:
@@ -355,6 +454,11 @@ def run_length(rec, ts, n: int, patterns, heads: int, n_vert: int, n_slash: int,
                     t = time_fn(dense, device, budget_s=budget_per_impl)
                     rec.add(case, impl, timing=t, flops=dense_flops, err=err, ok=err["ok"])
         rec.add_ratios(case, "yarnref triton sparse")
+        paired_row = next((r for r in rec.rows if r["case"] == case and "ms" in r
+                           and r["impl"] == "yarnref triton sparse (2 blocks/program)"), None)
+        for r in rec.rows if paired_row is not None else ():
+            if r["case"] == case and "ms" in r and r["impl"] in ("yarnref triton sparse", "minference triton (same lists)"):
+                paired_row.setdefault("speedup_vs", {})[r["impl"]] = r["ms"] / paired_row["ms"]
         # The dense calls do not depend on the pattern: compare the other patterns with them too.
         first = f"{label} {patterns[0]}"
         ours = next((r for r in rec.rows if r["case"] == case and r["impl"] == "yarnref triton sparse" and "ms" in r), None)
@@ -394,5 +498,16 @@ def run(rec):
             run_length(rec, ts, n, patterns[:1], heads, n_vert, n_slash, True, per_impl, d, flex_only=True)
 
 
+def _take_minference_arg():
+    """Read ``--minference-kernel FILE`` off the command line (the other options are common.parse_args')."""
+    global MINFERENCE_FILE
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--minference-kernel", default=None)
+    known, rest = p.parse_known_args(sys.argv[1:])
+    MINFERENCE_FILE = known.minference_kernel
+    sys.argv = sys.argv[:1] + rest
+
+
 if __name__ == "__main__":
+    _take_minference_arg()
     main_wrapper("sparse", run)

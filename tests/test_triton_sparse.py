@@ -5,8 +5,11 @@ CPU interpreter (``TRITON_INTERPRET=1``, set by this module only while its
 tests run).  Everything skips cleanly where torch or triton is missing.
 
 References:
-* the sparse kernel against a direct masked softmax in float64 built from the
-  same (block, column) lists, counting a key once per listing;
+* the sparse kernel (one row block per program, and two per program sharing
+  K/V tiles) against a direct masked softmax in float64 built from the
+  same (block, column) lists, counting a key once per listing, and the two
+  launch forms against each other;
+* the dense mode against the spec ``yarnref.attention`` in float64;
 * the conversion against the spec ``yarnref.sparse.convert_vertical_slash_indexes``,
   the readable sequential merge of vLLM's ``vertical_slash_index.cu``;
 * the pipeline (conversion + kernel) against the spec's
@@ -303,9 +306,22 @@ def test_sparse_rejects_bad_input():
     with pytest.raises(InputError) as exc:
         mod.sparse_attention_triton(q, q, q, *good, None, range_tile=96)
     assert exc.value.param == "range_tile"
+    big = torch.zeros((1, 2, 64, 264), dtype=torch.float16)
     with pytest.raises(InputError) as exc:
-        mod.sparse_attention_triton(q[..., :48], q[..., :48], q[..., :48], *good, None)
+        mod.sparse_attention_triton(big, big, big, *good, None)
     assert exc.value.param == "q"
+    with pytest.raises(InputError) as exc:
+        mod.sparse_attention_triton(q, q, q, *good, None, paired="yes")
+    assert exc.value.param == "paired"
+    with pytest.raises(InputError) as exc:
+        mod.sparse_attention_triton(q, q, q, *good, None, paired=True, pair_dot="both")
+    assert exc.value.param == "pair_dot"
+    with pytest.raises(InputError) as exc:
+        mod.sparse_attention_triton(q, q, q, *good, None, paired=True, range_tile=128)
+    assert exc.value.param == "range_tile"
+    with pytest.raises(InputError) as exc:
+        mod.sparse_attention_triton(q, q, q, *good, None, num_warps=3)
+    assert exc.value.param == "num_warps"
     with pytest.raises(InputError) as exc:
         mod.sparse_attention_triton(q, q, q, *good, None, tma="yes")
     assert exc.value.param == "tma"
@@ -443,3 +459,249 @@ def test_pipeline_matches_spec_kernel_mode(ts, dtype, tq, tk, causal, force):
     q64, k64, v64 = (np.asarray(x.float().cpu(), np.float64) for x in (q, k, v))
     ref = spec_attention(q64, k64, v64, V, S, mode="kernel", return_lse=True, causal=causal)
     _assert_matches(out, lse, np.asarray(ref[0]), np.asarray(ref[1]), dtype)
+
+
+# ----------------------------------------------------------------------------- two row blocks per program
+
+
+def _pooled_lists(rng, b, h, n_rows, tk, ns, nv, bn, sort=True):
+    """Lists whose neighbouring row blocks share many entries, as converted lists do.
+
+    Each (batch, head) draws a pool of range starts and columns; each row block
+    lists a random subset (ascending, without repeats when ``sort``).  Some rows
+    are emptied: the first row block of head 0 (its pair has one empty half),
+    the second of head 1, and both blocks of the first pair of the last head.
+    """
+    bc = np.zeros((b, h, n_rows), np.int32)
+    cc = np.zeros((b, h, n_rows), np.int32)
+    bo = np.full((b, h, n_rows, ns), -1, np.int32)
+    ci = np.full((b, h, n_rows, nv), -1, np.int32)
+    for bi in range(b):
+        for hi in range(h):
+            pool_s = rng.choice(np.arange(-bn + 1, tk + 3), size=min(2 * ns, tk + bn + 2), replace=False)
+            pool_c = rng.choice(np.arange(-2, tk + 2), size=min(2 * nv, tk + 4), replace=False)
+            for r in range(n_rows):
+                n_s, n_c = rng.integers(0, min(ns, pool_s.size) + 1), rng.integers(0, min(nv, pool_c.size) + 1)
+                starts = rng.choice(pool_s, size=n_s, replace=False)
+                cols = rng.choice(pool_c, size=n_c, replace=False)
+                if sort:
+                    starts, cols = np.sort(starts), np.sort(cols)
+                bc[bi, hi, r], cc[bi, hi, r] = n_s, n_c
+                bo[bi, hi, r, :n_s], ci[bi, hi, r, :n_c] = starts, cols
+    bc[0, 0, 0] = cc[0, 0, 0] = 0
+    if h > 1 and n_rows > 1:
+        bc[0, 1, 1] = cc[0, 1, 1] = 0
+    bc[0, -1, :2] = cc[0, -1, :2] = 0
+    return [torch.from_numpy(a).to(DEVICE) for a in (bc, bo, cc, ci)]
+
+
+PAIR_SHAPES = [
+    # (batch, q_heads, kv_heads, q_len, kv_len, head_dim, bm, bn, causal)
+    (1, 2, 2, 128, 128, 64, 64, 64, True),
+    (1, 2, 1, 200, 260, 64, 64, 64, True),  # GQA, non-square causal, 4 row blocks with a ragged last one
+    (1, 2, 1, 200, 260, 64, 64, 64, False),
+    (2, 1, 1, 150, 150, 64, 64, 64, True),  # 3 row blocks: the last pair has no second block; batch 2
+    (1, 2, 1, 90, 170, 128, 32, 16, True),  # other tile sizes, head_dim 128
+    (1, 1, 1, 100, 120, 96, 64, 64, True),  # head_dim 96 (padded to 128 inside)
+]
+
+
+@pytest.mark.parametrize("shape", PAIR_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("pair_dot", ["split", "joint"])
+def test_paired_matches_single_and_reference(ts, shape, pair_dot):
+    """Two row blocks per program: the same keys as the one-block kernel (sorted lists, empty halves, ragged ends)."""
+    b, hq, hk, tq, tk, d, bm, bn, causal = shape
+    seed = sum(shape) + causal
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = _rand_qkv(gen, b, hq, hk, tq, tk, d, torch.float16)
+    n_rows = -(-tq // bm)
+    lists = _pooled_lists(np.random.default_rng(seed), b, hq, n_rows, tk, ns=4, nv=3 * bn // 2, bn=bn)
+    scale = 0.8 / np.sqrt(d)
+    ref = weighted_attention(q, k, v, key_weights(tq, tk, *lists, bm, bn, causal=causal), scale)
+    single = ts.sparse_attention_triton(q, k, v, *lists, scale, bm, bn, return_lse=True, causal=causal)
+    paired = ts.sparse_attention_triton(q, k, v, *lists, scale, bm, bn, return_lse=True, causal=causal,
+                                        paired=True, pair_dot=pair_dot)
+    _assert_matches(*single, *ref, torch.float16)
+    _assert_matches(*paired, *ref, torch.float16)
+    # Same keys, other summation order: the two launch forms agree to rounding.
+    assert torch.allclose(paired[0].float(), single[0].float(), atol=2e-3, rtol=0)
+    fin = torch.isfinite(single[1])
+    assert torch.equal(fin, torch.isfinite(paired[1]))
+    assert torch.allclose(paired[1][fin], single[1][fin], atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pair_dot", ["split", "joint"])
+def test_paired_any_list_contents(ts, pair_dot):
+    """Unsorted lists with repeats and out-of-range entries: nothing is shared, the result is still exact."""
+    b, hq, hk, tq, tk, d = 1, 2, 1, 190, 230, 64
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = _rand_qkv(gen, b, hq, hk, tq, tk, d, torch.float16)
+    lists = _random_lists(np.random.default_rng(5), b, hq, 3, tk, ns=5, nv=70, bn=64)
+    ref = weighted_attention(q, k, v, key_weights(tq, tk, *lists, 64, 64), 1 / np.sqrt(d))
+    out, lse = ts.sparse_attention_triton(q, k, v, *lists, None, return_lse=True, paired=True, pair_dot=pair_dot)
+    _assert_matches(out, lse, *ref, torch.float16)
+
+
+@settings(max_examples=5, deadline=None)
+@given(
+    tq=st.integers(1, 200),
+    extra=st.integers(0, 70),
+    group=st.sampled_from([1, 2]),
+    pair_dot=st.sampled_from(["split", "joint"]),
+    causal=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_paired_random_lists(tq, extra, group, pair_dot, causal, seed):
+    """Any shape and sorted pooled lists (Hypothesis): two blocks per program equal the masked softmax."""
+    if not HAVE_TRITON or not (CUDA or INTERPRETED):
+        pytest.skip("triton cannot run here")
+    with pytest.MonkeyPatch.context() as mp:
+        if not CUDA:
+            mp.setenv("TRITON_INTERPRET", "1")
+        mod = _load(interpret=not CUDA)
+        tk = tq + extra
+        gen = torch.Generator().manual_seed(seed)
+        q, k, v = _rand_qkv(gen, 1, group, 1, tq, tk, 64, torch.float16)
+        lists = _pooled_lists(np.random.default_rng(seed), 1, group, -(-tq // 64), tk, ns=3, nv=40, bn=64)
+        out, lse = mod.sparse_attention_triton(q, k, v, *lists, None, return_lse=True, causal=causal, paired=True,
+                                               pair_dot=pair_dot)
+        ref = weighted_attention(q, k, v, key_weights(tq, tk, *lists, 64, 64, causal=causal), 1 / np.sqrt(64))
+        _assert_matches(out, lse, *ref, torch.float16)
+
+
+def _schedule_reference(count, lists):
+    """(shared, b_only) per pair from the definition: membership when both lists are strictly ascending."""
+    count, lists = np.asarray(count.cpu()), np.asarray(lists.cpu())
+    b, h, n_rows = count.shape
+    result = {}
+    for bi in range(b):
+        for hi in range(h):
+            for p in range(-(-n_rows // 2)):
+                a = lists[bi, hi, 2 * p, : count[bi, hi, 2 * p]]
+                bb = lists[bi, hi, 2 * p + 1, : count[bi, hi, 2 * p + 1]] if 2 * p + 1 < n_rows else a[:0]
+                ascending = all(np.all(np.diff(x) > 0) for x in (a, bb))
+                shared = np.isin(a, bb) if ascending else np.zeros(len(a), bool)
+                b_only = bb[~np.isin(bb, a)] if ascending else bb
+                result[bi * h + hi, p] = (shared, b_only)
+    return result
+
+
+@settings(max_examples=8, deadline=None)
+@given(n_rows=st.integers(1, 7), ns=st.integers(0, 9), sort=st.booleans(), seed=st.integers(0, 2**16))
+def test_pair_schedule_matches_definition(n_rows, ns, sort, seed):
+    """The shared flags and the second block's own entries are those of the definition (Hypothesis)."""
+    if not HAVE_TRITON or not (CUDA or INTERPRETED):
+        pytest.skip("triton cannot run here")
+    with pytest.MonkeyPatch.context() as mp:
+        if not CUDA:
+            mp.setenv("TRITON_INTERPRET", "1")
+        mod = _load(interpret=not CUDA)
+        bc, bo, cc, ci = _pooled_lists(np.random.default_rng(seed), 1, 3, n_rows, 300, max(ns, 1), 150, 64, sort=sort)
+        sched = mod.pair_schedule(bc, bo, cc, ci)
+        for (count, lists), (shared, b_only, n_only) in zip(((bc, bo), (cc, ci)), (sched[:3], sched[3:])):
+            want = _schedule_reference(count, lists)
+            shared, b_only, n_only = (np.asarray(x.cpu()) for x in (shared, b_only, n_only))
+            for (bh, p), (w_shared, w_b_only) in want.items():
+                assert np.array_equal(shared[bh, p, : len(w_shared)].astype(bool), w_shared)
+                assert not shared[bh, p, len(w_shared):].any()  # 0 past the count
+                assert n_only[bh, p] == len(w_b_only)
+                assert np.array_equal(b_only[bh, p, : len(w_b_only)], w_b_only)
+
+
+def test_paired_shares_converted_lists(ts):
+    """On converted lists (near-diagonal slashes) most range tiles of a pair are shared, and the result is the spec's."""
+    b, hq, hk, tq, tk, d = 1, 2, 1, 256, 320, 64
+    gen = torch.Generator().manual_seed(21)
+    q, k, v = _rand_qkv(gen, b, hq, hk, tq, tk, d, torch.float16)
+    V = torch.tensor([[[0, 3, 40, 200, 251], [1, 7, 90, 130, 300]]], dtype=torch.int32, device=DEVICE)
+    S = torch.arange(0, 150, dtype=torch.int32, device=DEVICE).expand(b, hq, 150)
+    lists = ts.convert_vertical_slash_indexes_triton(tq, tk, V, S)
+    shared = ts.pair_schedule(*lists)[0]
+    n_shared = int(shared.sum())
+    n_first = int(lists[0][:, :, 0::2].sum())
+    assert n_shared >= n_first // 2, (n_shared, n_first)
+    q64, k64, v64 = (np.asarray(x.float().cpu(), np.float64) for x in (q, k, v))
+    ref = yarnref.sparse.vertical_slash_attention(q64, k64, v64, np.asarray(V.cpu()), np.asarray(S.cpu()), mode="kernel",
+                                                  return_lse=True)
+    for pair_dot in ("split", "joint"):
+        out, lse = ts.sparse_attention_triton(q, k, v, *lists, None, return_lse=True, paired=True, pair_dot=pair_dot)
+        _assert_matches(out, lse, np.asarray(ref[0]), np.asarray(ref[1]), torch.float16)
+
+
+@pytest.mark.parametrize("d", [80, 96, 256])
+def test_sparse_other_head_dims(ts, d):
+    """Head dims that are not powers of two (and 256) run on the kernel, padded inside."""
+    b, hq, hk, tq, tk = 1, 2, 1, 70, 100
+    dtype = _dtypes()[-1]
+    gen = torch.Generator().manual_seed(d)
+    q, k, v = _rand_qkv(gen, b, hq, hk, tq, tk, d, dtype)
+    lists = _random_lists(np.random.default_rng(d), b, hq, 2, tk, ns=2, nv=30, bn=64)
+    ref = weighted_attention(q, k, v, key_weights(tq, tk, *lists, 64, 64), 1 / np.sqrt(d))
+    out, lse = ts.sparse_attention_triton(q, k, v, *lists, None, return_lse=True)
+    _assert_matches(out, lse, *ref, dtype)
+
+
+# ----------------------------------------------------------------------------- dense mode
+
+
+DENSE_SHAPES = [
+    # (batch, q_heads, kv_heads, q_len, kv_len)
+    (1, 2, 2, 130, 130),
+    (2, 2, 1, 70, 200),  # q_len < kv_len (chunked prefill), GQA, batch 2
+    (1, 2, 1, 150, 90),  # q_len > kv_len: the first causal rows see no key
+]
+
+
+@pytest.mark.parametrize("d", [64, 80, 96, 128, 256])
+@pytest.mark.parametrize("dtype", _dtypes(), ids=str)
+@pytest.mark.parametrize("causal", [True, False])
+def test_dense_matches_spec(ts, d, dtype, causal):
+    # Every shape at head_dim 64; one shape per other head_dim (in turn) to keep the interpreter's time down.
+    shapes = DENSE_SHAPES if d == 64 or CUDA else [DENSE_SHAPES[(d // 16 + causal) % len(DENSE_SHAPES)]]
+    for b, hq, hk, tq, tk in shapes:
+        gen = torch.Generator().manual_seed(d + tq + causal)
+        q, k, v = _rand_qkv(gen, b, hq, hk, tq, tk, d, dtype)
+        scale = 0.9 / np.sqrt(d)
+        out, lse = ts.dense_attention_triton(q, k, v, causal=causal, scale=scale, return_lse=True)
+        assert out.shape == q.shape and out.dtype == dtype and lse.shape == (b, hq, tq) and lse.dtype == torch.float32
+        q64, k64, v64 = (np.asarray(x.float().cpu(), np.float64) for x in (q, k, v))
+        ref_out, ref_lse = yarnref.attention(q64, k64, v64, causal=causal, scale=scale, return_lse=True)
+        _assert_matches(out, lse, ref_out, ref_lse, dtype)
+        if CUDA and (b, hq, hk, tq, tk) == DENSE_SHAPES[0]:  # without the lse: the same output
+            assert torch.equal(ts.dense_attention_triton(q, k, v, causal=causal, scale=scale), out)
+
+
+def test_dense_launch_variants(ts):
+    """Other key tiles, and (on sm_90+) TMA against pointer loads: the same result."""
+    gen = torch.Generator().manual_seed(8)
+    dtype = _dtypes()[-1]
+    q, k, v = _rand_qkv(gen, 1, 2, 1, 200, 260, 64, dtype)
+    ref = yarnref.attention(*(np.asarray(x.float().cpu(), np.float64) for x in (q, k, v)), causal=True, return_lse=True)
+    base = ts.dense_attention_triton(q, k, v, return_lse=True, tma=False)
+    _assert_matches(*base, *ref, dtype)
+    for block_n in (32, 128):
+        _assert_matches(*ts.dense_attention_triton(q, k, v, return_lse=True, block_n=block_n, tma=False), *ref, dtype)
+    if ts._tma_possible(k, v, 64):
+        _assert_matches(*ts.dense_attention_triton(q, k, v, return_lse=True, tma=True), *ref, dtype)
+
+
+def test_dense_rejects_bad_input():
+    mod = _load(interpret=False)
+    q = torch.zeros((1, 2, 64, 64), dtype=torch.float16)
+    for kwargs, param in (
+        (dict(causal=1), "causal"),
+        (dict(scale=0.0), "scale"),
+        (dict(return_lse="no"), "return_lse"),
+        (dict(block_n=48), "block_n"),
+        (dict(num_stages=0), "num_stages"),
+        (dict(tma="auto"), "tma"),
+    ):
+        with pytest.raises(InputError) as exc:
+            mod.dense_attention_triton(q, q, q, **kwargs)
+        assert exc.value.param == param
+    with pytest.raises(InputError) as exc:
+        mod.dense_attention_triton(q.float(), q.float(), q.float())
+    assert exc.value.param == "q"
+    with pytest.raises(InputError) as exc:
+        mod.dense_attention_triton(q, q[:, :, :, :32], q)
+    assert exc.value.param == "k"

@@ -368,8 +368,7 @@ def _triton_can_run(triton, q, v, bm: int, bn: int) -> bool:
         triton is not None
         and q.dtype in (torch.float16, torch.bfloat16)
         and v.shape[-1] == d
-        and 16 <= d <= 256
-        and d & (d - 1) == 0
+        and d <= triton.MAX_HEAD_DIM  # other head dims are padded to a power of two inside the kernel
         and bm in _TRITON_BLOCK_SIZES
         and bn in _TRITON_BLOCK_SIZES
     )

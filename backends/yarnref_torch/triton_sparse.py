@@ -50,8 +50,9 @@ Conventions
 -----------
 * Layout ``(batch, heads, seq, head_dim)``; q ``(B, Hq, Tq, D)``, k and v
   ``(B, Hk, Tk, D)``; GQA: query head ``h`` reads kv head ``h // (Hq // Hk)``
-  (no repeated k/v is materialised).  fp16 or bf16; ``D`` a power of two in
-  16..256.
+  (no repeated k/v is materialised).  fp16 or bf16; ``D`` up to 256 (80, 96
+  and other head dims are padded to the next power of two inside the kernel,
+  the extra dims masked; TMA is used for power-of-two ``D`` only).
 * Causal masks are aligned bottom-right: query ``i`` is at position
   ``i + Tk - Tq`` and sees keys ``j <= i + Tk - Tq``.  With ``causal=False``
   only ``0 <= j < Tk`` is tested.
@@ -84,6 +85,44 @@ diagonal or the sequence ends, -> 209 ms; 3 pipeline stages with TMA (2
 without).  Earlier sweeps: two ranges per 128-wide tile built with
 ``tl.where`` lose the contiguity of each half (335-390 ms); 128-column gather
 tiles 340-410 ms; 8 warps about 2x slower.
+
+Two row blocks per program (``paired=True``)
+--------------------------------------------
+A 64-row program brings each K/V tile from L2 for 64 queries; two
+neighbouring row blocks list mostly the same tiles (a slash's range moves by
+64 columns per row block, so a contiguous run of ranges is shared but for one
+tile at each end), so one program per pair ``(2p, 2p+1)`` reads each common
+tile once for 128 queries, half the L2 traffic per flop on those tiles.  The
+key sets stay exactly the converted lists of each 64-row block: a prepass
+(:func:`pair_schedule`) marks which entries of ``2p``'s list ``2p+1`` holds
+too (binary search; it needs strictly ascending lists, as the conversion
+writes them, and shares nothing otherwise) and lists ``2p+1``'s other
+entries; the kernel walks ``2p``'s list (using each tile for ``2p+1`` too
+where marked), then ``2p+1``'s own entries, ranges then columns, one online
+softmax per row block.  A schedule in memory rather than a two-pointer merge
+inside the loop keeps every tile address a function of the loop counter, so
+Triton's software pipeline (TMA loads issued stages ahead) still applies.
+Scattered slashes are not shared (each such key serves only 64 queries,
+whatever the program shape), so the gain is largest where ranges are long.
+
+How a tile is multiplied (``pair_dot``):
+``"split"`` keeps two 64-row halves with their own m, l and accumulators; a
+tile only one block lists costs that block's dots only.  ``"joint"`` runs one
+128-row dot (fuller tensor-core tiles, as cuDNN's 128-row kernels) and masks
+the rows of a block that does not list the tile to ``-inf``, so a one-sided
+tile costs a full 128-row dot.  With the benchmark's ``realistic`` pattern
+most range tiles are one-sided (the scattered slashes) and ``split`` should
+win; with ``local`` ranges almost all are shared and ``joint`` may.  Both are
+kept as launch options and ``benchmarks/tune_sparse.py`` measures them
+against the one-block kernel; the default stays one row block per program
+until that measurement says otherwise.
+
+Dense mode
+----------
+:func:`dense_attention_triton` is the same online softmax over one
+contiguous key range per 128-row block (``[0, causal_end)`` when causal), the
+tiles wholly below the diagonal unmasked; it serves the CuPy backend
+(through DLPack) and the tests, with the sparse kernel's conventions.
 """
 
 from __future__ import annotations
@@ -104,6 +143,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 __all__ = [
     "sparse_attention_triton",
+    "dense_attention_triton",
+    "pair_schedule",
     "convert_vertical_slash_indexes_triton",
     "triton_available",
     "interpreter_active",
@@ -123,6 +164,10 @@ def _check_list_lengths(q_len: int, kv_len: int) -> None:
             raise InputError(name, value, f"at most {MAX_KV_LEN}: the kernels' block and column lists are int32")
 #: Gathered columns per step of the sparse kernel.
 DEFAULT_COL_TILE = 64
+#: Largest head_dim of the kernels (others up to it are padded to a power of two inside the kernel).
+MAX_HEAD_DIM = 256
+#: Ways a two-row-block program multiplies a K/V tile (``pair_dot``); see ``sparse_attention_triton``.
+PAIR_DOTS = ("split", "joint")
 
 
 def interpreter_active() -> bool:
@@ -156,28 +201,34 @@ if triton is not None:
         return m_new, l_i, acc
 
     @triton.jit
+    def _gather_kv(
+        k_base, v_base, cols, key_ok, stride_kn, stride_kd, stride_vn, stride_vd, offs_d,
+        D_REAL: tl.constexpr, HEAD_DIM: tl.constexpr,
+    ):
+        """K^T ``(HEAD_DIM, N)`` and V ``(N, HEAD_DIM)`` of the keys ``cols`` (0 where ``key_ok`` is False or past ``D_REAL``)."""
+        cols64 = cols.to(tl.int64)
+        k_mask = key_ok[None, :]
+        v_mask = key_ok[:, None]
+        if D_REAL != HEAD_DIM:  # head_dim padded to a power of two: the extra dims read as 0
+            k_mask = k_mask & (offs_d < D_REAL)[:, None]
+            v_mask = v_mask & (offs_d < D_REAL)[None, :]
+        k = tl.load(k_base + cols64[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=k_mask, other=0.0)
+        v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=v_mask, other=0.0)
+        return k, v
+
+    @triton.jit
     def _attend_tile(
         q, k_base, v_base, cols, key_ok, q_pos, m_i, l_i, acc, qk_scale,
         stride_kn, stride_kd, stride_vn, stride_vd,
-        CAUSAL: tl.constexpr, offs_d,
+        CAUSAL: tl.constexpr, offs_d, D_REAL: tl.constexpr, HEAD_DIM: tl.constexpr,
     ):
         """One online-softmax step over the keys ``cols`` (BLOCK_N of them; ``key_ok`` marks real ones)."""
-        cols64 = cols.to(tl.int64)
-        k = tl.load(
-            k_base + cols64[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-            mask=key_ok[None, :],
-            other=0.0,
-        )  # (HEAD_DIM, BLOCK_N): k transposed
+        k, v = _gather_kv(k_base, v_base, cols, key_ok, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, D_REAL, HEAD_DIM)
         s = tl.dot(q, k) * qk_scale  # (BLOCK_M, BLOCK_N) fp32, base-2 logits
         visible = key_ok[None, :]
         if CAUSAL:
             visible = visible & (cols[None, :] <= q_pos[:, None])
         s = tl.where(visible, s, float("-inf"))
-        v = tl.load(
-            v_base + cols64[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-            mask=key_ok[:, None],
-            other=0.0,
-        )  # (BLOCK_N, HEAD_DIM)
         return _softmax_step(s, v, m_i, l_i, acc)
 
     @triton.jit
@@ -185,7 +236,7 @@ if triton is not None:
         q, k_base, v_base, k_desc, v_desc, b32, hk32, start, q_pos, q_first, kv_len, m_i, l_i, acc, qk_scale,
         stride_kn, stride_kd, stride_vn, stride_vd,
         CAUSAL: tl.constexpr, USE_TMA: tl.constexpr, MASK_ALL: tl.constexpr,
-        BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+        BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr,
     ):
         """One online-softmax step over the contiguous keys ``[start, start + BLOCK_N)``.
 
@@ -203,10 +254,8 @@ if triton is not None:
             v = v_desc.load([b32, hk32, start, 0]).reshape(BLOCK_N, HEAD_DIM)
         else:
             key_ok = (cols >= 0) & (cols < kv_len)
-            cols64 = cols.to(tl.int64)
-            k = tl.load(k_base + cols64[None, :] * stride_kn + offs_d[:, None] * stride_kd, mask=key_ok[None, :], other=0.0)
+            k, v = _gather_kv(k_base, v_base, cols, key_ok, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, D_REAL, HEAD_DIM)
             s = tl.dot(q, k) * qk_scale
-            v = tl.load(v_base + cols64[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=key_ok[:, None], other=0.0)
         inside = (start >= 0) & (start + BLOCK_N <= kv_len)
         if CAUSAL:
             inside = inside & (start + BLOCK_N - 1 <= q_first)  # every key visible to every row
@@ -239,6 +288,7 @@ if triton is not None:
         RANGE_TILE: tl.constexpr,
         COL_TILE: tl.constexpr,
         HEAD_DIM: tl.constexpr,
+        D_REAL: tl.constexpr,
         USE_TMA: tl.constexpr,
         MASK_ALL: tl.constexpr,
     ):
@@ -259,7 +309,7 @@ if triton is not None:
         rows64 = offs_m.to(tl.int64)  # row * stride can pass 2**31 in a strided view (e.g. (B, T, H, D) transposed)
 
         q_ptrs = Q + b * stride_qb + h * stride_qh + rows64[:, None] * stride_qm + offs_d[None, :] * stride_qd
-        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+        q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d < D_REAL)[None, :], other=0.0)
         k_base = K + b * stride_kb + hk * stride_kh
         v_base = V + b * stride_vb + hk * stride_vh
 
@@ -281,7 +331,7 @@ if triton is not None:
                 start = tl.load(bo_base + t * stride_bos)
                 m_i, l_i, acc = _attend_range(
                     q, k_base, v_base, KDesc, VDesc, b32, hk32, start, q_pos, q_first, kv_len, m_i, l_i, acc, qk_scale,
-                    stride_kn, stride_kd, stride_vn, stride_vd, CAUSAL, USE_TMA, MASK_ALL, BLOCK_N, HEAD_DIM,
+                    stride_kn, stride_kd, stride_vn, stride_vd, CAUSAL, USE_TMA, MASK_ALL, BLOCK_N, HEAD_DIM, D_REAL,
                 )
         else:  # two list entries per 2 * BLOCK_N-wide tile; the second may be absent
             offs_r = tl.arange(0, RANGE_TILE)
@@ -294,7 +344,7 @@ if triton is not None:
                 key_ok = listed & (cols >= 0) & (cols < kv_len)
                 m_i, l_i, acc = _attend_tile(
                     q, k_base, v_base, cols, key_ok, q_pos, m_i, l_i, acc, qk_scale,
-                    stride_kn, stride_kd, stride_vn, stride_vd, CAUSAL, offs_d,
+                    stride_kn, stride_kd, stride_vn, stride_vd, CAUSAL, offs_d, D_REAL, HEAD_DIM,
                 )
         # Part 2: the gathered columns, COL_TILE at a time (one online softmax over both parts).
         offs_c = tl.arange(0, COL_TILE)
@@ -304,16 +354,420 @@ if triton is not None:
             key_ok = listed & (cols >= 0) & (cols < kv_len)
             m_i, l_i, acc = _attend_tile(
                 q, k_base, v_base, cols, key_ok, q_pos, m_i, l_i, acc, qk_scale,
-                stride_kn, stride_kd, stride_vn, stride_vd, CAUSAL, offs_d,
+                stride_kn, stride_kd, stride_vn, stride_vd, CAUSAL, offs_d, D_REAL, HEAD_DIM,
             )
 
         has_key = l_i > 0.0
         out = acc / tl.where(has_key, l_i, 1.0)[:, None]
         o_ptrs = Out + b * stride_ob + h * stride_oh + rows64[:, None] * stride_om + offs_d[None, :] * stride_od
-        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & (offs_d < D_REAL)[None, :])
         if RETURN_LSE:
             lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
             tl.store(Lse + b * stride_lb + h * stride_lh + rows64 * stride_lm, lse, mask=row_ok)
+
+    # ------------------------------------------------------------------ two row blocks per program
+
+    @triton.jit
+    def _gather_rows(base, cols, key_ok, stride_n, stride_d, offs_d, D_REAL: tl.constexpr, HEAD_DIM: tl.constexpr):
+        """Rows ``cols`` of a ``(keys, D)`` matrix as ``(N, HEAD_DIM)`` (0 where ``key_ok`` is False or past ``D_REAL``)."""
+        mask = key_ok[:, None]
+        if D_REAL != HEAD_DIM:
+            mask = mask & (offs_d < D_REAL)[None, :]
+        return tl.load(base + cols.to(tl.int64)[:, None] * stride_n + offs_d[None, :] * stride_d, mask=mask, other=0.0)
+
+    @triton.jit
+    def _load_range(
+        k_base, v_base, k_desc, v_desc, b32, hk32, start, kv_len,
+        stride_kn, stride_kd, stride_vn, stride_vd,
+        USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, D_REAL: tl.constexpr,
+    ):
+        """K and V ``(BLOCK_N, HEAD_DIM)`` of the keys ``[start, start + BLOCK_N)``; keys outside ``[0, kv_len)`` read as 0."""
+        if USE_TMA:
+            k = k_desc.load([b32, hk32, start, 0]).reshape(BLOCK_N, HEAD_DIM)
+            v = v_desc.load([b32, hk32, start, 0]).reshape(BLOCK_N, HEAD_DIM)
+        else:
+            offs_d = tl.arange(0, HEAD_DIM)
+            cols = start + tl.arange(0, BLOCK_N)
+            key_ok = (cols >= 0) & (cols < kv_len)
+            k = _gather_rows(k_base, cols, key_ok, stride_kn, stride_kd, offs_d, D_REAL, HEAD_DIM)
+            v = _gather_rows(v_base, cols, key_ok, stride_vn, stride_vd, offs_d, D_REAL, HEAD_DIM)
+        return k, v
+
+    @triton.jit
+    def _range_half(
+        q, k, v, start, q_pos, q_first, kv_len, m_i, l_i, acc, qk_scale,
+        CAUSAL: tl.constexpr, MASK_ALL: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        """One row block's online-softmax step over the loaded range tile ``[start, start + BLOCK_N)``."""
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        inside = (start >= 0) & (start + BLOCK_N <= kv_len)
+        if CAUSAL:
+            inside = inside & (start + BLOCK_N - 1 <= q_first)
+        if MASK_ALL or not inside:
+            cols = start + tl.arange(0, BLOCK_N)
+            visible = ((cols >= 0) & (cols < kv_len))[None, :]
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= q_pos[:, None])
+            s = tl.where(visible, s, float("-inf"))
+        return _softmax_step(s, v, m_i, l_i, acc)
+
+    @triton.jit
+    def _cols_half(q, kt, v, cols, key_ok, q_pos, m_i, l_i, acc, qk_scale, CAUSAL: tl.constexpr):
+        """One row block's online-softmax step over gathered keys (``kt`` = K^T; ``key_ok`` says which count for it)."""
+        s = tl.dot(q, kt) * qk_scale
+        visible = key_ok[None, :]
+        if CAUSAL:
+            visible = visible & (cols[None, :] <= q_pos[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        return _softmax_step(s, v, m_i, l_i, acc)
+
+    @triton.jit
+    def _finish_rows(acc, m_i, l_i, Out, Lse, b, h, offs_m, q_len, offs_d,
+                     stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_lh, stride_lm,
+                     RETURN_LSE: tl.constexpr, D_REAL: tl.constexpr):
+        """Normalise and store the rows ``offs_m`` (rows with no key: 0 and lse -inf)."""
+        row_ok = offs_m < q_len
+        rows64 = offs_m.to(tl.int64)
+        has_key = l_i > 0.0
+        out = acc / tl.where(has_key, l_i, 1.0)[:, None]
+        o_ptrs = Out + b * stride_ob + h * stride_oh + rows64[:, None] * stride_om + offs_d[None, :] * stride_od
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & (offs_d < D_REAL)[None, :])
+        if RETURN_LSE:
+            lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
+            tl.store(Lse + b * stride_lb + h * stride_lh + rows64 * stride_lm, lse, mask=row_ok)
+
+    @triton.jit
+    def _lower_bound(base, stride, n, x, valid, n_search):
+        """Per lane: the number of entries of the ascending list ``base[:n]`` below ``x`` (binary search)."""
+        lo = tl.zeros(x.shape, dtype=tl.int32)
+        hi = lo + n
+        for _ in range(0, n_search):
+            active = lo < hi
+            mid = (lo + hi) // 2
+            val = tl.load(base + mid * stride, mask=valid & active, other=0)
+            right = active & (val < x)
+            lo = tl.where(right, mid + 1, lo)
+            hi = tl.where(active & (val >= x), mid, hi)
+        return lo
+
+    @triton.jit
+    def _pair_schedule_kernel(
+        Count, List, Shared, BOnly, BOnlyCount,
+        stride_cb, stride_ch, stride_cr,
+        stride_lb, stride_lh, stride_lr, stride_ls,
+        n_heads, n_rows, n_pairs, cap, n_search,
+        W: tl.constexpr,
+    ):
+        # One program per (pair of row blocks, batch * head): which entries of row block 2p's
+        # list row block 2p+1 lists too (Shared), and 2p+1's other entries (BOnly).
+        pair = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // n_heads).to(tl.int64)
+        h = (bh % n_heads).to(tl.int64)
+        row_a = (2 * pair).to(tl.int64)
+        has_b = 2 * pair + 1 < n_rows
+        count = Count + b * stride_cb + h * stride_ch
+        na = tl.minimum(tl.maximum(tl.load(count + row_a * stride_cr), 0), cap)
+        nb = tl.minimum(tl.maximum(tl.load(count + (row_a + 1) * stride_cr, mask=has_b, other=0), 0), cap)
+        a_base = List + b * stride_lb + h * stride_lh + row_a * stride_lr
+        b_base = a_base + stride_lr
+        sp = bh.to(tl.int64) * n_pairs + pair
+        out_shared = Shared + sp * cap
+        out_b = BOnly + sp * cap
+        offs = tl.arange(0, W)
+
+        # Sharing is decided by binary search, which needs both lists strictly ascending (as the
+        # conversion writes them); otherwise nothing is shared and every entry of 2p+1 is its own.
+        bad = tl.zeros([], dtype=tl.int32)
+        for i0 in range(0, na, W):
+            i = i0 + offs
+            m = i + 1 < na
+            x = tl.load(a_base + i * stride_ls, mask=m, other=0)
+            y = tl.load(a_base + (i + 1) * stride_ls, mask=m, other=1)
+            bad += tl.sum((m & (x >= y)).to(tl.int32), 0)
+        for j0 in range(0, nb, W):
+            j = j0 + offs
+            m = j + 1 < nb
+            x = tl.load(b_base + j * stride_ls, mask=m, other=0)
+            y = tl.load(b_base + (j + 1) * stride_ls, mask=m, other=1)
+            bad += tl.sum((m & (x >= y)).to(tl.int32), 0)
+
+        n_only = tl.zeros([], dtype=tl.int32)
+        if bad == 0:
+            for i0 in range(0, na, W):
+                i = i0 + offs
+                valid = i < na
+                x = tl.load(a_base + i * stride_ls, mask=valid, other=0)
+                pos = _lower_bound(b_base, stride_ls, nb, x, valid, n_search)
+                found = valid & (pos < nb)
+                y = tl.load(b_base + pos * stride_ls, mask=found, other=0)
+                tl.store(out_shared + i, (found & (y == x)).to(tl.int8), mask=valid)
+            for j0 in range(0, nb, W):
+                j = j0 + offs
+                valid = j < nb
+                y = tl.load(b_base + j * stride_ls, mask=valid, other=0)
+                pos = _lower_bound(a_base, stride_ls, na, y, valid, n_search)
+                found = valid & (pos < na)
+                x = tl.load(a_base + pos * stride_ls, mask=found, other=0)
+                only = valid & ~(found & (x == y))
+                dest = n_only + tl.cumsum(only.to(tl.int32), 0) - 1
+                tl.store(out_b + dest, y, mask=only)
+                n_only += tl.sum(only.to(tl.int32), 0)
+        else:
+            for i0 in range(0, na, W):
+                i = i0 + offs
+                tl.store(out_shared + i, tl.zeros([W], dtype=tl.int8), mask=i < na)
+            for j0 in range(0, nb, W):
+                j = j0 + offs
+                valid = j < nb
+                tl.store(out_b + j, tl.load(b_base + j * stride_ls, mask=valid, other=0), mask=valid)
+            n_only = nb
+        tl.store(BOnlyCount + sp, n_only)
+
+    @triton.jit
+    def _vs_sparse_pair_kernel(
+        Q, K, V, Out, Lse,
+        BlockCount, BlockOffset, ColumnCount, ColumnIndex,
+        BlkShared, BlkBOnly, BlkBOnlyCount, ColShared, ColBOnly, ColBOnlyCount,
+        KDesc, VDesc,
+        qk_scale,
+        stride_qb, stride_qh, stride_qm, stride_qd,
+        stride_kb, stride_kh, stride_kn, stride_kd,
+        stride_vb, stride_vh, stride_vn, stride_vd,
+        stride_ob, stride_oh, stride_om, stride_od,
+        stride_lb, stride_lh, stride_lm,
+        stride_cb, stride_ch, stride_cr,
+        stride_bob, stride_boh, stride_bor, stride_bos,
+        stride_cib, stride_cih, stride_cir, stride_cis,
+        n_heads, group, q_len, kv_len, n_pairs, blk_cap, col_cap,
+        CAUSAL: tl.constexpr,
+        RETURN_LSE: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        COL_TILE: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        D_REAL: tl.constexpr,
+        USE_TMA: tl.constexpr,
+        MASK_ALL: tl.constexpr,
+        JOINT: tl.constexpr,
+    ):
+        # Row blocks a = 2p and b = 2p + 1; heavy pairs first.
+        pair = n_pairs - 1 - tl.program_id(0)
+        bh = tl.program_id(1)
+        b32 = bh // n_heads
+        hk32 = (bh % n_heads) // group
+        b = b32.to(tl.int64)
+        h = (bh % n_heads).to(tl.int64)
+        hk = h // group
+        off = kv_len - q_len
+        row_a = 2 * pair
+        offs_d = tl.arange(0, HEAD_DIM)
+        k_base = K + b * stride_kb + hk * stride_kh
+        v_base = V + b * stride_vb + hk * stride_vh
+        q_base = Q + b * stride_qb + h * stride_qh
+        d_ok = (offs_d < D_REAL)[None, :]
+
+        row64 = row_a.to(tl.int64)
+        count_off = b * stride_cb + h * stride_ch + row64 * stride_cr
+        n_blocks = tl.minimum(tl.load(BlockCount + count_off), blk_cap)  # a's list; clamped to the capacity
+        n_cols = tl.minimum(tl.load(ColumnCount + count_off), col_cap)
+        bo_base = BlockOffset + b * stride_bob + h * stride_boh + row64 * stride_bor
+        ci_base = ColumnIndex + b * stride_cib + h * stride_cih + row64 * stride_cir
+        sp = bh.to(tl.int64) * n_pairs + pair
+        blk_shared = BlkShared + sp * blk_cap
+        blk_bonly = BlkBOnly + sp * blk_cap
+        n_blk_bonly = tl.load(BlkBOnlyCount + sp)
+        col_shared = ColShared + sp * col_cap
+        col_bonly = ColBOnly + sp * col_cap
+        n_col_bonly = tl.load(ColBOnlyCount + sp)
+        offs_c = tl.arange(0, COL_TILE)
+
+        if JOINT:
+            # One 2*BLOCK_M-row dot per tile; the rows of a half that does not list the tile are masked.
+            offs_m = row_a * BLOCK_M + tl.arange(0, 2 * BLOCK_M)
+            in_b = tl.arange(0, 2 * BLOCK_M) >= BLOCK_M
+            q_pos = offs_m + off
+            q_first = row_a * BLOCK_M + off
+            q = tl.load(q_base + offs_m.to(tl.int64)[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                        mask=(offs_m < q_len)[:, None] & d_ok, other=0.0)
+            m_i = tl.full([2 * BLOCK_M], float("-inf"), dtype=tl.float32)
+            l_i = tl.zeros([2 * BLOCK_M], dtype=tl.float32)
+            acc = tl.zeros([2 * BLOCK_M, HEAD_DIM], dtype=tl.float32)
+            for t in range(0, n_blocks):  # a's ranges, shared with b where b lists them too
+                start = tl.load(bo_base + t * stride_bos)
+                shared = tl.load(blk_shared + t) != 0
+                k, v = _load_range(k_base, v_base, KDesc, VDesc, b32, hk32, start, kv_len,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, USE_TMA, BLOCK_N, HEAD_DIM, D_REAL)
+                s = tl.dot(q, tl.trans(k)) * qk_scale
+                inside = shared & (start >= 0) & (start + BLOCK_N <= kv_len)
+                if CAUSAL:
+                    inside = inside & (start + BLOCK_N - 1 <= q_first)
+                if MASK_ALL or not inside:
+                    cols = start + tl.arange(0, BLOCK_N)
+                    visible = ((cols >= 0) & (cols < kv_len))[None, :] & ((~in_b) | shared)[:, None]
+                    if CAUSAL:
+                        visible = visible & (cols[None, :] <= q_pos[:, None])
+                    s = tl.where(visible, s, float("-inf"))
+                m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+            for t in range(0, n_blk_bonly):  # b's other ranges
+                start = tl.load(blk_bonly + t)
+                k, v = _load_range(k_base, v_base, KDesc, VDesc, b32, hk32, start, kv_len,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, USE_TMA, BLOCK_N, HEAD_DIM, D_REAL)
+                s = tl.dot(q, tl.trans(k)) * qk_scale
+                cols = start + tl.arange(0, BLOCK_N)
+                visible = ((cols >= 0) & (cols < kv_len))[None, :] & in_b[:, None]
+                if CAUSAL:
+                    visible = visible & (cols[None, :] <= q_pos[:, None])
+                s = tl.where(visible, s, float("-inf"))
+                m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+            for c0 in range(0, n_cols, COL_TILE):  # a's columns, shared with b where b lists them too
+                listed = c0 + offs_c < n_cols
+                cols = tl.load(ci_base + (c0 + offs_c) * stride_cis, mask=listed, other=-1)
+                shared = tl.load(col_shared + c0 + offs_c, mask=listed, other=0) != 0
+                key_ok = listed & (cols >= 0) & (cols < kv_len)
+                kt, v = _gather_kv(k_base, v_base, cols, key_ok, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, D_REAL, HEAD_DIM)
+                s = tl.dot(q, kt) * qk_scale
+                visible = key_ok[None, :] & ((~in_b)[:, None] | shared[None, :])
+                if CAUSAL:
+                    visible = visible & (cols[None, :] <= q_pos[:, None])
+                s = tl.where(visible, s, float("-inf"))
+                m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+            for c0 in range(0, n_col_bonly, COL_TILE):  # b's other columns
+                listed = c0 + offs_c < n_col_bonly
+                cols = tl.load(col_bonly + c0 + offs_c, mask=listed, other=-1)
+                key_ok = listed & (cols >= 0) & (cols < kv_len)
+                kt, v = _gather_kv(k_base, v_base, cols, key_ok, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, D_REAL, HEAD_DIM)
+                s = tl.dot(q, kt) * qk_scale
+                visible = key_ok[None, :] & in_b[:, None]
+                if CAUSAL:
+                    visible = visible & (cols[None, :] <= q_pos[:, None])
+                s = tl.where(visible, s, float("-inf"))
+                m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+            _finish_rows(acc, m_i, l_i, Out, Lse, b, h, offs_m, q_len, offs_d,
+                         stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_lh, stride_lm, RETURN_LSE, D_REAL)
+        else:
+            # Two BLOCK_M-row halves with their own accumulators: a tile costs b's dots only if b lists it.
+            offs_a = row_a * BLOCK_M + tl.arange(0, BLOCK_M)
+            offs_b = offs_a + BLOCK_M
+            pos_a = offs_a + off
+            pos_b = offs_b + off
+            first_a = row_a * BLOCK_M + off
+            first_b = first_a + BLOCK_M
+            qa = tl.load(q_base + offs_a.to(tl.int64)[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                         mask=(offs_a < q_len)[:, None] & d_ok, other=0.0)
+            qb = tl.load(q_base + offs_b.to(tl.int64)[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                         mask=(offs_b < q_len)[:, None] & d_ok, other=0.0)
+            m_a = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+            l_a = tl.zeros([BLOCK_M], dtype=tl.float32)
+            acc_a = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+            m_b = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+            l_b = tl.zeros([BLOCK_M], dtype=tl.float32)
+            acc_b = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+            for t in range(0, n_blocks):
+                start = tl.load(bo_base + t * stride_bos)
+                shared = tl.load(blk_shared + t) != 0
+                k, v = _load_range(k_base, v_base, KDesc, VDesc, b32, hk32, start, kv_len,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, USE_TMA, BLOCK_N, HEAD_DIM, D_REAL)
+                m_a, l_a, acc_a = _range_half(qa, k, v, start, pos_a, first_a, kv_len, m_a, l_a, acc_a, qk_scale,
+                                              CAUSAL, MASK_ALL, BLOCK_N)
+                if shared:
+                    m_b, l_b, acc_b = _range_half(qb, k, v, start, pos_b, first_b, kv_len, m_b, l_b, acc_b, qk_scale,
+                                                  CAUSAL, MASK_ALL, BLOCK_N)
+            for t in range(0, n_blk_bonly):
+                start = tl.load(blk_bonly + t)
+                k, v = _load_range(k_base, v_base, KDesc, VDesc, b32, hk32, start, kv_len,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, USE_TMA, BLOCK_N, HEAD_DIM, D_REAL)
+                m_b, l_b, acc_b = _range_half(qb, k, v, start, pos_b, first_b, kv_len, m_b, l_b, acc_b, qk_scale,
+                                              CAUSAL, MASK_ALL, BLOCK_N)
+            for c0 in range(0, n_cols, COL_TILE):
+                listed = c0 + offs_c < n_cols
+                cols = tl.load(ci_base + (c0 + offs_c) * stride_cis, mask=listed, other=-1)
+                shared = tl.load(col_shared + c0 + offs_c, mask=listed, other=0) != 0
+                key_ok = listed & (cols >= 0) & (cols < kv_len)
+                kt, v = _gather_kv(k_base, v_base, cols, key_ok, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, D_REAL, HEAD_DIM)
+                m_a, l_a, acc_a = _cols_half(qa, kt, v, cols, key_ok, pos_a, m_a, l_a, acc_a, qk_scale, CAUSAL)
+                if tl.max(shared.to(tl.int32), 0) > 0:
+                    m_b, l_b, acc_b = _cols_half(qb, kt, v, cols, key_ok & shared, pos_b, m_b, l_b, acc_b, qk_scale, CAUSAL)
+            for c0 in range(0, n_col_bonly, COL_TILE):
+                listed = c0 + offs_c < n_col_bonly
+                cols = tl.load(col_bonly + c0 + offs_c, mask=listed, other=-1)
+                key_ok = listed & (cols >= 0) & (cols < kv_len)
+                kt, v = _gather_kv(k_base, v_base, cols, key_ok, stride_kn, stride_kd, stride_vn, stride_vd, offs_d, D_REAL, HEAD_DIM)
+                m_b, l_b, acc_b = _cols_half(qb, kt, v, cols, key_ok, pos_b, m_b, l_b, acc_b, qk_scale, CAUSAL)
+            _finish_rows(acc_a, m_a, l_a, Out, Lse, b, h, offs_a, q_len, offs_d,
+                         stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_lh, stride_lm, RETURN_LSE, D_REAL)
+            _finish_rows(acc_b, m_b, l_b, Out, Lse, b, h, offs_b, q_len, offs_d,
+                         stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_lh, stride_lm, RETURN_LSE, D_REAL)
+
+    # ------------------------------------------------------------------ dense attention
+
+    @triton.jit
+    def _dense_fwd_kernel(
+        Q, K, V, Out, Lse, KDesc, VDesc,
+        qk_scale,
+        stride_qb, stride_qh, stride_qm, stride_qd,
+        stride_kb, stride_kh, stride_kn, stride_kd,
+        stride_vb, stride_vh, stride_vn, stride_vd,
+        stride_ob, stride_oh, stride_om, stride_od,
+        stride_lb, stride_lh, stride_lm,
+        n_heads, group, q_len, kv_len, n_blocks,
+        CAUSAL: tl.constexpr,
+        RETURN_LSE: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        D_REAL: tl.constexpr,
+        USE_TMA: tl.constexpr,
+    ):
+        if CAUSAL:
+            blk = n_blocks - 1 - tl.program_id(0)  # heavy row blocks first
+        else:
+            blk = tl.program_id(0)
+        bh = tl.program_id(1)
+        b32 = bh // n_heads
+        hk32 = (bh % n_heads) // group
+        b = b32.to(tl.int64)
+        h = (bh % n_heads).to(tl.int64)
+        hk = h // group
+        off = kv_len - q_len
+        offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        q_pos = offs_m + off
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m.to(tl.int64)[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                    mask=(offs_m < q_len)[:, None] & (offs_d < D_REAL)[None, :], other=0.0)
+        k_base = K + b * stride_kb + hk * stride_kh
+        v_base = V + b * stride_vb + hk * stride_vh
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+        # Keys [0, full) are visible to every row of the block (no mask); [full, end) are tested.
+        full_tiles = (kv_len // BLOCK_N) * BLOCK_N
+        if CAUSAL:
+            q_first = blk * BLOCK_M + off
+            q_last = tl.minimum(blk * BLOCK_M + BLOCK_M, q_len) - 1 + off
+            end = tl.maximum(tl.minimum(kv_len, q_last + 1), 0)
+            full = tl.minimum((tl.maximum(q_first + 1, 0) // BLOCK_N) * BLOCK_N, full_tiles)
+        else:
+            end = kv_len
+            full = full_tiles
+        for start in range(0, full, BLOCK_N):
+            k, v = _load_range(k_base, v_base, KDesc, VDesc, b32, hk32, start, kv_len,
+                               stride_kn, stride_kd, stride_vn, stride_vd, USE_TMA, BLOCK_N, HEAD_DIM, D_REAL)
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+        for start in range(full, end, BLOCK_N):
+            k, v = _load_range(k_base, v_base, KDesc, VDesc, b32, hk32, start, kv_len,
+                               stride_kn, stride_kd, stride_vn, stride_vd, USE_TMA, BLOCK_N, HEAD_DIM, D_REAL)
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            cols = start + tl.arange(0, BLOCK_N)
+            visible = (cols < kv_len)[None, :]
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= q_pos[:, None])
+            s = tl.where(visible, s, float("-inf"))
+            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+        _finish_rows(acc, m_i, l_i, Out, Lse, b, h, offs_m, q_len, offs_d,
+                     stride_ob, stride_oh, stride_om, stride_od, stride_lb, stride_lh, stride_lm, RETURN_LSE, D_REAL)
 
     @triton.jit
     def _save_range(BlockOffset, n_saved, range_start, range_end, kv_len, capacity, BLOCK_N: tl.constexpr):
@@ -452,7 +906,8 @@ def _tma_possible(k, v, block_n: int) -> bool:
     for x in (k, v):
         if x.stride(-1) != 1 or x.data_ptr() % 16 or any((st * size) % 16 for st in x.stride()[:-1]):
             return False
-        if x.shape[-1] * size < 16 or x.shape[-1] > 256 or block_n > 256:
+        d = x.shape[-1]
+        if d < 16 or d > 256 or d & (d - 1) or block_n > 256:  # the box is (block_n, d): d the kernel's (unpadded) head_dim
             return False
     return True
 
@@ -486,9 +941,20 @@ def _check_qkv(q, k, v):
             raise DeviceMismatchError(f"{name} is on {x.device} but q is on {q.device}; move it yourself")
     if v.shape[-1] != d:
         raise InputError("v", f"head_dim {v.shape[-1]}", f"head_dim {d} like q and k")
-    if d < 16 or d > 256 or d & (d - 1):
-        raise InputError("q", f"head_dim {d}", "a power of two between 16 and 256")
+    if d > MAX_HEAD_DIM:
+        raise InputError("q", f"head_dim {d}", f"at most {MAX_HEAD_DIM}")
     return b, hq, hk, tq, tk, d
+
+
+def _padded_dim(d: int) -> int:
+    """The kernels' head_dim: ``d`` rounded up to a power of two (at least 16); the extra dims are masked."""
+    return max(16, 1 << (d - 1).bit_length())
+
+
+def _check_launch(name: str, value, allowed: tuple):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value not in allowed):
+        raise InputError(name, value, f"None or one of {allowed}")
+    return value
 
 
 # ----------------------------------------------------------------------------- public API
@@ -514,10 +980,13 @@ def sparse_attention_triton(
     num_stages: int | None = None,
     tma: bool | None = None,
     mask_all_tiles: bool = False,
+    paired: bool = False,
+    pair_dot: str = "split",
 ):
     """Vertical-slash sparse attention over the (block, column) lists of the index conversion.
 
-    ``q`` ``(B, Hq, Tq, D)``, ``k``/``v`` ``(B, Hk, Tk, D)`` fp16/bf16;
+    ``q`` ``(B, Hq, Tq, D)``, ``k``/``v`` ``(B, Hk, Tk, D)`` fp16/bf16, ``D``
+    up to 256 (padded to a power of two inside the kernel);
     ``block_count``/``column_count`` ``(B, Hq, R)`` int32,
     ``block_offset`` ``(B, Hq, R, NS)`` int32 (start columns of
     ``block_size_n``-wide ranges), ``column_index`` ``(B, Hq, R, NV)`` int32,
@@ -528,9 +997,19 @@ def sparse_attention_triton(
     ``num_warps``/``num_stages`` override the launch tuning.  ``tma``: read
     the key ranges through Hopper tensor descriptors (TMA); ``None`` uses them
     on sm_90+ GPUs when the k/v layout allows (last stride 1, 16-byte aligned
-    rows).  ``mask_all_tiles`` applies the bounds/causal test to every range
-    tile instead of only those that cross the diagonal or the sequence ends
-    (the same result; for measurement).
+    rows, ``D`` a power of two).  ``mask_all_tiles`` applies the bounds/causal
+    test to every range tile instead of only those that cross the diagonal or
+    the sequence ends (the same result; for measurement).
+
+    ``paired=True`` runs one program per *two* row blocks ``2p`` and ``2p+1``
+    (see :func:`pair_schedule`): each K/V tile that both lists hold is read
+    once for both; the key sets are unchanged.  ``pair_dot`` says how a tile
+    is multiplied: ``"split"`` (two ``block_size_m``-row dots with their own
+    softmax state; a tile only one block lists costs that block's dots only)
+    or ``"joint"`` (one ``2 * block_size_m``-row dot, the rows of a block that
+    does not list the tile masked to ``-inf``: fuller tensor-core tiles, but a
+    one-sided tile costs the full dot).  Counts past a list's capacity are
+    clamped to it in this mode.
     """
     b, hq, hk, tq, tk, d = _check_qkv(q, k, v)
     bm = _check_block_size("block_size_m", block_size_m)
@@ -549,61 +1028,181 @@ def sparse_attention_triton(
     _check_index("column_index", column_index, (b, hq, n_rows), q.device, last_dim_free=True)
     if block_count.stride() != column_count.stride():
         raise InputError("column_count", f"strides {column_count.stride()}", f"the strides of block_count {block_count.stride()}")
+    if not isinstance(paired, bool):
+        raise InputError("paired", paired, "True or False")
+    if pair_dot not in PAIR_DOTS:
+        raise InputError("pair_dot", pair_dot, f"one of {PAIR_DOTS}")
     range_tile = bn if range_tile is None else range_tile
     col_tile = max(DEFAULT_COL_TILE, 16) if col_tile is None else col_tile
-    if range_tile not in (bn, 2 * bn):
-        raise InputError("range_tile", range_tile, f"block_size_n = {bn} or twice that")
+    if range_tile not in (bn, 2 * bn) or (paired and range_tile != bn):
+        raise InputError("range_tile", range_tile, f"block_size_n = {bn}" + ("" if paired else " or twice that"))
     if isinstance(col_tile, bool) or not isinstance(col_tile, int) or col_tile not in (16, 32, 64, 128, 256):
         raise InputError("col_tile", col_tile, "one of 16, 32, 64, 128, 256")
     if tma is not None and not isinstance(tma, bool):
         raise InputError("tma", tma, "True, False or None")
     if not isinstance(mask_all_tiles, bool):
         raise InputError("mask_all_tiles", mask_all_tiles, "True or False")
+    _check_launch("num_warps", num_warps, (1, 2, 4, 8, 16))
+    _check_launch("num_stages", num_stages, (1, 2, 3, 4, 5, 6))
     _require_triton(q.device)
     can_tma = _tma_possible(k, v, bn) and range_tile == bn
     if tma is None:
         tma = can_tma
     elif tma and not can_tma:
-        why = "range_tile must equal block_size_n" if range_tile != bn else "k and v must be CUDA tensors on an sm_90+ GPU with last stride 1 and 16-byte aligned rows"
+        why = "range_tile must equal block_size_n" if range_tile != bn else "k and v must be CUDA tensors on an sm_90+ GPU with last stride 1, 16-byte aligned rows and a power-of-two head_dim"
         raise InputError("tma", True, f"False here: {why}")
-    if tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        box = [1, 1, bn, d]
-        k_desc = TensorDescriptor(k, list(k.shape), list(k.stride()), box)
-        v_desc = TensorDescriptor(v, list(v.shape), list(v.stride()), box)
-    else:
-        k_desc, v_desc = k, v  # not read
+    k_desc, v_desc = _descriptors(k, v, bn, d) if tma else (k, v)  # (not read without TMA)
 
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((b, hq, tq), dtype=torch.float32, device=q.device) if return_lse else out.new_empty((1, 1, 1), dtype=torch.float32)
-    if num_warps is None:
-        num_warps = 4 if bm <= 64 else 8
+    lse_strides = lse.stride() if return_lse else (0, 0, 0)
     if num_stages is None:
         num_stages = 3 if tma else 2  # tuned on H100 (benchmarks/tune_sparse.py)
-    grid = (n_rows, b * hq)
-    _vs_sparse_fwd_kernel[grid](
+    common = dict(
+        CAUSAL=causal, RETURN_LSE=bool(return_lse), BLOCK_M=bm, BLOCK_N=bn, COL_TILE=col_tile,
+        HEAD_DIM=_padded_dim(d), D_REAL=d, USE_TMA=tma, MASK_ALL=mask_all_tiles, num_stages=num_stages,
+    )
+    if paired:
+        sched = pair_schedule(block_count, block_offset, column_count, column_index)
+        n_pairs = -(-n_rows // 2)
+        _vs_sparse_pair_kernel[(n_pairs, b * hq)](
+            q, k, v, out, lse,
+            block_count, block_offset, column_count, column_index,
+            *sched,
+            k_desc, v_desc,
+            float(scale) * _LOG2_E,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse_strides,
+            *block_count.stride(), *block_offset.stride(), *column_index.stride(),
+            hq, hq // hk, tq, tk, n_pairs, block_offset.shape[-1], column_index.shape[-1],
+            JOINT=pair_dot == "joint",
+            num_warps=8 if num_warps is None else num_warps,
+            **common,
+        )
+        return (out, lse) if return_lse else out
+    _vs_sparse_fwd_kernel[(n_rows, b * hq)](
         q, k, v, out, lse,
         block_count, block_offset, column_count, column_index,
         k_desc, v_desc,
         float(scale) * _LOG2_E,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse_strides,
+        *block_count.stride(), *block_offset.stride(), *column_index.stride(),
+        hq, hq // hk, tq, tk, n_rows,
+        RANGE_TILE=range_tile,
+        num_warps=(4 if bm <= 64 else 8) if num_warps is None else num_warps,
+        **common,
+    )
+    return (out, lse) if return_lse else out
+
+
+def _descriptors(k, v, block_n: int, d: int):
+    """TMA tensor descriptors of k and v with ``(1, 1, block_n, d)`` boxes."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    box = [1, 1, block_n, d]
+    return (TensorDescriptor(k, list(k.shape), list(k.stride()), box),
+            TensorDescriptor(v, list(v.shape), list(v.stride()), box))
+
+
+def pair_schedule(block_count, block_offset, column_count, column_index):
+    """What the two-row-block kernel reads besides the lists: per pair of row blocks ``(2p, 2p+1)``.
+
+    For each list (ranges, then columns) returns three int tensors over
+    ``(B * H, P)`` pairs, ``P = ceil(R / 2)``:
+
+    * ``shared`` ``(B*H, P, cap)`` int8: entry ``i`` of row block ``2p``'s list
+      is in row block ``2p+1``'s list too (the tile is read once for both);
+      0 past the count;
+    * ``b_only`` ``(B*H, P, cap)`` int32: the other entries of ``2p+1``'s list,
+      in list order; ``b_only_count`` ``(B*H, P)`` int32 how many.
+
+    So every entry of either list is used exactly once by its own row block:
+    ``2p``'s entries in order (by ``2p+1`` too where ``shared``), then the
+    entries only ``2p+1`` lists.  Shared entries are found by binary search
+    (``O((n_a + n_b) log cap)`` per pair), which needs both lists strictly
+    ascending, as the conversion writes them; a pair whose lists are not
+    (any contents are allowed) shares nothing, which is still exact.
+    """
+    device = block_count.device
+    b, h, n_rows = block_count.shape
+    n_pairs = -(-n_rows // 2)
+    out = []
+    for count, lists in ((block_count, block_offset), (column_count, column_index)):
+        cap = lists.shape[-1]
+        shared = torch.zeros((b * h, n_pairs, cap), dtype=torch.int8, device=device)  # 0 past the counts too
+        b_only = torch.empty((b * h, n_pairs, cap), dtype=torch.int32, device=device)
+        b_only_count = torch.empty((b * h, n_pairs), dtype=torch.int32, device=device)
+        _pair_schedule_kernel[(n_pairs, b * h)](
+            count, lists, shared, b_only, b_only_count,
+            *count.stride(), *lists.stride(),
+            h, n_rows, n_pairs, cap, cap.bit_length() + 1,
+            W=64,
+            num_warps=2,
+        )
+        out += [shared, b_only, b_only_count]
+    return tuple(out)
+
+
+def dense_attention_triton(q, k, v, *, causal: bool = True, scale: float | None = None, return_lse: bool = False,
+                           block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+                           tma: bool | None = None):
+    r"""Dense softmax attention with the sparse kernel's machinery: 128-row blocks over a contiguous key range.
+
+    .. math::
+       o_i = \sum_{j \le i + T_k - T_q} \mathrm{softmax}_j(\text{scale}\cdot q_i\cdot k_j)\, v_j
+
+    (FlashAttention, arXiv:2205.14135, Algorithm 1, forward only; the sum over
+    all ``j < T_k`` with ``causal=False``).  ``q`` ``(B, Hq, Sq, D)``, ``k``/``v``
+    ``(B, Hkv, Skv, D)`` torch CUDA tensors (or CPU under ``TRITON_INTERPRET=1``),
+    fp16 or bf16, ``D`` up to 256 (64, 80, 96, 128, 256 are the tested ones;
+    others are padded to a power of two inside the kernel), GQA by
+    ``h // (Hq // Hkv)``; causal masks aligned bottom-right as in
+    :func:`yarnref.attention`.  Returns ``out`` ``(B, Hq, Sq, D)`` in the input
+    dtype and, with ``return_lse``, ``lse`` ``(B, Hq, Sq)`` float32 (natural
+    log; rows with no key, when ``Sq > Skv``, get 0 and ``-inf``).
+
+    Each program takes 128 query rows; a causal program reads keys
+    ``[0, causal_end)`` and masks only the tiles that cross the diagonal or
+    the sequence end.  ``block_n``/``num_warps``/``num_stages``/``tma`` are
+    launch tuning (``None``: defaults chosen by head_dim).
+    """
+    b, hq, hk, tq, tk, d = _check_qkv(q, k, v)
+    if not isinstance(causal, bool):
+        raise InputError("causal", causal, "True or False")
+    if not isinstance(return_lse, bool):
+        raise InputError("return_lse", return_lse, "True or False")
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise InputError("scale", scale, "None or a finite number > 0")
+    _check_list_lengths(tq, tk)
+    dp = _padded_dim(d)
+    block_n = _check_launch("block_n", block_n, (16, 32, 64, 128)) or (128 if dp <= 64 else 64)
+    _check_launch("num_warps", num_warps, (1, 2, 4, 8, 16))
+    _check_launch("num_stages", num_stages, (1, 2, 3, 4, 5, 6))
+    if tma is not None and not isinstance(tma, bool):
+        raise InputError("tma", tma, "True, False or None")
+    _require_triton(q.device)
+    can_tma = _tma_possible(k, v, block_n)
+    if tma is None:
+        tma = can_tma
+    elif tma and not can_tma:
+        raise InputError("tma", True, "False here: k and v must be CUDA tensors on an sm_90+ GPU with last stride 1, "
+                                      "16-byte aligned rows and a power-of-two head_dim")
+    k_desc, v_desc = _descriptors(k, v, block_n, d) if tma else (k, v)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((b, hq, tq), dtype=torch.float32, device=q.device) if return_lse else out.new_empty((1, 1, 1), dtype=torch.float32)
+    block_m = 128
+    n_blocks = -(-tq // block_m)
+    _dense_fwd_kernel[(n_blocks, b * hq)](
+        q, k, v, out, lse, k_desc, v_desc,
+        float(scale) * _LOG2_E,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         *(lse.stride() if return_lse else (0, 0, 0)),
-        *block_count.stride(),
-        *block_offset.stride(),
-        *column_index.stride(),
-        hq, hq // hk, tq, tk, n_rows,
-        CAUSAL=causal,
-        RETURN_LSE=bool(return_lse),
-        BLOCK_M=bm,
-        BLOCK_N=bn,
-        RANGE_TILE=range_tile,
-        COL_TILE=col_tile,
-        HEAD_DIM=d,
-        USE_TMA=tma,
-        MASK_ALL=mask_all_tiles,
-        num_warps=num_warps,
-        num_stages=num_stages,
+        hq, hq // hk, tq, tk, n_blocks,
+        CAUSAL=causal, RETURN_LSE=return_lse, BLOCK_M=block_m, BLOCK_N=block_n,
+        HEAD_DIM=dp, D_REAL=d, USE_TMA=tma,
+        num_warps=8 if num_warps is None else num_warps,
+        num_stages=(3 if dp <= 128 else 2) if num_stages is None else num_stages,
     )
     return (out, lse) if return_lse else out
 
