@@ -32,14 +32,14 @@ own pattern, which is what :func:`yarnref.qwen_prefill` computes with
 Conventions: hidden states ``(tokens, hidden)`` for batch 1; attention
 tensors ``(1, heads, tokens, head_dim)``; the layer writes its output over
 its input (the residual stream is one buffer, as in a serving engine); half
-types keep RMSNorm and SiLU in float32 (as transformers' Qwen2 does).
+types keep RMSNorm in float32 (as transformers' Qwen2 does).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, replace  # noqa: F401  (replace: for callers)
 from pathlib import Path
 
 import numpy as np
@@ -156,11 +156,7 @@ class QwenLayer:
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         """SwiGLU of RMSNorm(x), ``(n, hidden)``; in-place activation so two ``(n, intermediate)`` buffers live at once."""
         h = _rms_norm(x, self.norm2, self.g.rms_eps)
-        gate = h @ self.w_gate
-        if gate.dtype in (torch.float16, torch.bfloat16):
-            gate = torch.nn.functional.silu(gate.float()).to(gate.dtype)
-        else:
-            torch.nn.functional.silu(gate, inplace=True)
+        gate = torch.nn.functional.silu(h @ self.w_gate, inplace=True)  # in the model dtype, as transformers' Qwen2MLP
         gate.mul_(h @ self.w_up)
         del h
         return gate @ self.w_down
@@ -177,7 +173,7 @@ class QwenLayer:
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, *, chunk: int | None = None, sparse: bool = True, keep_attention: bool = False,
-                memory: dict | None = None) -> torch.Tensor:
+                memory: dict | None = None, keep_rows=None) -> torch.Tensor:
         """Run the layer over the prompt ``x`` ``(T, hidden)``, ``chunk`` tokens at a time (None: all at once).
 
         Overwrites ``x`` with the layer's output and returns it.  With
@@ -186,7 +182,10 @@ class QwenLayer:
         on CUDA, the peak bytes above the memory allocated at the start of the
         call (``layer_peak``: weights, the input and the K/V cache are below
         that line) and of the MLP alone (``mlp_peak``, above what was
-        allocated when the MLP started), the largest over chunks.
+        allocated when the MLP started), the largest over chunks.  ``keep_rows``:
+        absolute rows whose queries and attention outputs are kept in
+        ``self.kept`` (``{"rows", "q", "attention"}``, each ``(1, heads, rows,
+        d)``), with the K/V cache (``"k"``, ``"v"``), for a float64 check.
         """
         T = x.shape[0]
         chunk = T if chunk is None else chunk
@@ -202,6 +201,8 @@ class QwenLayer:
             k_cache = torch.empty((1, self.g.kv_heads, T, self.g.head_dim), dtype=self.dtype, device=x.device)
             v_cache = torch.empty_like(k_cache)
         kept = [] if keep_attention else None
+        rows = None if keep_rows is None else torch.as_tensor(sorted(keep_rows), dtype=torch.int64)
+        picked_q, picked_attn = [], []
         for start in range(0, T, chunk):
             stop = min(start + chunk, T)
             h = _rms_norm(x[start:stop], self.norm1, self.g.rms_eps)
@@ -210,6 +211,10 @@ class QwenLayer:
             k_cache[:, :, start:stop], v_cache[:, :, start:stop] = k, v
             del k, v
             attn = self.attention(q, k_cache[:, :, :stop], v_cache[:, :, :stop], T, sparse)  # (1, heads, n, d)
+            if rows is not None:
+                here = rows[(rows >= start) & (rows < stop)] - start
+                picked_q.append(q[:, :, here.to(q.device)].clone())
+                picked_attn.append(attn[:, :, here.to(q.device)].clone())
             del q
             if kept is not None:
                 kept.append(attn)
@@ -230,7 +235,75 @@ class QwenLayer:
                 memory["layer_peak"] = max(memory["layer_peak"], peak - base)
         if kept is not None:
             self.last_attention = torch.cat(kept, dim=2)
+        if rows is not None:
+            self.kept = {"rows": rows.tolist(), "q": torch.cat(picked_q, dim=2), "attention": torch.cat(picked_attn, dim=2),
+                         "k": k_cache, "v": v_cache}
         return x
+
+    # ------------------------------------------------------------------ the float64 check
+
+    def segments(self, T: int, chunk: int | None) -> list[tuple[int, int]]:
+        """The DCA segments ``(begin, end)`` the prefill walks (per prefill chunk), in order."""
+        from yarnref.dca import dca_segments
+
+        chunk = T if chunk is None else chunk
+        out = []
+        for start in range(0, T, chunk):
+            stop = min(start + chunk, T)
+            out += [(seg.begin, seg.end) for seg in dca_segments(stop, stop - start, self.g.dca["chunk_size"], self.g.dca["local_size"])]
+        return out
+
+    @torch.no_grad()
+    def attention_reference(self, q_rows, k, v, T: int, sparse: bool, begin: int):
+        """float64 attention of the last 64 rows of the DCA segment ``[begin, end)``, ``end = k.shape[2]``.
+
+        ``q_rows`` ``(1, heads, 64, d)``: the run's queries of rows ``[end -
+        64, end)``; ``k``, ``v``: the run's keys ``[0, end)``.  The segment's
+        length must be a multiple of 64 and at least ``last_q`` = 64 rows (so
+        the rows are one row block of the run, and the estimation's rows).
+        Dense: :func:`yarnref.qwen_prefill` in float64.  Sparse: the index
+        sets the run used (:func:`yarnref.qwen_sparse_plan` of the segment,
+        whose estimation reads only these rows, so the other rows are given
+        as zeros), each DCA part's kernel key set attended in float64 with the
+        DCA rotations, merged by log-sum-exp.  The successive and inter parts
+        place their queries right after their keys, so their slash distances
+        are taken down by ``end - 64 - begin`` for the 64-row call (the same
+        absolute diagonals; those that go negative reach no key of these rows).
+        """
+        import yarnref
+        from yarnref.dca import dca_position_ids, qwen_attention_scale
+
+        end, m = k.shape[2], q_rows.shape[2]
+        if m != 64 or (end - begin) % 64 or end - begin < 64:
+            raise ValueError(f"rows must be the last 64 of a segment of a multiple of 64 rows (got {m}, [{begin}, {end}))")
+        dca = self.dca_config(sparse)
+        q64, k64, v64 = q_rows.double(), k.double(), v.double()
+        with yarnref.use_backend("torch", device=str(q_rows.device)) as be:
+            if not sparse or end <= dca["sparse_attention_threshold"]:
+                return yarnref.qwen_prefill(q64, k64, v64, self.inv_freq, dca, layer=self.layer, seq_len=T)
+            padded = torch.cat([q_rows.new_zeros(q_rows.shape[:2] + (end - m - begin, q_rows.shape[-1])), q_rows], dim=2)
+            (plan,) = yarnref.qwen_sparse_plan(padded, k, self.inv_freq, dca, layer=self.layer, seq_len=T)
+            del padded
+            ids = dca_position_ids(end, dca["chunk_size"], dca["local_size"])
+            cos, sin = be.rope_cos_sin(self.inv_freq, ids.key)
+            k_rot = be.apply_rope(k64, cos, sin, "half")
+            temperature = qwen_attention_scale(T, dca["original_max_position_embeddings"])
+            scale = temperature**2 / math.sqrt(self.g.head_dim)
+            positions = {"intra": ids.intra, "successive": ids.successive, "inter": ids.inter}
+            outs, lses = [], []
+            for name, part in plan.parts.items():
+                start, stop = part.keys
+                slash = part.slash_idx
+                if not part.causal:
+                    slash = np.where(slash >= 0, slash - (end - m - begin), -1)
+                    slash = np.where(slash >= 0, slash, -1)
+                qc, qs = be.rope_cos_sin(self.inv_freq, positions[name][end - m : end])
+                o, l = be.vertical_slash_attention(be.apply_rope(q64, qc, qs, "half"), k_rot[:, :, start:stop], v64[:, :, start:stop],
+                                                   be.asarray(part.vertical_idx), be.asarray(slash), "kernel", scale,
+                                                   True, causal=part.causal)
+                outs.append(o)
+                lses.append(l)
+            return be.merge_attention(outs, lses)[0] if len(outs) > 1 else outs[0]
 
 
 def tiny_geometry(**changes) -> LayerGeometry:

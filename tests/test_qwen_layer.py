@@ -110,3 +110,23 @@ def test_shipped_budget_table():
     # The model's table: from 30 verticals / 800 slashes up to 19532 / 24528 (the largest slash budget).
     assert (vertical.min(), slash[vertical == 30].min(), slash.max(), vertical[slash.argmax()]) == (30, 800, 24528, 19532)
     assert geometry.dca["chunk_size"] - geometry.dca["local_size"] == 253952
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("chunk", [None, CHUNK])
+def test_attention_reference_of_kept_rows(sparse, chunk):
+    """The benchmark's row check: the last row block of chosen segments against the float64 reference."""
+    geometry = qwen_layer.tiny_geometry()
+    geometry = qwen_layer.replace(geometry, dca={**geometry.dca, "sparse_attention_last_q": 64})
+    layer = qwen_layer.QwenLayer(geometry, dtype=torch.float64, seed=4, sparse_table=qwen_layer.tiny_sparse_table())
+    segments = layer.segments(T, chunk)
+    ends = [end for _, end in segments]
+    assert ends == sorted(ends) and ends[-1] == T and (chunk is None or CHUNK in ends) and 192 in ends
+    picked = [segments[0], segments[len(segments) // 2], segments[-1]]
+    rows = [r for _, e in picked for r in range(e - 64, e)]
+    layer.forward(_input(5), chunk=chunk, sparse=sparse, keep_rows=rows)
+    kept = layer.kept
+    for i, (begin, end) in enumerate(picked):
+        q_rows = kept["q"][:, :, 64 * i : 64 * (i + 1)]
+        ref = layer.attention_reference(q_rows, kept["k"][:, :, :end], kept["v"][:, :, :end], T, sparse, begin)
+        np.testing.assert_allclose(kept["attention"][:, :, 64 * i : 64 * (i + 1)].numpy(), ref.numpy(), rtol=0, atol=1e-10)
