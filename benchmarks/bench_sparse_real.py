@@ -240,7 +240,7 @@ def run(rec):
     budget = rec.args.budget or (30 if quick else 230)
     patterns_dir = OPTIONS["patterns"]
     if quick:
-        heads, kv_heads, d, lengths, per_impl = 4, 2, 64, (512, 1024), 0.05
+        heads, kv_heads, d, lengths, per_impl = 4, 2, 64, (512,), 0.05
         table = tiny_sparse_table(heads=4, layers=3)
         density_layers = None
     else:

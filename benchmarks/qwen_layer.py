@@ -298,11 +298,17 @@ class QwenLayer:
                     slash = np.where(slash >= 0, slash - (end - m - begin), -1)
                     slash = np.where(slash >= 0, slash, -1)
                 qc, qs = be.rope_cos_sin(self.inv_freq, positions[name][end - m : end])
-                o, l = be.vertical_slash_attention(be.apply_rope(q64, qc, qs, "half"), k_rot[:, :, start:stop], v64[:, :, start:stop],
-                                                   be.asarray(part.vertical_idx), be.asarray(slash), "kernel", scale,
-                                                   True, causal=part.causal)
-                outs.append(o)
-                lses.append(l)
+                q_rot = be.apply_rope(q64, qc, qs, "half")
+                vertical, slash = be.asarray(part.vertical_idx), be.asarray(slash)
+                group = self.g.heads // self.g.kv_heads
+                parts = [  # one KV head (and its query heads) at a time: the float64 path holds (heads, 64, keys) weights
+                    be.vertical_slash_attention(q_rot[:, h : h + group], k_rot[:, h // group : h // group + 1, start:stop],
+                                                v64[:, h // group : h // group + 1, start:stop], vertical[:, h : h + group],
+                                                slash[:, h : h + group], "kernel", scale, True, causal=part.causal)
+                    for h in range(0, self.g.heads, group)
+                ]
+                outs.append(torch.cat([o for o, _ in parts], dim=1))
+                lses.append(torch.cat([l for _, l in parts], dim=1))
             return be.merge_attention(outs, lses)[0] if len(outs) > 1 else outs[0]
 
 
