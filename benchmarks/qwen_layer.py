@@ -148,9 +148,9 @@ class QwenLayer:
     def project(self, h: torch.Tensor):
         """q ``(1, heads, n, d)``, k and v ``(1, kv_heads, n, d)`` of the normed hidden states ``h`` ``(n, hidden)``."""
         n, d = h.shape[0], self.g.head_dim
-        q = (h @ self.w_q + self.b_q).view(n, self.g.heads, d).transpose(0, 1)[None]
-        k = (h @ self.w_k + self.b_k).view(n, self.g.kv_heads, d).transpose(0, 1)[None]
-        v = (h @ self.w_v + self.b_v).view(n, self.g.kv_heads, d).transpose(0, 1)[None]
+        q = (h @ self.w_q + self.b_q).view(n, self.g.heads, d).transpose(0, 1)[None].contiguous()
+        k = (h @ self.w_k + self.b_k).view(n, self.g.kv_heads, d).transpose(0, 1)[None].contiguous()
+        v = (h @ self.w_v + self.b_v).view(n, self.g.kv_heads, d).transpose(0, 1)[None].contiguous()
         return q, k, v
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:

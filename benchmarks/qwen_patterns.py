@@ -287,8 +287,8 @@ def density_report(lengths, patterns_dir=None, *, layers=None, device="cpu", bud
     patterns = find_patterns(patterns_dir)
     report = {"budgets": budget_distribution(table), "layers": layers, "sources": {}}
     t0 = time.perf_counter()
-    for source in SOURCES:
-        for n in lengths:
+    for n in lengths:  # both sources at a length before the next length
+        for source in SOURCES:
             key = f"{source} {n}"
             if source == "smollm2" and not patterns:
                 report["sources"][key] = {"status": "missing",

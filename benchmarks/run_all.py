@@ -27,8 +27,8 @@ BENCHES = [
     ("rope", "bench_rope.py", 30, 80),
     ("cupy", "bench_cupy.py", 40, 80),
     # Qwen2.5-7B-Instruct-1M at real budgets (128K-1M tokens): the sparse call per layer, and the full decoder layer.
-    ("sparse_real", "bench_sparse_real.py", 230, 290),
-    ("qwen_layer", "bench_qwen_layer.py", 290, 350),
+    ("sparse_real", "bench_sparse_real.py", 220, 280),
+    ("qwen_layer", "bench_qwen_layer.py", 230, 290),
 ]
 
 #: Benchmarks that take ``--patterns DIR`` (index sets exported by ``yarnref patterns --npz``).
