@@ -47,8 +47,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -135,14 +137,17 @@ def _clamped(budget: int, n: int, minimum: int) -> int:
 
 def synthetic_indices(n: int, vertical_budget: np.ndarray, slash_budget: np.ndarray, seed: int):
     """``realistic`` index sets of per-head budgets, ``(1, heads, width)`` int64 each (sorted, ``-1``-padded)."""
-    verts, slashes = [], []
-    for h, (v_b, s_b) in enumerate(zip(vertical_budget.tolist(), slash_budget.tolist())):  # heads differ in size
-        nv, ns = _clamped(v_b, n, 30), _clamped(s_b, n, 50)
+
+    def one_head(h: int):
+        nv, ns = _clamped(vertical_budget[h], n, 30), _clamped(slash_budget[h], n, 50)
         # The generator draws at least one free slash; a budget within the forced diagonals is those alone.
         v, s = make_indices(n, 1, nv, max(ns, min(n, FORCED_SLASHES + 1)), "realistic", seed * 1000 + h, "cpu")
-        verts.append(v[0, 0].numpy())
-        slashes.append(s[0, 0].numpy() if ns > FORCED_SLASHES else np.arange(ns))
-    return _pad_sorted(verts, False), _pad_sorted(slashes, True)
+        return v[0, 0].numpy(), (s[0, 0].numpy() if ns > FORCED_SLASHES else np.arange(ns))
+
+    # Heads differ in size, so one generator call each; each has its own seed, so threads give the same sets.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        pairs = list(pool.map(one_head, range(len(vertical_budget))))
+    return _pad_sorted([v for v, _ in pairs], False), _pad_sorted([s for _, s in pairs], True)
 
 
 def _draw_profile(kept: np.ndarray, forced: int, ratio: float, n: int, count: int, rng) -> tuple[np.ndarray, int]:
