@@ -190,16 +190,13 @@ class QwenLayer:
         T = x.shape[0]
         chunk = T if chunk is None else chunk
         cuda = x.is_cuda and memory is not None
+        k_cache = torch.empty((1, self.g.kv_heads, T, self.g.head_dim), dtype=self.dtype, device=x.device)  # the K/V cache
+        v_cache = torch.empty_like(k_cache)
         if cuda:
             torch.cuda.synchronize()
-            k_cache = torch.empty((1, self.g.kv_heads, T, self.g.head_dim), dtype=self.dtype, device=x.device)
-            v_cache = torch.empty_like(k_cache)
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             memory.update(layer_peak=0, mlp_peak=0, kv_cache=2 * k_cache.numel() * k_cache.element_size())
-        else:
-            k_cache = torch.empty((1, self.g.kv_heads, T, self.g.head_dim), dtype=self.dtype, device=x.device)
-            v_cache = torch.empty_like(k_cache)
         kept = [] if keep_attention else None
         rows = None if keep_rows is None else torch.as_tensor(sorted(keep_rows), dtype=torch.int64)
         picked_q, picked_attn = [], []
