@@ -26,7 +26,13 @@ BENCHES = [
     ("attention", "bench_attention.py", 100, 150),
     ("rope", "bench_rope.py", 30, 80),
     ("cupy", "bench_cupy.py", 190, 240),
+    # Qwen2.5-7B-Instruct-1M at real budgets (128K-1M tokens): the sparse call per layer, and the full decoder layer.
+    ("sparse_real", "bench_sparse_real.py", 220, 280),
+    ("qwen_layer", "bench_qwen_layer.py", 230, 290),
 ]
+
+#: Benchmarks that take ``--patterns DIR`` (index sets exported by ``yarnref patterns --npz``).
+PATTERN_BENCHES = {"sparse_real"}
 
 
 def cuda_available() -> bool:
@@ -105,7 +111,10 @@ def render(out: Path, steps, ceilings) -> str:
                                                 f"density {100 * r['density']:.0f}%" if "density" in r else None,
                                                 f"mask build {r['mask_build_s']:.1f} s" if "mask_build_s" in r else None,
                                                 f"first call {r['first_ms'] / 1e3:.1f} s" if r.get("first_ms", 0) and r["first_ms"] > 2000 else None,
-                                                f"DCA / fastest dense {r['dca_over_fastest_dense']:.2f}" if "dca_over_fastest_dense" in r else None)
+                                                f"DCA / fastest dense {r['dca_over_fastest_dense']:.2f}" if "dca_over_fastest_dense" in r else None,
+                                                f"estimate + conversion {100 * r['overhead_share']:.1f}% of the call" if "overhead_share" in r else None,
+                                                f"peak {r['peak_gib']:.2f} GiB (whole lists {r['whole_lists_gib']:.1f} GiB)" if r.get("peak_gib") is not None else None,
+                                                f"TTFT ratio {r['ttft_ratio']:.2f}x" if "ttft_ratio" in r else None)
                               if x)
             lines.append(f"| {r['case']} | {r['impl']} | {r['status']} | {_fmt(r.get('ms'), '.3f')} | {tf} | {tb} | {sp} | {chk} | {notes} |")
             if s["name"] == "sparse" and r["impl"] == "yarnref triton sparse" and "speedup_vs" in r:
@@ -129,6 +138,7 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--deadline", type=float, default=450.0, help="seconds for the whole run")
     p.add_argument("--only", default=None, help="comma-separated subset of: " + ",".join(b[0] for b in BENCHES))
+    p.add_argument("--patterns", default=None, metavar="DIR", help="smollm2_<n>.npz from yarnref patterns --npz, for " + ",".join(sorted(PATTERN_BENCHES)))
     args = p.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +165,8 @@ def main():
                 continue
             timeout = min(timeout, left)
             budget = min(budget, max(10.0, timeout - 40)) if not args.quick else 30
-            steps.append(run_step(name, script, out, extra + ceil_args + ["--budget", str(budget)], timeout, env, log))
+            more = ["--patterns", str(Path(args.patterns).resolve())] if args.patterns and name in PATTERN_BENCHES else []
+            steps.append(run_step(name, script, out, extra + ceil_args + more + ["--budget", str(budget)], timeout, env, log))
     ceilings = json.loads(ceil_path.read_text()) if ceil_path.is_file() else None
     rows = []
     for s in steps:

@@ -334,9 +334,10 @@ class _QwenSetup(NamedTuple):
     ids: object  # DCAPositionIds of the kv_len positions
     segments: list  # DCASegment, over all prefill chunks
     chunk_of: list  # the prefill chunk (one vLLM forward call) each segment belongs to
+    seq_len: int  # the request's length the temperature is computed from
 
 
-def _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing):
+def _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing, seq_len=None):
     from .dca import DCA_PAIRINGS, dca_position_ids, dca_segments, qwen_attention_scale
 
     cfg = _as_dca_config(dca)
@@ -359,7 +360,8 @@ def _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size,
             shown = "all heads of the layer" if heads is None else f"heads={tuple(heads)}"
             raise InputError("q", f"{q_heads} heads", f"{budgets.vertical_size.size} heads ({shown} of sparse_attention_config[{layer}])")
     sparse = bool(cfg.sparse_attention_enabled and kv_len > cfg.sparse_attention_threshold)
-    temperature = qwen_attention_scale(kv_len, cfg.original_max_position_embeddings) if cfg.original_max_position_embeddings else 1.0
+    seq_len = kv_len if seq_len is None else _check_int("seq_len", seq_len, kv_len)  # the request's full prompt length
+    temperature = qwen_attention_scale(int(seq_len), cfg.original_max_position_embeddings) if cfg.original_max_position_embeddings else 1.0
     offset = kv_len - q_len
     chunk = prefill_chunk_size or q_len
     segments, chunk_of = [], []
@@ -369,7 +371,7 @@ def _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size,
         segments += these
         chunk_of += [index] * len(these)
     ids = dca_position_ids(kv_len, cfg.chunk_size, cfg.local_size)
-    return _QwenSetup(cfg, budgets, sparse, scale * temperature**2, ids, segments, chunk_of)
+    return _QwenSetup(cfg, budgets, sparse, scale * temperature**2, ids, segments, chunk_of, int(seq_len))
 
 
 def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_segment"):
@@ -426,7 +428,7 @@ def _check_budget_clamp(budget_clamp):
 
 
 def qwen_sparse_plan(q, k, inv_freq, dca, scale=None, *, layer=0, heads=None, prefill_chunk_size=None, pairing="half",
-                     budget_clamp="per_segment"):
+                     budget_clamp="per_segment", seq_len=None):
     """The index sets :func:`qwen_prefill`'s sparse path uses, one :class:`QwenSparseSegment` per DCA segment.
 
     Same arguments as :func:`qwen_prefill` (``v`` is not needed); the
@@ -438,7 +440,7 @@ def qwen_sparse_plan(q, k, inv_freq, dca, scale=None, *, layer=0, heads=None, pr
     top-k ties).
     """
     budget_clamp = _check_budget_clamp(budget_clamp)
-    setup = _qwen_setup(q, k, k, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing)
+    setup = _qwen_setup(q, k, k, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing, seq_len)
     if setup.budgets is None:
         raise ConfigError("sparse_attention_enabled", False, "true, with a sparse_attention_config, for a sparse plan")
     q, k = _spec_float64(q, k)
@@ -446,7 +448,7 @@ def qwen_sparse_plan(q, k, inv_freq, dca, scale=None, *, layer=0, heads=None, pr
 
 
 def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, prefill_chunk_size=None, pairing="half",
-                 return_lse=False, budget_clamp="per_segment"):
+                 return_lse=False, budget_clamp="per_segment", seq_len=None):
     """The Qwen2.5-1M prefill of one attention layer: DCA, vertical-slash sparse above the threshold.
 
     ``q`` ``(batch, q_heads, q_len, head_dim)``, ``k`` ``(batch, kv_heads,
@@ -476,6 +478,13 @@ def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, pre
     at Qwen2.5-1M's shipped sizes (segments of 253952 keys, budgets of a few
     thousand) it is inert.
 
+    ``seq_len``: the request's full prompt length, from which the
+    temperature is computed (default ``kv_len``).  A caller that runs the
+    prompt through a layer in chunks, with a growing K/V cache, passes the
+    prompt length here and the keys so far as ``k`` and ``v``; the gate
+    below still looks at the keys of the call (``kv_len``), as vLLM decides
+    per forward call.
+
     Below the gate (sparse disabled, or ``kv_len <=
     sparse_attention_threshold``) this is :func:`yarnref.dca.dca_attention`
     (dense DCA with the config's temperature).  Above it, the pipeline of the
@@ -486,11 +495,13 @@ def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, pre
     """
     return_lse = _check_bool("return_lse", return_lse)
     budget_clamp = _check_budget_clamp(budget_clamp)
-    setup = _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing)
+    setup = _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing, seq_len)
     if not setup.sparse:
+        kwargs = setup.cfg.attention_kwargs()
+        if kwargs["temperature"] == "qwen":
+            kwargs["seq_len"] = setup.seq_len
         return _op("dca_attention")(
-            q, k, v, inv_freq, scale=_check_scale(scale, q.shape[-1]), pairing=pairing, return_lse=return_lse,
-            **setup.cfg.attention_kwargs(),
+            q, k, v, inv_freq, scale=_check_scale(scale, q.shape[-1]), pairing=pairing, return_lse=return_lse, **kwargs,
         )
     like = q
     q, k, v = _spec_float64(q, k, v)

@@ -1,0 +1,56 @@
+"""The Qwen2.5-1M benchmarks (bench_sparse_real.py, bench_qwen_layer.py) end to end at --quick sizes on CPU.
+
+Every timed output must pass its float64 row check; the real-model source is
+``missing`` without ``--patterns`` and measured with a tiny exported ``.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_qwen_patterns import _fake_patterns, _write_npz  # noqa: E402
+
+
+def _run(script: str, out: Path, *extra: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "backends")]))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out), "--budget", "120", *extra]
+    proc = subprocess.run(cmd, cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    name = {"bench_sparse_real.py": "sparse_real", "bench_qwen_layer.py": "qwen_layer"}[script]
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def _checked(doc) -> list[dict]:
+    assert not [r for r in doc["rows"] if r["status"] in ("failed", "wrong")], [r for r in doc["rows"] if r["status"] != "ok"]
+    return [r for r in doc["rows"] if "check" in r]
+
+
+def test_bench_sparse_real_quick(tmp_path):
+    patterns = tmp_path / "patterns"
+    patterns.mkdir()
+    _write_npz(patterns / "smollm2_256.npz", _fake_patterns(n0=256, heads=3, layers=(0, 1, 2)))
+    doc = _run("bench_sparse_real.py", tmp_path, "--patterns", str(patterns))
+    checked = _checked(doc)
+    assert {r["case"].split()[-1] for r in checked if r["impl"].endswith("(api)")} == {"synthetic", "smollm2"}
+    assert all(r["check"] == "pass" for r in checked)
+    densities = [r for r in doc["rows"] if r["case"].startswith("density")]
+    assert len(densities) == 2 and all(0 < r["mean"] <= 1 for r in densities)
+
+
+def test_bench_qwen_layer_quick(tmp_path):
+    doc = _run("bench_qwen_layer.py", tmp_path)
+    checked = _checked(doc)
+    assert len(checked) == 4 and all(r["check"] == "pass" for r in checked)
+    sparse = [r for r in checked if r["sparse"]]
+    assert all("ttft_ratio" in r for r in sparse)

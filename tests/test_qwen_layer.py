@@ -1,0 +1,132 @@
+"""The benchmark's Qwen2.5-1M decoder layer (benchmarks/qwen_layer.py) against the spec, in float64 on CPU.
+
+* chunked prefill through the whole layer (K/V cache, each chunk's queries
+  against every key so far) equals the unchunked layer with dense DCA;
+* its attention equals the NumPy spec's Qwen2.5-1M pipeline
+  (:func:`yarnref.qwen_prefill`, with ``prefill_chunk_size`` for the chunked
+  layer), dense and sparse, including the temperature of the prompt length;
+* the shipped budget table reads through yarnref's reader and matches its
+  provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import yarnref  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import qwen_layer  # noqa: E402
+
+T, CHUNK = 512, 128
+
+
+def _layer(sparse_table=None, seed=0):
+    return qwen_layer.QwenLayer(qwen_layer.tiny_geometry(), dtype=torch.float64, device="cpu", seed=seed,
+                                sparse_table=sparse_table, layer=0)
+
+
+def _input(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((T, 64), generator=g, dtype=torch.float64)
+
+
+def _spec_attention(layer, x, sparse, prefill_chunk_size):
+    """The NumPy spec's attention of the layer's first sublayer on ``x``."""
+    h = qwen_layer._rms_norm(x, layer.norm1, layer.g.rms_eps)
+    q, k, v = (t.numpy() for t in layer.project(h))
+    with yarnref.use_backend("numpy"):
+        return yarnref.qwen_prefill(q, k, v, layer.inv_freq, layer.dca_config(sparse), layer=0,
+                                    prefill_chunk_size=prefill_chunk_size)
+
+
+def test_chunked_layer_equals_unchunked_dense():
+    layer = _layer()
+    x = _input()
+    whole = layer.forward(x.clone(), chunk=None, sparse=False)
+    for chunk in (CHUNK, 96, 200):  # chunk edges on and off the DCA chunk length (192)
+        chunked = layer.forward(x.clone(), chunk=chunk, sparse=False)
+        np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=0, atol=1e-10)
+    assert not torch.allclose(whole, x)  # the layer did something
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("chunk", [None, CHUNK])
+def test_layer_attention_equals_spec_pipeline(sparse, chunk):
+    layer = _layer(qwen_layer.tiny_sparse_table())
+    x = _input(2)
+    layer.forward(x.clone(), chunk=chunk, sparse=sparse, keep_attention=True)
+    ref = _spec_attention(layer, x, sparse, chunk)
+    np.testing.assert_allclose(layer.last_attention.numpy(), ref, rtol=0, atol=1e-10)
+
+
+def test_sparse_and_temperature_change_the_attention():
+    """The checks above can fail: sparse differs from dense, the prompt length's temperature from the chunk's."""
+    layer = _layer(qwen_layer.tiny_sparse_table())
+    x = _input(3)
+    layer.forward(x.clone(), chunk=CHUNK, sparse=True, keep_attention=True)
+    sparse = layer.last_attention
+    dense = torch.as_tensor(_spec_attention(layer, x, False, CHUNK))
+    assert float((sparse - dense).abs().max()) > 1e-3
+    h = qwen_layer._rms_norm(x, layer.norm1, layer.g.rms_eps)
+    q, k, v = layer.project(h)
+    with yarnref.use_backend("torch", device="cpu"):
+        first_at_chunk_length = yarnref.qwen_prefill(q[:, :, :CHUNK], k[:, :, :CHUNK], v[:, :, :CHUNK], layer.inv_freq,
+                                                     layer.dca_config(False))
+    assert float((first_at_chunk_length - dense[:, :, :CHUNK]).abs().max()) > 1e-6
+
+
+def test_seq_len_below_kv_len_is_refused():
+    layer = _layer()
+    h = qwen_layer._rms_norm(_input(), layer.norm1, layer.g.rms_eps)
+    q, k, v = (t.numpy() for t in layer.project(h))
+    with pytest.raises(yarnref.errors.InputError, match="seq_len"):
+        yarnref.qwen_prefill(q, k, v, layer.inv_freq, layer.dca_config(False), seq_len=T - 1)
+
+
+def test_shipped_budget_table():
+    path = qwen_layer.SPARSE_TABLE_PATH
+    prov = json.loads(path.with_name(path.stem + ".provenance.json").read_text())
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == prov["sha256"]
+    table = qwen_layer.load_sparse_table()
+    assert len(table) == 28
+    geometry = qwen_layer.qwen25_7b_1m()
+    budgets = [yarnref.sparse_attention_config_for({**geometry.dca, "sparse_attention_config": table}, layer)
+               for layer in range(28)]
+    vertical = np.concatenate([b.config_vertical_size for b in budgets])
+    slash = np.concatenate([b.slash_size for b in budgets])
+    assert vertical.size == 28 * geometry.heads
+    # The model's table: from 30 verticals / 800 slashes up to 19532 / 24528 (the largest slash budget).
+    assert (vertical.min(), slash[vertical == 30].min(), slash.max(), vertical[slash.argmax()]) == (30, 800, 24528, 19532)
+    assert geometry.dca["chunk_size"] - geometry.dca["local_size"] == 253952
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("chunk", [None, CHUNK])
+def test_attention_reference_of_kept_rows(sparse, chunk):
+    """The benchmark's row check: the last row block of chosen segments against the float64 reference."""
+    geometry = qwen_layer.tiny_geometry()
+    geometry = qwen_layer.replace(geometry, dca={**geometry.dca, "sparse_attention_last_q": 64})
+    layer = qwen_layer.QwenLayer(geometry, dtype=torch.float64, seed=4, sparse_table=qwen_layer.tiny_sparse_table())
+    segments = layer.segments(T, chunk)
+    ends = [end for _, end in segments]
+    assert ends == sorted(ends) and ends[-1] == T and (chunk is None or CHUNK in ends) and 192 in ends
+    picked = [segments[0], segments[len(segments) // 2], segments[-1]]
+    rows = [r for _, e in picked for r in range(e - 64, e)]
+    layer.forward(_input(5), chunk=chunk, sparse=sparse, keep_rows=rows)
+    kept = layer.kept
+    for i, (begin, end) in enumerate(picked):
+        q_rows = kept["q"][:, :, 64 * i : 64 * (i + 1)]
+        ref = layer.attention_reference(q_rows, kept["k"][:, :, :end], kept["v"][:, :, :end], T, sparse, begin)
+        np.testing.assert_allclose(kept["attention"][:, :, 64 * i : 64 * (i + 1)].numpy(), ref.numpy(), rtol=0, atol=1e-10)
