@@ -1,0 +1,57 @@
+"""Where the time of one torch-backend ``dca_attention`` call goes, against one dense causal call (CUDA).
+
+bench_attention.py's DCA case (32 heads, head_dim 128, bf16, chunk_size 32768,
+local_size 4096) at 32K and 64K: the public call, one dense causal cuDNN call
+without and with the log-sum-exp (DCA needs it for the merge), and the CUDA
+kernels of one profiled DCA call (torch.profiler, sorted by device time).
+Not part of run_all.sh: ``python benchmarks/profile_dca.py --out DIR``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from common import MissingOperation, main_wrapper, time_fn, use_yarnref_backend
+
+HEADS, HEAD_DIM, CHUNK, LOCAL = 32, 128, 32768, 4096
+
+
+def run(rec):
+    device = rec.device
+    if device.type != "cuda":
+        rec.note(str(MissingOperation("the profile needs CUDA")))
+        return
+    exponents = torch.arange(0, HEAD_DIM, 2, dtype=torch.float64, device=device) / HEAD_DIM
+    inv_freq = 1.0 / (1e6**exponents)  # RoPE theta 1e6, as bench_attention.py
+    tables = []
+    for n in (32768, 65536):
+        g = torch.Generator(device=device).manual_seed(n)
+        q, k, v = (torch.randn((1, HEADS, n, HEAD_DIM), device=device, dtype=torch.bfloat16, generator=g) for _ in range(3))
+        case = f"{n // 1024}K"
+        scale = 1 / math.sqrt(HEAD_DIM)
+        with use_yarnref_backend("torch", device) as be:
+            dca = lambda: be.dca_attention(q, k, v, inv_freq, CHUNK, LOCAL)  # noqa: E731
+            dca()
+            rec.add(case, "dca_attention", timing=time_fn(dca, device, budget_s=2.0))
+            dense = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+            dense()
+            rec.add(case, "sdpa default, causal", timing=time_fn(dense, device, budget_s=2.0))
+            stats = lambda: torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, True, False, scale=scale)  # noqa: E731
+            stats()
+            rec.add(case, "cudnn causal with lse", timing=time_fn(stats, device, budget_s=2.0))
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+                dca()
+                torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=70)
+        tables.append(f"== {case}\n{table}")
+        print(tables[-1], flush=True)
+    (Path(rec.args.out) / "profile_dca.txt").write_text("\n".join(tables))
+
+
+if __name__ == "__main__":
+    main_wrapper("profile_dca", run)
