@@ -182,6 +182,9 @@ def dca_attention(
             o, l = attention_tensors(q_rot, k_rot[:, :, start:stop], v_work[:, :, start:stop], causal, part_scale, True)
             outputs.append(o)
             lses.append(l)
-        out[:, :, rows], lse[:, :, rows] = merge_tensors(outputs, lses)
+        if len(outputs) == 1:  # the intra part alone (the first chunk): nothing to merge, its rows are never empty
+            out[:, :, rows], lse[:, :, rows] = outputs[0], lses[0]
+        else:
+            out[:, :, rows], lse[:, :, rows] = merge_tensors(outputs, lses)
     out = out.to(q.dtype)
     return (out, lse) if return_lse else out
