@@ -49,7 +49,7 @@
 # tokens: window $w$ is $[wN, (w+1)N)$ and scores its tokens $2..N$, so a token sees between 0 and
 # $N-1$ tokens of context. **Sliding windows** with stride $S$: window $w$ is $[wS, wS + N)$; the first
 # scores its tokens $2..N$ and every later one only its last $S$, so every token is scored once and,
-# after the first window, sees at least $N - S$ tokens:
+# after the first window, sees at least $N - S$ tokens (positions counted from 0):
 #
 # $$\mathcal S_{\mathrm{disjoint}} = \bigcup_w \{wN + 1, \dots, wN + N - 1\}, \qquad
 #   \mathcal S_{\mathrm{sliding}} = \{1, \dots, N - 1\} \cup \bigcup_{w \ge 1} \{wS + N - S, \dots, wS + N - 1\}.$$
