@@ -200,6 +200,109 @@ assert dca.chunk_len == 253952 and dca.temperature == "qwen"
 assert qwen_attention_scale(262144, 262144) == 1.0 < qwen_attention_scale(1010000, 262144)
 
 # %% [markdown]
+# ## On a real model: SmolLM2-135M
+#
+# Everything above ran on random tensors. Now the same `dca_attention` runs inside a real model:
+# SmolLM2-135M-Instruct (trained on 8192-token windows) through transformers' own Llama code, with
+# yarnref plugged in as its attention (`yarnref.models`, lesson 2). A CPU cannot run this model past
+# 8192 tokens in a few minutes, so we shrink DCA instead of growing the input: over 1024 tokens of the
+# King James Bible, `chunk_size` 512, 256 and 128 cap every distance the model sees at $C$, like a model
+# whose window is $C$. Two references: plain RoPE over the whole 1024 tokens (every distance exact), and
+# plain RoPE over disjoint windows of 256 tokens (a model that simply cannot see farther back than
+# 256 tokens, scoring the same text):
+#
+# $$\mathrm{PPL} = \exp\Big(\frac{1}{|\mathcal S|}\sum_{t\in\mathcal S} -\log p(x_t \mid x_{<t})\Big),
+#   \qquad \max_{i, j} M_{ij} = C \ \text{ with DCA}.$$
+
+# %%
+import json
+from pathlib import Path
+
+from yarnref.models.corpus import read_text
+from yarnref.models.evaluate import perplexity
+from yarnref.models.loading import load_model
+from yarnref.models.methods import method_spec
+
+model, tokenizer = load_model("smollm2-135m", progress=False)  # float32 on the CPU
+text = read_text("kjv")  # the King James Bible, Project Gutenberg #10 (public domain)
+real_ppl = {"RoPE, 1024": perplexity(model, tokenizer, text, 1024, method_spec("none", model.config), max_windows=1)}
+for chunk in (512, 256, 128):
+    spec = method_spec("dca", model.config, dca_chunk=chunk, dca_local=chunk // 8)  # ChunkLlama's local window: C/8
+    real_ppl[f"DCA C={chunk}, 1024"] = perplexity(model, tokenizer, text, 1024, spec, max_windows=1)
+real_ppl["RoPE, 4 x 256"] = perplexity(model, tokenizer, text, 256, method_spec("none", model.config), max_windows=4)
+for name, r in real_ppl.items():
+    print(f"{name:<16} perplexity {r['perplexity']:.3f} ({r['tokens']} tokens scored)")
+largest = {chunk: int(yarnref.dca_relative_positions(1024, chunk, chunk // 8).max()) for chunk in (512, 256, 128)}
+print("largest distance DCA shows the model:", largest, "of 1023")
+
+# %% [markdown]
+# DCA with $C = 256$ reads the whole 1024 tokens and beats the model cut to 256-token windows, though
+# it never shows a distance above 256: the remapped far keys still carry information. It costs a
+# little against full RoPE attention, more as $C$ shrinks. (Lesson 14 shows that a 256-token window
+# *sliding* by 128 reads this text about as well as DCA does: inside the training window DCA is not a
+# gain. Its gain is past the window.)
+#
+# Past the window is where the GPU study measured it: SmolLM2-135M on one H200 in bfloat16, 2K to 64K
+# tokens, DCA with ChunkLlama's default sizes for this model (`chunk_size` 6144, `local_size` 1024),
+# DCA with Qwen2.5-1M's temperature (`dca-yarn`), and no scaling. The raw results are
+# `docs/data/smollm2_135m_study_2026-11-28.json`.
+
+# %%
+study = json.loads(Path("../docs/data/smollm2_135m_study_2026-11-28.json").read_text())
+study_ppl = {(r["method"], r["length"]): r["perplexity"] for r in study["perplexity"] if not r["sparse"]}
+study_lengths = sorted({n for _, n in study_ppl})
+found = {}
+for r in study["passkey"]:
+    found.setdefault((r["method"], r["length"]), []).append(r["correct"])
+passkey_lengths = sorted({n for _, n in found})
+shown_methods = ("none", "dca", "dca-yarn")
+print(f"measured {study['date']} on {study['device']} ({study['dtype']})")
+for name in shown_methods:
+    print(f"{name:<9} perplexity", " ".join(f"{study_ppl[name, n]:8.3g}" for n in study_lengths),
+          "| passkey", " ".join(f"{sum(found[name, n])}/{len(found[name, n])}" for n in passkey_lengths))
+
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+names = list(real_ppl)
+axes[0].barh(names, [real_ppl[k]["perplexity"] for k in names], color=["tab:blue", "tab:green", "tab:green", "tab:green", "tab:gray"])
+axes[0].invert_yaxis()
+axes[0].set(xlabel="perplexity", title="CPU: 1024 tokens of the KJV, float32")
+for name in shown_methods:
+    axes[1].plot(study_lengths, [study_ppl[name, n] for n in study_lengths], "o-", label=name)
+    axes[2].plot(passkey_lengths, [np.mean(found[name, n]) for n in passkey_lengths], "o-", label=name)
+for ax in axes[1:]:
+    ax.axvline(8192, color="gray", ls="--", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax.legend(fontsize=8)
+axes[1].set_xticks(study_lengths, [f"{n // 1024}K" for n in study_lengths])
+axes[2].set_xticks(passkey_lengths, [f"{n // 1024}K" for n in passkey_lengths])
+axes[1].set(yscale="log", xlabel="length (dashed: training window)", ylabel="perplexity",
+            title=f"GPU study: perplexity, {study['date'][:10]}")
+axes[2].set(xlabel="length", ylabel="passkey accuracy (10 depths)", ylim=(-0.05, 1.05),
+            title=f"GPU study: passkey, {study['device']}")
+plt.show()
+
+# %% [markdown]
+# No scaling breaks past 8K (20 at 16K, over 1000 at 64K). DCA holds the model's own 8K perplexity to
+# 64K, with no training: no query ever sees a distance it was not trained on. Passkey retrieval is
+# another matter: DCA's accuracy dips at 16K-32K and recovers at 64K, a pattern the study reports and
+# does not explain; perplexity and retrieval measure different things (lesson 14).
+#
+# ## Check: DCA on the real model
+
+# %%
+assert all(largest[chunk] == chunk for chunk in largest), "DCA never shows a distance above chunk_size"
+p = {k: r["perplexity"] for k, r in real_ppl.items()}
+assert p["RoPE, 1024"] < p["DCA C=512, 1024"] < p["DCA C=256, 1024"] < p["DCA C=128, 1024"], "a smaller chunk costs more"
+assert p["DCA C=256, 1024"] < p["RoPE, 4 x 256"], "DCA uses the text beyond its largest distance"
+past = [n for n in study_lengths if n > 8192]
+assert all(study_ppl["none", n] > 2 * study_ppl["none", 8192] for n in past), "no scaling fails past the window"
+assert all(study_ppl["dca", n] < 1.05 * study_ppl["none", 8192] for n in past), "DCA holds the 8K level"
+within_chunk = [n for n in study_lengths if n <= 6145]  # DCA is RoPE up to C + 1: equal to bfloat16 rounding
+assert all(abs(study_ppl["dca", n] - study_ppl["none", n]) < 1e-3 * study_ppl["none", n] for n in within_chunk)
+print("checks on the real model passed")
+
+# %% [markdown]
 # ## On a GPU (optional)
 #
 # With the torch backend, `yarnref.dca_attention` runs on the GPU; here a 4096-token prefill with three
@@ -240,5 +343,7 @@ if gpu:
 # * On up to `chunk_size + 1` tokens it *is* RoPE attention (checked, with GQA and partial rotary).
 # * The three-part LSE merge that the kernels run is the union softmax of Eq. 9 (checked), and chunked
 #   prefill and decode are the same call on the last queries.
+# * On SmolLM2-135M it reads past its largest distance (checked on the CPU); on a GPU it holds the
+#   model's 8K perplexity to 64K tokens with no training, where plain RoPE fails (the stored study, checked).
 # * **Lesson 10** makes the 1M-token prefill affordable with vertical-slash sparse attention, estimated per
 #   DCA segment as Qwen2.5-1M does.

@@ -200,6 +200,55 @@ def test_perplexity_windows_are_non_overlapping_and_drop_the_tail(smollm, text):
         perplexity(model, tokenizer, short, n + 1, method_spec("none", model.config))
 
 
+def _transformers_sliding_perplexity(model, ids: list[int], length: int, stride: int, windows: int) -> float:
+    """Sliding-window perplexity from transformers' own model and loss: labels -100 on the tokens a window does not score."""
+    from yarnref.models.plug import unplug
+
+    unplug(model)
+    nll, count = 0.0, 0
+    for w in range(windows):
+        window = torch.tensor(ids[w * stride : w * stride + length])[None]  # (1, length)
+        labels = window.clone()
+        if w > 0:
+            labels[:, : length - stride] = -100  # scored by an earlier window
+        with torch.no_grad():
+            loss = model(window, labels=labels).loss  # mean NLL of the labelled tokens (shifted inside)
+        scored = int((labels[:, 1:] != -100).sum())
+        nll += float(loss) * scored
+        count += scored
+    return math.exp(nll / count)
+
+
+@pytest.mark.parametrize("stride, prefill_chunk", [(24, None), (24, 40), (1, None)])
+def test_sliding_window_perplexity_equals_transformers_loss_on_the_same_tokens(smollm, text, stride, prefill_chunk):
+    from yarnref.models.evaluate import perplexity, tokenize
+
+    model, tokenizer = smollm
+    length, windows = 64, 4
+    spec = method_spec("none", model.config, prefill_chunk=prefill_chunk)
+    ours = perplexity(model, tokenizer, text, length, spec, stride=stride, max_windows=windows, batch_tokens=2 * length)
+    assert ours["windows"] == windows and ours["stride"] == stride
+    assert ours["tokens"] == length - 1 + (windows - 1) * stride  # every token once
+    ids = tokenize(tokenizer, text, length + (windows - 1) * stride)
+    ref = _transformers_sliding_perplexity(model, ids, length, stride, windows)
+    assert ours["perplexity"] == pytest.approx(ref, rel=2e-5)
+
+
+def test_sliding_windows_give_more_context_and_stride_equal_to_length_is_disjoint(smollm, text):
+    from yarnref.models.evaluate import perplexity
+
+    model, tokenizer = smollm
+    spec = method_spec("none", model.config)
+    disjoint = perplexity(model, tokenizer, text, 64, spec, max_windows=3)
+    same = perplexity(model, tokenizer, text, 64, spec, stride=64, max_windows=3)
+    assert same["perplexity"] == disjoint["perplexity"] and same["tokens"] == disjoint["tokens"] == 3 * 63
+    # the same 192 tokens (the disjoint windows do not score 0, 64, 128), each with >= 48 tokens of context after the first window
+    sliding = perplexity(model, tokenizer, text, 64, spec, stride=16, max_windows=9)
+    assert sliding["tokens"] == 63 + 8 * 16 and sliding["perplexity"] < disjoint["perplexity"]
+    with pytest.raises(InputError, match="stride"):
+        perplexity(model, tokenizer, text, 64, spec, stride=65)
+
+
 @settings(max_examples=25, deadline=None)
 @given(length=st.integers(120, 600), depth=st.floats(0.0, 1.0), key=st.integers(10000, 99999))
 def test_passkey_prompt_has_exact_length_and_holds_the_key(smollm, length, depth, key):
@@ -317,6 +366,7 @@ def test_patterns_command_writes_npz_and_a_sparse_config_that_runs(smollm, capsy
         (["perplexity", "--length", "128", "--model", "/nonexistent/model.gguf"], "model"),
         (["perplexity", "--length", "128", "--sparse", "--sparse-budget", "0,100"], "sparse_vertical"),
         (["perplexity", "--length", "1"], "length"),
+        (["perplexity", "--length", "128", "--stride", "129"], "stride"),
         (["passkey", "--length", "20"], "length"),
         (["passkey", "--length", "256", "--depths", "0,2"], "depths"),
         (["patterns", "--length", "128", "--method", "dca"], "method"),

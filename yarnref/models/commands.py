@@ -101,12 +101,16 @@ def _common(p: argparse.ArgumentParser, *, text: bool, method: bool) -> None:
 
 def add_model_commands(sub) -> None:
     """Register the three subcommands on an ``add_subparsers()`` object."""
-    p = sub.add_parser("perplexity", help="perplexity of a real model over non-overlapping windows, with any method",
+    p = sub.add_parser("perplexity", help="perplexity of a real model over non-overlapping or sliding windows, with any method",
                        description="Perplexity over non-overlapping windows of N tokens of a text (plain token ids, no BOS), "
+                       "or over windows sliding by --stride S tokens, each scoring its last S tokens; "
                        "the model run through transformers with yarnref's RoPE scaling / DCA / sparse attention.")
     _common(p, text=True, method=True)
     p.add_argument("--length", type=int, required=True, metavar="N", help="window length in tokens")
     p.add_argument("--max-windows", type=int, default=None, metavar="W", help="score at most W windows (default: all)")
+    p.add_argument("--stride", type=int, default=None, metavar="S",
+                   help="slide the windows by S <= N tokens; each window after the first scores only its last S tokens "
+                   "(default: N, non-overlapping windows)")
     p.set_defaults(model_command=_run_perplexity)
 
     k = sub.add_parser("passkey", help="passkey retrieval accuracy per length and depth",
@@ -220,7 +224,7 @@ def _run_perplexity(args, out) -> int:
 
     text = _read_text(args)
     model, tokenizer, spec, device, dtype = _setup(args)
-    result = perplexity(model, tokenizer, text, args.length, spec, max_windows=args.max_windows,
+    result = perplexity(model, tokenizer, text, args.length, spec, max_windows=args.max_windows, stride=args.stride,
                         progress=not args.no_progress, text_name="text")
     _context(result, args, device, dtype)
     lines = [f"{spec.name}: perplexity {result['perplexity']:.4f} at length {result['length']} "

@@ -8,6 +8,16 @@ with :math:`\ell_t = -\log p(x_t \mid x_{<t})`
 
 .. math::  \mathrm{PPL} = \exp\Big(\frac{1}{W (N - 1)} \sum_{w=1}^{W} \sum_{t=2}^{N} \ell_t^{(w)}\Big).
 
+With a ``stride`` :math:`S < N` the windows slide instead (Press et al.,
+"Train Short, Test Long", arXiv:2108.12409, section 4; the YaRN paper's
+sliding-window evaluation with :math:`S = 256`): window :math:`w` covers
+tokens :math:`[wS, wS + N)`, the first window scores its tokens
+:math:`2..N` and every later one only its last :math:`S` tokens, the ones no
+earlier window scored.  Every token is scored once, and every token after the
+first window sees at least :math:`N - S` tokens of context (at :math:`S = N`,
+the default, the windows are the non-overlapping ones above, each scoring its
+tokens :math:`2..N`).
+
 Passkey retrieval (Mohtashami and Jaggi, "Landmark Attention",
 arXiv:2305.16300, appendix; used by the YaRN, DCA and Qwen2.5-1M papers): a
 random five-digit number is hidden at a relative depth of a filler haystack,
@@ -143,14 +153,14 @@ def _hidden_states(model, ids: torch.Tensor, state: PlugState, prefill_chunk: in
 
 
 @torch.no_grad()
-def _window_nll(model, ids: torch.Tensor, state: PlugState, prefill_chunk: int | None) -> torch.Tensor:
-    """Summed negative log-likelihood (float64, per row) of tokens 1..n-1 of each row of ``ids``."""
+def _window_nll(model, ids: torch.Tensor, state: PlugState, prefill_chunk: int | None, first: int = 1) -> torch.Tensor:
+    """Summed negative log-likelihood (float64, per row) of tokens ``first``..n-1 of each row of ``ids``."""
     total = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device)
     head = model.get_output_embeddings()
     n = ids.shape[1]
     block = max(1, HEAD_TOKENS // ids.shape[0])  # positions per LM-head block
     for start, hidden in _hidden_states(model, ids, state, prefill_chunk):
-        for a in range(0, hidden.shape[1], block):
+        for a in range(max(0, first - 1 - start), hidden.shape[1], block):
             b = min(a + block, hidden.shape[1])
             lo, hi = start + a, min(start + b, n - 1)  # predicting tokens lo+1 .. hi
             if hi <= lo:
@@ -163,36 +173,48 @@ def _window_nll(model, ids: torch.Tensor, state: PlugState, prefill_chunk: int |
 
 
 def perplexity(model, tokenizer, text: str, length: int, spec: MethodSpec, *, max_windows: int | None = None,
-               batch_tokens: int = 65536, progress: bool = False, text_name: str = "text") -> dict:
-    """Perplexity of ``model`` plugged with ``spec`` over non-overlapping windows of ``length`` tokens of ``text``.
+               stride: int | None = None, batch_tokens: int = 65536, progress: bool = False,
+               text_name: str = "text") -> dict:
+    """Perplexity of ``model`` plugged with ``spec`` over windows of ``length`` tokens of ``text``.
+
+    ``stride``: None (or ``length``) for non-overlapping windows; a smaller
+    ``stride`` slides the windows by that many tokens, and each window after
+    the first scores only its last ``stride`` tokens (see the module
+    docstring).  ``max_windows`` limits the number of windows either way.
 
     Returns a dict with ``perplexity``, ``nll`` (mean per scored token),
-    ``tokens`` (scored: ``windows * (length - 1)``), ``windows``, ``length``,
-    ``text_tokens`` (of the text, or of the prefix encoded when
-    ``max_windows`` limits the work), ``method`` and ``seconds``.
+    ``tokens`` (scored: ``windows * (length - 1)`` without a stride, else
+    ``length - 1 + (windows - 1) * stride``), ``windows``,
+    ``length``, ``stride``, ``text_tokens`` (of the text, or of the prefix
+    encoded when ``max_windows`` limits the work), ``method`` and ``seconds``.
     """
     length = spec.check_length(length)
+    stride = length if stride is None else check_int("stride", stride, 1, length)
     if max_windows is not None:
         max_windows = check_int("max_windows", max_windows, 1)
     batch_tokens = check_int("batch_tokens", batch_tokens, 1)
-    ids = tokenize(tokenizer, text, None if max_windows is None else max_windows * length)
-    windows = len(ids) // length
-    if windows == 0:
+    ids = tokenize(tokenizer, text, None if max_windows is None else length + (max_windows - 1) * stride)
+    if len(ids) < length:
         raise InputError(text_name, f"{len(ids)} tokens", f"a text of at least length = {length} tokens (one window)")
+    windows = (len(ids) - length) // stride + 1
     if max_windows is not None:
         windows = min(windows, max_windows)
     state = plug(model, spec)
     device = _device_of(model)
-    all_ids = torch.tensor(ids[: windows * length], dtype=torch.long, device=device).view(windows, length)
+    used = torch.tensor(ids[: length + (windows - 1) * stride], dtype=torch.long, device=device)
+    all_ids = used.unfold(0, length, stride)  # (windows, length): window w is tokens [w * stride, w * stride + length)
     per_batch = max(1, batch_tokens // length)
     started = time.perf_counter()
     nll = 0.0
-    batches = range(0, windows, per_batch)
-    for w in _progress(batches, len(batches), f"perplexity {spec.name} @ {length}", progress):
-        nll += float(_window_nll(model, all_ids[w : w + per_batch], state, spec.prefill_chunk).sum())
+    if stride == length:  # (first window, last window + 1, first token scored): every window scores tokens 1..length-1
+        jobs = [(w, min(w + per_batch, windows), 1) for w in range(0, windows, per_batch)]
+    else:  # the first window scores tokens 1..length-1; a later one only its last `stride`, which no earlier one scored
+        jobs = [(0, 1, 1)] + [(w, min(w + per_batch, windows), length - stride) for w in range(1, windows, per_batch)]
+    for a, b, first in _progress(jobs, len(jobs), f"perplexity {spec.name} @ {length}", progress):
+        nll += float(_window_nll(model, all_ids[a:b].contiguous(), state, spec.prefill_chunk, first).sum())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    tokens = windows * (length - 1)
+    tokens = windows * (length - 1) if stride == length else length - 1 + (windows - 1) * stride
     mean = nll / tokens
     return {
         "perplexity": math.exp(mean),
@@ -200,6 +222,7 @@ def perplexity(model, tokenizer, text: str, length: int, spec: MethodSpec, *, ma
         "tokens": tokens,
         "windows": windows,
         "length": length,
+        "stride": stride,
         "text_tokens": len(ids),
         "method": spec.describe(),
         "seconds": time.perf_counter() - started,
