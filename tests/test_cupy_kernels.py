@@ -162,6 +162,55 @@ def test_flash_kernel_source_instantiates_every_head_dim_dtype_and_block(tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def test_estimation_kernel_source_instantiates_float_and_double(tmp_path):
+    """The fused vertical-slash estimation kernels type-check as C++ for both compute dtypes."""
+    compiler = shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        pytest.skip("no C++ compiler to check the kernel source")
+    sparse = importlib.import_module(_package().__name__ + ".sparse")
+    source = Path(sparse.__file__).with_name("vertical_slash_estimate.cu")
+    lines = ["#include <cmath>", "using std::exp;", _CUDA_STUBS, "inline float expf(float x) { return std::exp(x); }",
+             f'#include "{source}"']
+    for t in ("float", "double"):
+        lines.append(f"template void yarnref_vs_row_stats<{t}>(const {t}*, {t}*, {t}*, long long, int, {t});")
+        lines.append(
+            f"template void yarnref_vs_scores<{t}>(const {t}*, const {t}*, const {t}*, {t}*, {t}*, long long, long long, int, {t});"
+        )
+    harness = tmp_path / "estimate_check.cpp"
+    harness.write_text("\n".join(lines) + "\n")
+    result = subprocess.run([compiler, "-std=c++14", "-fsyntax-only", str(harness)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m, kv_len", [(1, 1), (7, 300), (64, 5000)])
+def test_estimation_kernels_equal_the_array_form(cb, dtype, m, kv_len):
+    """The fused column/diagonal sums equal the array form (the same equations on NumPy) to rounding."""
+    sparse = importlib.import_module(_package().__name__ + ".sparse")
+    rng = np.random.default_rng(m * 1000 + kv_len)
+    logits = rng.standard_normal((2, 3, m, kv_len)) * 4.0
+    logits[0, 1, :, : kv_len // 2] += 30.0  # a peaked head: large logits, many exp() underflows
+    got_v, got_s = sparse.estimation_scores(cb.xp, cb.asarray(logits.astype(dtype)), 0.3)
+    want_v, want_s = sparse.estimation_scores(np, logits, 0.3)
+    rtol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(cb.to_numpy(got_v), want_v, rtol=rtol, atol=rtol * m)
+    np.testing.assert_allclose(cb.to_numpy(got_s), want_s, rtol=rtol, atol=rtol * m)
+    # Every row is a probability distribution: the column sums add up to m.
+    np.testing.assert_allclose(cb.to_numpy(got_v).sum(axis=-1), m, rtol=10 * rtol)
+
+
+def test_packed_sort_key_orders_best_first_with_ties_to_the_lower_index():
+    """float32 scores sorted through the packed uint64 key: the spec's stable order (descending, lower index on ties)."""
+    sparse = importlib.import_module(_package().__name__ + ".sparse")
+    rng = np.random.default_rng(5)
+    score = rng.integers(0, 6, size=(3, 4, 500)).astype(np.float32) / np.float32(7)  # many ties
+    score[..., 3] = np.inf
+    score[0, 0, :] = 0.0
+    got = sparse._best_first(np, score)
+    want = np.argsort(-score, axis=-1, kind="stable")
+    np.testing.assert_array_equal(got, want)
+
+
 # ----------------------------------------------------------------------------- the NVRTC kernel, forced
 
 

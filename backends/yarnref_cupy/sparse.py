@@ -17,7 +17,10 @@ How it runs here
   against all keys (``m * kv_len`` per head) in the compute dtype, float64
   for float64 inputs and float32 otherwise, as the torch backend (the top-k
   then differs from the spec's only on near-ties within float32 rounding),
-  column and diagonal sums, a stable sort (ties to the lower index, as the spec).
+  column and diagonal sums (on the GPU two fused kernels,
+  ``vertical_slash_estimate.cu``, that read the logits three times and write
+  nothing of their size), a sort best first with ties to the lower index, as
+  the spec (float32 scores as one packed uint64 key per entry).
 * Conversion (:func:`convert`): the CUDA kernel ``vertical_slash_index.cu``,
   one thread per (batch, head, row block), run through CuPy's RawModule.  In
   the NumPy shim the vectorised conversion shared with the spec runs instead; the kernel source is
@@ -106,9 +109,27 @@ def _argsort_stable(xp, a):
 # ----------------------------------------------------------------------------- estimation
 
 
+def _best_first(xp, score):
+    """Indices sorting ``score`` (..., n) best first, ties to the lower index (the spec's stable order).
+
+    float32 scores (all ``>= +0`` here: sums of probabilities, or
+    ``+inf`` where forced) are sorted as one packed uint64 key per entry,
+    ``(~bits(score)) << 32 | index``: for non-negative floats the bit pattern
+    orders like the value, so ascending keys are descending scores with the
+    lower index first on ties, and one radix key sort replaces an argsort
+    that carries an index payload.  float64 scores take the stable argsort.
+    """
+    n = score.shape[-1]
+    if score.dtype != np.float32 or n >= 2**32:
+        return _argsort_stable(xp, -score)
+    bits = xp.ascontiguousarray(score).view(np.uint32).astype(np.uint64)
+    keys = ((np.uint64(0xFFFFFFFF) - bits) << np.uint64(32)) | xp.arange(n, dtype=np.uint64)
+    return (xp.sort(keys, axis=-1) & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
 def _top_indices(xp, score, counts, descending: bool):
     """The ``counts[h]`` best entries of ``score[..., h, :]`` (ties: lower index), sorted, ``-1``-padded."""
-    order = _argsort_stable(xp, -score)  # best first; stable: lower index first on ties
+    order = _best_first(xp, score)  # best first; lower index first on ties
     width = int(counts.max())
     top = order[..., :width]
     keep = xp.arange(width)[None, :] < xp.asarray(counts)[:, None]  # (heads, width)
@@ -120,12 +141,55 @@ def _top_indices(xp, score, counts, descending: bool):
     return xp.where(top == big, -1, top)
 
 
-def vertical_slash_indices(xp, q, k, n_vertical, n_slash, last_q: int, scale: float, force_verticals: int, force_slashes: int):
-    """The spec's estimation on validated device arrays; ``n_vertical``/``n_slash``: host int64 ``(q_heads,)``."""
-    batch, q_heads, q_len, head_dim = q.shape
-    kv_heads, kv_len = k.shape[1], k.shape[2]
-    group = q_heads // kv_heads
-    m = min(last_q, q_len)
+_ESTIMATE_KERNELS: dict[tuple, object] = {}
+
+
+def _estimate_kernels(cupy, dtype):
+    """The fused estimation kernels of ``vertical_slash_estimate.cu`` for ``dtype`` (float32 or float64), per device."""
+    ctype = "float" if dtype == np.float32 else "double"
+    key = (cupy.cuda.Device().id, ctype)
+    if key not in _ESTIMATE_KERNELS:
+        names = (f"yarnref_vs_row_stats<{ctype}>", f"yarnref_vs_scores<{ctype}>")
+        source = Path(__file__).with_name("vertical_slash_estimate.cu").read_text()
+        module = cupy.RawModule(code=source, options=("-std=c++14",), name_expressions=names)
+        _ESTIMATE_KERNELS[key] = tuple(module.get_function(n) for n in names)
+    return _ESTIMATE_KERNELS[key]
+
+
+#: Threads per block of the estimation kernels (``YARNREF_VS_THREADS`` in the source).
+_ESTIMATE_THREADS = 256
+
+
+def estimation_scores(xp, logits, scale: float):
+    """Column and diagonal sums of the last queries' causal softmax.
+
+    ``logits``: ``(batch, heads, m, kv_len)`` unscaled ``q k^T`` of the last
+    ``m`` queries (positions ``kv_len - m + r``), float32 or float64,
+    contiguous.  Returns ``vertical``, ``slash``: ``(batch, heads, kv_len)``
+    with ``vertical[j] = sum_r A[r, j]`` and ``slash[d] = sum_r A[r, p_r - d]``.
+
+    On the GPU the two kernels of ``vertical_slash_estimate.cu`` (three reads
+    of the logits, nothing of their size written); in the NumPy shim the
+    array form, the same equations.
+    """
+    batch, heads, m, kv_len = logits.shape
+    cdt = logits.dtype
+    if xp is not np:
+        row_stats, scores = _estimate_kernels(xp, cdt)
+        logits = xp.ascontiguousarray(logits)
+        n_rows = batch * heads * m
+        row_max = xp.empty(n_rows, dtype=cdt)
+        row_sum = xp.empty(n_rows, dtype=cdt)
+        vertical = xp.empty((batch, heads, kv_len), dtype=cdt)
+        slash = xp.empty((batch, heads, kv_len), dtype=cdt)
+        t = _ESTIMATE_THREADS
+        row_stats((n_rows,), (t,), (logits, row_max, row_sum, np.int64(kv_len), np.int32(m), scalar(scale, cdt)))
+        total = batch * heads * kv_len
+        scores(
+            (-(-total // t),), (t,),
+            (logits, row_max, row_sum, vertical, slash, np.int64(batch * heads), np.int64(kv_len), np.int32(m), scalar(scale, cdt)),
+        )
+        return vertical, slash
     position = xp.arange(kv_len - m, kv_len)  # (m,) the estimation queries' positions
     column = xp.arange(kv_len)
     visible = column[None, :] <= position[:, None]  # (m, kv_len): causal among the last m
@@ -133,8 +197,23 @@ def vertical_slash_indices(xp, q, k, n_vertical, n_slash, last_q: int, scale: fl
     on_grid = source >= 0
     rows = xp.arange(m)[:, None]
     cols = xp.where(on_grid, source, 0)
+    probs = logits * scalar(scale, cdt)
+    probs += xp.where(visible, scalar(0.0, cdt), scalar(-np.inf, cdt))
+    probs -= probs.max(axis=-1, keepdims=True)  # every row sees its own key: the max is finite
+    xp.exp(probs, out=probs)
+    probs /= probs.sum(axis=-1, keepdims=True)  # (batch, heads, m, kv_len)
+    vertical = probs.sum(axis=-2)  # column sums
+    slash = xp.where(on_grid, probs[:, :, rows, cols], scalar(0.0, cdt)).sum(axis=-2)  # diagonal sums
+    return vertical, slash
+
+
+def vertical_slash_indices(xp, q, k, n_vertical, n_slash, last_q: int, scale: float, force_verticals: int, force_slashes: int):
+    """The spec's estimation on validated device arrays; ``n_vertical``/``n_slash``: host int64 ``(q_heads,)``."""
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    group = q_heads // kv_heads
+    m = min(last_q, q_len)
     cdt = compute_dtype(q, k)
-    bias = xp.where(visible, scalar(0.0, cdt), scalar(-np.inf, cdt))  # (m, kv_len): causal among the last m
     vertical_score = xp.empty((batch, q_heads, kv_len), dtype=cdt)
     slash_score = xp.empty((batch, q_heads, kv_len), dtype=cdt)
     # Groups of kv heads small enough for the memory budget (one group for any ordinary size).
@@ -146,15 +225,9 @@ def vertical_slash_indices(xp, q, k, n_vertical, n_slash, last_q: int, scale: fl
         q_last = q[:, h0 * group : h1 * group, q_len - m :].astype(cdt)
         q_last = q_last.reshape(batch, n_kv, group * m, head_dim)  # query heads under their kv head
         keys_t = xp.swapaxes(k[:, h0:h1].astype(cdt), -1, -2)  # (batch, n_kv, head_dim, kv_len)
-        probs = xp.matmul(q_last, keys_t).reshape(batch, n_kv * group, m, kv_len)  # the logits, then in place
-        probs *= scalar(scale, cdt)
-        probs += bias
-        probs -= probs.max(axis=-1, keepdims=True)  # every row sees its own key: the max is finite
-        xp.exp(probs, out=probs)
-        probs /= probs.sum(axis=-1, keepdims=True)  # (batch, heads, m, kv_len)
+        logits = xp.matmul(q_last, keys_t).reshape(batch, n_kv * group, m, kv_len)  # unscaled
         heads = slice(h0 * group, h1 * group)
-        vertical_score[:, heads] = probs.sum(axis=-2)  # column sums
-        slash_score[:, heads] = xp.where(on_grid, probs[:, :, rows, cols], scalar(0.0, cdt)).sum(axis=-2)  # diagonal sums
+        vertical_score[:, heads], slash_score[:, heads] = estimation_scores(xp, logits, scale)
     vertical_score[..., :force_verticals] = np.inf
     slash_score[..., :force_slashes] = np.inf
     return (
