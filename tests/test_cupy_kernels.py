@@ -16,6 +16,7 @@ CUDA device.  bfloat16 inputs are CuPy's own ``bfloat16`` arrays
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -111,6 +112,24 @@ def _cupy_module_or_none():
         return cupy
     except ImportError:
         return np
+
+
+def test_device_pointers_are_typed_triton_arguments(kernels, monkeypatch):
+    """A CuPy array wrapped as DevicePointer is a pointer argument of its dtype to Triton (no torch tensor needed)."""
+    pytest.importorskip("triton")
+    if os.environ.get("YARNREF_TRITON_INTERPRETER_READY") == "1":  # Triton was imported for its CPU interpreter
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from triton.runtime.jit import mangle_type
+
+    class FakeArray:  # the two attributes DevicePointer reads from a CuPy array
+        def __init__(self, dtype):
+            self.data = type("Memory", (), {"ptr": 1 << 20})()
+            self.dtype = np.dtype(dtype)
+
+    for dtype, want in ((np.float16, "*fp16"), (np.float32, "*fp32"), (np.int32, "*i32")):
+        pointer = kernels.DevicePointer(FakeArray(dtype))
+        assert pointer.data_ptr() == 1 << 20
+        assert mangle_type(pointer) == want
 
 
 # ----------------------------------------------------------------------------- the NVRTC kernel's source (runs where a C++ compiler is)
@@ -286,6 +305,25 @@ def test_each_path_agrees_with_the_spec(cb, kernels, mode, dtype):
     want_vs, want_vs_lse = yarnref.vertical_slash_attention(q64, k64, v64, vertical_h, slash_h, "kernel", None, True)
     assert_close(vs, want_vs, dtype=dtype, op="sparse")
     assert_close(vs_lse, want_vs_lse, dtype=dtype, op="sparse")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pairing", ["half", "interleaved", "interleaved_in_half_out"])
+def test_direct_triton_rope_equals_the_dlpack_route(cb, kernels, dtype, pairing):
+    """The RoPE kernel launched on CuPy arrays directly writes the same bits as through torch tensors (strided x, batched tables)."""
+    triton = _need_triton(kernels, cb)
+    rope = importlib.import_module(_package().__name__ + ".rope")
+    rng = np.random.default_rng(3)
+    x, _ = _inputs(cb, rng, (2, 6, 77, 2 * 96), dtype)
+    x = x[:, 1:5, :, ::2]  # (2, 4, 77, 96): strided heads and features
+    cos, sin = yarnref.rope_cos_sin(10000.0 ** (-np.arange(0, 80, 2) / 80), np.arange(2 * 77).reshape(2, 77))  # (2, 77, 40)
+    cos, sin = cb.asarray(cos), cb.asarray(sin)
+    got = rope._rotate_direct(cb.xp, triton, x, cos, sin, pairing)
+    assert got is not None, "Triton refused the CuPy arrays"
+    torch = triton["torch"]
+    with kernels.on_cupy_stream(cb.xp, torch):
+        want = kernels.to_cupy(cb.xp, triton["rope"].rotate_triton(*(kernels.to_torch(torch, a) for a in (x, cos, sin)), pairing))
+    np.testing.assert_array_equal(cb.to_numpy(got.view(cb.xp.uint16)), cb.to_numpy(want.view(cb.xp.uint16)))
 
 
 @pytest.mark.parametrize("mode", ["nvrtc", "triton"])
