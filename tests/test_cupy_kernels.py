@@ -326,6 +326,32 @@ def test_direct_triton_rope_equals_the_dlpack_route(cb, kernels, dtype, pairing)
     np.testing.assert_array_equal(cb.to_numpy(got.view(cb.xp.uint16)), cb.to_numpy(want.view(cb.xp.uint16)))
 
 
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16", "float32"))
+@pytest.mark.parametrize("n_parts", [2, 3])
+def test_fused_dca_merge_equals_the_general_merge(cb, dtype, n_parts):
+    """The one-pass LSE merge writes into strided slices what merge_attention computes (empty parts included)."""
+    dca = importlib.import_module(_package().__name__ + ".dca")
+    attention = importlib.import_module(_package().__name__ + ".attention")
+    xp = cb.xp
+    rng = np.random.default_rng(n_parts)
+    shape = (2, 3, 50, 64)
+    outputs = [_inputs(cb, rng, shape, dtype)[0] for _ in range(n_parts)]
+    lses = [cb.asarray((rng.standard_normal(shape[:3]) * 3).astype(np.float32)) for _ in range(n_parts)]
+    lses[0][:, :, :5] = -np.inf  # rows where one part is empty
+    for l in lses:
+        l[:, :, 5:8] = -np.inf  # rows where every part is empty: output 0, lse -inf
+    out = xp.full((2, 3, 90, 64), 7, dtype=outputs[0].dtype)
+    lse = xp.full((2, 3, 90), 7, dtype=np.float32)
+    dca.merge_into(xp, outputs, lses, out[:, :, 20:70], lse[:, :, 20:70])
+    assert dca._MERGE_KERNELS.get("ok") is True, "the fused merge did not compile for " + dtype
+    want_o, want_l = attention.merge_attention(xp, outputs, lses)
+    got_o, got_l = cb.to_numpy(out.astype(np.float32)), cb.to_numpy(lse)
+    np.testing.assert_allclose(got_o[:, :, 20:70], cb.to_numpy(want_o.astype(np.float32)), rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(got_l[:, :, 20:70], cb.to_numpy(want_l), rtol=1e-6, atol=1e-6)
+    assert (got_o[:, :, 25:28] == 0).all() and np.isneginf(got_l[:, :, 25:28]).all()
+    assert (got_o[:, :, :20] == 7).all() and (got_l[:, :, 70:] == 7).all()  # nothing outside the slices
+
+
 @pytest.mark.parametrize("mode", ["nvrtc", "triton"])
 def test_results_on_a_non_default_stream_are_right(cb, kernels, mode):
     """Inputs written on a fresh CuPy stream and used there at once: the kernels must run on that stream."""
