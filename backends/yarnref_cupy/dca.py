@@ -27,9 +27,12 @@ For float16/bfloat16 inputs a fused kernel takes
 Triton are installed, else the NVRTC kernel), the rotated q and k are rounded
 to the input dtype and each part runs in that kernel with its lse, as vLLM
 rotates in the model dtype and runs its parts in FlashAttention; the parts are
-merged by :func:`.attention.merge_attention`, the same LSE merge the torch
-backend composes around SDPA.  The rotations themselves are yarnref's Triton
-RoPE kernel on the float32 copies where Triton runs (:mod:`.rope`).
+merged by the LSE rule of :func:`.attention.merge_attention` (on the GPU one
+elementwise pass writing straight into the output, :func:`merge_into`), the
+merge the torch backend composes around SDPA.  The rotations are yarnref's
+Triton RoPE kernel where Triton runs (:mod:`.rope`), on 16-bit q and k
+directly (computed in float32, rounded once to the input dtype), reading rows
+of one float64-computed table (:func:`position_table`).
 """
 
 from __future__ import annotations
