@@ -132,6 +132,44 @@ def test_device_pointers_are_typed_triton_arguments(kernels, monkeypatch):
         assert mangle_type(pointer) == want
 
 
+def _nonfinite_cases(xp, asarray, dtypes):
+    """(array, expected) pairs: finite, inf, -inf and NaN at one place, in contiguous and strided arrays."""
+    arrays = importlib.import_module(_package().__name__ + "._arrays")
+    for dtype in dtypes:
+        for bad in (None, np.inf, -np.inf, np.nan):
+            x = np.linspace(-60000, 60000, 2 * 3 * 40).reshape(2, 3, 40)  # large but finite in float16
+            if bad is not None:
+                x[1, 2, 34] = bad
+            a = asarray(x, dtype)
+            yield arrays, a, bad is not None
+            yield arrays, a[:, ::2, 1::3], bad is not None  # a strided view that holds [1, 2, 34]
+            yield arrays, a[:, :2], False  # a view without it
+
+
+def test_any_nonfinite_reads_the_exponent_bits_numpy():
+    for arrays, a, want in _nonfinite_cases(np, lambda x, dt: x.astype(dt), ("float16", "float32", "float64")):
+        assert bool(arrays.any_nonfinite(np, a)) == want
+        assert arrays.all_finite(np, a) == (not want)
+
+
+def test_any_nonfinite_reads_the_exponent_bits_on_the_device(cb):
+    def asarray(x, dtype):
+        return cb.asarray(x.astype(_np_dtype(dtype)))
+
+    for arrays, a, want in _nonfinite_cases(cb.xp, asarray, DTYPES + ("float32", "float64")):
+        assert bool(arrays.any_nonfinite(cb.xp, a)) == want, (a.dtype, want)
+
+
+def _np_dtype(name: str):
+    if name == "bfloat16":
+        if not cupy_takes_bfloat16():
+            pytest.skip("this CuPy has no bfloat16 (CuPy >= 14 with ml_dtypes)")
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(name)
+
+
 # ----------------------------------------------------------------------------- the NVRTC kernel's source (runs where a C++ compiler is)
 
 #: CUDA's device-side names, stubbed so that a host C++ compiler can check the kernel source's syntax and templates.

@@ -79,7 +79,7 @@ def check_index_array(xp, name: str, a, low: int, high: int | None):
     """``a`` (device) as int64 ``(batch, heads, n)``, entries ``-1`` or in ``[low, high)`` (the spec's check)."""
     if a.ndim != 3 or a.dtype.kind not in "iu":
         raise InputError(name, f"array of shape {a.shape} and dtype {a.dtype}", "a (batch, heads, n) integer array")
-    a = a.astype(np.int64)
+    a = a.astype(np.int64, copy=False)
     bad = (a != -1) & (a < low)
     if high is not None:
         bad |= (a != -1) & (a >= high)
@@ -497,18 +497,19 @@ def vs_attention(xp, device, q, k, v, vertical, slash, mode: str, scale: float, 
     batch, q_heads, q_len, head_dim = q.shape
     kv_len, v_dim = k.shape[2], v.shape[-1]
     cdt = compute_dtype(q, k, v)
-    kc = xp.ascontiguousarray(k.astype(cdt, copy=False))  # contiguous: gathered as rows of (B*Hk*kv_len, D)
-    vc = xp.ascontiguousarray(v.astype(cdt, copy=False))
-    off = kv_len - q_len if causal else kv_len
-    out = xp.empty((batch, q_heads, q_len, v_dim), dtype=q.dtype)
-    lse = xp.empty((batch, q_heads, q_len), dtype=cdt)
-    if mode == "kernel":
+    if mode == "kernel":  # the fused kernels first: they read q, k, v as they are
         triton = _triton_sparse(xp, q, k, v, bm, bn)
         if triton is not None:
             return _triton_vs_attention(xp, triton, q, k, v, vertical, slash, scale, causal, bm, bn)
         converted = convert(xp, device, q_len, kv_len, vertical, slash, bm, bn, causal)
         if fusable(xp, q, k, v, lists=True, block_size_m=bm, block_size_n=bn):
             return flash_attention(xp, q, k, v, scale, causal, converted)
+    kc = xp.ascontiguousarray(k.astype(cdt, copy=False))  # contiguous: gathered as rows of (B*Hk*kv_len, D)
+    vc = xp.ascontiguousarray(v.astype(cdt, copy=False))
+    off = kv_len - q_len if causal else kv_len
+    out = xp.empty((batch, q_heads, q_len, v_dim), dtype=q.dtype)
+    lse = xp.empty((batch, q_heads, q_len), dtype=cdt)
+    if mode == "kernel":
         keys, valid = kernel_key_lists(xp, converted, kv_len, bn)  # (B, Hq, R, K)
         n_rows, n_keys = keys.shape[2], keys.shape[3]
         step = _step(batch * q_heads * n_keys * (head_dim + v_dim + bm))
