@@ -126,12 +126,20 @@ def _rotate_direct(xp, triton, x, cos, sin, pairing: str):
         return None
     batch, heads, seq, head_dim = x.shape
     half = cos.shape[-1]
-    # cos/sin as (batch or 1, seq or 1, r/2) float32, contiguous; broadcast extents get stride 0.
-    shape3 = (1,) * (3 - cos.ndim) + tuple(cos.shape) if cos.ndim < 3 else (cos.shape[0], cos.shape[-2], half)
-    cos3 = xp.ascontiguousarray(cos.reshape(shape3).astype(np.float32, copy=False))
-    sin3 = xp.ascontiguousarray(sin.reshape(shape3).astype(np.float32, copy=False))
-    sc_b = 0 if shape3[0] == 1 else cos3.strides[0] // 4
-    sc_s = 0 if shape3[1] == 1 else cos3.strides[1] // 4
+    # cos/sin as float32 and contiguous, read as (batch or 1, seq or 1, r/2); broadcast extents get stride 0.
+    # (No reshape: a contiguous (seq, r/2), (batch, seq, r/2) or (batch, 1, seq, r/2) table already
+    # has that layout, and each CuPy view costs microseconds on a call this short.)
+    tables = []
+    for table in (cos, sin if sin.shape == cos.shape else sin.reshape(cos.shape)):
+        if table.dtype != np.float32:
+            table = table.astype(np.float32)
+        if not table.flags.c_contiguous:
+            table = xp.ascontiguousarray(table)
+        tables.append(table)
+    cos3, sin3 = tables
+    n_batch = cos.shape[0] if cos.ndim >= 3 else 1
+    sc_b = 0 if n_batch == 1 else cos3.size // n_batch
+    sc_s = 0 if cos.shape[-2] == 1 else half
     out = xp.empty((batch, heads, seq, head_dim), dtype=x.dtype)
     item = x.itemsize
     x_strides = tuple(st // item for st in x.strides)  # CuPy strides are in bytes, Triton's in elements
