@@ -266,6 +266,17 @@ def test_packed_sort_key_orders_best_first_with_ties_to_the_lower_index():
     got = sparse._best_first(np, score)
     want = np.argsort(-score, axis=-1, kind="stable")
     np.testing.assert_array_equal(got, want)
+    # The top-k lists: the spec's rule (the counts[h] best, ties to the lower index), sorted, -1-padded.
+    counts = np.array([0, 3, 77, 500])
+    for descending in (False, True):
+        top = sparse._top_indices(np, score, counts, descending)
+        assert top.shape == (3, 4, 500)
+        for b in range(3):
+            for h in range(4):
+                chosen = np.sort(want[b, h, : counts[h]])
+                chosen = chosen[::-1] if descending else chosen
+                np.testing.assert_array_equal(top[b, h, : counts[h]], chosen)
+                assert (top[b, h, counts[h] :] == -1).all()
 
 
 # ----------------------------------------------------------------------------- the NVRTC kernel, forced

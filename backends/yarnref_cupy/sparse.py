@@ -109,22 +109,55 @@ def _argsort_stable(xp, a):
 # ----------------------------------------------------------------------------- estimation
 
 
+def _sort_rows_packed(xp, keys, key_bits: int):
+    """``keys`` (..., n) of non-negative integers ``< 2**key_bits``, each row sorted ascending, as int64.
+
+    The row number is packed above the key (``row << key_bits | key``) and the
+    whole array sorted once as one flat uint64 vector: a single radix sort on
+    the GPU, where sorting along the last axis of a 2-D+ array compares
+    (row, value) pairs.  None if row and key do not fit 64 bits together.
+    """
+    *lead, n = keys.shape
+    n_rows = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    row_bits = max(1, int(n_rows - 1).bit_length())
+    if row_bits + key_bits > 64 or keys.size == 0:
+        return None
+    row = xp.arange(n_rows, dtype=np.uint64)[:, None] << np.uint64(key_bits)  # (rows, 1)
+    packed = (row | keys.reshape(n_rows, n).astype(np.uint64)).ravel()
+    low = np.uint64((1 << key_bits) - 1)
+    return (xp.sort(packed) & low).astype(np.int64).reshape(keys.shape)
+
+
 def _best_first(xp, score):
     """Indices sorting ``score`` (..., n) best first, ties to the lower index (the spec's stable order).
 
-    float32 scores (all ``>= +0`` here: sums of probabilities, or
-    ``+inf`` where forced) are sorted as one packed uint64 key per entry,
-    ``(~bits(score)) << 32 | index``: for non-negative floats the bit pattern
-    orders like the value, so ascending keys are descending scores with the
-    lower index first on ties, and one radix key sort replaces an argsort
-    that carries an index payload.  float64 scores take the stable argsort.
+    float32 scores (all ``>= +0`` here: sums of probabilities, or ``+inf``
+    where forced) are sorted as one packed integer key per entry,
+    ``(~bits(score)) << b | index`` with ``b`` the bits of an index: for
+    non-negative floats the bit pattern orders like the value, so ascending
+    keys are descending scores with the lower index first on ties, and a
+    radix sort of keys (:func:`_sort_rows_packed`) replaces an argsort that
+    carries an index payload.  float64 scores take the stable argsort.
     """
     n = score.shape[-1]
-    if score.dtype != np.float32 or n >= 2**32:
-        return _argsort_stable(xp, -score)
-    bits = xp.ascontiguousarray(score).view(np.uint32).astype(np.uint64)
-    keys = ((np.uint64(0xFFFFFFFF) - bits) << np.uint64(32)) | xp.arange(n, dtype=np.uint64)
-    return (xp.sort(keys, axis=-1) & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    index_bits = max(1, int(n - 1).bit_length())
+    if score.dtype == np.float32 and n:
+        bits = xp.ascontiguousarray(score).view(np.uint32).astype(np.uint64)
+        keys = ((np.uint64(0xFFFFFFFF) - bits) << np.uint64(index_bits)) | xp.arange(n, dtype=np.uint64)
+        order = _sort_rows_packed(xp, keys, 32 + index_bits)
+        if order is not None:
+            return order & np.int64((1 << index_bits) - 1)
+    return _argsort_stable(xp, -score)
+
+
+def _sort_indices_ascending(xp, top, index_bits: int):
+    """Rows of ``top`` (entries ``-1`` or ``< 2**index_bits``) sorted ascending with ``-1`` last."""
+    big = (1 << index_bits)  # stands for -1 while sorting
+    shifted = xp.where(top < 0, big, top)
+    out = _sort_rows_packed(xp, shifted, index_bits + 1)
+    if out is None:
+        out = xp.sort(shifted, axis=-1)
+    return xp.where(out == big, -1, out)
 
 
 def _top_indices(xp, score, counts, descending: bool):
@@ -134,11 +167,12 @@ def _top_indices(xp, score, counts, descending: bool):
     top = order[..., :width]
     keep = xp.arange(width)[None, :] < xp.asarray(counts)[:, None]  # (heads, width)
     top = xp.where(keep, top, -1)
-    if descending:
-        return -xp.sort(-top, axis=-1)
-    big = np.iinfo(np.int64).max
-    top = xp.sort(xp.where(top < 0, big, top), axis=-1)
-    return xp.where(top == big, -1, top)
+    index_bits = max(1, int(score.shape[-1] - 1).bit_length())
+    if descending:  # largest first, -1 last: the ascending sort of (2**b - 1 - index)
+        flipped = xp.where(top < 0, -1, (1 << index_bits) - 1 - top)
+        flipped = _sort_indices_ascending(xp, flipped, index_bits)
+        return xp.where(flipped < 0, -1, (1 << index_bits) - 1 - flipped)
+    return _sort_indices_ascending(xp, top, index_bits)
 
 
 _ESTIMATE_KERNELS: dict[tuple, object] = {}
