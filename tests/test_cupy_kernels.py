@@ -392,7 +392,7 @@ def test_fused_dca_merge_equals_the_general_merge(cb, dtype, n_parts):
     out = xp.full((2, 3, 90, 64), 7, dtype=outputs[0].dtype)
     lse = xp.full((2, 3, 90), 7, dtype=np.float32)
     dca.merge_into(xp, outputs, lses, out[:, :, 20:70], lse[:, :, 20:70])
-    assert dca._MERGE_KERNELS.get("ok") is True, "the fused merge did not compile for " + dtype
+    assert dca._MERGE_OK.get((outputs[0].dtype.name, out.dtype.name)) is True, "the fused merge did not compile for " + dtype
     want_o, want_l = attention.merge_attention(xp, outputs, lses)
     got_o, got_l = cb.to_numpy(out.astype(np.float32)), cb.to_numpy(lse)
     np.testing.assert_allclose(got_o[:, :, 20:70], cb.to_numpy(want_o.astype(np.float32)), rtol=1e-2, atol=1e-2)

@@ -67,6 +67,8 @@ def position_table(xp, inv_freq, n: int, pi_factor: float, table_factor: float, 
 
 
 _MERGE_KERNELS: dict[str, object] = {}
+#: (parts' dtype, output dtype) -> whether the fused merge ran for it (absent: not tried yet).
+_MERGE_OK: dict[tuple[str, str], bool] = {}
 
 
 def _merge_kernels(cupy):
@@ -109,19 +111,21 @@ def merge_into(xp, outputs, lses, out, lse) -> None:
     straight into their slices, where the general merge makes about a dozen
     passes; float64 and the NumPy shim take the general merge.
     """
-    if xp is not np and len(outputs) in (2, 3) and all(l.dtype == np.float32 for l in lses) and _MERGE_KERNELS.get("ok", True):
+    # CuPy compiles one kernel per dtype combination; whether it compiled is remembered per combination.
+    signature = (outputs[0].dtype.name, out.dtype.name)
+    if xp is not np and len(outputs) in (2, 3) and all(l.dtype == np.float32 for l in lses) and _MERGE_OK.get(signature, True):
         kernels = _merge_kernels(xp)
         parts_o = list(outputs) + [outputs[-1]] * (3 - len(outputs))  # a missing third part has weight exp(-inf) = 0
         parts_l = list(lses) + [xp.full_like(lses[0], -np.inf)] * (3 - len(lses))
         try:
             kernels["out"](*parts_o, *(l[..., None] for l in parts_l), out)
             kernels["lse"](*parts_l, lse)
-            _MERGE_KERNELS["ok"] = True
+            _MERGE_OK[signature] = True
             return
         except Exception:  # noqa: BLE001 - a CuPy that cannot compile this dtype (e.g. an older bfloat16): the general merge
-            if _MERGE_KERNELS.get("ok"):
-                raise  # it compiled before: a real error
-            _MERGE_KERNELS["ok"] = False
+            if _MERGE_OK.get(signature):
+                raise  # it ran before: a real error
+            _MERGE_OK[signature] = False
     o, l = merge_attention(xp, outputs, lses)
     out[...] = o
     lse[...] = l
