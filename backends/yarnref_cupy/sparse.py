@@ -75,24 +75,48 @@ _INT32_MAX = 2**31 - 1
 # ----------------------------------------------------------------------------- index arrays on the device
 
 
-def check_index_array(xp, name: str, a, low: int, high: int | None):
-    """``a`` (device) as int64 ``(batch, heads, n)``, entries ``-1`` or in ``[low, high)`` (the spec's check)."""
+def _index_array(name: str, a):
+    """``a`` (device) as int64 ``(batch, heads, n)``; InputError for another shape or dtype."""
     if a.ndim != 3 or a.dtype.kind not in "iu":
         raise InputError(name, f"array of shape {a.shape} and dtype {a.dtype}", "a (batch, heads, n) integer array")
-    a = a.astype(np.int64, copy=False)
+    return a.astype(np.int64, copy=False)
+
+
+def _out_of_range(a, low: int, high: int | None):
+    """Device bool array: entries of ``a`` that are neither ``-1`` nor in ``[low, high)``."""
     bad = (a != -1) & (a < low)
     if high is not None:
         bad |= (a != -1) & (a >= high)
+    return bad
+
+
+def _raise_out_of_range(name: str, a, bad, low: int, high: int | None):
+    value = int(a[bad][0])
+    upper = f", < {high}" if high is not None else ""
+    raise InputError(name, f"an entry {value}", f"entries >= {low}{upper}, or -1 for padding")
+
+
+def check_index_array(xp, name: str, a, low: int, high: int | None):
+    """``a`` (device) as int64 ``(batch, heads, n)``, entries ``-1`` or in ``[low, high)`` (the spec's check)."""
+    a = _index_array(name, a)
+    bad = _out_of_range(a, low, high)
     if a.size and bool(bad.any()):
-        value = int(a[bad][0])
-        upper = f", < {high}" if high is not None else ""
-        raise InputError(name, f"an entry {value}", f"entries >= {low}{upper}, or -1 for padding")
+        _raise_out_of_range(name, a, bad, low, high)
     return a
 
 
 def check_indices(xp, vertical, slash, kv_len: int, batch_heads=None):
-    vertical = check_index_array(xp, "vertical_idx", vertical, 0, kv_len)
-    slash = check_index_array(xp, "slash_idx", slash, 0, None)
+    """Both index arrays checked (the spec's rules), with one read back from the device for the two range checks."""
+    vertical = _index_array("vertical_idx", vertical)
+    slash = _index_array("slash_idx", slash)
+    bad_v = _out_of_range(vertical, 0, kv_len)
+    bad_s = _out_of_range(slash, 0, None)
+    flags = xp.stack([bad_v.any(), bad_s.any()])
+    any_v, any_s = (bool(f) for f in (flags.get() if hasattr(flags, "get") else flags))
+    if any_v:
+        _raise_out_of_range("vertical_idx", vertical, bad_v, 0, kv_len)
+    if any_s:
+        _raise_out_of_range("slash_idx", slash, bad_s, 0, None)
     if vertical.shape[:2] != slash.shape[:2]:
         raise InputError("slash_idx", f"shape {slash.shape}", f"(batch, heads) = {vertical.shape[:2]} like vertical_idx")
     if batch_heads is not None and vertical.shape[:2] != batch_heads:
