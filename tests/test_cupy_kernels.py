@@ -16,6 +16,7 @@ CUDA device.  bfloat16 inputs are CuPy's own ``bfloat16`` arrays
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -113,6 +114,62 @@ def _cupy_module_or_none():
         return np
 
 
+def test_device_pointers_are_typed_triton_arguments(kernels, monkeypatch):
+    """A CuPy array wrapped as DevicePointer is a pointer argument of its dtype to Triton (no torch tensor needed)."""
+    pytest.importorskip("triton")
+    if os.environ.get("YARNREF_TRITON_INTERPRETER_READY") == "1":  # Triton was imported for its CPU interpreter
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from triton.runtime.jit import mangle_type
+
+    class FakeArray:  # the two attributes DevicePointer reads from a CuPy array
+        def __init__(self, dtype):
+            self.data = type("Memory", (), {"ptr": 1 << 20})()
+            self.dtype = np.dtype(dtype)
+
+    for dtype, want in ((np.float16, "*fp16"), (np.float32, "*fp32"), (np.int32, "*i32")):
+        pointer = kernels.DevicePointer(FakeArray(dtype))
+        assert pointer.data_ptr() == 1 << 20
+        assert mangle_type(pointer) == want
+
+
+def _nonfinite_cases(xp, asarray, dtypes):
+    """(array, expected) pairs: finite, inf, -inf and NaN at one place, in contiguous and strided arrays."""
+    arrays = importlib.import_module(_package().__name__ + "._arrays")
+    for dtype in dtypes:
+        for bad in (None, np.inf, -np.inf, np.nan):
+            x = np.linspace(-60000, 60000, 2 * 3 * 40).reshape(2, 3, 40)  # large but finite in float16
+            if bad is not None:
+                x[1, 2, 34] = bad
+            a = asarray(x, dtype)
+            yield arrays, a, bad is not None
+            yield arrays, a[:, ::2, 1::3], bad is not None  # a strided view that holds [1, 2, 34]
+            yield arrays, a[:, :2], False  # a view without it
+
+
+def test_any_nonfinite_reads_the_exponent_bits_numpy():
+    for arrays, a, want in _nonfinite_cases(np, lambda x, dt: x.astype(dt), ("float16", "float32", "float64")):
+        assert bool(arrays.any_nonfinite(np, a)) == want
+        assert arrays.all_finite(np, a) == (not want)
+
+
+def test_any_nonfinite_reads_the_exponent_bits_on_the_device(cb):
+    def asarray(x, dtype):
+        return cb.asarray(x.astype(_np_dtype(dtype)))
+
+    for arrays, a, want in _nonfinite_cases(cb.xp, asarray, DTYPES + ("float32", "float64")):
+        assert bool(arrays.any_nonfinite(cb.xp, a)) == want, (a.dtype, want)
+
+
+def _np_dtype(name: str):
+    if name == "bfloat16":
+        if not cupy_takes_bfloat16():
+            pytest.skip("this CuPy has no bfloat16 (CuPy >= 14 with ml_dtypes)")
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(name)
+
+
 # ----------------------------------------------------------------------------- the NVRTC kernel's source (runs where a C++ compiler is)
 
 #: CUDA's device-side names, stubbed so that a host C++ compiler can check the kernel source's syntax and templates.
@@ -160,6 +217,66 @@ def test_flash_kernel_source_instantiates_every_head_dim_dtype_and_block(tmp_pat
     harness.write_text("\n".join(lines) + "\n")
     result = subprocess.run([compiler, "-std=c++14", "-fsyntax-only", str(harness)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_estimation_kernel_source_instantiates_float_and_double(tmp_path):
+    """The fused vertical-slash estimation kernels type-check as C++ for both compute dtypes."""
+    compiler = shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        pytest.skip("no C++ compiler to check the kernel source")
+    sparse = importlib.import_module(_package().__name__ + ".sparse")
+    source = Path(sparse.__file__).with_name("vertical_slash_estimate.cu")
+    lines = ["#include <cmath>", "using std::exp;", _CUDA_STUBS, "inline float expf(float x) { return std::exp(x); }",
+             f'#include "{source}"']
+    for t in ("float", "double"):
+        lines.append(f"template void yarnref_vs_row_stats<{t}>(const {t}*, {t}*, {t}*, long long, int, {t});")
+        lines.append(
+            f"template void yarnref_vs_scores<{t}>(const {t}*, const {t}*, const {t}*, {t}*, {t}*, long long, long long, int, {t});"
+        )
+    harness = tmp_path / "estimate_check.cpp"
+    harness.write_text("\n".join(lines) + "\n")
+    result = subprocess.run([compiler, "-std=c++14", "-fsyntax-only", str(harness)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m, kv_len", [(1, 1), (7, 300), (64, 5000)])
+def test_estimation_kernels_equal_the_array_form(cb, dtype, m, kv_len):
+    """The fused column/diagonal sums equal the array form (the same equations on NumPy) to rounding."""
+    sparse = importlib.import_module(_package().__name__ + ".sparse")
+    rng = np.random.default_rng(m * 1000 + kv_len)
+    logits = rng.standard_normal((2, 3, m, kv_len)) * 4.0
+    logits[0, 1, :, : kv_len // 2] += 30.0  # a peaked head: large logits, many exp() underflows
+    got_v, got_s = sparse.estimation_scores(cb.xp, cb.asarray(logits.astype(dtype)), 0.3)
+    want_v, want_s = sparse.estimation_scores(np, logits, 0.3)
+    rtol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(cb.to_numpy(got_v), want_v, rtol=rtol, atol=rtol * m)
+    np.testing.assert_allclose(cb.to_numpy(got_s), want_s, rtol=rtol, atol=rtol * m)
+    # Every row is a probability distribution: the column sums add up to m.
+    np.testing.assert_allclose(cb.to_numpy(got_v).sum(axis=-1), m, rtol=10 * rtol)
+
+
+def test_packed_sort_key_orders_best_first_with_ties_to_the_lower_index():
+    """float32 scores sorted through the packed uint64 key: the spec's stable order (descending, lower index on ties)."""
+    sparse = importlib.import_module(_package().__name__ + ".sparse")
+    rng = np.random.default_rng(5)
+    score = rng.integers(0, 6, size=(3, 4, 500)).astype(np.float32) / np.float32(7)  # many ties
+    score[..., 3] = np.inf
+    score[0, 0, :] = 0.0
+    got = sparse._best_first(np, score)
+    want = np.argsort(-score, axis=-1, kind="stable")
+    np.testing.assert_array_equal(got, want)
+    # The top-k lists: the spec's rule (the counts[h] best, ties to the lower index), sorted, -1-padded.
+    counts = np.array([0, 3, 77, 500])
+    for descending in (False, True):
+        top = sparse._top_indices(np, score, counts, descending)
+        assert top.shape == (3, 4, 500)
+        for b in range(3):
+            for h in range(4):
+                chosen = np.sort(want[b, h, : counts[h]])
+                chosen = chosen[::-1] if descending else chosen
+                np.testing.assert_array_equal(top[b, h, : counts[h]], chosen)
+                assert (top[b, h, counts[h] :] == -1).all()
 
 
 # ----------------------------------------------------------------------------- the NVRTC kernel, forced
@@ -237,6 +354,51 @@ def test_each_path_agrees_with_the_spec(cb, kernels, mode, dtype):
     want_vs, want_vs_lse = yarnref.vertical_slash_attention(q64, k64, v64, vertical_h, slash_h, "kernel", None, True)
     assert_close(vs, want_vs, dtype=dtype, op="sparse")
     assert_close(vs_lse, want_vs_lse, dtype=dtype, op="sparse")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pairing", ["half", "interleaved", "interleaved_in_half_out"])
+def test_direct_triton_rope_equals_the_dlpack_route(cb, kernels, dtype, pairing):
+    """The RoPE kernel launched on CuPy arrays directly writes the same bits as through torch tensors (strided x, batched tables)."""
+    triton = _need_triton(kernels, cb)
+    rope = importlib.import_module(_package().__name__ + ".rope")
+    rng = np.random.default_rng(3)
+    x, _ = _inputs(cb, rng, (2, 6, 77, 2 * 96), dtype)
+    x = x[:, 1:5, :, ::2]  # (2, 4, 77, 96): strided heads and features
+    cos, sin = yarnref.rope_cos_sin(10000.0 ** (-np.arange(0, 80, 2) / 80), np.arange(2 * 77).reshape(2, 77))  # (2, 77, 40)
+    cos, sin = cb.asarray(cos), cb.asarray(sin)
+    got = rope._rotate_direct(cb.xp, triton, x, cos, sin, pairing)
+    assert got is not None, "Triton refused the CuPy arrays"
+    torch = triton["torch"]
+    with kernels.on_cupy_stream(cb.xp, torch):
+        want = kernels.to_cupy(cb.xp, triton["rope"].rotate_triton(*(kernels.to_torch(torch, a) for a in (x, cos, sin)), pairing))
+    np.testing.assert_array_equal(cb.to_numpy(got.view(cb.xp.uint16)), cb.to_numpy(want.view(cb.xp.uint16)))
+
+
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16", "float32"))
+@pytest.mark.parametrize("n_parts", [2, 3])
+def test_fused_dca_merge_equals_the_general_merge(cb, dtype, n_parts):
+    """The one-pass LSE merge writes into strided slices what merge_attention computes (empty parts included)."""
+    dca = importlib.import_module(_package().__name__ + ".dca")
+    attention = importlib.import_module(_package().__name__ + ".attention")
+    xp = cb.xp
+    rng = np.random.default_rng(n_parts)
+    shape = (2, 3, 50, 64)
+    outputs = [_inputs(cb, rng, shape, dtype)[0] for _ in range(n_parts)]
+    lses = [cb.asarray((rng.standard_normal(shape[:3]) * 3).astype(np.float32)) for _ in range(n_parts)]
+    lses[0][:, :, :5] = -np.inf  # rows where one part is empty
+    for l in lses:
+        l[:, :, 5:8] = -np.inf  # rows where every part is empty: output 0, lse -inf
+    out = xp.full((2, 3, 90, 64), 7, dtype=outputs[0].dtype)
+    lse = xp.full((2, 3, 90), 7, dtype=np.float32)
+    dca.merge_into(xp, outputs, lses, out[:, :, 20:70], lse[:, :, 20:70])
+    assert dca._MERGE_OK.get((outputs[0].dtype.name, out.dtype.name)) is True, "the fused merge did not compile for " + dtype
+    want_o, want_l = attention.merge_attention(xp, outputs, lses)
+    got_o, got_l = cb.to_numpy(out.astype(np.float32)), cb.to_numpy(lse)
+    np.testing.assert_allclose(got_o[:, :, 20:70], cb.to_numpy(want_o.astype(np.float32)), rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(got_l[:, :, 20:70], cb.to_numpy(want_l), rtol=1e-6, atol=1e-6)
+    assert (got_o[:, :, 25:28] == 0).all() and np.isneginf(got_l[:, :, 25:28]).all()
+    assert (got_o[:, :, :20] == 7).all() and (got_l[:, :, 70:] == 7).all()  # nothing outside the slices
 
 
 @pytest.mark.parametrize("mode", ["nvrtc", "triton"])

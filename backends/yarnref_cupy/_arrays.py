@@ -48,17 +48,43 @@ def is_half(a) -> bool:
     return dtype_name(a.dtype) in ("float16", "bfloat16")
 
 
-def all_finite(xp, a) -> bool:
-    """True if no entry of the float array ``a`` is inf or NaN.
+#: Per float dtype: the unsigned integer of its width and its exponent mask (all ones: inf or NaN).
+_EXPONENT_BITS = {
+    "float16": (np.uint16, 0x7C00),
+    "bfloat16": (np.uint16, 0x7F80),
+    "float32": (np.uint32, 0x7F800000),
+    "float64": (np.uint64, 0x7FF0000000000000),
+}
+_NONFINITE_KERNELS: dict[str, object] = {}
 
-    bfloat16 is tested on its bits (exponent all ones means inf or NaN), so
-    the test needs no bfloat16 arithmetic from the array library.
+
+def _nonfinite_kernel(cupy, uint_name: str):
+    """A CuPy ReductionKernel: True if any element's exponent bits are all ones (one read, no temporaries)."""
+    if uint_name not in _NONFINITE_KERNELS:
+        _NONFINITE_KERNELS[uint_name] = cupy.ReductionKernel(
+            f"{uint_name} x, {uint_name} mask", "bool y", "(x & mask) == mask", "a || b", "y = a", "false",
+            f"yarnref_any_nonfinite_{uint_name}",
+        )
+    return _NONFINITE_KERNELS[uint_name]
+
+
+def any_nonfinite(xp, a):
+    """A 0-d bool array (on ``a``'s device): True if some entry of the float array ``a`` is inf or NaN.
+
+    Tested on the bits (exponent all ones), so bfloat16 needs no arithmetic
+    from the array library; on the GPU one reduction kernel reads ``a`` once.
     """
+    uint, mask = _EXPONENT_BITS[dtype_name(a.dtype)]
     if a.size == 0:
-        return True
-    if dtype_name(a.dtype) == "bfloat16":
-        return not bool(((a.view(xp.uint16) & np.uint16(0x7F80)) == np.uint16(0x7F80)).any())
-    return bool(xp.all(xp.isfinite(a)))
+        return xp.zeros((), dtype=bool)
+    if xp is np:
+        return np.asarray(((a.view(uint) & uint(mask)) == uint(mask)).any())
+    return _nonfinite_kernel(xp, np.dtype(uint).name)(a.view(uint), uint(mask))  # a same-width view: any strides
+
+
+def all_finite(xp, a) -> bool:
+    """True if no entry of the float array ``a`` is inf or NaN (see :func:`any_nonfinite`)."""
+    return not bool(any_nonfinite(xp, a))
 
 
 def compute_dtype(*arrays) -> np.dtype:

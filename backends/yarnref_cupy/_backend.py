@@ -38,7 +38,7 @@ from . import attention as _attention
 from . import dca as _dca
 from . import rope as _rope
 from . import sparse as _sparse_module
-from ._arrays import all_finite, check_float, dtype_name
+from ._arrays import all_finite, any_nonfinite, check_float, dtype_name
 from ._device import Device, cuda_is_usable
 
 
@@ -251,7 +251,11 @@ class CupyBackend(Backend):
         """The spec's check for the sparse operations: float dtypes and finite values."""
         for name, a in arrays.items():
             check_float(name, a)
-            if not all_finite(self.xp, a):
+        # One reduction per array on the device, one read back for all of them.
+        flags = [any_nonfinite(self.xp, a) for a in arrays.values()]
+        bad = self._device.to_numpy(self.xp.stack(flags)) if len(flags) > 1 else [bool(flags[0])]
+        for name, nonfinite in zip(arrays, bad):
+            if nonfinite:
                 raise InputError(name, "non-finite values", "finite values")
 
     def _sparse_qkv(self, q, k, v, causal: bool):

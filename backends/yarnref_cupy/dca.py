@@ -27,9 +27,12 @@ For float16/bfloat16 inputs a fused kernel takes
 Triton are installed, else the NVRTC kernel), the rotated q and k are rounded
 to the input dtype and each part runs in that kernel with its lse, as vLLM
 rotates in the model dtype and runs its parts in FlashAttention; the parts are
-merged by :func:`.attention.merge_attention`, the same LSE merge the torch
-backend composes around SDPA.  The rotations themselves are yarnref's Triton
-RoPE kernel on the float32 copies where Triton runs (:mod:`.rope`).
+merged by the LSE rule of :func:`.attention.merge_attention` (on the GPU one
+elementwise pass writing straight into the output, :func:`merge_into`), the
+merge the torch backend composes around SDPA.  The rotations are yarnref's
+Triton RoPE kernel where Triton runs (:mod:`.rope`), on 16-bit q and k
+directly (computed in float32, rounded once to the input dtype), reading rows
+of one float64-computed table (:func:`position_table`).
 """
 
 from __future__ import annotations
@@ -52,46 +55,128 @@ def _block_size(rows_per_query: int, n_keys: int) -> int:
     return max(1, BLOCK_ELEMENTS // (rows_per_query * max(1, n_keys)))
 
 
-def rotate(xp, x, inv_freq, positions, table_factor: float, pairing: str):
-    """``x`` (compute dtype) rotated to ``positions`` (float64 device array, ``(n,)``); float64 tables."""
+def position_table(xp, inv_freq, n: int, pi_factor: float, table_factor: float, dtype):
+    """cos and sin of ``(p / pi_factor) * theta`` times ``table_factor`` for ``p = 0 .. n-1``, each ``(n, r/2)``.
+
+    Computed in float64 (every DCA position is an integer ``<= C``), returned
+    in ``dtype``; every rotation of the call reads its rows.
+    """
+    positions = xp.arange(n, dtype=np.float64) / scalar(pi_factor, np.float64)  # (n,)
     cos, sin = cos_sin(xp, inv_freq, positions, table_factor, "float64", "float64", np.float64)  # (n, r/2)
-    return apply_rope(xp, x, cos, sin, 2 * inv_freq.shape[0], pairing)
+    return cos.astype(dtype, copy=False), sin.astype(dtype, copy=False)
+
+
+_MERGE_KERNELS: dict[str, object] = {}
+#: (parts' dtype, output dtype) -> whether the fused merge ran for it (absent: not tried yet).
+_MERGE_OK: dict[tuple[str, str], bool] = {}
+
+
+def _merge_kernels(cupy):
+    """Two CuPy ElementwiseKernels: the LSE merge of up to three parts, output and lse, in one pass each."""
+    if "out" not in _MERGE_KERNELS:
+        _MERGE_KERNELS["out"] = cupy.ElementwiseKernel(
+            "T o1, T o2, T o3, L l1, L l2, L l3",
+            "O out",
+            """
+            L m = l1 > l2 ? l1 : l2;
+            m = m > l3 ? m : l3;
+            if (isinf(m)) {  // every part empty (m = -inf): output 0
+                out = (O)0.0f;
+            } else {
+                L w1 = exp(l1 - m), w2 = exp(l2 - m), w3 = exp(l3 - m);  // exp(-inf) = 0 for empty parts
+                out = (O)((w1 * (L)(float)o1 + w2 * (L)(float)o2 + w3 * (L)(float)o3) / (w1 + w2 + w3));
+            }
+            """,
+            "yarnref_dca_merge_out",
+        )
+        _MERGE_KERNELS["lse"] = cupy.ElementwiseKernel(
+            "L l1, L l2, L l3",
+            "L lse",
+            """
+            L m = l1 > l2 ? l1 : l2;
+            m = m > l3 ? m : l3;
+            lse = isinf(m) ? m : m + log(exp(l1 - m) + exp(l2 - m) + exp(l3 - m));
+            """,
+            "yarnref_dca_merge_lse",
+        )
+    return _MERGE_KERNELS
+
+
+def merge_into(xp, outputs, lses, out, lse) -> None:
+    """LSE-merge two or three parts (the same rule as :func:`.attention.merge_attention`) into the views ``out``, ``lse``.
+
+    ``outputs``: ``(b, h, n, d)`` in one dtype; ``lses``: ``(b, h, n)``.  On
+    the GPU with float32 lse (every 16-bit and float32 call) two elementwise
+    kernels read each part once and write ``out`` (q's dtype) and ``lse``
+    straight into their slices, where the general merge makes about a dozen
+    passes; float64 and the NumPy shim take the general merge.
+    """
+    # CuPy compiles one kernel per dtype combination; whether it compiled is remembered per combination.
+    signature = (outputs[0].dtype.name, out.dtype.name)
+    if xp is not np and len(outputs) in (2, 3) and all(l.dtype == np.float32 for l in lses) and _MERGE_OK.get(signature, True):
+        kernels = _merge_kernels(xp)
+        parts_o = list(outputs) + [outputs[-1]] * (3 - len(outputs))  # a missing third part has weight exp(-inf) = 0
+        parts_l = list(lses) + [xp.full_like(lses[0], -np.inf)] * (3 - len(lses))
+        try:
+            kernels["out"](*parts_o, *(l[..., None] for l in parts_l), out)
+            kernels["lse"](*parts_l, lse)
+            _MERGE_OK[signature] = True
+            return
+        except Exception:  # noqa: BLE001 - a CuPy that cannot compile this dtype (e.g. an older bfloat16): the general merge
+            if _MERGE_OK.get(signature):
+                raise  # it ran before: a real error
+            _MERGE_OK[signature] = False
+    o, l = merge_attention(xp, outputs, lses)
+    out[...] = o
+    lse[...] = l
 
 
 def dca_attention(
     xp, q, k, v, inv_freq, chunk_size: int, chunk_len: int, scale: float, pairing: str,
     table_factor: float, query_factor: float, key_factor, pi_factor: float, segments,
 ):
-    """DCA over validated device arrays.  ``key_factor``: ``(kv_len,)`` device array, or None for all ones.  Returns ``(out, lse)``."""
+    """DCA over validated device arrays.  ``key_factor``: ``(kv_len,)`` device array, or None for all ones.  Returns ``(out, lse)``.
+
+    The torch backend's composition: one float64 cos/sin table over the
+    positions used, rows read per rotation; 16-bit q and k rotated straight
+    into their own dtype where a fused kernel takes the parts (the rotation
+    computes in float32 and rounds once, as rotating a float32 copy and then
+    rounding does), so no float32 copy of q or k is made.
+    """
     batch, q_heads, q_len, _ = q.shape
     kv_len = k.shape[2]
+    r = 2 * inv_freq.shape[0]
     cdt = compute_dtype(q, k, v)
     offset = kv_len - q_len  # absolute position of query row 0
-    key_positions = (xp.arange(kv_len, dtype=np.int64) % chunk_len).astype(np.float64) / scalar(pi_factor, np.float64)
-    # Keys are rotated once, at p mod L, and carry their write-time factor (vLLM caches them so).
     # The dtype the rotated q/k go to attention in: q's 16-bit dtype where a fused kernel takes the
     # call (vLLM rotates in the model dtype too), else the compute dtype.
     work = q.dtype if takes_fused(xp, q, k, v, causal=False) else cdt
-    k_rot = rotate(xp, k.astype(cdt), inv_freq, key_positions, table_factor, pairing)  # (b, hk, kv_len, d)
-    if key_factor is not None:  # the Qwen temperature's write-time factors
-        k_rot *= key_factor.astype(cdt)[:, None]
-    k_rot = k_rot.astype(work, copy=False)
+    # Positions used: keys and intra queries j mod L < L; successive min(i mod L + L, C) and inter
+    # min(2L - 1, C), both <= min(2L - 1, C), and only once kv_len > L.
+    inter_position = min(2 * chunk_len - 1, chunk_size)
+    n_positions = inter_position + 1 if kv_len > chunk_len else kv_len
+    cos, sin = position_table(xp, inv_freq, n_positions, pi_factor, table_factor, cdt)  # (n_positions, r/2)
+
+    # Keys are rotated once, at p mod L, and carry their write-time factor (vLLM caches them so).
+    key_rows = xp.arange(kv_len, dtype=np.int64) % chunk_len  # (kv_len,)
+    k_cos, k_sin = cos[key_rows], sin[key_rows]  # (kv_len, r/2)
+    if key_factor is None and work == k.dtype:
+        k_rot = apply_rope(xp, k, k_cos, k_sin, r, pairing)  # (b, hk, kv_len, d), k's dtype, computed in the compute dtype
+    else:
+        k_rot = apply_rope(xp, k.astype(cdt), k_cos, k_sin, r, pairing)
+        if key_factor is not None:  # the Qwen temperature's write-time factors
+            k_rot *= key_factor.astype(cdt)[:, None]
+        k_rot = k_rot.astype(work, copy=False)
+    del k_cos, k_sin
     vc = v.astype(work, copy=False)
     logit_scale = scale * query_factor
-    inter_position = float(min(2 * chunk_len - 1, chunk_size))
 
     out = xp.empty((batch, q_heads, q_len, v.shape[-1]), dtype=q.dtype)
     lse = xp.empty((batch, q_heads, q_len), dtype=cdt)
     for seg in segments:
         rows = slice(seg.begin - offset, seg.end - offset)
-        q_seg = q[:, :, rows].astype(cdt)  # (b, hq, n, d), un-rotated
-        absolute = xp.arange(seg.begin, seg.end, dtype=np.int64)
-        in_chunk = absolute % chunk_len  # r(p)
-        positions = {
-            "intra": in_chunk.astype(np.float64),
-            "successive": xp.minimum(in_chunk + chunk_len, chunk_size).astype(np.float64),
-            "inter": xp.full(seg.end - seg.begin, inter_position, dtype=np.float64),
-        }
+        q_seg = q[:, :, rows] if work == q.dtype else q[:, :, rows].astype(cdt)  # (b, hq, n, d), un-rotated
+        r0, r1 = seg.begin - seg.intra[0], seg.end - seg.intra[0]  # the segment's in-chunk positions i mod L
         outputs, lses = [], []
         for part, (start, stop), causal in (
             ("intra", seg.intra, True),  # bottom-right causal: query i sees [cs, i]
@@ -100,7 +185,14 @@ def dca_attention(
         ):
             if stop <= start:
                 continue
-            qp = rotate(xp, q_seg, inv_freq, positions[part] / scalar(pi_factor, np.float64), table_factor, pairing).astype(work, copy=False)
+            if part == "intra":
+                qc, qs = cos[r0:r1], sin[r0:r1]  # i mod L
+            elif part == "successive":
+                succ = xp.minimum(xp.arange(r0, r1, dtype=np.int64) + chunk_len, chunk_size)  # min(i mod L + L, C)
+                qc, qs = cos[succ], sin[succ]
+            else:
+                qc, qs = cos[inter_position : inter_position + 1], sin[inter_position : inter_position + 1]  # one position
+            qp = apply_rope(xp, q_seg, qc, qs, r, pairing).astype(work, copy=False)
             o, l = attention(
                 xp, qp, k_rot[:, :, start:stop], vc[:, :, start:stop], causal, logit_scale,
                 _block_size(batch * q_heads, stop - start),
@@ -108,9 +200,8 @@ def dca_attention(
             outputs.append(o)
             lses.append(l)
         if len(outputs) == 1:
-            o, l = outputs[0], lses[0]
+            out[:, :, rows] = outputs[0]
+            lse[:, :, rows] = lses[0]
         else:
-            o, l = merge_attention(xp, outputs, lses)
-        out[:, :, rows] = o
-        lse[:, :, rows] = l
+            merge_into(xp, outputs, lses, out[:, :, rows], lse[:, :, rows])
     return out, lse

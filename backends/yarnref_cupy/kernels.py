@@ -18,7 +18,12 @@ those same kernels on its own arrays:
   null stream is torch's default stream, the legacy null stream), so the
   kernels are ordered with the caller's CuPy work and nothing synchronises.
   Triton's CUDA driver asks torch for the device and the current stream,
-  which is why this path needs torch installed.
+  which is why this path needs torch installed.  When torch's current stream
+  already is CuPy's (the default case: both on the legacy null stream)
+  nothing is switched, and torch's handle on any other CuPy stream is made
+  once per stream, so the switch costs a few microseconds, not tens;
+* where yarnref launches a Triton kernel itself (the RoPE rotation), the
+  CuPy arrays go to it as :class:`DevicePointer` objects, without DLPack.
 
 Without torch or Triton (a CuPy-only install), the fused path is the NVRTC
 kernel of :mod:`.flash` (``flash_attention.cu``: dense and vertical-slash
@@ -49,7 +54,7 @@ from pathlib import Path
 
 from yarnref.errors import InputError
 
-__all__ = ["ENV", "MODES", "kernel_mode", "use_kernels", "triton_kernels", "on_cupy_stream", "to_torch", "to_cupy"]
+__all__ = ["ENV", "MODES", "kernel_mode", "use_kernels", "triton_kernels", "on_cupy_stream", "DevicePointer", "to_torch", "to_cupy"]
 
 #: The environment variable that chooses the kernels.
 ENV = "YARNREF_CUPY_KERNELS"
@@ -141,16 +146,60 @@ def has_dense_triton(kernels) -> bool:
     return kernels is not None and hasattr(kernels["sparse"], "dense_attention_triton")
 
 
-@contextlib.contextmanager
-def on_cupy_stream(cupy, torch):
-    """Make torch's current stream (and device) CuPy's current ones inside the block."""
-    device = cupy.cuda.Device().id
-    ptr = cupy.cuda.get_current_stream().ptr
-    with torch.cuda.device(device):
+#: torch stream objects for CuPy streams, by (device, stream pointer): made once, not per call.
+_STREAMS: dict[tuple[int, int], object] = {}
+
+
+def _torch_stream(torch, device: int, ptr: int):
+    """torch's handle on the CUDA stream ``ptr`` of ``device`` (cached; an ExternalStream owns nothing)."""
+    key = (device, ptr)
+    stream = _STREAMS.get(key)
+    if stream is None:
+        if len(_STREAMS) >= 64:  # streams come and go; keep the table small
+            _STREAMS.clear()
         # ptr 0: CuPy's null stream, the legacy default stream, which is torch's default stream too.
         stream = torch.cuda.default_stream(device) if ptr == 0 else torch.cuda.ExternalStream(ptr, device=device)
-        with torch.cuda.stream(stream):
-            yield
+        _STREAMS[key] = stream
+    return stream
+
+
+@contextlib.contextmanager
+def on_cupy_stream(cupy, torch):
+    """Make torch's current stream (and device) CuPy's current ones inside the block.
+
+    The common case costs two lookups: when torch's current device and stream
+    already are CuPy's (CuPy's null stream and torch's default stream, the
+    legacy default stream, on the same device), nothing is switched.
+    Otherwise the device is switched and torch's handle on CuPy's stream
+    (made once per stream) is made current for the block.
+    """
+    device = cupy.cuda.runtime.getDevice()
+    ptr = cupy.cuda.get_current_stream().ptr
+    if torch.cuda.current_device() == device and torch.cuda.current_stream(device).cuda_stream == ptr:
+        yield
+        return
+    with torch.cuda.device(device), torch.cuda.stream(_torch_stream(torch, device, ptr)):
+        yield
+
+
+class DevicePointer:
+    """A CuPy array as a Triton kernel argument: its device address (``data_ptr()``) and ``dtype``.
+
+    Triton takes any object with ``data_ptr()`` and a ``dtype`` whose name it
+    knows (``float16``, ``bfloat16``, ``float32``, ...: NumPy's names are
+    Triton's), so a CuPy array reaches a Triton kernel without a DLPack
+    round trip.  The array must outlive the launch's enqueueing (the caller
+    holds it).
+    """
+
+    __slots__ = ("_ptr", "dtype")
+
+    def __init__(self, a):
+        self._ptr = a.data.ptr
+        self.dtype = a.dtype
+
+    def data_ptr(self) -> int:
+        return self._ptr
 
 
 def to_torch(torch, a):

@@ -71,6 +71,9 @@ def apply_rope(xp, x, cos, sin, rotary_dim: int, pairing: str):
     """
     triton = kernels.triton_kernels(xp)
     if triton is not None and x.ndim == 4 and x.size and dtype_name(x.dtype) in ("float32", "float16", "bfloat16"):
+        out = _rotate_direct(xp, triton, x, cos, sin, pairing)
+        if out is not None:
+            return out
         torch = triton["torch"]
         with kernels.on_cupy_stream(xp, torch):  # (batch, heads, seq, head_dim) in, a new one of x's dtype out
             t = triton["rope"].rotate_triton(kernels.to_torch(torch, x), kernels.to_torch(torch, cos), kernels.to_torch(torch, sin), pairing)
@@ -97,3 +100,66 @@ def apply_rope(xp, x, cos, sin, rotary_dim: int, pairing: str):
         out[..., half:r] = b_new
     out[..., r:] = x[..., r:]
     return out
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+#: Whether the Triton RoPE kernel takes CuPy arrays directly (None: not tried yet in this process).
+_DIRECT: dict[str, bool] = {}
+
+
+def _rotate_direct(xp, triton, x, cos, sin, pairing: str):
+    """The Triton RoPE kernel launched on the CuPy arrays themselves (:class:`.kernels.DevicePointer`), or None.
+
+    The same kernel and launch configuration as
+    :func:`yarnref_torch.rope_triton.rotate_triton`, with CuPy allocating the
+    output and the float32 tables: no DLPack conversion per argument and no
+    torch tensor, which at 8K tokens is most of a call's time.  None where
+    that module has no such kernel, or if the first direct launch in this
+    process was refused (then the DLPack route serves from there on).
+    """
+    rope_mod = triton["rope"]
+    kernel, codes = getattr(rope_mod, "_rope_kernel", None), getattr(rope_mod, "_PAIRING_CODE", None)
+    if kernel is None or codes is None or pairing not in codes or _DIRECT.get("ok") is False:
+        return None
+    batch, heads, seq, head_dim = x.shape
+    half = cos.shape[-1]
+    # cos/sin as float32 and contiguous, read as (batch or 1, seq or 1, r/2); broadcast extents get stride 0.
+    # (No reshape: a contiguous (seq, r/2), (batch, seq, r/2) or (batch, 1, seq, r/2) table already
+    # has that layout, and each CuPy view costs microseconds on a call this short.)
+    tables = []
+    for table in (cos, sin if sin.shape == cos.shape else sin.reshape(cos.shape)):
+        if table.dtype != np.float32:
+            table = table.astype(np.float32)
+        if not table.flags.c_contiguous:
+            table = xp.ascontiguousarray(table)
+        tables.append(table)
+    cos3, sin3 = tables
+    n_batch = cos.shape[0] if cos.ndim >= 3 else 1
+    sc_b = 0 if n_batch == 1 else cos3.size // n_batch
+    sc_s = 0 if cos.shape[-2] == 1 else half
+    out = xp.empty((batch, heads, seq, head_dim), dtype=x.dtype)
+    item = x.itemsize
+    x_strides = tuple(st // item for st in x.strides)  # CuPy strides are in bytes, Triton's in elements
+    out_strides = tuple(st // item for st in out.strides)
+    tail = head_dim - 2 * half
+    block_h = min(_next_power_of_2(heads), max(1, 4096 // _next_power_of_2(head_dim)))
+    ptr = kernels.DevicePointer
+    args = (ptr(x), ptr(cos3), ptr(sin3), ptr(out), heads, seq, *x_strides, sc_b, sc_s, *out_strides[:3])
+    meta = dict(
+        HALF=half, BLOCK_HALF=_next_power_of_2(half), TAIL=tail, BLOCK_TAIL=_next_power_of_2(max(tail, 1)),
+        PAIRING=codes[pairing], BLOCK_H=block_h, num_warps=4,
+    )
+    with kernels.on_cupy_stream(xp, triton["torch"]):
+        if "ok" in _DIRECT:
+            kernel[(batch * seq,)](*args, **meta)
+            return out
+        try:  # the first launch: Triton's argument handling for non-torch pointers is checked once
+            kernel[(batch * seq,)](*args, **meta)
+        except Exception:  # noqa: BLE001 - whatever Triton refuses, the DLPack route serves
+            _DIRECT["ok"] = False
+            return None
+        _DIRECT["ok"] = True
+        return out

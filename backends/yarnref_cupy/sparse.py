@@ -17,7 +17,10 @@ How it runs here
   against all keys (``m * kv_len`` per head) in the compute dtype, float64
   for float64 inputs and float32 otherwise, as the torch backend (the top-k
   then differs from the spec's only on near-ties within float32 rounding),
-  column and diagonal sums, a stable sort (ties to the lower index, as the spec).
+  column and diagonal sums (on the GPU two fused kernels,
+  ``vertical_slash_estimate.cu``, that read the logits three times and write
+  nothing of their size), a sort best first with ties to the lower index, as
+  the spec (float32 scores as one packed uint64 key per entry).
 * Conversion (:func:`convert`): the CUDA kernel ``vertical_slash_index.cu``,
   one thread per (batch, head, row block), run through CuPy's RawModule.  In
   the NumPy shim the vectorised conversion shared with the spec runs instead; the kernel source is
@@ -72,24 +75,48 @@ _INT32_MAX = 2**31 - 1
 # ----------------------------------------------------------------------------- index arrays on the device
 
 
-def check_index_array(xp, name: str, a, low: int, high: int | None):
-    """``a`` (device) as int64 ``(batch, heads, n)``, entries ``-1`` or in ``[low, high)`` (the spec's check)."""
+def _index_array(name: str, a):
+    """``a`` (device) as int64 ``(batch, heads, n)``; InputError for another shape or dtype."""
     if a.ndim != 3 or a.dtype.kind not in "iu":
         raise InputError(name, f"array of shape {a.shape} and dtype {a.dtype}", "a (batch, heads, n) integer array")
-    a = a.astype(np.int64)
+    return a.astype(np.int64, copy=False)
+
+
+def _out_of_range(a, low: int, high: int | None):
+    """Device bool array: entries of ``a`` that are neither ``-1`` nor in ``[low, high)``."""
     bad = (a != -1) & (a < low)
     if high is not None:
         bad |= (a != -1) & (a >= high)
+    return bad
+
+
+def _raise_out_of_range(name: str, a, bad, low: int, high: int | None):
+    value = int(a[bad][0])
+    upper = f", < {high}" if high is not None else ""
+    raise InputError(name, f"an entry {value}", f"entries >= {low}{upper}, or -1 for padding")
+
+
+def check_index_array(xp, name: str, a, low: int, high: int | None):
+    """``a`` (device) as int64 ``(batch, heads, n)``, entries ``-1`` or in ``[low, high)`` (the spec's check)."""
+    a = _index_array(name, a)
+    bad = _out_of_range(a, low, high)
     if a.size and bool(bad.any()):
-        value = int(a[bad][0])
-        upper = f", < {high}" if high is not None else ""
-        raise InputError(name, f"an entry {value}", f"entries >= {low}{upper}, or -1 for padding")
+        _raise_out_of_range(name, a, bad, low, high)
     return a
 
 
 def check_indices(xp, vertical, slash, kv_len: int, batch_heads=None):
-    vertical = check_index_array(xp, "vertical_idx", vertical, 0, kv_len)
-    slash = check_index_array(xp, "slash_idx", slash, 0, None)
+    """Both index arrays checked (the spec's rules), with one read back from the device for the two range checks."""
+    vertical = _index_array("vertical_idx", vertical)
+    slash = _index_array("slash_idx", slash)
+    bad_v = _out_of_range(vertical, 0, kv_len)
+    bad_s = _out_of_range(slash, 0, None)
+    flags = xp.stack([bad_v.any(), bad_s.any()])
+    any_v, any_s = (bool(f) for f in (flags.get() if hasattr(flags, "get") else flags))
+    if any_v:
+        _raise_out_of_range("vertical_idx", vertical, bad_v, 0, kv_len)
+    if any_s:
+        _raise_out_of_range("slash_idx", slash, bad_s, 0, None)
     if vertical.shape[:2] != slash.shape[:2]:
         raise InputError("slash_idx", f"shape {slash.shape}", f"(batch, heads) = {vertical.shape[:2]} like vertical_idx")
     if batch_heads is not None and vertical.shape[:2] != batch_heads:
@@ -106,18 +133,136 @@ def _argsort_stable(xp, a):
 # ----------------------------------------------------------------------------- estimation
 
 
+def _sort_rows_packed(xp, keys, key_bits: int):
+    """``keys`` (..., n) of non-negative integers ``< 2**key_bits``, each row sorted ascending, as int64.
+
+    The row number is packed above the key (``row << key_bits | key``) and the
+    whole array sorted once as one flat uint64 vector: a single radix sort on
+    the GPU, where sorting along the last axis of a 2-D+ array compares
+    (row, value) pairs.  None if row and key do not fit 64 bits together.
+    """
+    *lead, n = keys.shape
+    n_rows = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    row_bits = max(1, int(n_rows - 1).bit_length())
+    if row_bits + key_bits > 64 or keys.size == 0:
+        return None
+    row = xp.arange(n_rows, dtype=np.uint64)[:, None] << np.uint64(key_bits)  # (rows, 1)
+    packed = (row | keys.reshape(n_rows, n).astype(np.uint64)).ravel()
+    low = np.uint64((1 << key_bits) - 1)
+    return (xp.sort(packed) & low).astype(np.int64).reshape(keys.shape)
+
+
+def _best_first(xp, score):
+    """Indices sorting ``score`` (..., n) best first, ties to the lower index (the spec's stable order).
+
+    float32 scores (all ``>= +0`` here: sums of probabilities, or ``+inf``
+    where forced) are sorted as one packed integer key per entry,
+    ``(~bits(score)) << b | index`` with ``b`` the bits of an index: for
+    non-negative floats the bit pattern orders like the value, so ascending
+    keys are descending scores with the lower index first on ties, and a
+    radix sort of keys (:func:`_sort_rows_packed`) replaces an argsort that
+    carries an index payload.  float64 scores take the stable argsort.
+    """
+    n = score.shape[-1]
+    index_bits = max(1, int(n - 1).bit_length())
+    if score.dtype == np.float32 and n:
+        bits = xp.ascontiguousarray(score).view(np.uint32).astype(np.uint64)
+        keys = ((np.uint64(0xFFFFFFFF) - bits) << np.uint64(index_bits)) | xp.arange(n, dtype=np.uint64)
+        order = _sort_rows_packed(xp, keys, 32 + index_bits)
+        if order is not None:
+            return order & np.int64((1 << index_bits) - 1)
+    return _argsort_stable(xp, -score)
+
+
+def _sort_indices_ascending(xp, top, index_bits: int):
+    """Rows of ``top`` (entries ``-1`` or ``< 2**index_bits``) sorted ascending with ``-1`` last."""
+    big = (1 << index_bits)  # stands for -1 while sorting
+    shifted = xp.where(top < 0, big, top)
+    out = _sort_rows_packed(xp, shifted, index_bits + 1)
+    if out is None:
+        out = xp.sort(shifted, axis=-1)
+    return xp.where(out == big, -1, out)
+
+
 def _top_indices(xp, score, counts, descending: bool):
     """The ``counts[h]`` best entries of ``score[..., h, :]`` (ties: lower index), sorted, ``-1``-padded."""
-    order = _argsort_stable(xp, -score)  # best first; stable: lower index first on ties
+    order = _best_first(xp, score)  # best first; lower index first on ties
     width = int(counts.max())
     top = order[..., :width]
     keep = xp.arange(width)[None, :] < xp.asarray(counts)[:, None]  # (heads, width)
     top = xp.where(keep, top, -1)
-    if descending:
-        return -xp.sort(-top, axis=-1)
-    big = np.iinfo(np.int64).max
-    top = xp.sort(xp.where(top < 0, big, top), axis=-1)
-    return xp.where(top == big, -1, top)
+    index_bits = max(1, int(score.shape[-1] - 1).bit_length())
+    if descending:  # largest first, -1 last: the ascending sort of (2**b - 1 - index)
+        flipped = xp.where(top < 0, -1, (1 << index_bits) - 1 - top)
+        flipped = _sort_indices_ascending(xp, flipped, index_bits)
+        return xp.where(flipped < 0, -1, (1 << index_bits) - 1 - flipped)
+    return _sort_indices_ascending(xp, top, index_bits)
+
+
+_ESTIMATE_KERNELS: dict[tuple, object] = {}
+
+
+def _estimate_kernels(cupy, dtype):
+    """The fused estimation kernels of ``vertical_slash_estimate.cu`` for ``dtype`` (float32 or float64), per device."""
+    ctype = "float" if dtype == np.float32 else "double"
+    key = (cupy.cuda.Device().id, ctype)
+    if key not in _ESTIMATE_KERNELS:
+        names = (f"yarnref_vs_row_stats<{ctype}>", f"yarnref_vs_scores<{ctype}>")
+        source = Path(__file__).with_name("vertical_slash_estimate.cu").read_text()
+        module = cupy.RawModule(code=source, options=("-std=c++14",), name_expressions=names)
+        _ESTIMATE_KERNELS[key] = tuple(module.get_function(n) for n in names)
+    return _ESTIMATE_KERNELS[key]
+
+
+#: Threads per block of the estimation kernels (``YARNREF_VS_THREADS`` in the source).
+_ESTIMATE_THREADS = 256
+
+
+def estimation_scores(xp, logits, scale: float):
+    """Column and diagonal sums of the last queries' causal softmax.
+
+    ``logits``: ``(batch, heads, m, kv_len)`` unscaled ``q k^T`` of the last
+    ``m`` queries (positions ``kv_len - m + r``), float32 or float64,
+    contiguous.  Returns ``vertical``, ``slash``: ``(batch, heads, kv_len)``
+    with ``vertical[j] = sum_r A[r, j]`` and ``slash[d] = sum_r A[r, p_r - d]``.
+
+    On the GPU the two kernels of ``vertical_slash_estimate.cu`` (three reads
+    of the logits, nothing of their size written); in the NumPy shim the
+    array form, the same equations.
+    """
+    batch, heads, m, kv_len = logits.shape
+    cdt = logits.dtype
+    if xp is not np:
+        row_stats, scores = _estimate_kernels(xp, cdt)
+        logits = xp.ascontiguousarray(logits)
+        n_rows = batch * heads * m
+        row_max = xp.empty(n_rows, dtype=cdt)
+        row_sum = xp.empty(n_rows, dtype=cdt)
+        vertical = xp.empty((batch, heads, kv_len), dtype=cdt)
+        slash = xp.empty((batch, heads, kv_len), dtype=cdt)
+        t = _ESTIMATE_THREADS
+        row_stats((n_rows,), (t,), (logits, row_max, row_sum, np.int64(kv_len), np.int32(m), scalar(scale, cdt)))
+        total = batch * heads * kv_len
+        scores(
+            (-(-total // t),), (t,),
+            (logits, row_max, row_sum, vertical, slash, np.int64(batch * heads), np.int64(kv_len), np.int32(m), scalar(scale, cdt)),
+        )
+        return vertical, slash
+    position = xp.arange(kv_len - m, kv_len)  # (m,) the estimation queries' positions
+    column = xp.arange(kv_len)
+    visible = column[None, :] <= position[:, None]  # (m, kv_len): causal among the last m
+    source = position[:, None] - column[None, :]  # (m, kv_len): column on diagonal delta of row r
+    on_grid = source >= 0
+    rows = xp.arange(m)[:, None]
+    cols = xp.where(on_grid, source, 0)
+    probs = logits * scalar(scale, cdt)
+    probs += xp.where(visible, scalar(0.0, cdt), scalar(-np.inf, cdt))
+    probs -= probs.max(axis=-1, keepdims=True)  # every row sees its own key: the max is finite
+    xp.exp(probs, out=probs)
+    probs /= probs.sum(axis=-1, keepdims=True)  # (batch, heads, m, kv_len)
+    vertical = probs.sum(axis=-2)  # column sums
+    slash = xp.where(on_grid, probs[:, :, rows, cols], scalar(0.0, cdt)).sum(axis=-2)  # diagonal sums
+    return vertical, slash
 
 
 def vertical_slash_indices(xp, q, k, n_vertical, n_slash, last_q: int, scale: float, force_verticals: int, force_slashes: int):
@@ -126,15 +271,7 @@ def vertical_slash_indices(xp, q, k, n_vertical, n_slash, last_q: int, scale: fl
     kv_heads, kv_len = k.shape[1], k.shape[2]
     group = q_heads // kv_heads
     m = min(last_q, q_len)
-    position = xp.arange(kv_len - m, kv_len)  # (m,) the estimation queries' positions
-    column = xp.arange(kv_len)
-    visible = column[None, :] <= position[:, None]  # (m, kv_len): causal among the last m
-    source = position[:, None] - column[None, :]  # (m, kv_len): column on diagonal delta of row r
-    on_grid = source >= 0
-    rows = xp.arange(m)[:, None]
-    cols = xp.where(on_grid, source, 0)
     cdt = compute_dtype(q, k)
-    bias = xp.where(visible, scalar(0.0, cdt), scalar(-np.inf, cdt))  # (m, kv_len): causal among the last m
     vertical_score = xp.empty((batch, q_heads, kv_len), dtype=cdt)
     slash_score = xp.empty((batch, q_heads, kv_len), dtype=cdt)
     # Groups of kv heads small enough for the memory budget (one group for any ordinary size).
@@ -146,15 +283,9 @@ def vertical_slash_indices(xp, q, k, n_vertical, n_slash, last_q: int, scale: fl
         q_last = q[:, h0 * group : h1 * group, q_len - m :].astype(cdt)
         q_last = q_last.reshape(batch, n_kv, group * m, head_dim)  # query heads under their kv head
         keys_t = xp.swapaxes(k[:, h0:h1].astype(cdt), -1, -2)  # (batch, n_kv, head_dim, kv_len)
-        probs = xp.matmul(q_last, keys_t).reshape(batch, n_kv * group, m, kv_len)  # the logits, then in place
-        probs *= scalar(scale, cdt)
-        probs += bias
-        probs -= probs.max(axis=-1, keepdims=True)  # every row sees its own key: the max is finite
-        xp.exp(probs, out=probs)
-        probs /= probs.sum(axis=-1, keepdims=True)  # (batch, heads, m, kv_len)
+        logits = xp.matmul(q_last, keys_t).reshape(batch, n_kv * group, m, kv_len)  # unscaled
         heads = slice(h0 * group, h1 * group)
-        vertical_score[:, heads] = probs.sum(axis=-2)  # column sums
-        slash_score[:, heads] = xp.where(on_grid, probs[:, :, rows, cols], scalar(0.0, cdt)).sum(axis=-2)  # diagonal sums
+        vertical_score[:, heads], slash_score[:, heads] = estimation_scores(xp, logits, scale)
     vertical_score[..., :force_verticals] = np.inf
     slash_score[..., :force_slashes] = np.inf
     return (
@@ -424,18 +555,19 @@ def vs_attention(xp, device, q, k, v, vertical, slash, mode: str, scale: float, 
     batch, q_heads, q_len, head_dim = q.shape
     kv_len, v_dim = k.shape[2], v.shape[-1]
     cdt = compute_dtype(q, k, v)
-    kc = xp.ascontiguousarray(k.astype(cdt, copy=False))  # contiguous: gathered as rows of (B*Hk*kv_len, D)
-    vc = xp.ascontiguousarray(v.astype(cdt, copy=False))
-    off = kv_len - q_len if causal else kv_len
-    out = xp.empty((batch, q_heads, q_len, v_dim), dtype=q.dtype)
-    lse = xp.empty((batch, q_heads, q_len), dtype=cdt)
-    if mode == "kernel":
+    if mode == "kernel":  # the fused kernels first: they read q, k, v as they are
         triton = _triton_sparse(xp, q, k, v, bm, bn)
         if triton is not None:
             return _triton_vs_attention(xp, triton, q, k, v, vertical, slash, scale, causal, bm, bn)
         converted = convert(xp, device, q_len, kv_len, vertical, slash, bm, bn, causal)
         if fusable(xp, q, k, v, lists=True, block_size_m=bm, block_size_n=bn):
             return flash_attention(xp, q, k, v, scale, causal, converted)
+    kc = xp.ascontiguousarray(k.astype(cdt, copy=False))  # contiguous: gathered as rows of (B*Hk*kv_len, D)
+    vc = xp.ascontiguousarray(v.astype(cdt, copy=False))
+    off = kv_len - q_len if causal else kv_len
+    out = xp.empty((batch, q_heads, q_len, v_dim), dtype=q.dtype)
+    lse = xp.empty((batch, q_heads, q_len), dtype=cdt)
+    if mode == "kernel":
         keys, valid = kernel_key_lists(xp, converted, kv_len, bn)  # (B, Hq, R, K)
         n_rows, n_keys = keys.shape[2], keys.shape[3]
         step = _step(batch * q_heads * n_keys * (head_dim + v_dim + bm))
