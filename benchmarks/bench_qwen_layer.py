@@ -8,12 +8,33 @@ DCA (chunk 262144, local 8192), the temperature of the prompt length (O =
 segment above the 32768-key gate with the budgets of one real layer of the
 model's table (the layer of median total budget).  Variants per length:
 
-* ``dense dca`` / ``dca+sparse``: the attention (dense DCA is the baseline
-  the report's 3-7x time-to-first-token is measured against);
+* ``dense dca`` / ``dca+sparse <source>``: the attention (dense DCA is the
+  baseline the report's 3-7x time-to-first-token is measured against);
+  ``<source>`` says where the sparse path's index sets come from
+  (:class:`PatternSubstitution`): the estimation always runs on the layer's
+  own q and k (its time and memory are in the layer's), and with random
+  weights it ranks random scores, so its kept slashes spread over every
+  distance and the kernel's lists cover nearly the whole causal area
+  (``estimated``: the run as the library computes it, a near-dense
+  pattern); ``synthetic`` and ``smollm2`` replace its result by index sets
+  of the same shapes and per-head budgets from ``qwen_patterns`` (the
+  ``realistic`` generator, or SmolLM2-135M's exported sets scaled to the
+  segment's key count; ``smollm2`` needs ``--patterns DIR`` with
+  ``smollm2_<n>.npz`` from ``yarnref patterns --npz``), drawn per DCA
+  segment key count before the timed run;
 * ``chunked 32K`` / ``unchunked``: chunked prefill through the whole layer
   (32768 tokens at a time, K/V cache kept, each chunk's queries against every
   key so far) or the whole prompt at once (where memory allows: an
-  out-of-memory is recorded as such).
+  out-of-memory is recorded as such; at 1M the unchunked variants are not
+  run, which the run notes: two (T, 18944) MLP buffers take 74 GiB and the
+  four variants would take the benchmark past its time budget).
+
+Variants run in order of importance at each length (chunked: dense,
+synthetic, smollm2, estimated; then unchunked), so that a spent time budget
+(``--budget``, 290 s by default) cuts the least important ones, with a note.
+``last_sets_density`` on the sparse rows is the mean over heads of the
+kernel-list density of the last estimation's sets over the causal square of
+its keys.
 
 Per variant: the layer's time (one call; the kernels were compiled by a
 warm-up at 64K first); ``layer_peak_gib``, the peak of
@@ -26,8 +47,9 @@ time over ours with the same chunking (and ``vs_dense_unchunked``).
 
 Check: the attention outputs of the last row block of the first, middle and
 last DCA segment of the run against a float64 reference
-(``QwenLayer.attention_reference``: dense DCA in float64, or the run's own
-index sets attended in float64).
+(``QwenLayer.attention_reference``: dense DCA in float64, or the index sets
+the run used, substituted ones included, attended in float64: the check runs
+inside the substitution block).
 """
 
 from __future__ import annotations
@@ -76,10 +98,13 @@ class PatternSubstitution:
       the same way.
 
     The sets of a key count are drawn once (seeded by ``kv_len`` and the
-    layer) and cached on the device: :meth:`prepare` draws them before a
-    timed run, and the float64 row check, run inside the same block, sees the
-    sets the run used.  ``last`` holds the last call's ``(kv_len, vertical,
-    slash)``.  Leaving the block removes the wrapper (the backend's own
+    layer) and cached on the host (one instance serves every run of the
+    benchmark; each call moves its sets to the device, a few MiB, as the
+    pipeline moves the estimation's sets to the host): :meth:`prepare` draws
+    them before a timed run, and the float64 row check, run inside the same
+    block, sees the sets the run used.  ``calls`` counts the estimations
+    since the block was entered and ``last`` holds the last call's
+    ``(kv_len, vertical, slash)``.  Leaving the block removes the wrapper (the backend's own
     method is back); the library is not changed.
     """
 
@@ -97,7 +122,7 @@ class PatternSubstitution:
         self.sets, self.calls, self.last = {}, 0, None
 
     def sets_for(self, kv_len: int):
-        """``(vertical, slash)`` int64 tensors ``(1, heads, width)`` on the layer's device for ``kv_len`` keys."""
+        """``(vertical, slash)`` int64 tensors ``(1, heads, width)`` on the host for ``kv_len`` keys."""
         if kv_len not in self.sets:
             seed = kv_len // 64 + 7919 * self.layer.layer
             vb, sb = self.budgets
@@ -105,8 +130,7 @@ class PatternSubstitution:
                 v, s = qp.synthetic_indices(kv_len, vb, sb, seed=seed)
             else:
                 v, s, _ = qp.pattern_sets("smollm2", kv_len, self.layer.layer, vb, sb, self.patterns, self.n_layers)
-            dev = self.layer.device
-            self.sets[kv_len] = (torch.as_tensor(v, device=dev), torch.as_tensor(s, device=dev))
+            self.sets[kv_len] = (torch.as_tensor(v), torch.as_tensor(s))
         return self.sets[kv_len]
 
     def prepare(self, n: int, chunk) -> None:
@@ -123,7 +147,7 @@ class PatternSubstitution:
             vertical, slash = estimate(q, k, vertical_size, slash_size, last_q, **kwargs)  # paid in full
             kv_len = k.shape[2]
             if self.source != "estimated":
-                v, s = self.sets_for(kv_len)
+                v, s = (t.to(vertical.device) for t in self.sets_for(kv_len))
                 for mine, theirs, name in ((v, vertical, "vertical"), (s, slash, "slash")):
                     if mine.shape != theirs.shape or not torch.equal((mine >= 0).sum(-1), (theirs >= 0).sum(-1)):
                         raise AssertionError(f"{self.source} {name} sets at {kv_len} keys: shape {tuple(mine.shape)}, "
@@ -134,6 +158,7 @@ class PatternSubstitution:
             return vertical, slash
 
         backend.vertical_slash_indices = substituted  # an instance attribute: found first by the backend lookup
+        self.calls, self.last = 0, None
         return self
 
     def __exit__(self, *exc):
@@ -180,14 +205,15 @@ def variant_name(pattern: str | None, chunk) -> str:
     return f"{kind} {'chunked ' + _k(chunk) if chunk else 'unchunked'}"
 
 
-def run_variant(rec, layer: QwenLayer, n: int, pattern: str | None, chunk, dtype, label: str, patterns=None):
-    """One timed layer run; ``pattern``: None (dense DCA) or the index-set source of the sparse path."""
+def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution | None, chunk, dtype, label: str):
+    """One timed layer run; ``substitution``: None (dense DCA) or the index-set source of the sparse path."""
     device = rec.device
-    sparse = pattern is not None
+    sparse = substitution is not None
+    pattern = substitution.source if sparse else None
     name = variant_name(pattern, chunk)
     case = f"{label} {name}"
     with rec.guard(case, "qwen layer"):
-        substitution = PatternSubstitution(layer, pattern, patterns) if sparse else contextlib.nullcontext()
+        substitution = substitution if sparse else contextlib.nullcontext()
         t_sets = time.perf_counter()
         if sparse:
             substitution.prepare(n, chunk)  # drawn before the timed run (cached per key count)
@@ -276,9 +302,10 @@ def run(rec):
         rec.note(f"smollm2 patterns exported at lengths {sorted(patterns)} from {OPTIONS['patterns']}")
     if skip_unchunked_from is not None:
         rec.note(f"unchunked variants from {_k(skip_unchunked_from)} tokens skipped: the unchunked layer at 1M holds "
-                 "two (T, 18944) MLP buffers (76 GiB) and its four variants would take the run past its time budget")
+                 "two (T, 18944) MLP buffers (74 GiB) and its four variants would take the run past its time budget")
     layer_index = median_budget_layer(table) if not quick else 0
     layer = QwenLayer(geometry, dtype=dtype, device=device, seed=0, sparse_table=table, layer=layer_index)
+    substitutions = {source: PatternSubstitution(layer, source, patterns) for source in sources}
     rec.note(f"layer {layer_index} of the budget table (median total budget); weights {layer.weight_bytes() / GIB:.2f} GiB; "
              f"DCA {geometry.dca}; prefill chunk {chunk}; sparse index sets: {', '.join(sources)} "
              "(estimation always run; its sets replaced by the source's, same shapes and budgets)")
@@ -286,7 +313,7 @@ def run(rec):
         t0 = time.perf_counter()
         for sparse in (False, True):
             x = torch.randn((warm, geometry.hidden), device=device, dtype=dtype)
-            with PatternSubstitution(layer, "synthetic") if sparse else contextlib.nullcontext():
+            with substitutions["synthetic"] if sparse else contextlib.nullcontext():
                 layer.forward(x, chunk=chunk, sparse=sparse)
             del x
         sync(device)
@@ -297,7 +324,7 @@ def run(rec):
             if rec.elapsed() > 0.9 * budget:
                 rec.note(f"time budget ({budget:.0f} s) spent: skipped {label} {variant_name(pattern, this_chunk)}")
                 continue
-            run_variant(rec, layer, n, pattern, this_chunk, dtype, label, patterns)
+            run_variant(rec, layer, n, substitutions.get(pattern), this_chunk, dtype, label)
         add_ratios(rec, label)
 
 

@@ -136,8 +136,9 @@ def _host_budget(value):
 
 #: Bytes the estimation's float32 work buffers may take at once: heads are processed in groups whose
 #: ``(heads, last_q, kv_len + last_q)`` logits and probabilities fit (at least one head per group), and
-#: keys are cast to float32 a chunk at a time.  At 1M keys, 28 heads and 64 queries the one-shot form
-#: held about 20 GiB; with this budget one head's 2 x 256 MiB buffers are the peak.
+#: keys are cast to float32 a chunk at a time (those temporaries in half the budget again).  At 1M keys,
+#: 28 heads and 64 queries the one-shot form held about 20 GiB; with this budget one head's two 256 MiB
+#: buffers and 256 MiB of key-chunk temporaries are the peak.
 ESTIMATE_BYTES = 1 << 29
 
 
@@ -220,8 +221,6 @@ def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, 
     itemsize = torch.finfo(cdt).bits // 8
     # Two (batch, heads, m, kv_len + m) buffers per group (logits, then probabilities): heads per group from the budget.
     per_head = 2 * batch * m * (kv_len + m) * itemsize
-    # Per key of a chunk: its float32 copy (broadcast to the query heads by matmul) and its logits column.
-    key_step = max(1, ESTIMATE_BYTES // (4 * batch * q_heads * (head_dim + m) * itemsize))
     q_last = q[:, :, q_len - m :]
     width_v, width_s = int(n_vertical.max()), int(n_slash.max())
     vertical = torch.empty((batch, q_heads, width_v), dtype=torch.int64, device=q.device)
@@ -230,6 +229,9 @@ def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, 
         kv0, kv1 = h0 // group, (h1 - 1) // group + 1
         g = (h1 - h0) if kv1 - kv0 == 1 else group
         rows = q_last[:, h0:h1].to(cdt).reshape(batch, kv1 - kv0, g, m, head_dim)  # query heads under their kv head
+        # Per key of a chunk, in half the budget: its cast and reversed copies, matmul's copy per query head, and
+        # the query heads' logits column.
+        key_step = max(1, ESTIMATE_BYTES // (2 * batch * (h1 - h0) * (3 * head_dim + m) * itemsize))
         vertical_score, slash_score = _estimation_scores(rows, k, scale, kv0, kv1, cdt, key_step)
         vertical_score[..., :force_verticals] = math.inf
         slash_score[..., :force_slashes] = math.inf
