@@ -30,8 +30,10 @@ model's table (the layer of median total budget).  Variants per length:
   four variants would take the benchmark past its time budget).
 
 Variants run in order of importance at each length (chunked: dense,
-synthetic, smollm2, estimated; then unchunked), so that a spent time budget
-(``--budget``, 290 s by default) cuts the least important ones, with a note.
+synthetic, smollm2, estimated; then unchunked), so that the time budget
+(``--budget``, 290 s by default) cuts the least important ones, with a note:
+a variant is skipped when the time spent plus its time at the length before,
+scaled by the square of the length ratio, would pass 95% of the budget.
 ``last_sets_density`` on the sparse rows is the mean over heads of the
 kernel-list density of the last estimation's sets over the causal square of
 its keys.
@@ -318,13 +320,20 @@ def run(rec):
             del x
         sync(device)
         rec.note(f"warm-up at {warm} tokens (kernel compilation): {time.perf_counter() - t0:.1f} s")
+    seconds = {}  # (pattern, chunk) -> (length, seconds of the variant, check and set drawing included)
     for n in lengths:
         label = _k(n)
         for pattern, this_chunk in plan(sources, chunk, n, skip_unchunked_from):
-            if rec.elapsed() > 0.9 * budget:
-                rec.note(f"time budget ({budget:.0f} s) spent: skipped {label} {variant_name(pattern, this_chunk)}")
+            # Attention dominates at these lengths: a variant's time grows about as n^2.
+            before = seconds.get((pattern, this_chunk))
+            predicted = before[1] * (n / before[0]) ** 2 if before else 0.0
+            if rec.elapsed() + predicted > 0.95 * budget:
+                rec.note(f"time budget ({budget:.0f} s): skipped {label} {variant_name(pattern, this_chunk)} "
+                         f"({rec.elapsed():.0f} s spent, about {predicted:.0f} s predicted from the length before)")
                 continue
+            t0 = time.perf_counter()
             run_variant(rec, layer, n, substitutions.get(pattern), this_chunk, dtype, label)
+            seconds[(pattern, this_chunk)] = (n, time.perf_counter() - t0)
         add_ratios(rec, label)
 
 
