@@ -8,12 +8,35 @@ DCA (chunk 262144, local 8192), the temperature of the prompt length (O =
 segment above the 32768-key gate with the budgets of one real layer of the
 model's table (the layer of median total budget).  Variants per length:
 
-* ``dense dca`` / ``dca+sparse``: the attention (dense DCA is the baseline
-  the report's 3-7x time-to-first-token is measured against);
+* ``dense dca`` / ``dca+sparse <source>``: the attention (dense DCA is the
+  baseline the report's 3-7x time-to-first-token is measured against);
+  ``<source>`` says where the sparse path's index sets come from
+  (:class:`PatternSubstitution`): the estimation always runs on the layer's
+  own q and k (its time and memory are in the layer's), and with random
+  weights it ranks random scores, so its kept slashes spread over every
+  distance and the kernel's lists cover nearly the whole causal area
+  (``estimated``: the run as the library computes it, a near-dense
+  pattern); ``synthetic`` and ``smollm2`` replace its result by index sets
+  of the same shapes and per-head budgets from ``qwen_patterns`` (the
+  ``realistic`` generator, or SmolLM2-135M's exported sets scaled to the
+  segment's key count; ``smollm2`` needs ``--patterns DIR`` with
+  ``smollm2_<n>.npz`` from ``yarnref patterns --npz``), drawn per DCA
+  segment key count before the timed run;
 * ``chunked 32K`` / ``unchunked``: chunked prefill through the whole layer
   (32768 tokens at a time, K/V cache kept, each chunk's queries against every
   key so far) or the whole prompt at once (where memory allows: an
-  out-of-memory is recorded as such).
+  out-of-memory is recorded as such; at 1M the unchunked variants are not
+  run, which the run notes: two (T, 18944) MLP buffers take 74 GiB and the
+  four variants would take the benchmark past its time budget).
+
+Variants run in order of importance at each length (chunked: dense,
+synthetic, smollm2, estimated; then unchunked), so that the time budget
+(``--budget``, 290 s by default) cuts the least important ones, with a note:
+a variant is skipped when the time spent plus its time at the length before,
+scaled by the square of the length ratio, would pass 95% of the budget.
+``last_sets_density`` on the sparse rows is the mean over heads of the
+kernel-list density of the last estimation's sets over the causal square of
+its keys.
 
 Per variant: the layer's time (one call; the kernels were compiled by a
 warm-up at 64K first); ``layer_peak_gib``, the peak of
@@ -26,12 +49,14 @@ time over ours with the same chunking (and ``vs_dense_unchunked``).
 
 Check: the attention outputs of the last row block of the first, middle and
 last DCA segment of the run against a float64 reference
-(``QwenLayer.attention_reference``: dense DCA in float64, or the run's own
-index sets attended in float64).
+(``QwenLayer.attention_reference``: dense DCA in float64, or the index sets
+the run used, substituted ones included, attended in float64: the check runs
+inside the substitution block).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -39,6 +64,7 @@ import numpy as np
 import torch
 
 from common import compare, main_wrapper, merge_checks, sync
+from bench_sparse_real import _pop_option
 
 import qwen_patterns as qp
 from qwen_layer import QwenLayer, load_sparse_table, qwen25_7b_1m, tiny_geometry, tiny_sparse_table, replace
@@ -46,6 +72,107 @@ from qwen_layer import QwenLayer, load_sparse_table, qwen25_7b_1m, tiny_geometry
 LENGTHS = (131072, 262144, 524288, 1048576)
 CHUNK = 32768
 GIB = 2**30
+#: Unchunked variants are run below this length only (see the note the run writes).
+SKIP_UNCHUNKED_FROM = 1048576
+#: Set from the command line before main_wrapper parses the common options.
+OPTIONS = {"patterns": None}
+
+
+class PatternSubstitution:
+    """Context manager: the layer's estimation still runs, its index sets are replaced by a pattern source's.
+
+    With random weights, the estimation (``vertical_slash_indices`` on the
+    last 64 queries of each DCA segment) ranks random scores: its slashes
+    spread uniformly over the distances and the kernel's lists cover nearly
+    the whole causal area, which says nothing about a trained model.  Inside
+    this block, every call of the layer's backend's ``vertical_slash_indices``
+    (the operation :func:`yarnref.qwen_prefill` fetches from the backend in
+    force, here ``layer.backend``) first runs the real estimation on the
+    layer's own q and k, so its time and memory are paid, then returns the
+    index sets of ``source`` at the call's key count ``kv_len`` with the
+    same per-head budgets (checked: same shapes, same kept count per head):
+
+    * ``"synthetic"``: ``qwen_patterns.synthetic_indices`` (bench_sparse's
+      ``realistic`` generator, per head with its budget);
+    * ``"smollm2"``: ``qwen_patterns.real_indices``, SmolLM2's exported
+      sets scaled to ``kv_len`` (``patterns``: ``{length: load_patterns(...)}``);
+    * ``"estimated"``: no substitution (the estimation's own sets), recorded
+      the same way.
+
+    The sets of a key count are drawn once (seeded by ``kv_len`` and the
+    layer) and cached on the host (one instance serves every run of the
+    benchmark; each call moves its sets to the device, a few MiB, as the
+    pipeline moves the estimation's sets to the host): :meth:`prepare` draws
+    them before a timed run, and the float64 row check, run inside the same
+    block, sees the sets the run used.  ``calls`` counts the estimations
+    since the block was entered and ``last`` holds the last call's
+    ``(kv_len, vertical, slash)``.  Leaving the block removes the wrapper (the backend's own
+    method is back); the library is not changed.
+    """
+
+    SOURCES = ("estimated", "synthetic", "smollm2")
+
+    def __init__(self, layer: QwenLayer, source: str, patterns=None, n_layers: int | None = None):
+        if source not in self.SOURCES:
+            raise ValueError(f"source must be one of {self.SOURCES}, got {source!r}")
+        if source == "smollm2" and not patterns:
+            raise ValueError("the smollm2 source needs exported patterns (yarnref patterns --npz)")
+        self.layer, self.source, self.patterns = layer, source, patterns
+        self.n_layers = n_layers if n_layers is not None else len(layer.sparse_table)
+        vertical, slash = qp.head_budgets(layer.sparse_table)
+        self.budgets = vertical[layer.layer], slash[layer.layer]  # as run (30 -> 130), as the pipeline passes them
+        self.sets, self.calls, self.last = {}, 0, None
+
+    def sets_for(self, kv_len: int):
+        """``(vertical, slash)`` int64 tensors ``(1, heads, width)`` on the host for ``kv_len`` keys."""
+        if kv_len not in self.sets:
+            seed = kv_len // 64 + 7919 * self.layer.layer
+            vb, sb = self.budgets
+            if self.source == "synthetic":
+                v, s = qp.synthetic_indices(kv_len, vb, sb, seed=seed)
+            else:
+                v, s, _ = qp.pattern_sets("smollm2", kv_len, self.layer.layer, vb, sb, self.patterns, self.n_layers)
+            self.sets[kv_len] = (torch.as_tensor(v), torch.as_tensor(s))
+        return self.sets[kv_len]
+
+    def prepare(self, n: int, chunk) -> None:
+        """Draw the sets of every DCA segment's key count of a run of ``n`` tokens (outside the timed region)."""
+        if self.source != "estimated":
+            for _, end in self.layer.segments(n, chunk):
+                self.sets_for(end)
+
+    def __enter__(self):
+        backend = self.layer.backend
+        estimate = backend.vertical_slash_indices  # the backend's own (bound) operation
+
+        def substituted(q, k, vertical_size, slash_size, last_q=64, **kwargs):
+            vertical, slash = estimate(q, k, vertical_size, slash_size, last_q, **kwargs)  # paid in full
+            kv_len = k.shape[2]
+            if self.source != "estimated":
+                v, s = (t.to(vertical.device) for t in self.sets_for(kv_len))
+                for mine, theirs, name in ((v, vertical, "vertical"), (s, slash, "slash")):
+                    if mine.shape != theirs.shape or not torch.equal((mine >= 0).sum(-1), (theirs >= 0).sum(-1)):
+                        raise AssertionError(f"{self.source} {name} sets at {kv_len} keys: shape {tuple(mine.shape)}, "
+                                             f"not the estimation's {tuple(theirs.shape)} with the same budgets")
+                vertical, slash = v, s
+            self.calls += 1
+            self.last = (kv_len, vertical, slash)
+            return vertical, slash
+
+        backend.vertical_slash_indices = substituted  # an instance attribute: found first by the backend lookup
+        self.calls, self.last = 0, None
+        return self
+
+    def __exit__(self, *exc):
+        del self.layer.backend.vertical_slash_indices
+        return False
+
+    def last_density(self) -> float | None:
+        """Mean over heads of the kernel-list density of the last call's sets over the causal square of its keys."""
+        if self.last is None:
+            return None
+        kv_len, v, s = self.last
+        return float(qp.kernel_density(v, s, kv_len, device=self.layer.device).mean())
 
 
 def median_budget_layer(table) -> int:
@@ -74,35 +201,55 @@ def check_run(layer: QwenLayer, segments, n: int, sparse: bool) -> dict:
     return merge_checks(*errs)
 
 
-def run_variant(rec, layer: QwenLayer, n: int, sparse: bool, chunk, dtype, label: str):
+def variant_name(pattern: str | None, chunk) -> str:
+    """``dense dca`` or ``dca+sparse <pattern>``, then ``chunked 32K`` or ``unchunked``."""
+    kind = "dense dca" if pattern is None else f"dca+sparse {pattern}"
+    return f"{kind} {'chunked ' + _k(chunk) if chunk else 'unchunked'}"
+
+
+def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution | None, chunk, dtype, label: str):
+    """One timed layer run; ``substitution``: None (dense DCA) or the index-set source of the sparse path."""
     device = rec.device
-    name = f"{'dca+sparse' if sparse else 'dense dca'} {'chunked ' + _k(chunk) if chunk else 'unchunked'}"
+    sparse = substitution is not None
+    pattern = substitution.source if sparse else None
+    name = variant_name(pattern, chunk)
     case = f"{label} {name}"
     with rec.guard(case, "qwen layer"):
+        substitution = substitution if sparse else contextlib.nullcontext()
+        t_sets = time.perf_counter()
+        if sparse:
+            substitution.prepare(n, chunk)  # drawn before the timed run (cached per key count)
+        t_sets = time.perf_counter() - t_sets
         segments = picked_segments(layer, n, chunk)
         rows = [r for _, e in segments for r in range(e - 64, e)]
         g = torch.Generator(device=device).manual_seed(n)
         x = torch.randn((n, layer.g.hidden), generator=g, device=device, dtype=dtype)
         memory = {} if device.type == "cuda" else None
-        sync(device)
-        t0 = time.perf_counter()
-        layer.forward(x, chunk=chunk, sparse=sparse, memory=memory, keep_rows=rows)
-        sync(device)
-        ms = (time.perf_counter() - t0) * 1e3
-        del x
-        err = check_run(layer, segments, n, sparse)
-        layer.kept = None
+        with substitution:
+            sync(device)
+            t0 = time.perf_counter()
+            layer.forward(x, chunk=chunk, sparse=sparse, memory=memory, keep_rows=rows)
+            sync(device)
+            ms = (time.perf_counter() - t0) * 1e3
+            del x
+            calls = substitution.calls if sparse else 0
+            err = check_run(layer, segments, n, sparse)  # inside the block: the reference sees the sets the run used
+            layer.kept = None
+            density = substitution.last_density() if sparse else None
         extra = {}
         if memory:
             extra = {"layer_peak_gib": memory["layer_peak"] / GIB, "mlp_peak_gib": memory["mlp_peak"] / GIB,
                      "kv_cache_gib": memory["kv_cache"] / GIB, "weights_gib": layer.weight_bytes() / GIB,
                      "hidden_gib": n * layer.g.hidden * torch.finfo(dtype).bits / 8 / GIB}
+        if sparse:
+            extra.update(pattern=pattern, estimations=calls, sets_drawn_s=t_sets, last_sets_density=density)
         mlp_naive = n if chunk is None else min(chunk, n)
         rec.add(case, "qwen layer", timing={"ms": ms, "first_ms": None, "timer": "one call", "reps": 1}, err=err,
                 ok=err["ok"], variant=name, length=n, sparse=sparse, chunk=chunk,
+                chunking=("chunked " + _k(chunk)) if chunk else "unchunked",
                 mlp_two_buffers_gib=2 * mlp_naive * layer.g.intermediate * torch.finfo(dtype).bits / 8 / GIB,
                 note=("peak above weights+hidden+K/V: layer {:.2f} GiB, MLP {:.2f} GiB".format(
-                    extra["layer_peak_gib"], extra["mlp_peak_gib"]) if extra else None), **extra)
+                    extra["layer_peak_gib"], extra["mlp_peak_gib"]) if memory else None), **extra)
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -112,55 +259,84 @@ def _k(n: int) -> str:
 
 
 def add_ratios(rec, label: str):
-    rows = {r["variant"]: r for r in rec.rows if r["case"].startswith(label + " ") and "ms" in r and r.get("check") == "pass"}
-    for name, r in rows.items():
-        if not name.startswith("dca+sparse"):
+    """On each passing ``dca+sparse`` row: dense DCA's time over its own, same chunking and unchunked."""
+    rows = [r for r in rec.rows if r["case"].startswith(label + " ") and "ms" in r and r.get("check") == "pass"]
+    dense = {r["chunking"]: r for r in rows if not r["sparse"]}
+    for r in rows:
+        if not r["sparse"]:
             continue
-        chunking = name.split(" ", 1)[1]
-        dense = rows.get(f"dense dca {chunking}")
-        if dense:
-            r["ttft_ratio"] = dense["ms"] / r["ms"]
-            r.setdefault("speedup_vs", {})[f"dense dca {chunking}"] = dense["ms"] / r["ms"]
-        unchunked = rows.get("dense dca unchunked")
+        same = dense.get(r["chunking"])
+        if same:
+            r["ttft_ratio"] = same["ms"] / r["ms"]
+            r.setdefault("speedup_vs", {})[same["variant"]] = same["ms"] / r["ms"]
+        unchunked = dense.get("unchunked")
         if unchunked:
             r["vs_dense_unchunked"] = unchunked["ms"] / r["ms"]
-            r.setdefault("speedup_vs", {})["dense dca unchunked"] = unchunked["ms"] / r["ms"]
+            r.setdefault("speedup_vs", {})[unchunked["variant"]] = unchunked["ms"] / r["ms"]
+
+
+def plan(sources, chunk, n: int, skip_unchunked_from: int | None):
+    """The variants of one length, most important first (the time budget cuts from the end):
+    chunked dense and sparse of each source, then unchunked (``None``: dense)."""
+    out = [(None, chunk)] + [(p, chunk) for p in sources]
+    if skip_unchunked_from is None or n < skip_unchunked_from:
+        out += [(None, None)] + [(p, None) for p in sources]
+    return out
 
 
 def run(rec):
     device = rec.device
     quick = rec.args.quick
     budget = rec.args.budget or (60 if quick else 290)
+    patterns = qp.find_patterns(OPTIONS["patterns"])
     if quick:
         g = tiny_geometry()
         geometry = replace(g, dca={**g.dca, "sparse_attention_last_q": 64})
         table, lengths, chunk, dtype = tiny_sparse_table(), (512,), 128, torch.float32
-        warm = None
+        warm, skip_unchunked_from = None, None
     else:
         geometry, table, lengths, chunk, dtype = qwen25_7b_1m(), load_sparse_table(), LENGTHS, CHUNK, torch.bfloat16
-        warm = 65536
+        warm, skip_unchunked_from = 65536, SKIP_UNCHUNKED_FROM
+    sources = ["synthetic"] + (["smollm2"] if patterns else []) + ["estimated"]
+    if not patterns:
+        rec.note(f"smollm2 patterns missing: no smollm2_*.npz in {OPTIONS['patterns']!s} (yarnref patterns --npz)")
+    else:
+        rec.note(f"smollm2 patterns exported at lengths {sorted(patterns)} from {OPTIONS['patterns']}")
+    if skip_unchunked_from is not None:
+        rec.note(f"unchunked variants from {_k(skip_unchunked_from)} tokens skipped: the unchunked layer at 1M holds "
+                 "two (T, 18944) MLP buffers (74 GiB) and its four variants would take the run past its time budget")
     layer_index = median_budget_layer(table) if not quick else 0
     layer = QwenLayer(geometry, dtype=dtype, device=device, seed=0, sparse_table=table, layer=layer_index)
+    substitutions = {source: PatternSubstitution(layer, source, patterns) for source in sources}
     rec.note(f"layer {layer_index} of the budget table (median total budget); weights {layer.weight_bytes() / GIB:.2f} GiB; "
-             f"DCA {geometry.dca}; prefill chunk {chunk}")
+             f"DCA {geometry.dca}; prefill chunk {chunk}; sparse index sets: {', '.join(sources)} "
+             "(estimation always run; its sets replaced by the source's, same shapes and budgets)")
     if warm is not None:
         t0 = time.perf_counter()
         for sparse in (False, True):
             x = torch.randn((warm, geometry.hidden), device=device, dtype=dtype)
-            layer.forward(x, chunk=chunk, sparse=sparse)
+            with substitutions["synthetic"] if sparse else contextlib.nullcontext():
+                layer.forward(x, chunk=chunk, sparse=sparse)
             del x
         sync(device)
         rec.note(f"warm-up at {warm} tokens (kernel compilation): {time.perf_counter() - t0:.1f} s")
+    seconds = {}  # (pattern, chunk) -> (length, seconds of the variant, check and set drawing included)
     for n in lengths:
         label = _k(n)
-        for sparse, this_chunk in ((True, chunk), (False, chunk), (True, None), (False, None)):
-            if rec.elapsed() > 0.9 * budget:
-                rec.note(f"time budget ({budget:.0f} s) spent: skipped {label} {'sparse' if sparse else 'dense'} "
-                         f"{'chunked' if this_chunk else 'unchunked'}")
+        for pattern, this_chunk in plan(sources, chunk, n, skip_unchunked_from):
+            # Attention dominates at these lengths: a variant's time grows about as n^2.
+            before = seconds.get((pattern, this_chunk))
+            predicted = before[1] * (n / before[0]) ** 2 if before else 0.0
+            if rec.elapsed() + predicted > 0.95 * budget:
+                rec.note(f"time budget ({budget:.0f} s): skipped {label} {variant_name(pattern, this_chunk)} "
+                         f"({rec.elapsed():.0f} s spent, about {predicted:.0f} s predicted from the length before)")
                 continue
-            run_variant(rec, layer, n, sparse, this_chunk, dtype, label)
+            t0 = time.perf_counter()
+            run_variant(rec, layer, n, substitutions.get(pattern), this_chunk, dtype, label)
+            seconds[(pattern, this_chunk)] = (n, time.perf_counter() - t0)
         add_ratios(rec, label)
 
 
 if __name__ == "__main__":
+    OPTIONS["patterns"] = _pop_option("patterns")
     main_wrapper("qwen_layer", run)

@@ -127,6 +127,10 @@ class QwenLayer:
         self.norm2 = (1.0 + 0.1 * torch.randn(H, generator=gen)).to(device, dtype)
         self.inv_freq = yarnref.rope_frequencies({"rope_theta": geometry.rope_theta, "head_dim": d,
                                                   "hidden_size": D, "num_attention_heads": geometry.heads})[0]
+        #: The torch backend every attention call of this layer runs on (one instance, so that a benchmark can
+        #: wrap one of its operations for the layer's calls; see ``bench_qwen_layer.PatternSubstitution``).
+        with yarnref.use_backend("torch", device=str(self.device)) as backend:
+            self.backend = backend
 
     def weight_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.w_q, self.b_q, self.w_k, self.b_k, self.w_v, self.b_v,
@@ -165,7 +169,7 @@ class QwenLayer:
         """:func:`yarnref.qwen_prefill` of the chunk's queries against the keys so far, on the torch backend."""
         import yarnref
 
-        with yarnref.use_backend("torch", device=str(self.device)):
+        with yarnref.use_backend(self.backend):
             return yarnref.qwen_prefill(q, k_seen, v_seen, self.inv_freq, self.dca_config(sparse), layer=self.layer,
                                         seq_len=seq_len)
 
@@ -275,7 +279,7 @@ class QwenLayer:
             raise ValueError(f"rows must be the last 64 of a segment of a multiple of 64 rows (got {m}, [{begin}, {end}))")
         dca = self.dca_config(sparse)
         q64, k64, v64 = q_rows.double(), k.double(), v.double()
-        with yarnref.use_backend("torch", device=str(q_rows.device)) as be:
+        with yarnref.use_backend(self.backend) as be:
             if not sparse or end <= dca["sparse_attention_threshold"]:
                 return yarnref.qwen_prefill(q64, k64, v64, self.inv_freq, dca, layer=self.layer, seq_len=T)
             padded = torch.cat([q_rows.new_zeros(q_rows.shape[:2] + (end - m - begin, q_rows.shape[-1])), q_rows], dim=2)

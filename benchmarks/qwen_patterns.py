@@ -173,7 +173,9 @@ def _draw_profile(kept: np.ndarray, forced: int, ratio: float, n: int, count: in
             chosen = merged[np.sort(first)][:count]
     filled = count - chosen.size
     if filled > 0:
-        pool = np.setdiff1d(np.arange(forced, n, dtype=np.int64), chosen, assume_unique=False)
+        free_slots = np.ones(n - forced, dtype=bool)  # [forced, n) less the chosen: setdiff1d's result, in O(n)
+        free_slots[chosen - forced] = False
+        pool = np.flatnonzero(free_slots).astype(np.int64) + forced
         chosen = np.concatenate([chosen, rng.choice(pool, size=filled, replace=False)])
     return chosen, int(filled)
 

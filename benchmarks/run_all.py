@@ -32,7 +32,7 @@ BENCHES = [
 ]
 
 #: Benchmarks that take ``--patterns DIR`` (index sets exported by ``yarnref patterns --npz``).
-PATTERN_BENCHES = {"sparse_real"}
+PATTERN_BENCHES = {"sparse_real", "qwen_layer"}
 
 
 def cuda_available() -> bool:

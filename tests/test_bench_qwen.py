@@ -49,8 +49,16 @@ def test_bench_sparse_real_quick(tmp_path):
 
 
 def test_bench_qwen_layer_quick(tmp_path):
-    doc = _run("bench_qwen_layer.py", tmp_path)
+    """Dense DCA and DCA+sparse with each index-set source (estimated, synthetic, smollm2), chunked and unchunked."""
+    patterns = tmp_path / "patterns"
+    patterns.mkdir()
+    _write_npz(patterns / "smollm2_256.npz", _fake_patterns(n0=256, heads=3, layers=(0, 1, 2)))
+    doc = _run("bench_qwen_layer.py", tmp_path, "--patterns", str(patterns))
     checked = _checked(doc)
-    assert len(checked) == 4 and all(r["check"] == "pass" for r in checked)
+    assert len(checked) == 8 and all(r["check"] == "pass" for r in checked)
     sparse = [r for r in checked if r["sparse"]]
-    assert all("ttft_ratio" in r for r in sparse)
+    assert sorted(r["pattern"] for r in sparse) == sorted(["estimated", "synthetic", "smollm2"] * 2)
+    assert all("ttft_ratio" in r and r["estimations"] > 0 and 0 < r["last_sets_density"] <= 1 for r in sparse)
+    # Random weights estimate near-dense sets; the realistic source keeps fewer pairs at the same budgets.
+    density = {r["pattern"]: r["last_sets_density"] for r in sparse if r["chunk"] is None}
+    assert density["synthetic"] < density["estimated"]

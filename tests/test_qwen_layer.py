@@ -130,3 +130,75 @@ def test_attention_reference_of_kept_rows(sparse, chunk):
         q_rows = kept["q"][:, :, 64 * i : 64 * (i + 1)]
         ref = layer.attention_reference(q_rows, kept["k"][:, :, :end], kept["v"][:, :, :end], T, sparse, begin)
         np.testing.assert_allclose(kept["attention"][:, :, 64 * i : 64 * (i + 1)].numpy(), ref.numpy(), rtol=0, atol=1e-10)
+
+
+def _spec_attention_with_sets(layer, x, sets, prefill_chunk_size):
+    """The NumPy spec's attention of the layer with its estimation's result replaced by ``sets[kv_len]``."""
+    h = qwen_layer._rms_norm(x, layer.norm1, layer.g.rms_eps)
+    q, k, v = (t.numpy() for t in layer.project(h))
+    with yarnref.use_backend("numpy") as spec:
+        estimate = spec.vertical_slash_indices
+
+        def replaced(q_, k_, *args, **kwargs):
+            estimate(q_, k_, *args, **kwargs)
+            vertical, slash = sets[k_.shape[2]]
+            return vertical.numpy(), slash.numpy()
+
+        spec.vertical_slash_indices = replaced
+        return yarnref.qwen_prefill(q, k, v, layer.inv_freq, layer.dca_config(True), layer=0,
+                                    prefill_chunk_size=prefill_chunk_size)
+
+
+@pytest.mark.parametrize("chunk", [None, CHUNK])
+def test_pattern_substitution_runs_the_layer_on_the_source_sets(chunk):
+    """bench_qwen_layer's substitution: the layer attends over the source's sets (the spec with the same sets),
+    same shapes and budgets as the estimation's, not the estimation's own; the row check sees them; the wrapper
+    goes away on exit."""
+    import bench_qwen_layer as bq
+
+    layer = _layer(qwen_layer.tiny_sparse_table())
+    x = _input(6)
+    layer.forward(x.clone(), chunk=chunk, sparse=True, keep_attention=True)
+    estimated = layer.last_attention
+    sub = bq.PatternSubstitution(layer, "synthetic")
+    sub.prepare(T, chunk)
+    with sub, yarnref.use_backend(layer.backend):
+        layer.forward(x.clone(), chunk=chunk, sparse=True, keep_attention=True)
+        used_sets = yarnref.qwen_sparse_plan(*layer.project(qwen_layer._rms_norm(x, layer.norm1, 1e-6))[:2],
+                                                  layer.inv_freq, layer.dca_config(True), prefill_chunk_size=chunk)
+    assert "vertical_slash_indices" not in vars(layer.backend)
+    ends = {end for _, end in layer.segments(T, chunk)}
+    assert set(sub.sets) == ends and sub.calls >= len(ends) - 1  # one estimation per sparse segment (the gate aside)
+    for plan in used_sets:  # the plan made inside the block carries the source's sets
+        v, s = sub.sets[plan.end]
+        np.testing.assert_array_equal(plan.vertical_idx, v.numpy())
+        np.testing.assert_array_equal(plan.slash_idx, s.numpy())
+    want = _spec_attention_with_sets(layer, x, sub.sets, chunk)
+    np.testing.assert_allclose(layer.last_attention.numpy(), want, rtol=0, atol=1e-10)
+    assert float((layer.last_attention - estimated).abs().max()) > 1e-3  # the substitution changed the attention
+
+
+def test_pattern_substitution_keeps_budgets_and_the_row_check_needs_it():
+    import bench_qwen_layer as bq
+
+    geometry = qwen_layer.tiny_geometry()
+    geometry = qwen_layer.replace(geometry, dca={**geometry.dca, "sparse_attention_last_q": 64})
+    layer = qwen_layer.QwenLayer(geometry, dtype=torch.float64, seed=4, sparse_table=qwen_layer.tiny_sparse_table())
+    segments = [seg for seg in layer.segments(T, None) if seg[1] > 100]
+    rows = [r for _, e in segments for r in range(e - 64, e)]
+    sub = bq.PatternSubstitution(layer, "synthetic")
+    with sub:
+        layer.forward(_input(7), chunk=None, sparse=True, keep_rows=rows)
+        inside = bq.check_run(layer, segments, T, True)
+    outside = bq.check_run(layer, segments, T, True)  # the reference estimates its own sets: they differ
+    assert inside["ok"] and not outside["ok"]
+    for kv_len, (v, s) in sub.sets.items():
+        with yarnref.use_backend(layer.backend):
+            ev, es = layer.backend.vertical_slash_indices(torch.zeros(1, 4, 64, 16, dtype=torch.float64),
+                                                          torch.randn(1, 2, kv_len, 16, dtype=torch.float64),
+                                                          *sub.budgets)
+        assert v.shape == ev.shape and s.shape == es.shape
+        np.testing.assert_array_equal((v >= 0).sum(-1).numpy(), (ev >= 0).sum(-1).numpy())
+        np.testing.assert_array_equal((s >= 0).sum(-1).numpy(), (es >= 0).sum(-1).numpy())
+    with pytest.raises(ValueError, match="smollm2"):
+        bq.PatternSubstitution(layer, "smollm2")

@@ -134,10 +134,18 @@ def _host_budget(value):
 # ----------------------------------------------------------------------------- estimation
 
 
-def _top_indices(score: torch.Tensor, counts: np.ndarray, descending: bool) -> torch.Tensor:
-    """The ``counts[h]`` best entries of ``score[:, h]`` (ties: the lower index), sorted, ``-1``-padded."""
+#: Bytes the estimation's float32 work buffers may take at once: heads are processed in groups whose
+#: ``(heads, last_q, kv_len + last_q)`` logits and probabilities fit (at least one head per group), and
+#: keys are cast to float32 a chunk at a time (those temporaries in half the budget again).  At 1M keys,
+#: 28 heads and 64 queries the one-shot form held about 20 GiB; with this budget one head's two 256 MiB
+#: buffers and 256 MiB of key-chunk temporaries are the peak.
+ESTIMATE_BYTES = 1 << 29
+
+
+def _top_indices(score: torch.Tensor, counts: np.ndarray, descending: bool, width: int | None = None) -> torch.Tensor:
+    """The ``counts[h]`` best entries of ``score[:, h]`` (ties: the lower index), sorted, ``-1``-padded to ``width``."""
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices  # best first; stable: lower index first on ties
-    width = int(counts.max())
+    width = int(counts.max()) if width is None else width
     top = order[..., :width]
     keep = torch.arange(width, device=score.device)[None, :] < torch.as_tensor(counts, device=score.device)[:, None]  # (heads, width)
     top = torch.where(keep, top, -1)
@@ -147,8 +155,55 @@ def _top_indices(score: torch.Tensor, counts: np.ndarray, descending: bool) -> t
     return torch.where(top == _BIG, -1, top)
 
 
+def _head_groups(q_heads: int, group: int, per_step: int) -> list[tuple[int, int]]:
+    """Query-head ranges ``[h0, h1)`` of at most ``per_step`` heads (at least 1): whole KV heads when a step holds
+    one or more, else a slice of one KV head's query heads, so each range reads one contiguous run of KV heads."""
+    if per_step >= group:
+        step = per_step // group * group
+        return [(h, min(h + step, q_heads)) for h in range(0, q_heads, step)]
+    return [(h, min(h + per_step, (h // group + 1) * group)) for kv in range(0, q_heads, group)
+            for h in range(kv, kv + group, per_step)]
+
+
+def _estimation_scores(q_last, k, scale: float, kv0: int, kv1: int, cdt, key_step: int):
+    """Column and diagonal sums of the softmax of one head range: ``(vertical, slash)``, each ``(batch, heads, kv_len)``.
+
+    ``q_last`` ``(batch, n_kv, g, m, d)``: the range's last ``m`` queries under
+    their KV heads ``[kv0, kv1)`` of ``k`` ``(batch, kv_heads, kv_len, d)``.
+    The logits are written with the keys in reverse order into a buffer ``m``
+    columns wider than ``kv_len`` (masked there), so that after the softmax,
+    row ``r``'s probability at distance ``delta`` (key ``p_r - delta``, ``p_r =
+    kv_len - m + r``) sits at column ``m - 1 - r + delta``: the slash sums are
+    column sums of a strided view (row stride one less than the buffer's),
+    with no index tensor.
+    """
+    batch, n_kv, g, m, _ = q_last.shape
+    kv_len = k.shape[2]
+    width = kv_len + m
+    logits = torch.empty((batch, n_kv, g, m, width), dtype=cdt, device=q_last.device)  # keys reversed, then m spare
+    for j0 in range(0, kv_len, key_step):  # keys cast to the compute dtype a chunk at a time
+        j1 = min(j0 + key_step, kv_len)
+        keys_t = k[:, kv0:kv1, j0:j1].to(cdt).flip(-2).transpose(-1, -2)[:, :, None]  # (batch, n_kv, 1, d, j1 - j0)
+        logits[..., kv_len - j1 : kv_len - j0] = (q_last @ keys_t) * scale
+    # Reversed column c is key kv_len - 1 - c; row r sees keys <= p_r, i.e. c >= m - 1 - r.
+    hidden = torch.arange(width, device=q_last.device)[None, :] < (m - 1 - torch.arange(m, device=q_last.device))[:, None]
+    hidden |= torch.arange(width, device=q_last.device)[None, :] >= kv_len  # the spare columns
+    logits.masked_fill_(hidden, -math.inf)
+    probs = torch.softmax(logits, dim=-1)  # (batch, n_kv, g, m, width): 0 in the masked columns
+    del logits
+    vertical = probs[..., :kv_len].sum(dim=-2).flip(-1)  # (batch, n_kv, g, kv_len): column sums, keys in order
+    stride = probs.stride()
+    diagonals = probs.as_strided((batch, n_kv, g, m, kv_len), stride[:3] + (stride[3] - 1, 1), probs.storage_offset() + m - 1)
+    slash = diagonals.sum(dim=-2)  # (batch, n_kv, g, kv_len): sum over rows of probs[r, p_r - delta]
+    return vertical.reshape(batch, n_kv * g, kv_len), slash.reshape(batch, n_kv * g, kv_len)
+
+
 def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, scale=None, force_verticals=30, force_slashes=100):
-    """Each head's vertical columns and slash distances from its last queries; see :func:`yarnref.sparse.vertical_slash_indices`."""
+    """Each head's vertical columns and slash distances from its last queries; see :func:`yarnref.sparse.vertical_slash_indices`.
+
+    Memory: heads are processed in groups sized from :data:`ESTIMATE_BYTES`;
+    every head's scores, and so its indices, do not depend on the grouping.
+    """
     q, k = _qk_tensors(conv, q=q, k=k)
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, k)
     if q_len > kv_len:
@@ -163,26 +218,27 @@ def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, 
     m = min(last_q, q_len)
     group = q_heads // kv_heads
     cdt = compute_dtype(q.dtype)
-    dev = q.device
-    q_last = q[:, :, q_len - m :].to(cdt).reshape(batch, kv_heads, group, m, head_dim)  # heads under their kv head
-    keys_t = k.to(cdt).transpose(-1, -2)[:, :, None]  # (batch, kv_heads, 1, head_dim, kv_len)
-    logits = (q_last @ keys_t) * scale  # (batch, kv_heads, group, m, kv_len)
-    position = torch.arange(kv_len - m, kv_len, device=dev)  # (m,) the estimation queries' positions
-    column = torch.arange(kv_len, device=dev)
-    logits.masked_fill_(column[None, :] > position[:, None], -math.inf)  # causal among the last m
-    probs = torch.softmax(logits, dim=-1).reshape(batch, q_heads, m, kv_len)
-    del logits
-
-    vertical_score = probs.sum(dim=-2)  # (batch, q_heads, kv_len): column sums
-    vertical_score[..., :force_verticals] = math.inf
-    # Slash score of distance delta: sum over rows r of probs[r, position[r] - delta] (0 where that is < 0).
-    source = position[:, None] - column[None, :]  # (m, kv_len): the column on diagonal delta of row r
-    on_grid = source >= 0
-    gathered = torch.gather(probs, -1, source.clamp(min=0).expand(batch, q_heads, m, kv_len))
-    slash_score = torch.where(on_grid, gathered, 0.0).sum(dim=-2)  # (batch, q_heads, kv_len)
-    slash_score[..., :force_slashes] = math.inf
-
-    return _top_indices(vertical_score, n_vertical, descending=False), _top_indices(slash_score, n_slash, descending=True)
+    itemsize = torch.finfo(cdt).bits // 8
+    # Two (batch, heads, m, kv_len + m) buffers per group (logits, then probabilities): heads per group from the budget.
+    per_head = 2 * batch * m * (kv_len + m) * itemsize
+    q_last = q[:, :, q_len - m :]
+    width_v, width_s = int(n_vertical.max()), int(n_slash.max())
+    vertical = torch.empty((batch, q_heads, width_v), dtype=torch.int64, device=q.device)
+    slash = torch.empty((batch, q_heads, width_s), dtype=torch.int64, device=q.device)
+    for h0, h1 in _head_groups(q_heads, group, max(1, ESTIMATE_BYTES // per_head)):
+        kv0, kv1 = h0 // group, (h1 - 1) // group + 1
+        g = (h1 - h0) if kv1 - kv0 == 1 else group
+        rows = q_last[:, h0:h1].to(cdt).reshape(batch, kv1 - kv0, g, m, head_dim)  # query heads under their kv head
+        # Per key of a chunk, in half the budget: its cast and reversed copies, matmul's copy per query head, and
+        # the query heads' logits column.
+        key_step = max(1, ESTIMATE_BYTES // (2 * batch * (h1 - h0) * (3 * head_dim + m) * itemsize))
+        vertical_score, slash_score = _estimation_scores(rows, k, scale, kv0, kv1, cdt, key_step)
+        vertical_score[..., :force_verticals] = math.inf
+        slash_score[..., :force_slashes] = math.inf
+        vertical[:, h0:h1] = _top_indices(vertical_score, n_vertical[h0:h1], False, width_v)
+        slash[:, h0:h1] = _top_indices(slash_score, n_slash[h0:h1], True, width_s)
+        del vertical_score, slash_score
+    return vertical, slash
 
 
 # ----------------------------------------------------------------------------- index conversion
