@@ -79,7 +79,12 @@ def any_nonfinite(xp, a):
         return xp.zeros((), dtype=bool)
     if xp is np:
         return np.asarray(((a.view(uint) & uint(mask)) == uint(mask)).any())
-    return _nonfinite_kernel(xp, np.dtype(uint).name)(a.view(uint), uint(mask))  # a same-width view: any strides
+    # CuPy runs a reduction to one scalar in a single thread block, so reduce the last axis first (one
+    # output per row: every block busy), then the small per-row result with CuPy's own any().
+    bits = a.view(uint)  # a same-width view: any strides
+    if bits.ndim == 0:
+        bits = bits.reshape(1)
+    return _nonfinite_kernel(xp, np.dtype(uint).name)(bits, uint(mask), axis=bits.ndim - 1).any()
 
 
 def all_finite(xp, a) -> bool:
