@@ -18,7 +18,7 @@ CuPy backend gets CuPy views of the same memory through DLPack, made once):
 arrays where torch and Triton are installed), ``cupy nvrtc``
 (``YARNREF_CUPY_KERNELS=nvrtc``: the NVRTC kernel and CuPy array code, what a
 CuPy-only install runs) and ``torch``.  Each cupy row carries
-``speedup_vs_torch`` = torch ms / cupy ms (the issue's goal: >= 0.8).
+``speedup_vs_torch`` = torch ms / cupy ms (the goal: at least 0.8).
 
 Timing: :func:`common.time_fn` (CUDA events on torch's current stream, or
 ``triton.testing.do_bench`` below 2 ms).  CuPy's default stream is the legacy
