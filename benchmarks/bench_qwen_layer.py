@@ -38,8 +38,10 @@ scaled by the square of the length ratio, would pass 95% of the budget.
 kernel-list density of the last estimation's sets over the causal square of
 its keys.
 
-Per variant: the layer's time (one call; the kernels were compiled by a
-warm-up at 64K first); ``layer_peak_gib``, the peak of
+Per variant: the layer's time of the second of two identical calls
+(``ms``; the first, ``first_ms``, also pays what a new shape costs once: the
+cuDNN execution plan of every new (q_len, kv_len) and any kernel
+compilation; ``--repeats 1`` times the first call alone); ``layer_peak_gib``, the peak of
 ``torch.cuda.max_memory_allocated`` above what is allocated when the layer
 starts (its weights, the hidden states of the prompt and the K/V cache,
 reported beside it), and ``mlp_peak_gib``, the MLP's own peak above its input
@@ -75,7 +77,7 @@ GIB = 2**30
 #: Unchunked variants are run below this length only (see the note the run writes).
 SKIP_UNCHUNKED_FROM = 1048576
 #: Set from the command line before main_wrapper parses the common options.
-OPTIONS = {"patterns": None}
+OPTIONS = {"patterns": None, "lengths": None, "repeats": None}
 
 
 class PatternSubstitution:
@@ -207,7 +209,8 @@ def variant_name(pattern: str | None, chunk) -> str:
     return f"{kind} {'chunked ' + _k(chunk) if chunk else 'unchunked'}"
 
 
-def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution | None, chunk, dtype, label: str):
+def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution | None, chunk, dtype, label: str,
+                repeats: int = 1):
     """One timed layer run; ``substitution``: None (dense DCA) or the index-set source of the sparse path."""
     device = rec.device
     sparse = substitution is not None
@@ -223,15 +226,21 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
         segments = picked_segments(layer, n, chunk)
         rows = [r for _, e in segments for r in range(e - 64, e)]
         g = torch.Generator(device=device).manual_seed(n)
-        x = torch.randn((n, layer.g.hidden), generator=g, device=device, dtype=dtype)
+        x_in = torch.randn((n, layer.g.hidden), generator=g, device=device, dtype=dtype)
         memory = {} if device.type == "cuda" else None
         with substitution:
-            sync(device)
-            t0 = time.perf_counter()
-            layer.forward(x, chunk=chunk, sparse=sparse, memory=memory, keep_rows=rows)
-            sync(device)
-            ms = (time.perf_counter() - t0) * 1e3
-            del x
+            times = []
+            for i in range(repeats):  # the same call each time; the last one keeps its rows and memory
+                last = i == repeats - 1
+                x = x_in.clone() if not last else x_in
+                sync(device)
+                t0 = time.perf_counter()
+                layer.forward(x, chunk=chunk, sparse=sparse, memory=memory if last else None, keep_rows=rows if last else None)
+                sync(device)
+                times.append((time.perf_counter() - t0) * 1e3)
+                del x
+            del x_in
+            ms = times[-1]
             calls = substitution.calls if sparse else 0
             err = check_run(layer, segments, n, sparse)  # inside the block: the reference sees the sets the run used
             layer.kept = None
@@ -244,7 +253,8 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
         if sparse:
             extra.update(pattern=pattern, estimations=calls, sets_drawn_s=t_sets, last_sets_density=density)
         mlp_naive = n if chunk is None else min(chunk, n)
-        rec.add(case, "qwen layer", timing={"ms": ms, "first_ms": None, "timer": "one call", "reps": 1}, err=err,
+        timer = "one call" if repeats == 1 else f"call {repeats} of {repeats}"
+        rec.add(case, "qwen layer", timing={"ms": ms, "first_ms": times[0], "timer": timer, "reps": 1}, err=err,
                 ok=err["ok"], variant=name, length=n, sparse=sparse, chunk=chunk,
                 chunking=("chunked " + _k(chunk)) if chunk else "unchunked",
                 mlp_two_buffers_gib=2 * mlp_naive * layer.g.intermediate * torch.finfo(dtype).bits / 8 / GIB,
@@ -297,6 +307,12 @@ def run(rec):
     else:
         geometry, table, lengths, chunk, dtype = qwen25_7b_1m(), load_sparse_table(), LENGTHS, CHUNK, torch.bfloat16
         warm, skip_unchunked_from = 65536, SKIP_UNCHUNKED_FROM
+    if OPTIONS["lengths"]:
+        lengths = tuple(int(x) for x in OPTIONS["lengths"].split(","))
+    repeats = int(OPTIONS["repeats"]) if OPTIONS["repeats"] else (1 if quick else 2)
+    if repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
+    rec.note(f"each variant runs {repeats} time(s); ms is the last call, first_ms the first")
     sources = ["synthetic"] + (["smollm2"] if patterns else []) + ["estimated"]
     if not patterns:
         rec.note(f"smollm2 patterns missing: no smollm2_*.npz in {OPTIONS['patterns']!s} (yarnref patterns --npz)")
@@ -332,11 +348,13 @@ def run(rec):
                          f"({rec.elapsed():.0f} s spent, about {predicted:.0f} s predicted from the length before)")
                 continue
             t0 = time.perf_counter()
-            run_variant(rec, layer, n, substitutions.get(pattern), this_chunk, dtype, label)
+            run_variant(rec, layer, n, substitutions.get(pattern), this_chunk, dtype, label, repeats)
             seconds[(pattern, this_chunk)] = (n, time.perf_counter() - t0)
         add_ratios(rec, label)
 
 
 if __name__ == "__main__":
     OPTIONS["patterns"] = _pop_option("patterns")
+    OPTIONS["lengths"] = _pop_option("lengths")  # comma-separated token counts (default: LENGTHS)
+    OPTIONS["repeats"] = _pop_option("repeats")  # calls per variant (default 2 on the device, 1 with --quick)
     main_wrapper("qwen_layer", run)

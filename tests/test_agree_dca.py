@@ -146,3 +146,38 @@ def test_cuda_dca_never_materialises_the_score_matrix(backend):
     torch.cuda.synchronize()
     assert out.shape == q.shape and bool(torch.isfinite(out).all())
     assert torch.cuda.max_memory_allocated() - before < 1 << 30
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_bad_values_are_refused_by_attention_and_dca(backend, dtype):
+    """NaN/inf in q, k, v or inv_freq, and logits beyond the compute precision, are InputErrors naming the array.
+
+    On CUDA the torch backend starts these reductions before it enqueues the
+    attention and reads them back after (one synchronisation): the error must
+    still come, and no result with it.
+    """
+    if dtype not in backend_dtypes(backend):
+        pytest.skip(f"{backend.name} has no {dtype}")
+    rng = np.random.default_rng(3)
+    freqs = base_inv_freq(16, 10000.0)
+    for name, bad in (("q", np.nan), ("k", np.inf), ("v", -np.inf)):
+        arrays = {n: rng.standard_normal((1, 2, 40, 16)) for n in "qkv"}
+        arrays[name][0, 1, 17, 5] = bad
+        q, k, v = (as_inputs(backend, arrays[n], dtype)[0] for n in "qkv")
+        with pytest.raises(InputError) as exc:
+            backend.attention(q, k, v)
+        assert exc.value.param == name
+        with pytest.raises(InputError) as exc:
+            backend_dca(backend)(q, k, v, freqs, 16, 4)
+        assert exc.value.param == name
+    q, k, v = (as_inputs(backend, rng.standard_normal((1, 2, 40, 16)), dtype)[0] for _ in range(3))
+    with pytest.raises(InputError) as exc:
+        backend_dca(backend)(q, k, v, np.array([1.0, np.inf, 0.5, 0.1, 0.01, 0.001, 1e-4, 1e-5]), 16, 4)
+    assert exc.value.param == "inv_freq"
+    if dtype == "float32" and backend.name != "numpy":  # the spec computes in float64; a backend in float32:
+        # max|q| max|k| head_dim scale = 1e38 * 4 > 1e37, the float32 logits could overflow
+        big, _ = as_inputs(backend, np.full((1, 2, 40, 16), 1e19), dtype)
+        for fn in (lambda: backend.attention(big, big, v), lambda: backend_dca(backend)(big, big, v, freqs, 16, 4)):
+            with pytest.raises(InputError) as exc:
+                fn()
+            assert exc.value.param == "q"

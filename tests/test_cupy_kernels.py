@@ -160,6 +160,46 @@ def test_any_nonfinite_reads_the_exponent_bits_on_the_device(cb):
         assert bool(arrays.any_nonfinite(cb.xp, a)) == want, (a.dtype, want)
 
 
+def _max_abs_cases(dtypes):
+    """(x float64, dtype name, max|x| in that dtype or NaN): signs, subnormals, inf, NaN, zeros, empty."""
+    for dtype in dtypes:
+        tiny = 2.0 ** -20 if dtype in ("float16", "bfloat16") else 1e-310 if dtype == "float64" else 1e-40
+        for bad in (None, np.inf, -np.inf, np.nan):
+            x = np.linspace(-3.5, 2.25, 2 * 3 * 4096).reshape(2, 3, 4096)  # 24576 = 12 rows of 2048
+            x[0, 1, 7] = -1000.0  # the largest magnitude is negative
+            x[1, 0, 0] = tiny
+            want = 1000.0
+            if bad is not None:
+                x[1, 2, 34] = bad
+                want = abs(bad)
+            yield x, dtype, want
+        yield np.zeros((3, 5)), dtype, 0.0
+        yield -np.full((2, 3), tiny), dtype, tiny
+        yield np.zeros((0, 4)), dtype, 0.0
+
+
+def _check_max_abs(arrays, xp, asarray, dtypes):
+    for x, dtype, want in _max_abs_cases(dtypes):
+        views = [x, x[:, ::2]] if x.ndim == 3 else [x]  # contiguous, and strided (a different max)
+        got = arrays.start_max_abs(xp, [asarray(x, dtype)[:, ::2] if i else asarray(x, dtype) for i in range(len(views))])()
+        for value, view in zip(got, views):
+            rounded = view.astype(_np_dtype(dtype)).astype(np.float64)  # the values as the dtype holds them
+            expected = float(np.max(np.abs(rounded))) if rounded.size else 0.0
+            assert (np.isnan(value) and np.isnan(expected)) or value == expected, (dtype, value, expected)
+        assert (np.isnan(got[0]) and np.isnan(want)) or got[0] == float(np.asarray(want).astype(_np_dtype(dtype)))
+
+
+def test_max_abs_reads_the_magnitude_bits_numpy():
+    """The bit-pattern max of |x| is max|x| exactly, NaN when one is there, in every float dtype."""
+    arrays = importlib.import_module(_package().__name__ + "._arrays")
+    _check_max_abs(arrays, np, lambda x, dt: x.astype(dt), ("float16", "float32", "float64"))
+
+
+def test_max_abs_reads_the_magnitude_bits_on_the_device(cb):
+    arrays = importlib.import_module(_package().__name__ + "._arrays")
+    _check_max_abs(arrays, cb.xp, lambda x, dt: cb.asarray(x.astype(_np_dtype(dt))), DTYPES + ("float32", "float64"))
+
+
 def _np_dtype(name: str):
     if name == "bfloat16":
         if not cupy_takes_bfloat16():

@@ -58,6 +58,8 @@ __all__ = [
     "check_host_arrays",
     "check_array_like",
     "check_logits_fit",
+    "start_logits_check",
+    "PendingLogitsCheck",
     "check_same_dtype",
     "check_fits_dtype",
     "check_int32_indices",
@@ -304,13 +306,105 @@ def check_same_dtype(**arrays) -> None:
 
 def _max_abs(a) -> float:
     """``max |a|`` as a Python float, for NumPy, torch and CuPy arrays alike (NaN if a NaN is there)."""
-    numel = a.numel() if callable(getattr(a, "numel", None)) else a.size
-    if numel == 0:
-        return 0.0
-    if isinstance(a, np.ndarray):
+    return _read_back(_device_max_abs([a]))[0]
+
+
+def _device_max_abs(arrays):
+    """``max |a|`` of each array, as one vector on the arrays' device (a NumPy vector for NumPy arrays).
+
+    NaN where an array holds a NaN, ``inf`` where it holds an infinity, 0 for
+    an empty array.  On torch the maxima are ``torch.linalg.vector_norm(a,
+    inf)``, which reduces ``|a|`` without writing it; on CuPy ``abs(a).max()``.
+    Nothing is read back here: :func:`_read_back` does that, once for all.
+    """
+    first = arrays[0]
+    if isinstance(first, np.ndarray):
         with np.errstate(over="ignore", invalid="ignore"):
-            return float(np.max(np.abs(a)))
-    return float(abs(a).max())  # torch and CuPy: one reduction on the device, one read back
+            return np.array([float(np.max(np.abs(a))) if a.size else 0.0 for a in arrays])
+    if callable(getattr(first, "numel", None)):  # torch
+        import torch
+
+        return torch.stack([
+            torch.linalg.vector_norm(a, ord=math.inf).to(torch.float64) if a.numel()
+            else torch.zeros((), dtype=torch.float64, device=a.device)
+            for a in arrays
+        ])
+    xp = _array_module(first)  # CuPy
+    return xp.stack([abs(a).max().astype(np.float64) if a.size else xp.zeros((), np.float64) for a in arrays])
+
+
+def _array_module(a):
+    import importlib
+
+    return importlib.import_module(type(a).__module__.split(".")[0])
+
+
+def _read_back(values) -> list[float]:
+    """A vector of :func:`_device_max_abs` as Python floats: one transfer (one synchronisation) for all."""
+    if isinstance(values, np.ndarray):
+        return [float(x) for x in values]
+    if callable(getattr(values, "tolist", None)) and callable(getattr(values, "numel", None)):  # torch
+        return [float(x) for x in values.tolist()]
+    return [float(x) for x in values.get()]  # CuPy
+
+
+class PendingLogitsCheck:
+    """:func:`check_logits_fit` started on the device and finished later (see :func:`start_logits_check`).
+
+    ``read``: a function of no arguments that returns ``max |a|`` of each named array as Python floats.
+    """
+
+    def __init__(self, names, read, head_dim: int, kv_len: int, scale: float, factor: float, limit: float):
+        self._names, self._read = names, read
+        self._head_dim, self._kv_len = head_dim, kv_len
+        self._scale, self._factor, self._limit = float(scale), float(factor), float(limit)
+        self._passed = False
+
+    def finish(self) -> None:
+        """Read the maxima back (one synchronisation) and raise InputError if the inputs do not fit; once."""
+        if self._passed:
+            return
+        bounds = dict(zip(self._names, self._read()))
+        for name, m in bounds.items():
+            if not math.isfinite(m):
+                raise InputError(name, "non-finite values", "finite values")
+        with np.errstate(all="ignore"):
+            bound = bounds["q"] * bounds["k"] * self._head_dim * self._scale * self._factor
+        if not bound <= self._limit:
+            raise InputError(
+                "q", f"max|q| = {bounds['q']:.3g} with max|k| = {bounds['k']:.3g}, scale = {self._scale:.3g}",
+                f"inputs with max|q| * max|k| * head_dim * scale * factor <= {self._limit:g} "
+                f"(here {bound:.3g}; factor = {self._factor:.3g}), so the logits fit the compute precision",
+            )
+        if "v" in bounds and not bounds["v"] * self._kv_len <= self._limit:
+            raise InputError("v", f"max|v| = {bounds['v']:.3g}", f"values with max|v| * kv_len <= {self._limit:g}")
+        self._passed = True
+
+
+def start_logits_check(q, k, scale: float, factor: float = 1.0, v=None, *, limit: float = LOGIT_LIMIT,
+                       finite=None, max_abs=None) -> PendingLogitsCheck:
+    """The reductions of :func:`check_logits_fit`, launched but not read back.
+
+    A GPU backend calls this before it enqueues its work and
+    :meth:`PendingLogitsCheck.finish` after, so the one read-back does not
+    stall the device between the check and the work; bad inputs still raise
+    before any result is returned.  ``finite``: further arrays, by name, that
+    must hold finite values (read back with the same transfer).
+    ``max_abs``: a backend's own form of the reductions, a function of the
+    list of arrays that launches them and returns the reader (by default
+    NumPy's, torch's ``vector_norm`` or CuPy's ``abs().max()``).
+    """
+    arrays = {"q": q, "k": k}
+    if v is not None:
+        arrays["v"] = v
+    arrays.update(finite or {})
+    names = list(arrays)
+    if max_abs is None:
+        maxima = _device_max_abs(list(arrays.values()))
+        read = lambda: _read_back(maxima)  # noqa: E731
+    else:
+        read = max_abs(list(arrays.values()))
+    return PendingLogitsCheck(names, read, q.shape[-1], k.shape[-2], scale, factor, limit)
 
 
 def check_logits_fit(q, k, scale: float, factor: float = 1.0, v=None, *, limit: float = LOGIT_LIMIT) -> None:
@@ -323,25 +417,9 @@ def check_logits_fit(q, k, scale: float, factor: float = 1.0, v=None, *, limit: 
     any further multiplier of the logits (an attention factor squared).  With
     ``v``, ``max|v| * kv_len`` must also stay below ``limit`` (the weighted
     sum of the values).  Non-finite values are refused too.  Works on NumPy,
-    torch and CuPy arrays (one reduction each).
+    torch and CuPy arrays (one reduction each, one read back for all).
     """
-    head_dim = q.shape[-1]
-    bounds = {}
-    for name, a in (("q", q), ("k", k)) + ((("v", v),) if v is not None else ()):
-        m = _max_abs(a)
-        if not math.isfinite(m):
-            raise InputError(name, "non-finite values", "finite values")
-        bounds[name] = m
-    with np.errstate(all="ignore"):
-        bound = bounds["q"] * bounds["k"] * head_dim * float(scale) * float(factor)
-    if not bound <= limit:
-        raise InputError(
-            "q", f"max|q| = {bounds['q']:.3g} with max|k| = {bounds['k']:.3g}, scale = {float(scale):.3g}",
-            f"inputs with max|q| * max|k| * head_dim * scale * factor <= {limit:g} "
-            f"(here {bound:.3g}; factor = {float(factor):.3g}), so the logits fit the compute precision",
-        )
-    if v is not None and not bounds["v"] * k.shape[-2] <= limit:
-        raise InputError("v", f"max|v| = {bounds['v']:.3g}", f"values with max|v| * kv_len <= {limit:g}")
+    start_logits_check(q, k, scale, factor, v, limit=limit).finish()
 
 
 def check_fits_dtype(name: str, result: np.ndarray, dtype) -> np.ndarray:

@@ -339,6 +339,19 @@ class DCATemperature(NamedTuple):
     key: np.ndarray
 
 
+def dca_logit_factor(attention_factor: float, factors: DCATemperature) -> float:
+    """The multiplier of ``max|q| max|k| head_dim scale`` that bounds DCA's logits (for the logits check).
+
+    A rotated element is at most ``sqrt(2) max|x|`` times the table factor
+    (``attention_factor`` times the temperature's table factor), on both q and
+    k; the query factor multiplies the scale and each key its write-time
+    factor (the largest one bounds them).
+    """
+    key_factor = float(np.max(factors.key)) if np.size(factors.key) else 1.0
+    table = attention_factor * factors.table
+    return 2.0 * table * table * factors.query * key_factor
+
+
 def dca_temperature(
     temperature,
     kv_len,
@@ -489,10 +502,7 @@ def dca_attention(
         raise InputError("key_write_lengths", "an array", f"None with temperature='chunkllama' and partial rotary "
                          f"(r = {2 * freqs.size} < head_dim = {head_dim}): ChunkLlama rotates whole heads")
 
-    # A rotated element is at most sqrt(2) * max|x| * table factor: bound the logits before computing them.
-    key_factor = float(np.max(factors.key)) if np.size(factors.key) else 1.0
-    table = attention_factor * factors.table
-    check_logits_fit(q, k, scale, factor=2.0 * table * table * factors.query * key_factor, v=v)
+    check_logits_fit(q, k, scale, factor=dca_logit_factor(attention_factor, factors), v=v)  # before computing them
     ids = dca_position_ids(kv_len, chunk_size, local_size)
     table_factor = attention_factor * factors.table
     # Keys are rotated once, at p mod L, and carry their write-time factor (vLLM caches them so).

@@ -81,10 +81,66 @@ def any_nonfinite(xp, a):
         return np.asarray(((a.view(uint) & uint(mask)) == uint(mask)).any())
     # CuPy runs a reduction to one scalar in a single thread block, so reduce the last axis first (one
     # output per row: every block busy), then the small per-row result with CuPy's own any().
-    bits = a.view(uint)  # a same-width view: any strides
-    if bits.ndim == 0:
-        bits = bits.reshape(1)
+    bits = _rows(a.view(uint))  # a same-width view: any strides
     return _nonfinite_kernel(xp, np.dtype(uint).name)(bits, uint(mask), axis=bits.ndim - 1).any()
+
+
+_MAGNITUDE_KERNELS: dict[str, object] = {}
+
+
+def _magnitude_kernel(cupy, uint_name: str):
+    """A CuPy ReductionKernel: the largest ``bits & ~sign`` (the bit pattern of max |x|) along the last axis."""
+    if uint_name not in _MAGNITUDE_KERNELS:
+        _MAGNITUDE_KERNELS[uint_name] = cupy.ReductionKernel(
+            f"{uint_name} x, {uint_name} magnitude", f"{uint_name} y", "x & magnitude", "(a > b ? a : b)", "y = a", "0",
+            f"yarnref_max_magnitude_{uint_name}",
+        )
+    return _MAGNITUDE_KERNELS[uint_name]
+
+
+def _rows(bits):
+    """``bits`` as rows to reduce along the last axis: long rows of a contiguous array (every block busy)."""
+    if bits.ndim == 0:
+        return bits.reshape(1)
+    if bits.flags.c_contiguous and bits.size % 2048 == 0:
+        return bits.reshape(-1, 2048)
+    return bits
+
+
+def max_abs_bits(xp, a):
+    """A 0-d unsigned array on ``a``'s device: the bit pattern of ``max |a|`` in ``a``'s own float format.
+
+    For IEEE floats without the sign bit, the order of the bit patterns as
+    unsigned integers is the order of the magnitudes, with every NaN above
+    ``inf``; so one integer max over ``bits & ~sign`` finds ``max |a|``, or a
+    NaN if there is one, in any float dtype (bfloat16 included) without
+    float arithmetic from the array library.  0 (the pattern of +0) for an
+    empty array.  Reduces rows first, then the rows' maxima.
+    """
+    uint, exponent = _EXPONENT_BITS[dtype_name(a.dtype)]
+    magnitude = uint(np.iinfo(uint).max >> 1)  # every bit but the sign
+    if a.size == 0:
+        return xp.zeros((), dtype=uint)
+    bits = a.view(uint)
+    if xp is np:
+        return np.asarray((bits & magnitude).max(), dtype=uint)
+    per_row = _magnitude_kernel(xp, np.dtype(uint).name)(_rows(bits), magnitude, axis=-1)
+    return per_row.max()
+
+
+def start_max_abs(xp, arrays):
+    """Launch :func:`max_abs_bits` for each array; returns the reader of ``max |a|`` as Python floats (one transfer).
+
+    The form :func:`yarnref.checks.start_logits_check` takes as ``max_abs``.
+    """
+    dtypes = [np.dtype(a.dtype) for a in arrays]
+    packed = xp.stack([max_abs_bits(xp, a).astype(np.uint64) for a in arrays])  # (n,) zero-extended patterns
+
+    def read():
+        host = packed if xp is np else packed.get()
+        return [float(np.array(b, dtype=_EXPONENT_BITS[dt.name][0]).view(dt)) for b, dt in zip(host.tolist(), dtypes)]
+
+    return read
 
 
 def all_finite(xp, a) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 
 from yarnref.alibi import check_alibi_slopes
 from yarnref.checks import (
+    LOGIT_LIMIT,
     check_bool,
     check_budget,
     check_dca_sizes,
@@ -27,6 +28,7 @@ from yarnref.checks import (
     check_scale,
     check_streaming_sizes,
     is_int,
+    start_logits_check,
 )
 from yarnref.softmax_attention import check_qkv
 from yarnref.backend import Backend
@@ -38,7 +40,7 @@ from . import attention as _attention
 from . import dca as _dca
 from . import rope as _rope
 from . import sparse as _sparse_module
-from ._arrays import all_finite, any_nonfinite, check_float, dtype_name
+from ._arrays import any_nonfinite, check_float, compute_dtype, dtype_name, start_max_abs
 from ._device import Device, cuda_is_usable
 
 
@@ -144,6 +146,15 @@ class CupyBackend(Backend):
             check_float(name, a)
         return q, k, v, dims
 
+    def _start_logits_check(self, q, k, v, scale, factor, finite=None):
+        """The logits check (:func:`yarnref.checks.start_logits_check`) on the bit patterns, read back by ``finish``.
+
+        The bound is the compute precision's: float64 inputs :data:`LOGIT_LIMIT`, others float32's 1e37.
+        """
+        limit = LOGIT_LIMIT if compute_dtype(q, k, v) == np.float64 else 1e37
+        return start_logits_check(q, k, scale, factor, v, limit=limit, finite=finite,
+                                  max_abs=lambda arrays: start_max_abs(self.xp, arrays))
+
     def attention(self, q, k, v, causal=True, scale=None, return_lse=False, *, block_size=512, alibi_slopes=None):
         with self._device.context():
             q, k, v, (_, hq, _, _, _, d) = self._qkv(q, k, v)
@@ -151,6 +162,7 @@ class CupyBackend(Backend):
             scale = check_scale(scale, d)
             if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
                 raise InputError("block_size", block_size, "a positive integer")
+            pending = self._start_logits_check(q, k, v, scale, 1.0)
             slopes = None
             if alibi_slopes is not None:
                 slopes = self._in(alibi_slopes, "alibi_slopes")
@@ -158,6 +170,7 @@ class CupyBackend(Backend):
                 if slopes.dtype.kind not in "fiu" or not bool(self.xp.all(self.xp.isfinite(slopes))):
                     raise InputError("alibi_slopes", "non-finite or non-real values", "finite real slopes")
             out, lse = _attention.attention(self.xp, q, k, v, causal, scale, int(block_size), slopes)
+            pending.finish()  # bad inputs raise here, before anything is returned
             return (out, lse) if return_lse else out
 
     def merge_attention(self, outputs, lses):
@@ -215,7 +228,6 @@ class CupyBackend(Backend):
                 or freqs.size == 0
                 or 2 * freqs.size > head_dim
                 or (freqs.dtype.kind != "f" and dtype_name(freqs.dtype) != "bfloat16")
-                or not all_finite(xp, freqs)
             ):
                 raise InputError(
                     "inv_freq",
@@ -236,6 +248,8 @@ class CupyBackend(Backend):
                 max_position_embeddings=max_position_embeddings,
                 original_max_position_embeddings=original_max_position_embeddings,
             )
+            pending = self._start_logits_check(q, k, v, scale, spec.dca_logit_factor(attention_factor, factors),
+                                               finite={"inv_freq": freqs})
             segments = spec.dca_segments(kv_len, q_len, chunk_size, local_size)
             out, lse = _dca.dca_attention(
                 xp, q, k, v, freqs, int(chunk_size), chunk_len, scale, pairing,
@@ -243,6 +257,7 @@ class CupyBackend(Backend):
                 None if factors.key is None or np.all(factors.key == 1.0) else self._in(factors.key, "key_write_lengths"),
                 pi_factor, segments,
             )
+            pending.finish()  # bad inputs raise here, before anything is returned
             return (out, lse) if return_lse else out
 
     # ----------------------------------------------------------------- vertical-slash, A-shape, tri-shape

@@ -184,8 +184,93 @@ def _sort_indices_ascending(xp, top, index_bits: int):
     return xp.where(out == big, -1, out)
 
 
-def _top_indices(xp, score, counts, descending: bool):
-    """The ``counts[h]`` best entries of ``score[..., h, :]`` (ties: lower index), sorted, ``-1``-padded."""
+_TOPK_KERNELS: dict = {}
+
+
+def _topk_kernels(cupy):
+    """The three element-wise kernels of :func:`_top_indices_fused` (compiled once per process by CuPy)."""
+    if not _TOPK_KERNELS:
+        ek = cupy.ElementwiseKernel
+        # Entry i = (row r, index j) of a contiguous (rows, n) float32 score: key r | ~bits(score) | j, the
+        # first ``forced`` indices of a row scored +inf (the spec forces them: they rank first).
+        _TOPK_KERNELS["score_keys"] = ek(
+            "raw float32 score, int64 n, int32 index_bits, int64 forced", "uint64 key",
+            """
+            long long j = i % n;
+            unsigned long long r = (unsigned long long)(i / n);
+            unsigned int bits = j < forced ? 0x7F800000u : __float_as_uint(score[i]);
+            key = (r << (32 + index_bits)) | ((unsigned long long)(0xFFFFFFFFu - bits) << index_bits)
+                  | (unsigned long long)j;
+            """,
+            "yarnref_vs_score_keys",
+        )
+        # Entry i = (row r, rank t < width): the rank-t index of row r when t < count[head of r], else "none"
+        # (2**index_bits, sorting last); descending lists store 2**index_bits - 1 - index, so that one
+        # ascending sort serves both.  Keyed by the row above index_bits + 1 bits.
+        _TOPK_KERNELS["rank_keys"] = ek(
+            "raw uint64 ordered, raw int64 count, int64 n, int64 width, int64 heads, int32 index_bits, bool descending",
+            "uint64 key",
+            """
+            long long r = i / width, t = i % width;
+            unsigned long long low = (1ull << index_bits) - 1ull;
+            unsigned long long value = 1ull << index_bits;
+            if (t < count[r % heads]) {
+                unsigned long long index = ordered[r * n + t] & low;
+                value = descending ? low - index : index;
+            }
+            key = ((unsigned long long)r << (index_bits + 1)) | value;
+            """,
+            "yarnref_vs_rank_keys",
+        )
+        _TOPK_KERNELS["unpack"] = ek(
+            "uint64 key, int32 index_bits, bool descending", "int64 index",
+            """
+            unsigned long long value = key & ((1ull << (index_bits + 1)) - 1ull);
+            unsigned long long low = (1ull << index_bits) - 1ull;
+            index = value > low ? -1 : (long long)(descending ? low - value : value);
+            """,
+            "yarnref_vs_unpack",
+        )
+    return _TOPK_KERNELS
+
+
+def _top_indices_fused(cupy, score, counts, descending: bool, forced: int):
+    """:func:`_top_indices` for a float32 CuPy score in three element-wise kernels and two radix sorts.
+
+    The same packed keys as :func:`_best_first` and :func:`_sort_indices_ascending`
+    (so the same order, ties to the lower index), without the dozens of
+    separate array operations whose launches dominated the call at 8K keys.
+    None if a row number and a key do not fit 64 bits together.
+    """
+    *lead, n = score.shape
+    heads = lead[-1]
+    rows = int(np.prod(lead, dtype=np.int64))
+    index_bits = max(1, int(n - 1).bit_length())
+    if max(1, int(rows - 1).bit_length()) + 32 + index_bits > 64 or n == 0:
+        return None
+    kernels_ = _topk_kernels(cupy)
+    keys = kernels_["score_keys"](cupy.ascontiguousarray(score), np.int64(n), np.int32(index_bits), np.int64(forced),
+                                  size=rows * n)
+    ordered = cupy.sort(keys)  # (rows * n,) one radix sort: rows in order, best first within each
+    width = int(counts.max())
+    count = cupy.asarray(np.asarray(counts, dtype=np.int64))  # (heads,)
+    ranked = kernels_["rank_keys"](ordered, count, np.int64(n), np.int64(width), np.int64(heads), np.int32(index_bits),
+                                   bool(descending), size=rows * width)
+    return kernels_["unpack"](cupy.sort(ranked), np.int32(index_bits), bool(descending)).reshape(*lead, width)
+
+
+def _top_indices(xp, score, counts, descending: bool, forced: int = 0):
+    """The ``counts[h]`` best entries of ``score[..., h, :]`` (ties: lower index), sorted, ``-1``-padded.
+
+    The first ``forced`` entries of every row rank first (scored ``+inf``; ``score``, a temporary of the
+    caller, may be overwritten).
+    """
+    if xp is not np and score.dtype == np.float32:
+        fused = _top_indices_fused(xp, score, counts, descending, forced)
+        if fused is not None:
+            return fused
+    if forced:
+        score[..., :forced] = np.inf  # the caller's own temporary
     order = _best_first(xp, score)  # best first; lower index first on ties
     width = int(counts.max())
     top = order[..., :width]
@@ -286,11 +371,9 @@ def vertical_slash_indices(xp, q, k, n_vertical, n_slash, last_q: int, scale: fl
         logits = xp.matmul(q_last, keys_t).reshape(batch, n_kv * group, m, kv_len)  # unscaled
         heads = slice(h0 * group, h1 * group)
         vertical_score[:, heads], slash_score[:, heads] = estimation_scores(xp, logits, scale)
-    vertical_score[..., :force_verticals] = np.inf
-    slash_score[..., :force_slashes] = np.inf
     return (
-        _top_indices(xp, vertical_score, n_vertical, descending=False),
-        _top_indices(xp, slash_score, n_slash, descending=True),
+        _top_indices(xp, vertical_score, n_vertical, descending=False, forced=force_verticals),
+        _top_indices(xp, slash_score, n_slash, descending=True, forced=force_slashes),
     )
 
 

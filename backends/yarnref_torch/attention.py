@@ -15,7 +15,10 @@ Two paths compute the same function:
   not; ``enable_gqa``).  With the lse: cuDNN's
   ``aten._scaled_dot_product_cudnn_attention`` for non-causal and square
   causal calls (its ``is_causal`` is top-left aligned; GQA native; on an H100
-  with torch 2.11, 644 TF/s at 32K tokens against flash's 351); the flash
+  with torch 2.11, 644 TF/s at 32K tokens against flash's 351), and for a
+  causal call with ``q_len < kv_len`` two of them, the keys before the
+  queries' square (non-causal) and the square (causal), merged by
+  log-sum-exp (:data:`SPLIT_CAUSAL_CUDNN`); the flash
   kernel ``aten._scaled_dot_product_flash_attention`` otherwise
   (float16/bfloat16; its ``is_causal`` is bottom-right aligned, as
   flash-attn's; GQA native); the memory-efficient kernel
@@ -48,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from yarnref.alibi import check_alibi_slopes
-from yarnref.checks import LOGIT_LIMIT, check_logits_fit
+from yarnref.checks import LOGIT_LIMIT, start_logits_check
 from yarnref.checks import check_bool, check_same_dtype, check_scale
 from yarnref.softmax_attention import DEFAULT_BLOCK_SIZE, check_qkv
 from yarnref.errors import InputError
@@ -58,6 +61,10 @@ from ._arrays import ArrayConverter, check_float, compute_dtype
 __all__ = ["attention", "merge_attention", "attention_tensors", "merge_tensors", "check_block_size", "check_bool"]
 
 _HALF = (torch.float16, torch.bfloat16)
+#: Bottom-right causal calls with ``q_len < kv_len`` and the lse go to cuDNN as two calls (the keys
+#: before the queries' square, non-causal; the square, causal) merged by log-sum-exp, instead of one
+#: flash call (see ``_fused``).  A module switch so that benchmarks can time both forms.
+SPLIT_CAUSAL_CUDNN = True
 
 
 def check_block_size(block_size, param: str = "block_size") -> int:
@@ -166,15 +173,22 @@ def _fused(q, k, v, causal: bool, scale: float, return_lse: bool):
         if gqa and _can_efficient(q, k, v):
             return _fused(q, *_expand_kv(q, k, v), causal, scale, False)
         return None
-    if (not causal or tq == tk) and _can_cudnn(q, k, v):
-        # cuDNN's is_causal is top-left aligned, so it serves only the square causal case (and the
-        # non-causal one); on H100 it runs at about twice flash's rate (measured: 644 vs 351 TF/s).
-        try:
-            res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)
-        except RuntimeError:  # a configuration cuDNN's planner refuses after all: flash below serves it
-            res = None
-        if res is not None:
-            return res[0], res[1].reshape(q.shape[0], q.shape[1], tq)  # the lse comes as (b, hq, tq, 1)
+    if _can_cudnn(q, k, v):
+        # cuDNN's is_causal is top-left aligned, so one call serves the square causal case and the
+        # non-causal one; on H100 it runs at about twice flash's rate (measured: 644 vs 351 TF/s).
+        if not causal or tq == tk:
+            res = _cudnn(q, k, v, causal, scale)
+            if res is not None:
+                return res
+        elif SPLIT_CAUSAL_CUDNN:
+            # Bottom-right causal with tq < tk (a prefill chunk after earlier keys): the keys before the
+            # queries' own square, [0, tk - tq), are visible to every row (a non-causal call); the square
+            # [tk - tq, tk) is causal from the top left; the LSE merge of the two is the causal result.
+            split = tk - tq
+            before = _cudnn(q, k[:, :, :split], v[:, :, :split], False, scale)
+            square = _cudnn(q, k[:, :, split:], v[:, :, split:], True, scale) if before is not None else None
+            if square is not None:
+                return merge_tensors([before[0], square[0]], [before[1], square[1]])
     if _can_flash(q, k, v):
         qp, kp, vp = _pad_head_dim(q), _pad_head_dim(k), _pad_head_dim(v)
         # flash's is_causal is bottom-right aligned for q_len != kv_len (as in torch.nn.attention.bias)
@@ -199,6 +213,15 @@ def _fused(q, k, v, causal: bool, scale: float, return_lse: bool):
         )
         return res[0].transpose(1, 2), res[1][..., :tq]  # the lse is padded to a multiple of 32 rows
     return None
+
+
+def _cudnn(q, k, v, causal: bool, scale: float):
+    """cuDNN's fused attention with the lse (``is_causal`` top-left aligned); ``None`` if its planner refuses."""
+    try:
+        res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)
+    except RuntimeError:  # a configuration cuDNN's planner refuses after all: flash serves it
+        return None
+    return res[0], res[1].reshape(q.shape[0], q.shape[1], q.shape[2])  # the lse comes as (b, hq, tq, 1)
 
 
 def _expand_kv(q, k, v):
@@ -254,15 +277,21 @@ def attention(conv: ArrayConverter, q, k, v, causal=True, scale=None, return_lse
     return_lse = check_bool("return_lse", return_lse)
     scale = check_scale(scale, d)
     block_size = check_block_size(block_size)
-    check_logits_fit(q, k, scale, v=v, limit=logit_limit(q.dtype))  # refused up front, not NaN
+    # Refused, not NaN: the reductions start here and are read back once the work is enqueued (one
+    # synchronisation, after the device has its work); nothing is returned before the check has passed.
+    pending = start_logits_check(q, k, scale, v=v, limit=logit_limit(q.dtype))
+    if not q.is_cuda:  # on the host there is no device to keep busy: refuse before any work
+        pending.finish()
     if alibi_slopes is not None:
         slopes = conv.tensor(alibi_slopes, "alibi_slopes")
         check_alibi_slopes(slopes.shape, q.shape[1])
         if slopes.dtype.is_complex or slopes.dtype == torch.bool or not bool(torch.isfinite(slopes).all()):
             raise InputError("alibi_slopes", "non-finite values", "finite real slopes")
+        pending.finish()  # before the blocked path: it would compute on non-finite inputs for nothing
         out, lse = _blocked(q, k, v, causal, scale, block_size, slopes)
         return (out, lse) if return_lse else out
     out, lse = attention_tensors(q, k, v, causal, scale, return_lse, block_size)
+    pending.finish()
     return (out, lse) if return_lse else out
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from yarnref.checks import check_dca_sizes, check_logits_fit, check_same_dtype
+from yarnref.checks import check_dca_sizes, check_same_dtype, start_logits_check
 from yarnref.softmax_attention import check_qkv
 from yarnref.errors import InputError
 
@@ -92,7 +92,7 @@ def dca_attention(
     return_lse=False,
 ):
     """Dual Chunk Attention on un-rotated q and k; see :func:`yarnref.dca.dca_attention`."""
-    from yarnref.dca import dca_options, dca_segments, dca_temperature  # the spec's rules, shared
+    from yarnref.dca import dca_logit_factor, dca_options, dca_segments, dca_temperature  # the spec's rules, shared
 
     q, k, v = (check_float(n, conv.tensor(a, n)) for a, n in ((q, "q"), (k, "k"), (v, "v")))
     check_same_dtype(q=q, k=k, v=v)
@@ -102,21 +102,13 @@ def dca_attention(
     chunk_len = check_dca_sizes(chunk_size, local_size)
     chunk_size = int(chunk_size)
     freqs = conv.tensor(inv_freq, "inv_freq")
-    if (
-        freqs.ndim != 1
-        or freqs.numel() == 0
-        or 2 * freqs.numel() > head_dim
-        or not freqs.is_floating_point()
-        or not bool(torch.isfinite(freqs).all())
-    ):
+    if freqs.ndim != 1 or freqs.numel() == 0 or 2 * freqs.numel() > head_dim or not freqs.is_floating_point():
         raise InputError(
             "inv_freq",
             f"array of shape {tuple(freqs.shape)} and dtype {freqs.dtype}",
             f"a 1-D float array of r/2 finite frequencies, 1 <= r/2 <= head_dim/2 = {head_dim // 2}",
         )
     scale, attention_factor, pi_factor, return_lse = dca_options(head_dim, scale, pairing, attention_factor, pi_factor, form, return_lse)
-    # Rotated elements are at most sqrt(2) max|x| times the table factor (the temperatures add a factor of a few).
-    check_logits_fit(q, k, scale, factor=2.0 * attention_factor * attention_factor, v=v, limit=logit_limit(q.dtype))
     if isinstance(key_write_lengths, torch.Tensor):
         # Validated on the host by the spec's rules: a (kv_len,) vector of integers, metadata like a shape.
         key_write_lengths = tensor_to_numpy(conv.tensor(key_write_lengths, "key_write_lengths"))
@@ -128,6 +120,19 @@ def dca_attention(
         max_position_embeddings=max_position_embeddings,
         original_max_position_embeddings=original_max_position_embeddings,
     )
+    # The logits check (the spec's bound, yarnref.dca.dca_logit_factor) and the frequencies' finiteness.
+    # On CUDA its reductions are launched right after the first attention call and read back at the end
+    # (the call's one synchronisation), so the device gets its first large kernel as early as possible
+    # and never waits on the host in between; nothing is returned before the check has passed.  On the
+    # host there is no device to keep busy: it runs first, before any work.
+    def start_check():
+        return start_logits_check(q, k, scale, factor=dca_logit_factor(attention_factor, factors), v=v,
+                                  limit=logit_limit(q.dtype), finite={"inv_freq": freqs})
+
+    pending = None
+    if not q.is_cuda:
+        pending = start_check()
+        pending.finish()
 
     cdt = compute_dtype(q.dtype)
     # The dtype the rotated q/k are handed to attention in: the input's for CUDA half types (the
@@ -138,20 +143,28 @@ def dca_attention(
     n_positions = min(2 * chunk_len - 1, chunk_size) + 1 if kv_len > chunk_len else kv_len
     cos, sin = _position_table(freqs, n_positions, pi_factor, attention_factor * factors.table, cdt)  # (n_positions, r/2)
 
-    # Keys: rotated once, chunk by chunk (positions j mod L), times their write-time factor.
+    # Keys: rotated once, chunk by chunk (positions j mod L), times their write-time factor, into k_rot;
+    # a chunk is rotated when the first segment that reads it comes (segments read keys [0, end) only).
     key_factor = None
     if factors.key is not None and not np.all(factors.key == 1.0):
         key_factor = torch.from_numpy(np.ascontiguousarray(factors.key)).to(q.device, cdt)  # (kv_len,)
     k_rot = torch.empty(k.shape, dtype=work, device=k.device)
-    for start in range(0, kv_len, chunk_len):  # a loop over chunks (kv_len / L of them)
-        stop = min(start + chunk_len, kv_len)
-        if key_factor is None and work == k.dtype:  # rotate() computes in float32/float64 and returns k's dtype
-            k_rot[:, :, start:stop] = rotate(k[:, :, start:stop], cos[: stop - start], sin[: stop - start], pairing)
-            continue
-        part = rotate(k[:, :, start:stop].to(cdt), cos[: stop - start], sin[: stop - start], pairing)
-        if key_factor is not None:
-            part = part * key_factor[start:stop, None]  # (n, 1) over (batch, kv_heads, n, head_dim)
-        k_rot[:, :, start:stop] = part.to(work)
+    rotated = 0  # keys [0, rotated) of k_rot are done
+
+    def rotate_keys_to(end: int) -> int:
+        start = rotated
+        while start < end:  # a loop over chunks (kv_len / L of them in all)
+            stop = min(start + chunk_len, kv_len)
+            if key_factor is None and work == k.dtype:  # written in place; computed in float32/float64
+                rotate(k[:, :, start:stop], cos[: stop - start], sin[: stop - start], pairing, out=k_rot[:, :, start:stop])
+            else:
+                part = rotate(k[:, :, start:stop].to(cdt), cos[: stop - start], sin[: stop - start], pairing)
+                if key_factor is not None:
+                    part = part * key_factor[start:stop, None]  # (n, 1) over (batch, kv_heads, n, head_dim)
+                k_rot[:, :, start:stop] = part.to(work)
+            start = stop
+        return start
+
     v_work = v.to(work)
 
     offset = kv_len - q_len  # absolute position of query row 0
@@ -159,6 +172,7 @@ def dca_attention(
     out = torch.empty((batch, q_heads, q_len, v.shape[-1]), dtype=work, device=q.device)
     lse = torch.empty((batch, q_heads, q_len), dtype=cdt, device=q.device)
     for seg in dca_segments(kv_len, q_len, chunk_size, local_size):  # a loop over DCA segments
+        rotated = rotate_keys_to(seg.end)
         rows = slice(seg.begin - offset, seg.end - offset)
         q_seg = q[:, :, rows] if work == q.dtype else q[:, :, rows].to(cdt)  # rotated in float32/float64 either way
         r0, r1 = seg.begin - seg.intra[0], seg.end - seg.intra[0]  # in-chunk positions i mod L of the segment
@@ -182,9 +196,14 @@ def dca_attention(
             o, l = attention_tensors(q_rot, k_rot[:, :, start:stop], v_work[:, :, start:stop], causal, part_scale, True)
             outputs.append(o)
             lses.append(l)
+            if pending is None:
+                pending = start_check()
         if len(outputs) == 1:  # the intra part alone (the first chunk): nothing to merge, its rows are never empty
             out[:, :, rows], lse[:, :, rows] = outputs[0], lses[0]
         else:
             out[:, :, rows], lse[:, :, rows] = merge_tensors(outputs, lses)
+    if pending is None:  # q_len = 0: no segment
+        pending = start_check()
     out = out.to(q.dtype)
+    pending.finish()  # bad inputs raise here, before anything is returned
     return (out, lse) if return_lse else out

@@ -82,16 +82,21 @@ def rope_cos_sin(conv: ArrayConverter, inv_freq, positions, attention_factor=1.0
     return cos, sin
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str, out: torch.Tensor | None = None) -> torch.Tensor:
     """The rotation of :func:`apply_rope` on tensors already checked; no validation.
 
     ``cos``/``sin`` are ``(seq, r/2)`` or ``(batch, 1, seq, r/2)`` (or anything
-    broadcasting against ``x[..., :r/2]``), in the compute dtype.
+    broadcasting against ``x[..., :r/2]``), in the compute dtype.  ``out``: a
+    tensor of x's shape and dtype (a slice of a larger buffer, unit last
+    stride) to write the result into; it is returned.
     """
     from . import rope_triton
 
     if rope_triton.available(x):  # CUDA: one fused pass over x
-        return rope_triton.rotate_triton(x, cos, sin, pairing)
+        return rope_triton.rotate_triton(x, cos, sin, pairing, out=out)
+    if out is not None:
+        out.copy_(rotate(x, cos, sin, pairing))
+        return out
     r = 2 * cos.shape[-1]
     half = r // 2
     cdt = compute_dtype(x.dtype)

@@ -45,7 +45,10 @@ def available(x: torch.Tensor) -> bool:
 
 if triton is not None:
 
-    @triton.jit
+    # The lengths and the strides that follow them change from call to call (every DCA segment and prefill
+    # chunk has its own): not specialised on, so one compiled variant serves them all (sx_d, the unit
+    # stride of the features, keeps its specialisation).
+    @triton.jit(do_not_specialize=("heads", "seq", "sx_b", "sx_h", "sx_s", "sc_b", "sc_s", "so_b", "so_h", "so_s"))
     def _rope_kernel(
         x_ptr, cos_ptr, sin_ptr, out_ptr,
         heads, seq,
@@ -97,8 +100,12 @@ if triton is not None:
                 tl.store(dst + (2 * HALF + t)[None, :], rest, mask=tail_ok)
 
 
-def rotate_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str) -> torch.Tensor:
-    """Rotate the first ``2 * cos.shape[-1]`` features of ``x`` (see the module docstring); no validation here."""
+def rotate_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate the first ``2 * cos.shape[-1]`` features of ``x`` (see the module docstring); no validation here.
+
+    ``out``: where to write (x's shape and dtype, any strides with a unit last one, e.g. a slice of a
+    larger buffer), instead of a new tensor.
+    """
     batch, heads, seq, head_dim = x.shape
     half = cos.shape[-1]
     # cos/sin as (batch or 1, seq or 1, r/2) float32 with a unit last stride; broadcast extents get stride 0.
@@ -107,7 +114,8 @@ def rotate_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing
     cos3, sin3 = cos3.to(torch.float32).contiguous(), sin3.to(torch.float32).contiguous()
     sc_b = 0 if cos3.shape[0] == 1 else cos3.stride(0)
     sc_s = 0 if cos3.shape[1] == 1 else cos3.stride(1)
-    out = torch.empty((batch, heads, seq, head_dim), dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty((batch, heads, seq, head_dim), dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
     tail = head_dim - 2 * half

@@ -187,6 +187,16 @@ def triton_available(device: torch.device | str | None = None) -> bool:
 
 # ----------------------------------------------------------------------------- kernels
 
+#: Integer arguments the kernels do not specialise on.  Triton compiles one variant per pattern of its
+#: integer arguments (whether each is 1 and whether it is divisible by 16); lengths, list widths and the
+#: list strides derived from them change from call to call (every prefill chunk and DCA segment has
+#: its own key count and its own kept-list widths), and each new pattern cost a compilation of seconds
+#: inside the call.  Only these are exempt: the q/k/v strides keep their specialisation (it enables
+#: vectorised loads), and they are multiples of 16 for every head_dim the kernels serve.
+_SIZES = ("q_len", "kv_len")
+_LIST_STRIDES = ("stride_lb", "stride_lh", "stride_lm", "stride_cb", "stride_ch", "stride_cr",
+                 "stride_bob", "stride_boh", "stride_bor", "stride_bos", "stride_cib", "stride_cih", "stride_cir", "stride_cis")
+
 if triton is not None:
 
     @triton.jit
@@ -266,7 +276,7 @@ if triton is not None:
             s = tl.where(visible, s, float("-inf"))
         return _softmax_step(s, v, m_i, l_i, acc)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_SIZES + _LIST_STRIDES + ("n_rows",))
     def _vs_sparse_fwd_kernel(
         Q, K, V, Out, Lse,
         BlockCount, BlockOffset, ColumnCount, ColumnIndex,
@@ -450,7 +460,7 @@ if triton is not None:
             hi = tl.where(active & (val >= x), mid, hi)
         return lo
 
-    @triton.jit
+    @triton.jit(do_not_specialize=("stride_cb", "stride_ch", "stride_cr", "stride_lb", "stride_lh", "stride_lr", "stride_ls", "n_rows", "n_pairs", "cap", "n_search"))
     def _pair_schedule_kernel(
         Count, List, Shared, BOnly, BOnlyCount,
         stride_cb, stride_ch, stride_cr,
@@ -524,7 +534,7 @@ if triton is not None:
             n_only = nb
         tl.store(BOnlyCount + sp, n_only)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_SIZES + _LIST_STRIDES + ("n_pairs", "blk_cap", "col_cap"))
     def _vs_sparse_pair_kernel(
         Q, K, V, Out, Lse,
         BlockCount, BlockOffset, ColumnCount, ColumnIndex,
@@ -701,7 +711,7 @@ if triton is not None:
 
     # ------------------------------------------------------------------ dense attention
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_SIZES + ("stride_lb", "stride_lh", "stride_lm", "n_blocks"))
     def _dense_fwd_kernel(
         Q, K, V, Out, Lse, KDesc, VDesc,
         qk_scale,
@@ -778,7 +788,7 @@ if triton is not None:
             n_saved += 1
         return n_saved
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_SIZES + ("n_rows", "nv_cap", "ns_cap", "col_cap", "blk_cap"))
     def _convert_vs_kernel(
         Vert, Slash, VertCount, SlashCount,
         BlockCount, BlockOffset, ColumnCount, ColumnIndex,
