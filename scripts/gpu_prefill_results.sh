@@ -15,9 +15,10 @@
 #       and the kernels, then the decoder layer at 1M, 128K and 512K (as far as its budget goes)
 #   scripts/gpu_prefill_results.sh cupy OUT_DIR     the GPU tests of the CuPy backend, the Triton kernels and the
 #       sparse agreement suite, then the whole CuPy table (8K-128K)
+#   scripts/gpu_prefill_results.sh cupy8k OUT_DIR   the CuPy input checks' tests and the CuPy table at 8K and 32K
 # Everything lands in OUT_DIR/results_<stage>.tgz (one file: the device returns at most eight).
 set -uo pipefail
-stage=${1:?usage: scripts/gpu_prefill_results.sh one|two|shapes|layer|cupy OUT_DIR}; out=${2:?OUT_DIR}
+stage=${1:?usage: scripts/gpu_prefill_results.sh one|two|shapes|layer|cupy|cupy8k OUT_DIR}; out=${2:?OUT_DIR}
 R=/tmp/yarnref-results/$stage; mkdir -p "$R" "$out"
 export PYTHONPATH=$PWD:$PWD/backends PYTHONUNBUFFERED=1
 DEST=${DEST:-/root/yarnref-model}
@@ -71,6 +72,12 @@ case "$stage" in
     say "pytest rc=$?"; tail -n 4 "$R/pytest_gpu.log"
     (cd benchmarks && timeout 230 python3 bench_cupy.py --out "$R" --budget 200 > "$R/bench_cupy.log" 2>&1); say "bench_cupy rc=$?"
     ;;
-  *) echo "stage: one, two, shapes, layer or cupy" >&2; exit 2 ;;
+  cupy8k)
+    YARNREF_HYPOTHESIS_PROFILE=quick timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_cupy_kernels.py \
+      tests/test_agree_dca.py tests/test_agree_sparse.py -k "cupy or bad_values or non_finite" -rfE --tb=short \
+      > "$R/pytest_gpu.log" 2>&1; say "pytest rc=$?"; tail -n 4 "$R/pytest_gpu.log"
+    (cd benchmarks && timeout 80 python3 bench_cupy.py --out "$R" --budget 50 > "$R/bench_cupy.log" 2>&1); say "bench_cupy rc=$?"
+    ;;
+  *) echo "stage: one, two, shapes, layer, cupy or cupy8k" >&2; exit 2 ;;
 esac
 tar czf "$out/results_$stage.tgz" -C /tmp/yarnref-results "$stage"; say "packed $out/results_$stage.tgz"

@@ -187,6 +187,9 @@ def _check_max_abs(arrays, xp, asarray, dtypes):
             expected = float(np.max(np.abs(rounded))) if rounded.size else 0.0
             assert (np.isnan(value) and np.isnan(expected)) or value == expected, (dtype, value, expected)
         assert (np.isnan(got[0]) and np.isnan(want)) or got[0] == float(np.asarray(want).astype(_np_dtype(dtype)))
+        bits = arrays.magnitude_bits(xp, [asarray(x, dtype)])
+        bits = bits if xp is np else bits.get()
+        assert arrays.is_nonfinite_magnitude(int(bits[0]), _np_dtype(dtype)) == (not np.isfinite(want))
 
 
 def test_max_abs_reads_the_magnitude_bits_numpy():

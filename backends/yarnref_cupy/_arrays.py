@@ -128,17 +128,97 @@ def max_abs_bits(xp, a):
     return per_row.max()
 
 
+#: One pass over a contiguous float array's bit patterns: each block's largest ``bits & magnitude``, then
+#: one ``atomicMax`` into ``out[slot]`` (zero-extended to 64 bits).  One launch per array, where the
+#: reduction kernels above take two and CuPy's own launch costs dominate at 8K tokens.
+_MAGNITUDE_SOURCE = r"""
+template <typename T>
+__global__ void yarnref_max_magnitude(const T* __restrict__ x, long long n, T magnitude,
+                                      unsigned long long* out, int slot) {
+    unsigned long long best = 0;
+    long long step = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
+        unsigned long long m = (unsigned long long)(x[i] & magnitude);
+        best = m > best ? m : best;
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        unsigned long long other = __shfl_down_sync(0xffffffffu, best, offset);
+        best = other > best ? other : best;
+    }
+    __shared__ unsigned long long warp_best[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) warp_best[warp] = best;
+    __syncthreads();
+    if (warp == 0) {
+        best = lane < (int)(blockDim.x >> 5) ? warp_best[lane] : 0ull;
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            unsigned long long other = __shfl_down_sync(0xffffffffu, best, offset);
+            best = other > best ? other : best;
+        }
+        if (lane == 0) atomicMax(out + slot, best);
+    }
+}
+"""
+_CTYPES = {"uint16": "unsigned short", "uint32": "unsigned int", "uint64": "unsigned long long"}
+_MAGNITUDE_FUNCTIONS: dict[tuple, object] = {}
+
+
+def _magnitude_function(cupy, uint_name: str):
+    key = (cupy.cuda.Device().id, uint_name)
+    if key not in _MAGNITUDE_FUNCTIONS:
+        name = f"yarnref_max_magnitude<{_CTYPES[uint_name]}>"
+        module = cupy.RawModule(code=_MAGNITUDE_SOURCE, options=("-std=c++14",), name_expressions=(name,))
+        _MAGNITUDE_FUNCTIONS[key] = module.get_function(name)
+    return _MAGNITUDE_FUNCTIONS[key]
+
+
+def magnitude_bits(xp, arrays):
+    """``(len(arrays),)`` uint64 on the device: per float array, the bit pattern of ``max |a|`` (zero-extended).
+
+    See :func:`max_abs_bits` for why an integer max finds it (NaN above
+    ``inf``; 0 for an empty array).  Contiguous arrays take one launch each
+    of ``_MAGNITUDE_SOURCE``; others (and the NumPy shim) :func:`max_abs_bits`.
+    """
+    out = xp.zeros(len(arrays), dtype=np.uint64)
+    for slot, a in enumerate(arrays):
+        if a.size == 0:
+            continue
+        uint = _EXPONENT_BITS[dtype_name(a.dtype)][0]
+        if xp is np or not a.flags.c_contiguous:
+            out[slot] = max_abs_bits(xp, a).astype(np.uint64)
+            continue
+        threads = 256
+        blocks = int(min(-(-a.size // threads), 8 * 132))  # enough blocks to fill a GPU; the loop strides the rest
+        _magnitude_function(xp, np.dtype(uint).name)(
+            (blocks,), (threads,),
+            (a.view(uint), np.int64(a.size), uint(np.iinfo(uint).max >> 1), out, np.int32(slot)),
+        )
+    return out
+
+
+def from_magnitude_bits(bits, dtype) -> float:
+    """A zero-extended bit pattern of :func:`magnitude_bits` as the Python float it stands for in ``dtype``."""
+    dtype = np.dtype(dtype)
+    return float(np.array(bits, dtype=_EXPONENT_BITS[dtype.name][0]).view(dtype))
+
+
+def is_nonfinite_magnitude(bits, dtype) -> bool:
+    """True if a :func:`magnitude_bits` pattern says the array holds an inf or a NaN (exponent bits all ones)."""
+    exponent = _EXPONENT_BITS[np.dtype(dtype).name][1]
+    return int(bits) >= exponent
+
+
 def start_max_abs(xp, arrays):
-    """Launch :func:`max_abs_bits` for each array; returns the reader of ``max |a|`` as Python floats (one transfer).
+    """Launch :func:`magnitude_bits`; returns the reader of ``max |a|`` per array as Python floats (one transfer).
 
     The form :func:`yarnref.checks.start_logits_check` takes as ``max_abs``.
     """
     dtypes = [np.dtype(a.dtype) for a in arrays]
-    packed = xp.stack([max_abs_bits(xp, a).astype(np.uint64) for a in arrays])  # (n,) zero-extended patterns
+    packed = magnitude_bits(xp, arrays)
 
     def read():
         host = packed if xp is np else packed.get()
-        return [float(np.array(b, dtype=_EXPONENT_BITS[dt.name][0]).view(dt)) for b, dt in zip(host.tolist(), dtypes)]
+        return [from_magnitude_bits(b, dt) for b, dt in zip(host.tolist(), dtypes)]
 
     return read
 

@@ -40,7 +40,7 @@ from . import attention as _attention
 from . import dca as _dca
 from . import rope as _rope
 from . import sparse as _sparse_module
-from ._arrays import any_nonfinite, check_float, compute_dtype, dtype_name, start_max_abs
+from ._arrays import check_float, compute_dtype, dtype_name, is_nonfinite_magnitude, magnitude_bits, start_max_abs
 from ._device import Device, cuda_is_usable
 
 
@@ -266,11 +266,10 @@ class CupyBackend(Backend):
         """The spec's check for the sparse operations: float dtypes and finite values."""
         for name, a in arrays.items():
             check_float(name, a)
-        # One reduction per array on the device, one read back for all of them.
-        flags = [any_nonfinite(self.xp, a) for a in arrays.values()]
-        bad = self._device.to_numpy(self.xp.stack(flags)) if len(flags) > 1 else [bool(flags[0])]
-        for name, nonfinite in zip(arrays, bad):
-            if nonfinite:
+        # One pass per array on the device (the largest magnitude's bit pattern), one read back for all.
+        bits = self._device.to_numpy(magnitude_bits(self.xp, list(arrays.values())))
+        for (name, a), pattern in zip(arrays.items(), bits.tolist()):
+            if is_nonfinite_magnitude(pattern, a.dtype):
                 raise InputError(name, "non-finite values", "finite values")
 
     def _sparse_qkv(self, q, k, v, causal: bool):
