@@ -162,7 +162,6 @@ class CupyBackend(Backend):
             scale = check_scale(scale, d)
             if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
                 raise InputError("block_size", block_size, "a positive integer")
-            pending = self._start_logits_check(q, k, v, scale, 1.0)
             slopes = None
             if alibi_slopes is not None:
                 slopes = self._in(alibi_slopes, "alibi_slopes")
@@ -170,7 +169,9 @@ class CupyBackend(Backend):
                 if slopes.dtype.kind not in "fiu" or not bool(self.xp.all(self.xp.isfinite(slopes))):
                     raise InputError("alibi_slopes", "non-finite or non-real values", "finite real slopes")
             out, lse = _attention.attention(self.xp, q, k, v, causal, scale, int(block_size), slopes)
-            pending.finish()  # bad inputs raise here, before anything is returned
+            # Launched after the attention is enqueued (so their launch overlaps its run) and read once:
+            # bad inputs raise here, before anything is returned.
+            self._start_logits_check(q, k, v, scale, 1.0).finish()
             return (out, lse) if return_lse else out
 
     def merge_attention(self, outputs, lses):
@@ -248,8 +249,6 @@ class CupyBackend(Backend):
                 max_position_embeddings=max_position_embeddings,
                 original_max_position_embeddings=original_max_position_embeddings,
             )
-            pending = self._start_logits_check(q, k, v, scale, spec.dca_logit_factor(attention_factor, factors),
-                                               finite={"inv_freq": freqs})
             segments = spec.dca_segments(kv_len, q_len, chunk_size, local_size)
             out, lse = _dca.dca_attention(
                 xp, q, k, v, freqs, int(chunk_size), chunk_len, scale, pairing,
@@ -257,7 +256,9 @@ class CupyBackend(Backend):
                 None if factors.key is None or np.all(factors.key == 1.0) else self._in(factors.key, "key_write_lengths"),
                 pi_factor, segments,
             )
-            pending.finish()  # bad inputs raise here, before anything is returned
+            # As in attention: launched after the work, read once; bad inputs raise before anything is returned.
+            self._start_logits_check(q, k, v, scale, spec.dca_logit_factor(attention_factor, factors),
+                                     finite={"inv_freq": freqs}).finish()
             return (out, lse) if return_lse else out
 
     # ----------------------------------------------------------------- vertical-slash, A-shape, tri-shape
