@@ -385,10 +385,11 @@ def start_logits_check(q, k, scale: float, factor: float = 1.0, v=None, *, limit
                        finite=None, max_abs=None) -> PendingLogitsCheck:
     """The reductions of :func:`check_logits_fit`, launched but not read back.
 
-    A GPU backend calls this before it enqueues its work and
-    :meth:`PendingLogitsCheck.finish` after, so the one read-back does not
-    stall the device between the check and the work; bad inputs still raise
-    before any result is returned.  ``finite``: further arrays, by name, that
+    A GPU backend calls this around its work (before it, or right after its
+    first large kernel so that these launches overlap that kernel's run) and
+    :meth:`PendingLogitsCheck.finish` at the end, so the one read-back does
+    not stall the device between the check and the work; bad inputs still
+    raise before any result is returned.  ``finite``: further arrays, by name, that
     must hold finite values (read back with the same transfer).
     ``max_abs``: a backend's own form of the reductions, a function of the
     list of arrays that launches them and returns the reader (by default

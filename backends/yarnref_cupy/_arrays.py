@@ -117,7 +117,7 @@ def max_abs_bits(xp, a):
     float arithmetic from the array library.  0 (the pattern of +0) for an
     empty array.  Reduces rows first, then the rows' maxima.
     """
-    uint, exponent = _EXPONENT_BITS[dtype_name(a.dtype)]
+    uint = _EXPONENT_BITS[dtype_name(a.dtype)][0]
     magnitude = uint(np.iinfo(uint).max >> 1)  # every bit but the sign
     if a.size == 0:
         return xp.zeros((), dtype=uint)
@@ -160,6 +160,8 @@ __global__ void yarnref_max_magnitude(const T* __restrict__ x, long long n, T ma
 }
 """
 _CTYPES = {"uint16": "unsigned short", "uint32": "unsigned int", "uint64": "unsigned long long"}
+#: Blocks of 256 threads per launch: enough to fill a GPU (8 per SM on a 132-SM H100/H200); the loop strides the rest.
+_MAGNITUDE_BLOCKS = 1024
 _MAGNITUDE_FUNCTIONS: dict[tuple, object] = {}
 
 
@@ -187,10 +189,9 @@ def magnitude_bits(xp, arrays):
         if xp is np or not a.flags.c_contiguous:
             out[slot] = max_abs_bits(xp, a).astype(np.uint64)
             continue
-        threads = 256
-        blocks = int(min(-(-a.size // threads), 8 * 132))  # enough blocks to fill a GPU; the loop strides the rest
+        blocks = int(min(-(-a.size // 256), _MAGNITUDE_BLOCKS))
         _magnitude_function(xp, np.dtype(uint).name)(
-            (blocks,), (threads,),
+            (blocks,), (256,),
             (a.view(uint), np.int64(a.size), uint(np.iinfo(uint).max >> 1), out, np.int32(slot)),
         )
     return out
