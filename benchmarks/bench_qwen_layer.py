@@ -36,7 +36,9 @@ a variant is skipped when the time spent plus its time at the length before,
 scaled by the square of the length ratio, would pass 95% of the budget.
 ``last_sets_density`` on the sparse rows is the mean over heads of the
 kernel-list density of the last estimation's sets over the causal square of
-its keys.
+its keys; ``estimation_ms`` (and ``estimation_share`` of the layer's time) is
+the device time of the timed call's ``vertical_slash_indices`` calls (CUDA
+events around each, read after the run), ``estimations`` their number.
 
 Per variant: the layer's time of the second of two identical calls
 (``ms``; the first, ``first_ms``, also pays what a new shape costs once: the
@@ -107,7 +109,8 @@ class PatternSubstitution:
     pipeline moves the estimation's sets to the host): :meth:`prepare` draws
     them before a timed run, and the float64 row check, run inside the same
     block, sees the sets the run used.  ``calls`` counts the estimations
-    since the block was entered and ``last`` holds the last call's
+    since the block was entered (or the benchmark's reset before its timed
+    call), :meth:`estimation_ms` their time, and ``last`` holds the last call's
     ``(kv_len, vertical, slash)``.  Leaving the block removes the wrapper (the backend's own
     method is back); the library is not changed.
     """
@@ -123,7 +126,7 @@ class PatternSubstitution:
         self.n_layers = n_layers if n_layers is not None else len(layer.sparse_table)
         vertical, slash = qp.head_budgets(layer.sparse_table)
         self.budgets = vertical[layer.layer], slash[layer.layer]  # as run (30 -> 130), as the pipeline passes them
-        self.sets, self.calls, self.last = {}, 0, None
+        self.sets, self.calls, self.last, self.events, self.host_ms = {}, 0, None, [], 0.0
 
     def sets_for(self, kv_len: int):
         """``(vertical, slash)`` int64 tensors ``(1, heads, width)`` on the host for ``kv_len`` keys."""
@@ -148,7 +151,16 @@ class PatternSubstitution:
         estimate = backend.vertical_slash_indices  # the backend's own (bound) operation
 
         def substituted(q, k, vertical_size, slash_size, last_q=64, **kwargs):
+            if q.is_cuda:  # device time of the estimation: events around it, read after the run (no sync here)
+                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+            t0 = time.perf_counter()
             vertical, slash = estimate(q, k, vertical_size, slash_size, last_q, **kwargs)  # paid in full
+            if q.is_cuda:
+                stop.record()
+                self.events.append((start, stop))
+            else:
+                self.host_ms += (time.perf_counter() - t0) * 1e3
             kv_len = k.shape[2]
             if self.source != "estimated":
                 v, s = (t.to(vertical.device) for t in self.sets_for(kv_len))
@@ -162,12 +174,16 @@ class PatternSubstitution:
             return vertical, slash
 
         backend.vertical_slash_indices = substituted  # an instance attribute: found first by the backend lookup
-        self.calls, self.last = 0, None
+        self.calls, self.last, self.events, self.host_ms = 0, None, [], 0.0
         return self
 
     def __exit__(self, *exc):
         del self.layer.backend.vertical_slash_indices
         return False
+
+    def estimation_ms(self) -> float:
+        """Time spent in the estimation calls since the block was entered (device time on CUDA; call after a sync)."""
+        return sum(a.elapsed_time(b) for a, b in self.events) + self.host_ms
 
     def last_density(self) -> float | None:
         """Mean over heads of the kernel-list density of the last call's sets over the causal square of its keys."""
@@ -232,6 +248,8 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
             times = []
             for i in range(repeats):  # the same call each time; the last one keeps its rows and memory
                 last = i == repeats - 1
+                if sparse:  # the estimation's count and time are those of the timed (last) call
+                    substitution.calls, substitution.events, substitution.host_ms = 0, [], 0.0
                 x = x_in.clone() if not last else x_in
                 sync(device)
                 t0 = time.perf_counter()
@@ -242,6 +260,7 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
             del x_in
             ms = times[-1]
             calls = substitution.calls if sparse else 0
+            estimation_ms = substitution.estimation_ms() if sparse else None  # after the sync above
             err = check_run(layer, segments, n, sparse)  # inside the block: the reference sees the sets the run used
             layer.kept = None
             density = substitution.last_density() if sparse else None
@@ -251,7 +270,8 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
                      "kv_cache_gib": memory["kv_cache"] / GIB, "weights_gib": layer.weight_bytes() / GIB,
                      "hidden_gib": n * layer.g.hidden * torch.finfo(dtype).bits / 8 / GIB}
         if sparse:
-            extra.update(pattern=pattern, estimations=calls, sets_drawn_s=t_sets, last_sets_density=density)
+            extra.update(pattern=pattern, estimations=calls, sets_drawn_s=t_sets, last_sets_density=density,
+                         estimation_ms=estimation_ms, estimation_share=estimation_ms / ms if ms else None)
         mlp_naive = n if chunk is None else min(chunk, n)
         timer = "one call" if repeats == 1 else f"call {repeats} of {repeats}"
         rec.add(case, "qwen layer", timing={"ms": ms, "first_ms": times[0], "timer": timer, "reps": 1}, err=err,
