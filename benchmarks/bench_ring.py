@@ -58,7 +58,7 @@ import torch.nn.functional as F  # noqa: E402
 import yarnref  # noqa: E402
 from yarnref.ring import shard_positions  # noqa: E402
 from yarnref.rope import base_inv_freq  # noqa: E402
-from common import compare, dense_reference_rows  # noqa: E402
+from common import compare, dense_reference_rows, flops_causal, measure_ceilings  # noqa: E402
 from yarnref_torch.ring import ring_attention, ring_dca_attention, shard_tensor  # noqa: E402
 
 HEADS, HEAD_DIM = 32, 128
@@ -73,6 +73,7 @@ def parse_args():
     p.add_argument("--sizes", default=None, help="comma-separated sequence lengths (default 262144,1048576)")
     p.add_argument("--single-max", type=int, default=1 << 20, help="largest length timed on one GPU")
     p.add_argument("--no-dca", action="store_true")
+    p.add_argument("--dca-size", type=int, default=None, help="length of the DCA rows (default: 1M, or the largest --sizes if smaller)")
     return p.parse_args()
 
 
@@ -87,6 +88,7 @@ class Bench:
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.heads, self.head_dim = (HEADS, HEAD_DIM) if not args.quick else (4, 32)
         self.rows = []
+        self.ceilings = {}
         self.t0 = time.perf_counter()
 
     def log(self, msg):
@@ -114,6 +116,10 @@ class Bench:
         return statistics.median(times), out
 
     def add(self, **row):
+        if row.get("ms") and row.get("seq_len") and row.get("part") == "dense":
+            # Causal attention's forward FLOPs over all GPUs, per GPU per second.
+            flops = flops_causal(1, self.heads, row["seq_len"], row["seq_len"], self.head_dim)
+            row["tflops_per_gpu"] = flops / (row["gpus"] * row["ms"] * 1e-3) / 1e12
         if self.rank == 0:
             self.rows.append(row)
             self.log(json.dumps({k: v for k, v in row.items() if k != "check"}))
@@ -366,25 +372,31 @@ def write(b: Bench, out_dir: Path):
         "wall_s": time.perf_counter() - b.t0,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "ring.json").write_text(json.dumps({"environment": env, "rows": b.rows}, indent=2, default=str))
+    (out_dir / "ring.json").write_text(json.dumps({"environment": env, "ceilings": b.ceilings, "rows": b.rows}, indent=2, default=str))
     lines = [
         f"Ring attention, {env['world_size']} x {env['device']}, torch {env['torch']}, {env['date_utc']} UTC "
         f"(B=1, {b.heads} heads, head_dim {b.head_dim}, {env['dtype']}, causal)",
         "",
-        "| part | tokens | implementation | GPUs | ms | speedup vs 1 GPU | scaling eff. | comm/rank (GB) | hidden | check (rel L2, max abs) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| part | tokens | implementation | GPUs | ms | speedup vs 1 GPU | scaling eff. | TFLOP/s per GPU | comm/rank (GB) | hidden | check (rel L2, max abs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in b.rows:
         if r["part"] == "p2p":
             lines.insert(2, f"{env['backend'].upper()} point-to-point (ring exchange, {r['bytes'] / 2**20:.0f} MiB): {r['gb_s']:.1f} GB/s per rank and direction\n")
+            if b.ceilings.get("gemm_tflops"):
+                lines.insert(3, f"Measured in this run on rank 0's device: GEMM ({b.ceilings['gemm_shape']}) {b.ceilings['gemm_tflops']:.0f} TFLOP/s, "
+                             f"copy {b.ceilings['copy_tbps']:.2f} TB/s; the TFLOP/s column is causal attention's forward FLOPs per GPU and its share of that GEMM rate (bf16 on GPUs)\n")
             continue
         fmt = lambda key, f: (f.format(r[key]) if r.get(key) is not None else "")  # noqa: E731
+        rate = fmt("tflops_per_gpu", "{:.0f}")
+        if rate and b.ceilings.get("gemm_tflops"):
+            rate += f" ({r['tflops_per_gpu'] / b.ceilings['gemm_tflops']:.0%})"
         chk = r.get("check")
         chk_s = f"{'ok' if chk['ok'] else 'FAIL'} {chk['rel_l2']:.1e}, {chk['max_abs']:.1e}" if chk else r.get("missing", r.get("failed", ""))
         comm = f"{r['comm_bytes_per_rank'] / 1e9:.2f}" if r.get("comm_bytes_per_rank") else ""
         lines.append(
             f"| {r['part']} | {r['seq_len']} | {r['impl']} | {r['gpus']} | {fmt('ms', '{:.1f}')} | {fmt('speedup', '{:.2f}x')} | "
-            f"{fmt('scaling_efficiency', '{:.0%}')} | {comm} | {fmt('hidden_fraction', '{:.0%}')} | {chk_s} |"
+            f"{fmt('scaling_efficiency', '{:.0%}')} | {rate} | {comm} | {fmt('hidden_fraction', '{:.0%}')} | {chk_s} |"
         )
     (out_dir / "ring.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
@@ -400,15 +412,19 @@ def main():
     dist.init_process_group(backend)
     b = Bench(args)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([1024, 2048] if args.quick else [1 << 18, 1 << 20])
+    dca_size = args.dca_size or min(max(sizes), 1 << 20 if not args.quick else max(sizes))
     try:
+        # The device's own limits, measured now (rank 0's GPU): bf16 GEMM rate and copy bandwidth.
+        b.ceilings = measure_ceilings(b.device, quick=args.quick) if b.rank == 0 else {}
+        b.log(f"ceilings: {json.dumps(b.ceilings)}")
         kv_bytes = 2 * b.heads * b.head_dim * 2 * max(sizes) // b.world
         p2p = bench_p2p(b, min(kv_bytes, 1 << 30))
         for n in sizes:
             b.log(f"dense, {n} tokens")
             bench_dense(b, n, p2p)
         if not args.no_dca:
-            b.log(f"DCA, {max(sizes)} tokens")
-            bench_dca(b, max(sizes))
+            b.log(f"DCA, {dca_size} tokens")
+            bench_dca(b, dca_size)
     finally:
         if b.rank == 0:
             write(b, Path(args.out))
