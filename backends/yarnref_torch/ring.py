@@ -147,7 +147,9 @@ class _Accumulator:
         new = torch.logaddexp(old, lse)  # (b, h, rows)
         safe = torch.where(torch.isfinite(new), new, torch.zeros_like(new))
         acc = self.out[:, :, r0:r1]
-        acc.mul_(torch.exp(old - safe)[..., None]).add_(out.to(self.dtype) * torch.exp(lse - safe)[..., None])
+        # Two passes over the float32 rows, none over a float32 copy of ``out``: addcmul_ reads the
+        # partial output in its own dtype and widens it on the fly.
+        acc.mul_(torch.exp(old - safe)[..., None]).addcmul_(out, torch.exp(lse - safe)[..., None])
         self.lse[:, :, r0:r1] = new
 
 
