@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Independent one-GPU jobs side by side on a machine of several GPUs (each job sees one GPU through
+# CUDA_VISIBLE_DEVICES), then one tarball of their logs and results.
+# Usage (repository root): scripts/gpu_parallel.sh OUT_DIR STAGE
+#   early: GPU 0 the CuPy host profile and the CuPy-vs-torch table; GPUs 1-2 the CuPy/Triton
+#          agreement suites; GPU 3 the 1M-token suite, then the remaining CuPy tests.
+#   cupydca: GPU 0 the CuPy host profile and table again; GPU 1 the DCA/attention agreement suites;
+#          GPU 2 the Qwen layer benchmark at 1M (needs .patterns, carried).
+set -uo pipefail
+out=${1:?usage: scripts/gpu_parallel.sh OUT_DIR STAGE}; stage=${2:?stage}
+R=/tmp/yarnref-results/$stage; mkdir -p "$R" "$out"
+export PYTHONPATH="$PWD:$PWD/backends${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 YARNREF_HYPOTHESIS_PROFILE=quick
+nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$R/device.txt" 2>&1
+PYT="python3 -m pytest -q -p no:cacheprovider -rfE --tb=short"
+job() {  # job GPU NAME SECONDS COMMAND...: runs in the background, logs to $R/NAME.log
+  local gpu=$1 name=$2 secs=$3; shift 3
+  ( start=$(date +%s); CUDA_VISIBLE_DEVICES=$gpu timeout "$secs" bash -c "$*" > "$R/$name.log" 2>&1
+    echo "[$name] rc=$? after $(( $(date +%s) - start )) s" | tee -a "$R/$name.log" ) &
+}
+case "$stage" in
+  early)
+    job 0 cupy_bench 440 "cd benchmarks && python3 profile_cupy_host.py --out $R --cprofile && python3 bench_cupy.py --out $R --budget 250"
+    job 1 tests_sparse 440 "$PYT tests/test_agree_sparse.py tests/test_triton_sparse.py -k 'cupy or triton or bad_values or non_finite'"
+    job 2 tests_dense 440 "$PYT tests/test_agree_attention.py tests/test_agree_dca.py tests/test_cupy_kernels.py tests/test_cupy_flash.py -k 'cupy or triton or bad_values or non_finite'"
+    job 3 long_and_rest 440 "bash scripts/gpu_long_context.sh $R -s; $PYT tests --ignore=tests/test_agree_sparse.py --ignore=tests/test_triton_sparse.py --ignore=tests/test_agree_attention.py --ignore=tests/test_agree_dca.py --ignore=tests/test_cupy_kernels.py --ignore=tests/test_cupy_flash.py --ignore=tests/test_long_context.py --ignore=tests/test_ring_distributed.py -k 'cupy or triton'"
+    ;;
+  cupydca)
+    job 0 cupy_bench 300 "cd benchmarks && python3 profile_cupy_host.py --out $R && python3 bench_cupy.py --out $R --budget 200"
+    job 1 tests_dense 300 "$PYT tests/test_agree_attention.py tests/test_agree_dca.py tests/test_cupy_kernels.py tests/test_cupy_numpy_shim.py -k 'cupy or bad_values or non_finite'"
+    job 2 qwen_layer 300 "cd benchmarks && python3 bench_qwen_layer.py --out $R --lengths 1048576 --patterns $PWD/.patterns --budget 260"
+    ;;
+  *) echo "stage: early or cupydca" >&2; exit 2 ;;
+esac
+wait
+grep -h "^\[.*\] rc=" "$R"/*.log
+for f in "$R"/*.log; do echo "== $f"; tail -n 3 "$f"; done
+tar czf "$out/results_$stage.tgz" -C /tmp/yarnref-results "$stage"
