@@ -483,3 +483,20 @@ def test_results_on_a_non_default_stream_are_right(cb, kernels, mode):
     assert_close(out, yarnref.attention(q64, k64, v64, causal=True), dtype="float16", op="attention")
     assert_close(rotated, yarnref.apply_rope(q64, cos, sin), dtype="float16", op="rope")
     assert_close(vs, yarnref.vertical_slash_attention(q64, k64, v64, vertical, slash, "kernel"), dtype="float16", op="sparse")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("pi_factor, factor", [(1.0, 1.0), (2.5, 1.1)])
+def test_the_fused_dca_table_equals_the_array_form_bit_for_bit(cb, dtype, pi_factor, factor):
+    """DCA's one-kernel cos/sin table computes the float64 operations of ``cos_sin`` in the same order."""
+    cupy = cb.xp
+    dca = importlib.import_module(_package().__name__ + ".dca")
+    rope = importlib.import_module(_package().__name__ + ".rope")
+    inv_freq = cupy.asarray(1.0 / (1e6 ** (np.arange(0, 128, 2, dtype=np.float64) / 128)))
+    n = 3001
+    cos, sin = dca.position_table(cupy, inv_freq, n, pi_factor, factor, np.dtype(dtype))
+    positions = cupy.arange(n, dtype=np.float64) / pi_factor
+    want_cos, want_sin = rope.cos_sin(cupy, inv_freq, positions, factor, "float64", "float64", np.float64)
+    assert cos.dtype == np.dtype(dtype) and cos.shape == (n, 64)
+    np.testing.assert_array_equal(cupy.asnumpy(cos), cupy.asnumpy(want_cos.astype(dtype)))
+    np.testing.assert_array_equal(cupy.asnumpy(sin), cupy.asnumpy(want_sin.astype(dtype)))

@@ -57,25 +57,83 @@ def takes_fused(xp, q, k, v, causal: bool = True) -> bool:
     return _triton_dense(xp, q, k, v, causal) is not None or fusable(xp, q, k, v)
 
 
-def fused_attention(xp, q, k, v, scale: float, causal: bool):
+def fused_attention(xp, q, k, v, scale: float, causal: bool, out=None, lse=None):
     """``(out, lse)`` of dense attention from a fused kernel, or None if none takes the call.
 
     Triton's dense kernel first (the one source the torch backend runs too),
     then the NVRTC kernel; ``YARNREF_CUPY_KERNELS=nvrtc`` skips Triton.
-    ``out`` in q's dtype, ``lse`` float32.
+    ``out`` in q's dtype, ``lse`` float32.  ``out``/``lse``: views to write
+    into (``(b, hq, tq, d)`` of q's dtype, ``(b, hq, tq)`` float32), or None
+    for new arrays; the Triton kernel writes through their strides.
     """
     triton = _triton_dense(xp, q, k, v, causal)
     if triton is not None:
+        direct = _dense_direct(xp, triton, q, k, v, scale, causal, out, lse)
+        if direct is not None:
+            return direct
         torch = triton["torch"]
         with kernels.on_cupy_stream(xp, torch):
-            out, lse = triton["sparse"].dense_attention_triton(
+            o, l = triton["sparse"].dense_attention_triton(
                 kernels.to_torch(torch, q), kernels.to_torch(torch, k), kernels.to_torch(torch, v),
                 causal=causal, scale=scale, return_lse=True,
             )
-            return kernels.to_cupy(xp, out), kernels.to_cupy(xp, lse)
+            return _written(kernels.to_cupy(xp, o), out), _written(kernels.to_cupy(xp, l), lse)
     if fusable(xp, q, k, v):
-        return flash_attention(xp, q, k, v, scale, causal)
+        o, l = flash_attention(xp, q, k, v, scale, causal)
+        return _written(o, out), _written(l, lse)
     return None
+
+
+def _written(result, view):
+    """``result``, copied into ``view`` when the caller gave one."""
+    if view is None:
+        return result
+    view[...] = result
+    return view
+
+
+#: Whether the Triton dense kernel takes CuPy arrays directly (None: not tried yet in this process).
+_DIRECT: dict[str, bool] = {}
+
+
+def _dense_direct(xp, triton, q, k, v, scale: float, causal: bool, out, lse):
+    """The Triton dense kernel launched on the CuPy arrays themselves, or None.
+
+    The torch backend's launch (:func:`yarnref_torch.triton_sparse.launch_dense`:
+    one kernel, one launch configuration) with CuPy's arrays as
+    :class:`.kernels.DevicePointer` and CuPy allocating the outputs: no
+    DLPack hand-over of five arrays and no torch tensor per call, which at 8K
+    tokens is a fifth of a call's time on the host (``profile_cupy_host.py``).
+    The key/value tiles go through TMA descriptors on sm_90+ when the layout
+    allows, as in the torch backend.  None where that module has no such
+    launch, or if the first direct launch in this process was refused (the
+    DLPack route serves from then on).
+    """
+    sparse = triton["sparse"]
+    launch = getattr(sparse, "launch_dense", None)
+    if launch is None or _DIRECT.get("ok") is False:
+        return None
+    b, hq, tq, d = q.shape
+    hk, tk = k.shape[1], k.shape[2]
+    out = xp.empty(q.shape, dtype=q.dtype) if out is None else out
+    lse = xp.empty((b, hq, tq), dtype=np.float32) if lse is None else lse
+    elements = lambda a: tuple(st // a.itemsize for st in a.strides)  # noqa: E731 - CuPy strides are bytes, Triton's elements
+    block_n = sparse.dense_block_n(d)
+    major = int(xp.cuda.Device().compute_capability) // 10
+    tma = major >= 9 and all(sparse.tma_layout_ok(a.data.ptr, a.shape, elements(a), a.itemsize, block_n) for a in (k, v))
+    ptr = kernels.DevicePointer
+    args = ((ptr(q), ptr(k), ptr(v), ptr(out), ptr(lse)), tuple(elements(a) for a in (q, k, v, out, lse)), (b, hq, hk, tq, tk, d))
+    with kernels.on_cupy_stream(xp, triton["torch"]):
+        if "ok" in _DIRECT:
+            launch(*args, causal=causal, scale=scale, tma=tma)
+            return out, lse
+        try:  # the first launch: Triton's handling of non-torch pointers (and descriptors over them) is checked once
+            launch(*args, causal=causal, scale=scale, tma=tma)
+        except Exception:  # noqa: BLE001 - whatever Triton refuses, the DLPack route serves
+            _DIRECT["ok"] = False
+            return None
+        _DIRECT["ok"] = True
+        return out, lse
 
 
 def softmax_attend(xp, q, k, v, bias=None):
@@ -115,8 +173,11 @@ def causal_bias(xp, query_pos, key_pos, dtype):
     return xp.where(visible, scalar(0.0, dtype), scalar(-np.inf, dtype))
 
 
-def attention(xp, q, k, v, causal: bool, scale: float, block_size: int, slopes=None):
+def attention(xp, q, k, v, causal: bool, scale: float, block_size: int, slopes=None, out=None, lse=None):
     """Blocked attention; arguments validated by the caller.  Returns ``(out, lse)``.
+
+    ``out``/``lse``: views the result is written into (q's dtype, and the
+    compute dtype: float32 for 16-bit inputs), or None for new arrays.
 
     float16/bfloat16 calls a fused kernel takes (:func:`fused_attention`) run
     there; the rest as two cuBLAS matmuls per block of ``block_size`` queries.
@@ -124,9 +185,10 @@ def attention(xp, q, k, v, causal: bool, scale: float, block_size: int, slopes=N
     blocked path as ``-m_h |p_q - p_k|`` (the fused kernel takes no slopes).
     """
     if slopes is None:
-        fused = fused_attention(xp, q, k, v, scale, causal)
+        fused = fused_attention(xp, q, k, v, scale, causal, out, lse)
         if fused is not None:
             return fused
+    out_view, lse_view = out, lse
     b, hq, tq, d = q.shape
     hk, tk, dv = k.shape[1], k.shape[2], v.shape[-1]
     group = hq // hk
@@ -154,7 +216,7 @@ def attention(xp, q, k, v, causal: bool, scale: float, block_size: int, slopes=N
         o, l = softmax_attend(xp, qb, kc[:, :, :n_keys], vc[:, :, :n_keys], bias)
         out[:, :, :, start:stop] = o
         lse[:, :, :, start:stop] = l
-    return out.reshape(b, hq, tq, dv), lse.reshape(b, hq, tq)
+    return _written(out.reshape(b, hq, tq, dv), out_view), _written(lse.reshape(b, hq, tq), lse_view)
 
 
 def merge_attention(xp, outputs, lses):

@@ -59,11 +59,40 @@ def position_table(xp, inv_freq, n: int, pi_factor: float, table_factor: float, 
     """cos and sin of ``(p / pi_factor) * theta`` times ``table_factor`` for ``p = 0 .. n-1``, each ``(n, r/2)``.
 
     Computed in float64 (every DCA position is an integer ``<= C``), returned
-    in ``dtype``; every rotation of the call reads its rows.
+    in ``dtype``; every rotation of the call reads its rows.  On the GPU one
+    elementwise kernel computes both tables with the same float64 operations
+    as :func:`.rope.cos_sin` (``p / pi_factor``, times ``theta``, cos/sin,
+    times the factor, one rounding to ``dtype``), where the array form takes
+    about ten launches before the call's first attention can start.
     """
+    if xp is not np and np.dtype(dtype) in (np.float32, np.float64):
+        cos = xp.empty((n, inv_freq.shape[0]), dtype=dtype)
+        sin = xp.empty_like(cos)
+        _table_kernel(xp)(inv_freq, float(pi_factor), float(table_factor), inv_freq.shape[0], cos, sin)
+        return cos, sin
     positions = xp.arange(n, dtype=np.float64) / scalar(pi_factor, np.float64)  # (n,)
     cos, sin = cos_sin(xp, inv_freq, positions, table_factor, "float64", "float64", np.float64)  # (n, r/2)
     return cos.astype(dtype, copy=False), sin.astype(dtype, copy=False)
+
+
+_TABLE_KERNEL: list = []
+
+
+def _table_kernel(cupy):
+    """The fused table: element ``i`` of the ``(n, r/2)`` outputs is position ``i / half``, frequency ``i % half``."""
+    if not _TABLE_KERNEL:
+        _TABLE_KERNEL.append(cupy.ElementwiseKernel(
+            "raw float64 inv_freq, float64 pi_factor, float64 factor, int64 half",
+            "T cos_out, T sin_out",
+            """
+            const double position = (double)(i / half) / pi_factor;
+            const double angle = position * inv_freq[i % half];
+            cos_out = (T)(cos(angle) * factor);
+            sin_out = (T)(sin(angle) * factor);
+            """,
+            "yarnref_dca_position_table",
+        ))
+    return _TABLE_KERNEL[0]
 
 
 _MERGE_KERNELS: dict[str, object] = {}
@@ -157,51 +186,69 @@ def dca_attention(
     n_positions = inter_position + 1 if kv_len > chunk_len else kv_len
     cos, sin = position_table(xp, inv_freq, n_positions, pi_factor, table_factor, cdt)  # (n_positions, r/2)
 
-    # Keys are rotated once, at p mod L, and carry their write-time factor (vLLM caches them so).
-    key_rows = xp.arange(kv_len, dtype=np.int64) % chunk_len  # (kv_len,)
-    k_cos, k_sin = cos[key_rows], sin[key_rows]  # (kv_len, r/2)
-    if key_factor is None and work == k.dtype:
-        k_rot = apply_rope(xp, k, k_cos, k_sin, r, pairing)  # (b, hk, kv_len, d), k's dtype, computed in the compute dtype
-    else:
-        k_rot = apply_rope(xp, k.astype(cdt), k_cos, k_sin, r, pairing)
-        if key_factor is not None:  # the Qwen temperature's write-time factors
-            k_rot *= key_factor.astype(cdt)[:, None]
-        k_rot = k_rot.astype(work, copy=False)
-    del k_cos, k_sin
+    # Keys are rotated once, at p mod L, and carry their write-time factor (vLLM caches them so): chunk by
+    # chunk, with the table's first rows (a chunk's positions are 0, 1, ...), straight into k_rot, and only
+    # when the first segment that reads the chunk comes (segments read keys [0, end)), so the device gets
+    # the first segment's attention after two rotations.
+    k_rot = xp.empty(k.shape, dtype=work)  # (b, hk, kv_len, d)
+    rotated = 0  # keys [0, rotated) of k_rot are done
+
+    def rotate_keys_to(end: int) -> int:
+        start = rotated
+        while start < end:  # a loop over chunks (kv_len / L of them in all)
+            stop = min(start + chunk_len, kv_len)
+            kc, ks = cos[: stop - start], sin[: stop - start]
+            if key_factor is None and work == k.dtype:  # computed in the compute dtype, rounded once into k_rot
+                apply_rope(xp, k[:, :, start:stop], kc, ks, r, pairing, out=k_rot[:, :, start:stop])
+            else:
+                part = apply_rope(xp, k[:, :, start:stop].astype(cdt), kc, ks, r, pairing)
+                if key_factor is not None:  # the Qwen temperature's write-time factors
+                    part *= key_factor[start:stop].astype(cdt)[:, None]
+                k_rot[:, :, start:stop] = part.astype(work, copy=False)
+            start = stop
+        return start
+
     vc = v.astype(work, copy=False)
     logit_scale = scale * query_factor
 
     out = xp.empty((batch, q_heads, q_len, v.shape[-1]), dtype=q.dtype)
     lse = xp.empty((batch, q_heads, q_len), dtype=cdt)
     for seg in segments:
+        rotated = rotate_keys_to(seg.end)
         rows = slice(seg.begin - offset, seg.end - offset)
         q_seg = q[:, :, rows] if work == q.dtype else q[:, :, rows].astype(cdt)  # (b, hq, n, d), un-rotated
         r0, r1 = seg.begin - seg.intra[0], seg.end - seg.intra[0]  # the segment's in-chunk positions i mod L
-        outputs, lses = [], []
-        for part, (start, stop), causal in (
+        parts = [(part, span, causal) for part, span, causal in (
             ("intra", seg.intra, True),  # bottom-right causal: query i sees [cs, i]
             ("successive", seg.successive, False),
             ("inter", seg.inter, False),
-        ):
-            if stop <= start:
-                continue
+        ) if span[1] > span[0]]
+        # The intra part alone (the first chunk): written straight into the output, nothing to merge
+        # (its rows are never empty).
+        alone = len(parts) == 1 and out.dtype == work
+        outputs, lses = [], []
+        for part, (start, stop), causal in parts:
             if part == "intra":
                 qc, qs = cos[r0:r1], sin[r0:r1]  # i mod L
             elif part == "successive":
-                succ = xp.minimum(xp.arange(r0, r1, dtype=np.int64) + chunk_len, chunk_size)  # min(i mod L + L, C)
-                qc, qs = cos[succ], sin[succ]
+                if r1 - 1 + chunk_len <= chunk_size:  # min(i mod L + L, C) = i mod L + L: a run of table rows
+                    qc, qs = cos[r0 + chunk_len : r1 + chunk_len], sin[r0 + chunk_len : r1 + chunk_len]
+                else:
+                    succ = xp.minimum(xp.arange(r0, r1, dtype=np.int64) + chunk_len, chunk_size)  # min(i mod L + L, C)
+                    qc, qs = cos[succ], sin[succ]
             else:
                 qc, qs = cos[inter_position : inter_position + 1], sin[inter_position : inter_position + 1]  # one position
             qp = apply_rope(xp, q_seg, qc, qs, r, pairing).astype(work, copy=False)
             o, l = attention(
                 xp, qp, k_rot[:, :, start:stop], vc[:, :, start:stop], causal, logit_scale,
                 _block_size(batch * q_heads, stop - start),
+                out=out[:, :, rows] if alone else None, lse=lse[:, :, rows] if alone else None,
             )
             outputs.append(o)
             lses.append(l)
-        if len(outputs) == 1:
+        if len(outputs) == 1 and not alone:
             out[:, :, rows] = outputs[0]
             lse[:, :, rows] = lses[0]
-        else:
+        elif len(outputs) > 1:
             merge_into(xp, outputs, lses, out[:, :, rows], lse[:, :, rows])
     return out, lse

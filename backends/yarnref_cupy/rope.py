@@ -63,21 +63,35 @@ def cos_sin(xp, inv_freq, positions, attention_factor: float, precision: str, ou
     return cos, sin
 
 
-def apply_rope(xp, x, cos, sin, rotary_dim: int, pairing: str):
+def apply_rope(xp, x, cos, sin, rotary_dim: int, pairing: str, out=None):
     """Rotate the first ``rotary_dim`` features of ``x`` (already validated); pass the rest.
 
     ``x``: ``(batch, heads, seq, head_dim)``; ``cos``/``sin``: ``(seq, r/2)``
-    or ``(batch, seq, r/2)``.
+    or ``(batch, seq, r/2)``.  ``out``: an array of x's shape and dtype to
+    write into (a view too), or None for a new one.
     """
     triton = kernels.triton_kernels(xp)
     if triton is not None and x.ndim == 4 and x.size and dtype_name(x.dtype) in ("float32", "float16", "bfloat16"):
-        out = _rotate_direct(xp, triton, x, cos, sin, pairing)
-        if out is not None:
-            return out
+        rotated = _rotate_direct(xp, triton, x, cos, sin, pairing, out)
+        if rotated is not None:
+            return rotated
         torch = triton["torch"]
         with kernels.on_cupy_stream(xp, torch):  # (batch, heads, seq, head_dim) in, a new one of x's dtype out
             t = triton["rope"].rotate_triton(kernels.to_torch(torch, x), kernels.to_torch(torch, cos), kernels.to_torch(torch, sin), pairing)
-            return kernels.to_cupy(xp, t)
+            return _into(kernels.to_cupy(xp, t), out)
+    return _into(_rotate_arrays(xp, x, cos, sin, rotary_dim, pairing), out)
+
+
+def _into(result, out):
+    """``result``, copied into ``out`` when the caller gave one."""
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def _rotate_arrays(xp, x, cos, sin, rotary_dim: int, pairing: str):
+    """The rotation as CuPy array arithmetic (float64 inputs, the NumPy shim, no Triton)."""
     cdt = np.float64 if x.dtype == np.float64 else np.float32
     r, half = rotary_dim, rotary_dim // 2
     cos = cos.astype(cdt, copy=False)
@@ -110,7 +124,7 @@ def _next_power_of_2(n: int) -> int:
 _DIRECT: dict[str, bool] = {}
 
 
-def _rotate_direct(xp, triton, x, cos, sin, pairing: str):
+def _rotate_direct(xp, triton, x, cos, sin, pairing: str, out=None):
     """The Triton RoPE kernel launched on the CuPy arrays themselves (:class:`.kernels.DevicePointer`), or None.
 
     The same kernel and launch configuration as
@@ -140,7 +154,10 @@ def _rotate_direct(xp, triton, x, cos, sin, pairing: str):
     n_batch = cos.shape[0] if cos.ndim >= 3 else 1
     sc_b = 0 if n_batch == 1 else cos3.size // n_batch
     sc_s = 0 if cos.shape[-2] == 1 else half
-    out = xp.empty((batch, heads, seq, head_dim), dtype=x.dtype)
+    if out is None:
+        out = xp.empty((batch, heads, seq, head_dim), dtype=x.dtype)
+    elif out.strides[-1] != out.itemsize:  # the kernel writes the features with stride 1
+        return None
     item = x.itemsize
     x_strides = tuple(st // item for st in x.strides)  # CuPy strides are in bytes, Triton's in elements
     out_strides = tuple(st // item for st in out.strides)

@@ -912,14 +912,21 @@ def _tma_possible(k, v, block_n: int) -> bool:
         return False
     if torch.cuda.get_device_capability(k.device)[0] < 9:
         return False
-    size = k.element_size()
-    for x in (k, v):
-        if x.stride(-1) != 1 or x.data_ptr() % 16 or any((st * size) % 16 for st in x.stride()[:-1]):
-            return False
-        d = x.shape[-1]
-        if d < 16 or d > 256 or d & (d - 1) or block_n > 256:  # the box is (block_n, d): d the kernel's (unpadded) head_dim
-            return False
-    return True
+    return all(tma_layout_ok(x.data_ptr(), x.shape, x.stride(), x.element_size(), block_n) for x in (k, v))
+
+
+def tma_layout_ok(address: int, shape, strides, itemsize: int, block_n: int) -> bool:
+    """True if an array at ``address`` with ``shape`` and element ``strides`` can be a TMA tensor descriptor's base.
+
+    Rows contiguous (last stride 1), the base and every other stride 16-byte
+    aligned, and a ``(block_n, d)`` box with ``d`` (the unpadded head_dim) a
+    power of two in [16, 256].  The GPU's own requirement (sm_90+) is the
+    caller's; the CuPy backend asks the same of its arrays.
+    """
+    if strides[-1] != 1 or address % 16 or any((st * itemsize) % 16 for st in strides[:-1]):
+        return False
+    d = shape[-1]
+    return 16 <= d <= 256 and not d & (d - 1) and block_n <= 256
 
 
 def _check_index(name: str, t, shape: tuple, device: torch.device, last_dim_free: bool = False):
@@ -1104,13 +1111,19 @@ def sparse_attention_triton(
     return (out, lse) if return_lse else out
 
 
-def _descriptors(k, v, block_n: int, d: int):
-    """TMA tensor descriptors of k and v with ``(1, 1, block_n, d)`` boxes."""
+def _descriptors(k, v, block_n: int, d: int, layout=None):
+    """TMA tensor descriptors of k and v with ``(1, 1, block_n, d)`` boxes.
+
+    ``layout``: ``((k_shape, k_strides), (v_shape, v_strides))`` in elements,
+    for bases that are not torch tensors (a CuPy array's
+    :class:`~yarnref_cupy.kernels.DevicePointer`); None reads them from the tensors.
+    """
     from triton.tools.tensor_descriptor import TensorDescriptor
 
+    if layout is None:
+        layout = ((k.shape, k.stride()), (v.shape, v.stride()))
     box = [1, 1, block_n, d]
-    return (TensorDescriptor(k, list(k.shape), list(k.stride()), box),
-            TensorDescriptor(v, list(v.shape), list(v.stride()), box))
+    return tuple(TensorDescriptor(base, list(shape), list(strides), box) for base, (shape, strides) in zip((k, v), layout))
 
 
 def pair_schedule(block_count, block_offset, column_count, column_index):
@@ -1185,10 +1198,7 @@ def dense_attention_triton(q, k, v, *, causal: bool = True, scale: float | None 
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
         raise InputError("scale", scale, "None or a finite number > 0")
     _check_list_lengths(tq, tk)
-    dp = _padded_dim(d)
-    # 128-key tiles up to head_dim 128: 16.3 ms against 17.6 ms with 64-key tiles at 32K, d=128, bf16 on
-    # one H200 (benchmarks/tune_sparse.py, 2026-11-28; 541 against 500 TFLOP/s); d=256 keeps 64 (shared memory).
-    block_n = _check_launch("block_n", block_n, (16, 32, 64, 128)) or (128 if dp <= 128 else 64)
+    block_n = _check_launch("block_n", block_n, (16, 32, 64, 128)) or dense_block_n(d)
     _check_launch("num_warps", num_warps, (1, 2, 4, 8, 16))
     _check_launch("num_stages", num_stages, (1, 2, 3, 4, 5, 6))
     if tma is not None and not isinstance(tma, bool):
@@ -1200,23 +1210,54 @@ def dense_attention_triton(q, k, v, *, causal: bool = True, scale: float | None 
     elif tma and not can_tma:
         raise InputError("tma", True, "False here: k and v must be CUDA tensors on an sm_90+ GPU with last stride 1, "
                                       "16-byte aligned rows and a power-of-two head_dim")
-    k_desc, v_desc = _descriptors(k, v, block_n, d) if tma else (k, v)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((b, hq, tq), dtype=torch.float32, device=q.device) if return_lse else out.new_empty((1, 1, 1), dtype=torch.float32)
+    launch_dense(
+        (q, k, v, out, lse), (q.stride(), k.stride(), v.stride(), out.stride(), lse.stride() if return_lse else None),
+        (b, hq, hk, tq, tk, d), causal=causal, scale=scale, tma=tma, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
+    )
+    return (out, lse) if return_lse else out
+
+
+def dense_block_n(d: int) -> int:
+    """The dense kernel's default key tile for head_dim ``d``."""
+    # 128-key tiles up to head_dim 128: 16.3 ms against 17.6 ms with 64-key tiles at 32K, d=128, bf16 on
+    # one H200 (benchmarks/tune_sparse.py, 2026-11-28; 541 against 500 TFLOP/s); d=256 keeps 64 (shared memory).
+    return 128 if _padded_dim(d) <= 128 else 64
+
+
+def launch_dense(arrays, strides, dims, *, causal: bool, scale: float, tma: bool, block_n: int | None = None,
+                 num_warps: int | None = None, num_stages: int | None = None) -> None:
+    """Enqueue the dense kernel on checked arguments: the one launch both GPU backends make.
+
+    ``arrays``: ``(q, k, v, out, lse)``, torch tensors or anything Triton
+    takes as a pointer (the CuPy backend passes its arrays'
+    :class:`~yarnref_cupy.kernels.DevicePointer`); ``strides``: their element
+    strides, the lse's None when no lse is written (``lse`` is then a
+    placeholder); ``dims``: ``(b, hq, hk, tq, tk, d)``.  ``out`` and ``lse``
+    may be strided views: the kernel writes through their strides.  Runs on
+    torch's current stream (the CuPy backend makes it CuPy's first).
+    """
+    q, k, v, out, lse = arrays
+    q_st, k_st, v_st, o_st, l_st = strides
+    b, hq, hk, tq, tk, d = dims
+    dp = _padded_dim(d)
+    block_n = dense_block_n(d) if block_n is None else block_n
+    kv_shape = (b, hk, tk, d)
+    k_desc, v_desc = _descriptors(k, v, block_n, d, ((kv_shape, k_st), (kv_shape, v_st))) if tma else (k, v)
     block_m = 128
     n_blocks = -(-tq // block_m)
     _dense_fwd_kernel[(n_blocks, b * hq)](
         q, k, v, out, lse, k_desc, v_desc,
         float(scale) * _LOG2_E,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        *(lse.stride() if return_lse else (0, 0, 0)),
+        *q_st, *k_st, *v_st, *o_st,
+        *(l_st if l_st is not None else (0, 0, 0)),
         hq, hq // hk, tq, tk, n_blocks,
-        CAUSAL=causal, RETURN_LSE=return_lse, BLOCK_M=block_m, BLOCK_N=block_n,
+        CAUSAL=causal, RETURN_LSE=l_st is not None, BLOCK_M=block_m, BLOCK_N=block_n,
         HEAD_DIM=dp, D_REAL=d, USE_TMA=tma,
         num_warps=8 if num_warps is None else num_warps,
         num_stages=(3 if dp <= 128 else 2) if num_stages is None else num_stages,
     )
-    return (out, lse) if return_lse else out
 
 
 def _sorted_with_counts(idx, name: str, descending: bool):
