@@ -4,8 +4,8 @@
 # Usage (repository root): scripts/gpu_parallel.sh OUT_DIR STAGE
 #   early: GPU 0 the CuPy host profile and the CuPy-vs-torch table; GPUs 1-2 the CuPy/Triton
 #          agreement suites; GPU 3 the 1M-token suite, then the remaining CuPy tests.
-#   cupydca: GPU 0 the CuPy host profile and table again; GPU 1 the DCA/attention agreement suites;
-#          GPU 2 the Qwen layer benchmark at 1M (needs .patterns, carried).
+#   cupydca: GPU 0 the CuPy host profile and the table (CUPY_BUDGET seconds); GPUs 1-2 the agreement suites.
+#   layer: GPU 0 the Qwen layer benchmark (LAYER_LENGTHS; needs .patterns, carried).
 set -uo pipefail
 out=${1:?usage: scripts/gpu_parallel.sh OUT_DIR STAGE}; stage=${2:?stage}
 R=/tmp/yarnref-results/$stage; mkdir -p "$R" "$out"
@@ -25,11 +25,14 @@ case "$stage" in
     job 3 long_and_rest 440 "bash scripts/gpu_long_context.sh $R -s; $PYT tests --ignore=tests/test_agree_sparse.py --ignore=tests/test_triton_sparse.py --ignore=tests/test_agree_attention.py --ignore=tests/test_agree_dca.py --ignore=tests/test_cupy_kernels.py --ignore=tests/test_cupy_flash.py --ignore=tests/test_long_context.py --ignore=tests/test_ring_distributed.py -k 'cupy or triton'"
     ;;
   cupydca)
-    job 0 cupy_bench 300 "cd benchmarks && python3 profile_cupy_host.py --out $R && python3 bench_cupy.py --out $R --budget 200"
-    job 1 tests_dense 300 "$PYT tests/test_agree_attention.py tests/test_agree_dca.py tests/test_cupy_kernels.py tests/test_cupy_numpy_shim.py -k 'cupy or bad_values or non_finite'"
-    job 2 qwen_layer 300 "cd benchmarks && python3 bench_qwen_layer.py --out $R --lengths 1048576 --patterns $PWD/.patterns --budget 260"
+    job 0 cupy_bench 300 "cd benchmarks && python3 profile_cupy_host.py --out $R && python3 bench_cupy.py --out $R --budget ${CUPY_BUDGET:-90}"
+    job 1 tests_dense 300 "$PYT tests/test_agree_attention.py tests/test_agree_dca.py tests/test_cupy_kernels.py tests/test_cupy_flash.py -k 'cupy or bad_values or non_finite or triton'"
+    job 2 tests_sparse 300 "$PYT tests/test_agree_sparse.py tests/test_triton_sparse.py tests/test_alibi.py -k 'cupy or triton or bad_values or non_finite'"
     ;;
-  *) echo "stage: early or cupydca" >&2; exit 2 ;;
+  layer)
+    job 0 qwen_layer 540 "cd benchmarks && python3 bench_qwen_layer.py --out $R --lengths ${LAYER_LENGTHS:-1048576} --patterns $PWD/.patterns --budget ${LAYER_BUDGET:-480}"
+    ;;
+  *) echo "stage: early, cupydca or layer" >&2; exit 2 ;;
 esac
 wait
 grep -h "^\[.*\] rc=" "$R"/*.log
