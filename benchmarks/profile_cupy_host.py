@@ -91,7 +91,8 @@ def timeline(fn) -> list[str]:
     call = next(e for e in events if e.name == "yarnref_call")
     t0, t1 = call.time_range.start, call.time_range.end  # microseconds
     kernels = sorted(
-        (e for e in events if e.device_type.name == "CUDA" and e.time_range.start >= t0 - 1 and e.time_range.end <= t1 + 5000),
+        (e for e in events if e.device_type.name == "CUDA" and e.name != "yarnref_call"  # (the range's own device-side mark)
+         and e.time_range.start >= t0 - 1 and e.time_range.end <= t1 + 5000),
         key=lambda e: e.time_range.start,
     )
     lines = []
