@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
@@ -224,3 +226,33 @@ def test_benchmark_script_runs_under_torchrun(tmp_path):
     timed = [r for r in rows if "check" in r]
     assert {r["impl"] for r in timed} >= {"yarnref ring zigzag", "yarnref ring contiguous", "yarnref ring DCA zigzag"}
     assert all(r["check"]["ok"] and r["check"]["rows_checked"] > 0 for r in timed if r["gpus"] > 1)
+
+
+@settings(deadline=None, max_examples=20)
+@given(
+    world_size=st.integers(1, 4),
+    layout=st.sampled_from(KERNEL_LAYOUTS),
+    blocks=st.integers(1, 2),
+    block_size_n=st.sampled_from([64, 128]),
+    seed=st.integers(0, 2**16),
+)
+def test_torch_restriction_lists_the_spec_keys(world_size, layout, blocks, block_size_n, seed):
+    """The device-side conversion and restriction (no loops) name the spec's keys, with their counts, for every pair of runs."""
+    from yarnref.ring import check_kernel_layout, restrict_kernel_lists, run_kernel_lists
+    from yarnref_torch.ring import _restrict_lists, _run_lists
+
+    rng = np.random.default_rng(seed)
+    seq_len = world_size * (2 if layout == "zigzag" else 1) * 64 * blocks
+    runs = [run for device in check_kernel_layout(seq_len, world_size, layout) for run in device]
+    vertical = rng.integers(-1, seq_len, size=(1, 3, rng.integers(1, 16)))  # -1: padding
+    slash = rng.integers(-1, seq_len, size=(1, 3, rng.integers(1, 16)))
+    for q_run in runs:
+        spec_lists = run_kernel_lists(vertical, slash, q_run, 64, block_size_n)
+        end = q_run.start + q_run.count
+        torch_lists = _run_lists(torch.from_numpy(vertical), torch.from_numpy(slash), q_run.start, end, 64, block_size_n)
+        for k_run in runs:
+            want = restrict_kernel_lists(spec_lists, k_run, block_size_n)
+            got = [t.numpy() for t in _restrict_lists(torch_lists, k_run.start, k_run.start + k_run.count, 64, block_size_n)]
+            for idx in np.ndindex(*want[0].shape):  # the same multisets of blocks and of columns (orders may differ)
+                for count, entries in ((0, 1), (2, 3)):
+                    assert sorted(got[entries][idx][: got[count][idx]]) == sorted(want[entries][idx][: want[count][idx]]), (q_run, k_run, idx)
