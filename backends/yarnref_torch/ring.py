@@ -337,28 +337,28 @@ def _restrict_lists(converted, ka: int, kb: int, bm: int, bn: int):
     Multiplicities are kept.  Returns int32 ``(block_count, block_offset,
     column_count, column_index)``, entries past the counts ``-1``.
     """
-    block_count, block_offset, column_count, column_index = converted
+    block_count, block_offset, column_count, column_index = converted  # int32, ascending in each row
     dev = block_count.device
-    offsets = block_offset.to(torch.int64)
-    width_b = offsets.shape[-1]
+    width_b = block_offset.shape[-1]
     slot_b = torch.arange(width_b, device=dev)
-    first = _count_below(offsets, block_count, ka)  # (batch, heads, rows): blocks starting before ka
-    whole_end = _count_below(offsets + bn, block_count, kb + 1)  # blocks ending by kb
-    n_whole = (whole_end - first).clamp(min=0)  # (batch, heads, rows)
-    picked = torch.gather(offsets, -1, (first[..., None] + slot_b).clamp(max=width_b - 1))
+    first = _count_below(block_offset, block_count, ka)  # (batch, heads, rows): blocks starting before ka
+    whole_end = _count_below(block_offset, block_count, kb - bn + 1)  # blocks ending by kb
+    n_whole = (whole_end - first).clamp(min=0)
+    picked = torch.gather(block_offset, -1, (first[..., None] + slot_b).clamp(max=width_b - 1))
     new_offset = torch.where(slot_b < n_whole[..., None], picked - ka, -1)
 
     # Straddling blocks: the J listed blocks before the segment and the J after it.
     if bn == bm:
         reach = 1
     else:
-        starts_before = (slot_b < block_count[..., None]) & (offsets < ka) & (offsets + bn > ka)
-        ends_after = (slot_b < block_count[..., None]) & (offsets < kb) & (offsets + bn > kb)
+        listed = slot_b < block_count[..., None]
+        starts_before = listed & (block_offset < ka) & (block_offset + bn > ka)
+        ends_after = listed & (block_offset < kb) & (block_offset + bn > kb)
         reach = max(1, int(starts_before.sum(-1).max()), int(ends_after.sum(-1).max()))
     near = torch.arange(reach, device=dev)
     candidates = torch.cat([first[..., None] - reach + near, torch.maximum(first, whole_end)[..., None] + near], dim=-1)  # (b, h, r, 2J)
     listed = (candidates >= 0) & (candidates < block_count[..., None])
-    o = torch.gather(offsets, -1, candidates.clamp(0, width_b - 1))
+    o = torch.gather(block_offset, -1, candidates.clamp(0, width_b - 1)).to(torch.int64)
     lo, hi = o.clamp(min=ka), (o + bn).clamp(max=kb)
     straddle = listed & (lo < hi) & ~((lo == o) & (hi == o + bn))
     cols = lo[..., None] + torch.arange(bn, device=dev)  # (b, h, r, 2J, bn)
@@ -366,12 +366,12 @@ def _restrict_lists(converted, ka: int, kb: int, bm: int, bn: int):
     cols, cols_ok = cols.flatten(-2), cols_ok.flatten(-2)
 
     # Columns inside the key run: one segment of the ascending column list.
-    columns = column_index.to(torch.int64)
+    columns = column_index
     width_c = columns.shape[-1]
     slot_c = torch.arange(width_c, device=dev)
     c_first = _count_below(columns, column_count, ka)
     c_n = _count_below(columns, column_count, kb) - c_first
-    kept = torch.gather(columns, -1, (c_first[..., None] + slot_c).clamp(max=width_c - 1))
+    kept = torch.gather(columns, -1, (c_first[..., None] + slot_c).clamp(max=width_c - 1)).to(torch.int64)
     kept_ok = slot_c < c_n[..., None]
 
     # Both kinds of columns, the valid ones moved to the front (a scatter at their running count).
