@@ -300,28 +300,39 @@ def ring_dca_attention(
 # ----------------------------------------------------------------------------- vertical-slash
 
 
+#: What a query run's lists hold past each row's count: every row is then sorted and searchable.
+_PAST_COUNT = torch.iinfo(torch.int32).max
+
+
 def _run_lists(vertical, slash, a: int, b: int, bm: int, bn: int):
     """The kernel lists of the query run ``[a, b)`` (spec: :func:`yarnref.ring.run_kernel_lists`), on the lists' device.
 
     The conversion of ``(b - a, b)``: Triton on CUDA, the backend's lockstep
     converter elsewhere.  The block and column lists are cut to the widest
     row's count (one read-back per run, before the ring), so that restricting
-    them at every step moves only what is listed.
+    them at every step moves only what is listed, and their entries past each
+    row's count are set to :data:`_PAST_COUNT`, so that every row is ascending
+    and :func:`_count_below` is a binary search.
     """
     vertical = torch.where(vertical < b, vertical, -1)  # verticals right of the run: seen by none of its rows
     block_count, block_offset, column_count, column_index = _convert(b - a, b, vertical, slash, bm, bn, True)
-    width_b, width_c = (max(1, int(c.max())) for c in (block_count, column_count))
-    return block_count, block_offset[..., :width_b].contiguous(), column_count, column_index[..., :width_c].contiguous()
+
+    def cut(entries, count):
+        width = max(1, int(count.max()))
+        listed = torch.arange(width, device=entries.device) < count[..., None]
+        return torch.where(listed, entries[..., :width], _PAST_COUNT).contiguous()
+
+    return block_count, cut(block_offset, block_count), column_count, cut(column_index, column_count)
 
 
-def _count_below(values, count, bound: int):
-    """Per row, how many of the listed entries ``values[..., :count]`` are below ``bound`` (for ascending lists: where they stop)."""
-    listed = torch.arange(values.shape[-1], device=values.device) < count[..., None]
-    return (listed & (values < bound)).sum(-1)
+def _count_below(entries, bound: int):
+    """Per row, how many entries of an ascending list (:func:`_run_lists`) are below ``bound``: where a segment starts or stops."""
+    bounds = torch.full(entries.shape[:-1] + (1,), bound, dtype=entries.dtype, device=entries.device)
+    return torch.searchsorted(entries, bounds)[..., 0]
 
 
 def _restrict_lists(converted, ka: int, kb: int, bm: int, bn: int):
-    """A query run's kernel lists restricted to the key run ``[ka, kb)`` in its local indices; spec: :func:`yarnref.ring.restrict_kernel_lists`.
+    """A query run's kernel lists (:func:`_run_lists`) restricted to the key run ``[ka, kb)``, in its local indices; spec: :func:`yarnref.ring.restrict_kernel_lists`.
 
     Vectorised over (batch, head, row block), no loop and no read-back: the
     converter writes block starts and columns strictly ascending, so the
@@ -341,8 +352,8 @@ def _restrict_lists(converted, ka: int, kb: int, bm: int, bn: int):
     dev = block_count.device
     width_b = block_offset.shape[-1]
     slot_b = torch.arange(width_b, device=dev)
-    first = _count_below(block_offset, block_count, ka)  # (batch, heads, rows): blocks starting before ka
-    whole_end = _count_below(block_offset, block_count, kb - bn + 1)  # blocks ending by kb
+    first = _count_below(block_offset, ka)  # (batch, heads, rows): blocks starting before ka
+    whole_end = _count_below(block_offset, kb - bn + 1)  # blocks ending by kb
     n_whole = (whole_end - first).clamp(min=0)
     picked = torch.gather(block_offset, -1, (first[..., None] + slot_b).clamp(max=width_b - 1))
     new_offset = torch.where(slot_b < n_whole[..., None], picked - ka, -1)
@@ -369,8 +380,8 @@ def _restrict_lists(converted, ka: int, kb: int, bm: int, bn: int):
     columns = column_index
     width_c = columns.shape[-1]
     slot_c = torch.arange(width_c, device=dev)
-    c_first = _count_below(columns, column_count, ka)
-    c_n = _count_below(columns, column_count, kb) - c_first
+    c_first = _count_below(columns, ka)
+    c_n = _count_below(columns, kb) - c_first
     kept = torch.gather(columns, -1, (c_first[..., None] + slot_c).clamp(max=width_c - 1)).to(torch.int64)
     kept_ok = slot_c < c_n[..., None]
 
