@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from yarnref.checks import check_bool, check_int, check_option, check_positive_real, check_same_dtype
+from yarnref.checks import check_bool, check_int, check_int32_indices, check_option, check_positive_real, check_same_dtype
 from yarnref.softmax_attention import check_qkv, default_scale
 from yarnref.dca import DCA_PAIRINGS, dca_position_ids, dca_temperature
 from yarnref.errors import InputError
@@ -443,6 +443,7 @@ def ring_vertical_slash_attention(
 
     else:
         runs = check_kernel_layout(total, ring.world_size, layout, bm)
+        check_int32_indices(total, bm, bn)  # the int32 lists
         vertical, slash = _indices(conv, vertical_idx, slash_idx, total, (batch, q_heads))
         mine = runs[ring.rank]
         lists = [_run_lists(vertical, slash, run.start, run.start + run.count, bm, bn) for run in mine]
