@@ -89,6 +89,7 @@ def parse_args():
     p.add_argument("--quick", action="store_true", help="tiny sizes on CPU with gloo (checks the script)")
     p.add_argument("--sizes", default=None, help="comma-separated sequence lengths (default 262144,1048576)")
     p.add_argument("--single-max", type=int, default=1 << 20, help="largest length timed on one GPU")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense rows (--sizes then only sets the default --dca-size)")
     p.add_argument("--no-dca", action="store_true")
     p.add_argument("--dca-size", type=int, default=None, help="length of the DCA and vertical-slash rows (default: 1M, or the largest --sizes if smaller)")
     p.add_argument("--no-vs", action="store_true", help="skip the vertical-slash rows")
@@ -512,7 +513,7 @@ def main():
         b.log(f"ceilings: {json.dumps(b.ceilings)}")
         kv_bytes = 2 * b.heads * b.head_dim * 2 * max(sizes) // b.world
         p2p = bench_p2p(b, min(kv_bytes, 1 << 30))
-        for n in sizes:
+        for n in sizes if not args.no_dense else []:
             b.log(f"dense, {n} tokens")
             bench_dense(b, n, p2p)
         if not args.no_dca:
