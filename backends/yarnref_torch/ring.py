@@ -346,7 +346,11 @@ def _restrict_lists(converted, ka: int, kb: int, bm: int, bn: int):
     straddles each edge; with ``BN > BM`` blocks of neighbouring ranges can
     overlap, and the number of candidates per edge is read from the lists.
     Multiplicities are kept.  Returns int32 ``(block_count, block_offset,
-    column_count, column_index)``, entries past the counts ``-1``.
+    column_count, column_index)``, entries past the counts ``-1``; the blocks
+    ascend, the columns need not (the run's columns, then the straddling
+    blocks' ones): ``sparse_attention_triton``'s one-row-block kernel takes
+    any order (its two-row-block form, ``paired=True``, needs ascending lists
+    and is not used here).
     """
     block_count, block_offset, column_count, column_index = converted  # int32, ascending in each row
     dev = block_count.device
