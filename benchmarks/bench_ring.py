@@ -24,6 +24,21 @@ default 256K and 1M tokens):
 * ``dca``: :func:`yarnref_torch.ring.ring_dca_attention` at the largest size
   (Qwen2.5-1M's chunk_size 262144, local_size 8192, RoPE theta 1e7), against
   the torch backend's single-GPU ``dca_attention`` where it fits.
+* ``vertical-slash`` (at the DCA size; ``--no-vs`` skips it): the kernels'
+  key sets (kernel mode) with Qwen2.5-7B-1M's common budget, 1000 verticals
+  and 6096 slashes per head, drawn with ``bench_sparse``'s ``realistic``
+  pattern.  One GPU: the torch backend's public ``vertical_slash_attention``
+  on the whole sequence, where it fits; the ring:
+  :func:`yarnref_torch.ring.ring_vertical_slash_attention` (zig-zag, kernel
+  mode, with the lse).  Both timed calls start from the lists (the last-query
+  estimation is not timed: it is the same work on one GPU and on the ring,
+  done once on the device holding the last queries) and include their list
+  conversion (on the ring, each rank's two query runs, once).  Their outputs
+  are checked against float64 attention over the kernel-mode key set
+  (``bench_sparse.sparse_reference_rows``, which counts each listed key with
+  its multiplicity) of lists converted on the prefix problem that ends at the
+  checked row block: the same lists as the whole-sequence conversion for
+  those rows (``tests/test_ring.py`` tests that property).
 
 Every timed output is checked on sampled rows (on each rank, 16 rows at the
 start of its shard and 16 at its end, 2 heads) against a float64 reference
@@ -56,12 +71,14 @@ import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import yarnref  # noqa: E402
-from yarnref.ring import shard_positions  # noqa: E402
+from yarnref.ring import padded_length, shard_positions  # noqa: E402
 from yarnref.rope import base_inv_freq  # noqa: E402
 from common import compare, dense_reference_rows, flops_causal, measure_ceilings  # noqa: E402
-from yarnref_torch.ring import ring_attention, ring_dca_attention, shard_tensor  # noqa: E402
+from bench_sparse import make_indices, sparse_reference_rows  # noqa: E402
+from yarnref_torch.ring import ring_attention, ring_dca_attention, ring_vertical_slash_attention, shard_tensor  # noqa: E402
 
 HEADS, HEAD_DIM = 32, 128
+VS_VERTICALS, VS_SLASHES, VS_PATTERN, VS_BLOCK = 1000, 6096, "realistic", 64  # Qwen2.5-7B-1M's common budget
 DCA_CHUNK, DCA_LOCAL, DCA_THETA = 262144, 8192, 1e7
 CHECK_ROWS, CHECK_HEADS = 16, 2
 
@@ -72,8 +89,10 @@ def parse_args():
     p.add_argument("--quick", action="store_true", help="tiny sizes on CPU with gloo (checks the script)")
     p.add_argument("--sizes", default=None, help="comma-separated sequence lengths (default 262144,1048576)")
     p.add_argument("--single-max", type=int, default=1 << 20, help="largest length timed on one GPU")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense rows (--sizes then only sets the default --dca-size)")
     p.add_argument("--no-dca", action="store_true")
-    p.add_argument("--dca-size", type=int, default=None, help="length of the DCA rows (default: 1M, or the largest --sizes if smaller)")
+    p.add_argument("--dca-size", type=int, default=None, help="length of the DCA and vertical-slash rows (default: 1M, or the largest --sizes if smaller)")
+    p.add_argument("--no-vs", action="store_true", help="skip the vertical-slash rows")
     return p.parse_args()
 
 
@@ -362,6 +381,81 @@ def bench_dca(b: Bench, n: int):
     b.add(**row)
 
 
+def bench_vs(b: Bench, n: int):
+    """Kernel-mode vertical-slash attention: one GPU (the public call) against the zig-zag ring, lists given."""
+    scale = 1.0 / math.sqrt(b.head_dim)
+    q, k, v = full_inputs(b, n, seed=n + 2)
+    vertical, slash = make_indices(n, b.heads, VS_VERTICALS, VS_SLASHES, VS_PATTERN, seed=n, device=b.device)  # the same on every rank
+    reps = 1 if n > (1 << 18) else 3
+    base = dict(part="vertical-slash", seq_len=n, budget=f"{VS_VERTICALS} v + {VS_SLASHES} s, {VS_PATTERN}")
+
+    def reference(positions_block):
+        """float64 attention over the kernel-mode key set of the contiguous query positions [a, c) (inside one row block), 2 heads."""
+        a, c = positions_block
+        r0, r1 = a // VS_BLOCK * VS_BLOCK, (c - 1) // VS_BLOCK * VS_BLOCK + VS_BLOCK  # whole row blocks around them
+        r1 = min(r1, n)
+        with yarnref.use_backend("torch", device=b.device):  # the rows [r0, r1) are the last queries of keys [0, r1)
+            lists = yarnref.convert_vertical_slash_indexes(r1 - r0, r1, torch.where(vertical < r1, vertical, -1), slash)
+        rows = list(range(a - r0, c - r0))
+        out = [sparse_reference_rows(q[:, :, r0:r1], k[:, :, :r1], v[:, :, :r1], lists, h, rows, scale) for h in range(CHECK_HEADS)]
+        return torch.stack(out)[None]  # (1, heads, rows, d)
+
+    def check(out_local, positions):
+        outs, refs = [], []
+        for start, stop in sample_blocks(out_local.shape[2]):
+            rng = contiguous_global(positions, start, stop)
+            if rng is None or rng[0] // VS_BLOCK != (rng[1] - 1) // VS_BLOCK:
+                continue
+            outs.append(out_local[:, :CHECK_HEADS, start:stop])
+            refs.append(reference(rng))
+        return check_rows(None, outs, refs)
+
+    single_ms = None
+    if n <= b.args.single_max:
+        c = {"max_abs": 0.0, "rel_l2": 0.0, "ok": True, "rows": 0}
+        if b.rank == 0:
+            with yarnref.use_backend("torch", device=b.device):
+                fn = lambda: yarnref.vertical_slash_attention(q, k, v, vertical, slash, scale=scale)  # noqa: E731  (kernel mode)
+                out = fn()
+                if b.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times = []
+                for _ in range(reps):
+                    t = time.perf_counter()
+                    out = fn()
+                    if b.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    times.append((time.perf_counter() - t) * 1e3)
+            single_ms = statistics.median(times)
+            c = check(out, np.arange(n))
+            del out
+        c = b.gather_check(c)
+        box = [single_ms]
+        dist.broadcast_object_list(box, src=0)
+        single_ms = box[0]
+        b.add(**base, impl="single GPU (yarnref torch vertical_slash_attention, kernel mode)", gpus=1, ms=single_ms, check=c)
+        if b.device.type == "cuda":
+            torch.cuda.empty_cache()
+    layout = "zigzag"
+    row = dict(**base, impl="yarnref ring vertical-slash zigzag (kernel mode)", gpus=b.world)
+    if padded_length(n, b.world, layout) % (2 * b.world * VS_BLOCK):
+        row["missing"] = f"kernel mode on the ring needs zig-zag runs on {VS_BLOCK}-row blocks: a length that is a multiple of {2 * b.world * VS_BLOCK}"
+        b.add(**row)
+        return
+    positions = shard_positions(n, b.world, layout)[b.rank]
+    local = [shard_tensor(x, b.world, b.rank, layout) for x in (q, k, v)]
+    fn = lambda: ring_vertical_slash_attention(*local, vertical, slash, layout, scale, return_lse=True)  # noqa: E731
+    ms, (out, _) = b.timed(fn, reps=reps)
+    row.update(ms=ms, check=b.gather_check(check(out, positions)))
+    if single_ms:
+        row["speedup"] = single_ms / ms
+        row["scaling_efficiency"] = single_ms / (b.world * ms)
+    b.add(**row)
+    del local, out, q, k, v
+    if b.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 # ----------------------------------------------------------------------------- output
 
 
@@ -425,12 +519,15 @@ def main():
         b.log(f"ceilings: {json.dumps(b.ceilings)}")
         kv_bytes = 2 * b.heads * b.head_dim * 2 * max(sizes) // b.world
         p2p = bench_p2p(b, min(kv_bytes, 1 << 30))
-        for n in sizes:
+        for n in sizes if not args.no_dense else []:
             b.log(f"dense, {n} tokens")
             bench_dense(b, n, p2p)
         if not args.no_dca:
             b.log(f"DCA, {dca_size} tokens")
             bench_dca(b, dca_size)
+        if not args.no_vs:
+            b.log(f"vertical-slash (kernel mode), {dca_size} tokens")
+            bench_vs(b, dca_size)
     finally:
         if b.rank == 0:
             write(b, Path(args.out))

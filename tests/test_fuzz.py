@@ -415,7 +415,7 @@ def test_ring_dca_and_sparse(data):
     batch, heads = q.shape[:2]
     idx = st.just(np.tile(np.arange(3), (batch, heads, 1)))
     call(yarnref.ring_vertical_slash_attention, q, k, v, data.draw(maybe(idx)), data.draw(maybe(idx)), world, layout,
-         data.draw(maybe(scales)), data.draw(maybe(bools)))
+         data.draw(maybe(scales)), data.draw(maybe(bools)), mode=data.draw(maybe(st.sampled_from(["kernel", "exact"]))))
 
 
 @fuzz_settings

@@ -21,7 +21,10 @@ from yarnref.errors import InputError
 from yarnref.ring import (
     RING_LAYOUTS,
     Run,
+    check_kernel_layout,
     pair_blocks,
+    restrict_kernel_lists,
+    run_kernel_lists,
     shard_runs,
     step_blocks,
     padded_length,
@@ -35,7 +38,7 @@ from yarnref.ring import (
     unshard,
 )
 from yarnref.rope import base_inv_freq
-from yarnref.sparse import vertical_slash_attention
+from yarnref.sparse import convert_vertical_slash_indexes, vertical_slash_attention
 
 TOL = 1e-12  # float64 rounding of a few merges
 
@@ -230,12 +233,113 @@ def sparse_lists(draw, seq_len):
 def test_ring_vertical_slash_equals_single_device(data, seq_len, world_size, layout, seed):
     q, k, v = qkv(seed, seq_len, q_heads=2, kv_heads=1)
     vertical, slash = data.draw(sparse_lists(seq_len))
-    out, lse = ring_vertical_slash_attention(q, k, v, vertical, slash, world_size, layout, return_lse=True)
+    out, lse = ring_vertical_slash_attention(q, k, v, vertical, slash, world_size, layout, return_lse=True, mode="exact")
     ref, ref_lse = vertical_slash_attention(q, k, v, vertical, slash, mode="exact", return_lse=True)
     np.testing.assert_allclose(out, ref, rtol=0, atol=TOL)
     np.testing.assert_array_equal(np.isinf(lse), np.isinf(ref_lse))  # rows with no key: -inf on both
     finite = np.isfinite(ref_lse)
     np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=0, atol=TOL)
+
+
+@st.composite
+def kernel_case(draw):
+    """A world size, an aligned layout and a length whose shard runs start on 64-row blocks (some padded), with lists."""
+    world_size = draw(st.integers(1, 4))
+    layout = draw(st.sampled_from(["contiguous", "zigzag"]))
+    multiple = world_size * (2 if layout == "zigzag" else 1)
+    blocks = draw(st.integers(1, max(1, 8 // multiple)))  # 64-row blocks per run
+    seq_len = multiple * 64 * blocks - draw(st.integers(0, multiple - 1))  # a few tokens short: padded
+    heads = 2
+    width_v, width_s = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    vertical = np.full((1, heads, width_v), -1)
+    slash = np.full((1, heads, width_s), -1)
+    for h in range(heads):  # per-head budgets: -1 padding, any order
+        cols = draw(st.lists(st.integers(0, seq_len - 1), max_size=width_v, unique=True))
+        dists = draw(st.lists(st.integers(0, seq_len - 1), max_size=width_s, unique=True))
+        vertical[0, h, : len(cols)] = cols
+        slash[0, h, : len(dists)] = dists
+    return world_size, layout, seq_len, vertical, slash
+
+
+@settings(deadline=None, max_examples=20)
+@given(case=kernel_case(), block_size_n=st.sampled_from([64, 128]), seed=st.integers(0, 2**16))
+def test_ring_vertical_slash_kernel_mode_equals_single_device(case, block_size_n, seed):
+    """The kernels' key sets on the ring: the single device's kernel mode, counts of doubly listed keys included."""
+    world_size, layout, seq_len, vertical, slash = case
+    q, k, v = qkv(seed, seq_len, q_heads=2, kv_heads=1)
+    out, lse = ring_vertical_slash_attention(q, k, v, vertical, slash, world_size, layout, return_lse=True, block_size_n=block_size_n)
+    ref, ref_lse = vertical_slash_attention(q, k, v, vertical, slash, mode="kernel", return_lse=True, block_size_n=block_size_n)
+    exact = vertical_slash_attention(q, k, v, vertical, slash, mode="exact")
+    np.testing.assert_allclose(out, ref, rtol=0, atol=TOL)
+    np.testing.assert_array_equal(np.isinf(lse), np.isinf(ref_lse))
+    finite = np.isfinite(ref_lse)
+    np.testing.assert_allclose(lse[finite], ref_lse[finite], rtol=0, atol=TOL)
+    if seq_len > 64 and np.any(slash >= 64):
+        assert not np.allclose(out, exact)  # the kernel's key sets are not the exact ones: the comparison can fail
+
+
+@settings(deadline=None, max_examples=15)
+@given(case=kernel_case())
+def test_run_conversion_lists_the_single_device_row_blocks(case):
+    """convert(b - a, b) of a run's rows [a, b) lists what the whole-sequence conversion lists for those row blocks."""
+    world_size, layout, seq_len, vertical, slash = case
+    runs = check_kernel_layout(seq_len, world_size, layout)
+    total = padded_length(seq_len, world_size, layout)
+    whole = convert_vertical_slash_indexes(total, total, vertical, slash)
+    for q_run in (run for device in runs for run in device):
+        a, b = q_run.start, q_run.start + q_run.count
+        blocks = slice(a // 64, b // 64)
+        count, offset, ccount, columns = run_kernel_lists(vertical, slash, q_run)
+        for idx in np.ndindex(*count.shape):
+            g = (idx[0], idx[1], blocks.start + idx[2])
+            mine = offset[idx][: count[idx]]
+            theirs = whole[1][g][: whole[0][g]]
+            np.testing.assert_array_equal(mine, theirs[theirs < b])  # blocks from b on: above every row of the run
+            np.testing.assert_array_equal(columns[idx][: ccount[idx]], whole[3][g][: whole[2][g]])
+
+
+@settings(deadline=None, max_examples=15)
+@given(case=kernel_case(), block_size_n=st.sampled_from([64, 128]))
+def test_restricted_lists_split_the_listed_keys_among_the_key_runs(case, block_size_n):
+    """Every key a query run's lists name, with its count, lies in exactly one key run's restricted lists."""
+    world_size, layout, seq_len, vertical, slash = case
+    runs = [run for device in check_kernel_layout(seq_len, world_size, layout) for run in device]
+    total = padded_length(seq_len, world_size, layout)
+
+    def counts(lists, kv_len):
+        count, offset, ccount, columns = lists
+        cover = np.zeros(count.shape + (kv_len,), dtype=np.int64)
+        for idx in np.ndindex(*count.shape):
+            for o in offset[idx][: count[idx]]:
+                cover[idx][o : o + block_size_n] += 1
+            np.add.at(cover[idx], columns[idx][: ccount[idx]], 1)
+        return cover
+
+    for q_run in runs:
+        lists = run_kernel_lists(vertical, slash, q_run, block_size_n=block_size_n)
+        whole = counts(lists, total + block_size_n)[..., :total]
+        pieced = np.zeros_like(whole)
+        for k_run in runs:
+            part = restrict_kernel_lists(lists, k_run, block_size_n)
+            listed = np.arange(part[1].shape[-1]) < part[0][..., None]
+            assert np.all((part[1][listed] >= 0) & (part[1][listed] + block_size_n <= k_run.count))  # whole blocks only
+            pieced[..., k_run.start : k_run.start + k_run.count] += counts(part, k_run.count)
+        np.testing.assert_array_equal(pieced, whole)
+
+
+def test_kernel_mode_refuses_unaligned_runs():
+    q, k, v = qkv(0, 256)
+    lists = np.array([[[3], [0]]]), np.array([[[0], [5]]])
+    with pytest.raises(InputError, match="layout.*striped.*'contiguous' or 'zigzag'"):
+        ring_vertical_slash_attention(q, k, v, *lists, 2, "striped")
+    with pytest.raises(InputError, match=r"seq_len=256.*multiple of 512"):
+        ring_vertical_slash_attention(q, k, v, *lists, 4, "zigzag")  # runs of 32 rows
+    q, k, v = qkv(0, 200)
+    with pytest.raises(InputError, match="seq_len=200"):
+        ring_vertical_slash_attention(q, k, v, *lists, 2, "contiguous")
+    ring_vertical_slash_attention(q, k, v, *lists, 2, "striped", mode="exact")  # the exact key sets take every layout
+    with pytest.raises(InputError, match="mode"):
+        ring_vertical_slash_attention(q, k, v, *lists, 2, "zigzag", mode="blocks")
 
 
 # ----------------------------------------------------------------------------- bad input

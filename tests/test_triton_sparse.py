@@ -239,6 +239,39 @@ def test_sparse_tile_paths_agree(ts, causal):
         assert exc.value.param == "tma"
 
 
+@pytest.mark.parametrize("layout", ["zigzag", "contiguous"])
+def test_ring_pair_lists_run_on_the_kernel(ts, layout):
+    """The ring's per-pair lists (one query run's lists restricted to each key run) fed to the kernel, causal on the
+    diagonal pair only, merged by lse: each query run's rows of single-device kernel-mode attention."""
+    from yarnref.ring import check_kernel_layout
+    from yarnref.softmax_attention import merge_attention
+    from yarnref_torch.ring import _restrict_lists, _run_lists
+
+    dtype, seq_len, world_size = torch.float16, 512, 2
+    gen = torch.Generator().manual_seed(7)
+    rng = np.random.default_rng(7)
+    q, k, v = _rand_qkv(gen, 1, 2, 1, seq_len, seq_len, 64, dtype)
+    vertical = torch.from_numpy(rng.integers(-1, seq_len, size=(1, 2, 20))).to(DEVICE)
+    slash = torch.from_numpy(np.concatenate([np.zeros((1, 2, 1), int), rng.integers(-1, seq_len, size=(1, 2, 30))], -1)).to(DEVICE)
+    f64 = [np.asarray(x.cpu(), dtype=np.float64) for x in (q, k, v)]
+    ref_out, ref_lse = yarnref.sparse.vertical_slash_attention(*f64, vertical.cpu().numpy(), slash.cpu().numpy(), mode="kernel", return_lse=True)
+    runs = [run for device in check_kernel_layout(seq_len, world_size, layout) for run in device]
+    for q_run in runs:
+        a, b = q_run.start, q_run.start + q_run.count
+        lists = _run_lists(vertical, slash, a, b, 64, 64)
+        outs, lses = [], []
+        for k_run in runs:
+            if k_run.start > a:
+                continue
+            ka, kb = k_run.start, k_run.start + k_run.count
+            local = _restrict_lists(lists, ka, kb, 64, 64)
+            o, l = ts.sparse_attention_triton(q[:, :, a:b], k[:, :, ka:kb], v[:, :, ka:kb], *local, None, 64, 64, True, causal=ka == a)
+            outs.append(np.asarray(o.float().cpu(), dtype=np.float64))
+            lses.append(np.asarray(l.cpu(), dtype=np.float64))
+        out, lse = merge_attention(outs, lses)
+        _assert_matches(torch.from_numpy(out), torch.from_numpy(lse), ref_out[:, :, a:b], ref_lse[:, :, a:b], dtype)
+
+
 @pytest.mark.parametrize("dtype", _dtypes(), ids=str)
 def test_sparse_non_causal(ts, dtype):
     b, hq, hk, tq, tk, d = 1, 2, 2, 50, 90, 64

@@ -57,7 +57,9 @@ device rotates its queries to their DCA query positions and its keys to their
 DCA key positions once; the parts are the key runs cut at chunk borders) and
 vertical-slash sparse attention (:func:`ring_vertical_slash_attention`: the
 column and diagonal lists restricted to each (query run, key run) pair,
-:func:`pair_vertical_slash`).
+:func:`pair_vertical_slash`, for the exact key sets; for the kernels' key
+sets, the block/column lists converted once per query run and restricted to
+each key run, :func:`run_kernel_lists` and :func:`restrict_kernel_lists`).
 
 Conventions
 -----------
@@ -94,7 +96,7 @@ from .checks import (
 from .dca import DCA_PAIRINGS, dca_position_ids, dca_temperature
 from .errors import InputError
 from .rope import apply_rope, rope_cos_sin
-from .sparse import vertical_slash_attention
+from .sparse import VS_MODES, _gathered_attention, _kernel_key_lists, convert_vertical_slash_indexes, vertical_slash_attention
 
 __all__ = [
     "RING_LAYOUTS",
@@ -111,6 +113,9 @@ __all__ = [
     "pair_blocks",
     "step_blocks",
     "pair_vertical_slash",
+    "check_kernel_layout",
+    "run_kernel_lists",
+    "restrict_kernel_lists",
     "chunk_pieces",
     "run_range",
     "ring_schedule",
@@ -615,30 +620,129 @@ def _check_list(name, idx, batch_heads, seq_len) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def ring_vertical_slash_attention(q, k, v, vertical_idx, slash_idx, world_size, layout="zigzag", scale=None, return_lse=False):
-    """Vertical-slash sparse attention (exact key sets) on a ring of ``world_size`` devices.
+def check_kernel_layout(seq_len, world_size, layout, block_size_m=64) -> list[list[Run]]:
+    """The shard runs of ``layout`` if every run starts at a multiple of ``block_size_m``, else :class:`~yarnref.errors.InputError`.
+
+    Kernel-mode vertical-slash attention on the ring (:func:`ring_vertical_slash_attention`)
+    needs each run of queries to consist of whole single-device row blocks:
+    runs of consecutive positions (not striped, for ``P > 1``) whose starts
+    are multiples of ``block_size_m``.  Contiguous: ``padded_length / P`` a
+    multiple of ``block_size_m``; zig-zag: ``padded_length / 2P`` one.
+    """
+    runs = shard_runs(seq_len, world_size, layout)
+    flat = [run for device in runs for run in device]
+    if any(run.stride != 1 for run in flat):
+        raise InputError("layout", layout, f"'contiguous' or 'zigzag' for mode='kernel' with {world_size} devices (striped runs are not whole row blocks)")
+    if any(run.start % block_size_m for run in flat):
+        multiple = world_size * _blocks_per_device(layout) * block_size_m
+        raise InputError(
+            "q", f"seq_len={seq_len}",
+            f"a length whose {layout} shard runs start at multiples of block_size_m={block_size_m} for mode='kernel' "
+            f"(a multiple of {multiple}, or a few tokens less: the padding fills it)",
+        )
+    return runs
+
+
+def run_kernel_lists(vertical_idx, slash_idx, query_run: Run, block_size_m=64, block_size_n=64):
+    """The kernel's block/column lists of a query run ``[a, b)``: :func:`yarnref.sparse.convert_vertical_slash_indexes` ``(b - a, b, ...)``.
+
+    Rows ``[a, b)`` of the causal problem are the last ``b - a`` queries of
+    the keys ``[0, b)``, so with ``a`` a multiple of ``block_size_m`` the
+    conversion of that smaller problem lists, for each row block, what the
+    single-device conversion of the whole sequence lists for the same rows
+    (blocks starting at ``b`` or later aside: no row of the run sees them).
+    Verticals at ``b`` or later are dropped first (no row of the run sees
+    them, and they leave the merge unchanged: the kernels' end-of-verticals
+    marker lies past every range too).  Global key indices.
+    """
+    a, b = query_run.start, query_run.start + query_run.count
+    vertical = np.where(np.asarray(vertical_idx) < b, vertical_idx, -1)
+    return convert_vertical_slash_indexes(b - a, b, vertical, slash_idx, block_size_m, block_size_n, causal=True)
+
+
+def restrict_kernel_lists(converted, key_run: Run, block_size_n=64):
+    """A query run's kernel lists (:func:`run_kernel_lists`) restricted to the keys of one key run, in its local indices.
+
+    For every row block: a listed block ``[o, o + BN)`` inside the key run
+    ``[ka, kb)`` stays a block at ``o - ka``; a block straddling an edge of the
+    key run gives its keys inside the run as columns; a listed column inside
+    the run stays a column at ``c - ka``.  Every listed key inside the run is
+    therefore listed exactly as often as before (the kernels count a key
+    listed twice twice), and the key sets over all key runs put together are
+    the query run's.  Returns the four int32 arrays, ``-1`` past the counts.
+    """
+    block_count, block_offset, column_count, column_index = converted
+    ka, kb = key_run.start, key_run.start + key_run.count
+    lists = {}
+    for index in np.ndindex(*block_count.shape):  # (batch, head, row block)
+        blocks, columns = [], []
+        for o in block_offset[index][: block_count[index]].tolist():
+            lo, hi = max(o, ka), min(o + block_size_n, kb)
+            if (lo, hi) == (o, o + block_size_n):
+                blocks.append(o - ka)  # inside the key run
+            elif lo < hi:
+                columns.extend(range(lo - ka, hi - ka))  # straddles an edge: its part inside, as columns
+        columns += [c - ka for c in column_index[index][: column_count[index]].tolist() if ka <= c < kb]
+        lists[index] = blocks, columns
+    width_b = max([len(b) for b, _ in lists.values()] + [1])
+    width_c = max([len(c) for _, c in lists.values()] + [1])
+    out_count, out_offset = np.zeros(block_count.shape, np.int32), np.full(block_count.shape + (width_b,), -1, np.int32)
+    out_ccount, out_columns = np.zeros(block_count.shape, np.int32), np.full(block_count.shape + (width_c,), -1, np.int32)
+    for index, (blocks, columns) in lists.items():
+        out_count[index], out_ccount[index] = len(blocks), len(columns)
+        out_offset[index][: len(blocks)] = blocks
+        out_columns[index][: len(columns)] = columns
+    return out_count, out_offset, out_ccount, out_columns
+
+
+def ring_vertical_slash_attention(
+    q, k, v, vertical_idx, slash_idx, world_size, layout="zigzag", scale=None, return_lse=False, *, mode="kernel", block_size_m=64, block_size_n=64
+):
+    """Vertical-slash sparse attention on a ring of ``world_size`` devices, in both key-set modes.
 
     ``vertical_idx`` (global key columns) and ``slash_idx`` (global
     distances), ``(batch, q_heads, n)`` with ``-1`` padding, as
     :func:`yarnref.sparse.vertical_slash_indices` returns them (estimated on
     the whole sequence: the last queries' scores need every key, so a real
     ring estimates them first, on the device holding the last queries, and
-    broadcasts the lists).  Each partial attention uses the lists restricted
-    to its (query run, key run) block (:func:`pair_vertical_slash`).  Equal to
-    ``vertical_slash_attention(q, k, v, vertical_idx, slash_idx, mode="exact")``
-    (causal) to float64 rounding.  The kernel mode is not offered: its key set
-    depends on the single-device row blocks.
+    broadcasts the lists).  Equal to ``vertical_slash_attention(q, k, v,
+    vertical_idx, slash_idx, mode=mode)`` (causal) to float64 rounding.
+
+    ``mode="exact"``: each partial attention uses the lists restricted to its
+    (query run, key run) block (:func:`pair_vertical_slash`); every layout.
+
+    ``mode="kernel"`` (default, as :func:`yarnref.sparse.vertical_slash_attention`):
+    the kernels' key sets, which are defined per single-device row block of
+    ``block_size_m`` queries.  A shard run that starts at a multiple of
+    ``block_size_m`` consists of whole row blocks (:func:`check_kernel_layout`:
+    contiguous and zig-zag with suitable lengths; striped and other lengths
+    are refused), and its rows ``[a, b)`` are the last queries of keys
+    ``[0, b)``, so converting that problem once per query run gives exactly
+    the single-device lists of those row blocks (:func:`run_kernel_lists`).
+    Each (query run, key run) block then uses those lists restricted to the
+    key run (:func:`restrict_kernel_lists`: blocks inside kept, straddling
+    blocks as their inside columns, columns inside kept, every multiplicity
+    kept), bottom-right causal on the diagonal block (the key run is the query
+    run) and unmasked for a key run before the query run.  Every listed key
+    thus lands in exactly one block with its count and its causal test, which
+    is why the merged result is the single-device one.
     """
     q, k, v, seq_len, head_dim, world_size, layout, _ = _check_ring(q, k, v, world_size, layout, True)
     scale = check_scale(scale, head_dim)
     return_lse = check_bool("return_lse", return_lse)
+    mode = check_option("mode", mode, VS_MODES)
+    block_size_m = check_int("block_size_m", block_size_m, 1)
+    block_size_n = check_int("block_size_n", block_size_n, block_size_m)
     check_logits_fit(q, k, scale, v=v)
     vertical_idx = _check_list("vertical_idx", vertical_idx, q.shape[:2], seq_len)
     slash_idx = _check_list("slash_idx", slash_idx, q.shape[:2], seq_len)
-    runs = shard_runs(seq_len, world_size, layout)
+    if mode == "kernel":
+        runs = check_kernel_layout(seq_len, world_size, layout, block_size_m)
+    else:
+        runs = shard_runs(seq_len, world_size, layout)
     qs, ks, vs = (shard(x.astype(np.float64), world_size, layout) for x in (q, k, v))
 
-    def step_attention(r, s):
+    def exact_step(r, s):
         parts = []
         n = qs[r].shape[2]
         for q_run, q0 in zip(runs[r], _run_rows(runs[r])):
@@ -654,4 +758,29 @@ def ring_vertical_slash_attention(q, k, v, vertical_idx, slash_idx, world_size, 
                     parts.append(_place(rows, n, o, l))
         return parts
 
+    # Kernel mode: each device converts the lists of its query runs once, before the ring.
+    run_lists = {}
+    if mode == "kernel":
+        run_lists = {
+            (r, i): run_kernel_lists(vertical_idx, slash_idx, q_run, block_size_m, block_size_n)
+            for r in range(world_size) for i, q_run in enumerate(runs[r])
+        }
+
+    def kernel_step(r, s):
+        parts = []
+        n = qs[r].shape[2]
+        for i, (q_run, q0) in enumerate(zip(runs[r], _run_rows(runs[r]))):
+            for k_run, k0 in zip(runs[s], _run_rows(runs[s])):
+                if k_run.start > q_run.start:
+                    continue  # a later key run: no row of the query run sees it
+                diagonal = k_run.start == q_run.start
+                lists = restrict_kernel_lists(run_lists[r, i], k_run, block_size_n)
+                rows = slice(q0, q0 + q_run.count)
+                keys = slice(k0, k0 + k_run.count)
+                key_lists = _kernel_key_lists(lists, q_run.count, k_run.count, diagonal, block_size_n)
+                o, l = _gathered_attention(qs[r][:, :, rows], ks[s][:, :, keys], vs[s][:, :, keys], scale, block_size_m, key_lists)
+                parts.append(_place((rows.start, rows.stop), n, o, l))
+        return parts
+
+    step_attention = kernel_step if mode == "kernel" else exact_step
     return _finish(_ring(world_size, step_attention), q, seq_len, layout, return_lse)

@@ -26,9 +26,11 @@ the lse: on CUDA, cuDNN or flash attention; on CPU, the blocked path.
 
 Also here: DCA on the ring (:func:`ring_dca_attention`: keys rotated once to
 their DCA key positions by their owner, queries to their three DCA query
-positions) and exact vertical-slash attention on the ring
-(:func:`ring_vertical_slash_attention`: the global lists restricted to each
-block by :func:`yarnref.ring.pair_vertical_slash`).
+positions) and vertical-slash attention on the ring
+(:func:`ring_vertical_slash_attention`): in the kernels' key sets, the lists
+converted once per query run on the device and restricted to each key run
+there, fed to the Triton sparse kernel on CUDA; in the exact key sets, the
+global lists restricted to each block by :func:`yarnref.ring.pair_vertical_slash`.
 
 Conventions
 -----------
@@ -48,15 +50,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from yarnref.checks import check_bool, check_positive_real, check_same_dtype
+from yarnref.checks import check_bool, check_int, check_int32_indices, check_option, check_positive_real, check_same_dtype
 from yarnref.softmax_attention import check_qkv, default_scale
 from yarnref.dca import DCA_PAIRINGS, dca_position_ids, dca_temperature
 from yarnref.errors import InputError
-from yarnref.ring import Run, check_layout, chunk_pieces, pair_blocks, pair_vertical_slash, padded_length, run_range, shard_positions, shard_runs, step_blocks
+from yarnref.ring import Run, check_kernel_layout, check_layout, chunk_pieces, pair_blocks, pair_vertical_slash, padded_length, run_range, shard_positions, shard_runs, step_blocks
 
 from ._arrays import ArrayConverter, check_float, compute_dtype
 from .attention import attention_tensors
 from .rope import rotate
+from yarnref.sparse import VS_MODES
+from .sparse import _convert, _indices, _kernel_rows, _rows_per_step, _triton_can_run, _triton_module, _weighted_attention
 from .sparse import vertical_slash_attention as _vertical_slash_attention
 
 __all__ = ["shard_tensor", "unshard_tensors", "ring_attention", "ring_dca_attention", "ring_vertical_slash_attention"]
@@ -298,35 +302,176 @@ def ring_dca_attention(
 # ----------------------------------------------------------------------------- vertical-slash
 
 
-def ring_vertical_slash_attention(q, k, v, vertical_idx, slash_idx, layout="zigzag", scale=None, return_lse=False, *, group=None):
-    """Exact vertical-slash attention on the ring; see :func:`yarnref.ring.ring_vertical_slash_attention`.
+#: What a query run's lists hold past each row's count: every row is then sorted and searchable.
+_PAST_COUNT = torch.iinfo(torch.int32).max
+
+
+def _run_lists(vertical, slash, a: int, b: int, bm: int, bn: int):
+    """The kernel lists of the query run ``[a, b)`` (spec: :func:`yarnref.ring.run_kernel_lists`), on the lists' device.
+
+    The conversion of ``(b - a, b)``: Triton on CUDA, the backend's lockstep
+    converter elsewhere.  The block and column lists are cut to the widest
+    row's count (one read-back per run, before the ring), so that restricting
+    them at every step moves only what is listed, and their entries past each
+    row's count are set to :data:`_PAST_COUNT`, so that every row is ascending
+    and :func:`_count_below` is a binary search.
+    """
+    vertical = torch.where(vertical < b, vertical, -1)  # verticals right of the run: seen by none of its rows
+    block_count, block_offset, column_count, column_index = _convert(b - a, b, vertical, slash, bm, bn, True)
+
+    def cut(entries, count):
+        width = max(1, int(count.max()))
+        listed = torch.arange(width, device=entries.device) < count[..., None]
+        return torch.where(listed, entries[..., :width], _PAST_COUNT).contiguous()
+
+    return block_count, cut(block_offset, block_count), column_count, cut(column_index, column_count)
+
+
+def _count_below(entries, bound: int):
+    """Per row, how many entries of an ascending list (:func:`_run_lists`) are below ``bound``: where a segment starts or stops."""
+    bounds = torch.full(entries.shape[:-1] + (1,), bound, dtype=entries.dtype, device=entries.device)
+    return torch.searchsorted(entries, bounds)[..., 0]
+
+
+def _restrict_lists(converted, ka: int, kb: int, bm: int, bn: int):
+    """A query run's kernel lists (:func:`_run_lists`) restricted to the key run ``[ka, kb)``, in its local indices; spec: :func:`yarnref.ring.restrict_kernel_lists`.
+
+    Vectorised over (batch, head, row block), no loop and no read-back: the
+    converter writes block starts and columns strictly ascending, so the
+    blocks wholly inside the key run are one segment of each row's list (those
+    starting at or after ``ka`` and ending by ``kb``), shifted by ``-ka``; the
+    columns inside it are another.  A block straddling an edge lies just
+    before the block segment (the left edge) or just after it (the right
+    edge); its keys inside the run become columns.  With ``BN == BM`` the
+    listed blocks are disjoint (ranges are separated by more than ``BM``
+    columns and tiled exactly by ``BM``-wide blocks), so at most one block
+    straddles each edge; with ``BN > BM`` blocks of neighbouring ranges can
+    overlap, and the number of candidates per edge is read from the lists.
+    Multiplicities are kept.  Returns int32 ``(block_count, block_offset,
+    column_count, column_index)``, entries past the counts ``-1``; the blocks
+    ascend, the columns need not (the run's columns, then the straddling
+    blocks' ones): ``sparse_attention_triton``'s one-row-block kernel takes
+    any order (its two-row-block form, ``paired=True``, needs ascending lists
+    and is not used here).
+    """
+    block_count, block_offset, column_count, column_index = converted  # int32, ascending in each row
+    dev = block_count.device
+    width_b = block_offset.shape[-1]
+    slot_b = torch.arange(width_b, device=dev)
+    first = _count_below(block_offset, ka)  # (batch, heads, rows): blocks starting before ka
+    whole_end = _count_below(block_offset, kb - bn + 1)  # blocks ending by kb
+    n_whole = (whole_end - first).clamp(min=0)
+    picked = torch.gather(block_offset, -1, (first[..., None] + slot_b).clamp(max=width_b - 1))
+    new_offset = torch.where(slot_b < n_whole[..., None], picked - ka, -1)
+
+    # Straddling blocks: the J listed blocks before the segment and the J after it.
+    if bn == bm:
+        reach = 1
+    else:
+        listed = slot_b < block_count[..., None]
+        starts_before = listed & (block_offset < ka) & (block_offset + bn > ka)
+        ends_after = listed & (block_offset < kb) & (block_offset + bn > kb)
+        reach = max(1, int(starts_before.sum(-1).max()), int(ends_after.sum(-1).max()))
+    near = torch.arange(reach, device=dev)
+    candidates = torch.cat([first[..., None] - reach + near, torch.maximum(first, whole_end)[..., None] + near], dim=-1)  # (b, h, r, 2J)
+    listed = (candidates >= 0) & (candidates < block_count[..., None])
+    o = torch.gather(block_offset, -1, candidates.clamp(0, width_b - 1)).to(torch.int64)
+    lo, hi = o.clamp(min=ka), (o + bn).clamp(max=kb)
+    straddle = listed & (lo < hi) & ~((lo == o) & (hi == o + bn))
+    cols = lo[..., None] + torch.arange(bn, device=dev)  # (b, h, r, 2J, bn)
+    cols_ok = straddle[..., None] & (cols < hi[..., None])
+    cols, cols_ok = cols.flatten(-2), cols_ok.flatten(-2)
+
+    # Columns inside the key run: one segment of the ascending column list.
+    columns = column_index
+    width_c = columns.shape[-1]
+    slot_c = torch.arange(width_c, device=dev)
+    c_first = _count_below(columns, ka)
+    c_n = _count_below(columns, kb) - c_first
+    kept = torch.gather(columns, -1, (c_first[..., None] + slot_c).clamp(max=width_c - 1)).to(torch.int64)
+    kept_ok = slot_c < c_n[..., None]
+
+    # Both kinds of columns, the valid ones moved to the front (a scatter at their running count).
+    every, ok = torch.cat([kept, cols], dim=-1), torch.cat([kept_ok, cols_ok], dim=-1)
+    where = torch.where(ok, torch.cumsum(ok, dim=-1) - 1, every.shape[-1])  # the invalid ones to a spare slot
+    new_columns = torch.full(every.shape[:-1] + (every.shape[-1] + 1,), -1, dtype=torch.int64, device=dev)
+    new_columns.scatter_(-1, where, torch.where(ok, every - ka, -1))
+    i32 = lambda t: t.to(torch.int32).contiguous()  # noqa: E731
+    return i32(n_whole), i32(new_offset), i32(ok.sum(-1)), i32(new_columns[..., :-1])
+
+
+def ring_vertical_slash_attention(
+    q, k, v, vertical_idx, slash_idx, layout="zigzag", scale=None, return_lse=False, *, mode="kernel", block_size_m=64, block_size_n=64, group=None
+):
+    """Vertical-slash attention on the ring; see :func:`yarnref.ring.ring_vertical_slash_attention`.
 
     ``vertical_idx``, ``slash_idx``: the global lists ``(batch, q_heads, n)``
-    (NumPy or tensors; the same on every rank), restricted per block on the
-    host.
+    (NumPy or tensors; the same on every rank).
+
+    ``mode="kernel"`` (default): each rank converts the lists of its query
+    runs once, on its device, before the ring (:func:`_run_lists`); at every
+    step each (query run, key run) pair restricts them to the key run on the
+    device (:func:`_restrict_lists`) and runs the sparse kernel on them: the
+    Triton kernel on CUDA (``sparse_attention_triton`` with the lse, causal on
+    the diagonal pair only), the backend's weighted kernel-mode path on CPU.
+    Contiguous and zig-zag layouts whose runs start on row blocks only
+    (:func:`yarnref.ring.check_kernel_layout`).  ``mode="exact"``: the exact
+    key sets, the lists restricted per block on the host (every layout).
     """
-    conv, q, k, v, (_, _, _, n, _, head_dim) = _check_inputs(q, k, v, group)
+    conv, q, k, v, (batch, q_heads, _, n, _, head_dim) = _check_inputs(q, k, v, group)
     layout = check_layout(layout)
     return_lse = check_bool("return_lse", return_lse)
+    mode = check_option("mode", mode, VS_MODES)
+    bm = check_int("block_size_m", block_size_m, 1)
+    bn = check_int("block_size_n", block_size_n, bm)
     scale = check_positive_real("scale", default_scale(head_dim) if scale is None else scale)
-    as_numpy = lambda x: x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)  # noqa: E731
-    vertical, slash = as_numpy(vertical_idx), as_numpy(slash_idx)
     ring = _Ring(group)
-    runs = shard_runs(n * ring.world_size, ring.world_size, layout)
+    total = n * ring.world_size
     acc = _Accumulator(q, v.shape[-1])
+    if mode == "exact":
+        as_numpy = lambda x: x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)  # noqa: E731
+        vertical, slash = as_numpy(vertical_idx), as_numpy(slash_idx)
+        runs = shard_runs(total, ring.world_size, layout)
 
-    def step_attention(source, kv):
-        ks, vs = kv
-        for q_run, q0 in zip(runs[ring.rank], _run_rows(runs[ring.rank])):
-            for k_run, k0 in zip(runs[source], _run_rows(runs[source])):
-                for block in pair_blocks(q_run, k_run, True):
-                    v_local, s_local = pair_vertical_slash(vertical, slash, q_run, k_run, block)
-                    rows = (q0 + block.rows[0], q0 + block.rows[1])
-                    keys = slice(k0 + block.keys[0], k0 + block.keys[1])
-                    out, lse = _vertical_slash_attention(
-                        conv, q[:, :, rows[0] : rows[1]], ks[:, :, keys], vs[:, :, keys], v_local, s_local,
-                        mode="exact", scale=scale, return_lse=True, causal=block.causal,
-                    )
+        def step_attention(source, kv):
+            ks, vs = kv
+            for q_run, q0 in zip(runs[ring.rank], _run_rows(runs[ring.rank])):
+                for k_run, k0 in zip(runs[source], _run_rows(runs[source])):
+                    for block in pair_blocks(q_run, k_run, True):
+                        v_local, s_local = pair_vertical_slash(vertical, slash, q_run, k_run, block)
+                        rows = (q0 + block.rows[0], q0 + block.rows[1])
+                        keys = slice(k0 + block.keys[0], k0 + block.keys[1])
+                        out, lse = _vertical_slash_attention(
+                            conv, q[:, :, rows[0] : rows[1]], ks[:, :, keys], vs[:, :, keys], v_local, s_local,
+                            mode="exact", scale=scale, return_lse=True, causal=block.causal,
+                        )
+                        acc.add(rows, out, lse)
+
+    else:
+        runs = check_kernel_layout(total, ring.world_size, layout, bm)
+        check_int32_indices(total, bm, bn)  # the int32 lists
+        vertical, slash = _indices(conv, vertical_idx, slash_idx, total, (batch, q_heads))
+        mine = runs[ring.rank]
+        lists = [_run_lists(vertical, slash, run.start, run.start + run.count, bm, bn) for run in mine]
+        triton = _triton_module(q.device)
+        use_triton = _triton_can_run(triton, q, v, bm, bn)
+
+        def step_attention(source, kv):
+            ks, vs = kv
+            for q_run, q0, run_lists in zip(mine, _run_rows(mine), lists):
+                for k_run, k0 in zip(runs[source], _run_rows(runs[source])):
+                    if k_run.start > q_run.start:
+                        continue  # a later key run: no row of the query run sees it
+                    diagonal = k_run.start == q_run.start
+                    local = _restrict_lists(run_lists, k_run.start, k_run.start + k_run.count, bm, bn)
+                    rows = (q0, q0 + q_run.count)
+                    q_rows, k_keys, v_keys = q[:, :, rows[0] : rows[1]], ks[:, :, k0 : k0 + k_run.count], vs[:, :, k0 : k0 + k_run.count]
+                    if use_triton:
+                        out, lse = triton.sparse_attention_triton(q_rows, k_keys, v_keys, *local, scale, bm, bn, True, causal=diagonal)
+                    else:
+                        weights = lambda a, b, local=local, diagonal=diagonal: _kernel_rows(a, b, q_run.count, k_run.count, local, diagonal, bm, bn)  # noqa: E731
+                        step = _rows_per_step(batch, q_heads, k_run.count, bm, q.device)
+                        out, lse = _weighted_attention(q_rows, k_keys, v_keys, scale, weights, step)
                     acc.add(rows, out, lse)
 
     ring.run([k.contiguous(), v.contiguous()], step_attention)
