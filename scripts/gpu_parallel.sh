@@ -6,6 +6,7 @@
 #          agreement suites; GPU 3 the 1M-token suite, then the remaining CuPy tests.
 #   cupydca: GPU 0 the CuPy host profile and the table (CUPY_BUDGET seconds); GPUs 1-2 the agreement suites.
 #   layer: GPU 0 the Qwen layer benchmark (LAYER_LENGTHS; needs .patterns, carried).
+#   cupy: GPU 0 the CuPy table, nothing else running.
 #   final: GPU 0 the CuPy table (nothing else on its GPU), GPU 1 the Qwen layer at 1M.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_parallel.sh OUT_DIR STAGE}; stage=${2:?stage}
@@ -33,11 +34,14 @@ case "$stage" in
   layer)
     job 0 qwen_layer 540 "cd benchmarks && python3 bench_qwen_layer.py --out $R --lengths ${LAYER_LENGTHS:-1048576} --patterns $PWD/.patterns --budget ${LAYER_BUDGET:-480}"
     ;;
+  cupy)  # the CuPy table alone on the machine
+    job 0 cupy_bench 280 "cd benchmarks && python3 bench_cupy.py --out $R --budget ${CUPY_BUDGET:-230}"
+    ;;
   final)  # after a ring run: the CuPy table alone on its GPU, the layer at 1M beside it
     job 0 cupy_bench 280 "cd benchmarks && python3 bench_cupy.py --out $R --budget ${CUPY_BUDGET:-230}"
     job 1 qwen_layer 280 "cd benchmarks && python3 bench_qwen_layer.py --out $R --lengths ${LAYER_LENGTHS:-1048576} --patterns $PWD/.patterns --budget ${LAYER_BUDGET:-250}"
     ;;
-  *) echo "stage: early, cupydca, layer or final" >&2; exit 2 ;;
+  *) echo "stage: early, cupydca, layer, cupy or final" >&2; exit 2 ;;
 esac
 wait
 grep -h "^\[.*\] rc=" "$R"/*.log
