@@ -94,7 +94,11 @@ class PatternSubstitution:
     force, here ``layer.backend``) first runs the real estimation on the
     layer's own q and k, so its time and memory are paid, then returns the
     index sets of ``source`` at the call's key count ``kv_len`` with the
-    same per-head budgets (checked: same shapes, same kept count per head):
+    same per-head budgets (checked: same shapes, same kept count per head).
+    The pipeline may estimate a segment's heads in several calls (one KV head
+    per call with the sparse layer's cache of rotated keys), in ascending
+    order; each call gets its heads' rows of the sets, and a segment's
+    estimation is counted once its last head is done:
 
     * ``"synthetic"``: ``qwen_patterns.synthetic_indices`` (bench_sparse's
       ``realistic`` generator, per head with its budget);
@@ -162,19 +166,30 @@ class PatternSubstitution:
             else:
                 self.host_ms += (time.perf_counter() - t0) * 1e3
             kv_len = k.shape[2]
+            h0, h1 = self.head, self.head + q.shape[1]  # the pipeline estimates head ranges in ascending order
             if self.source != "estimated":
-                v, s = (t.to(vertical.device) for t in self.sets_for(kv_len))
-                for mine, theirs, name in ((v, vertical, "vertical"), (s, slash, "slash")):
-                    if mine.shape != theirs.shape or not torch.equal((mine >= 0).sum(-1), (theirs >= 0).sum(-1)):
-                        raise AssertionError(f"{self.source} {name} sets at {kv_len} keys: shape {tuple(mine.shape)}, "
-                                             f"not the estimation's {tuple(theirs.shape)} with the same budgets")
-                vertical, slash = v, s
-            self.calls += 1
-            self.last = (kv_len, vertical, slash)
+                sets = []
+                for full, theirs, name in zip(self.sets_for(kv_len), (vertical, slash), ("vertical", "slash")):
+                    mine = full[:, h0:h1].to(theirs.device)
+                    width = theirs.shape[-1]
+                    if (mine[..., width:] >= 0).any() or mine[..., :width].shape != theirs.shape \
+                            or not torch.equal((mine >= 0).sum(-1), (theirs >= 0).sum(-1)):
+                        raise AssertionError(f"{self.source} {name} sets at {kv_len} keys, heads [{h0}, {h1}): shape "
+                                             f"{tuple(mine.shape)}, not the estimation's {tuple(theirs.shape)} with the same budgets")
+                    sets.append(mine[..., :width])
+                vertical, slash = sets
+            self.parts.append((vertical, slash))
+            self.head = h1 % self.heads
+            if self.head == 0:  # every head estimated: one estimation of the pipeline
+                self.calls += 1
+                joined = [torch.cat([torch.nn.functional.pad(p[i], (0, max(q[i].shape[-1] for q in self.parts) - p[i].shape[-1]),
+                                                             value=-1) for p in self.parts], dim=1) for i in (0, 1)]
+                self.last, self.parts = (kv_len, *joined), []
             return vertical, slash
 
         backend.vertical_slash_indices = substituted  # an instance attribute: found first by the backend lookup
         self.calls, self.last, self.events, self.host_ms = 0, None, [], 0.0
+        self.head, self.parts, self.heads = 0, [], self.layer.g.heads
         return self
 
     def __exit__(self, *exc):
@@ -212,7 +227,7 @@ def check_run(layer: QwenLayer, segments, n: int, sparse: bool) -> dict:
     errs = []
     for i, (begin, end) in enumerate(segments):
         q_rows = kept["q"][:, :, 64 * i : 64 * (i + 1)]
-        ref = layer.attention_reference(q_rows, kept["k"][:, :, :end], kept["v"][:, :, :end], n, sparse, begin)
+        ref = layer.kept_reference(q_rows, n, sparse, begin, end)
         errs.append(compare(kept["attention"][:, :, 64 * i : 64 * (i + 1)], ref,
                             max_position=layer.g.dca["chunk_size"]))
         del ref
@@ -250,6 +265,7 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
                 last = i == repeats - 1
                 if sparse:  # the estimation's count and time are those of the timed (last) call
                     substitution.calls, substitution.events, substitution.host_ms = 0, [], 0.0
+                    substitution.head, substitution.parts = 0, []
                 x = x_in.clone() if not last else x_in
                 sync(device)
                 t0 = time.perf_counter()
