@@ -48,7 +48,12 @@ compilation; ``--repeats 1`` times the first call alone); ``layer_peak_gib``, th
 starts (its weights, the hidden states of the prompt and the K/V cache,
 reported beside it), and ``mlp_peak_gib``, the MLP's own peak above its input
 (the largest over chunks), against the report's 71 GB -> 2.3 GB for one MLP
-at 1M tokens.  ``ttft_ratio`` on the ``dca+sparse`` rows is dense DCA's
+at 1M tokens; beside them the peaks of the other phases of a chunk, each
+above what was allocated when it started (``projection_peak_gib``: norm,
+q/k/v, the cache write; ``attention_peak_gib``: ``qwen_prefill``;
+``output_peak_gib``: the output projection), ``row_step`` (rows per
+sub-chunk of the row-wise work, ``qwen_layer.ROW_BYTES``) and
+``within_goal`` (``layer_peak`` at most 2.3e9 bytes).  ``ttft_ratio`` on the ``dca+sparse`` rows is dense DCA's
 time over ours with the same chunking (and ``vs_dense_unchunked``).
 
 Check: the attention outputs of the last row block of the first, middle and
@@ -76,6 +81,8 @@ from qwen_layer import QwenLayer, load_sparse_table, qwen25_7b_1m, tiny_geometry
 LENGTHS = (131072, 262144, 524288, 1048576)
 CHUNK = 32768
 GIB = 2**30
+#: The report's figure for chunked prefill's activation memory at 1M tokens, 2.3 GB (decimal; 2.14 GiB).
+GOAL_BYTES = 2.3e9
 #: Unchunked variants are run below this length only (see the note the run writes).
 SKIP_UNCHUNKED_FROM = 1048576
 #: Set from the command line before main_wrapper parses the common options.
@@ -283,6 +290,12 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
         extra = {}
         if memory:
             extra = {"layer_peak_gib": memory["layer_peak"] / GIB, "mlp_peak_gib": memory["mlp_peak"] / GIB,
+                     "projection_peak_gib": memory["projection_peak"] / GIB,
+                     "attention_peak_gib": memory["attention_peak"] / GIB, "output_peak_gib": memory["output_peak"] / GIB,
+                     "row_step": memory["row_step"],
+                     "mlp_sub_chunk_buffers_gib": 2 * min(memory["row_step"], n) * layer.g.intermediate
+                     * torch.finfo(dtype).bits / 8 / GIB,
+                     "within_goal": memory["layer_peak"] <= GOAL_BYTES,
                      "kv_cache_gib": memory["kv_cache"] / GIB, "weights_gib": layer.weight_bytes() / GIB,
                      "hidden_gib": n * layer.g.hidden * torch.finfo(dtype).bits / 8 / GIB}
         if sparse:
@@ -294,8 +307,10 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
                 ok=err["ok"], variant=name, length=n, sparse=sparse, chunk=chunk,
                 chunking=("chunked " + _k(chunk)) if chunk else "unchunked",
                 mlp_two_buffers_gib=2 * mlp_naive * layer.g.intermediate * torch.finfo(dtype).bits / 8 / GIB,
-                note=("peak above weights+hidden+K/V: layer {:.2f} GiB, MLP {:.2f} GiB".format(
-                    extra["layer_peak_gib"], extra["mlp_peak_gib"]) if memory else None), **extra)
+                note=("peak above weights+hidden+K/V: layer {:.2f} GiB (goal {:.2f}), attention {:.2f}, MLP {:.2f}, "
+                      "projections {:.2f}, output {:.2f} GiB".format(
+                          extra["layer_peak_gib"], GOAL_BYTES / GIB, extra["attention_peak_gib"], extra["mlp_peak_gib"],
+                          extra["projection_peak_gib"], extra["output_peak_gib"]) if memory else None), **extra)
     if device.type == "cuda":
         torch.cuda.empty_cache()
 

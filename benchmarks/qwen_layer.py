@@ -24,7 +24,20 @@ Chunked prefill (the report's section on inference): the prompt goes through
 the *whole layer* ``chunk`` tokens at a time.  Each chunk's keys and values are
 written into a K/V cache of the prompt's length; the chunk's queries attend to
 every key so far (``k[:, :, :end]``), and its MLP runs on ``chunk`` tokens
-only, which is what bounds the activation memory.  With dense DCA the chunked
+only, which is what bounds the activation memory.  Inside a chunk, the
+row-wise work (both RMSNorms, the q/k/v and output projections, the MLP) runs
+``row_step`` rows at a time, sized so that the MLP's two ``(rows,
+intermediate)`` buffers fit in :data:`ROW_BYTES` (7040 rows, 509 MiB, at
+Qwen2.5-7B's MLP 18944 in bf16): every one of these operations computes each
+token's row from that row alone (RMSNorm normalises a row by its own mean
+square; a matrix product's row ``i`` is row ``i`` of the input times the
+weight), so the sub-chunks give the same rows; only the GEMM library may pick
+another kernel for another row count, which can change the order of the
+additions inside a dot product (float rounding), never which terms are added.
+Sparse variant: the cache holds each key rotated once to its DCA key position
+``j mod L`` when it is written (a key's DCA position depends on its own index
+only), and :func:`yarnref.qwen_prefill` reads it with ``rotated_keys=True``
+instead of rotating a copy of every key at every call.  With dense DCA the chunked
 layer equals the unchunked one; with sparse attention each chunk estimates its
 own pattern, which is what :func:`yarnref.qwen_prefill` computes with
 ``prefill_chunk_size=chunk`` (both are tested on CPU in float64).
