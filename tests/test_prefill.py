@@ -582,3 +582,15 @@ def test_rotated_keys_on_torch_equal_the_spec():
         got = prefill.qwen_prefill(*(torch.from_numpy(a) for a in (q, dca_rotated(k), v)), INV_FREQ, cfg,
                                    prefill_chunk_size=64, rotated_keys=True)
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-12)
+
+
+def test_rotated_keys_in_key_blocks_change_no_bit(monkeypatch):
+    """The estimation's keys rotated a few keys at a time (a tiny ROTATE_STEP) give the same result bit for bit."""
+    rng = np.random.default_rng(8)
+    q, k, v = qkv(rng, tq=200, tk=256)
+    cfg = make_config(table_for(BUDGETS), original_max_position_embeddings=100)
+    k_rot = dca_rotated(k)
+    whole = prefill.qwen_prefill(q, k_rot, v, INV_FREQ, cfg, prefill_chunk_size=64, rotated_keys=True, return_lse=True)
+    monkeypatch.setattr(prefill, "ROTATE_STEP", 7)
+    pieces = prefill.qwen_prefill(q, k_rot, v, INV_FREQ, cfg, prefill_chunk_size=64, rotated_keys=True, return_lse=True)
+    assert all(np.array_equal(a, b) for a, b in zip(whole, pieces))

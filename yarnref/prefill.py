@@ -380,16 +380,29 @@ def _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size,
 ROTATE_STEP = 1 << 15
 
 
-def _shifted_keys(k_rot, inv_freq, pairing, blocks):
+def _shift_tables(inv_freq, blocks) -> dict:
+    """cos/sin ``(n, r/2)`` of each block's constant ``shift`` (``n``: the block's length, at most
+    :data:`ROTATE_STEP`), made once and sliced by :func:`_shifted_keys` for every key block and KV head."""
+    rope_cos_sin = _op("rope_cos_sin")
+    tables = {}
+    for start, stop, shift in blocks:
+        if stop > start and shift != 0:
+            n = max(min(stop - start, ROTATE_STEP), tables[shift][0].shape[0] if shift in tables else 0)
+            tables[shift] = rope_cos_sin(inv_freq, np.full(n, shift, dtype=np.int64))
+    return tables
+
+
+def _shifted_keys(k_rot, pairing, blocks, tables):
     """The estimation's keys made from keys already at ``r(j)``: ``concat`` over ``blocks`` ``(start, stop,
     shift)`` of ``k_rot[:, :, start:stop]`` rotated by the constant ``shift`` (a view where ``shift == 0``).
 
     RoPE rotations compose, :math:`R(a) R(b) = R(a + b)` (RoFormer Eq. (13)-(15)), so this is each key
     at ``r(j) + shift``; in a low-precision dtype the key is rounded twice (once when it was rotated to
     ``r(j)``, once here), in float64 it equals the direct rotation to the float64 rounding.  Rotated
-    :data:`ROTATE_STEP` keys at a time so that no cos/sin table over all keys exists.
+    :data:`ROTATE_STEP` keys at a time with the tables of :func:`_shift_tables`, so that no cos/sin
+    table over all keys exists.
     """
-    rope_cos_sin, apply_rope = _op("rope_cos_sin"), _op("apply_rope")
+    apply_rope = _op("apply_rope")
     pieces = []
     for start, stop, shift in blocks:
         if stop <= start:
@@ -397,10 +410,10 @@ def _shifted_keys(k_rot, inv_freq, pairing, blocks):
         if shift == 0:
             pieces.append(k_rot[:, :, start:stop])
             continue
+        cos, sin = tables[shift]
         for a in range(start, stop, ROTATE_STEP):  # a loop over key blocks of one DCA part
             b = min(a + ROTATE_STEP, stop)
-            cos, sin = rope_cos_sin(inv_freq, np.full(b - a, shift, dtype=np.int64))
-            pieces.append(apply_rope(k_rot[:, :, a:b], cos, sin, pairing))
+            pieces.append(apply_rope(k_rot[:, :, a:b], cos[: b - a], sin[: b - a], pairing))
     return _concatenate(pieces, 2)
 
 
@@ -444,6 +457,7 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_s
         q_est = rotate(q[:, :, end - offset - lq : end - offset], ids.successive_critical[end - lq : end])
         if rotated_keys:  # keys at r(j) already: rotated by the block's shift, one KV head per call
             blocks = [(0, max(cs - L, 0), L - C), (max(cs - L, 0), cs, 0), (cs, end, L)]
+            tables = _shift_tables(inv_freq, blocks)
             kv_groups = [(h, h + 1) for h in range(k.shape[1])]
         else:
             kv_groups = [(0, k.shape[1])]
@@ -452,7 +466,7 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_s
         for kv0, kv1 in kv_groups:  # a loop over KV heads (rotated keys) or one call
             h0, h1 = kv0 * group, kv1 * group
             if rotated_keys:
-                k_est = _shifted_keys(k[:, kv0:kv1], inv_freq, pairing, blocks)
+                k_est = _shifted_keys(k[:, kv0:kv1], pairing, blocks, tables)
             else:
                 j = np.arange(end)
                 key_shift = np.where(j >= cs, L, np.where(j >= cs - L, 0, L - C))
@@ -464,6 +478,7 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_s
             del k_est
             found.append((np.asarray(backend.to_numpy(vertical), dtype=np.int64),
                           np.asarray(backend.to_numpy(slash), dtype=np.int64)))
+        tables = None
         vertical, slash = (_pad_join([pair[i] for pair in found]) for i in (0, 1))
         plan = QwenSparseSegment(begin, end, cs, vertical, slash, _split_parts(vertical, slash, begin, end, cs, L))
         rows = q[:, :, begin - offset : end - offset]
