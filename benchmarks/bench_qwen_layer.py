@@ -48,7 +48,12 @@ compilation; ``--repeats 1`` times the first call alone); ``layer_peak_gib``, th
 starts (its weights, the hidden states of the prompt and the K/V cache,
 reported beside it), and ``mlp_peak_gib``, the MLP's own peak above its input
 (the largest over chunks), against the report's 71 GB -> 2.3 GB for one MLP
-at 1M tokens.  ``ttft_ratio`` on the ``dca+sparse`` rows is dense DCA's
+at 1M tokens; beside them the peaks of the other phases of a chunk, each
+above what was allocated when it started (``projection_peak_gib``: norm,
+q/k/v, the cache write; ``attention_peak_gib``: ``qwen_prefill``;
+``output_peak_gib``: the output projection), ``row_step`` (rows per
+sub-chunk of the row-wise work, ``qwen_layer.ROW_BYTES``) and
+``within_goal`` (``layer_peak`` at most 2.3e9 bytes).  ``ttft_ratio`` on the ``dca+sparse`` rows is dense DCA's
 time over ours with the same chunking (and ``vs_dense_unchunked``).
 
 Check: the attention outputs of the last row block of the first, middle and
@@ -76,6 +81,8 @@ from qwen_layer import QwenLayer, load_sparse_table, qwen25_7b_1m, tiny_geometry
 LENGTHS = (131072, 262144, 524288, 1048576)
 CHUNK = 32768
 GIB = 2**30
+#: The report's figure for chunked prefill's activation memory at 1M tokens, 2.3 GB (decimal; 2.14 GiB).
+GOAL_BYTES = 2.3e9
 #: Unchunked variants are run below this length only (see the note the run writes).
 SKIP_UNCHUNKED_FROM = 1048576
 #: Set from the command line before main_wrapper parses the common options.
@@ -94,7 +101,11 @@ class PatternSubstitution:
     force, here ``layer.backend``) first runs the real estimation on the
     layer's own q and k, so its time and memory are paid, then returns the
     index sets of ``source`` at the call's key count ``kv_len`` with the
-    same per-head budgets (checked: same shapes, same kept count per head):
+    same per-head budgets (checked: same shapes, same kept count per head).
+    The pipeline may estimate a segment's heads in several calls (one KV head
+    per call with the sparse layer's cache of rotated keys), in ascending
+    order; each call gets its heads' rows of the sets, and a segment's
+    estimation is counted once its last head is done:
 
     * ``"synthetic"``: ``qwen_patterns.synthetic_indices`` (bench_sparse's
       ``realistic`` generator, per head with its budget);
@@ -162,19 +173,30 @@ class PatternSubstitution:
             else:
                 self.host_ms += (time.perf_counter() - t0) * 1e3
             kv_len = k.shape[2]
+            h0, h1 = self.head, self.head + q.shape[1]  # the pipeline estimates head ranges in ascending order
             if self.source != "estimated":
-                v, s = (t.to(vertical.device) for t in self.sets_for(kv_len))
-                for mine, theirs, name in ((v, vertical, "vertical"), (s, slash, "slash")):
-                    if mine.shape != theirs.shape or not torch.equal((mine >= 0).sum(-1), (theirs >= 0).sum(-1)):
-                        raise AssertionError(f"{self.source} {name} sets at {kv_len} keys: shape {tuple(mine.shape)}, "
-                                             f"not the estimation's {tuple(theirs.shape)} with the same budgets")
-                vertical, slash = v, s
-            self.calls += 1
-            self.last = (kv_len, vertical, slash)
+                sets = []
+                for full, theirs, name in zip(self.sets_for(kv_len), (vertical, slash), ("vertical", "slash")):
+                    mine = full[:, h0:h1].to(theirs.device)
+                    width = theirs.shape[-1]
+                    if (mine[..., width:] >= 0).any() or mine[..., :width].shape != theirs.shape \
+                            or not torch.equal((mine >= 0).sum(-1), (theirs >= 0).sum(-1)):
+                        raise AssertionError(f"{self.source} {name} sets at {kv_len} keys, heads [{h0}, {h1}): shape "
+                                             f"{tuple(mine.shape)}, not the estimation's {tuple(theirs.shape)} with the same budgets")
+                    sets.append(mine[..., :width])
+                vertical, slash = sets
+            self.parts.append((vertical, slash))
+            self.head = h1 % self.heads
+            if self.head == 0:  # every head estimated: one estimation of the pipeline
+                self.calls += 1
+                joined = [torch.cat([torch.nn.functional.pad(p[i], (0, max(q[i].shape[-1] for q in self.parts) - p[i].shape[-1]),
+                                                             value=-1) for p in self.parts], dim=1) for i in (0, 1)]
+                self.last, self.parts = (kv_len, *joined), []
             return vertical, slash
 
         backend.vertical_slash_indices = substituted  # an instance attribute: found first by the backend lookup
         self.calls, self.last, self.events, self.host_ms = 0, None, [], 0.0
+        self.head, self.parts, self.heads = 0, [], self.layer.g.heads
         return self
 
     def __exit__(self, *exc):
@@ -212,7 +234,7 @@ def check_run(layer: QwenLayer, segments, n: int, sparse: bool) -> dict:
     errs = []
     for i, (begin, end) in enumerate(segments):
         q_rows = kept["q"][:, :, 64 * i : 64 * (i + 1)]
-        ref = layer.attention_reference(q_rows, kept["k"][:, :, :end], kept["v"][:, :, :end], n, sparse, begin)
+        ref = layer.kept_reference(q_rows, n, sparse, begin, end)
         errs.append(compare(kept["attention"][:, :, 64 * i : 64 * (i + 1)], ref,
                             max_position=layer.g.dca["chunk_size"]))
         del ref
@@ -250,6 +272,7 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
                 last = i == repeats - 1
                 if sparse:  # the estimation's count and time are those of the timed (last) call
                     substitution.calls, substitution.events, substitution.host_ms = 0, [], 0.0
+                    substitution.head, substitution.parts = 0, []
                 x = x_in.clone() if not last else x_in
                 sync(device)
                 t0 = time.perf_counter()
@@ -267,6 +290,12 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
         extra = {}
         if memory:
             extra = {"layer_peak_gib": memory["layer_peak"] / GIB, "mlp_peak_gib": memory["mlp_peak"] / GIB,
+                     "projection_peak_gib": memory["projection_peak"] / GIB,
+                     "attention_peak_gib": memory["attention_peak"] / GIB, "output_peak_gib": memory["output_peak"] / GIB,
+                     "row_step": memory["row_step"],
+                     "mlp_sub_chunk_buffers_gib": 2 * min(memory["row_step"], n) * layer.g.intermediate
+                     * torch.finfo(dtype).bits / 8 / GIB,
+                     "within_goal": memory["layer_peak"] <= GOAL_BYTES,
                      "kv_cache_gib": memory["kv_cache"] / GIB, "weights_gib": layer.weight_bytes() / GIB,
                      "hidden_gib": n * layer.g.hidden * torch.finfo(dtype).bits / 8 / GIB}
         if sparse:
@@ -278,8 +307,10 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
                 ok=err["ok"], variant=name, length=n, sparse=sparse, chunk=chunk,
                 chunking=("chunked " + _k(chunk)) if chunk else "unchunked",
                 mlp_two_buffers_gib=2 * mlp_naive * layer.g.intermediate * torch.finfo(dtype).bits / 8 / GIB,
-                note=("peak above weights+hidden+K/V: layer {:.2f} GiB, MLP {:.2f} GiB".format(
-                    extra["layer_peak_gib"], extra["mlp_peak_gib"]) if memory else None), **extra)
+                note=("peak above weights+hidden+K/V: layer {:.2f} GiB (goal {:.2f}), attention {:.2f}, MLP {:.2f}, "
+                      "projections {:.2f}, output {:.2f} GiB".format(
+                          extra["layer_peak_gib"], GOAL_BYTES / GIB, extra["attention_peak_gib"], extra["mlp_peak_gib"],
+                          extra["projection_peak_gib"], extra["output_peak_gib"]) if memory else None), **extra)
     if device.type == "cuda":
         torch.cuda.empty_cache()
 

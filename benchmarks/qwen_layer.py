@@ -24,7 +24,20 @@ Chunked prefill (the report's section on inference): the prompt goes through
 the *whole layer* ``chunk`` tokens at a time.  Each chunk's keys and values are
 written into a K/V cache of the prompt's length; the chunk's queries attend to
 every key so far (``k[:, :, :end]``), and its MLP runs on ``chunk`` tokens
-only, which is what bounds the activation memory.  With dense DCA the chunked
+only, which is what bounds the activation memory.  Inside a chunk, the
+row-wise work (both RMSNorms, the q/k/v and output projections, the MLP) runs
+``row_step`` rows at a time, sized so that the MLP's two ``(rows,
+intermediate)`` buffers fit in :data:`ROW_BYTES` (7040 rows, 509 MiB, at
+Qwen2.5-7B's MLP 18944 in bf16): every one of these operations computes each
+token's row from that row alone (RMSNorm normalises a row by its own mean
+square; a matrix product's row ``i`` is row ``i`` of the input times the
+weight), so the sub-chunks give the same rows; only the GEMM library may pick
+another kernel for another row count, which can change the order of the
+additions inside a dot product (float rounding), never which terms are added.
+Sparse variant: the cache holds each key rotated once to its DCA key position
+``j mod L`` when it is written (a key's DCA position depends on its own index
+only), and :func:`yarnref.qwen_prefill` reads it with ``rotated_keys=True``
+instead of rotating a copy of every key at every call.  With dense DCA the chunked
 layer equals the unchunked one; with sparse attention each chunk estimates its
 own pattern, which is what :func:`yarnref.qwen_prefill` computes with
 ``prefill_chunk_size=chunk`` (both are tested on CPU in float64).
@@ -46,6 +59,10 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+#: Bytes of the two ``(rows, intermediate)`` MLP buffers of one sub-chunk: inside a prefill chunk the row-wise
+#: work (RMSNorms, projections, MLP) runs ``rows`` at a time (:meth:`QwenLayer.row_step`), so its activations
+#: no longer grow with the chunk.  At Qwen2.5-7B's MLP 18944 in bf16: 7040 rows, 509 MiB.
+ROW_BYTES = 1 << 29
 #: The per-head budget table Qwen2.5-7B-Instruct-1M ships (see the provenance file beside it).
 SPARSE_TABLE_PATH = HERE / "data" / "qwen2.5_7b_instruct_1m_sparse_attention_config.json"
 
@@ -165,13 +182,34 @@ class QwenLayer:
         del h
         return gate @ self.w_down
 
-    def attention(self, q, k_seen, v_seen, seq_len: int, sparse: bool):
+    def row_step(self) -> int:
+        """Rows per sub-chunk of the row-wise work (norms, projections, MLP): the largest multiple of 64 whose two
+        ``(rows, intermediate)`` MLP buffers fit in :data:`ROW_BYTES` (at least 64)."""
+        per_row = 2 * self.g.intermediate * torch.finfo(self.dtype).bits // 8
+        return max(64, ROW_BYTES // per_row // 64 * 64)
+
+    def rotate_keys(self, k: torch.Tensor, start: int) -> torch.Tensor:
+        """Keys ``(1, kv_heads, n, d)`` of rows ``[start, start + n)`` rotated to their DCA key positions ``j mod L``,
+        as :func:`yarnref.qwen_prefill` rotates them (the same backend operations, so the same values)."""
+        import yarnref
+
+        L = self.g.dca["chunk_size"] - self.g.dca["local_size"]
+        positions = np.arange(start, start + k.shape[2], dtype=np.int64) % L
+        with yarnref.use_backend(self.backend) as be:
+            cos, sin = be.rope_cos_sin(self.inv_freq, positions)
+            return be.apply_rope(k, cos, sin, "half")
+
+    def gate_open(self, kv_len: int, sparse: bool) -> bool:
+        """Whether a call over ``kv_len`` keys takes the sparse path (the pipeline's threshold gate)."""
+        return sparse and kv_len > self.g.dca["sparse_attention_threshold"]
+
+    def attention(self, q, k_seen, v_seen, seq_len: int, sparse: bool, rotated_keys: bool = False):
         """:func:`yarnref.qwen_prefill` of the chunk's queries against the keys so far, on the torch backend."""
         import yarnref
 
         with yarnref.use_backend(self.backend):
             return yarnref.qwen_prefill(q, k_seen, v_seen, self.inv_freq, self.dca_config(sparse), layer=self.layer,
-                                        seq_len=seq_len)
+                                        seq_len=seq_len, rotated_keys=rotated_keys)
 
     # ------------------------------------------------------------------ the layer
 
@@ -180,65 +218,108 @@ class QwenLayer:
                 memory: dict | None = None, keep_rows=None) -> torch.Tensor:
         """Run the layer over the prompt ``x`` ``(T, hidden)``, ``chunk`` tokens at a time (None: all at once).
 
-        Overwrites ``x`` with the layer's output and returns it.  With
-        ``keep_attention`` the attention outputs ``(1, heads, T, d)`` are kept
-        in ``self.last_attention`` (for checks).  ``memory``: a dict that gets,
-        on CUDA, the peak bytes above the memory allocated at the start of the
-        call (``layer_peak``: weights, the input and the K/V cache are below
-        that line) and of the MLP alone (``mlp_peak``, above what was
-        allocated when the MLP started), the largest over chunks.  ``keep_rows``:
-        absolute rows whose queries and attention outputs are kept in
-        ``self.kept`` (``{"rows", "q", "attention"}``, each ``(1, heads, rows,
-        d)``), with the K/V cache (``"k"``, ``"v"``), for a float64 check.
+        Overwrites ``x`` with the layer's output and returns it.  Inside a
+        chunk the row-wise work (RMSNorms, the q/k/v and output projections,
+        the MLP) runs :meth:`row_step` rows at a time (see :data:`ROW_BYTES`).
+        With ``sparse`` the K/V cache holds the keys rotated to their DCA key
+        positions (:meth:`rotate_keys`, written once per token) and the
+        attention reads them with ``rotated_keys=True``; a call below the
+        sparse gate (dense DCA, which takes un-rotated keys) is then possible
+        for the first chunk only, which gets the chunk's own un-rotated keys.
+        With ``keep_attention`` the attention outputs ``(1, heads, T, d)`` are
+        kept in ``self.last_attention`` (for checks).  ``memory``: a dict that
+        gets, on CUDA, the peak bytes above the memory allocated at the start
+        of the call (``layer_peak``: weights, the input and the K/V cache are
+        below that line) and, per phase of a chunk, its peak above what was
+        allocated when the phase started (``projection_peak``: norm, q/k/v and
+        the cache write; ``attention_peak``; ``output_peak``: the output
+        projection and residual; ``mlp_peak``), the largest over chunks.
+        ``keep_rows``: absolute rows whose queries and attention outputs are
+        kept in ``self.kept`` (``{"rows", "q", "attention"}``, each ``(1,
+        heads, rows, d)``), with the K/V cache (``"k"``, ``"v"``; ``"k_rotated"``
+        says how ``"k"`` holds the keys, and ``"k_plain"`` has the un-rotated
+        keys of the first chunk when that call ran below the gate), for a
+        float64 check.
         """
         T = x.shape[0]
         chunk = T if chunk is None else chunk
+        step = self.row_step()
+        g = self.g
+        rotated = sparse  # the sparse pipeline reads a cache of keys rotated once
+        for start in range(chunk, T, chunk):
+            if rotated and not self.gate_open(min(start + chunk, T), True):
+                raise ValueError(f"chunk {chunk}: the call ending at {min(start + chunk, T)} keys runs below the sparse gate "
+                                 f"({g.dca['sparse_attention_threshold']}) after the first chunk, which a cache of rotated keys "
+                                 "cannot serve (dense DCA takes un-rotated keys); use a chunk above the gate")
         cuda = x.is_cuda and memory is not None
-        k_cache = torch.empty((1, self.g.kv_heads, T, self.g.head_dim), dtype=self.dtype, device=x.device)  # the K/V cache
+        k_cache = torch.empty((1, g.kv_heads, T, g.head_dim), dtype=self.dtype, device=x.device)  # the K/V cache
         v_cache = torch.empty_like(k_cache)
+        phase = [None, 0]  # the running phase and the memory allocated when it started
+
+        def mark(name):  # ends the running phase (its peak, and the layer's), starts ``name``
+            if not cuda:
+                return
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+            if phase[0] is not None:
+                memory[phase[0]] = max(memory[phase[0]], peak - phase[1])
+            memory["layer_peak"] = max(memory["layer_peak"], peak - base)
+            torch.cuda.reset_peak_memory_stats()
+            phase[:] = [name, torch.cuda.memory_allocated()]
+
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            memory.update(layer_peak=0, mlp_peak=0, kv_cache=2 * k_cache.numel() * k_cache.element_size())
+            memory.update(layer_peak=0, projection_peak=0, attention_peak=0, output_peak=0, mlp_peak=0,
+                          kv_cache=2 * k_cache.numel() * k_cache.element_size(), row_step=step)
         kept = [] if keep_attention else None
         rows = None if keep_rows is None else torch.as_tensor(sorted(keep_rows), dtype=torch.int64)
-        picked_q, picked_attn = [], []
+        picked_q, picked_attn, first_plain = [], [], None
         for start in range(0, T, chunk):
             stop = min(start + chunk, T)
-            h = _rms_norm(x[start:stop], self.norm1, self.g.rms_eps)
-            q, k, v = self.project(h)
-            del h
-            k_cache[:, :, start:stop], v_cache[:, :, start:stop] = k, v
-            del k, v
-            attn = self.attention(q, k_cache[:, :, :stop], v_cache[:, :, :stop], T, sparse)  # (1, heads, n, d)
+            n = stop - start
+            plain = rotated and not self.gate_open(stop, sparse)  # the first chunk, below the gate: un-rotated keys
+            mark("projection_peak")
+            q = torch.empty((1, g.heads, n, g.head_dim), dtype=self.dtype, device=x.device)
+            k_plain = torch.empty((1, g.kv_heads, n, g.head_dim), dtype=self.dtype, device=x.device) if plain else None
+            for a in range(0, n, step):  # row-wise: each row's norm and projections are its own
+                b = min(a + step, n)
+                h = _rms_norm(x[start + a : start + b], self.norm1, g.rms_eps)
+                q[:, :, a:b], k, v_cache[:, :, start + a : start + b] = self.project(h)
+                del h
+                if plain:
+                    k_plain[:, :, a:b] = k
+                k_cache[:, :, start + a : start + b] = self.rotate_keys(k, start + a) if rotated else k
+                del k
+            mark("attention_peak")
+            if plain:
+                attn = self.attention(q, k_plain, v_cache[:, :, :stop], T, sparse)  # (1, heads, n, d)
+            else:
+                attn = self.attention(q, k_cache[:, :, :stop], v_cache[:, :, :stop], T, sparse, rotated_keys=rotated)
             if rows is not None:
                 here = rows[(rows >= start) & (rows < stop)] - start
                 picked_q.append(q[:, :, here.to(q.device)].clone())
                 picked_attn.append(attn[:, :, here.to(q.device)].clone())
-            del q
+                first_plain = k_plain if plain else first_plain
+            del q, k_plain
             if kept is not None:
                 kept.append(attn)
-            o = attn[0].transpose(0, 1).reshape(stop - start, -1) @ self.w_o
+            mark("output_peak")
+            for a in range(0, n, step):
+                b = min(a + step, n)
+                x[start + a : start + b] += attn[0, :, a:b].transpose(0, 1).reshape(b - a, -1) @ self.w_o
             del attn
-            x[start:stop] += o
-            del o
-            if cuda:
-                torch.cuda.synchronize()
-                before = torch.cuda.memory_allocated()
-                memory["layer_peak"] = max(memory["layer_peak"], torch.cuda.max_memory_allocated() - base)
-                torch.cuda.reset_peak_memory_stats()
-            x[start:stop] += self.mlp(x[start:stop])
-            if cuda:
-                torch.cuda.synchronize()
-                peak = torch.cuda.max_memory_allocated()
-                memory["mlp_peak"] = max(memory["mlp_peak"], peak - before)
-                memory["layer_peak"] = max(memory["layer_peak"], peak - base)
+            mark("mlp_peak")
+            for a in range(0, n, step):  # the rows before a + start are done; these read their own rows only
+                b = min(a + step, n)
+                x[start + a : start + b] += self.mlp(x[start + a : start + b])
+        mark(None)
         if kept is not None:
             self.last_attention = torch.cat(kept, dim=2)
         if rows is not None:
             self.kept = {"rows": rows.tolist(), "q": torch.cat(picked_q, dim=2), "attention": torch.cat(picked_attn, dim=2),
-                         "k": k_cache, "v": v_cache}
+                         "k": k_cache, "v": v_cache, "k_rotated": rotated, "k_plain": first_plain}
         return x
 
     # ------------------------------------------------------------------ the float64 check
@@ -254,8 +335,19 @@ class QwenLayer:
             out += [(seg.begin, seg.end) for seg in dca_segments(stop, stop - start, self.g.dca["chunk_size"], self.g.dca["local_size"])]
         return out
 
+    def kept_reference(self, q_rows, T: int, sparse: bool, begin: int, end: int):
+        """:meth:`attention_reference` of rows ``[end - 64, end)`` from ``self.kept`` (the cache as the run held it:
+        rotated keys for the sparse path, the first chunk's un-rotated keys where its call ran below the gate)."""
+        kept = self.kept
+        rotated = kept["k_rotated"]
+        if rotated and not self.gate_open(end, sparse):
+            k, rotated = kept["k_plain"][:, :, :end], False
+        else:
+            k = kept["k"][:, :, :end]
+        return self.attention_reference(q_rows, k, kept["v"][:, :, :end], T, sparse, begin, rotated_keys=rotated)
+
     @torch.no_grad()
-    def attention_reference(self, q_rows, k, v, T: int, sparse: bool, begin: int):
+    def attention_reference(self, q_rows, k, v, T: int, sparse: bool, begin: int, rotated_keys: bool = False):
         """float64 attention of the last 64 rows of the DCA segment ``[begin, end)``, ``end = k.shape[2]``.
 
         ``q_rows`` ``(1, heads, 64, d)``: the run's queries of rows ``[end -
@@ -270,6 +362,10 @@ class QwenLayer:
         place their queries right after their keys, so their slash distances
         are taken down by ``end - 64 - begin`` for the 64-row call (the same
         absolute diagonals; those that go negative reach no key of these rows).
+        ``rotated_keys``: ``k`` holds the keys as the sparse layer's cache does,
+        rotated to ``j mod L`` (the plan is then computed from them, as the run
+        did, and they are attended as they are); the dense reference needs
+        un-rotated keys.
         """
         import yarnref
         from yarnref.dca import dca_position_ids, qwen_attention_scale
@@ -281,13 +377,19 @@ class QwenLayer:
         q64, k64, v64 = q_rows.double(), k.double(), v.double()
         with yarnref.use_backend(self.backend) as be:
             if not sparse or end <= dca["sparse_attention_threshold"]:
+                if rotated_keys:
+                    raise ValueError("the dense reference needs un-rotated keys")
                 return yarnref.qwen_prefill(q64, k64, v64, self.inv_freq, dca, layer=self.layer, seq_len=T)
             padded = torch.cat([q_rows.new_zeros(q_rows.shape[:2] + (end - m - begin, q_rows.shape[-1])), q_rows], dim=2)
-            (plan,) = yarnref.qwen_sparse_plan(padded, k, self.inv_freq, dca, layer=self.layer, seq_len=T)
+            (plan,) = yarnref.qwen_sparse_plan(padded, k, self.inv_freq, dca, layer=self.layer, seq_len=T,
+                                               rotated_keys=rotated_keys)
             del padded
             ids = dca_position_ids(end, dca["chunk_size"], dca["local_size"])
-            cos, sin = be.rope_cos_sin(self.inv_freq, ids.key)
-            k_rot = be.apply_rope(k64, cos, sin, "half")
+            if rotated_keys:
+                k_rot = k64
+            else:
+                cos, sin = be.rope_cos_sin(self.inv_freq, ids.key)
+                k_rot = be.apply_rope(k64, cos, sin, "half")
             temperature = qwen_attention_scale(T, dca["original_max_position_embeddings"])
             scale = temperature**2 / math.sqrt(self.g.head_dim)
             positions = {"intra": ids.intra, "successive": ids.successive, "inter": ids.inter}

@@ -13,6 +13,8 @@ and the Triton converter refuses lengths its int32 lists cannot hold.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -57,9 +59,11 @@ def _random_pattern(rng, batch, heads, kv_len, n_vertical, n_slash):
     return vertical, slash
 
 
+@pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("q_len,kv_len", [(256, 256), (200, 456), (129, 129), (64, 1000)])
-def test_lists_consumed_per_chunk_equal_one_shot(monkeypatch, q_len, kv_len):
-    """Chunks of row blocks (bounded list memory) give the one-shot outputs and lse.
+def test_lists_consumed_per_chunk_equal_one_shot(monkeypatch, q_len, kv_len, causal):
+    """Chunks of row blocks (bounded list memory) give the one-shot outputs and lse, causal or not
+    (queries after the keys: each chunk's distances shifted down by its first row).
 
     Each chunk sees the same keys; only the length of the blocked float64
     reductions of the CPU path changes, so the results agree to rounding.
@@ -71,17 +75,20 @@ def test_lists_consumed_per_chunk_equal_one_shot(monkeypatch, q_len, kv_len):
     k = torch.from_numpy(rng.standard_normal((1, 2, kv_len, 16)))
     v = torch.from_numpy(rng.standard_normal((1, 2, kv_len, 16)))
     vertical, slash = _random_pattern(rng, 1, 4, kv_len, 12, 20)
+    if not causal:  # distances up to kv_len + q_len reach keys of queries after the keys
+        slash = np.where(slash >= 0, slash + rng.integers(0, q_len, slash.shape), -1)
+    kw = dict(return_lse=True, causal=causal)
     with yarnref.use_backend("torch", device="cpu"):
-        whole, whole_lse = yarnref.vertical_slash_attention(q, k, v, vertical, slash, return_lse=True)
+        whole, whole_lse = yarnref.vertical_slash_attention(q, k, v, vertical, slash, **kw)
         assert torch_sparse._list_chunk_rows(1, 4, 12, 20, 64, 64) >= q_len  # one shot at the default budget
         # A budget of one row block's lists: every row block converted and consumed on its own.
         monkeypatch.setattr(torch_sparse, "LIST_BYTES", 4 * 4 * (20 + 12 + 2))
         assert torch_sparse._list_chunk_rows(1, 4, 12, 20, 64, 64) == 64
-        chunked, chunked_lse = yarnref.vertical_slash_attention(q, k, v, vertical, slash, return_lse=True)
+        chunked, chunked_lse = yarnref.vertical_slash_attention(q, k, v, vertical, slash, **kw)
     np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(chunked_lse.numpy(), whole_lse.numpy(), rtol=1e-13, atol=1e-13)
     # ... and both are the spec's kernel-mode result.
-    ref, ref_lse = yarnref.vertical_slash_attention(q.numpy(), k.numpy(), v.numpy(), vertical, slash, return_lse=True)
+    ref, ref_lse = yarnref.vertical_slash_attention(q.numpy(), k.numpy(), v.numpy(), vertical, slash, **kw)
     np.testing.assert_allclose(chunked.numpy(), ref, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(chunked_lse.numpy(), ref_lse, rtol=1e-11, atol=1e-11)
 
@@ -94,7 +101,7 @@ def test_list_chunk_at_1m_tokens_is_bounded():
     per_row_block = 4 * HQ * (6096 + 1000 + 2)
     assert rows % 64 == 0 and rows // 64 * per_row_block <= torch_sparse.LIST_BYTES
     whole = -(-T // 64) * per_row_block
-    assert whole > 12 * 2**30 and T // rows >= 12  # 12.1 GiB at once before; now a dozen chunks of <= 1 GiB
+    assert whole > 12 * 2**30 and T // rows >= 48  # 12.1 GiB at once before; now about fifty chunks of <= 256 MiB
 
 
 def test_triton_converter_refuses_lengths_beyond_int32():
@@ -336,3 +343,27 @@ def test_qwen_prefill_at_1m_tokens(qkv_1m):
     ref = _last_block_from_plan(plan[-1], q, k, v, inv_freq, heads, scale)
     assert relative_error(out[:, heads, T - 64 :], ref) < 1e-2
     del out
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+def test_merge_in_row_blocks_changes_no_bit(monkeypatch, dtype):
+    """The torch backend's LSE merge in blocks of rows (bounded temporaries) equals the one-block merge bit for bit,
+    empty parts (lse -inf) included, and is the spec's merge."""
+    from yarnref_torch import attention as torch_attention
+
+    rng = np.random.default_rng(11)
+    dt = getattr(torch, dtype)
+    outputs = [torch.from_numpy(rng.standard_normal((1, 3, 100, 8))).to(dt) for _ in range(3)]
+    lses = [torch.from_numpy(rng.standard_normal((1, 3, 100)) * 5).to(torch.float64 if dtype == "float64" else torch.float32)
+            for _ in range(3)]
+    lses[1][0, 1, 10:30] = -math.inf
+    lses[0][0, 2, 40:50] = lses[1][0, 2, 40:50] = lses[2][0, 2, 40:50] = -math.inf  # rows with no key at all
+    whole = torch_attention.merge_tensors(outputs, lses)
+    monkeypatch.setattr(torch_attention, "MERGE_BYTES", 7 * 3 * 8 * 4)  # 7 rows a step: blocks off the row count
+    blocked = torch_attention.merge_tensors(outputs, lses)
+    assert all(torch.equal(a, b) for a, b in zip(whole, blocked))
+    assert blocked[0].dtype == dt and blocked[1].dtype == lses[0].dtype
+    ref, ref_lse = yarnref.merge_attention([o.double().numpy() for o in outputs], [l.double().numpy() for l in lses])
+    tol = {"float64": 1e-12, "float32": 1e-5, "bfloat16": 1e-2}[dtype]
+    np.testing.assert_allclose(blocked[0].double().numpy(), ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(blocked[1].double().numpy(), ref_lse, rtol=tol, atol=tol)

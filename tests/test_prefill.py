@@ -427,14 +427,18 @@ def test_bad_input(data):
         assert err.value.param == param, (param, err.value)
 
 
-def test_qwen_prefill_runs_on_each_backend(backend):
+@pytest.mark.parametrize("rotated_keys", [False, True])
+def test_qwen_prefill_runs_on_each_backend(backend, rotated_keys):
+    """Each backend computes the spec's pipeline, from un-rotated keys or from keys rotated once."""
     rng = np.random.default_rng(7)
     q, k, v = qkv(rng, tq=200, tk=200)
     cfg = make_config(table_for(BUDGETS))
     want, want_lse = prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, prefill_chunk_size=90, return_lse=True)
+    keys = dca_rotated(k) if rotated_keys else k
     with yarnref.use_backend(backend):
         got, got_lse = prefill.qwen_prefill(
-            *(backend.asarray(a) for a in (q, k, v)), INV_FREQ, cfg, prefill_chunk_size=90, return_lse=True
+            *(backend.asarray(a) for a in (q, keys, v)), INV_FREQ, cfg, prefill_chunk_size=90, return_lse=True,
+            rotated_keys=rotated_keys,
         )
     np.testing.assert_allclose(backend.to_numpy(got), want, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(backend.to_numpy(got_lse), want_lse, rtol=1e-9, atol=1e-9)
@@ -516,3 +520,69 @@ def test_sparse_plan_when_no_part_needs_the_fallback():
     for segment in plan:
         for name, part in segment.parts.items():
             assert np.all(part.vertical_idx < part.keys[1] - part.keys[0]), name
+
+
+# ----------------------------------------------------------------------------- keys rotated once (a rotated K/V cache)
+
+
+def dca_rotated(k, pairing="half"):
+    """Every key at its DCA key position r(j) = j mod L, as a cache written once per token holds it."""
+    cos, sin = rope_cos_sin(INV_FREQ, dca_position_ids(k.shape[2], C, LOCAL).key)
+    return apply_rope(k, cos, sin, pairing)
+
+
+@given(seed=st.integers(0, 2**16), q_len=st.sampled_from([256, 190, 100]), prefill_chunk=st.sampled_from([None, 37, 100]),
+       pairing=st.sampled_from(["half", "interleaved"]), kv_heads=st.sampled_from([1, 2, 4]))
+def test_rotated_keys_equal_unrotated(seed, q_len, prefill_chunk, pairing, kv_heads):
+    """``rotated_keys=True`` on keys rotated once: the same plans and, to float64 rounding, the same outputs."""
+    rng = np.random.default_rng(seed)
+    q, k, v = qkv(rng, hk=kv_heads, tq=q_len, tk=256)
+    cfg = make_config(table_for(BUDGETS), original_max_position_embeddings=100)
+    kw = dict(prefill_chunk_size=prefill_chunk, pairing=pairing)
+    k_rot = dca_rotated(k, pairing)
+    out, lse = prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, 0.2, return_lse=True, **kw)
+    got, got_lse = prefill.qwen_prefill(q, k_rot, v, INV_FREQ, cfg, 0.2, return_lse=True, rotated_keys=True, **kw)
+    np.testing.assert_allclose(got, out, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got_lse, lse, rtol=0, atol=1e-12)
+    for a, b in zip(prefill.qwen_sparse_plan(q, k, INV_FREQ, cfg, 0.2, **kw),
+                    prefill.qwen_sparse_plan(q, k_rot, INV_FREQ, cfg, 0.2, rotated_keys=True, **kw)):
+        assert np.array_equal(a.vertical_idx, b.vertical_idx) and np.array_equal(a.slash_idx, b.slash_idx)
+        for name in a.parts:
+            assert all(np.array_equal(x, y) for x, y in zip(a.parts[name], b.parts[name]))
+
+
+def test_rotated_keys_plan_matches_vllm_estimation():
+    """The estimation from rotated keys is vLLM's (three key blocks of one rotated cache, three query rotations)."""
+    rng = np.random.default_rng(5)
+    q, k, _ = qkv(rng, tq=256, tk=256)
+    cfg = make_config(table_for(BUDGETS), sparse_attention_last_q=16)
+    budgets = prefill.sparse_attention_config_for(cfg, 0)
+    for seg in prefill.qwen_sparse_plan(q, dca_rotated(k), INV_FREQ, cfg, 0.25, prefill_chunk_size=100, rotated_keys=True):
+        for h, (top_v, top_s) in enumerate(vllm_estimate(q, k, 0.25, seg.begin, seg.end, budgets, last_q=16)):
+            assert seg.vertical_idx[0, h][seg.vertical_idx[0, h] >= 0].tolist() == top_v
+            assert seg.slash_idx[0, h][seg.slash_idx[0, h] >= 0].tolist() == top_s
+
+
+def test_rotated_keys_option_is_read():
+    """The option changes what k means: un-rotated keys passed as rotated give another result; dense refuses it."""
+    rng = np.random.default_rng(6)
+    q, k, v = qkv(rng, tq=256, tk=256)
+    cfg = make_config(table_for(BUDGETS))
+    out = prefill.qwen_prefill(q, k, v, INV_FREQ, cfg)
+    assert np.abs(prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, rotated_keys=True) - out).max() > 1e-3
+    with pytest.raises(InputError, match="rotated_keys"):
+        prefill.qwen_prefill(q, dca_rotated(k), v, INV_FREQ, make_config(table_for(BUDGETS), threshold=256), rotated_keys=True)
+    with pytest.raises(InputError, match="rotated_keys"):
+        prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, rotated_keys="yes")
+
+
+def test_rotated_keys_in_key_blocks_change_no_bit(monkeypatch):
+    """The estimation's keys rotated a few keys at a time (a tiny ROTATE_STEP) give the same result bit for bit."""
+    rng = np.random.default_rng(8)
+    q, k, v = qkv(rng, tq=200, tk=256)
+    cfg = make_config(table_for(BUDGETS), original_max_position_embeddings=100)
+    k_rot = dca_rotated(k)
+    whole = prefill.qwen_prefill(q, k_rot, v, INV_FREQ, cfg, prefill_chunk_size=64, rotated_keys=True, return_lse=True)
+    monkeypatch.setattr(prefill, "ROTATE_STEP", 7)
+    pieces = prefill.qwen_prefill(q, k_rot, v, INV_FREQ, cfg, prefill_chunk_size=64, rotated_keys=True, return_lse=True)
+    assert all(np.array_equal(a, b) for a, b in zip(whole, pieces))

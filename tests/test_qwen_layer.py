@@ -128,7 +128,7 @@ def test_attention_reference_of_kept_rows(sparse, chunk):
     kept = layer.kept
     for i, (begin, end) in enumerate(picked):
         q_rows = kept["q"][:, :, 64 * i : 64 * (i + 1)]
-        ref = layer.attention_reference(q_rows, kept["k"][:, :, :end], kept["v"][:, :, :end], T, sparse, begin)
+        ref = layer.kept_reference(q_rows, T, sparse, begin, end)
         np.testing.assert_allclose(kept["attention"][:, :, 64 * i : 64 * (i + 1)].numpy(), ref.numpy(), rtol=0, atol=1e-10)
 
 
@@ -202,3 +202,60 @@ def test_pattern_substitution_keeps_budgets_and_the_row_check_needs_it():
         np.testing.assert_array_equal((s >= 0).sum(-1).numpy(), (es >= 0).sum(-1).numpy())
     with pytest.raises(ValueError, match="smollm2"):
         bq.PatternSubstitution(layer, "smollm2")
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("chunk", [None, CHUNK])
+def test_row_sub_chunks_change_nothing(monkeypatch, sparse, chunk):
+    """The row-wise work in sub-chunks of 64 rows (a small ROW_BYTES) gives the layer of one sub-chunk per chunk."""
+    layer = _layer(qwen_layer.tiny_sparse_table())
+    x = _input(6)
+    whole = layer.forward(x.clone(), chunk=chunk, sparse=sparse, keep_attention=True)
+    attention = layer.last_attention
+    monkeypatch.setattr(qwen_layer, "ROW_BYTES", 2 * layer.g.intermediate * 8 * 64)
+    assert layer.row_step() == 64
+    split = layer.forward(x.clone(), chunk=chunk, sparse=sparse, keep_attention=True)
+    np.testing.assert_allclose(layer.last_attention.numpy(), attention.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(split.numpy(), whole.numpy(), rtol=0, atol=1e-12)
+    assert float((split - x).abs().max()) > 0.1
+
+
+def test_sparse_layer_caches_rotated_keys():
+    """The sparse layer's cache holds every key at j mod L (what the dense layer's cache holds, rotated once)."""
+    layer = _layer(qwen_layer.tiny_sparse_table())
+    x = _input(7)
+    rows = list(range(CHUNK - 64, CHUNK))
+    layer.forward(x.clone(), chunk=CHUNK, sparse=False, keep_rows=rows)
+    plain = layer.kept["k"]
+    layer.forward(x.clone(), chunk=CHUNK, sparse=True, keep_rows=rows)
+    assert layer.kept["k_rotated"]
+    ids = yarnref.dca_position_ids(T, 256, 64)
+    cos, sin = yarnref.rope_cos_sin(layer.inv_freq, ids.key)
+    np.testing.assert_allclose(layer.kept["k"].numpy(), yarnref.apply_rope(plain.numpy(), cos, sin), rtol=0, atol=1e-12)
+    assert layer.kept["k_plain"] is None  # CHUNK > the gate: no call below it
+    with pytest.raises(ValueError, match="below the sparse gate"):
+        layer.forward(x.clone(), chunk=40, sparse=True)  # the second call (80 keys) is below the gate (100)
+
+
+def test_first_chunk_below_the_gate_reads_its_own_keys():
+    """Gate at the chunk size (as at 1M: 32768 both): the first call is dense DCA on the chunk's un-rotated keys,
+    the later ones sparse on the rotated cache; the attention equals the spec's pipeline and the row check passes."""
+    g = qwen_layer.tiny_geometry()
+    geometry = qwen_layer.replace(g, dca={**g.dca, "sparse_attention_threshold": CHUNK, "sparse_attention_last_q": 64})
+    layer = qwen_layer.QwenLayer(geometry, dtype=torch.float64, seed=8, sparse_table=qwen_layer.tiny_sparse_table())
+    x = _input(8)
+    segments = layer.segments(T, CHUNK)
+    picked = [segments[0], segments[-1]]
+    assert picked[0] == (0, CHUNK)
+    rows = [r for _, e in picked for r in range(e - 64, e)]
+    layer.forward(x.clone(), chunk=CHUNK, sparse=True, keep_attention=True, keep_rows=rows)
+    h = qwen_layer._rms_norm(x, layer.norm1, layer.g.rms_eps)
+    q, k, v = (t.numpy() for t in layer.project(h))
+    with yarnref.use_backend("numpy"):
+        ref = yarnref.qwen_prefill(q, k, v, layer.inv_freq, layer.dca_config(True), layer=0, prefill_chunk_size=CHUNK)
+    np.testing.assert_allclose(layer.last_attention.numpy(), ref, rtol=0, atol=1e-10)
+    kept = layer.kept
+    assert kept["k_plain"].shape[2] == CHUNK
+    for i, (begin, end) in enumerate(picked):
+        got = layer.kept_reference(kept["q"][:, :, 64 * i : 64 * (i + 1)], T, True, begin, end)
+        np.testing.assert_allclose(kept["attention"][:, :, 64 * i : 64 * (i + 1)].numpy(), got.numpy(), rtol=0, atol=1e-10)

@@ -374,12 +374,60 @@ def _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size,
     return _QwenSetup(cfg, budgets, sparse, scale * temperature**2, ids, segments, chunk_of, int(seq_len))
 
 
-def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_segment"):
+#: Keys rotated per call of the backend's ``apply_rope`` when the estimation's keys are made from keys
+#: already rotated (``rotated_keys=True``): each call's cos/sin tables are ``(ROTATE_STEP, r/2)``, 16 MiB
+#: in float64 for r = 128, instead of a table over every key.
+ROTATE_STEP = 1 << 15
+
+
+def _shift_tables(inv_freq, blocks) -> dict:
+    """cos/sin ``(n, r/2)`` of each block's constant ``shift`` (``n``: the block's length, at most
+    :data:`ROTATE_STEP`), made once and sliced by :func:`_shifted_keys` for every key block and KV head."""
+    rope_cos_sin = _op("rope_cos_sin")
+    tables = {}
+    for start, stop, shift in blocks:
+        if stop > start and shift != 0:
+            n = max(min(stop - start, ROTATE_STEP), tables[shift][0].shape[0] if shift in tables else 0)
+            tables[shift] = rope_cos_sin(inv_freq, np.full(n, shift, dtype=np.int64))
+    return tables
+
+
+def _shifted_keys(k_rot, pairing, blocks, tables):
+    """The estimation's keys made from keys already at ``r(j)``: ``concat`` over ``blocks`` ``(start, stop,
+    shift)`` of ``k_rot[:, :, start:stop]`` rotated by the constant ``shift`` (a view where ``shift == 0``).
+
+    RoPE rotations compose, :math:`R(a) R(b) = R(a + b)` (RoFormer Eq. (13)-(15)), so this is each key
+    at ``r(j) + shift``; in a low-precision dtype the key is rounded twice (once when it was rotated to
+    ``r(j)``, once here), in float64 it equals the direct rotation to the float64 rounding.  Rotated
+    :data:`ROTATE_STEP` keys at a time with the tables of :func:`_shift_tables`, so that no cos/sin
+    table over all keys exists.
+    """
+    apply_rope = _op("apply_rope")
+    pieces = []
+    for start, stop, shift in blocks:
+        if stop <= start:
+            continue
+        if shift == 0:
+            pieces.append(k_rot[:, :, start:stop])
+            continue
+        cos, sin = tables[shift]
+        for a in range(start, stop, ROTATE_STEP):  # a loop over key blocks of one DCA part
+            b = min(a + ROTATE_STEP, stop)
+            pieces.append(apply_rope(k_rot[:, :, a:b], cos[: b - a], sin[: b - a], pairing))
+    return _concatenate(pieces, 2)
+
+
+def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_segment", rotated_keys=False):
     """Yield ``(QwenSparseSegment, rotate_queries)`` per DCA segment (steps 3 and 4 of the pipeline).
 
     ``rotate_queries(positions)`` rotates the segment's queries to
-    ``positions[begin:end]`` through the backend.  ``budget_clamp``: see
-    :func:`qwen_prefill`.
+    ``positions[begin:end]`` through the backend.  ``budget_clamp`` and
+    ``rotated_keys``: see :func:`qwen_prefill`.  With ``rotated_keys`` the
+    estimation runs one KV head (and its query heads) per call of the
+    backend's ``vertical_slash_indices``, in ascending order, so that its keys
+    (made by :func:`_shifted_keys`) exist for one KV head at a time; every
+    head's scores are its own, so the indices are those of one call over all
+    heads.
     """
     backend = _backend()
     rope_cos_sin, apply_rope = _op("rope_cos_sin"), _op("apply_rope")
@@ -406,19 +454,43 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_s
         # keys) and r(i) + C (inter keys), keys at r(j).  RoPE scores depend only on the difference of the
         # two positions (RoFormer Eq. 16), so one product does it: queries at r(i) + L, keys at r(j) + L
         # (intra), r(j) (successive) and r(j) + L - C (inter).
-        j = np.arange(end)
-        key_shift = np.where(j >= cs, L, np.where(j >= cs - L, 0, L - C))
-        k_est = rotate(k[:, :, :end], ids.key[:end] + key_shift)
         q_est = rotate(q[:, :, end - offset - lq : end - offset], ids.successive_critical[end - lq : end])
-        vertical, slash = vertical_slash_indices(
-            q_est, k_est, vertical_budget, slash_budget, lq,
-            scale=setup.scale, force_verticals=_FORCE_VERTICALS, force_slashes=_FORCE_SLASHES,
-        )
-        vertical = np.asarray(backend.to_numpy(vertical), dtype=np.int64)
-        slash = np.asarray(backend.to_numpy(slash), dtype=np.int64)
+        if rotated_keys:  # keys at r(j) already: rotated by the block's shift, one KV head per call
+            blocks = [(0, max(cs - L, 0), L - C), (max(cs - L, 0), cs, 0), (cs, end, L)]
+            tables = _shift_tables(inv_freq, blocks)
+            kv_groups = [(h, h + 1) for h in range(k.shape[1])]
+        else:
+            kv_groups = [(0, k.shape[1])]
+        group = q.shape[1] // k.shape[1]
+        found = []
+        for kv0, kv1 in kv_groups:  # a loop over KV heads (rotated keys) or one call
+            h0, h1 = kv0 * group, kv1 * group
+            if rotated_keys:
+                k_est = _shifted_keys(k[:, kv0:kv1], pairing, blocks, tables)
+            else:
+                j = np.arange(end)
+                key_shift = np.where(j >= cs, L, np.where(j >= cs - L, 0, L - C))
+                k_est = rotate(k[:, :, :end], ids.key[:end] + key_shift)
+            vertical, slash = vertical_slash_indices(
+                q_est[:, h0:h1], k_est, vertical_budget[h0:h1], slash_budget[h0:h1], lq,
+                scale=setup.scale, force_verticals=_FORCE_VERTICALS, force_slashes=_FORCE_SLASHES,
+            )
+            del k_est
+            found.append((np.asarray(backend.to_numpy(vertical), dtype=np.int64),
+                          np.asarray(backend.to_numpy(slash), dtype=np.int64)))
+        tables = None
+        vertical, slash = (_pad_join([pair[i] for pair in found]) for i in (0, 1))
         plan = QwenSparseSegment(begin, end, cs, vertical, slash, _split_parts(vertical, slash, begin, end, cs, L))
         rows = q[:, :, begin - offset : end - offset]
         yield plan, (lambda positions, rows=rows, begin=begin, end=end: rotate(rows, positions[begin:end]))
+
+
+def _pad_join(parts: list) -> np.ndarray:
+    """Per-head index arrays ``(batch, heads_i, n_i)`` joined along the heads, ``-1``-padded to the widest."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(p.shape[-1] for p in parts)
+    return np.concatenate([np.pad(p, ((0, 0), (0, 0), (0, width - p.shape[-1])), constant_values=-1) for p in parts], axis=1)
 
 
 def _check_budget_clamp(budget_clamp):
@@ -428,7 +500,7 @@ def _check_budget_clamp(budget_clamp):
 
 
 def qwen_sparse_plan(q, k, inv_freq, dca, scale=None, *, layer=0, heads=None, prefill_chunk_size=None, pairing="half",
-                     budget_clamp="per_segment", seq_len=None):
+                     budget_clamp="per_segment", seq_len=None, rotated_keys=False):
     """The index sets :func:`qwen_prefill`'s sparse path uses, one :class:`QwenSparseSegment` per DCA segment.
 
     Same arguments as :func:`qwen_prefill` (``v`` is not needed); the
@@ -440,15 +512,16 @@ def qwen_sparse_plan(q, k, inv_freq, dca, scale=None, *, layer=0, heads=None, pr
     top-k ties).
     """
     budget_clamp = _check_budget_clamp(budget_clamp)
+    rotated_keys = _check_bool("rotated_keys", rotated_keys)
     setup = _qwen_setup(q, k, k, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing, seq_len)
     if setup.budgets is None:
         raise ConfigError("sparse_attention_enabled", False, "true, with a sparse_attention_config, for a sparse plan")
     q, k = _spec_float64(q, k)
-    return [plan for plan, _ in _walk_sparse(setup, q, k, inv_freq, pairing, budget_clamp)]
+    return [plan for plan, _ in _walk_sparse(setup, q, k, inv_freq, pairing, budget_clamp, rotated_keys)]
 
 
 def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, prefill_chunk_size=None, pairing="half",
-                 return_lse=False, budget_clamp="per_segment", seq_len=None):
+                 return_lse=False, budget_clamp="per_segment", seq_len=None, rotated_keys=False):
     """The Qwen2.5-1M prefill of one attention layer: DCA, vertical-slash sparse above the threshold.
 
     ``q`` ``(batch, q_heads, q_len, head_dim)``, ``k`` ``(batch, kv_heads,
@@ -485,6 +558,20 @@ def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, pre
     below still looks at the keys of the call (``kv_len``), as vLLM decides
     per forward call.
 
+    ``rotated_keys``: ``k`` holds the keys already rotated to their DCA key
+    positions ``r(j) = j mod L`` (``dca_position_ids(kv_len, ...).key``, with
+    ``pairing``), as a K/V cache written once per token holds them (a key's
+    DCA position depends on its own index only; vLLM's cache holds keys this
+    way).  The sparse path then attends over ``k`` itself instead of rotating
+    a copy of every key, and makes the estimation's keys (``r(j) + L``,
+    ``r(j)``, ``r(j) + L - C`` by block) by rotating these by the block's
+    shift, one KV head at a time: the same keys up to one more rounding in a
+    low-precision dtype (float64: equal to its rounding), and the same index
+    sets wherever the estimation's scores are not within that rounding of a
+    tie.  Only the sparse path takes rotated keys: below the gate it is a
+    :class:`~yarnref.errors.InputError` (dense DCA rotates un-rotated keys
+    itself).
+
     Below the gate (sparse disabled, or ``kv_len <=
     sparse_attention_threshold``) this is :func:`yarnref.dca.dca_attention`
     (dense DCA with the config's temperature).  Above it, the pipeline of the
@@ -495,7 +582,12 @@ def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, pre
     """
     return_lse = _check_bool("return_lse", return_lse)
     budget_clamp = _check_budget_clamp(budget_clamp)
+    rotated_keys = _check_bool("rotated_keys", rotated_keys)
     setup = _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size, pairing, seq_len)
+    if not setup.sparse and rotated_keys:
+        raise InputError("rotated_keys", True, f"False when the call runs dense DCA (sparse attention disabled, or kv_len = "
+                         f"{k.shape[2]} <= sparse_attention_threshold = {setup.cfg.sparse_attention_threshold}): "
+                         "dca_attention takes un-rotated keys")
     if not setup.sparse:
         kwargs = setup.cfg.attention_kwargs()
         if kwargs["temperature"] == "qwen":
@@ -509,11 +601,15 @@ def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, pre
     rope_cos_sin, apply_rope = _op("rope_cos_sin"), _op("apply_rope")
     sparse_attention, merge = _op("vertical_slash_attention"), _op("merge_attention")
     ids = setup.ids
-    cos, sin = rope_cos_sin(inv_freq, ids.key)
-    k_rot = apply_rope(k, cos, sin, pairing)  # every key at r(j), once
+    if rotated_keys:
+        k_rot = k
+    else:
+        cos, sin = rope_cos_sin(inv_freq, ids.key)
+        k_rot = apply_rope(k, cos, sin, pairing)  # every key at r(j), once
+        del cos, sin
     query_positions = {"intra": ids.intra, "successive": ids.successive, "inter": ids.inter}
     outputs, lses = [], []
-    for plan, rotate_queries in _walk_sparse(setup, q, k, inv_freq, pairing, budget_clamp):
+    for plan, rotate_queries in _walk_sparse(setup, q, k, inv_freq, pairing, budget_clamp, rotated_keys):
         part_outputs, part_lses = [], []
         for name, part in plan.parts.items():
             start, stop = part.keys

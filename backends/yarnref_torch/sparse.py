@@ -448,21 +448,25 @@ def vertical_slash_attention(
         return (out, lse) if return_lse else out
     if bn < bm:
         raise InputError("block_size_n", bn, f"at least block_size_m = {bm} (the kernels use 64 x 64)")
-    step = _list_chunk_rows(batch, q_heads, vertical.shape[-1], slash.shape[-1], bm, bn) if causal else q_len
+    step = _list_chunk_rows(batch, q_heads, vertical.shape[-1], slash.shape[-1], bm, bn)
     if step >= q_len:
         out, lse = _kernel_mode_rows(q, k, v, vertical, slash, scale, causal, bm, bn)
         return (out, lse) if return_lse else out
-    # Causal and long: the lists are converted and consumed one chunk of row blocks at a time.  Rows
-    # [start, stop) are the last queries of the first kv_len - q_len + stop keys, so each chunk is the
-    # same problem with those lengths; a row block's key set depends on its own rows only, so the
-    # output is the one-shot result (the lists differ only by ranges wholly above the diagonal).
+    # Long: the lists are converted and consumed one chunk of row blocks at a time; a row block's key
+    # set depends on its own rows only (a key j is on slash delta for row r where j = p_r - delta), so
+    # each chunk is the same problem over fewer rows and the output is the one-shot result.  Causal:
+    # rows [start, stop) are the last queries of the first kv_len - q_len + stop keys (the lists differ
+    # only by ranges wholly above the diagonal).  Queries after the keys (causal=False): row r sits at
+    # p_r = kv_len + r, the chunk's row r - start at kv_len + r - start, so its distances are delta -
+    # start (a delta below start reaches no key of these rows: -1).
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse_parts = []
     for start in range(0, q_len, step):
         stop = min(start + step, q_len)
-        keys = kv_len - q_len + stop
+        keys = kv_len - q_len + stop if causal else kv_len
+        chunk_slash = slash if causal else torch.where(slash >= start, slash - start, -1)
         part_out, part_lse = _kernel_mode_rows(
-            q[:, :, start:stop], k[:, :, :keys], v[:, :, :keys], vertical, slash, scale, causal, bm, bn
+            q[:, :, start:stop], k[:, :, :keys], v[:, :, :keys], vertical, chunk_slash, scale, causal, bm, bn
         )
         out[:, :, start:stop] = part_out
         lse_parts.append(part_lse)
@@ -471,8 +475,11 @@ def vertical_slash_attention(
 
 #: Bytes that the block and column lists of one ``vertical_slash_attention`` call may take at once.  At
 #: 1M tokens, 28 heads and budgets of 1000 verticals / 6096 slashes the whole lists take 12.1 GiB (more
-#: than q, k and v together); causal calls convert and consume them per chunk of row blocks instead.
-LIST_BYTES = 1 << 30
+#: than q, k and v together); calls convert and consume them per chunk of row blocks instead (causal or
+#: not).  On CUDA the Triton kernel's pair schedule adds at most 5/8 of the lists again (an int8 and an
+#: int32 entry per pair of row blocks).  256 MiB: at Qwen2.5-7B's 28 heads and the largest budgets
+#: (19532 + 24528 entries per row block) about 54 row blocks (3456 rows) per chunk.
+LIST_BYTES = 1 << 28
 
 
 def _list_chunk_rows(batch: int, heads: int, n_vertical: int, n_slash: int, bm: int, bn: int) -> int:
