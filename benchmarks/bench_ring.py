@@ -134,6 +134,31 @@ class Bench:
             times.append((time.perf_counter() - t) * 1e3)
         return statistics.median(times), out
 
+    def single(self, fn, check, reps: int):
+        """One GPU: rank 0 times ``fn()`` alone (``reps`` calls after a warm-up) and checks its output with ``check(out)``.
+
+        The other ranks wait.  Every rank gets ``(median ms, every rank's check combined)``.
+        """
+        ms, result = None, {"max_abs": 0.0, "rel_l2": 0.0, "ok": True, "rows": 0}
+        if self.rank == 0:
+            out = fn()  # warm-up (cuDNN plans, kernel compilation)
+            times = []
+            for _ in range(reps):
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                t = time.perf_counter()
+                out = fn()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                times.append((time.perf_counter() - t) * 1e3)
+            ms = statistics.median(times)
+            result = check(out)
+            del out
+        result = self.gather_check(result)
+        box = [ms]
+        dist.broadcast_object_list(box, src=0)
+        return box[0], result
+
     def add(self, **row):
         if row.get("ms") and row.get("seq_len") and row.get("part") == "dense":
             # Causal attention's forward FLOPs over all GPUs, per GPU per second.
@@ -181,6 +206,23 @@ def contiguous_global(positions: np.ndarray, start: int, stop: int):
     return (int(p[0]), int(p[-1]) + 1) if np.all(np.diff(p) == 1) else None
 
 
+def check_sampled(out_local, positions, reference, block: int | None = None) -> dict:
+    """Check this rank's sampled rows against ``reference((a, c))``, float64 rows of global positions ``[a, c)``.
+
+    A sampled run is checked where its global positions are contiguous (and,
+    with ``block``, inside one ``block``-row block, whose key set the
+    reference recomputes).
+    """
+    outs, refs = [], []
+    for start, stop in sample_blocks(out_local.shape[2]):
+        rng = contiguous_global(positions, start, stop)
+        if rng is None or (block and rng[0] // block != (rng[1] - 1) // block):
+            continue
+        outs.append(out_local[:, :CHECK_HEADS, start:stop])
+        refs.append(reference(rng))
+    return check_rows(None, outs, refs)
+
+
 def dense_ref(q, k, v, positions, scale):
     """float64 causal attention of the given global query positions, first CHECK_HEADS heads (yarnref's, on the device)."""
     h = CHECK_HEADS
@@ -225,33 +267,15 @@ def bench_dense(b: Bench, n: int, p2p_gbs: float):
     single_ms = None
     # One GPU (rank 0), where it fits.
     if n <= b.args.single_max:
-        check = {"max_abs": 0.0, "rel_l2": 0.0, "ok": True, "rows": 0}
-        if b.rank == 0:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
-            def single():
-                with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION] if b.device.type == "cuda" else [SDPBackend.MATH]):
-                    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        def single():
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION] if b.device.type == "cuda" else [SDPBackend.MATH]):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
 
-            t = time.perf_counter()
-            out = single()  # warm-up (cuDNN plan)
-            if b.device.type == "cuda":
-                torch.cuda.synchronize()
-            times = []
-            for _ in range(reps):
-                t = time.perf_counter()
-                out = single()
-                if b.device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append((time.perf_counter() - t) * 1e3)
-            single_ms = statistics.median(times)
-            rows = np.concatenate([np.arange(0, CHECK_ROWS), np.arange(n - CHECK_ROWS, n)])
-            check = check_rows(None, [out[:, :CHECK_HEADS, torch.as_tensor(rows, device=b.device)]], [dense_ref(q, k, v, rows, scale)])
-            del out
-        check = b.gather_check(check)
-        single_ms = [single_ms]
-        dist.broadcast_object_list(single_ms, src=0)
-        single_ms = single_ms[0]
+        rows = np.concatenate([np.arange(0, CHECK_ROWS), np.arange(n - CHECK_ROWS, n)])
+        check_single = lambda out: check_rows(None, [out[:, :CHECK_HEADS, torch.as_tensor(rows, device=b.device)]], [dense_ref(q, k, v, rows, scale)])  # noqa: E731
+        single_ms, check = b.single(single, check_single, reps)
         b.add(part="dense", seq_len=n, impl="single GPU (SDPA cuDNN)" if b.device.type == "cuda" else "single process (SDPA math)", gpus=1, ms=single_ms, check=check)
         if b.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -336,38 +360,15 @@ def bench_dca(b: Bench, n: int):
             return yarnref.dca_attention(f64(q)[:, :, a:c], f64(k), f64(v), inv_freq, chunk, local_size, scale)
 
     def check(out_local, positions):
-        outs, refs = [], []
-        for start, stop in sample_blocks(out_local.shape[2]):
-            rng = contiguous_global(positions, start, stop)
-            if rng is None:
-                continue
-            outs.append(out_local[:, :CHECK_HEADS, start:stop])
-            refs.append(reference(rng))
-        return check_rows(None, outs, refs)
+        return check_sampled(out_local, positions, reference)
 
     single_ms = None
     if n <= b.args.single_max:
-        c = {"max_abs": 0.0, "rel_l2": 0.0, "ok": True, "rows": 0}
-        if b.rank == 0:
+        def single():
             with yarnref.use_backend("torch", device=b.device):
-                fn = lambda: yarnref.dca_attention(q, k, v, inv_freq, chunk, local_size, scale)  # noqa: E731
-                out = fn()
-                if b.device.type == "cuda":
-                    torch.cuda.synchronize()
-                times = []
-                for _ in range(reps):
-                    t = time.perf_counter()
-                    out = fn()
-                    if b.device.type == "cuda":
-                        torch.cuda.synchronize()
-                    times.append((time.perf_counter() - t) * 1e3)
-            single_ms = statistics.median(times)
-            c = check(out, np.arange(n))
-            del out
-        c = b.gather_check(c)
-        box = [single_ms]
-        dist.broadcast_object_list(box, src=0)
-        single_ms = box[0]
+                return yarnref.dca_attention(q, k, v, inv_freq, chunk, local_size, scale)
+
+        single_ms, c = b.single(single, lambda out: check(out, np.arange(n)), reps)
         b.add(part="dca", seq_len=n, impl="single GPU (yarnref torch dca_attention)", gpus=1, ms=single_ms, check=c)
     layout = "zigzag"
     positions = shard_positions(n, b.world, layout)[b.rank]
@@ -401,38 +402,15 @@ def bench_vs(b: Bench, n: int):
         return torch.stack(out)[None]  # (1, heads, rows, d)
 
     def check(out_local, positions):
-        outs, refs = [], []
-        for start, stop in sample_blocks(out_local.shape[2]):
-            rng = contiguous_global(positions, start, stop)
-            if rng is None or rng[0] // VS_BLOCK != (rng[1] - 1) // VS_BLOCK:
-                continue
-            outs.append(out_local[:, :CHECK_HEADS, start:stop])
-            refs.append(reference(rng))
-        return check_rows(None, outs, refs)
+        return check_sampled(out_local, positions, reference, block=VS_BLOCK)
 
     single_ms = None
     if n <= b.args.single_max:
-        c = {"max_abs": 0.0, "rel_l2": 0.0, "ok": True, "rows": 0}
-        if b.rank == 0:
+        def single():
             with yarnref.use_backend("torch", device=b.device):
-                fn = lambda: yarnref.vertical_slash_attention(q, k, v, vertical, slash, scale=scale)  # noqa: E731  (kernel mode)
-                out = fn()
-                if b.device.type == "cuda":
-                    torch.cuda.synchronize()
-                times = []
-                for _ in range(reps):
-                    t = time.perf_counter()
-                    out = fn()
-                    if b.device.type == "cuda":
-                        torch.cuda.synchronize()
-                    times.append((time.perf_counter() - t) * 1e3)
-            single_ms = statistics.median(times)
-            c = check(out, np.arange(n))
-            del out
-        c = b.gather_check(c)
-        box = [single_ms]
-        dist.broadcast_object_list(box, src=0)
-        single_ms = box[0]
+                return yarnref.vertical_slash_attention(q, k, v, vertical, slash, scale=scale)  # kernel mode, the default
+
+        single_ms, c = b.single(single, lambda out: check(out, np.arange(n)), reps)
         b.add(**base, impl="single GPU (yarnref torch vertical_slash_attention, kernel mode)", gpus=1, ms=single_ms, check=c)
         if b.device.type == "cuda":
             torch.cuda.empty_cache()
