@@ -207,6 +207,14 @@ def scalar(value, dtype):
     return np.dtype(dtype).type(value)
 
 
+def written(result, view):
+    """``result``, copied into ``view`` when the caller gave one (an output view to fill), else itself."""
+    if view is None:
+        return result
+    view[...] = result
+    return view
+
+
 def where_scalar(xp, cond, a, value):
     """``where(cond, a, value)`` with ``value`` a scalar, keeping ``a``'s dtype."""
     return xp.where(cond, a, scalar(value, a.dtype))

@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
-from ._arrays import compute_dtype, is_half, scalar, where_scalar
+from ._arrays import compute_dtype, is_half, scalar, where_scalar, written
 from .flash import flash_attention, fusable
 
 
@@ -77,19 +77,11 @@ def fused_attention(xp, q, k, v, scale: float, causal: bool, out=None, lse=None)
                 kernels.to_torch(torch, q), kernels.to_torch(torch, k), kernels.to_torch(torch, v),
                 causal=causal, scale=scale, return_lse=True,
             )
-            return _written(kernels.to_cupy(xp, o), out), _written(kernels.to_cupy(xp, l), lse)
+            return written(kernels.to_cupy(xp, o), out), written(kernels.to_cupy(xp, l), lse)
     if fusable(xp, q, k, v):
         o, l = flash_attention(xp, q, k, v, scale, causal)
-        return _written(o, out), _written(l, lse)
+        return written(o, out), written(l, lse)
     return None
-
-
-def _written(result, view):
-    """``result``, copied into ``view`` when the caller gave one."""
-    if view is None:
-        return result
-    view[...] = result
-    return view
 
 
 #: Whether the Triton dense kernel takes CuPy arrays directly (None: not tried yet in this process).
@@ -216,7 +208,7 @@ def attention(xp, q, k, v, causal: bool, scale: float, block_size: int, slopes=N
         o, l = softmax_attend(xp, qb, kc[:, :, :n_keys], vc[:, :, :n_keys], bias)
         out[:, :, :, start:stop] = o
         lse[:, :, :, start:stop] = l
-    return _written(out.reshape(b, hq, tq, dv), out_view), _written(lse.reshape(b, hq, tq), lse_view)
+    return written(out.reshape(b, hq, tq, dv), out_view), written(lse.reshape(b, hq, tq), lse_view)
 
 
 def merge_attention(xp, outputs, lses):

@@ -31,7 +31,7 @@ import numpy as np
 from yarnref.precision import round_to as spec_round_to
 
 from . import kernels
-from ._arrays import dtype_name, round_to, scalar
+from ._arrays import dtype_name, round_to, scalar, written
 
 
 def cos_sin(xp, inv_freq, positions, attention_factor: float, precision: str, out_precision: str, out_dtype):
@@ -78,16 +78,8 @@ def apply_rope(xp, x, cos, sin, rotary_dim: int, pairing: str, out=None):
         torch = triton["torch"]
         with kernels.on_cupy_stream(xp, torch):  # (batch, heads, seq, head_dim) in, a new one of x's dtype out
             t = triton["rope"].rotate_triton(kernels.to_torch(torch, x), kernels.to_torch(torch, cos), kernels.to_torch(torch, sin), pairing)
-            return _into(kernels.to_cupy(xp, t), out)
-    return _into(_rotate_arrays(xp, x, cos, sin, rotary_dim, pairing), out)
-
-
-def _into(result, out):
-    """``result``, copied into ``out`` when the caller gave one."""
-    if out is None:
-        return result
-    out[...] = result
-    return out
+            return written(kernels.to_cupy(xp, t), out)
+    return written(_rotate_arrays(xp, x, cos, sin, rotary_dim, pairing), out)
 
 
 def _rotate_arrays(xp, x, cos, sin, rotary_dim: int, pairing: str):
