@@ -86,7 +86,35 @@ GOAL_BYTES = 2.3e9
 #: Unchunked variants are run below this length only (see the note the run writes).
 SKIP_UNCHUNKED_FROM = 1048576
 #: Set from the command line before main_wrapper parses the common options.
-OPTIONS = {"patterns": None, "lengths": None, "repeats": None}
+OPTIONS = {"patterns": None, "lengths": None, "repeats": None, "list_mib": None, "row_mib": None, "merge_mib": None}
+
+
+def set_memory_budgets(rec) -> None:
+    """``--list-mib``, ``--row-mib``, ``--merge-mib``: the byte budgets that bound the layer's memory, set for this run.
+
+    The list chunks of the torch backend's ``vertical_slash_attention``
+    (``yarnref_torch.sparse.LIST_BYTES``), the layer's row sub-chunks
+    (``qwen_layer.ROW_BYTES``) and the LSE merge's row blocks
+    (``yarnref_torch.attention.MERGE_BYTES``): a run with one of them raised
+    measures what that bound costs in time and gives back in memory.  The
+    values in force are recorded in the run's notes.
+    """
+    import importlib
+
+    import qwen_layer
+
+    targets = {
+        "list_mib": (importlib.import_module("yarnref_torch.sparse"), "LIST_BYTES"),
+        "row_mib": (qwen_layer, "ROW_BYTES"),
+        "merge_mib": (importlib.import_module("yarnref_torch.attention"), "MERGE_BYTES"),
+    }
+    for option, (module, name) in targets.items():
+        if OPTIONS[option] is not None:
+            mib = int(OPTIONS[option])
+            if mib < 1:
+                raise SystemExit(f"--{option.replace('_', '-')} must be at least 1 (MiB), not {mib}")
+            setattr(module, name, mib << 20)
+    rec.note("memory budgets: " + ", ".join(f"{name} {getattr(module, name) >> 20} MiB" for module, name in targets.values()))
 
 
 class PatternSubstitution:
@@ -364,6 +392,7 @@ def run(rec):
     if repeats < 1:
         raise SystemExit("--repeats must be at least 1")
     rec.note(f"each variant runs {repeats} time(s); ms is the last call, first_ms the first")
+    set_memory_budgets(rec)
     sources = ["synthetic"] + (["smollm2"] if patterns else []) + ["estimated"]
     if not patterns:
         rec.note(f"smollm2 patterns missing: no smollm2_*.npz in {OPTIONS['patterns']!s} (yarnref patterns --npz)")
@@ -408,4 +437,6 @@ if __name__ == "__main__":
     OPTIONS["patterns"] = _pop_option("patterns")
     OPTIONS["lengths"] = _pop_option("lengths")  # comma-separated token counts (default: LENGTHS)
     OPTIONS["repeats"] = _pop_option("repeats")  # calls per variant (default 2 on the device, 1 with --quick)
+    for option in ("list_mib", "row_mib", "merge_mib"):  # the memory budgets (see set_memory_budgets)
+        OPTIONS[option] = _pop_option(option.replace("_", "-"))
     main_wrapper("qwen_layer", run)

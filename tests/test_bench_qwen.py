@@ -62,3 +62,11 @@ def test_bench_qwen_layer_quick(tmp_path):
     # Random weights estimate near-dense sets; the realistic source keeps fewer pairs at the same budgets.
     density = {r["pattern"]: r["last_sets_density"] for r in sparse if r["chunk"] is None}
     assert density["synthetic"] < density["estimated"]
+
+
+def test_bench_qwen_layer_memory_budgets_are_set_and_recorded(tmp_path):
+    """``--list-mib``/``--row-mib``/``--merge-mib`` set the bounds the run uses (recorded in its notes); checks still pass."""
+    doc = _run("bench_qwen_layer.py", tmp_path, "--list-mib", "1", "--row-mib", "1", "--merge-mib", "1", "--lengths", "512")
+    assert any(note == "memory budgets: LIST_BYTES 1 MiB, ROW_BYTES 1 MiB, MERGE_BYTES 1 MiB" for note in doc["notes"]), doc["notes"]
+    checked = _checked(doc)
+    assert checked and all(r["check"] == "pass" for r in checked)
