@@ -86,7 +86,10 @@ GOAL_BYTES = 2.3e9
 #: Unchunked variants are run below this length only (see the note the run writes).
 SKIP_UNCHUNKED_FROM = 1048576
 #: Set from the command line before main_wrapper parses the common options.
-OPTIONS = {"patterns": None, "lengths": None, "repeats": None, "list_mib": None, "row_mib": None, "merge_mib": None}
+OPTIONS = {"patterns": None, "lengths": None, "repeats": None, "list_mib": None, "row_mib": None, "merge_mib": None,
+           "variants": None}
+#: What ``--variants`` may name: the dense DCA layer and the sparse layer's pattern sources.
+VARIANTS = ("dense", "synthetic", "smollm2", "estimated")
 
 
 def set_memory_budgets(rec) -> None:
@@ -364,13 +367,25 @@ def add_ratios(rec, label: str):
             r.setdefault("speedup_vs", {})[unchunked["variant"]] = unchunked["ms"] / r["ms"]
 
 
-def plan(sources, chunk, n: int, skip_unchunked_from: int | None):
+def plan(sources, chunk, n: int, skip_unchunked_from: int | None, dense: bool = True):
     """The variants of one length, most important first (the time budget cuts from the end):
-    chunked dense and sparse of each source, then unchunked (``None``: dense)."""
-    out = [(None, chunk)] + [(p, chunk) for p in sources]
+    chunked dense and sparse of each source, then unchunked (``None``: dense, left out when not ``dense``)."""
+    dense_part = [None] if dense else []
+    out = [(p, chunk) for p in dense_part + list(sources)]
     if skip_unchunked_from is None or n < skip_unchunked_from:
-        out += [(None, None)] + [(p, None) for p in sources]
+        out += [(p, None) for p in dense_part + list(sources)]
     return out
+
+
+def chosen_variants(option: str | None) -> set:
+    """``--variants``: a comma-separated subset of :data:`VARIANTS` (default: all of them)."""
+    if option is None:
+        return set(VARIANTS)
+    names = [name.strip() for name in option.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        raise SystemExit(f"--variants takes a comma-separated subset of {', '.join(VARIANTS)}, not {option!r}")
+    return set(names)
 
 
 def run(rec):
@@ -394,6 +409,8 @@ def run(rec):
     rec.note(f"each variant runs {repeats} time(s); ms is the last call, first_ms the first")
     set_memory_budgets(rec)
     sources = ["synthetic"] + (["smollm2"] if patterns else []) + ["estimated"]
+    wanted = chosen_variants(OPTIONS["variants"])
+    sources = [s for s in sources if s in wanted]
     if not patterns:
         rec.note(f"smollm2 patterns missing: no smollm2_*.npz in {OPTIONS['patterns']!s} (yarnref patterns --npz)")
     else:
@@ -409,9 +426,9 @@ def run(rec):
              "(estimation always run; its sets replaced by the source's, same shapes and budgets)")
     if warm is not None:
         t0 = time.perf_counter()
-        for sparse in (False, True):
+        for sparse in (False, True)[: 2 if sources else 1]:
             x = torch.randn((warm, geometry.hidden), device=device, dtype=dtype)
-            with substitutions["synthetic"] if sparse else contextlib.nullcontext():
+            with substitutions[sources[0]] if sparse else contextlib.nullcontext():
                 layer.forward(x, chunk=chunk, sparse=sparse)
             del x
         sync(device)
@@ -419,7 +436,7 @@ def run(rec):
     seconds = {}  # (pattern, chunk) -> (length, seconds of the variant, check and set drawing included)
     for n in lengths:
         label = _k(n)
-        for pattern, this_chunk in plan(sources, chunk, n, skip_unchunked_from):
+        for pattern, this_chunk in plan(sources, chunk, n, skip_unchunked_from, dense="dense" in wanted):
             # Attention dominates at these lengths: a variant's time grows about as n^2.
             before = seconds.get((pattern, this_chunk))
             predicted = before[1] * (n / before[0]) ** 2 if before else 0.0
@@ -437,6 +454,7 @@ if __name__ == "__main__":
     OPTIONS["patterns"] = _pop_option("patterns")
     OPTIONS["lengths"] = _pop_option("lengths")  # comma-separated token counts (default: LENGTHS)
     OPTIONS["repeats"] = _pop_option("repeats")  # calls per variant (default 2 on the device, 1 with --quick)
+    OPTIONS["variants"] = _pop_option("variants")  # a subset of VARIANTS (default: all)
     for option in ("list_mib", "row_mib", "merge_mib"):  # the memory budgets (see set_memory_budgets)
         OPTIONS[option] = _pop_option(option.replace("_", "-"))
     main_wrapper("qwen_layer", run)

@@ -368,6 +368,7 @@ class Recorder:
 
     def write(self):
         path = Path(self.args.out) / f"{self.bench}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"bench": self.bench, "quick": self.args.quick, "env": environment(), "ceilings": self.ceilings,
                "elapsed_s": self.elapsed(), "notes": self.notes, "rows": self.rows}
         path.write_text(json.dumps(doc, indent=1, default=_json_default))

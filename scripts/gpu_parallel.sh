@@ -8,6 +8,9 @@
 #   layer: GPU 0 the Qwen layer benchmark (LAYER_LENGTHS; needs .patterns, carried).
 #   cupy: GPU 0 the CuPy table, nothing else running.
 #   final: GPU 0 the CuPy table (nothing else on its GPU), GPU 1 the Qwen layer at 1M.
+#   probe: GPU 0 the estimation and DCA profiles, then the 1M-token suite; GPUs 1-2 the sparse 1M layer with
+#          the default memory bounds and with each raised (needs .patterns, carried); GPU 3 the torch
+#          sparse, prefill and DCA agreement suites.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_parallel.sh OUT_DIR STAGE}; stage=${2:?stage}
 R=/tmp/yarnref-results/$stage; mkdir -p "$R" "$out"
@@ -41,7 +44,14 @@ case "$stage" in
     job 0 cupy_bench 280 "cd benchmarks && python3 bench_cupy.py --out $R --budget ${CUPY_BUDGET:-230}"
     job 1 qwen_layer 280 "cd benchmarks && python3 bench_qwen_layer.py --out $R --lengths ${LAYER_LENGTHS:-1048576} --patterns $PWD/.patterns --budget ${LAYER_BUDGET:-250}"
     ;;
-  *) echo "stage: early, cupydca, layer, cupy or final" >&2; exit 2 ;;
+  probe)
+    L="cd benchmarks && python3 bench_qwen_layer.py --lengths 1048576 --patterns $PWD/.patterns --variants synthetic --budget 200"
+    job 0 profiles 540 "(cd benchmarks && python3 profile_estimation.py --out $R && python3 profile_dca.py --out $R); bash scripts/gpu_long_context.sh $R -s"
+    job 1 bounds_a 540 "($L --out $R/default) && ($L --out $R/list1024 --list-mib 1024)"
+    job 2 bounds_b 540 "($L --out $R/row2048 --row-mib 2048) && ($L --out $R/merge1024 --merge-mib 1024)"
+    job 3 tests_torch 540 "$PYT tests/test_agree_sparse.py tests/test_triton_sparse.py tests/test_prefill.py tests/test_agree_dca.py tests/test_agree_attention.py -k 'not cupy'"
+    ;;
+  *) echo "stage: early, cupydca, layer, cupy, final or probe" >&2; exit 2 ;;
 esac
 wait
 grep -h "^\[.*\] rc=" "$R"/*.log

@@ -64,6 +64,18 @@ def test_bench_qwen_layer_quick(tmp_path):
     assert density["synthetic"] < density["estimated"]
 
 
+def test_bench_qwen_layer_runs_the_variants_asked_for(tmp_path):
+    """``--variants`` runs that subset of the layer's variants (chunked and unchunked); an unknown name is refused."""
+    doc = _run("bench_qwen_layer.py", tmp_path, "--variants", "synthetic", "--lengths", "512")
+    variants = {r["variant"] for r in doc["rows"] if "variant" in r}
+    assert variants == {"dca+sparse synthetic chunked 128", "dca+sparse synthetic unchunked"}, variants
+    assert all(r["check"] == "pass" for r in _checked(doc))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "backends")]))
+    bad = subprocess.run([sys.executable, "bench_qwen_layer.py", "--quick", "--out", str(tmp_path), "--variants", "sparse"],
+                         cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--variants takes a comma-separated subset of dense, synthetic" in bad.stderr
+
+
 def test_bench_qwen_layer_memory_budgets_are_set_and_recorded(tmp_path):
     """``--list-mib``/``--row-mib``/``--merge-mib`` set the bounds the run uses (recorded in its notes); checks still pass."""
     doc = _run("bench_qwen_layer.py", tmp_path, "--list-mib", "1", "--row-mib", "1", "--merge-mib", "1", "--lengths", "512")

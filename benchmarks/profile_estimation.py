@@ -1,0 +1,104 @@
+"""Where the time of the Qwen2.5-1M pipeline's estimation goes (torch backend, CUDA).
+
+One prefill chunk of the 1M-token layer: the last 32768 queries of ``kv_len``
+keys (Qwen2.5-7B-Instruct-1M geometry, bf16, keys already at their DCA
+positions as the layer's cache holds them), the budgets of the median layer of
+the shipped table.  For each ``kv_len``:
+
+* ``plan``: :func:`yarnref.qwen_sparse_plan` with ``rotated_keys=True``, the
+  estimation of one chunk as the layer runs it (query rotation, the shifted
+  keys, ``vertical_slash_indices`` per KV head, the sets moved to the host and
+  split into DCA parts);
+* ``indices``: ``vertical_slash_indices`` alone, one call per KV head on keys
+  made beforehand (what the layer benchmark's ``estimation_ms`` times).
+
+Each is timed as wall time (host clock around a synchronised call) and as
+device time (CUDA events); a wall time well above the device time means the
+host is the bound.  Then the CUDA kernels of one ``plan`` call at the longest
+length (torch.profiler, sorted by device time) are written to
+``profile_estimation.txt``.  Not part of run_all.sh:
+``python benchmarks/profile_estimation.py --out DIR``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench_qwen_layer import median_budget_layer
+from common import MissingOperation, main_wrapper, sync, time_fn
+from qwen_layer import QwenLayer, load_sparse_table, qwen25_7b_1m
+
+CHUNK = 32768
+
+
+def run(rec):
+    import yarnref
+
+    device = rec.device
+    if device.type != "cuda" and not rec.args.quick:
+        rec.note(str(MissingOperation("the profile needs CUDA (or --quick on CPU)")))
+        return
+    geometry = qwen25_7b_1m()
+    table = load_sparse_table()
+    layer = QwenLayer(geometry, dtype=torch.bfloat16, device=device, sparse_table=table, layer=median_budget_layer(table))
+    lengths = [CHUNK + 4096] if rec.args.quick else [262144, 1048576]
+    chunk = 2048 if rec.args.quick else CHUNK
+    g = torch.Generator(device=device).manual_seed(0)
+    dca = layer.dca_config(sparse=True)
+    prof_table = None
+    for kv_len in lengths:
+        case = f"{kv_len // 1024}K keys, {chunk // 1024}K queries"
+        q = torch.randn((1, geometry.heads, chunk, geometry.head_dim), device=device, dtype=torch.bfloat16, generator=g)
+        k = torch.randn((1, geometry.kv_heads, kv_len, geometry.head_dim), device=device, dtype=torch.bfloat16, generator=g)
+        k = layer.rotate_keys(k, 0)
+        with yarnref.use_backend(layer.backend) as be:
+            plan = lambda: yarnref.qwen_sparse_plan(q, k, layer.inv_freq, dca, layer=layer.layer, seq_len=kv_len,  # noqa: E731
+                                                    rotated_keys=True)
+            segments = plan()
+            rec.note(f"{case}: {len(segments)} DCA segment(s); widths vertical {segments[-1].vertical_idx.shape[-1]}, "
+                     f"slash {segments[-1].slash_idx.shape[-1]}")
+            rec.add(case, "qwen_sparse_plan (device time)", timing=time_fn(plan, device, budget_s=3.0))
+            rec.add(case, "qwen_sparse_plan (wall time)", timing=_wall(plan, device, reps=3))
+            budgets = yarnref.sparse_attention_config_for(dca, layer.layer)
+            group = geometry.heads // geometry.kv_heads
+            q_last = q[:, :, -64:]
+
+            def indices():
+                for h in range(geometry.kv_heads):  # one call per KV head, as the pipeline with rotated keys
+                    be.vertical_slash_indices(q_last[:, h * group:(h + 1) * group], k[:, h:h + 1],
+                                              budgets.vertical_size[h * group:(h + 1) * group],
+                                              budgets.slash_size[h * group:(h + 1) * group], 64)
+
+            rec.add(case, "vertical_slash_indices x kv_heads (device time)", timing=time_fn(indices, device, budget_s=3.0))
+            rec.add(case, "vertical_slash_indices x kv_heads (wall time)", timing=_wall(indices, device, reps=3))
+            if kv_len == lengths[-1] and device.type == "cuda":
+                sync(device)
+                acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                with torch.profiler.profile(activities=acts) as prof:
+                    plan()
+                    sync(device)
+                prof_table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
+        del q, k
+    if prof_table is not None:
+        print(prof_table, flush=True)
+        (Path(rec.args.out) / "profile_estimation.txt").write_text(prof_table)
+
+
+def _wall(fn, device, reps: int) -> dict:
+    """Median host-clock milliseconds of a synchronised call."""
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"ms": float(np.median(times)), "ms_min": min(times), "reps": reps, "timer": "wall"}
+
+
+if __name__ == "__main__":
+    main_wrapper("profile_estimation", run)
