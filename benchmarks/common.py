@@ -418,6 +418,36 @@ def flops_causal(b: int, h: int, tq: int, tk: int, d: int) -> float:
     return 4.0 * b * h * d * pairs
 
 
+def device_timeline(prof, min_gap_us: float = 20.0, top: int = 12) -> str:
+    """Where the device waited in a torch.profiler run: the time from the first host operation to the first
+    kernel, the kernels' busy time against their span, and the longest idle gaps between kernels (each with
+    the kernel that ended the gap and the host operation launched last before it), for gaps of ``min_gap_us``
+    or more."""
+    from torch.autograd import DeviceType
+
+    events = list(prof.events())
+    kernels = sorted((e for e in events if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start)
+    host = sorted((e for e in events if e.device_type == DeviceType.CPU), key=lambda e: e.time_range.start)
+    if not kernels or not host:
+        return "no kernels or host operations recorded"
+    t0 = host[0].time_range.start
+    busy, end, gaps = 0.0, kernels[0].time_range.start, []
+    for e in kernels:
+        start, stop = e.time_range.start, e.time_range.end
+        if start - end >= min_gap_us:
+            before = [h.name for h in host if h.time_range.start <= start and h.time_range.start >= end]
+            gaps.append((start - end, e.name[:60], before[-1][:40] if before else "-"))
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    span = end - kernels[0].time_range.start
+    lines = [f"host start to first kernel: {kernels[0].time_range.start - t0:.0f} us; kernels busy {busy:.0f} us "
+             f"of a {span:.0f} us span ({busy / span:.0%}); {len(gaps)} gaps of {min_gap_us:.0f} us or more, "
+             f"{sum(g[0] for g in gaps):.0f} us in all"]
+    for gap, name, launched in sorted(gaps, reverse=True)[:top]:
+        lines.append(f"  {gap:8.0f} us idle before {name}  (host op started in the gap: {launched})")
+    return "\n".join(lines)
+
+
 def free_gib() -> float:
     if not torch.cuda.is_available():
         return math.inf

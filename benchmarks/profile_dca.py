@@ -3,7 +3,8 @@
 bench_attention.py's DCA case (32 heads, head_dim 128, bf16, chunk_size 32768,
 local_size 4096) at 32K and 64K: the public call, one dense causal cuDNN call
 without and with the log-sum-exp (DCA needs it for the merge), and the CUDA
-kernels of one profiled DCA call (torch.profiler, sorted by device time).
+kernels of one profiled DCA call (torch.profiler, sorted by device time) with
+the device's idle time in it (``common.device_timeline``).
 Not part of run_all.sh: ``python benchmarks/profile_dca.py --out DIR``.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import MissingOperation, main_wrapper, time_fn, use_yarnref_backend
+from common import MissingOperation, device_timeline, main_wrapper, time_fn, use_yarnref_backend
 
 HEADS, HEAD_DIM, CHUNK, LOCAL = 32, 128, 32768, 4096
 
@@ -48,7 +49,7 @@ def run(rec):
                 dca()
                 torch.cuda.synchronize()
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=70)
-        tables.append(f"== {case}\n{table}")
+        tables.append(f"== {case}\n{table}\n{device_timeline(prof)}")
         print(tables[-1], flush=True)
     (Path(rec.args.out) / "profile_dca.txt").write_text("\n".join(tables))
 

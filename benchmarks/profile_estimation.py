@@ -10,13 +10,17 @@ the shipped table.  For each ``kv_len``:
   keys, ``vertical_slash_indices`` per KV head, the sets moved to the host and
   split into DCA parts);
 * ``indices``: ``vertical_slash_indices`` alone, one call per KV head on keys
-  made beforehand (what the layer benchmark's ``estimation_ms`` times).
+  made beforehand (what the layer benchmark's ``estimation_ms`` times);
+* ``prefill``: :func:`yarnref.qwen_prefill` of the chunk (the estimation and
+  the sparse attention of its DCA parts; random inputs estimate near-dense
+  sets, so this is the attention's slowest case).
 
 Each is timed as wall time (host clock around a synchronised call) and as
 device time (CUDA events); a wall time well above the device time means the
-host is the bound.  Then the CUDA kernels of one ``plan`` call at the longest
-length (torch.profiler, sorted by device time) are written to
-``profile_estimation.txt``.  Not part of run_all.sh:
+host is the bound.  Then the CUDA kernels of one ``plan`` and one
+``prefill`` call at the longest length (torch.profiler, sorted by device
+time) are written to ``profile_estimation.txt``, with the device's idle gaps
+(``common.device_timeline``).  Not part of run_all.sh:
 ``python benchmarks/profile_estimation.py --out DIR``.
 """
 
@@ -29,7 +33,7 @@ import numpy as np
 import torch
 
 from bench_qwen_layer import median_budget_layer
-from common import MissingOperation, main_wrapper, sync, time_fn
+from common import MissingOperation, device_timeline, main_wrapper, sync, time_fn
 from qwen_layer import QwenLayer, load_sparse_table, qwen25_7b_1m
 
 CHUNK = 32768
@@ -75,14 +79,30 @@ def run(rec):
 
             rec.add(case, "vertical_slash_indices x kv_heads (device time)", timing=time_fn(indices, device, budget_s=3.0))
             rec.add(case, "vertical_slash_indices x kv_heads (wall time)", timing=_wall(indices, device, reps=3))
+            if device.type != "cuda":  # the sparse attention's blocked CPU path: minutes even at --quick sizes
+                continue
+            v = torch.randn(k.shape, device=device, dtype=torch.bfloat16, generator=g)
+            prefill = lambda: yarnref.qwen_prefill(q, k, v, layer.inv_freq, dca, layer=layer.layer,  # noqa: E731
+                                                   seq_len=kv_len, rotated_keys=True)
+            prefill()
+            rec.add(case, "qwen_prefill (wall time)", timing=_wall(prefill, device, reps=2))
             if kv_len == lengths[-1] and device.type == "cuda":
-                sync(device)
                 acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-                with torch.profiler.profile(activities=acts) as prof:
-                    plan()
+                parts = []
+                for name, fn in (("qwen_sparse_plan", plan), ("qwen_prefill", prefill)):
                     sync(device)
-                prof_table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
+                    with torch.profiler.profile(activities=acts) as prof:
+                        fn()
+                        sync(device)
+                    parts.append(f"== {name}, {case}\n" + prof.key_averages().table(
+                        sort_by="cuda_time_total", row_limit=25, max_name_column_width=70) + "\n" + device_timeline(prof))
+                prof_table = "\n".join(parts)
+            del v
         del q, k
+    if device.type == "cuda":
+        import yarnref_torch.sparse as torch_sparse
+
+        rec.note(f"half-precision logits matmul written into its strided view: {torch_sparse.HALF_MM_INTO_VIEW}")
     if prof_table is not None:
         print(prof_table, flush=True)
         (Path(rec.args.out) / "profile_estimation.txt").write_text(prof_table)

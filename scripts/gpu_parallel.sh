@@ -11,6 +11,8 @@
 #   probe: GPU 0 the estimation and DCA profiles, then the 1M-token suite; GPUs 1-2 the sparse 1M layer with
 #          the default memory bounds and with each raised (needs .patterns, carried); GPU 3 the torch
 #          sparse, prefill and DCA agreement suites.
+#   verify: GPU 0 the estimation and DCA profiles; GPU 1 the Qwen layer (LAYER_LENGTHS, default 1M; needs
+#          .patterns); GPU 2 the torch sparse, prefill and layer suites; GPU 3 the 1M-token suite.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_parallel.sh OUT_DIR STAGE}; stage=${2:?stage}
 R=/tmp/yarnref-results/$stage; mkdir -p "$R" "$out"
@@ -51,7 +53,13 @@ case "$stage" in
     job 2 bounds_b 540 "($L --out $R/row2048 --row-mib 2048) && ($L --out $R/merge1024 --merge-mib 1024)"
     job 3 tests_torch 540 "$PYT tests/test_agree_sparse.py tests/test_triton_sparse.py tests/test_prefill.py tests/test_agree_dca.py tests/test_agree_attention.py -k 'not cupy'"
     ;;
-  *) echo "stage: early, cupydca, layer, cupy, final or probe" >&2; exit 2 ;;
+  verify)  # after a change to the sparse pipeline: its profiles, the 1M layer, the GPU suites of the pipeline
+    job 0 profiles 540 "cd benchmarks && python3 profile_estimation.py --out $R && python3 profile_dca.py --out $R"
+    job 1 qwen_layer 540 "cd benchmarks && python3 bench_qwen_layer.py --out $R --lengths ${LAYER_LENGTHS:-1048576} --patterns $PWD/.patterns --budget ${LAYER_BUDGET:-480}"
+    job 2 tests_torch 540 "$PYT tests/test_agree_sparse.py tests/test_triton_sparse.py tests/test_prefill.py tests/test_qwen_layer.py -k 'not cupy'"
+    job 3 long_context 540 "bash scripts/gpu_long_context.sh $R -s"
+    ;;
+  *) echo "stage: early, cupydca, layer, cupy, final, probe or verify" >&2; exit 2 ;;
 esac
 wait
 grep -h "^\[.*\] rc=" "$R"/*.log

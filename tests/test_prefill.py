@@ -586,3 +586,26 @@ def test_rotated_keys_in_key_blocks_change_no_bit(monkeypatch):
     monkeypatch.setattr(prefill, "ROTATE_STEP", 7)
     pieces = prefill.qwen_prefill(q, k_rot, v, INV_FREQ, cfg, prefill_chunk_size=64, rotated_keys=True, return_lse=True)
     assert all(np.array_equal(a, b) for a, b in zip(whole, pieces))
+
+
+@given(seed=st.integers(0, 2**16), shape=st.tuples(st.integers(1, 2), st.integers(1, 4), st.integers(1, 40)),
+       sorted_rows=st.booleans(), shift=st.integers(-5, 5), fallback_len=st.one_of(st.none(), st.integers(1, 30)))
+def test_compact_keeps_each_rows_entries_in_order(seed, shape, sorted_rows, shift, fallback_len):
+    """``_compact`` (the split of a segment's indices into DCA parts) equals the row-by-row definition: the kept
+    entries plus ``shift`` in their order, ``-1`` after them, the vLLM fallback in rows that keep nothing; for
+    sorted rows and a range of values (one run per row, the pipeline's case) and for any mask."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(-1, 60, size=shape)
+    if sorted_rows:
+        idx = np.sort(idx, axis=-1)
+        lo, hi = sorted(rng.integers(-1, 61, size=2))
+        keep = (idx >= lo) & (idx < hi)
+    else:
+        keep = rng.random(shape) < rng.random()
+    got = prefill._compact(idx, keep, shift, fallback_len)
+    rows = [list(idx[r][keep[r]] + shift) for r in np.ndindex(*shape[:2])]
+    fallback = list(prefill.vllm_fallback_indices(fallback_len)) if fallback_len is not None else []
+    rows = [row if row or not fallback else fallback for row in rows]
+    width = max(1, max(len(row) for row in rows))
+    want = np.array([row + [-1] * (width - len(row)) for row in rows], dtype=np.int64).reshape(shape[:2] + (width,))
+    assert got.dtype == np.int64 and np.array_equal(got, want)

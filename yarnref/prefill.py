@@ -245,23 +245,31 @@ def _compact(idx: np.ndarray, keep: np.ndarray, shift: int, fallback_len: int | 
     Rows that keep nothing get :func:`vllm_fallback_indices` of
     ``fallback_len`` (if given).  ``idx``, ``keep``: ``(batch, heads, n)``.
     Returns ``(batch, heads, width)`` int64, ``width >= 1``.
+
+    The pipeline's index rows are sorted, so a range of values is one run of
+    each row: then each row's run is copied as a slice (a 1M-token segment's
+    six calls take about a millisecond instead of the 100 ms a stable argsort
+    of every row took); any other ``keep`` is compacted entry by entry.
     """
-    order = np.argsort(~keep, axis=-1, kind="stable")  # kept entries first, in their order
-    values = np.where(np.take_along_axis(keep, order, -1), np.take_along_axis(idx, order, -1) + shift, -1)
     counts = keep.sum(-1)  # (batch, heads)
-    width = max(int(counts.max()), 1)
     fallback = vllm_fallback_indices(fallback_len) if fallback_len is not None else np.zeros(0, np.int64)
     empty = counts == 0
-    if fallback.size and empty.any():
-        width = max(width, fallback.size)
-    values = values[..., :width]
-    if values.shape[-1] < width:
-        values = np.concatenate([values, np.full(values.shape[:-1] + (width - values.shape[-1],), -1, np.int64)], axis=-1)
+    width = max(int(counts.max(initial=0)), 1)
     if fallback.size and empty.any():  # width fits the fallback only when some row needs it
-        padded = np.full(width, -1, np.int64)
-        padded[: fallback.size] = fallback
-        values = np.where(empty[..., None], padded, values)
-    return values
+        width = max(width, fallback.size)
+    out = np.full(idx.shape[:-1] + (width,), -1, np.int64)
+    run_starts = keep[..., :1].sum(-1) + (keep[..., 1:] & ~keep[..., :-1]).sum(-1)  # (batch, heads)
+    if np.all(run_starts <= 1):  # one run per row: a slice
+        first = np.argmax(keep, axis=-1)  # (batch, heads): where the run starts (0 for an empty row)
+        for row in np.ndindex(*counts.shape):  # a loop over batch * heads rows
+            out[row][: counts[row]] = idx[row][first[row] : first[row] + counts[row]] + shift
+    else:  # entry by entry: each kept entry goes to slot (kept entries before it)
+        slot = np.cumsum(keep, axis=-1) - 1
+        kept = np.nonzero(keep)
+        out[kept[:-1] + (slot[kept],)] = idx[kept] + shift
+    if fallback.size and empty.any():
+        out[empty, : fallback.size] = fallback
+    return out
 
 
 class SparsePart(NamedTuple):

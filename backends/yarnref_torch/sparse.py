@@ -134,11 +134,12 @@ def _host_budget(value):
 # ----------------------------------------------------------------------------- estimation
 
 
-#: Bytes the estimation's float32 work buffers may take at once: heads are processed in groups whose
-#: ``(heads, last_q, kv_len + last_q)`` logits and probabilities fit (at least one head per group), and
-#: keys are cast to float32 a chunk at a time (those temporaries in half the budget again).  At 1M keys,
-#: 28 heads and 64 queries the one-shot form held about 20 GiB; with this budget one head's two 256 MiB
-#: buffers and 256 MiB of key-chunk temporaries are the peak.
+#: Bytes of keys the estimation casts to its compute dtype at once, and of scores it sorts at once.  The
+#: keys of one KV head are cast once for all its query heads when they fit (1M keys of 128 in float32:
+#: 512 MiB); longer ones are cast a chunk at a time for each query head.  Half-precision keys on CUDA are
+#: not cast at all (the product is formed by a half-precision matmul with a float32 result).  Besides
+#: these, one head's ``(last_q, kv_len + last_q)`` float32 logits (256 MiB at 1M keys) and the call's
+#: ``(batch, q_heads, kv_len)`` float32 scores (two of them) are held.
 ESTIMATE_BYTES = 1 << 29
 
 
@@ -147,7 +148,7 @@ def _top_indices(score: torch.Tensor, counts: np.ndarray, descending: bool, widt
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices  # best first; stable: lower index first on ties
     width = int(counts.max()) if width is None else width
     top = order[..., :width]
-    keep = torch.arange(width, device=score.device)[None, :] < torch.as_tensor(counts, device=score.device)[:, None]  # (heads, width)
+    keep = torch.arange(width, device=score.device)[None, :] < _upload(counts, score.device)[:, None]  # (heads, width)
     top = torch.where(keep, top, -1)
     if descending:
         return torch.sort(top, dim=-1, descending=True).values
@@ -155,54 +156,85 @@ def _top_indices(score: torch.Tensor, counts: np.ndarray, descending: bool, widt
     return torch.where(top == _BIG, -1, top)
 
 
-def _head_groups(q_heads: int, group: int, per_step: int) -> list[tuple[int, int]]:
-    """Query-head ranges ``[h0, h1)`` of at most ``per_step`` heads (at least 1): whole KV heads when a step holds
-    one or more, else a slice of one KV head's query heads, so each range reads one contiguous run of KV heads."""
-    if per_step >= group:
-        step = per_step // group * group
-        return [(h, min(h + step, q_heads)) for h in range(0, q_heads, step)]
-    return [(h, min(h + per_step, (h // group + 1) * group)) for kv in range(0, q_heads, group)
-            for h in range(kv, kv + group, per_step)]
+def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array on ``device``; on CUDA through pinned memory, so the copy does not wait for the stream."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
-def _estimation_scores(q_last, k, scale: float, kv0: int, kv1: int, cdt, key_step: int):
-    """Column and diagonal sums of the softmax of one head range: ``(vertical, slash)``, each ``(batch, heads, kv_len)``.
+def _half_matmul(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether the logits are a half-precision matmul with a float32 result (CUDA, float16/bfloat16): every
+    product of two half values is exact in float32 and the sums are float32, as in the cast path."""
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and hasattr(torch.ops.aten.mm, "dtype")
 
-    ``q_last`` ``(batch, n_kv, g, m, d)``: the range's last ``m`` queries under
-    their KV heads ``[kv0, kv1)`` of ``k`` ``(batch, kv_heads, kv_len, d)``.
-    The logits are written with the keys in reverse order into a buffer ``m``
-    columns wider than ``kv_len`` (masked there), so that after the softmax,
-    row ``r``'s probability at distance ``delta`` (key ``p_r - delta``, ``p_r =
-    kv_len - m + r``) sits at column ``m - 1 - r + delta``: the slash sums are
-    column sums of a strided view (row stride one less than the buffer's),
-    with no index tensor.
+
+#: Whether torch's half-precision matmul with a float32 result writes into a strided view (True), or its
+#: result is copied there (False); None until the first call on CUDA finds out.
+HALF_MM_INTO_VIEW = None
+
+
+def _half_mm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = a @ b`` for half-precision ``a``, ``b`` and a float32 ``out`` view (rows strided)."""
+    global HALF_MM_INTO_VIEW
+    if HALF_MM_INTO_VIEW is not False:
+        try:
+            torch.mm(a, b, out_dtype=out.dtype, out=out)
+            HALF_MM_INTO_VIEW = True
+            return
+        except RuntimeError:  # this torch refuses a strided output for the mixed-dtype matmul
+            HALF_MM_INTO_VIEW = False
+    out.copy_(torch.mm(a, b, out_dtype=out.dtype))
+
+
+def _head_scores(q_rows, keys, keys_cast, scale: float, logits, key_step: int, vertical_out, slash_reversed_out):
+    """Column and diagonal sums of one head's softmax, written into ``vertical_out`` and ``slash_reversed_out``.
+
+    ``q_rows`` ``(m, d)``: the head's last ``m`` queries; ``keys`` ``(kv_len,
+    d)`` its KV head's keys (``keys_cast``: the same in the compute dtype, or
+    None to cast ``key_step`` keys at a time).  ``logits`` ``(m, kv_len + m)``
+    is the work buffer, in the compute dtype.
+
+    Layout: row ``r`` (query position ``p_r = kv_len - m + r``) holds key
+    ``j`` at column ``j + m - 1 - r``.  Then key ``j`` of every row lies on
+    one diagonal (the view of row stride ``kv_len + m - 1`` the matmul writes
+    into), and distance ``delta = p_r - j`` on column ``kv_len - 1 - delta``
+    of every row; keys after ``p_r`` land in columns ``>= kv_len``, the cells
+    before ``m - 1 - r`` are never written, and both are set to ``-inf``.  So
+    the vertical scores are the weighted sum of the diagonal view's rows and
+    the slash scores (reversed) of the buffer's first ``kv_len`` columns, each
+    one matrix-vector product with the weights ``1 / sum_r``: the softmax is
+    never stored.
     """
-    batch, n_kv, g, m, _ = q_last.shape
-    kv_len = k.shape[2]
-    width = kv_len + m
-    logits = torch.empty((batch, n_kv, g, m, width), dtype=cdt, device=q_last.device)  # keys reversed, then m spare
-    for j0 in range(0, kv_len, key_step):  # keys cast to the compute dtype a chunk at a time
-        j1 = min(j0 + key_step, kv_len)
-        keys_t = k[:, kv0:kv1, j0:j1].to(cdt).flip(-2).transpose(-1, -2)[:, :, None]  # (batch, n_kv, 1, d, j1 - j0)
-        logits[..., kv_len - j1 : kv_len - j0] = (q_last @ keys_t) * scale
-    # Reversed column c is key kv_len - 1 - c; row r sees keys <= p_r, i.e. c >= m - 1 - r.
-    hidden = torch.arange(width, device=q_last.device)[None, :] < (m - 1 - torch.arange(m, device=q_last.device))[:, None]
-    hidden |= torch.arange(width, device=q_last.device)[None, :] >= kv_len  # the spare columns
-    logits.masked_fill_(hidden, -math.inf)
-    probs = torch.softmax(logits, dim=-1)  # (batch, n_kv, g, m, width): 0 in the masked columns
-    del logits
-    vertical = probs[..., :kv_len].sum(dim=-2).flip(-1)  # (batch, n_kv, g, kv_len): column sums, keys in order
-    stride = probs.stride()
-    diagonals = probs.as_strided((batch, n_kv, g, m, kv_len), stride[:3] + (stride[3] - 1, 1), probs.storage_offset() + m - 1)
-    slash = diagonals.sum(dim=-2)  # (batch, n_kv, g, kv_len): sum over rows of probs[r, p_r - delta]
-    return vertical.reshape(batch, n_kv * g, kv_len), slash.reshape(batch, n_kv * g, kv_len)
+    m, width = logits.shape
+    kv_len = width - m
+    on_diagonals = logits.as_strided((m, kv_len), (width - 1, 1), logits.storage_offset() + m - 1)  # [r, j]
+    if keys_cast is None and _half_matmul(q_rows, keys):
+        _half_mm_into(q_rows, keys.T, on_diagonals)
+    else:
+        q_rows = q_rows.to(logits.dtype)
+        for j0 in range(0, kv_len, key_step):  # a loop over key chunks (one when the KV head's keys are cast)
+            j1 = min(j0 + key_step, kv_len)
+            chunk = keys_cast[j0:j1] if keys_cast is not None else keys[j0:j1].to(logits.dtype)
+            torch.mm(q_rows, chunk.T, out=on_diagonals[:, j0:j1])
+    logits[:, kv_len:] = -math.inf  # keys after each row's own position
+    column = torch.arange(m - 1, device=logits.device)
+    logits[:, : m - 1].masked_fill_(column[None, :] < (m - 1 - torch.arange(m, device=logits.device))[:, None], -math.inf)
+    row_max = logits.amax(dim=-1, keepdim=True)  # (m, 1) of the unscaled logits; finite: every row sees key 0
+    torch.add(row_max * -scale, logits, alpha=scale, out=logits)  # scale * (logit - max)
+    logits.exp_()
+    weights = logits.sum(dim=-1).reciprocal_()[None, :]  # (1, m): 1 / the softmax's denominators
+    torch.mm(weights, on_diagonals, out=vertical_out[None, :])  # (1, kv_len): sum_r p[r, j]
+    torch.mm(weights, logits[:, :kv_len], out=slash_reversed_out[None, :])  # (1, kv_len): column kv_len - 1 - delta
 
 
 def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, scale=None, force_verticals=30, force_slashes=100):
     """Each head's vertical columns and slash distances from its last queries; see :func:`yarnref.sparse.vertical_slash_indices`.
 
-    Memory: heads are processed in groups sized from :data:`ESTIMATE_BYTES`;
-    every head's scores, and so its indices, do not depend on the grouping.
+    One head at a time (:func:`_head_scores`), its keys cast once per KV head
+    where they fit :data:`ESTIMATE_BYTES`; every head's scores, and so its
+    indices, do not depend on the other heads or on the key chunking.
     """
     q, k = _qk_tensors(conv, q=q, k=k)
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, k)
@@ -219,25 +251,32 @@ def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, 
     group = q_heads // kv_heads
     cdt = compute_dtype(q.dtype)
     itemsize = torch.finfo(cdt).bits // 8
-    # Two (batch, heads, m, kv_len + m) buffers per group (logits, then probabilities): heads per group from the budget.
-    per_head = 2 * batch * m * (kv_len + m) * itemsize
-    q_last = q[:, :, q_len - m :]
+    key_step = max(1, ESTIMATE_BYTES // (head_dim * itemsize))
+    logits = torch.empty((m, kv_len + m), dtype=cdt, device=q.device)  # one head's, reused
+    vertical_score = torch.empty((batch, q_heads, kv_len), dtype=cdt, device=q.device)
+    slash_score = torch.empty((batch, q_heads, kv_len), dtype=cdt, device=q.device)  # distances reversed, then flipped
+    for b in range(batch):
+        for kv in range(kv_heads):
+            keys = k[b, kv]  # (kv_len, d)
+            keys_cast = None
+            if not _half_matmul(q, k) and kv_len <= key_step:
+                keys_cast = keys.to(cdt)  # once for the KV head's query heads (no copy when already cdt)
+            for h in range(kv * group, (kv + 1) * group):  # a loop over the KV head's query heads
+                _head_scores(q[b, h, q_len - m :], keys, keys_cast, scale, logits, key_step, vertical_score[b, h], slash_score[b, h])
+            del keys_cast
+    del logits
+    slash_score = slash_score.flip(-1)  # (batch, q_heads, kv_len), distance 0 first
+    vertical_score[..., :force_verticals] = math.inf
+    slash_score[..., :force_slashes] = math.inf
     width_v, width_s = int(n_vertical.max()), int(n_slash.max())
+    # Sorted a run of heads at a time: the sort's values, indices and work space, about 24 bytes per score.
+    per_sort = max(1, ESTIMATE_BYTES // (24 * batch * kv_len))
     vertical = torch.empty((batch, q_heads, width_v), dtype=torch.int64, device=q.device)
     slash = torch.empty((batch, q_heads, width_s), dtype=torch.int64, device=q.device)
-    for h0, h1 in _head_groups(q_heads, group, max(1, ESTIMATE_BYTES // per_head)):
-        kv0, kv1 = h0 // group, (h1 - 1) // group + 1
-        g = (h1 - h0) if kv1 - kv0 == 1 else group
-        rows = q_last[:, h0:h1].to(cdt).reshape(batch, kv1 - kv0, g, m, head_dim)  # query heads under their kv head
-        # Per key of a chunk, in half the budget: its cast and reversed copies, matmul's copy per query head, and
-        # the query heads' logits column.
-        key_step = max(1, ESTIMATE_BYTES // (2 * batch * (h1 - h0) * (3 * head_dim + m) * itemsize))
-        vertical_score, slash_score = _estimation_scores(rows, k, scale, kv0, kv1, cdt, key_step)
-        vertical_score[..., :force_verticals] = math.inf
-        slash_score[..., :force_slashes] = math.inf
-        vertical[:, h0:h1] = _top_indices(vertical_score, n_vertical[h0:h1], False, width_v)
-        slash[:, h0:h1] = _top_indices(slash_score, n_slash[h0:h1], True, width_s)
-        del vertical_score, slash_score
+    for h0 in range(0, q_heads, per_sort):
+        h1 = min(h0 + per_sort, q_heads)
+        vertical[:, h0:h1] = _top_indices(vertical_score[:, h0:h1], n_vertical[h0:h1], False, width_v)
+        slash[:, h0:h1] = _top_indices(slash_score[:, h0:h1], n_slash[h0:h1], True, width_s)
     return vertical, slash
 
 
