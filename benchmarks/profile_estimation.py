@@ -20,12 +20,17 @@ device time (CUDA events); a wall time well above the device time means the
 host is the bound.  Then the CUDA kernels of one ``plan`` and one
 ``prefill`` call at the longest length (torch.profiler, sorted by device
 time) are written to ``profile_estimation.txt``, with the device's idle gaps
-(``common.device_timeline``).  Not part of run_all.sh:
+(``common.device_timeline``) and the host functions of one ``prefill`` call
+by their own time (cProfile; time waiting for the device shows up in the
+functions that synchronise).  Not part of run_all.sh:
 ``python benchmarks/profile_estimation.py --out DIR``.
 """
 
 from __future__ import annotations
 
+import cProfile
+import io
+import pstats
 import time
 from pathlib import Path
 
@@ -96,6 +101,15 @@ def run(rec):
                         sync(device)
                     parts.append(f"== {name}, {case}\n" + prof.key_averages().table(
                         sort_by="cuda_time_total", row_limit=25, max_name_column_width=70) + "\n" + device_timeline(prof))
+                profile = cProfile.Profile()  # the host's share: where one prefill call's Python time goes
+                sync(device)
+                profile.enable()
+                prefill()
+                sync(device)
+                profile.disable()
+                text = io.StringIO()
+                pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(25)
+                parts.append(f"== host functions of one qwen_prefill call (cProfile, by own time), {case}\n{text.getvalue()}")
                 prof_table = "\n".join(parts)
             del v
         del q, k

@@ -702,3 +702,21 @@ def test_chunkllama_write_lengths_need_full_rotary():
     with pytest.raises(InputError, match="key_write_lengths"):
         dca_attention(q, k, v, base_inv_freq(4, 100.0), 8, 2, temperature="chunkllama", max_position_embeddings=2,
                       key_write_lengths=np.full(6, 6))
+
+
+@given(seq_len=st.integers(1, 300), chunk_size=st.integers(2, 40), data=st.data())
+def test_position_ids_from_a_start_are_the_tail_of_all_of_them(seq_len, chunk_size, data):
+    """``start`` gives the ids of tokens ``start ..`` (a prefill chunk's queries), equal to the tail of all tokens' ids."""
+    local_size = data.draw(st.integers(1, chunk_size - 1), label="local_size")
+    start = data.draw(st.integers(0, seq_len - 1), label="start")
+    whole = dca_position_ids(seq_len, chunk_size, local_size)
+    tail = dca_position_ids(seq_len, chunk_size, local_size, start=start)
+    for name in whole._fields:
+        got, want = getattr(tail, name), getattr(whole, name)[start:]
+        assert got.dtype == np.int64 and np.array_equal(got, want), name
+
+
+@pytest.mark.parametrize("start", [-1, 10, 11, 2.5, True])
+def test_position_ids_refuse_a_start_outside_the_sequence(start):
+    with pytest.raises(InputError, match="start"):
+        dca_position_ids(10, 8, 2, start=start)

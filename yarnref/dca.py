@@ -196,22 +196,28 @@ class DCAPositionIds(NamedTuple):
     inter_critical: np.ndarray
 
 
-def dca_position_ids(seq_len, chunk_size, local_size) -> DCAPositionIds:
-    """The key and query position ids of Eqs. (2)-(7) for tokens ``0 .. seq_len-1``.
+def dca_position_ids(seq_len, chunk_size, local_size, start=0) -> DCAPositionIds:
+    """The key and query position ids of Eqs. (2)-(7) for tokens ``start .. seq_len-1``.
 
     These are vLLM's five query variants plus the key position
     (``DualChunkRotaryEmbedding``); the two ``*_critical`` ones are used only
-    by the vertical-slash estimation of Qwen2.5-1M.
+    by the vertical-slash estimation of Qwen2.5-1M.  Entry ``n`` of each
+    array belongs to token ``start + n``; a token's ids depend on its own
+    position only, so ``start`` gives the ids of a prefill chunk's queries
+    without those of every earlier token (at 1M tokens the six arrays of all
+    positions take 48 MiB and tens of milliseconds to build).
     """
     seq_len = _check_positive_int("seq_len", seq_len)
     chunk_len = _check_sizes(chunk_size, local_size)
-    check_allocation("seq_len", seq_len, 6 * seq_len, 8, "six int64 position arrays")
-    in_chunk = np.arange(seq_len, dtype=np.int64) % chunk_len  # r(p)
+    start = _check_positive_int("start", start, 0, seq_len - 1)  # a token of the sequence
+    n = seq_len - start
+    check_allocation("seq_len", seq_len, 6 * n, 8, "six int64 position arrays")
+    in_chunk = np.arange(start, seq_len, dtype=np.int64) % chunk_len  # r(p)
     return DCAPositionIds(
         key=in_chunk,
         intra=in_chunk.copy(),
         successive=np.minimum(in_chunk + chunk_len, chunk_size),
-        inter=np.full(seq_len, min(2 * chunk_len - 1, chunk_size), dtype=np.int64),
+        inter=np.full(n, min(2 * chunk_len - 1, chunk_size), dtype=np.int64),
         successive_critical=in_chunk + chunk_len,
         inter_critical=in_chunk + chunk_size,
     )

@@ -339,7 +339,7 @@ class _QwenSetup(NamedTuple):
     budgets: SparseHeadBudgets | None
     sparse: bool  # the gate
     scale: float  # softmax scale times the temperature s^2
-    ids: object  # DCAPositionIds of the kv_len positions
+    query_ids: object  # DCAPositionIds of the queries' positions kv_len - q_len .. kv_len - 1 (sparse path only)
     segments: list  # DCASegment, over all prefill chunks
     chunk_of: list  # the prefill chunk (one vLLM forward call) each segment belongs to
     seq_len: int  # the request's length the temperature is computed from
@@ -378,8 +378,8 @@ def _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size,
         these = dca_segments(stop + offset, stop - start, cfg.chunk_size, cfg.local_size)
         segments += these
         chunk_of += [index] * len(these)
-    ids = dca_position_ids(kv_len, cfg.chunk_size, cfg.local_size)
-    return _QwenSetup(cfg, budgets, sparse, scale * temperature**2, ids, segments, chunk_of, int(seq_len))
+    query_ids = dca_position_ids(kv_len, cfg.chunk_size, cfg.local_size, start=offset) if sparse else None
+    return _QwenSetup(cfg, budgets, sparse, scale * temperature**2, query_ids, segments, chunk_of, int(seq_len))
 
 
 #: Keys rotated per call of the backend's ``apply_rope`` when the estimation's keys are made from keys
@@ -425,11 +425,19 @@ def _shifted_keys(k_rot, pairing, blocks, tables):
     return _concatenate(pieces, 2)
 
 
+def _key_ids(cfg, n: int) -> np.ndarray:
+    """The DCA key positions ``r(j) = j mod L`` of keys ``0 .. n-1``."""
+    from .dca import dca_position_ids
+
+    return dca_position_ids(n, cfg.chunk_size, cfg.local_size).key
+
+
 def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_segment", rotated_keys=False):
     """Yield ``(QwenSparseSegment, rotate_queries)`` per DCA segment (steps 3 and 4 of the pipeline).
 
-    ``rotate_queries(positions)`` rotates the segment's queries to
-    ``positions[begin:end]`` through the backend.  ``budget_clamp`` and
+    ``rotate_queries(positions)`` rotates the segment's queries to their
+    entries of ``positions`` (one id per query, as ``setup.query_ids``)
+    through the backend.  ``budget_clamp`` and
     ``rotated_keys``: see :func:`qwen_prefill`.  With ``rotated_keys`` the
     estimation runs one KV head (and its query heads) per call of the
     backend's ``vertical_slash_indices``, in ascending order, so that its keys
@@ -440,7 +448,7 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_s
     backend = _backend()
     rope_cos_sin, apply_rope = _op("rope_cos_sin"), _op("apply_rope")
     vertical_slash_indices = _op("vertical_slash_indices")
-    cfg, ids = setup.cfg, setup.ids
+    cfg, qids = setup.cfg, setup.query_ids
     L, C = cfg.chunk_len, cfg.chunk_size
     kv_len, q_len = k.shape[2], q.shape[2]
     offset = kv_len - q_len
@@ -462,7 +470,7 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_s
         # keys) and r(i) + C (inter keys), keys at r(j).  RoPE scores depend only on the difference of the
         # two positions (RoFormer Eq. 16), so one product does it: queries at r(i) + L, keys at r(j) + L
         # (intra), r(j) (successive) and r(j) + L - C (inter).
-        q_est = rotate(q[:, :, end - offset - lq : end - offset], ids.successive_critical[end - lq : end])
+        q_est = rotate(q[:, :, end - offset - lq : end - offset], qids.successive_critical[end - offset - lq : end - offset])
         if rotated_keys:  # keys at r(j) already: rotated by the block's shift, one KV head per call
             blocks = [(0, max(cs - L, 0), L - C), (max(cs - L, 0), cs, 0), (cs, end, L)]
             tables = _shift_tables(inv_freq, blocks)
@@ -478,7 +486,7 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_s
             else:
                 j = np.arange(end)
                 key_shift = np.where(j >= cs, L, np.where(j >= cs - L, 0, L - C))
-                k_est = rotate(k[:, :, :end], ids.key[:end] + key_shift)
+                k_est = rotate(k[:, :, :end], _key_ids(cfg, end) + key_shift)
             vertical, slash = vertical_slash_indices(
                 q_est[:, h0:h1], k_est, vertical_budget[h0:h1], slash_budget[h0:h1], lq,
                 scale=setup.scale, force_verticals=_FORCE_VERTICALS, force_slashes=_FORCE_SLASHES,
@@ -490,7 +498,7 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_s
         vertical, slash = (_pad_join([pair[i] for pair in found]) for i in (0, 1))
         plan = QwenSparseSegment(begin, end, cs, vertical, slash, _split_parts(vertical, slash, begin, end, cs, L))
         rows = q[:, :, begin - offset : end - offset]
-        yield plan, (lambda positions, rows=rows, begin=begin, end=end: rotate(rows, positions[begin:end]))
+        yield plan, (lambda positions, rows=rows, a=begin - offset, b=end - offset: rotate(rows, positions[a:b]))
 
 
 def _pad_join(parts: list) -> np.ndarray:
@@ -608,11 +616,11 @@ def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, pre
     backend = _backend()
     rope_cos_sin, apply_rope = _op("rope_cos_sin"), _op("apply_rope")
     sparse_attention, merge = _op("vertical_slash_attention"), _op("merge_attention")
-    ids = setup.ids
+    ids = setup.query_ids
     if rotated_keys:
         k_rot = k
     else:
-        cos, sin = rope_cos_sin(inv_freq, ids.key)
+        cos, sin = rope_cos_sin(inv_freq, _key_ids(setup.cfg, k.shape[2]))
         k_rot = apply_rope(k, cos, sin, pairing)  # every key at r(j), once
         del cos, sin
     query_positions = {"intra": ids.intra, "successive": ids.successive, "inter": ids.inter}

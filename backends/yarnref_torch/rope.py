@@ -38,13 +38,9 @@ from yarnref.errors import InputError
 from yarnref.precision import check_precision
 from yarnref.rope import PAIRINGS
 
-from ._arrays import ArrayConverter, check_all_finite, check_float, compute_dtype, torch_dtype
+from ._arrays import ArrayConverter, check_float, compute_dtype, torch_dtype
 
 __all__ = ["rope_cos_sin", "apply_rope", "rotate"]
-
-
-def _check_finite(t: torch.Tensor, param: str, what: str) -> None:
-    check_all_finite({param: t}, what)
 
 
 def rope_cos_sin(conv: ArrayConverter, inv_freq, positions, attention_factor=1.0, *, precision="float64", out_precision=None):
@@ -57,18 +53,15 @@ def rope_cos_sin(conv: ArrayConverter, inv_freq, positions, attention_factor=1.0
         raise InputError("inv_freq", f"dtype {f.dtype}", "a real array of frequencies")
     if f.ndim != 1 or f.numel() == 0:
         raise InputError("inv_freq", f"shape {tuple(f.shape)}", "a non-empty 1-D array of r/2 frequencies")
-    _check_finite(f, "inv_freq", "finite frequencies")
     p = conv.tensor(positions, "positions")
     if p.dtype == torch.bool or p.is_complex():
         raise InputError("positions", f"array of dtype {p.dtype}", "an integer or real array")
-    _check_finite(p, "positions", "finite positions")
-    if p.numel():
-        check_position_range("positions", float(p.to(torch.float64).abs().max()))
     out_dtype = f.dtype if f.is_floating_point() else torch.float64
 
     work = torch_dtype(precision)
     # Each step is one operation in `work`, rounded once, as the spec's round_to chain.
-    p_w = p.to(torch.float64).to(work)  # positions as the stack holds them (int -> float64 -> work, like the spec)
+    p64 = p.to(torch.float64)
+    p_w = p64.to(work)  # positions as the stack holds them (int -> float64 -> work, like the spec)
     f_w = f.to(torch.float64).to(work)
     angles = p_w[..., None] * f_w  # (..., r/2) = p * theta_i, in `work`
     m_w = torch.tensor(m, dtype=torch.float64, device=conv.device).to(work)
@@ -76,7 +69,23 @@ def rope_cos_sin(conv: ArrayConverter, inv_freq, positions, attention_factor=1.0
     sin = torch.sin(angles) * m_w
     out = torch_dtype(out_precision)
     cos, sin = cos.to(out).to(out_dtype), sin.to(out).to(out_dtype)
-    if not bool(torch.isfinite(cos).all() & torch.isfinite(sin).all()):  # huge frequencies or factor: refused
+    # The checks that read values, read back together (one synchronisation, after the work is queued;
+    # nothing is returned before they pass): finite frequencies and positions, the positions' range,
+    # finite tables.
+    no_positions = p.numel() == 0
+    flags = torch.stack([
+        torch.isfinite(f).all().to(torch.float64),
+        torch.isfinite(p64).all().to(torch.float64) if not no_positions else torch.ones((), dtype=torch.float64, device=p.device),
+        p64.abs().amax() if not no_positions else torch.zeros((), dtype=torch.float64, device=p.device),
+        (torch.isfinite(cos).all() & torch.isfinite(sin).all()).to(torch.float64),
+    ])
+    finite_freqs, finite_positions, largest_position, finite_tables = flags.tolist()
+    if not finite_freqs:
+        raise InputError("inv_freq", "non-finite values", "finite frequencies")
+    if not finite_positions:
+        raise InputError("positions", "non-finite values", "finite positions")
+    check_position_range("positions", largest_position)
+    if not finite_tables:  # huge frequencies or factor: refused
         raise InputError("inv_freq", "frequencies or attention_factor whose tables overflow",
                          f"values whose angles and tables are finite in {precision} and {out_precision}")
     return cos, sin

@@ -66,7 +66,7 @@ from yarnref.errors import InputError
 from yarnref.sparse import MIN_SLASH_SIZE, MIN_VERTICAL_SIZE, VS_MODES
 from yarnref.sparse_lockstep import convert_lockstep
 
-from ._arrays import ArrayConverter, check_all_finite, check_float, compute_dtype, tensor_to_numpy
+from ._arrays import ArrayConverter, check_all_finite, check_float, compute_dtype, host_to_device, tensor_to_numpy
 from .attention import attention_tensors
 
 __all__ = [
@@ -93,7 +93,6 @@ _BIG = torch.iinfo(torch.int64).max
 
 def _qk_tensors(conv: ArrayConverter, **arrays) -> list[torch.Tensor]:
     tensors = {name: check_float(name, conv.tensor(a, name)) for name, a in arrays.items()}
-    first = next(iter(tensors))
     check_same_dtype(**tensors)
     check_all_finite(tensors)
     return list(tensors.values())
@@ -148,20 +147,12 @@ def _top_indices(score: torch.Tensor, counts: np.ndarray, descending: bool, widt
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices  # best first; stable: lower index first on ties
     width = int(counts.max()) if width is None else width
     top = order[..., :width]
-    keep = torch.arange(width, device=score.device)[None, :] < _upload(counts, score.device)[:, None]  # (heads, width)
+    keep = torch.arange(width, device=score.device)[None, :] < host_to_device(torch.from_numpy(np.ascontiguousarray(counts)), score.device)[:, None]  # (heads, width)
     top = torch.where(keep, top, -1)
     if descending:
         return torch.sort(top, dim=-1, descending=True).values
     top = torch.sort(torch.where(top < 0, _BIG, top), dim=-1).values
     return torch.where(top == _BIG, -1, top)
-
-
-def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A small host array on ``device``; on CUDA through pinned memory, so the copy does not wait for the stream."""
-    t = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _half_matmul(q: torch.Tensor, k: torch.Tensor) -> bool:
