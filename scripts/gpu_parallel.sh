@@ -13,6 +13,8 @@
 #          sparse, prefill and DCA agreement suites.
 #   verify: GPU 0 the estimation and DCA profiles; GPU 1 the Qwen layer (LAYER_LENGTHS, default 1M; needs
 #          .patterns); GPU 2 the torch sparse, prefill and layer suites; GPU 3 the 1M-token suite.
+#   tables: GPU 0 the Qwen layer at 1M, GPU 1 at 128K-512K (needs .patterns); GPU 2 the estimation and DCA
+#          profiles; GPU 3 the torch sparse, prefill, layer, RoPE and DCA suites.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_parallel.sh OUT_DIR STAGE}; stage=${2:?stage}
 R=/tmp/yarnref-results/$stage; mkdir -p "$R" "$out"
@@ -59,7 +61,14 @@ case "$stage" in
     job 2 tests_torch 540 "$PYT tests/test_agree_sparse.py tests/test_triton_sparse.py tests/test_prefill.py tests/test_qwen_layer.py -k 'not cupy'"
     job 3 long_context 540 "bash scripts/gpu_long_context.sh $R -s"
     ;;
-  *) echo "stage: early, cupydca, layer, cupy, final, probe or verify" >&2; exit 2 ;;
+  tables)  # the Qwen layer tables for the docs (1M on its own GPU), the profiles, the GPU suites of the pipeline
+    Q="cd benchmarks && python3 bench_qwen_layer.py --patterns $PWD/.patterns --budget 500"
+    job 0 layer_1m 560 "$Q --out $R/layer_1m --lengths 1048576"
+    job 1 layer_short 560 "$Q --out $R/layer_short --lengths 131072,262144,524288"
+    job 2 profiles 560 "cd benchmarks && python3 profile_estimation.py --out $R && python3 profile_dca.py --out $R"
+    job 3 tests_torch 560 "$PYT tests/test_agree_sparse.py tests/test_triton_sparse.py tests/test_prefill.py tests/test_qwen_layer.py tests/test_agree_rope.py tests/test_agree_dca.py -k 'not cupy'"
+    ;;
+  *) echo "stage: early, cupydca, layer, cupy, final, probe, verify or tables" >&2; exit 2 ;;
 esac
 wait
 grep -h "^\[.*\] rc=" "$R"/*.log

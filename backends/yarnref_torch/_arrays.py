@@ -103,15 +103,6 @@ def _numpy_to_tensor(a: np.ndarray, param: str) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
-def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device``.  To a GPU through pinned memory, without waiting for the stream: a plain
-    copy from pageable memory synchronises the stream, so the host could not queue work ahead of the device
-    (the Qwen pipeline hands index arrays and position ids over a few times per DCA segment)."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 class ArrayConverter:
     """Turns the caller's arrays into tensors on one device (see the module docstring)."""
 
@@ -128,7 +119,7 @@ class ArrayConverter:
             a = np.asarray(x)
             if a.dtype == object:
                 raise InputError(param, f"{type(x).__name__} holding objects", "an array of numbers")
-            return host_to_device(_numpy_to_tensor(a, param), self.device)  # the one copy of a NumPy input
+            return _numpy_to_tensor(a, param).to(self.device)  # the one copy of a NumPy input
         if t.device != self.device:
             origin = "a CuPy array" if is_cupy_array(x) else "a tensor"
             raise DeviceMismatchError(

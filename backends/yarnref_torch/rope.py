@@ -64,7 +64,7 @@ def rope_cos_sin(conv: ArrayConverter, inv_freq, positions, attention_factor=1.0
     p_w = p64.to(work)  # positions as the stack holds them (int -> float64 -> work, like the spec)
     f_w = f.to(torch.float64).to(work)
     angles = p_w[..., None] * f_w  # (..., r/2) = p * theta_i, in `work`
-    m_w = torch.tensor(m, dtype=torch.float64, device=conv.device).to(work)
+    m_w = torch.full((), m, dtype=torch.float64, device=conv.device).to(work)  # made on the device: no host copy
     cos = torch.cos(angles) * m_w
     sin = torch.sin(angles) * m_w
     out = torch_dtype(out_precision)

@@ -66,7 +66,7 @@ from yarnref.errors import InputError
 from yarnref.sparse import MIN_SLASH_SIZE, MIN_VERTICAL_SIZE, VS_MODES
 from yarnref.sparse_lockstep import convert_lockstep
 
-from ._arrays import ArrayConverter, check_all_finite, check_float, compute_dtype, host_to_device, tensor_to_numpy
+from ._arrays import ArrayConverter, check_all_finite, check_float, compute_dtype, tensor_to_numpy
 from .attention import attention_tensors
 
 __all__ = [
@@ -147,7 +147,7 @@ def _top_indices(score: torch.Tensor, counts: np.ndarray, descending: bool, widt
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices  # best first; stable: lower index first on ties
     width = int(counts.max()) if width is None else width
     top = order[..., :width]
-    keep = torch.arange(width, device=score.device)[None, :] < host_to_device(torch.from_numpy(np.ascontiguousarray(counts)), score.device)[:, None]  # (heads, width)
+    keep = torch.arange(width, device=score.device)[None, :] < torch.as_tensor(counts, device=score.device)[:, None]  # (heads, width)
     top = torch.where(keep, top, -1)
     if descending:
         return torch.sort(top, dim=-1, descending=True).values
