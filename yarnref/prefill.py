@@ -506,7 +506,12 @@ def _pad_join(parts: list) -> np.ndarray:
     if len(parts) == 1:
         return parts[0]
     width = max(p.shape[-1] for p in parts)
-    return np.concatenate([np.pad(p, ((0, 0), (0, 0), (0, width - p.shape[-1])), constant_values=-1) for p in parts], axis=1)
+    joined = np.full((parts[0].shape[0], sum(p.shape[1] for p in parts), width), -1, dtype=np.int64)
+    h = 0
+    for p in parts:  # a loop over the head groups, in order
+        joined[:, h : h + p.shape[1], : p.shape[-1]] = p
+        h += p.shape[1]
+    return joined
 
 
 def _check_budget_clamp(budget_clamp):
