@@ -138,7 +138,7 @@ def _host_budget(value):
 #: 512 MiB); longer ones are cast a chunk at a time for each query head.  Half-precision keys on CUDA are
 #: not cast at all (the product is formed by a half-precision matmul with a float32 result).  Besides
 #: these, one head's ``(last_q, kv_len + last_q)`` float32 logits (256 MiB at 1M keys) and the call's
-#: ``(batch, q_heads, kv_len)`` float32 scores (two of them) are held.
+#: ``(batch, q_heads, kv_len)`` float32 scores (two of them, and the slash scores' flipped copy) are held.
 ESTIMATE_BYTES = 1 << 29
 
 
