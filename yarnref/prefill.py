@@ -248,8 +248,9 @@ def _compact(idx: np.ndarray, keep: np.ndarray, shift: int, fallback_len: int | 
 
     The pipeline's index rows are sorted, so a range of values is one run of
     each row: then each row's run is copied as a slice (a 1M-token segment's
-    six calls take about a millisecond instead of the 100 ms a stable argsort
-    of every row took); any other ``keep`` is compacted entry by entry.
+    split took 12 ms this way on the development CPU, against 102 ms with a
+    stable argsort of every row); any other ``keep`` is compacted entry by
+    entry.
     """
     counts = keep.sum(-1)  # (batch, heads)
     fallback = vllm_fallback_indices(fallback_len) if fallback_len is not None else np.zeros(0, np.int64)
