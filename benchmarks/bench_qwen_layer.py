@@ -246,6 +246,104 @@ class PatternSubstitution:
         return float(qp.kernel_density(v, s, kv_len, device=self.layer.device).mean())
 
 
+class PhaseTimes:
+    """Context manager: where one layer call's time goes, measured inside the call.
+
+    Inside this block the layer's attention operations are wrapped (and the
+    wrappers removed on leaving; the library is not changed): each call of
+    ``yarnref.qwen_prefill`` (``attention``: everything of a chunk's attention
+    after the projections), of the backend's ``dca_attention`` (``dense_dca``:
+    the dense DCA of the chunks below the sparse gate, or of the whole dense
+    variant), ``vertical_slash_attention`` (``sparse_call``: validation, list
+    conversion and kernel), ``merge_attention`` (``merge``: the LSE merge of
+    the DCA parts), and inside the sparse call the list conversion
+    (``conversion``, ``yarnref_torch.sparse._convert``) and the Triton kernel
+    (``sparse_kernel``) gets CUDA events around it (host clocks on the CPU),
+    read after the run, so nothing synchronises inside the call.  The
+    estimation's time is :meth:`PatternSubstitution.estimation_ms`.
+
+    With ``count_pairs`` every conversion's lists also count the query-key
+    pairs the kernel computes (:func:`qwen_patterns.listed_pairs`, summed on
+    the device): the kernel's rate is ``4 * head_dim * pairs`` flop over its
+    time.  The counting adds device work, so it runs in a call that is not
+    the timed one (the benchmark's first call).
+    """
+
+    PHASES = ("attention", "dense_dca", "sparse_call", "conversion", "sparse_kernel", "merge")
+
+    def __init__(self, layer: QwenLayer, count_pairs: bool = False):
+        self.layer, self.count_pairs = layer, count_pairs
+        self.events = {phase: [] for phase in self.PHASES}
+        self.host_ms = dict.fromkeys(self.PHASES, 0.0)
+        self.pairs = None
+        self._restore = []
+
+    def _timed(self, phase: str, fn, after=None):
+        def wrapper(*args, **kwargs):
+            cuda = self.layer.device.type == "cuda"
+            if cuda:
+                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+            t0 = time.perf_counter()
+            result = fn(*args, **kwargs)
+            if cuda:
+                stop.record()
+                self.events[phase].append((start, stop))
+            else:
+                self.host_ms[phase] += (time.perf_counter() - t0) * 1e3
+            if after is not None:
+                after(args, result)
+            return result
+        return wrapper
+
+    def _patch(self, owner, name: str, phase: str, after=None, instance: bool = False):
+        original = getattr(owner, name)
+        setattr(owner, name, self._timed(phase, original, after))
+        self._restore.append((owner, name, None if instance else original))
+
+    def _add_pairs(self, args, converted):
+        q_len, kv_len, _vertical, _slash, bm, bn, causal = args
+        pairs = qp.listed_pairs(converted, q_len, kv_len, causal, bm, bn).sum()
+        self.pairs = pairs if self.pairs is None else self.pairs + pairs
+
+    def __enter__(self):
+        import importlib
+
+        import yarnref
+
+        backend = self.layer.backend
+        self._patch(yarnref, "qwen_prefill", "attention")
+        for name, phase in (("dca_attention", "dense_dca"), ("vertical_slash_attention", "sparse_call"),
+                            ("merge_attention", "merge")):
+            self._patch(backend, name, phase, instance=True)  # an instance attribute: found first by the lookup
+        self._patch(importlib.import_module("yarnref_torch.sparse"), "_convert", "conversion",
+                    after=self._add_pairs if self.count_pairs else None)
+        try:
+            triton_sparse = importlib.import_module("yarnref_torch.triton_sparse")
+        except ImportError:  # no Triton: the sparse call runs the torch path, its time is the call's
+            triton_sparse = None
+        if triton_sparse is not None and hasattr(triton_sparse, "sparse_attention_triton"):
+            self._patch(triton_sparse, "sparse_attention_triton", "sparse_kernel")
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, original in reversed(self._restore):
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+        self._restore = []
+        return False
+
+    def ms(self) -> dict:
+        """Time per phase (ms; device time between the events on CUDA, read after a sync)."""
+        return {phase: sum(a.elapsed_time(b) for a, b in self.events[phase]) + self.host_ms[phase]
+                for phase in self.PHASES}
+
+    def counted_pairs(self) -> int | None:
+        return None if self.pairs is None else int(self.pairs)
+
+
 def median_budget_layer(table) -> int:
     vertical, slash = qp.head_budgets(table)
     total = (vertical + slash).sum(axis=1)
@@ -298,21 +396,27 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
         x_in = torch.randn((n, layer.g.hidden), generator=g, device=device, dtype=dtype)
         memory = {} if device.type == "cuda" else None
         with substitution:
-            times = []
+            times, pairs = [], None
             for i in range(repeats):  # the same call each time; the last one keeps its rows and memory
                 last = i == repeats - 1
                 if sparse:  # the estimation's count and time are those of the timed (last) call
                     substitution.calls, substitution.events, substitution.host_ms = 0, [], 0.0
                     substitution.head, substitution.parts = 0, []
                 x = x_in.clone() if not last else x_in
+                # The first of several calls counts the kernel's pairs; the phases are the timed call's.
+                phases = PhaseTimes(layer, count_pairs=sparse and i == 0 and repeats > 1)
                 sync(device)
                 t0 = time.perf_counter()
-                layer.forward(x, chunk=chunk, sparse=sparse, memory=memory if last else None, keep_rows=rows if last else None)
+                with phases:
+                    layer.forward(x, chunk=chunk, sparse=sparse, memory=memory if last else None,
+                                  keep_rows=rows if last else None)
                 sync(device)
                 times.append((time.perf_counter() - t0) * 1e3)
+                pairs = phases.counted_pairs() if pairs is None else pairs
                 del x
             del x_in
             ms = times[-1]
+            phase_ms = phases.ms()
             calls = substitution.calls if sparse else 0
             estimation_ms = substitution.estimation_ms() if sparse else None  # after the sync above
             err = check_run(layer, segments, n, sparse)  # inside the block: the reference sees the sets the run used
@@ -329,6 +433,7 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
                      "within_goal": memory["layer_peak"] <= GOAL_BYTES,
                      "kv_cache_gib": memory["kv_cache"] / GIB, "weights_gib": layer.weight_bytes() / GIB,
                      "hidden_gib": n * layer.g.hidden * torch.finfo(dtype).bits / 8 / GIB}
+        extra.update(phase_breakdown(phase_ms, ms, estimation_ms, pairs, layer.g.head_dim, rec.ceilings))
         if sparse:
             extra.update(pattern=pattern, estimations=calls, sets_drawn_s=t_sets, last_sets_density=density,
                          estimation_ms=estimation_ms, estimation_share=estimation_ms / ms if ms else None)
@@ -344,6 +449,33 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
                           extra["projection_peak_gib"], extra["output_peak_gib"]) if memory else None), **extra)
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def phase_breakdown(phase_ms: dict, ms: float, estimation_ms: float | None, pairs: int | None, head_dim: int,
+                    ceilings: dict | None) -> dict:
+    """The row's phase fields: ``<phase>_ms`` of :class:`PhaseTimes`, ``outside_attention_ms`` (the
+    projections, the MLP, the norms and the cache writes: the call minus ``attention``),
+    ``estimation_conversion_share`` (the estimation and the list conversion over the call), and with counted
+    pairs ``kernel_pairs`` and the kernel's rate ``kernel_tflops`` against the GEMM and the L2 read ceilings
+    of the run (a 64-row tile reads its 64 keys and values, 32 KB in bf16 at head_dim 128, from L2 for 64
+    queries: ``64 * head_dim / 128`` flop per byte, so the L2 read rate allows ``L2 * 64 * head_dim / 128``
+    flop/s)."""
+    out = {f"{phase}_ms": value for phase, value in phase_ms.items()}
+    out["outside_attention_ms"] = ms - phase_ms["attention"]
+    if estimation_ms is not None:
+        out["estimation_conversion_share"] = (estimation_ms + phase_ms["conversion"]) / ms if ms else None
+    if pairs:
+        out["kernel_pairs"] = pairs
+        kernel_s = phase_ms["sparse_kernel"] / 1e3
+        if kernel_s > 0:
+            tflops = 4 * head_dim * pairs / kernel_s / 1e12
+            out["kernel_tflops"] = tflops
+            ceilings = ceilings or {}
+            if ceilings.get("gemm_tflops"):
+                out["kernel_vs_gemm"] = tflops / ceilings["gemm_tflops"]
+            if ceilings.get("l2_read_tbps"):
+                out["kernel_vs_l2_bound"] = tflops / (ceilings["l2_read_tbps"] * 64 * head_dim / 128)
+    return out
 
 
 def _k(n: int) -> str:

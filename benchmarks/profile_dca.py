@@ -4,13 +4,17 @@ bench_attention.py's DCA case (32 heads, head_dim 128, bf16, chunk_size 32768,
 local_size 4096) at 32K and 64K: the public call, one dense causal cuDNN call
 without and with the log-sum-exp (DCA needs it for the merge), and the CUDA
 kernels of one profiled DCA call (torch.profiler, sorted by device time) with
-the device's idle time in it (``common.device_timeline``).
+the device's idle time in it (``common.device_timeline``), and the host
+functions of 20 calls by their own time (cProfile).
 Not part of run_all.sh: ``python benchmarks/profile_dca.py --out DIR``.
 """
 
 from __future__ import annotations
 
+import cProfile
+import io
 import math
+import pstats
 from pathlib import Path
 
 import torch
@@ -49,9 +53,56 @@ def run(rec):
                 dca()
                 torch.cuda.synchronize()
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=70)
-        tables.append(f"== {case}\n{table}\n{device_timeline(prof)}")
+        first = host_time_to_first_attention(dca, device, calls=20)
+        rec.add(case, "host time to the first attention call", timing={"ms": first, "timer": "host clock", "reps": 20})
+        tables.append(f"== {case}\n{table}\n{device_timeline(prof)}\n"
+                      f"host time from the call to its first attention_tensors call: {first * 1e3:.0f} us (median of 20)\n"
+                      f"{host_functions(dca, device, calls=20)}")
         print(tables[-1], flush=True)
     (Path(rec.args.out) / "profile_dca.txt").write_text("\n".join(tables))
+
+
+def host_time_to_first_attention(fn, device, calls: int) -> float:
+    """Median host milliseconds from the start of ``fn()`` to its first ``attention_tensors`` call (the
+    backend's first large kernel is launched there; the device waits for the host until then)."""
+    import statistics
+    import time
+
+    import yarnref_torch.dca as torch_dca
+
+    original, marks = torch_dca.attention_tensors, []
+
+    def marked(*args, **kwargs):
+        marks.append(time.perf_counter())
+        return original(*args, **kwargs)
+
+    times = []
+    torch_dca.attention_tensors = marked
+    try:
+        for _ in range(calls):
+            torch.cuda.synchronize(device)
+            marks.clear()
+            t0 = time.perf_counter()
+            fn()
+            times.append((marks[0] - t0) * 1e3)
+    finally:
+        torch_dca.attention_tensors = original
+    return statistics.median(times)
+
+
+def host_functions(fn, device, calls: int) -> str:
+    """cProfile of ``calls`` synchronised calls, by own time: where the host's share of a call goes (the
+    time spent waiting for the device shows up in the function that synchronises)."""
+    profile = cProfile.Profile()
+    torch.cuda.synchronize(device)
+    profile.enable()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize(device)
+    profile.disable()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(30)
+    return f"host functions of {calls} calls (cProfile, by own time)\n{text.getvalue()}"
 
 
 if __name__ == "__main__":

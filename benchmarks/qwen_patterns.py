@@ -239,6 +239,27 @@ def _list_pairs(converted, start: int, stop: int, bm: int, bn: int) -> torch.Ten
     return total[0]
 
 
+def listed_pairs(converted, q_len: int, kv_len: int, causal: bool, bm: int = BM, bn: int = BN) -> torch.Tensor:
+    """Query-key pairs the kernel computes from one call's lists, per head ``(heads,)`` (batch 0), int64.
+
+    Causal: the queries are the last ``q_len`` of ``kv_len`` positions and see the keys up to their own
+    (:func:`_list_pairs`).  Not causal: every query sees every listed key inside ``[0, kv_len)``.
+    """
+    if causal:
+        return _list_pairs(converted, kv_len - q_len, kv_len, bm, bn)
+    block_count, block_offset, column_count, column_index = converted
+    R = block_count.shape[-1]
+    dev = block_count.device
+    rows = (torch.clamp(torch.arange(1, R + 1, device=dev, dtype=torch.int64) * bm, max=q_len)
+            - torch.arange(R, device=dev, dtype=torch.int64) * bm)  # (R,) queries per row block
+    off = block_offset.to(torch.int64)
+    listed = torch.arange(off.shape[-1], device=dev) < block_count[..., None]
+    width = (torch.clamp(off + bn, max=kv_len) - off.clamp(min=0)).clamp(min=0)  # keys of the range inside [0, kv_len)
+    keys = torch.where(listed, width, 0).sum(-1)  # (batch, heads, R)
+    keys += torch.minimum(column_count.to(torch.int64), torch.tensor(column_index.shape[-1], device=dev))
+    return (keys * rows).sum(-1)[0]
+
+
 def kernel_density(vertical, slash, n: int, *, device="cpu", max_elements: int = 1 << 25) -> np.ndarray:
     """Per head: causal pairs the 64 x 64 kernel lists cover / ``n (n + 1) / 2``, converted per chunk of row blocks.
 

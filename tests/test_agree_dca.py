@@ -181,3 +181,20 @@ def test_bad_values_are_refused_by_attention_and_dca(backend, dtype):
             with pytest.raises(InputError) as exc:
                 fn()
             assert exc.value.param == "q"
+
+
+@given(st.integers(2, 300), st.integers(1, 300), st.data())
+def test_torch_successive_query_rows_are_the_clamped_positions(chunk_len, local, data):
+    """The torch backend takes the successive queries' table rows min(r + L, C) by slices (Eq. (5)); they are
+    the rows of that index, whatever part of [r0, r1) reaches C."""
+    torch = pytest.importorskip("torch")
+    from yarnref_torch.dca import _successive_rows
+
+    local = min(local, chunk_len)  # C = L + local, local <= L as the spec requires of the DCA sizes
+    chunk_size = chunk_len + local
+    table = torch.arange((min(2 * chunk_len - 1, chunk_size) + 1) * 3, dtype=torch.float64).reshape(-1, 3)
+    r0 = data.draw(st.integers(0, chunk_len - 1), label="r0")
+    r1 = data.draw(st.integers(r0 + 1, chunk_len), label="r1")
+    want = table[torch.clamp(torch.arange(r0, r1) + chunk_len, max=chunk_size)]
+    got = _successive_rows(table, r0, r1, chunk_len, chunk_size)
+    assert torch.equal(got.expand(r1 - r0, -1), want)

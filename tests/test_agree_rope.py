@@ -92,6 +92,27 @@ def test_apply_rope_agrees_with_the_spec(backend, data):
 
 
 @backend_settings
+@given(data=st.data())
+def test_a_one_row_table_agrees_with_the_spec(backend, data):
+    """cos/sin of one row (``(1, r/2)``, or ``(batch, 1, r/2)``) rotate every position alike on every backend."""
+    dtype = data.draw(st.sampled_from(backend_dtypes(backend)), label="dtype")
+    pairing = data.draw(pairings, label="pairing")
+    batch, seq = data.draw(st.integers(1, 2), label="batch"), data.draw(st.integers(1, 37), label="seq")
+    inv = base_inv_freq(16, 10000.0)
+    shifts = np.asarray(data.draw(st.lists(st.integers(-10**6, 10**6), min_size=batch, max_size=batch), label="shifts"))
+    if data.draw(st.booleans(), label="per_sequence"):
+        cos, sin = rope_cos_sin(inv, shifts[:, None])  # (batch, 1, r/2)
+    else:
+        cos, sin = rope_cos_sin(inv, shifts[:1])  # (1, r/2)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x_backend, x_spec = as_inputs(backend, rng.standard_normal((batch, 3, seq, 24)), dtype)
+    got = backend.apply_rope(x_backend, cos, sin, pairing)
+    want = apply_rope(x_spec, cos, sin, pairing)
+    assert tuple(got.shape) == want.shape == (batch, 3, seq, 24)
+    assert_close(got, want, dtype=dtype, op="rope", err_msg=f"pairing={pairing}, table {cos.shape}")
+
+
+@backend_settings
 @given(st.sampled_from(["float32", "bfloat16", "float16"]), pairings, st.integers(0, 10**4))
 def test_the_backends_own_low_precision_tables_feed_its_rotation(backend, out_precision, pairing, start):
     """Tables made on the backend (a float32 computation cast to bf16/fp16, as transformers does) used as they are."""

@@ -62,14 +62,26 @@ def test_bench_qwen_layer_quick(tmp_path):
     # Random weights estimate near-dense sets; the realistic source keeps fewer pairs at the same budgets.
     density = {r["pattern"]: r["last_sets_density"] for r in sparse if r["chunk"] is None}
     assert density["synthetic"] < density["estimated"]
+    # Where the time went, measured inside the call: the attention's phases nest and the rest is outside it.
+    for r in checked:
+        assert 0 < r["attention_ms"] <= r["ms"] and r["outside_attention_ms"] == pytest.approx(r["ms"] - r["attention_ms"])
+        if r["sparse"]:
+            assert 0 < r["conversion_ms"] <= r["sparse_call_ms"] <= r["attention_ms"]
+            assert 0 < r["estimation_conversion_share"] < 1
+        else:
+            assert r["sparse_call_ms"] == r["conversion_ms"] == 0 and 0 < r["dense_dca_ms"] <= r["attention_ms"]
 
 
 def test_bench_qwen_layer_runs_the_variants_asked_for(tmp_path):
     """``--variants`` runs that subset of the layer's variants (chunked and unchunked); an unknown name is refused."""
-    doc = _run("bench_qwen_layer.py", tmp_path, "--variants", "synthetic", "--lengths", "512")
+    doc = _run("bench_qwen_layer.py", tmp_path, "--variants", "synthetic", "--lengths", "512", "--repeats", "2")
     variants = {r["variant"] for r in doc["rows"] if "variant" in r}
     assert variants == {"dca+sparse synthetic chunked 128", "dca+sparse synthetic unchunked"}, variants
     assert all(r["check"] == "pass" for r in _checked(doc))
+    # The first of the two calls counted the pairs of every list the kernel got: the tiny layer's 4 heads see
+    # at least their own diagonal (a forced slash) and at most the causal square, the DCA parts never overlap.
+    for r in _checked(doc):
+        assert 4 * 512 <= r["kernel_pairs"] <= 4 * 512 * 513 // 2
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "backends")]))
     bad = subprocess.run([sys.executable, "bench_qwen_layer.py", "--quick", "--out", str(tmp_path), "--variants", "sparse"],
                          cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True, timeout=300)

@@ -14,7 +14,7 @@ from yarnref import prefill, sparse
 from yarnref.softmax_attention import attention
 from yarnref.dca import dca_attention, dca_config, dca_position_ids, qwen_attention_scale
 from yarnref.errors import ConfigError, InputError
-from yarnref.rope import apply_rope, rope_cos_sin
+from yarnref.rope import apply_rope, base_inv_freq, rope_cos_sin
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -576,16 +576,17 @@ def test_rotated_keys_option_is_read():
         prefill.qwen_prefill(q, k, v, INV_FREQ, cfg, rotated_keys="yes")
 
 
-def test_rotated_keys_in_key_blocks_change_no_bit(monkeypatch):
-    """The estimation's keys rotated a few keys at a time (a tiny ROTATE_STEP) give the same result bit for bit."""
+def test_shifted_keys_equal_a_rotation_by_a_full_table():
+    """The estimation's keys (one-row shift tables, broadcast by apply_rope) equal each block rotated with
+    its shift repeated for every key, bit for bit, and keep the unshifted block as it is."""
     rng = np.random.default_rng(8)
-    q, k, v = qkv(rng, tq=200, tk=256)
-    cfg = make_config(table_for(BUDGETS), original_max_position_embeddings=100)
-    k_rot = dca_rotated(k)
-    whole = prefill.qwen_prefill(q, k_rot, v, INV_FREQ, cfg, prefill_chunk_size=64, rotated_keys=True, return_lse=True)
-    monkeypatch.setattr(prefill, "ROTATE_STEP", 7)
-    pieces = prefill.qwen_prefill(q, k_rot, v, INV_FREQ, cfg, prefill_chunk_size=64, rotated_keys=True, return_lse=True)
-    assert all(np.array_equal(a, b) for a, b in zip(whole, pieces))
+    k_rot = rng.standard_normal((1, 2, 90, 16))
+    inv = base_inv_freq(16, 10000.0)
+    blocks = [(0, 30, -7), (30, 60, 0), (60, 90, 25)]
+    got = prefill._shifted_keys(k_rot, "half", blocks, prefill._shift_tables(inv, blocks))
+    want = np.concatenate([k_rot[:, :, a:b] if s == 0 else apply_rope(k_rot[:, :, a:b], *rope_cos_sin(inv, np.full(b - a, s)))
+                           for a, b, s in blocks], axis=2)
+    np.testing.assert_array_equal(got, want)
 
 
 @given(seed=st.integers(0, 2**16), shape=st.tuples(st.integers(1, 2), st.integers(1, 4), st.integers(1, 40)),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings, strategies as st
 
 torch = pytest.importorskip("torch")
@@ -62,6 +63,27 @@ def test_kernel_density_equals_the_kernel_mask(n, seed, chunked):
     density = qp.kernel_density(v, s, n, max_elements=2000 if chunked else 1 << 25)
     np.testing.assert_allclose(density, _mask_density(v, s, n), rtol=0, atol=1e-12)
     assert np.all((density > 0) & (density <= 1))
+
+
+@settings(max_examples=12, deadline=None)
+@given(q_len=st.integers(1, 300), extra=st.integers(0, 400), seed=st.integers(0, 10_000), causal=st.booleans())
+def test_listed_pairs_count_the_kernel_mask(q_len, extra, seed, causal):
+    """The pairs the layer benchmark's kernel rate is computed from: those of the spec's kernel-mode mask."""
+    rng = np.random.default_rng(seed)
+    kv_len = q_len + extra if causal else max(extra, 1)
+    heads, width = 3, 40
+    v = np.full((1, heads, width), -1)
+    s = np.full((1, heads, width), -1)
+    for h in range(heads):  # verticals ascending, slashes descending, each -1-padded (the conversion's input)
+        cols = np.sort(rng.choice(kv_len, min(int(rng.integers(1, width)), kv_len), replace=False))
+        dist = np.sort(rng.choice(kv_len + q_len, min(int(rng.integers(1, width)), kv_len + q_len), replace=False))[::-1]
+        v[0, h, : len(cols)], s[0, h, : len(dist)] = cols, dist
+    v, s = torch.as_tensor(v), torch.as_tensor(s)
+    with yarnref.use_backend("torch", device="cpu"):
+        converted = yarnref.convert_vertical_slash_indexes(q_len, kv_len, v, s, qp.BM, qp.BN, causal)
+    got = qp.listed_pairs(converted, q_len, kv_len, causal).numpy()
+    mask = yarnref.vertical_slash_mask(q_len, kv_len, v.numpy(), s.numpy(), mode="kernel", causal=causal)
+    np.testing.assert_array_equal(got, mask[0].sum(axis=(-1, -2)))
 
 
 def test_real_sets_keep_budgets_forced_entries_and_profile():

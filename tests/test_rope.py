@@ -116,6 +116,18 @@ def test_per_sequence_positions():
         np.testing.assert_allclose(y[b : b + 1], apply_rope(x[b : b + 1], cb, sb), atol=1e-15)
 
 
+@given(st.sampled_from(["half", "interleaved", "interleaved_in_half_out"]), st.booleans(), st.integers(0, 10**6), st.integers(1, 9))
+def test_a_one_row_table_rotates_every_position_alike(pairing, batched, shift, seq):
+    """A ``seq = 1`` table broadcasts: the same result as that row repeated for every position."""
+    inv = base_inv_freq(16, 10000.0)
+    cos, sin = rope_cos_sin(inv, [shift])  # (1, r/2)
+    x = np.random.default_rng(shift).standard_normal((2, 3, seq, 20))
+    if batched:
+        cos, sin = np.stack([cos, 2 * cos]), np.stack([sin, 2 * sin])  # (batch, 1, r/2), a row per sequence
+    repeated = [np.repeat(t, seq, axis=-2) for t in (cos, sin)]
+    np.testing.assert_array_equal(apply_rope(x, cos, sin, pairing), apply_rope(x, *repeated, pairing))
+
+
 def test_float32_angles_match_a_float32_computation():
     inv = base_inv_freq(128, 500000.0)
     pos = np.array([0, 1, 4095, 131071, 1_000_000])

@@ -494,17 +494,22 @@ def check_dca_sizes(chunk_size, local_size) -> int:
 
 
 def check_rope_shapes(x, cos, sin) -> int:
-    """``x`` ``(..., seq, head_dim)`` against cos/sin tables ``(seq, r/2)`` or ``(batch, seq, r/2)``; returns ``rotary_dim = r``."""
+    """``x`` ``(..., seq, head_dim)`` against cos/sin tables ``(seq, r/2)`` or ``(batch, seq, r/2)``; returns ``rotary_dim = r``.
+
+    A table with ``seq = 1`` (``(1, r/2)`` or ``(batch, 1, r/2)``) broadcasts: every position of ``x``
+    is rotated by its one row of angles (a constant shift, as the Qwen pipeline's estimation keys use).
+    """
     if x.ndim < 2:
         raise InputError("x", f"shape {x.shape}", "an array of shape (batch, heads, seq, head_dim)")
     if cos.shape != sin.shape:
         raise InputError("sin", f"shape {sin.shape}", f"the shape of cos, {cos.shape}")
     seq, head_dim = x.shape[-2], x.shape[-1]
-    if cos.ndim not in (2, 3) or cos.shape[-2] != seq:
+    if cos.ndim not in (2, 3) or cos.shape[-2] not in (1, seq):
         raise InputError(
             "cos",
             f"shape {cos.shape}",
-            f"(seq, rotary_dim/2) or (batch, seq, rotary_dim/2) with seq = {seq} (x has shape {x.shape})",
+            f"(seq, rotary_dim/2) or (batch, seq, rotary_dim/2) with seq = {seq} (x has shape {x.shape}), "
+            "or seq = 1 (one row of angles for every position)",
         )
     if cos.ndim == 3 and (x.ndim != 4 or cos.shape[0] not in (1, x.shape[0])):
         raise InputError("cos", f"shape {cos.shape}", f"a batch dimension of 1 or {x.shape[0]} matching x {x.shape}")

@@ -383,22 +383,12 @@ def _qwen_setup(q, k, v, inv_freq, dca, scale, layer, heads, prefill_chunk_size,
     return _QwenSetup(cfg, budgets, sparse, scale * temperature**2, query_ids, segments, chunk_of, int(seq_len))
 
 
-#: Keys rotated per call of the backend's ``apply_rope`` when the estimation's keys are made from keys
-#: already rotated (``rotated_keys=True``): each call's cos/sin tables are ``(ROTATE_STEP, r/2)``, 16 MiB
-#: in float64 for r = 128, instead of a table over every key.
-ROTATE_STEP = 1 << 15
-
-
 def _shift_tables(inv_freq, blocks) -> dict:
-    """cos/sin ``(n, r/2)`` of each block's constant ``shift`` (``n``: the block's length, at most
-    :data:`ROTATE_STEP`), made once and sliced by :func:`_shifted_keys` for every key block and KV head."""
+    """cos/sin ``(1, r/2)`` of each block's constant ``shift``: one row, which the backend's ``apply_rope``
+    broadcasts over every key of the block (:func:`yarnref.rope.apply_rope`); made once per segment."""
     rope_cos_sin = _op("rope_cos_sin")
-    tables = {}
-    for start, stop, shift in blocks:
-        if stop > start and shift != 0:
-            n = max(min(stop - start, ROTATE_STEP), tables[shift][0].shape[0] if shift in tables else 0)
-            tables[shift] = rope_cos_sin(inv_freq, np.full(n, shift, dtype=np.int64))
-    return tables
+    return {shift: rope_cos_sin(inv_freq, np.array([shift], dtype=np.int64))
+            for start, stop, shift in blocks if stop > start and shift != 0}
 
 
 def _shifted_keys(k_rot, pairing, blocks, tables):
@@ -407,9 +397,9 @@ def _shifted_keys(k_rot, pairing, blocks, tables):
 
     RoPE rotations compose, :math:`R(a) R(b) = R(a + b)` (RoFormer Eq. (13)-(15)), so this is each key
     at ``r(j) + shift``; in a low-precision dtype the key is rounded twice (once when it was rotated to
-    ``r(j)``, once here), in float64 it equals the direct rotation to the float64 rounding.  Rotated
-    :data:`ROTATE_STEP` keys at a time with the tables of :func:`_shift_tables`, so that no cos/sin
-    table over all keys exists.
+    ``r(j)``, once here), in float64 it equals the direct rotation to the float64 rounding.  One
+    ``apply_rope`` call per block, with the one-row table of :func:`_shift_tables`: no cos/sin table
+    over the keys exists, and the backend launches one rotation per block.
     """
     apply_rope = _op("apply_rope")
     pieces = []
@@ -418,11 +408,8 @@ def _shifted_keys(k_rot, pairing, blocks, tables):
             continue
         if shift == 0:
             pieces.append(k_rot[:, :, start:stop])
-            continue
-        cos, sin = tables[shift]
-        for a in range(start, stop, ROTATE_STEP):  # a loop over key blocks of one DCA part
-            b = min(a + ROTATE_STEP, stop)
-            pieces.append(apply_rope(k_rot[:, :, a:b], cos[: b - a], sin[: b - a], pairing))
+        else:
+            pieces.append(apply_rope(k_rot[:, :, start:stop], *tables[shift], pairing))
     return _concatenate(pieces, 2)
 
 

@@ -40,7 +40,7 @@ Conventions
 * A position is a real number (integers in practice; PI makes them fractional).
 * Shapes: ``x`` is ``(batch, heads, seq, head_dim)`` (the torch SDPA layout);
   cos/sin are ``(seq, r/2)``, or ``(batch, seq, r/2)`` for per-sequence
-  positions.
+  positions; a seq extent of 1 broadcasts (one rotation for every token).
 * Precision: float64 by default.  ``precision="float32"`` reproduces what
   transformers and vLLM compute (float32 frequencies, float32 ``p * theta``,
   float32 cos/sin); ``out_precision="bfloat16"`` (or ``"float16"``) adds the
@@ -199,7 +199,8 @@ def apply_rope(x, cos, sin, pairing: str = "half"):
 
     ``x``: ``(batch, heads, seq, head_dim)``; ``cos``, ``sin``: ``(seq, r/2)``
     or ``(batch, seq, r/2)``, as returned by :func:`rope_cos_sin` (already
-    multiplied by the attention factor).  The rotation is computed in float64
+    multiplied by the attention factor); a table of one row (``seq = 1``)
+    rotates every position by the same angles (NumPy broadcasting).  The rotation is computed in float64
     and returned in ``x``'s dtype.
     """
     check_option("pairing", pairing, PAIRINGS)

@@ -70,6 +70,21 @@ def _position_table(inv_freq: torch.Tensor, n: int, pi_factor: float, factor: fl
     return (torch.cos(angles) * factor).to(dtype), (torch.sin(angles) * factor).to(dtype)
 
 
+def _successive_rows(table: torch.Tensor, r0: int, r1: int, chunk_len: int, chunk_size: int) -> torch.Tensor:
+    """The rows of positions ``min(r + L, C)`` for ``r`` in ``[r0, r1)`` (Eq. (5)), without an index tensor.
+
+    The positions rise by one until they reach ``C`` and stay there: a slice of the table, one row (which
+    the rotation broadcasts) when every query is at ``C``, or the slice and that row repeated.
+    """
+    rising = max(0, min(r1, chunk_size - chunk_len + 1) - r0)  # rows with r + L <= C
+    if rising == r1 - r0:
+        return table[r0 + chunk_len : r1 + chunk_len]
+    last = table[chunk_size : chunk_size + 1]  # (1, r/2): position C
+    if rising == 0:
+        return last
+    return torch.cat([table[r0 + chunk_len : r0 + chunk_len + rising], last.expand(r1 - r0 - rising, -1)])
+
+
 def dca_attention(
     conv: ArrayConverter,
     q,
@@ -185,8 +200,7 @@ def dca_attention(
             if stop <= start:
                 continue
             if part == "successive":
-                succ = torch.clamp(torch.arange(r0, r1, device=q.device) + chunk_len, max=chunk_size)  # min(r + L, C)
-                qc, qs = cos[succ], sin[succ]
+                qc, qs = _successive_rows(cos, r0, r1, chunk_len, chunk_size), _successive_rows(sin, r0, r1, chunk_len, chunk_size)
             elif part == "inter":
                 inter = min(2 * chunk_len - 1, chunk_size)  # one position for every query
                 qc, qs = cos[inter : inter + 1], sin[inter : inter + 1]

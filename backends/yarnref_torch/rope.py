@@ -10,7 +10,8 @@ Conventions
 Those of :mod:`yarnref.rope`: pairings ``"half"``, ``"interleaved"`` and
 ``"interleaved_in_half_out"``; partial rotary (only the first
 ``r = 2 * cos.shape[-1]`` features rotate); ``x`` is ``(batch, heads, seq,
-head_dim)``; cos/sin are ``(seq, r/2)`` or ``(batch, seq, r/2)``.
+head_dim)``; cos/sin are ``(seq, r/2)`` or ``(batch, seq, r/2)``, or with a
+seq extent of 1 (broadcast over the tokens).
 
 Precision.  :func:`rope_cos_sin` computes natively in ``precision``: with
 ``"float32"`` the positions and the frequencies are float32 tensors and

@@ -179,13 +179,21 @@ def _half_mm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_(torch.mm(a, b, out_dtype=out.dtype))
 
 
-def _head_scores(q_rows, keys, keys_cast, scale: float, logits, key_step: int, vertical_out, slash_reversed_out):
+def _unwritten_cells(m: int, device) -> torch.Tensor:
+    """``(m, m - 1)`` bool: the cells of the skewed layout's first ``m - 1`` columns that row ``r`` never
+    writes (columns before ``m - 1 - r``), the same for every head of a call."""
+    column = torch.arange(m - 1, device=device)
+    return column[None, :] < (m - 1 - torch.arange(m, device=device))[:, None]
+
+
+def _head_scores(q_rows, keys, keys_cast, scale: float, logits, unwritten, key_step: int, vertical_out, slash_reversed_out):
     """Column and diagonal sums of one head's softmax, written into ``vertical_out`` and ``slash_reversed_out``.
 
     ``q_rows`` ``(m, d)``: the head's last ``m`` queries; ``keys`` ``(kv_len,
     d)`` its KV head's keys (``keys_cast``: the same in the compute dtype, or
     None to cast ``key_step`` keys at a time).  ``logits`` ``(m, kv_len + m)``
-    is the work buffer, in the compute dtype.
+    is the work buffer, in the compute dtype; ``unwritten`` the mask of
+    :func:`_unwritten_cells`.
 
     Layout: row ``r`` (query position ``p_r = kv_len - m + r``) holds key
     ``j`` at column ``j + m - 1 - r``.  Then key ``j`` of every row lies on
@@ -210,8 +218,7 @@ def _head_scores(q_rows, keys, keys_cast, scale: float, logits, key_step: int, v
             chunk = keys_cast[j0:j1] if keys_cast is not None else keys[j0:j1].to(logits.dtype)
             torch.mm(q_rows, chunk.T, out=on_diagonals[:, j0:j1])
     logits[:, kv_len:] = -math.inf  # keys after each row's own position
-    column = torch.arange(m - 1, device=logits.device)
-    logits[:, : m - 1].masked_fill_(column[None, :] < (m - 1 - torch.arange(m, device=logits.device))[:, None], -math.inf)
+    logits[:, : m - 1].masked_fill_(unwritten, -math.inf)  # keys before position 0
     row_max = logits.amax(dim=-1, keepdim=True)  # (m, 1) of the unscaled logits; finite: every row sees key 0
     torch.add(row_max * -scale, logits, alpha=scale, out=logits)  # scale * (logit - max)
     logits.exp_()
@@ -244,6 +251,7 @@ def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, 
     itemsize = torch.finfo(cdt).bits // 8
     key_step = max(1, ESTIMATE_BYTES // (head_dim * itemsize))
     logits = torch.empty((m, kv_len + m), dtype=cdt, device=q.device)  # one head's, reused
+    unwritten = _unwritten_cells(m, q.device)
     vertical_score = torch.empty((batch, q_heads, kv_len), dtype=cdt, device=q.device)
     slash_score = torch.empty((batch, q_heads, kv_len), dtype=cdt, device=q.device)  # distances reversed, then flipped
     for b in range(batch):
@@ -253,7 +261,8 @@ def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, 
             if not _half_matmul(q, k) and kv_len <= key_step:
                 keys_cast = keys.to(cdt)  # once for the KV head's query heads (no copy when already cdt)
             for h in range(kv * group, (kv + 1) * group):  # a loop over the KV head's query heads
-                _head_scores(q[b, h, q_len - m :], keys, keys_cast, scale, logits, key_step, vertical_score[b, h], slash_score[b, h])
+                _head_scores(q[b, h, q_len - m :], keys, keys_cast, scale, logits, unwritten, key_step,
+                             vertical_score[b, h], slash_score[b, h])
             del keys_cast
     del logits
     slash_score = slash_score.flip(-1)  # (batch, q_heads, kv_len), distance 0 first
