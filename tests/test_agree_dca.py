@@ -198,3 +198,24 @@ def test_torch_successive_query_rows_are_the_clamped_positions(chunk_len, local,
     want = table[torch.clamp(torch.arange(r0, r1) + chunk_len, max=chunk_size)]
     got = _successive_rows(table, r0, r1, chunk_len, chunk_size)
     assert torch.equal(got.expand(r1 - r0, -1), want)
+
+
+def test_torch_dca_tables_kept_between_calls_follow_the_frequencies():
+    """The torch backend reuses the last cos/sin tables for the same frequency tensor; a change in place (torch's
+    version counter) or another tensor makes them afresh, so every call equals the spec."""
+    torch = pytest.importorskip("torch")
+    import yarnref
+    from yarnref.dca import dca_attention
+
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 2, 96, 16)) for _ in range(3))
+    inv = torch.as_tensor(base_inv_freq(16, 10000.0))
+    with yarnref.use_backend("torch", device="cpu") as be:
+        first = be.dca_attention(torch.as_tensor(q), torch.as_tensor(k), torch.as_tensor(v), inv, 40, 8).numpy()
+        again = be.dca_attention(torch.as_tensor(q), torch.as_tensor(k), torch.as_tensor(v), inv, 40, 8).numpy()
+        inv.mul_(0.5)  # in place: the kept tables no longer apply
+        halved = be.dca_attention(torch.as_tensor(q), torch.as_tensor(k), torch.as_tensor(v), inv, 40, 8).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert_close(first, dca_attention(q, k, v, base_inv_freq(16, 10000.0), 40, 8), dtype="float64", op="dca")
+    assert_close(halved, dca_attention(q, k, v, base_inv_freq(16, 10000.0) * 0.5, 40, 8), dtype="float64", op="dca")
+    assert np.abs(halved - first).max() > 1e-3

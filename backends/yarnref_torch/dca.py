@@ -60,14 +60,32 @@ from .rope import rotate
 __all__ = ["dca_attention"]
 
 
+#: Bytes of cos/sin tables :func:`_position_table` keeps for the next call (the last pair made, if it is
+#: no larger): a call with the same frequency tensor, unchanged since, and the same sizes skips their
+#: kernels.  At a 32K chunk the pair takes 16 MiB in float32; Qwen2.5-1M's 262144-token chunks (134 MiB)
+#: are made afresh every call rather than held between calls.
+TABLE_CACHE_BYTES = 1 << 25
+
+_last_table: dict = {}
+
+
 def _position_table(inv_freq: torch.Tensor, n: int, pi_factor: float, factor: float, dtype: torch.dtype):
     """cos and sin of ``(p / pi_factor) * theta`` times ``factor`` for ``p = 0 .. n-1``, each ``(n, r/2)``.
 
-    Computed in float64, returned in ``dtype``.
+    Computed in float64, returned in ``dtype`` (read only: they may be the previous call's, see
+    :data:`TABLE_CACHE_BYTES`; torch's version counter tells an ``inv_freq`` changed in place).
     """
+    key = (n, float(pi_factor), float(factor), dtype, inv_freq._version)
+    last = _last_table.get("entry")
+    if last is not None and last[0] is inv_freq and last[1] == key:
+        return last[2]
     p = torch.arange(n, dtype=torch.float64, device=inv_freq.device) / pi_factor  # (n,) positions / PI factor
     angles = p[:, None] * inv_freq.to(torch.float64)  # (n, r/2)
-    return (torch.cos(angles) * factor).to(dtype), (torch.sin(angles) * factor).to(dtype)
+    tables = (torch.cos(angles) * factor).to(dtype), (torch.sin(angles) * factor).to(dtype)
+    _last_table.clear()
+    if 2 * tables[0].numel() * tables[0].element_size() <= TABLE_CACHE_BYTES:
+        _last_table["entry"] = (inv_freq, key, tables)
+    return tables
 
 
 def _successive_rows(table: torch.Tensor, r0: int, r1: int, chunk_len: int, chunk_size: int) -> torch.Tensor:
