@@ -817,26 +817,14 @@ if triton is not None:
         # "No vertical left": beyond every range (vLLM uses end_m + BLOCK_N + off,
         # which gives the same lists whenever BLOCK_N >= BLOCK_M).
         far = tl.full([], 2147483647, dtype=tl.int32)  # int32 max: past every range, as kv_len + 2 * 128 < 2**31
-        # The loop reads both lists one entry at a time, and each step needs the entry just read: each list
-        # is read three entries ahead (vp1..vp3 = vert[v..v+2], sp0..sp2 = slash[s..s+2]), so the loads of
-        # a step are issued steps before their values are used and their latency overlaps the loop's work.
-        # The values, and so the lists, are those of the one-entry-at-a-time merge.
         v_idx = tl.load(vert, mask=nv > 0, other=far).to(tl.int32)
         v = tl.minimum(nv, 1)
-        vp1 = tl.load(vert + v, mask=v < nv, other=far).to(tl.int32)
-        vp2 = tl.load(vert + v + 1, mask=v + 1 < nv, other=far).to(tl.int32)
-        vp3 = tl.load(vert + v + 2, mask=v + 2 < nv, other=far).to(tl.int32)
         # Skip the slashes that cannot reach this row block (delta >= end_m + off).
         s_idx = tl.load(slash, mask=ns > 0, other=end_m + off + 1).to(tl.int32)
         s = tl.minimum(ns, 1)
-        sp0 = tl.load(slash + s, mask=s < ns, other=-1).to(tl.int32)
-        sp1 = tl.load(slash + s + 1, mask=s + 1 < ns, other=-1).to(tl.int32)
-        sp2 = tl.load(slash + s + 2, mask=s + 2 < ns, other=-1).to(tl.int32)
         while (s_idx >= end_m + off) & (s < ns):
-            s_idx = sp0
+            s_idx = tl.load(slash + s).to(tl.int32)
             s += 1
-            sp0, sp1 = sp1, sp2
-            sp2 = tl.load(slash + s + 2, mask=s + 2 < ns, other=-1).to(tl.int32)
         has_slash = s_idx <= end_m + off
         e = tl.maximum(end_m + off - s_idx, BLOCK_M)  # end column of the slash's range
         if CAUSAL:  # no slash reaches the block: a first range just past the diagonal
@@ -855,21 +843,17 @@ if triton is not None:
                     tl.store(col_out + n_col, v_idx, mask=n_col < col_cap)
                     n_col += 1
                 if v < nv:
-                    v_idx = vp1  # vert[v]
+                    v_idx = tl.load(vert + v).to(tl.int32)
                     v += 1
-                    vp1, vp2 = vp2, vp3
-                    vp3 = tl.load(vert + v + 2, mask=v + 2 < nv, other=far).to(tl.int32)
                 else:
                     v_idx = far
             else:
                 take = s < ns
                 if not CAUSAL:
-                    take = take & (sp0 >= start_m)  # sp0 = slash[s]
+                    take = take & (tl.load(slash + s, mask=take, other=-1) >= start_m)
                 if take:
-                    e = tl.maximum(end_m + off - sp0, BLOCK_M)
+                    e = tl.maximum(end_m + off - tl.load(slash + s).to(tl.int32), BLOCK_M)
                     s += 1
-                    sp0, sp1 = sp1, sp2
-                    sp2 = tl.load(slash + s + 2, mask=s + 2 < ns, other=-1).to(tl.int32)
                     if e > range_end + BLOCK_M:  # a gap: emit the range, start a new one
                         n_blk = _save_range(blk_out, n_blk, range_start, range_end, kv_len, blk_cap, BLOCK_N)
                         range_start = e - BLOCK_M
