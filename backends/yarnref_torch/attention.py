@@ -306,8 +306,15 @@ def merge_tensors(outputs, lses):
     """The LSE merge on checked tensors: ``(out in outputs[0].dtype, lse)``.
 
     Computed (and the lse returned) in float64 if the outputs or any lse are
-    float64, else in float32; in blocks of rows of :data:`MERGE_BYTES`.
+    float64, else in float32; in blocks of rows of :data:`MERGE_BYTES`.  On
+    CUDA, half-precision parts of one shape with float32 lses are merged by
+    one Triton kernel (:mod:`.merge_triton`: each part read once, no float32
+    copies).
     """
+    from . import merge_triton
+
+    if merge_triton.available(outputs, lses):
+        return merge_triton.merge_triton(outputs, lses)
     wide = outputs[0].dtype == torch.float64 or any(l.dtype == torch.float64 for l in lses)
     cdt = torch.float64 if wide else torch.float32
     first = outputs[0]
@@ -356,7 +363,9 @@ def merge_attention(conv: ArrayConverter, outputs, lses):
                 f"output {tuple(os_[0].shape)} and lse {tuple(os_[0].shape[:-1])}",
             )
     check_same_dtype(**{f"outputs[{i}]": o for i, o in enumerate(os_)})
-    for i, l in enumerate(ls):  # -inf is an empty part; +inf and NaN have no meaning
-        if bool((torch.isnan(l) | (l == math.inf)).any()):
+    # -inf is an empty part; +inf and NaN have no meaning.  One read-back for all the parts.
+    bad = torch.stack([(torch.isnan(l) | (l == math.inf)).any() for l in ls]).tolist()
+    for i, is_bad in enumerate(bad):
+        if is_bad:
             raise InputError(f"lses[{i}]", "NaN or +inf values", "finite log-sum-exps, or -inf for a part with no keys")
     return merge_tensors(os_, ls)

@@ -98,8 +98,9 @@ def _qk_tensors(conv: ArrayConverter, **arrays) -> list[torch.Tensor]:
     return list(tensors.values())
 
 
-def _index_tensor(conv: ArrayConverter, name: str, idx, low: int, high: int | None) -> torch.Tensor:
-    """A ``(batch, heads, n)`` integer tensor whose entries are ``-1`` or in ``[low, high)``; as int64."""
+def _index_tensor(conv: ArrayConverter, name: str, idx, low: int, high: int | None):
+    """``(t, bad)``: ``idx`` as a ``(batch, heads, n)`` int64 tensor and the mask of its entries that are neither
+    ``-1`` nor in ``[low, high)`` (read back by :func:`_indices`, once for both lists)."""
     t = conv.tensor(idx, name)
     if t.ndim != 3 or t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise InputError(name, f"array of shape {tuple(t.shape)} and dtype {t.dtype}", "a (batch, heads, n) integer array")
@@ -107,15 +108,18 @@ def _index_tensor(conv: ArrayConverter, name: str, idx, low: int, high: int | No
     bad = (t != -1) & (t < low)
     if high is not None:
         bad |= (t != -1) & (t >= high)
-    if bool(bad.any()):
-        upper = f", < {high}" if high is not None else ""
-        raise InputError(name, f"an entry {int(t[bad][0])}", f"entries >= {low}{upper}, or -1 for padding")
-    return t
+    return t, bad
 
 
 def _indices(conv, vertical_idx, slash_idx, kv_len: int, batch_heads=None):
-    vertical = _index_tensor(conv, "vertical_idx", vertical_idx, 0, kv_len)
-    slash = _index_tensor(conv, "slash_idx", slash_idx, 0, None)
+    """The vertical and slash index tensors, their entries checked with one read-back for both."""
+    vertical, bad_vertical = _index_tensor(conv, "vertical_idx", vertical_idx, 0, kv_len)
+    slash, bad_slash = _index_tensor(conv, "slash_idx", slash_idx, 0, None)
+    found = torch.stack([bad_vertical.any(), bad_slash.any()]).tolist()
+    for name, t, bad, allowed, is_bad in (("vertical_idx", vertical, bad_vertical, f"entries >= 0, < {kv_len}", found[0]),
+                                          ("slash_idx", slash, bad_slash, "entries >= 0", found[1])):
+        if is_bad:
+            raise InputError(name, f"an entry {int(t[bad][0])}", f"{allowed}, or -1 for padding")
     if vertical.shape[:2] != slash.shape[:2]:
         raise InputError("slash_idx", f"shape {tuple(slash.shape)}", f"(batch, heads) = {tuple(vertical.shape[:2])} like vertical_idx")
     if batch_heads is not None and tuple(vertical.shape[:2]) != tuple(batch_heads):
