@@ -4,8 +4,11 @@ bench_attention.py's DCA case (32 heads, head_dim 128, bf16, chunk_size 32768,
 local_size 4096) at 32K and 64K: the public call, one dense causal cuDNN call
 without and with the log-sum-exp (DCA needs it for the merge), and the CUDA
 kernels of one profiled DCA call (torch.profiler, sorted by device time) with
-the device's idle time in it (``common.device_timeline``), and the host
-functions of 20 calls by their own time (cProfile).
+the device's idle time in it (``common.device_timeline``), the host time
+from a call's start to its first attention call, the device timeline of a
+call from CUDA events around its attention calls (before the first, the
+calls, between them, after the last), and the host functions of 20 calls by
+their own time (cProfile).
 Not part of run_all.sh: ``python benchmarks/profile_dca.py --out DIR``.
 """
 
@@ -54,9 +57,14 @@ def run(rec):
                 torch.cuda.synchronize()
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=70)
         first = host_time_to_first_attention(dca, device, calls=20)
+        timeline = attention_timeline(dca, device, calls=20)
+        for name, ms in timeline.items():
+            rec.add(case, f"dca timeline: {name}", timing={"ms": ms, "timer": "events", "reps": 20})
         rec.add(case, "host time to the first attention call", timing={"ms": first, "timer": "host clock", "reps": 20})
         tables.append(f"== {case}\n{table}\n{device_timeline(prof)}\n"
                       f"host time from the call to its first attention_tensors call: {first * 1e3:.0f} us (median of 20)\n"
+                      "device timeline of a call (CUDA events, median of 20, ms): "
+                      + ", ".join(f"{name} {ms:.3f}" for name, ms in timeline.items()) + "\n"
                       f"{host_functions(dca, device, calls=20)}")
         print(tables[-1], flush=True)
     (Path(rec.args.out) / "profile_dca.txt").write_text("\n".join(tables))
@@ -88,6 +96,50 @@ def host_time_to_first_attention(fn, device, calls: int) -> float:
     finally:
         torch_dca.attention_tensors = original
     return statistics.median(times)
+
+
+def attention_timeline(fn, device, calls: int) -> dict:
+    """Where a call's device time goes, from CUDA events around it and around each ``attention_tensors``
+    call inside it (medians over ``calls`` calls, ms): ``before first attention`` (from the call's start:
+    the host's work and the rotations before the first attention kernel), ``attention calls`` (the sum of
+    the attention calls), ``between attention calls`` and ``after last attention`` (the merge, the check's
+    read-back, the return)."""
+    import statistics
+
+    import yarnref_torch.dca as torch_dca
+
+    original, marks = torch_dca.attention_tensors, []
+
+    def marked(*args, **kwargs):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        result = original(*args, **kwargs)
+        b.record()
+        marks.append((a, b))
+        return result
+
+    parts = {"before first attention": [], "attention calls": [], "between attention calls": [],
+             "after last attention": [], "call": []}
+    torch_dca.attention_tensors = marked
+    try:
+        for _ in range(calls):
+            marks.clear()
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            inside = sum(a.elapsed_time(b) for a, b in marks)
+            span = marks[0][0].elapsed_time(marks[-1][1])
+            parts["before first attention"].append(start.elapsed_time(marks[0][0]))
+            parts["attention calls"].append(inside)
+            parts["between attention calls"].append(span - inside)
+            parts["after last attention"].append(marks[-1][1].elapsed_time(stop))
+            parts["call"].append(start.elapsed_time(stop))
+    finally:
+        torch_dca.attention_tensors = original
+    return {name: statistics.median(values) for name, values in parts.items()}
 
 
 def host_functions(fn, device, calls: int) -> str:
