@@ -77,6 +77,26 @@ def _torch_cuda_ok() -> bool:
         return False
 
 
+#: Whether the backends' Triton kernel files can run in this process (tests/test_triton_sparse.py,
+#: tests/test_triton_merge.py): Triton installed, and CUDA, or the CPU interpreter prepared above.
+HAVE_TRITON = importlib.util.find_spec("triton") is not None and sys.modules.get("triton", True) is not None
+TRITON_INTERPRETED = not _torch_cuda_ok() and os.environ.get("YARNREF_TRITON_INTERPRETER_READY") == "1"
+_triton_files: dict = {}
+
+
+def load_triton_file(path, interpret: bool):
+    """A Triton kernel file of the backends, loaded once under a private name; with ``interpret`` its kernels
+    are decorated for the CPU interpreter (the caller switches ``TRITON_INTERPRET`` on while it runs them)."""
+    key = (str(path), interpret)
+    if key not in _triton_files:
+        name = f"_yarnref_{os.path.splitext(os.path.basename(path))[0]}_{'interp' if interpret else 'compiled'}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _triton_files[key] = module
+    return _triton_files[key]
+
+
 def make_backend(backend_id: str):
     """The backend for a test id, or ``pytest.skip`` if it cannot run here."""
     wanted = os.environ.get("YARNREF_TEST_BACKENDS")

@@ -9,9 +9,6 @@ and the union's attention the parts were cut from.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +19,13 @@ from hypothesis import strategies as st
 from yarnref.softmax_attention import attention, merge_attention
 from yarnref.testing import assert_close
 
+from conftest import HAVE_TRITON, TRITON_INTERPRETED, load_triton_file
+
 torch = pytest.importorskip("torch")
 
 MODULE_PATH = Path(__file__).resolve().parent.parent / "backends" / "yarnref_torch" / "merge_triton.py"
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-INTERPRETED = not CUDA and os.environ.get("YARNREF_TRITON_INTERPRETER_READY") == "1"
-HAVE_TRITON = importlib.util.find_spec("triton") is not None and sys.modules.get("triton", True) is not None
-
-_modules: dict[str, object] = {}
 
 
 @pytest.fixture
@@ -39,16 +34,10 @@ def mt(monkeypatch):
     if not HAVE_TRITON:
         pytest.skip("triton is not installed")
     if not CUDA:
-        if not INTERPRETED:
+        if not TRITON_INTERPRETED:
             pytest.skip("no CUDA, and triton was imported before the interpreter could be switched on")
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-    key = "compiled" if CUDA else "interp"
-    if key not in _modules:
-        spec = importlib.util.spec_from_file_location(f"_yarnref_merge_triton_{key}", MODULE_PATH)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _modules[key] = mod
-    return _modules[key]
+    return load_triton_file(MODULE_PATH, interpret=not CUDA)
 
 
 def _parts(rng, n_parts, shape, empty, kv_len=24):

@@ -19,9 +19,6 @@ References:
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +30,8 @@ import yarnref
 import yarnref.sparse
 from yarnref.errors import InputError
 
+from conftest import HAVE_TRITON, TRITON_INTERPRETED, load_triton_file
+
 torch = pytest.importorskip("torch")
 
 MODULE_PATH = Path(__file__).resolve().parent.parent / "backends" / "yarnref_torch" / "triton_sparse.py"
@@ -43,21 +42,14 @@ DEVICE = "cuda" if CUDA else "cpu"
 # the interpreter must be switched on before that import: tests/conftest.py
 # imports it so, switches the interpreter off again, and says so in the
 # environment; it is on only while this module's tests run (fixture `ts`).
-INTERPRETED = not CUDA and os.environ.get("YARNREF_TRITON_INTERPRETER_READY") == "1"
-HAVE_TRITON = importlib.util.find_spec("triton") is not None and sys.modules.get("triton", True) is not None
+INTERPRETED = TRITON_INTERPRETED and not CUDA
 
 _module_cache: dict[str, object] = {}
 
 
 def _load(interpret: bool):
-    """Load triton_sparse.py under a private name (the kernels are decorated for the interpreter if asked)."""
-    key = "interp" if interpret else "compiled"
-    if key not in _module_cache:
-        spec = importlib.util.spec_from_file_location(f"_yarnref_triton_sparse_{key}", MODULE_PATH)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _module_cache[key] = mod
-    return _module_cache[key]
+    """triton_sparse.py under a private name (the kernels are decorated for the interpreter if asked)."""
+    return load_triton_file(MODULE_PATH, interpret)
 
 
 @pytest.fixture
