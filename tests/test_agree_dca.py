@@ -202,7 +202,8 @@ def test_torch_successive_query_rows_are_the_clamped_positions(chunk_len, local,
 
 def test_torch_dca_tables_kept_between_calls_follow_the_frequencies():
     """The torch backend reuses the last cos/sin tables for the same frequency tensor; a change in place (torch's
-    version counter) or another tensor makes them afresh, so every call equals the spec."""
+    version counter) or another tensor makes them afresh, so every call equals the spec; inference-mode tensors
+    (no version counter) are served too."""
     torch = pytest.importorskip("torch")
     import yarnref
     from yarnref.dca import dca_attention
@@ -215,7 +216,13 @@ def test_torch_dca_tables_kept_between_calls_follow_the_frequencies():
         again = be.dca_attention(torch.as_tensor(q), torch.as_tensor(k), torch.as_tensor(v), inv, 40, 8).numpy()
         inv.mul_(0.5)  # in place: the kept tables no longer apply
         halved = be.dca_attention(torch.as_tensor(q), torch.as_tensor(k), torch.as_tensor(v), inv, 40, 8).numpy()
+    with torch.inference_mode(), yarnref.use_backend("torch", device="cpu") as be:  # no version counter: never kept
+        frozen = torch.as_tensor(base_inv_freq(16, 10000.0))
+        inference = [be.dca_attention(torch.as_tensor(q), torch.as_tensor(k), torch.as_tensor(v), frozen, 40, 8).numpy()
+                     for _ in range(2)]
     np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(inference[0], first)
+    np.testing.assert_array_equal(inference[1], first)
     assert_close(first, dca_attention(q, k, v, base_inv_freq(16, 10000.0), 40, 8), dtype="float64", op="dca")
     assert_close(halved, dca_attention(q, k, v, base_inv_freq(16, 10000.0) * 0.5, 40, 8), dtype="float64", op="dca")
     assert np.abs(halved - first).max() > 1e-3

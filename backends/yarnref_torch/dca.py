@@ -75,15 +75,19 @@ def _position_table(inv_freq: torch.Tensor, n: int, pi_factor: float, factor: fl
     Computed in float64, returned in ``dtype`` (read only: they may be the previous call's, see
     :data:`TABLE_CACHE_BYTES`; torch's version counter tells an ``inv_freq`` changed in place).
     """
-    key = (n, float(pi_factor), float(factor), dtype, inv_freq._version)
+    try:
+        version = inv_freq._version
+    except RuntimeError:  # an inference-mode tensor has no version counter: its tables are never kept
+        version = None
+    key = (n, float(pi_factor), float(factor), dtype, version)
     last = _last_table.get("entry")
-    if last is not None and last[0] is inv_freq and last[1] == key:
+    if version is not None and last is not None and last[0] is inv_freq and last[1] == key:
         return last[2]
     p = torch.arange(n, dtype=torch.float64, device=inv_freq.device) / pi_factor  # (n,) positions / PI factor
     angles = p[:, None] * inv_freq.to(torch.float64)  # (n, r/2)
     tables = (torch.cos(angles) * factor).to(dtype), (torch.sin(angles) * factor).to(dtype)
     _last_table.clear()
-    if 2 * tables[0].numel() * tables[0].element_size() <= TABLE_CACHE_BYTES:
+    if version is not None and 2 * tables[0].numel() * tables[0].element_size() <= TABLE_CACHE_BYTES:
         _last_table["entry"] = (inv_freq, key, tables)
     return tables
 
