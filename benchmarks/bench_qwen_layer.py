@@ -120,6 +120,31 @@ def set_memory_budgets(rec) -> None:
     rec.note("memory budgets: " + ", ".join(f"{name} {getattr(module, name) >> 20} MiB" for module, name in targets.values()))
 
 
+class CallTimes:
+    """The summed time of the calls made through :meth:`run`: CUDA events around each call on a CUDA
+    device, read after the run (so nothing synchronises inside the timed call), the host clock elsewhere."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.events, self.host_ms = cuda, [], 0.0
+
+    def run(self, fn, *args, **kwargs):
+        if self.cuda:
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = fn(*args, **kwargs)
+            stop.record()
+            self.events.append((start, stop))
+            return result
+        t0 = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.host_ms += (time.perf_counter() - t0) * 1e3
+        return result
+
+    def ms(self) -> float:
+        """Milliseconds so far (on CUDA: call after a synchronisation)."""
+        return sum(a.elapsed_time(b) for a, b in self.events) + self.host_ms
+
+
 class PatternSubstitution:
     """Context manager: the layer's estimation still runs, its index sets are replaced by a pattern source's.
 
@@ -168,7 +193,7 @@ class PatternSubstitution:
         self.n_layers = n_layers if n_layers is not None else len(layer.sparse_table)
         vertical, slash = qp.head_budgets(layer.sparse_table)
         self.budgets = vertical[layer.layer], slash[layer.layer]  # as run (30 -> 130), as the pipeline passes them
-        self.sets, self.calls, self.last, self.events, self.host_ms = {}, 0, None, [], 0.0
+        self.sets, self.calls, self.last, self.times = {}, 0, None, CallTimes(layer.device.type == "cuda")
 
     def sets_for(self, kv_len: int):
         """``(vertical, slash)`` int64 tensors ``(1, heads, width)`` on the host for ``kv_len`` keys."""
@@ -193,16 +218,7 @@ class PatternSubstitution:
         estimate = backend.vertical_slash_indices  # the backend's own (bound) operation
 
         def substituted(q, k, vertical_size, slash_size, last_q=64, **kwargs):
-            if q.is_cuda:  # device time of the estimation: events around it, read after the run (no sync here)
-                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-            t0 = time.perf_counter()
-            vertical, slash = estimate(q, k, vertical_size, slash_size, last_q, **kwargs)  # paid in full
-            if q.is_cuda:
-                stop.record()
-                self.events.append((start, stop))
-            else:
-                self.host_ms += (time.perf_counter() - t0) * 1e3
+            vertical, slash = self.times.run(estimate, q, k, vertical_size, slash_size, last_q, **kwargs)  # paid in full
             kv_len = k.shape[2]
             h0, h1 = self.head, self.head + q.shape[1]  # the pipeline estimates head ranges in ascending order
             if self.source != "estimated":
@@ -226,7 +242,7 @@ class PatternSubstitution:
             return vertical, slash
 
         backend.vertical_slash_indices = substituted  # an instance attribute: found first by the backend lookup
-        self.calls, self.last, self.events, self.host_ms = 0, None, [], 0.0
+        self.calls, self.last, self.times = 0, None, CallTimes(self.layer.device.type == "cuda")
         self.head, self.parts, self.heads = 0, [], self.layer.g.heads
         return self
 
@@ -236,7 +252,7 @@ class PatternSubstitution:
 
     def estimation_ms(self) -> float:
         """Time spent in the estimation calls since the block was entered (device time on CUDA; call after a sync)."""
-        return sum(a.elapsed_time(b) for a, b in self.events) + self.host_ms
+        return self.times.ms()
 
     def last_density(self) -> float | None:
         """Mean over heads of the kernel-list density of the last call's sets over the causal square of its keys."""
@@ -273,24 +289,13 @@ class PhaseTimes:
 
     def __init__(self, layer: QwenLayer, count_pairs: bool = False):
         self.layer, self.count_pairs = layer, count_pairs
-        self.events = {phase: [] for phase in self.PHASES}
-        self.host_ms = dict.fromkeys(self.PHASES, 0.0)
+        self.times = {phase: CallTimes(layer.device.type == "cuda") for phase in self.PHASES}
         self.pairs = None
         self._restore = []
 
     def _timed(self, phase: str, fn, after=None):
         def wrapper(*args, **kwargs):
-            cuda = self.layer.device.type == "cuda"
-            if cuda:
-                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-            t0 = time.perf_counter()
-            result = fn(*args, **kwargs)
-            if cuda:
-                stop.record()
-                self.events[phase].append((start, stop))
-            else:
-                self.host_ms[phase] += (time.perf_counter() - t0) * 1e3
+            result = self.times[phase].run(fn, *args, **kwargs)
             if after is not None:
                 after(args, result)
             return result
@@ -337,8 +342,7 @@ class PhaseTimes:
 
     def ms(self) -> dict:
         """Time per phase (ms; device time between the events on CUDA, read after a sync)."""
-        return {phase: sum(a.elapsed_time(b) for a, b in self.events[phase]) + self.host_ms[phase]
-                for phase in self.PHASES}
+        return {phase: times.ms() for phase, times in self.times.items()}
 
     def counted_pairs(self) -> int | None:
         return None if self.pairs is None else int(self.pairs)
@@ -400,7 +404,7 @@ def run_variant(rec, layer: QwenLayer, n: int, substitution: PatternSubstitution
             for i in range(repeats):  # the same call each time; the last one keeps its rows and memory
                 last = i == repeats - 1
                 if sparse:  # the estimation's count and time are those of the timed (last) call
-                    substitution.calls, substitution.events, substitution.host_ms = 0, [], 0.0
+                    substitution.calls, substitution.times = 0, CallTimes(device.type == "cuda")
                     substitution.head, substitution.parts = 0, []
                 x = x_in.clone() if not last else x_in
                 # The first of several calls counts the kernel's pairs; the phases are the timed call's.
