@@ -422,7 +422,9 @@ def device_timeline(prof, min_gap_us: float = 20.0, top: int = 12) -> str:
     """Where the device waited in a torch.profiler run: the time from the first host operation to the first
     kernel, the kernels' busy time against their span, and the longest idle gaps between kernels (each with
     the kernel that ended the gap and the host operation launched last before it), for gaps of ``min_gap_us``
-    or more."""
+    or more.  For each listed gap, the longest stretch in it where the host ran no torch operation at all
+    (Python or NumPy work) is given with the host operations on either side; with ``with_stack=True`` in the
+    profiler, each is followed by its innermost yarnref frame."""
     from torch.autograd import DeviceType
 
     events = list(prof.events())
@@ -436,16 +438,45 @@ def device_timeline(prof, min_gap_us: float = 20.0, top: int = 12) -> str:
         start, stop = e.time_range.start, e.time_range.end
         if start - end >= min_gap_us:
             before = [h.name for h in host if h.time_range.start <= start and h.time_range.start >= end]
-            gaps.append((start - end, e.name[:60], before[-1][:40] if before else "-"))
+            gaps.append((start - end, e.name[:60], before[-1][:40] if before else "-", end, start))
         busy += max(0.0, stop - max(start, end))
         end = max(end, stop)
     span = end - kernels[0].time_range.start
     lines = [f"host start to first kernel: {kernels[0].time_range.start - t0:.0f} us; kernels busy {busy:.0f} us "
              f"of a {span:.0f} us span ({busy / span:.0%}); {len(gaps)} gaps of {min_gap_us:.0f} us or more, "
              f"{sum(g[0] for g in gaps):.0f} us in all"]
-    for gap, name, launched in sorted(gaps, reverse=True)[:top]:
+    for gap, name, launched, gap_start, gap_end in sorted(gaps, reverse=True)[:top]:
         lines.append(f"  {gap:8.0f} us idle before {name}  (host op started in the gap: {launched})")
+        blank = _host_blank(host, gap_start, gap_end)
+        if blank is not None:
+            length, after_op, before_op = blank
+            lines.append(f"           longest host stretch without torch operations: {length:.0f} us, "
+                         f"after {_where(after_op)}, before {_where(before_op)}")
     return "\n".join(lines)
+
+
+def _host_blank(host, start: float, stop: float):
+    """``(us, op before, op after)``: the longest interval in ``[start, stop]`` covered by no host operation."""
+    covered, previous, best = start, None, None
+    for h in host:
+        a, b = h.time_range.start, h.time_range.end
+        if b < start:
+            continue
+        if a > stop:
+            break
+        if a > covered and (best is None or a - covered > best[0]):
+            best = (a - covered, previous, h)
+        if b > covered:
+            covered, previous = b, h
+    return best
+
+
+def _where(op) -> str:
+    """A host operation's name and, where recorded, its innermost frame in yarnref's or the benchmark's code."""
+    if op is None:
+        return "the gap's start"
+    frames = [f for f in (getattr(op, "stack", None) or []) if "yarnref" in f or "benchmarks" in f]
+    return f"{op.name[:40]}" + (f" [{frames[0].strip()[-90:]}]" if frames else "")
 
 
 def free_gib() -> float:

@@ -20,7 +20,8 @@ device time (CUDA events); a wall time well above the device time means the
 host is the bound.  Then the CUDA kernels of one ``plan`` and one
 ``prefill`` call at the longest length (torch.profiler, sorted by device
 time) are written to ``profile_estimation.txt``, with the device's idle gaps
-(``common.device_timeline``) and the host functions of one ``prefill`` call
+(``common.device_timeline``; once more with Python stacks, which name the
+code the host ran while the device waited) and the host functions of one ``prefill`` call
 by their own time (cProfile; time waiting for the device shows up in the
 functions that synchronise).  Not part of run_all.sh:
 ``python benchmarks/profile_estimation.py --out DIR``.
@@ -101,6 +102,12 @@ def run(rec):
                         sync(device)
                     parts.append(f"== {name}, {case}\n" + prof.key_averages().table(
                         sort_by="cuda_time_total", row_limit=25, max_name_column_width=70) + "\n" + device_timeline(prof))
+                sync(device)  # once more with Python stacks (slower host operations): what the host did in each gap
+                with torch.profiler.profile(activities=acts, with_stack=True) as prof:
+                    prefill()
+                    sync(device)
+                parts.append(f"== qwen_prefill's idle gaps with the host's frames (with_stack=True), {case}\n"
+                             + device_timeline(prof))
                 profile = cProfile.Profile()  # the host's share: where one prefill call's Python time goes
                 sync(device)
                 profile.enable()

@@ -94,3 +94,22 @@ def test_bench_qwen_layer_memory_budgets_are_set_and_recorded(tmp_path):
     assert any(note == "memory budgets: LIST_BYTES 1 MiB, ROW_BYTES 1 MiB, MERGE_BYTES 1 MiB" for note in doc["notes"]), doc["notes"]
     checked = _checked(doc)
     assert checked and all(r["check"] == "pass" for r in checked)
+
+
+def test_host_blank_is_the_longest_stretch_without_host_operations():
+    """``common._host_blank`` (the gap report of ``device_timeline``): nested and overlapping host operations
+    cover time together; the longest uncovered stretch inside the gap is found with the operations around it."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import _host_blank
+
+    def op(name, a, b):
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=a, end=b))
+
+    host = [op("early", 0, 5), op("outer", 10, 40), op("inner", 12, 20), op("late", 55, 60), op("after", 90, 95)]
+    length, before, after = _host_blank(host, 8, 100)
+    assert (length, before.name, after.name) == (30, "late", "after")  # 60 .. 90, longer than 40 .. 55 and 8 .. 10
+    length, before, after = _host_blank(host, 8, 58)
+    assert (length, before.name, after.name) == (15, "outer", "late")  # "after" starts past the gap
+    assert _host_blank(host, 12, 14) is None  # covered throughout by "outer"

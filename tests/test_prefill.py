@@ -610,3 +610,23 @@ def test_compact_keeps_each_rows_entries_in_order(seed, shape, sorted_rows, shif
     width = max(1, max(len(row) for row in rows))
     want = np.array([row + [-1] * (width - len(row)) for row in rows], dtype=np.int64).reshape(shape[:2] + (width,))
     assert got.dtype == np.int64 and np.array_equal(got, want)
+
+
+@given(seed=st.integers(0, 2**16), shape=st.tuples(st.integers(1, 2), st.integers(1, 4), st.integers(1, 40)),
+       descending=st.booleans(), bounds=st.tuples(st.integers(-2, 62), st.one_of(st.none(), st.integers(-2, 62))),
+       shift=st.integers(-5, 5), fallback_len=st.one_of(st.none(), st.integers(1, 30)))
+def test_kept_range_equals_the_masked_compaction(seed, shape, descending, bounds, shift, fallback_len):
+    """The pipeline's split (two binary searches per sorted row, ``_kept_range``) equals ``_compact`` of the mask
+    ``low <= idx <= high`` bit for bit, for rows sorted either way with any amount of ``-1`` padding."""
+    rng = np.random.default_rng(seed)
+    idx = np.full(shape, -1, np.int64)
+    for row in np.ndindex(*shape[:2]):  # each row: a sorted run of entries, then its padding
+        n = rng.integers(0, shape[-1] + 1)
+        values = np.sort(rng.integers(0, 60, size=n))
+        idx[row][:n] = values[::-1] if descending else values
+    low, high = bounds
+    keep = (idx >= 0) & (idx >= low) & (True if high is None else idx <= high)
+    valid = prefill._valid_counts(idx)
+    got = prefill._kept_range(idx, valid, low, high, shift, fallback_len, descending)
+    np.testing.assert_array_equal(got, prefill._compact(idx, keep, shift, fallback_len))
+
