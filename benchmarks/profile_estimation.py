@@ -21,7 +21,8 @@ host is the bound.  Then the CUDA kernels of one ``plan`` and one
 ``prefill`` call at the longest length (torch.profiler, sorted by device
 time) are written to ``profile_estimation.txt``, with the device's idle gaps
 (``common.device_timeline``; once more with Python stacks, which name the
-code the host ran while the device waited) and the host functions of one ``prefill`` call
+code the host ran while the device waited; that run's trace is written as
+``qwen_prefill_trace.json.gz``) and the host functions of one ``prefill`` call
 by their own time (cProfile; time waiting for the device shows up in the
 functions that synchronise).  Not part of run_all.sh:
 ``python benchmarks/profile_estimation.py --out DIR``.
@@ -30,6 +31,7 @@ functions that synchronise).  Not part of run_all.sh:
 from __future__ import annotations
 
 import cProfile
+import gzip
 import io
 import pstats
 import time
@@ -108,6 +110,11 @@ def run(rec):
                     sync(device)
                 parts.append(f"== qwen_prefill's idle gaps with the host's frames (with_stack=True), {case}\n"
                              + device_timeline(prof))
+                trace = Path(rec.args.out) / "qwen_prefill_trace.json"
+                prof.export_chrome_trace(str(trace))  # Python frames and kernels on one time line (chrome://tracing)
+                with open(trace, "rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
+                    packed.write(raw.read())
+                trace.unlink()
                 profile = cProfile.Profile()  # the host's share: where one prefill call's Python time goes
                 sync(device)
                 profile.enable()
@@ -115,7 +122,10 @@ def run(rec):
                 sync(device)
                 profile.disable()
                 text = io.StringIO()
-                pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(25)
+                stats = pstats.Stats(profile, stream=text)
+                stats.sort_stats("tottime").print_stats(25)
+                text.write("-- yarnref's functions by cumulative time (waiting for the device included)\n")
+                stats.sort_stats("cumulative").print_stats(r"yarnref|prefill", 30)
                 parts.append(f"== host functions of one qwen_prefill call (cProfile, by own time), {case}\n{text.getvalue()}")
                 prof_table = "\n".join(parts)
             del v

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import yarnref
@@ -15,6 +15,8 @@ from yarnref.softmax_attention import attention
 from yarnref.dca import dca_attention, dca_config, dca_position_ids, qwen_attention_scale
 from yarnref.errors import ConfigError, InputError
 from yarnref.rope import apply_rope, base_inv_freq, rope_cos_sin
+
+from conftest import backend_settings
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -630,3 +632,98 @@ def test_kept_range_equals_the_masked_compaction(seed, shape, descending, bounds
     got = prefill._kept_range(idx, valid, low, high, shift, fallback_len, descending)
     np.testing.assert_array_equal(got, prefill._compact(idx, keep, shift, fallback_len))
 
+
+
+@st.composite
+def estimated_groups(draw):
+    """Per-head-group index sets as an estimation returns them (rows sorted, -1 padding at the end, each group its
+    own width) and a segment: ``(verticals, slashes, begin, end, chunk_start, chunk_len)``."""
+    L = draw(st.integers(1, 40), label="chunk_len")
+    cs = L * draw(st.integers(0, 3), label="chunk")
+    begin = draw(st.integers(cs, cs + L - 1), label="begin")
+    end = draw(st.integers(begin + 1, cs + L), label="end")
+    rng = np.random.default_rng(draw(st.integers(0, 2**16), label="seed"))
+    batch = draw(st.integers(1, 2), label="batch")
+
+    def group(heads, high, descending):
+        width = rng.integers(0, 12)
+        idx = np.full((batch, heads, width), -1, np.int64)
+        for row in np.ndindex(batch, heads):
+            n = rng.integers(0, width + 1)
+            values = np.sort(rng.choice(high, size=min(n, high), replace=False))
+            idx[row][: values.size] = values[::-1] if descending else values
+        return idx
+
+    heads = draw(st.lists(st.integers(1, 3), min_size=1, max_size=3), label="heads per group")
+    verticals = [group(h, end, False) for h in heads]
+    slashes = [group(h, end, True) for h in heads]
+    return verticals, slashes, begin, end, cs, L
+
+
+def _split_by_masks(verticals, slashes, begin, end, cs, L):
+    """Step 4 of the module docstring written out with masks over whole rows (``_compact`` of each part's mask)."""
+    width_v = max(v.shape[-1] for v in verticals)
+    width_s = max(s.shape[-1] for s in slashes)
+    vertical = np.concatenate([np.pad(v, ((0, 0), (0, 0), (0, width_v - v.shape[-1])), constant_values=-1) for v in verticals], 1)
+    slash = np.concatenate([np.pad(s, ((0, 0), (0, 0), (0, width_s - s.shape[-1])), constant_values=-1) for s in slashes], 1)
+    V, S = vertical, slash
+    parts = {"intra": ((cs, end), True, prefill._compact(V, V >= cs, -cs, end - cs),
+                       prefill._compact(S, (S >= 0) & (S <= end - 1 - cs), 0, None))}
+    if cs >= L:
+        parts["successive"] = ((cs - L, cs), False, prefill._compact(V, (V >= cs - L) & (V < cs), -(cs - L), L),
+                               prefill._compact(S, (S >= begin - cs) & (S <= end - 1 - cs + L), -(begin - cs), L))
+    if cs >= 2 * L:
+        parts["inter"] = ((0, cs - L), False, prefill._compact(V, (V >= 0) & (V < cs - L), 0, cs - L),
+                          prefill._compact(S, S >= begin - cs + L, -(L + begin - cs), cs - L))
+    return vertical, slash, parts
+
+
+@given(case=estimated_groups())
+def test_split_sparse_parts_follows_step_4(case):
+    """The spec's split (binary searches per sorted row) equals step 4 written with masks, bit for bit: the
+    joined whole rows, each part's keys, causality and lists (fallbacks included)."""
+    vertical, slash, parts = prefill.split_sparse_parts(*case)
+    want_v, want_s, want_parts = _split_by_masks(*case)
+    np.testing.assert_array_equal(vertical, want_v)
+    np.testing.assert_array_equal(slash, want_s)
+    assert list(parts) == list(want_parts)
+    for name, (keys, causal, v, s) in want_parts.items():
+        assert (parts[name].keys, parts[name].causal) == (keys, causal)
+        np.testing.assert_array_equal(parts[name].vertical_idx, v)
+        np.testing.assert_array_equal(parts[name].slash_idx, s)
+
+
+@given(case=estimated_groups())
+@settings(backend_settings, max_examples=25, deadline=None)
+def test_every_backend_splits_like_the_spec(case, backend):
+    """Each backend's ``split_sparse_parts`` (the GPU backends: on the device, one small read-back) returns the
+    spec's arrays exactly, as int64 arrays of that backend."""
+    verticals, slashes, *segment = case
+    want_v, want_s, want_parts = prefill.split_sparse_parts(verticals, slashes, *segment)
+    vertical, slash, parts = backend.split_sparse_parts([backend.asarray(v) for v in verticals],
+                                                        [backend.asarray(s) for s in slashes], *segment)
+    for got, want in [(vertical, want_v), (slash, want_s)] + [
+            (parts[n].vertical_idx, p.vertical_idx) for n, p in want_parts.items()] + [
+            (parts[n].slash_idx, p.slash_idx) for n, p in want_parts.items()]:
+        host = backend.to_numpy(got)
+        assert host.dtype == np.int64
+        np.testing.assert_array_equal(host, want)
+    assert [(n, p.keys, p.causal) for n, p in parts.items()] == [(n, p.keys, p.causal) for n, p in want_parts.items()]
+
+
+def test_split_sparse_parts_bad_input(backend):
+    """A segment outside its DCA chunk, an empty or ragged group list, a float array: InputError naming it."""
+    v, s = backend.asarray(np.array([[[0, 3, -1]]])), backend.asarray(np.array([[[2, 0, -1]]]))
+    split = backend.split_sparse_parts
+    for args, name in [((5, 9, 3, 4), "chunk_start"), ((3, 9, 4, 4), "begin"), ((4, 9, 4, 4), "end"),
+                       ((4, 6, 4, 0), "chunk_len"), ((4, 4, 4, 4), "end")]:
+        with pytest.raises(InputError, match=name):
+            split([v], [s], *args)
+    with pytest.raises(InputError, match="verticals"):
+        split([], [s], 0, 4, 0, 4)
+    with pytest.raises(InputError, match=r"slashes\[1\]"):
+        split([v, v], [s, backend.asarray(np.zeros((2, 1, 3), np.int64))], 0, 4, 0, 4)
+    with pytest.raises(InputError, match=r"verticals\[0\]"):
+        split([backend.asarray(np.zeros((1, 1, 3)))], [s], 0, 4, 0, 4)
+    with pytest.raises(InputError, match=r"verticals\[0\]"):
+        split([backend.asarray(np.zeros((1, 3), np.int64))], [s], 0, 4, 0, 4)

@@ -2,7 +2,8 @@
 
 yarnref's NumPy code is the specification.  A *backend* is an object that
 implements the same heavy operations (cos/sin tables, the rotation,
-attention, DCA, vertical-slash estimation, index conversion, sparse attention)
+attention, DCA, vertical-slash estimation, index conversion, sparse attention,
+the split of a segment's index sets between its DCA parts)
 for another array library: ``torch`` (CPU and CUDA) and ``cupy`` (CUDA) ship
 with yarnref in the top-level ``backends/`` folder.  Small things (frequency
 vectors of r/2 numbers, config parsing) stay in the spec and are shared.
@@ -87,6 +88,7 @@ OPERATIONS: dict[str, str] = {
     "vertical_slash_attention": "yarnref.sparse:vertical_slash_attention",
     "a_shape_attention": "yarnref.sparse:a_shape_attention",
     "tri_shape_attention": "yarnref.sparse:tri_shape_attention",
+    "split_sparse_parts": "yarnref.prefill:split_sparse_parts",
 }
 
 #: Methods every backend implements besides the operations: they move and join its arrays.

@@ -57,6 +57,7 @@ __all__ = [
     "check_host_array",
     "check_host_arrays",
     "check_array_like",
+    "check_index_groups",
     "check_logits_fit",
     "start_logits_check",
     "PendingLogitsCheck",
@@ -293,6 +294,22 @@ def check_array_like(name: str, x, allowed: str = "an array") -> np.ndarray:
     if a.dtype == object or a.dtype.kind in "USV":
         raise InputError(name, f"array of dtype {a.dtype}", allowed)
     return a
+
+
+def check_index_groups(name: str, groups) -> list:
+    """A non-empty list or tuple of ``(batch, heads_i, n_i)`` arrays (any array library) sharing one batch, as a
+    list; InputError naming ``name`` or the odd item otherwise.  The dtype is checked where the arrays are read."""
+    if not isinstance(groups, (list, tuple)) or not groups:
+        raise InputError(name, _short(groups), "a non-empty list of (batch, heads, n) integer arrays")
+    batch = None
+    for i, g in enumerate(groups):
+        shape = tuple(getattr(g, "shape", ()))
+        if len(shape) != 3:
+            raise InputError(f"{name}[{i}]", f"shape {shape}", "a (batch, heads, n) integer array")
+        if batch is not None and shape[0] != batch:
+            raise InputError(f"{name}[{i}]", f"batch {shape[0]}", f"batch {batch} like {name}[0]")
+        batch = shape[0]
+    return list(groups)
 
 
 def check_same_dtype(**arrays) -> None:

@@ -74,11 +74,13 @@ Conventions
 * Backends.  This module is orchestration only: every array operation goes
   through the current backend (:func:`yarnref.get_backend`), so with
   ``yarnref.set_backend("torch")`` the same walk runs torch operations.  The
-  small index bookkeeping (splitting per-head index lists between the DCA
-  parts, the fallbacks, position ids) is done in NumPy through
-  ``backend.to_numpy`` / ``backend.asarray``; segment outputs are joined by
-  the backend (``backend.concatenate``).  With the NumPy backend everything is
-  float64 and the output has q's dtype.
+  split of each segment's index sets between its DCA parts (the fallbacks
+  included) is the backend operation :func:`split_sparse_parts`: the GPU
+  backends keep the sets on the device, so the device never waits for the
+  host's bookkeeping between a segment's estimation and its attention.
+  Position ids are made in NumPy; segment outputs are joined by the backend
+  (``backend.concatenate``).  With the NumPy backend everything is float64
+  and the output has q's dtype.
 * Python loops run over prefill chunks and DCA segments only; heads and tokens
   are vectorised.
 """
@@ -92,6 +94,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .softmax_attention import check_qkv
+from .checks import check_array_like, check_index_groups
 from .checks import check_bool as _check_bool
 from .checks import check_int as _check_int
 from .checks import check_scale as _check_scale
@@ -103,11 +106,15 @@ __all__ = [
     "SPARSE_PATTERN",
     "SparseHeadBudgets",
     "SparsePart",
+    "IndexRange",
+    "PartRanges",
     "QwenSparseSegment",
     "chunked_prefill",
     "qwen_prefill",
     "qwen_sparse_plan",
     "sparse_attention_config_for",
+    "sparse_part_ranges",
+    "split_sparse_parts",
     "vllm_fallback_indices",
 ]
 
@@ -285,14 +292,13 @@ def _kept_range(idx: np.ndarray, valid: np.ndarray, low: int, high: int | None, 
     ``vertical_slash_indices`` returns; ``valid``: :func:`_valid_counts`.
 
     In a sorted row a range of values is one run, found by two binary
-    searches; only that run is copied.  Splitting a 1M-token segment's
-    indices (28 heads, 19532 verticals, 24528 slashes) into its three parts
-    takes about 1 ms this way on the development CPU, against 13 ms with
-    masks over whole rows; the device waits for this split, so it counts in
-    every segment's time.
+    searches; only that run is copied (a 1M-token segment's split, 28 heads
+    with 19532 verticals and 24528 slashes, takes 5 ms on the development
+    CPU this way, 13 ms with masks over whole rows).  The GPU backends split
+    on the device instead (``split_sparse_parts``).
     """
     lead = idx.shape[:-1]
-    rows = idx.reshape(-1, idx.shape[-1])
+    rows = idx.reshape(int(np.prod(lead)), idx.shape[-1])
     n_valid = valid.reshape(-1)
     first = np.zeros(len(rows), np.int64)
     counts = np.zeros(len(rows), np.int64)
@@ -318,9 +324,10 @@ class SparsePart(NamedTuple):
     keys: tuple[int, int]
     #: True for intra (bottom-right causal), False for successive/inter (queries after the keys).
     causal: bool
-    #: ``(batch, q_heads, n)`` int64 columns relative to ``keys[0]``, ``-1``-padded.
+    #: ``(batch, q_heads, n)`` int64 columns relative to ``keys[0]``, ``-1``-padded (the backend's array;
+    #: NumPy from :func:`qwen_sparse_plan`).
     vertical_idx: np.ndarray
-    #: ``(batch, q_heads, n)`` int64 distances in the part's convention, ``-1``-padded.
+    #: ``(batch, q_heads, n)`` int64 distances in the part's convention, ``-1``-padded (as ``vertical_idx``).
     slash_idx: np.ndarray
 
 
@@ -338,38 +345,97 @@ class QwenSparseSegment(NamedTuple):
     parts: dict
 
 
-def _split_parts(vertical: np.ndarray, slash: np.ndarray, begin: int, end: int, cs: int, chunk_len: int) -> dict:
-    """Step 4 of the pipeline: the whole-row indices of one segment split into its DCA parts.
+class IndexRange(NamedTuple):
+    """The entries one DCA part keeps of a whole-row index list, and how they move into the part's coordinates."""
 
-    ``vertical`` ascending and ``slash`` descending per row, ``-1``-padded (as
-    the estimation returns them); each part keeps a range of values
-    (:func:`_kept_range`).
+    #: Entries ``low <= x <= high`` are kept (``high=None``: no upper bound).
+    low: int
+    high: int | None
+    #: Added to every kept entry.
+    shift: int
+    #: A row that keeps nothing gets :func:`vllm_fallback_indices` of this length (None: stays empty).
+    fallback_len: int | None
+
+
+class PartRanges(NamedTuple):
+    """One DCA part of a segment: its keys and the ranges its vertical and slash lists keep."""
+
+    keys: tuple[int, int]
+    causal: bool
+    vertical: IndexRange
+    slash: IndexRange
+
+
+def sparse_part_ranges(begin: int, end: int, chunk_start: int, chunk_len: int) -> dict:
+    """Step 4 of the pipeline as numbers: for the segment of queries ``[begin, end)`` in the DCA chunk starting at
+    ``chunk_start`` (a multiple of ``chunk_len = L``, ``chunk_start <= begin < end <= chunk_start + L``), each
+    part's keys and the ranges of the whole-row indices it keeps (see the module docstring, step 4).
+
+    Returns ``{"intra": PartRanges, "successive": ... (if chunk_start >= L), "inter": ... (if chunk_start >= 2L)}``.
     """
-    L = chunk_len
-    n_v, n_s = _valid_counts(vertical), _valid_counts(slash)
-
-    def verticals(low, high, shift, fallback_len):
-        return _kept_range(vertical, n_v, low, high, shift, fallback_len, descending=False)
-
-    def slashes(low, high, shift, fallback_len):
-        return _kept_range(slash, n_s, low, high, shift, fallback_len, descending=True)
-
-    parts = {  # delta = 0 is always among the intra slashes
-        "intra": SparsePart((cs, end), True, verticals(cs, None, -cs, end - cs), slashes(0, end - 1 - cs, 0, None))
+    L = _check_int("chunk_len", chunk_len, 1)
+    cs = _check_int("chunk_start", chunk_start, 0)
+    if cs % L:
+        raise InputError("chunk_start", cs, f"a multiple of chunk_len = {L}")
+    begin = _check_int("begin", begin, cs, cs + L - 1)
+    end = _check_int("end", end, begin + 1, cs + L)
+    ranges = {  # delta = 0 is always among the intra slashes
+        "intra": PartRanges((cs, end), True, IndexRange(cs, None, -cs, end - cs), IndexRange(0, end - 1 - cs, 0, None)),
     }
     if cs >= L:
-        parts["successive"] = SparsePart(
+        ranges["successive"] = PartRanges(
             (cs - L, cs), False,
-            verticals(cs - L, cs - 1, -(cs - L), L),
-            slashes(begin - cs, end - 1 - cs + L, -(begin - cs), L),
+            IndexRange(cs - L, cs - 1, -(cs - L), L),
+            IndexRange(begin - cs, end - 1 - cs + L, -(begin - cs), L),
         )
     if cs >= 2 * L:
-        parts["inter"] = SparsePart(
+        ranges["inter"] = PartRanges(
             (0, cs - L), False,
-            verticals(0, cs - L - 1, 0, cs - L),
-            slashes(begin - cs + L, None, -(L + begin - cs), cs - L),
+            IndexRange(0, cs - L - 1, 0, cs - L),
+            IndexRange(begin - cs + L, None, -(L + begin - cs), cs - L),
         )
-    return parts
+    return ranges
+
+
+def _index_groups(name: str, groups) -> list:
+    """The estimation's per-head-group index arrays as NumPy int64 arrays, checked (one batch, 3-D, integers)."""
+    arrays = [check_array_like(f"{name}[{i}]", g, "a (batch, heads, n) integer array") for i, g in enumerate(check_index_groups(name, groups))]
+    for i, a in enumerate(arrays):
+        if not np.issubdtype(a.dtype, np.integer):
+            raise InputError(f"{name}[{i}]", f"array of dtype {a.dtype}", "a (batch, heads, n) integer array")
+    return [a.astype(np.int64, copy=False) for a in arrays]
+
+
+def split_sparse_parts(verticals, slashes, begin: int, end: int, chunk_start: int, chunk_len: int):
+    """Step 4 of the pipeline: a segment's estimated index sets joined over head groups, then split into its DCA parts.
+
+    ``verticals``, ``slashes``: lists of ``(batch, heads_i, n_i)`` integer
+    arrays, the estimation's results for consecutive groups of query heads
+    (one array when one call estimated every head); each row sorted,
+    verticals ascending, slashes descending, ``-1`` padding at the end, as
+    :func:`yarnref.vertical_slash_indices` returns them.  ``begin``, ``end``,
+    ``chunk_start``, ``chunk_len``: the segment, as in
+    :func:`sparse_part_ranges`.
+
+    Returns ``(vertical, slash, parts)``: the joined whole-row sets
+    ``(batch, heads, n)`` int64, ``-1``-padded to the widest group, and
+    ``{name: SparsePart}`` with each part's entries in its own coordinates
+    (:func:`sparse_part_ranges`), kept in order, ``-1``-padded to the part's
+    widest row; a row that keeps nothing gets vLLM's fallback.
+    """
+    ranges = sparse_part_ranges(begin, end, chunk_start, chunk_len)
+    vertical = _pad_join(_index_groups("verticals", verticals))
+    slash = _pad_join(_index_groups("slashes", slashes))
+    if slash.shape[:2] != vertical.shape[:2]:
+        raise InputError("slashes", f"(batch, heads) = {slash.shape[:2]}", f"{vertical.shape[:2]} like verticals")
+    n_v, n_s = _valid_counts(vertical), _valid_counts(slash)
+    parts = {
+        name: SparsePart(r.keys, r.causal,
+                         _kept_range(vertical, n_v, *r.vertical, descending=False),
+                         _kept_range(slash, n_s, *r.slash, descending=True))
+        for name, r in ranges.items()
+    }
+    return vertical, slash, parts
 
 
 # ----------------------------------------------------------------------------- the Qwen2.5-1M pipeline
@@ -477,9 +543,8 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_s
     head's scores are its own, so the indices are those of one call over all
     heads.
     """
-    backend = _backend()
     rope_cos_sin, apply_rope = _op("rope_cos_sin"), _op("apply_rope")
-    vertical_slash_indices = _op("vertical_slash_indices")
+    vertical_slash_indices, split = _op("vertical_slash_indices"), _op("split_sparse_parts")
     cfg, qids = setup.cfg, setup.query_ids
     L, C = cfg.chunk_len, cfg.chunk_size
     kv_len, q_len = k.shape[2], q.shape[2]
@@ -524,11 +589,10 @@ def _walk_sparse(setup: _QwenSetup, q, k, inv_freq, pairing, budget_clamp="per_s
                 scale=setup.scale, force_verticals=_FORCE_VERTICALS, force_slashes=_FORCE_SLASHES,
             )
             del k_est
-            found.append((np.asarray(backend.to_numpy(vertical), dtype=np.int64),
-                          np.asarray(backend.to_numpy(slash), dtype=np.int64)))
+            found.append((vertical, slash))
         tables = None
-        vertical, slash = (_pad_join([pair[i] for pair in found]) for i in (0, 1))
-        plan = QwenSparseSegment(begin, end, cs, vertical, slash, _split_parts(vertical, slash, begin, end, cs, L))
+        vertical, slash, parts = split([v for v, _ in found], [s for _, s in found], begin, end, cs, L)
+        plan = QwenSparseSegment(begin, end, cs, vertical, slash, parts)
         rows = q[:, :, begin - offset : end - offset]
         yield plan, (lambda positions, rows=rows, a=begin - offset, b=end - offset: rotate(rows, positions[a:b]))
 
@@ -570,7 +634,11 @@ def qwen_sparse_plan(q, k, inv_freq, dca, scale=None, *, layer=0, heads=None, pr
     if setup.budgets is None:
         raise ConfigError("sparse_attention_enabled", False, "true, with a sparse_attention_config, for a sparse plan")
     q, k = _spec_float64(q, k)
-    return [plan for plan, _ in _walk_sparse(setup, q, k, inv_freq, pairing, budget_clamp, rotated_keys)]
+    to_numpy = _backend().to_numpy
+    return [plan._replace(vertical_idx=to_numpy(plan.vertical_idx), slash_idx=to_numpy(plan.slash_idx),
+                          parts={name: part._replace(vertical_idx=to_numpy(part.vertical_idx), slash_idx=to_numpy(part.slash_idx))
+                                 for name, part in plan.parts.items()})
+            for plan, _ in _walk_sparse(setup, q, k, inv_freq, pairing, budget_clamp, rotated_keys)]
 
 
 def qwen_prefill(q, k, v, inv_freq, dca, scale=None, *, layer=0, heads=None, prefill_chunk_size=None, pairing="half",

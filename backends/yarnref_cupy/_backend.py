@@ -38,6 +38,7 @@ from yarnref.rope import PAIRINGS
 
 from . import attention as _attention
 from . import dca as _dca
+from . import prefill as _prefill
 from . import rope as _rope
 from . import sparse as _sparse_module
 from ._arrays import check_float, compute_dtype, dtype_name, is_nonfinite_magnitude, magnitude_bits, start_max_abs
@@ -373,6 +374,12 @@ class CupyBackend(Backend):
 
     def tri_shape_attention(self, q, k, v, n_init=128, n_local=3968, n_last=100, scale=None, return_lse=False):
         return self._streaming(q, k, v, n_init, n_local, n_last, scale, return_lse)
+
+    # ----------------------------------------------------------------- the Qwen2.5-1M pipeline's bookkeeping
+
+    def split_sparse_parts(self, verticals, slashes, begin, end, chunk_start, chunk_len):
+        with self._device.context():
+            return _prefill.split_sparse_parts(self.xp, self._device, verticals, slashes, begin, end, chunk_start, chunk_len)
 
 
 def _sparse_spec():

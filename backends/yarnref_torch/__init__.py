@@ -39,6 +39,7 @@ from yarnref.checks import check_same_dtype
 
 from . import attention as _attention
 from . import dca as _dca
+from . import prefill as _prefill
 from . import rope as _rope
 from . import sparse as _sparse
 from ._arrays import ArrayConverter, normalize_device, tensor_to_numpy
@@ -171,3 +172,8 @@ class TorchBackend(Backend):
 
     def tri_shape_attention(self, q, k, v, n_init=128, n_local=3968, n_last=100, scale=None, return_lse=False):
         return _sparse.tri_shape_attention(self._conv, q, k, v, n_init, n_local, n_last, scale, return_lse)
+
+    # ------------------------------------------------------------------ the Qwen2.5-1M pipeline's bookkeeping
+
+    def split_sparse_parts(self, verticals, slashes, begin, end, chunk_start, chunk_len):
+        return _prefill.split_sparse_parts(self._conv, verticals, slashes, begin, end, chunk_start, chunk_len)
