@@ -727,3 +727,11 @@ def test_split_sparse_parts_bad_input(backend):
         split([backend.asarray(np.zeros((1, 1, 3)))], [s], 0, 4, 0, 4)
     with pytest.raises(InputError, match=r"verticals\[0\]"):
         split([backend.asarray(np.zeros((1, 3), np.int64))], [s], 0, 4, 0, 4)
+    with pytest.raises(InputError, match=r"verticals\[0\]"):
+        split([backend.asarray(np.zeros((1, 0, 3), np.int64))], [s], 0, 4, 0, 4)
+    with pytest.raises(InputError, match="verticals.*sorted ascending"):  # out of order
+        split([backend.asarray(np.array([[[3, 0, -1]]]))], [s], 0, 4, 0, 4)
+    with pytest.raises(InputError, match="verticals.*sorted ascending"):  # padding before an entry
+        split([backend.asarray(np.array([[[0, -1, 2]]]))], [s], 0, 4, 0, 4)
+    with pytest.raises(InputError, match="slashes.*sorted descending"):
+        split([v], [backend.asarray(np.array([[[0, 2, -1]]]))], 0, 4, 0, 4)

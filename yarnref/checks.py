@@ -304,8 +304,8 @@ def check_index_groups(name: str, groups) -> list:
     batch = None
     for i, g in enumerate(groups):
         shape = tuple(getattr(g, "shape", ()))
-        if len(shape) != 3:
-            raise InputError(f"{name}[{i}]", f"shape {shape}", "a (batch, heads, n) integer array")
+        if len(shape) != 3 or shape[0] < 1 or shape[1] < 1:
+            raise InputError(f"{name}[{i}]", f"shape {shape}", "a (batch, heads, n) integer array, batch and heads >= 1")
         if batch is not None and shape[0] != batch:
             raise InputError(f"{name}[{i}]", f"batch {shape[0]}", f"batch {batch} like {name}[0]")
         batch = shape[0]

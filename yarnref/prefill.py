@@ -113,8 +113,10 @@ __all__ = [
     "qwen_prefill",
     "qwen_sparse_plan",
     "sparse_attention_config_for",
+    "sorted_rows_disorder",
     "sparse_part_ranges",
     "split_sparse_parts",
+    "unsorted_rows_error",
     "vllm_fallback_indices",
 ]
 
@@ -280,6 +282,23 @@ def _pad_rows(lead: tuple, counts: np.ndarray, fill, fallback_len: int | None) -
     return out
 
 
+def sorted_rows_disorder(idx, descending: bool):
+    """``(batch, heads)`` booleans (any array library): rows of a ``-1``-padded index list that are not sorted
+    ascending (or ``descending``) with all their padding at the end, the order :func:`split_sparse_parts` needs."""
+    earlier, later = idx[..., :-1], idx[..., 1:]
+    if descending:  # an entry above the one before it (padding before an entry is one too)
+        disorder = (later > earlier) & (later >= 0)
+    else:  # an entry below the one before it, or after padding
+        disorder = (later >= 0) & ((later < earlier) | (earlier < 0))
+    return disorder.any(-1)
+
+
+def unsorted_rows_error(name: str, descending: bool) -> InputError:
+    order = "descending" if descending else "ascending"
+    return InputError(name, "rows out of order", f"rows sorted {order} with the -1 padding at the end, "
+                      "as vertical_slash_indices returns them")
+
+
 def _valid_counts(idx: np.ndarray) -> np.ndarray:
     """``(batch, heads)``: the entries of each row before its ``-1`` padding."""
     return (idx >= 0).sum(-1)
@@ -428,6 +447,9 @@ def split_sparse_parts(verticals, slashes, begin: int, end: int, chunk_start: in
     slash = _pad_join(_index_groups("slashes", slashes))
     if slash.shape[:2] != vertical.shape[:2]:
         raise InputError("slashes", f"(batch, heads) = {slash.shape[:2]}", f"{vertical.shape[:2]} like verticals")
+    for name, idx, descending in (("verticals", vertical, False), ("slashes", slash, True)):
+        if sorted_rows_disorder(idx, descending).any():
+            raise unsorted_rows_error(name, descending)
     n_v, n_s = _valid_counts(vertical), _valid_counts(slash)
     parts = {
         name: SparsePart(r.keys, r.causal,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from yarnref.checks import check_index_groups
 from yarnref.errors import InputError
-from yarnref.prefill import SparsePart, sparse_part_ranges, vllm_fallback_indices
+from yarnref.prefill import SparsePart, sorted_rows_disorder, sparse_part_ranges, unsorted_rows_error, vllm_fallback_indices
 
 __all__ = ["split_sparse_parts"]
 
@@ -74,7 +74,12 @@ def split_sparse_parts(xp, device, verticals, slashes, begin, end, chunk_start, 
         for which, idx, kept, descending in (("vertical", vertical, r.vertical, False), ("slash", slash, r.slash, True)):
             lists.append((name, which, idx, kept, *_run(xp, idx, kept.low, kept.high, descending)))
     counts = xp.stack([count for *_, count in lists])  # (lists, batch, heads)
-    longest, shortest = device.to_numpy(xp.stack([counts.max(axis=(1, 2)), counts.min(axis=(1, 2))])).tolist()  # the one read-back
+    flags = xp.stack([sorted_rows_disorder(vertical, False).any(), sorted_rows_disorder(slash, True).any()])
+    summary = device.to_numpy(xp.concatenate([counts.max(axis=(1, 2)), counts.min(axis=(1, 2)), flags.astype(xp.int64)])).tolist()  # the one read-back
+    longest, shortest = summary[: len(lists)], summary[len(lists) : 2 * len(lists)]
+    for name, unsorted, descending in (("verticals", summary[-2], False), ("slashes", summary[-1], True)):
+        if unsorted:
+            raise unsorted_rows_error(name, descending)
     out = {}
     for (name, which, idx, kept, first, count), most, least in zip(lists, longest, shortest):
         fallback = None

@@ -18,7 +18,7 @@ import torch
 
 from yarnref.checks import check_index_groups
 from yarnref.errors import InputError
-from yarnref.prefill import SparsePart, sparse_part_ranges, vllm_fallback_indices
+from yarnref.prefill import SparsePart, sorted_rows_disorder, sparse_part_ranges, unsorted_rows_error, vllm_fallback_indices
 
 from ._arrays import ArrayConverter
 
@@ -90,7 +90,12 @@ def split_sparse_parts(conv: ArrayConverter, verticals, slashes, begin, end, chu
         for which, idx, kept, descending in (("vertical", vertical, r.vertical, False), ("slash", slash, r.slash, True)):
             lists.append((name, which, idx, kept, *_run(idx, kept.low, kept.high, descending)))
     counts = torch.stack([count for *_, count in lists])  # (lists, batch, heads)
-    longest, shortest = torch.stack([counts.amax(dim=(1, 2)), counts.amin(dim=(1, 2))]).tolist()  # the one read-back
+    flags = torch.stack([sorted_rows_disorder(vertical, False).any(), sorted_rows_disorder(slash, True).any()])
+    summary = torch.cat([counts.amax(dim=(1, 2)), counts.amin(dim=(1, 2)), flags.to(torch.int64)]).tolist()  # the one read-back
+    longest, shortest = summary[: len(lists)], summary[len(lists) : 2 * len(lists)]
+    for name, unsorted, descending in (("verticals", summary[-2], False), ("slashes", summary[-1], True)):
+        if unsorted:
+            raise unsorted_rows_error(name, descending)
     out = {}
     for (name, which, idx, kept, first, count), most, least in zip(lists, longest, shortest):
         fallback = None
