@@ -90,7 +90,6 @@ def run_case(rec, ts, q_len, kv_len, n_vert, n_slash, heads, per_impl, sweep):
     if best is not None:
         rec.note(f"{case}: best {best['impl']} {best['ms']:.3f} ms, serial {base['ms']:.3f} ms "
                  f"({best['speedup_vs_serial']:.2f}x)")
-    del serial, vert, slash
 
 
 def run(rec):
