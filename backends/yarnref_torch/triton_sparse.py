@@ -907,10 +907,10 @@ if triton is not None:
     @triton.jit
     def _emit_blocks(blk_out, n_blk, start, stop, capacity, BLOCK_N: tl.constexpr, EMIT: tl.constexpr):
         """Per lane: write up to EMIT block starts start, start + BLOCK_N, ... < stop; the new count and start."""
-        k = tl.arange(0, EMIT)
-        starts = start[:, None] + k[None, :] * BLOCK_N  # (ROWS, EMIT)
-        slot = n_blk[:, None] + k[None, :]
-        tl.store(blk_out[:, None] + slot, starts, mask=(starts < stop[:, None]) & (slot < capacity))
+        # EMIT one-dimensional stores rather than one (ROWS, EMIT) store: the lanes' vectors keep their
+        # layout (one lane per thread), with no shuffle through shared memory in every step.
+        for k in tl.static_range(EMIT):
+            tl.store(blk_out + n_blk + k, start + k * BLOCK_N, mask=(start + k * BLOCK_N < stop) & (n_blk + k < capacity))
         n_new = tl.minimum(tl.maximum((stop - start + BLOCK_N - 1) // BLOCK_N, 0), EMIT)
         return n_blk + n_new, start + n_new * BLOCK_N
 
