@@ -11,7 +11,9 @@ memory latency, not bandwidth.  Two kernels compute the same lists:
 * ``lanes R, W warps`` (``rows_per_program=R``, ``num_warps=W``): one
   program per R row blocks of a head, each row block a lane of Triton
   vectors, so one step advances R merges at once (and the leading slashes
-  that reach no row are skipped by binary search).
+  that reach no row are skipped by binary search); R in 16, 32, 64 and W in
+  1, 2, 4 at the default ``steps_per_check``, then the fastest (R, W) at the
+  other ``steps_per_check`` values.
 
 Shapes: one chunk of chunked prefill, 32768 queries at the end of a 128K or a
 1M key sequence (causal, bottom-right), B=1, 28 heads (Qwen2.5-7B), 64 x 64
@@ -61,9 +63,9 @@ def run_case(rec, ts, q_len, kv_len, n_vert, n_slash, heads, per_impl, sweep):
     case = f"q{q_len} kv{kv_len} v{n_vert} s{n_slash}"
     vert, slash = make_indices(kv_len, heads, n_vert, n_slash, "realistic", seed=kv_len + n_slash, device=device)
 
-    def convert(rows, warps=None):
+    def convert(rows, warps=None, steps=None):
         return ts.convert_vertical_slash_indexes_triton(q_len, kv_len, vert, slash, BM, BN, True,
-                                                        rows_per_program=rows, num_warps=warps)
+                                                        rows_per_program=rows, num_warps=warps, steps_per_check=steps)
 
     with rec.guard(case, "sort + allocation (no kernel)"):
         rec.add(case, "sort + allocation (no kernel)", timing=time_fn(lambda: _sort_and_allocate(ts, q_len, vert, slash), device, per_impl))
@@ -75,18 +77,29 @@ def run_case(rec, ts, q_len, kv_len, n_vert, n_slash, heads, per_impl, sweep):
                        mean_blocks=float(serial[0].float().mean()), mean_columns=float(serial[2].float().mean()))
     if serial is None:
         return
-    best = None
-    for rows, warps in sweep:
-        impl = f"lanes {rows}, {warps} warps"
+    def lanes(rows, warps, steps):
+        impl = f"lanes {rows}, {warps} warps" + ("" if steps is None else f", {steps} steps/check")
         with rec.guard(case, impl):
-            result = convert(rows, warps)
+            result = convert(rows, warps, steps)
             same = all(torch.equal(a, b) for a, b in zip(serial, result))
             del result
-            timing = time_fn(lambda: convert(rows, warps), device, per_impl)
-            row = rec.add(case, impl, timing=timing, ok=same, rows_per_program=rows, num_warps=warps,
-                          speedup_vs_serial=base["ms"] / timing["ms"])
-            if same and (best is None or row["ms"] < best["ms"]):
-                best = row
+            timing = time_fn(lambda: convert(rows, warps, steps), device, per_impl)
+            return rec.add(case, impl, timing=timing, ok=same, rows_per_program=rows, num_warps=warps,
+                           steps_per_check=ts.DEFAULT_CONVERSION_STEPS if steps is None else steps,
+                           speedup_vs_serial=base["ms"] / timing["ms"])
+
+    best = None
+    for rows, warps in sweep:  # at the default steps_per_check
+        row = lanes(rows, warps, None)
+        if row is not None and row.get("check") == "pass" and (best is None or row["ms"] < best["ms"]):
+            best = row
+    if best is not None:  # the best launch at the other steps_per_check
+        rows, warps, done = best["rows_per_program"], best["num_warps"], best["steps_per_check"]
+        for steps in ts.CONVERSION_STEPS:
+            if steps != done:
+                row = lanes(rows, warps, steps)
+                if row is not None and row.get("check") == "pass" and row["ms"] < best["ms"]:
+                    best = row
     if best is not None:
         rec.note(f"{case}: best {best['impl']} {best['ms']:.3f} ms, serial {base['ms']:.3f} ms "
                  f"({best['speedup_vs_serial']:.2f}x)")
@@ -103,8 +116,8 @@ def run(rec):
         rec.missing("(all)", "conversion", "no CUDA and TRITON_INTERPRET is not set")
         return
     if quick:  # the interpreter (slow): one tiny shape, two launch variants
-        plan, sweep = [(130, 300, 20, 110)], ((8, 1), (32, 2))
-        heads, per_impl = 2, 0.01
+        plan, sweep = [(100, 160, 10, 104)], ((8, 1),)
+        heads, per_impl = 1, 0.01
     else:
         plan, sweep = [(Q_LEN, kv, nv, ns) for kv in KV_LENS for nv, ns in BUDGETS], [(r, w) for r in ROWS for w in WARPS]
         heads, per_impl = HEADS, 1.0

@@ -34,7 +34,9 @@ def test_bench_conversion_quick(tmp_path):
         pytest.skip("the Triton interpreter cannot run here")
     assert all(r["status"] == "ok" for r in rows), rows
     lanes = [r for r in rows if r["impl"].startswith("lanes")]
-    assert len(lanes) == 2 and all(r["check"] == "pass" for r in lanes)
+    # one launch at the default steps_per_check, then the same launch at the other values
+    assert len(lanes) == 3 and all(r["check"] == "pass" for r in lanes)
+    assert sorted(r["steps_per_check"] for r in lanes) == [1, 2, 4]
     serial = next(r for r in rows if r["impl"] == "serial")
     assert serial["mean_blocks"] > 0 and serial["mean_columns"] >= 0
     for r in lanes:

@@ -502,8 +502,8 @@ def _conversion_case(draw):
 
 
 @settings(max_examples=30, deadline=None)
-@given(case=_conversion_case(), rows=st.sampled_from([8, 16, 32, 64]))
-def test_conversion_lanes_equal_serial_and_spec(case, rows):
+@given(case=_conversion_case(), rows=st.sampled_from([8, 16, 32, 64]), steps=st.sampled_from([1, 2, 4]))
+def test_conversion_lanes_equal_serial_and_spec(case, rows, steps):
     """Any conversion problem (Hypothesis): the lanes kernel's lists are the serial kernel's, bit for bit, and the spec's."""
     if not HAVE_TRITON or not (CUDA or INTERPRETED):
         pytest.skip("triton cannot run here")
@@ -514,7 +514,8 @@ def test_conversion_lanes_equal_serial_and_spec(case, rows):
         mod = _load(interpret=not CUDA)
         Vt, St = torch.from_numpy(V).to(DEVICE), torch.from_numpy(S).to(DEVICE)
         serial = mod.convert_vertical_slash_indexes_triton(q_len, kv_len, Vt, St, bm, bn, causal, rows_per_program=1)
-        lanes = mod.convert_vertical_slash_indexes_triton(q_len, kv_len, Vt, St, bm, bn, causal, rows_per_program=rows)
+        lanes = mod.convert_vertical_slash_indexes_triton(q_len, kv_len, Vt, St, bm, bn, causal, rows_per_program=rows,
+                                                          steps_per_check=steps)
     want = yarnref.sparse.convert_vertical_slash_indexes(q_len, kv_len, V, S, bm, bn, causal)
     for a, b, w, name in zip(serial, lanes, want, ("block_count", "block_offset", "column_count", "column_index")):
         assert a.dtype == b.dtype == torch.int32, name
@@ -539,7 +540,7 @@ def test_conversion_lanes_long_ranges(ts):
 
 
 def test_conversion_rejects_bad_launch():
-    """rows_per_program and num_warps are checked before any kernel runs (no GPU or triton needed)."""
+    """rows_per_program, num_warps and steps_per_check are checked before any kernel runs (no GPU or triton needed)."""
     mod = _load(interpret=False)
     V = torch.zeros((1, 1, 2), dtype=torch.int32)
     for bad in (0, 3, 2, 256, True, 32.0, "32"):
@@ -549,7 +550,10 @@ def test_conversion_rejects_bad_launch():
     with pytest.raises(InputError) as exc:
         mod.convert_vertical_slash_indexes_triton(64, 64, V, V, rows_per_program=32, num_warps=3)
     assert exc.value.param == "num_warps"
-    assert mod.DEFAULT_CONVERSION_ROWS in mod.CONVERSION_ROWS
+    with pytest.raises(InputError) as exc:
+        mod.convert_vertical_slash_indexes_triton(64, 64, V, V, rows_per_program=32, steps_per_check=3)
+    assert exc.value.param == "steps_per_check"
+    assert mod.DEFAULT_CONVERSION_ROWS in mod.CONVERSION_ROWS and mod.DEFAULT_CONVERSION_STEPS in mod.CONVERSION_STEPS
 
 
 @pytest.mark.parametrize("dtype", _dtypes(), ids=str)

@@ -175,6 +175,9 @@ CONVERSION_ROWS = (1, 8, 16, 32, 64, 128)
 DEFAULT_CONVERSION_ROWS = 1
 #: Block starts a lane of the lanes kernel writes per loop step (a longer range takes more steps).
 CONVERSION_BLOCKS_PER_STEP = 4
+#: Merge steps of the lanes kernel between two tests of its loop condition (``steps_per_check``).
+CONVERSION_STEPS = (1, 2, 4)
+DEFAULT_CONVERSION_STEPS = 2
 
 
 def interpreter_active() -> bool:
@@ -924,6 +927,7 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         ROWS: tl.constexpr,
         EMIT: tl.constexpr,
+        STEPS: tl.constexpr,
     ):
         # One program per (ROWS consecutive row blocks, batch * head); each row block is one lane of
         # the vectors below and runs _convert_vs_kernel's merge with its own state.  A loop step
@@ -974,55 +978,58 @@ if triton is not None:
         pend_stop = zero
         live = tl.sum((done == 0).to(tl.int32), 0)
         while live > 0:
-            # One merge step for the lanes with nothing left to write.
-            step = (done == 0) & (pend >= pend_stop)
-            vstep = step & (v_idx < range_end)
-            col = vstep & (v_idx < range_start)  # a vertical no range covers: a column
-            tl.store(col_out + n_col, v_idx, mask=col & (n_col < col_cap))
-            n_col += col.to(tl.int32)
-            more_v = vstep & (v < nv)
-            v_next = tl.load(vert + v, mask=more_v, other=far).to(tl.int32)
-            v_idx = tl.where(vstep, v_next, v_idx)
-            v += more_v.to(tl.int32)
+            # STEPS merge steps per test of the loop condition (a reduction over the lanes on the
+            # critical path of every step otherwise); a step of a lane that is done changes nothing.
+            for _ in tl.static_range(STEPS):
+                # One merge step for the lanes with nothing left to write.
+                step = (done == 0) & (pend >= pend_stop)
+                vstep = step & (v_idx < range_end)
+                col = vstep & (v_idx < range_start)  # a vertical no range covers: a column
+                tl.store(col_out + n_col, v_idx, mask=col & (n_col < col_cap))
+                n_col += col.to(tl.int32)
+                more_v = vstep & (v < nv)
+                v_next = tl.load(vert + v, mask=more_v, other=far).to(tl.int32)
+                v_idx = tl.where(vstep, v_next, v_idx)
+                v += more_v.to(tl.int32)
 
-            sstep = step & ~vstep  # (v_idx was not changed on these lanes)
-            take = sstep & (s < ns)
-            s_val = tl.load(slash + s, mask=take, other=-1).to(tl.int32)
-            if not CAUSAL:
-                take = take & (s_val >= start_m)
-            e = tl.maximum(reach - s_val, BLOCK_M)
-            s += take.to(tl.int32)
-            gap = take & (e > range_end + BLOCK_M)  # emit the range, start a new one
-            grow = take & (e > range_end) & ~gap  # touching: grow by one row block
-            rest = sstep & ~take
-            finish = v == nv
-            if CAUSAL:
-                finish = finish | (v_idx > range_start)
-            fin = rest & finish
-            if not CAUSAL:  # non-causal: the last vertical still counts
-                last = fin & (v == nv) & (v_idx < kv_len)
-                tl.store(col_out + n_col, v_idx, mask=last & (n_col < col_cap))
-                n_col += last.to(tl.int32)
-            restart = rest & ~finish  # slashes exhausted, verticals left
-            if CAUSAL:
-                save = gap | fin
-                new_start = tl.where(gap, e - BLOCK_M, reach)
-                new_end = tl.where(gap, e, reach + BLOCK_N)
-            else:
-                save = gap | fin | restart
-                new_start = tl.where(gap, e - BLOCK_M, kv_len)
-                new_end = tl.where(gap, e, kv_len + BLOCK_N)
-            pend = tl.where(save, range_start, pend)
-            pend_stop = tl.where(save, tl.minimum(range_end, kv_len), pend_stop)
-            moved = gap | restart
-            range_start = tl.where(moved, new_start, range_start)
-            range_end = tl.where(moved, new_end, range_end) + tl.where(grow, BLOCK_M, 0)
-            done = tl.where(fin, 1, done)
+                sstep = step & ~vstep  # (v_idx was not changed on these lanes)
+                take = sstep & (s < ns)
+                s_val = tl.load(slash + s, mask=take, other=-1).to(tl.int32)
+                if not CAUSAL:
+                    take = take & (s_val >= start_m)
+                e = tl.maximum(reach - s_val, BLOCK_M)
+                s += take.to(tl.int32)
+                gap = take & (e > range_end + BLOCK_M)  # emit the range, start a new one
+                grow = take & (e > range_end) & ~gap  # touching: grow by one row block
+                rest = sstep & ~take
+                finish = v == nv
+                if CAUSAL:
+                    finish = finish | (v_idx > range_start)
+                fin = rest & finish
+                if not CAUSAL:  # non-causal: the last vertical still counts
+                    last = fin & (v == nv) & (v_idx < kv_len)
+                    tl.store(col_out + n_col, v_idx, mask=last & (n_col < col_cap))
+                    n_col += last.to(tl.int32)
+                restart = rest & ~finish  # slashes exhausted, verticals left
+                if CAUSAL:
+                    save = gap | fin
+                    new_start = tl.where(gap, e - BLOCK_M, reach)
+                    new_end = tl.where(gap, e, reach + BLOCK_N)
+                else:
+                    save = gap | fin | restart
+                    new_start = tl.where(gap, e - BLOCK_M, kv_len)
+                    new_end = tl.where(gap, e, kv_len + BLOCK_N)
+                pend = tl.where(save, range_start, pend)
+                pend_stop = tl.where(save, tl.minimum(range_end, kv_len), pend_stop)
+                moved = gap | restart
+                range_start = tl.where(moved, new_start, range_start)
+                range_end = tl.where(moved, new_end, range_end) + tl.where(grow, BLOCK_M, 0)
+                done = tl.where(fin, 1, done)
 
-            # Write up to EMIT blocks of every lane's pending range (a saved range of up to EMIT
-            # blocks is written in the step that saved it).
-            writing = pend < pend_stop
-            n_blk, pend = _emit_blocks(blk_out, n_blk, pend, tl.where(writing, pend_stop, pend), blk_cap, BLOCK_N, EMIT)
+                # Write up to EMIT blocks of every lane's pending range (a saved range of up to EMIT
+                # blocks is written in the step that saved it).
+                writing = pend < pend_stop
+                n_blk, pend = _emit_blocks(blk_out, n_blk, pend, tl.where(writing, pend_stop, pend), blk_cap, BLOCK_N, EMIT)
             live = tl.sum(((done == 0) | (pend < pend_stop)).to(tl.int32), 0)
         tl.store(BlockCount + out, tl.minimum(n_blk, blk_cap), mask=in_range)
         tl.store(ColumnCount + out, tl.minimum(n_col, col_cap), mask=in_range)
@@ -1431,6 +1438,7 @@ def convert_vertical_slash_indexes_triton(
     *,
     rows_per_program: int | None = None,
     num_warps: int | None = None,
+    steps_per_check: int | None = None,
 ):
     """Vertical and slash indices -> ``(block_count, block_offset, column_count, column_index)``, on the GPU.
 
@@ -1468,7 +1476,12 @@ def convert_vertical_slash_indexes_triton(
     ``rows_per_program=None`` takes :data:`DEFAULT_CONVERSION_ROWS`.
     ``num_warps`` (None, or one of 1, 2, 4, 8) is the launch's warp count;
     None takes 1 for the serial kernel and ``max(1, ROWS // 32)`` for the
-    lanes kernel.
+    lanes kernel.  ``steps_per_check`` (None, or one of
+    :data:`CONVERSION_STEPS`; lanes kernel only) is the number of merge steps
+    between two tests of "is any lane still running", a reduction over the
+    lanes that every step would otherwise wait for; None takes
+    :data:`DEFAULT_CONVERSION_STEPS`.  The launch options change the speed,
+    never the lists.
     """
     for name, value in (("q_len", q_len), ("kv_len", kv_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -1485,6 +1498,7 @@ def convert_vertical_slash_indexes_triton(
     if isinstance(rows, bool) or not isinstance(rows, int) or rows not in CONVERSION_ROWS:
         raise InputError("rows_per_program", rows_per_program, f"None or one of {CONVERSION_ROWS}")
     _check_launch("num_warps", num_warps, (1, 2, 4, 8))
+    steps = DEFAULT_CONVERSION_STEPS if _check_launch("steps_per_check", steps_per_check, CONVERSION_STEPS) is None else steps_per_check
     _check_list_lengths(q_len, kv_len)
     verts, nv_count = _sorted_with_counts(vertical_idx, "vertical_idx", descending=False)
     slashes, ns_count = _sorted_with_counts(slash_idx, "slash_idx", descending=True)
@@ -1532,6 +1546,7 @@ def convert_vertical_slash_indexes_triton(
             BLOCK_N=bn,
             ROWS=rows,
             EMIT=CONVERSION_BLOCKS_PER_STEP,
+            STEPS=steps,
             num_warps=max(1, rows // 32) if num_warps is None else num_warps,
         )
     return block_count, block_offset, column_count, column_index
