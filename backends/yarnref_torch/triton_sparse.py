@@ -117,6 +117,20 @@ kept as launch options and ``benchmarks/tune_sparse.py`` measures them
 against the one-block kernel; the default stays one row block per program
 until that measurement says otherwise.
 
+The conversion: one row block per program, or row blocks as lanes
+-----------------------------------------------------------------
+Each row block's lists come from a sequential merge of the head's sorted
+verticals and slashes, one dependent load per step: latency, not bandwidth,
+sets its time.  ``_convert_vs_kernel`` runs one merge per single-warp
+program.  ``_convert_vs_lanes_kernel`` gives each program ``ROWS``
+consecutive row blocks of one head as the lanes of its vectors (one lane per
+thread, as MInference's CUDA converter runs one thread per row block): each
+lane keeps its own merge state, every step is a masked gather and store for
+all lanes, so the latency of a step is paid once per ``ROWS`` row blocks; the
+slashes that reach no row of a block are skipped by a per-lane binary search.
+Both write the same lists bit for bit (``rows_per_program`` chooses;
+``benchmarks/bench_conversion.py`` times them).
+
 Dense mode
 ----------
 :func:`dense_attention_triton` is the same online softmax over one
