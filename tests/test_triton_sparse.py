@@ -466,6 +466,96 @@ def test_conversion_rejects_bad_input(ts):
     assert exc.value.param == "q_len"
 
 
+# ----------------------------------------------------------------------------- the conversion's lanes kernel
+
+
+@st.composite
+def _conversion_case(draw):
+    """A conversion problem: block sizes, lengths (not multiples of the blocks), per-head budgets and index sets.
+
+    Slashes are scattered distances, a contiguous run of distances (long merged ranges, which a lane writes
+    over several steps), or both; verticals may repeat; each head keeps its own number (-1 padding), 0 included.
+    """
+    causal = draw(st.booleans())
+    bm = draw(st.sampled_from([16, 32, 64, 128]))
+    bn = draw(st.sampled_from([b for b in (16, 32, 64, 128) if b >= bm]))
+    q_len = draw(st.integers(1, 300))
+    kv_len = q_len + draw(st.integers(0, 200)) if causal else draw(st.integers(1, 300))
+    nv, ns = draw(st.integers(0, 24)), draw(st.integers(0, 24))
+    seed = draw(st.integers(0, 2**32 - 1))
+    run = draw(st.booleans())
+    rng = np.random.default_rng(seed)
+    h = 2
+    V = np.full((1, h, nv), -1, dtype=np.int32)
+    S = np.full((1, h, ns), -1, dtype=np.int32)
+    for hi in range(h):
+        n_v, n_s = int(rng.integers(0, nv + 1)), int(rng.integers(0, ns + 1))
+        V[0, hi, :n_v] = rng.integers(0, kv_len, n_v)
+        reach = kv_len + q_len + 2  # past every distance that reaches a query
+        dist = rng.choice(reach, size=min(n_s, reach), replace=False)
+        if run and n_s:  # a run of neighbouring diagonals from a random start
+            lo = int(rng.integers(0, reach))
+            dist[: n_s // 2 + 1] = (lo + np.arange(n_s // 2 + 1)) % reach
+            dist = np.unique(dist)
+        S[0, hi, : len(dist)] = dist
+    return q_len, kv_len, V, S, bm, bn, causal
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=_conversion_case(), rows=st.sampled_from([8, 16, 32, 64]), steps=st.sampled_from([1, 2, 4]))
+def test_conversion_lanes_equal_serial_and_spec(case, rows, steps):
+    """Any conversion problem (Hypothesis): the lanes kernel's lists are the serial kernel's, bit for bit, and the spec's."""
+    if not HAVE_TRITON or not (CUDA or INTERPRETED):
+        pytest.skip("triton cannot run here")
+    q_len, kv_len, V, S, bm, bn, causal = case
+    with pytest.MonkeyPatch.context() as mp:
+        if not CUDA:
+            mp.setenv("TRITON_INTERPRET", "1")
+        mod = _load(interpret=not CUDA)
+        Vt, St = torch.from_numpy(V).to(DEVICE), torch.from_numpy(S).to(DEVICE)
+        serial = mod.convert_vertical_slash_indexes_triton(q_len, kv_len, Vt, St, bm, bn, causal, rows_per_program=1)
+        lanes = mod.convert_vertical_slash_indexes_triton(q_len, kv_len, Vt, St, bm, bn, causal, rows_per_program=rows,
+                                                          steps_per_check=steps)
+    want = yarnref.sparse.convert_vertical_slash_indexes(q_len, kv_len, V, S, bm, bn, causal)
+    for a, b, w, name in zip(serial, lanes, want, ("block_count", "block_offset", "column_count", "column_index")):
+        assert a.dtype == b.dtype == torch.int32, name
+        assert torch.equal(a, b), name  # entries past the counts are -1 in both
+        assert np.array_equal(np.asarray(b.cpu()), np.asarray(w)), name
+
+
+def test_conversion_lanes_long_ranges(ts):
+    """Every diagonal kept (one range of up to 12 blocks per row block), 16-wide blocks, three programs of lanes."""
+    q_len, kv_len = 180, 200
+    V = torch.tensor([[[3, 150, 199]]], dtype=torch.int32, device=DEVICE)
+    S = torch.arange(0, kv_len, dtype=torch.int32, device=DEVICE).expand(1, 1, kv_len)
+    serial = ts.convert_vertical_slash_indexes_triton(q_len, kv_len, V, S, 16, 16, rows_per_program=1)
+    lanes = ts.convert_vertical_slash_indexes_triton(q_len, kv_len, V, S, 16, 16, rows_per_program=8)
+    bc, bo = (np.asarray(t.cpu()) for t in lanes[:2])
+    for r in range(-(-q_len // 16)):  # the blocks tile [0, causal end) of the row block, in order
+        end = min((r + 1) * 16 + kv_len - q_len, kv_len)
+        assert list(bo[0, 0, r, : bc[0, 0, r]]) == list(range(0, end, 16)), r
+    assert int(lanes[2].max()) == 0  # every vertical lies inside a range
+    for a, b in zip(serial, lanes):
+        assert torch.equal(a, b)
+
+
+def test_conversion_rejects_bad_launch():
+    """rows_per_program, num_warps and steps_per_check are checked before any kernel runs (no GPU or triton needed)."""
+    mod = _load(interpret=False)
+    V = torch.zeros((1, 1, 2), dtype=torch.int32)
+    for bad in (0, 3, 2, 256, True, 32.0, "32"):
+        with pytest.raises(InputError) as exc:
+            mod.convert_vertical_slash_indexes_triton(64, 64, V, V, rows_per_program=bad)
+        assert exc.value.param == "rows_per_program" and str(mod.CONVERSION_ROWS) in str(exc.value)
+    with pytest.raises(InputError) as exc:
+        mod.convert_vertical_slash_indexes_triton(64, 64, V, V, rows_per_program=32, num_warps=3)
+    assert exc.value.param == "num_warps"
+    with pytest.raises(InputError) as exc:
+        mod.convert_vertical_slash_indexes_triton(64, 64, V, V, rows_per_program=32, steps_per_check=3)
+    assert exc.value.param == "steps_per_check"
+    assert mod.DEFAULT_CONVERSION_ROWS in mod.CONVERSION_ROWS and mod.DEFAULT_CONVERSION_STEPS in mod.CONVERSION_STEPS
+
+
 @pytest.mark.parametrize("dtype", _dtypes(), ids=str)
 @pytest.mark.parametrize(
     "tq,tk,causal,force",

@@ -117,6 +117,20 @@ kept as launch options and ``benchmarks/tune_sparse.py`` measures them
 against the one-block kernel; the default stays one row block per program
 until that measurement says otherwise.
 
+The conversion: one row block per program, or row blocks as lanes
+-----------------------------------------------------------------
+Each row block's lists come from a sequential merge of the head's sorted
+verticals and slashes, one dependent load per step: latency, not bandwidth,
+sets its time.  ``_convert_vs_kernel`` runs one merge per single-warp
+program.  ``_convert_vs_lanes_kernel`` gives each program ``ROWS``
+consecutive row blocks of one head as the lanes of its vectors (one lane per
+thread, as MInference's CUDA converter runs one thread per row block): each
+lane keeps its own merge state, every step is a masked gather and store for
+all lanes, so the latency of a step is paid once per ``ROWS`` row blocks; the
+slashes that reach no row of a block are skipped by a per-lane binary search.
+Both write the same lists bit for bit (``rows_per_program`` chooses;
+``benchmarks/bench_conversion.py`` times them).
+
 Dense mode
 ----------
 :func:`dense_attention_triton` is the same online softmax over one
@@ -168,6 +182,16 @@ DEFAULT_COL_TILE = 64
 MAX_HEAD_DIM = 256
 #: Ways a two-row-block program multiplies a K/V tile (``pair_dot``); see ``sparse_attention_triton``.
 PAIR_DOTS = ("split", "joint")
+#: Row blocks per program of the index conversion (``rows_per_program``): 1 is the serial kernel, the
+#: others the lanes kernel (see ``convert_vertical_slash_indexes_triton``).
+CONVERSION_ROWS = (1, 8, 16, 32, 64, 128)
+#: The conversion's default ``rows_per_program`` (the serial kernel until the lanes kernel is timed on the GPU).
+DEFAULT_CONVERSION_ROWS = 1
+#: Block starts a lane of the lanes kernel writes per loop step (a longer range takes more steps).
+CONVERSION_BLOCKS_PER_STEP = 4
+#: Merge steps of the lanes kernel between two tests of its loop condition (``steps_per_check``).
+CONVERSION_STEPS = (1, 2, 4)
+DEFAULT_CONVERSION_STEPS = 2
 
 
 def interpreter_active() -> bool:
@@ -884,6 +908,146 @@ if triton is not None:
         tl.store(BlockCount + out, tl.minimum(n_blk, blk_cap))
         tl.store(ColumnCount + out, tl.minimum(n_col, col_cap))
 
+    @triton.jit
+    def _count_not_below(base, n, x, valid, n_search):
+        """Per lane: the number of entries of the descending list ``base[:n]`` that are ``>= x`` (binary search)."""
+        lo = tl.zeros(x.shape, dtype=tl.int32)
+        hi = lo + n
+        for _ in range(0, n_search):
+            active = lo < hi
+            mid = (lo + hi) // 2
+            val = tl.load(base + mid, mask=valid & active, other=0)
+            lo = tl.where(active & (val >= x), mid + 1, lo)
+            hi = tl.where(active & (val < x), mid, hi)
+        return lo
+
+    @triton.jit
+    def _emit_blocks(blk_out, n_blk, start, stop, capacity, BLOCK_N: tl.constexpr, EMIT: tl.constexpr):
+        """Per lane: write up to EMIT block starts start, start + BLOCK_N, ... < stop; the new count and start."""
+        # EMIT one-dimensional stores rather than one (ROWS, EMIT) store: the lanes' vectors keep their
+        # layout (one lane per thread), with no shuffle through shared memory in every step.
+        for k in tl.static_range(EMIT):
+            tl.store(blk_out + n_blk + k, start + k * BLOCK_N, mask=(start + k * BLOCK_N < stop) & (n_blk + k < capacity))
+        n_new = tl.minimum(tl.maximum((stop - start + BLOCK_N - 1) // BLOCK_N, 0), EMIT)
+        return n_blk + n_new, start + n_new * BLOCK_N
+
+    @triton.jit(do_not_specialize=_SIZES + ("n_rows", "nv_cap", "ns_cap", "col_cap", "blk_cap", "n_search"))
+    def _convert_vs_lanes_kernel(
+        Vert, Slash, VertCount, SlashCount,
+        BlockCount, BlockOffset, ColumnCount, ColumnIndex,
+        q_len, kv_len, n_rows, nv_cap, ns_cap, col_cap, blk_cap, n_search,
+        CAUSAL: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        ROWS: tl.constexpr,
+        EMIT: tl.constexpr,
+        STEPS: tl.constexpr,
+    ):
+        # One program per (ROWS consecutive row blocks, batch * head); each row block is one lane of
+        # the vectors below and runs _convert_vs_kernel's merge with its own state.  A loop step
+        # advances every live lane by one step of that merge (masked gathers and stores).
+        bh = tl.program_id(1).to(tl.int64)
+        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # (ROWS,) int32
+        in_range = row < n_rows
+        start_m = row * BLOCK_M
+        end_m = start_m + BLOCK_M
+        if CAUSAL:
+            off = kv_len - q_len
+        else:
+            off = kv_len
+        vert = Vert + bh * nv_cap
+        slash = Slash + bh * ns_cap
+        nv = tl.load(VertCount + bh)
+        ns = tl.load(SlashCount + bh)
+        out = bh * n_rows + row.to(tl.int64)  # (ROWS,)
+        blk_out = BlockOffset + out * blk_cap
+        col_out = ColumnIndex + out * col_cap
+        zero = tl.zeros([ROWS], dtype=tl.int32)
+
+        far = tl.full([], 2147483647, dtype=tl.int32)  # "no vertical left", as in _convert_vs_kernel
+        v_idx = zero + tl.load(vert, mask=nv > 0, other=far).to(tl.int32)
+        v = zero + tl.minimum(nv, 1)
+        # Skip the slashes that cannot reach the lane's row block (delta >= end_m + off): the serial
+        # kernel's loop stops at the first slash below the bound, or at the last slash.
+        reach = end_m + off
+        any_slash = in_range & (zero + ns > 0)
+        n_skip = _count_not_below(slash, ns, reach, any_slash, n_search)
+        first = tl.minimum(n_skip, ns - 1)
+        s_idx = tl.load(slash + first, mask=any_slash, other=0).to(tl.int32)
+        s_idx = tl.where(any_slash, s_idx, reach + 1)
+        s = tl.where(any_slash, first + 1, zero)
+        has_slash = s_idx <= reach
+        e = tl.maximum(reach - s_idx, BLOCK_M)
+        if CAUSAL:
+            range_start = tl.where(has_slash, e - BLOCK_M, reach)
+            range_end = tl.where(has_slash, e, reach + BLOCK_N)
+        else:
+            range_start = tl.where(has_slash, e - BLOCK_M, kv_len)
+            range_end = tl.where(has_slash, e, kv_len + BLOCK_N)
+
+        n_blk = zero
+        n_col = zero
+        done = tl.where(in_range, 0, 1)
+        pend = zero  # blocks of a saved range still to write: [pend, pend_stop) in BLOCK_N steps
+        pend_stop = zero
+        live = tl.sum((done == 0).to(tl.int32), 0)
+        while live > 0:
+            # STEPS merge steps per test of the loop condition (a reduction over the lanes on the
+            # critical path of every step otherwise); a step of a lane that is done changes nothing.
+            for _ in tl.static_range(STEPS):
+                # One merge step for the lanes with nothing left to write.
+                step = (done == 0) & (pend >= pend_stop)
+                vstep = step & (v_idx < range_end)
+                col = vstep & (v_idx < range_start)  # a vertical no range covers: a column
+                tl.store(col_out + n_col, v_idx, mask=col & (n_col < col_cap))
+                n_col += col.to(tl.int32)
+                more_v = vstep & (v < nv)
+                v_next = tl.load(vert + v, mask=more_v, other=far).to(tl.int32)
+                v_idx = tl.where(vstep, v_next, v_idx)
+                v += more_v.to(tl.int32)
+
+                sstep = step & ~vstep  # (v_idx was not changed on these lanes)
+                take = sstep & (s < ns)
+                s_val = tl.load(slash + s, mask=take, other=-1).to(tl.int32)
+                if not CAUSAL:
+                    take = take & (s_val >= start_m)
+                e = tl.maximum(reach - s_val, BLOCK_M)
+                s += take.to(tl.int32)
+                gap = take & (e > range_end + BLOCK_M)  # emit the range, start a new one
+                grow = take & (e > range_end) & ~gap  # touching: grow by one row block
+                rest = sstep & ~take
+                finish = v == nv
+                if CAUSAL:
+                    finish = finish | (v_idx > range_start)
+                fin = rest & finish
+                if not CAUSAL:  # non-causal: the last vertical still counts
+                    last = fin & (v == nv) & (v_idx < kv_len)
+                    tl.store(col_out + n_col, v_idx, mask=last & (n_col < col_cap))
+                    n_col += last.to(tl.int32)
+                restart = rest & ~finish  # slashes exhausted, verticals left
+                if CAUSAL:
+                    save = gap | fin
+                    new_start = tl.where(gap, e - BLOCK_M, reach)
+                    new_end = tl.where(gap, e, reach + BLOCK_N)
+                else:
+                    save = gap | fin | restart
+                    new_start = tl.where(gap, e - BLOCK_M, kv_len)
+                    new_end = tl.where(gap, e, kv_len + BLOCK_N)
+                pend = tl.where(save, range_start, pend)
+                pend_stop = tl.where(save, tl.minimum(range_end, kv_len), pend_stop)
+                moved = gap | restart
+                range_start = tl.where(moved, new_start, range_start)
+                range_end = tl.where(moved, new_end, range_end) + tl.where(grow, BLOCK_M, 0)
+                done = tl.where(fin, 1, done)
+
+                # Write up to EMIT blocks of every lane's pending range (a saved range of up to EMIT
+                # blocks is written in the step that saved it).
+                writing = pend < pend_stop
+                n_blk, pend = _emit_blocks(blk_out, n_blk, pend, tl.where(writing, pend_stop, pend), blk_cap, BLOCK_N, EMIT)
+            live = tl.sum(((done == 0) | (pend < pend_stop)).to(tl.int32), 0)
+        tl.store(BlockCount + out, tl.minimum(n_blk, blk_cap), mask=in_range)
+        tl.store(ColumnCount + out, tl.minimum(n_col, col_cap), mask=in_range)
+
 
 # ----------------------------------------------------------------------------- checks
 
@@ -1285,6 +1449,10 @@ def convert_vertical_slash_indexes_triton(
     block_size_m: int = 64,
     block_size_n: int = 64,
     causal: bool = True,
+    *,
+    rows_per_program: int | None = None,
+    num_warps: int | None = None,
+    steps_per_check: int | None = None,
 ):
     """Vertical and slash indices -> ``(block_count, block_offset, column_count, column_index)``, on the GPU.
 
@@ -1295,9 +1463,39 @@ def convert_vertical_slash_indexes_triton(
     Returns int32 tensors ``(B, H, R)``, ``(B, H, R, NS')``, ``(B, H, R)``,
     ``(B, H, R, NV')`` with ``R = ceil(q_len / block_size_m)``,
     ``NS' = max(NS, 1)`` and ``NV' = max(NV, 1)``; entries past the counts
-    are ``-1``.  ``block_size_n >= block_size_m`` is required, as in the spec.  One program per
-    (row block, batch * head) runs the sequential merge of the spec
-    ``yarnref.sparse.convert_vertical_slash_indexes``.
+    are ``-1``.  ``block_size_n >= block_size_m`` is required, as in the spec.
+
+    Every row block runs the sequential merge of the spec
+    ``yarnref.sparse.convert_vertical_slash_indexes`` (vLLM's
+    ``convert_vertical_slash_indexes`` kernel): a walk over the ascending
+    verticals and the descending slashes, one dependent load per step.  Such
+    a walk is bound by memory latency, not by bandwidth or arithmetic.  Two
+    kernels run it, with the same lists bit for bit:
+
+    * ``rows_per_program=1``: one program per (row block, batch * head), one
+      warp walking one row block with scalar loads;
+    * ``rows_per_program=ROWS`` (a power of two, 8 to 128): one program per
+      ``ROWS`` consecutive row blocks of one (batch * head).  Each row block
+      is a *lane*: one entry of Triton vectors of length ``ROWS`` holding its
+      own merge state (vertical and slash pointers, the current range, the
+      counts, the blocks of a saved range still to write).  A loop step
+      advances every lane that is not done by one step of its merge with
+      masked vector gathers and stores, so one warp instruction moves 32 row
+      blocks, as MInference's CUDA converter (one thread per row block) does,
+      and the latency of a step is paid once for all of them.  The leading
+      slashes that reach no row of a block are skipped by a per-lane binary
+      search (log steps) instead of one step each; a saved range writes up to
+      ``CONVERSION_BLOCKS_PER_STEP`` block starts per step.
+
+    ``rows_per_program=None`` takes :data:`DEFAULT_CONVERSION_ROWS`.
+    ``num_warps`` (None, or one of 1, 2, 4, 8) is the launch's warp count;
+    None takes 1 for the serial kernel and ``max(1, ROWS // 32)`` for the
+    lanes kernel.  ``steps_per_check`` (None, or one of
+    :data:`CONVERSION_STEPS`; lanes kernel only) is the number of merge steps
+    between two tests of "is any lane still running", a reduction over the
+    lanes that every step would otherwise wait for; None takes
+    :data:`DEFAULT_CONVERSION_STEPS`.  The launch options change the speed,
+    never the lists.
     """
     for name, value in (("q_len", q_len), ("kv_len", kv_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -1310,6 +1508,11 @@ def convert_vertical_slash_indexes_triton(
         raise InputError("block_size_n", bn, f"at least block_size_m = {bm} (the kernels use 64 x 64)")
     if not isinstance(causal, bool):
         raise InputError("causal", causal, "True or False")
+    rows = DEFAULT_CONVERSION_ROWS if rows_per_program is None else rows_per_program
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows not in CONVERSION_ROWS:
+        raise InputError("rows_per_program", rows_per_program, f"None or one of {CONVERSION_ROWS}")
+    _check_launch("num_warps", num_warps, (1, 2, 4, 8))
+    steps = DEFAULT_CONVERSION_STEPS if _check_launch("steps_per_check", steps_per_check, CONVERSION_STEPS) is None else steps_per_check
     _check_list_lengths(q_len, kv_len)
     verts, nv_count = _sorted_with_counts(vertical_idx, "vertical_idx", descending=False)
     slashes, ns_count = _sorted_with_counts(slash_idx, "slash_idx", descending=True)
@@ -1336,13 +1539,28 @@ def convert_vertical_slash_indexes_triton(
     column_count = torch.empty((b, h, n_rows), dtype=torch.int32, device=device)
     block_offset = torch.full((b, h, n_rows, blk_cap), -1, dtype=torch.int32, device=device)
     column_index = torch.full((b, h, n_rows, col_cap), -1, dtype=torch.int32, device=device)
-    _convert_vs_kernel[(n_rows, b * h)](
-        verts, slashes, nv_count, ns_count,
-        block_count, block_offset, column_count, column_index,
-        q_len, kv_len, n_rows, verts.shape[-1], slashes.shape[-1], col_cap, blk_cap,
-        CAUSAL=causal,
-        BLOCK_M=bm,
-        BLOCK_N=bn,
-        num_warps=1,
-    )
+    if rows == 1:
+        _convert_vs_kernel[(n_rows, b * h)](
+            verts, slashes, nv_count, ns_count,
+            block_count, block_offset, column_count, column_index,
+            q_len, kv_len, n_rows, verts.shape[-1], slashes.shape[-1], col_cap, blk_cap,
+            CAUSAL=causal,
+            BLOCK_M=bm,
+            BLOCK_N=bn,
+            num_warps=1 if num_warps is None else num_warps,
+        )
+    else:
+        n_search = slashes.shape[-1].bit_length()  # binary-search steps over a list of up to that many slashes
+        _convert_vs_lanes_kernel[(triton.cdiv(n_rows, rows), b * h)](
+            verts, slashes, nv_count, ns_count,
+            block_count, block_offset, column_count, column_index,
+            q_len, kv_len, n_rows, verts.shape[-1], slashes.shape[-1], col_cap, blk_cap, n_search,
+            CAUSAL=causal,
+            BLOCK_M=bm,
+            BLOCK_N=bn,
+            ROWS=rows,
+            EMIT=CONVERSION_BLOCKS_PER_STEP,
+            STEPS=steps,
+            num_warps=max(1, rows // 32) if num_warps is None else num_warps,
+        )
     return block_count, block_offset, column_count, column_index
