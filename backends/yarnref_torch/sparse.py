@@ -304,8 +304,7 @@ _TRITON_BLOCK_SIZES = (16, 32, 64, 128)
 def _convert(q_len, kv_len, vertical, slash, bm, bn, causal):
     triton = _triton_module(vertical.device)
     if triton is not None and bm in _TRITON_BLOCK_SIZES and bn in _TRITON_BLOCK_SIZES:
-        return triton.convert_vertical_slash_indexes_triton(q_len, kv_len, vertical, slash, bm, bn, causal,
-                                                            rows_per_program=triton.DEFAULT_CONVERSION_ROWS)
+        return triton.convert_vertical_slash_indexes_triton(q_len, kv_len, vertical, slash, bm, bn, causal)
     return convert_lockstep(torch, q_len, kv_len, vertical, slash, bm, bn, causal)
 
 

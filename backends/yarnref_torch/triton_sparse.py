@@ -185,13 +185,17 @@ PAIR_DOTS = ("split", "joint")
 #: Row blocks per program of the index conversion (``rows_per_program``): 1 is the serial kernel, the
 #: others the lanes kernel (see ``convert_vertical_slash_indexes_triton``).
 CONVERSION_ROWS = (1, 8, 16, 32, 64, 128)
-#: The conversion's default ``rows_per_program`` (the serial kernel until the lanes kernel is timed on the GPU).
-DEFAULT_CONVERSION_ROWS = 1
+#: The conversion's default ``rows_per_program``: 32 lanes in one warp.  On an H200 (2026-11-28,
+#: ``benchmarks/bench_conversion.py``; 32768 queries, 28 heads) it converts 2.3-3.1x faster than the serial
+#: kernel (1.05 against 3.24 ms at 128K keys and 1000 / 6096 budgets, 4.29 against 10.74 ms at 1M keys and
+#: 9192 / 14288); 16 or 64 lanes, and more warps, were slower.
+DEFAULT_CONVERSION_ROWS = 32
 #: Block starts a lane of the lanes kernel writes per loop step (a longer range takes more steps).
 CONVERSION_BLOCKS_PER_STEP = 4
 #: Merge steps of the lanes kernel between two tests of its loop condition (``steps_per_check``).
 CONVERSION_STEPS = (1, 2, 4)
-DEFAULT_CONVERSION_STEPS = 2
+#: 4: 0-8% faster than 2 in the same run, 1 was 4-16% slower.
+DEFAULT_CONVERSION_STEPS = 4
 
 
 def interpreter_active() -> bool:
