@@ -17,7 +17,8 @@
 #          profiles; GPU 3 the torch sparse, prefill, layer, RoPE and DCA suites.
 #   phases: GPU 0 the Qwen layer at 1M (dense, synthetic, smollm2), GPU 1 at 128K-512K, each with its time
 #          split by phase (needs .patterns); GPU 2 the DCA and estimation profiles; GPU 3 the torch merge,
-#          attention, sparse, prefill, layer, RoPE and DCA suites, then the 1M-token suite.
+#          attention, sparse, prefill, layer, RoPE and DCA suites, the split of index sets on both GPU
+#          backends, then the 1M-token suite.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_parallel.sh OUT_DIR STAGE}; stage=${2:?stage}
 R=/tmp/yarnref-results/$stage; mkdir -p "$R" "$out"
@@ -76,7 +77,7 @@ case "$stage" in
     job 0 layer_1m 560 "$Q --out $R/layer_1m --lengths 1048576 --variants dense,synthetic,smollm2"
     job 1 layer_short 560 "$Q --out $R/layer_short --lengths 131072,262144,524288"
     job 2 profiles 560 "cd benchmarks && python3 profile_dca.py --out $R && python3 profile_estimation.py --out $R"
-    job 3 tests_torch 560 "$PYT tests/test_triton_merge.py tests/test_agree_attention.py tests/test_agree_sparse.py tests/test_triton_sparse.py tests/test_prefill.py tests/test_qwen_layer.py tests/test_agree_rope.py tests/test_agree_dca.py tests/test_rope.py tests/test_qwen_patterns.py -k 'not cupy'; bash scripts/gpu_long_context.sh $R -s"
+    job 3 tests_torch 560 "$PYT tests/test_triton_merge.py tests/test_agree_attention.py tests/test_agree_sparse.py tests/test_triton_sparse.py tests/test_prefill.py tests/test_qwen_layer.py tests/test_agree_rope.py tests/test_agree_dca.py tests/test_rope.py tests/test_qwen_patterns.py -k 'not cupy'; $PYT tests/test_prefill.py tests/test_cupy_numpy_shim.py -k split; bash scripts/gpu_long_context.sh $R -s"
     ;;
   *) echo "stage: early, cupydca, layer, cupy, final, probe, verify, tables or phases" >&2; exit 2 ;;
 esac
