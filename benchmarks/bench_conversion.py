@@ -13,10 +13,15 @@ memory latency, not bandwidth.  Two kernels compute the same lists:
   vectors, so one step advances R merges at once (and the leading slashes
   that reach no row are skipped by binary search); R in 16, 32, 64 and W in
   1, 2, 4 at the default ``steps_per_check``, then the fastest (R, W) at the
-  other ``steps_per_check`` values.
+  other ``steps_per_check`` values;
+* ``default (chosen by the grid)``: ``rows_per_program=None``, what the
+  backend runs (``conversion_rows``: lanes only where the serial grid does not
+  fit the GPU at once).
 
 Shapes: one chunk of chunked prefill, 32768 queries at the end of a 128K or a
-1M key sequence (causal, bottom-right), B=1, 28 heads (Qwen2.5-7B), 64 x 64
+1M key sequence (causal, bottom-right), and the smaller conversions of the
+1M-token layer (4224, 8448 and 16896 queries, the lists of one chunk of row
+blocks), B=1, 28 heads (Qwen2.5-7B), 64 x 64
 blocks, at two of Qwen2.5-7B-Instruct-1M's per-head budgets (1000 verticals /
 6096 slashes, 9192 / 14288), index sets drawn as ``bench_sparse.py``'s
 ``realistic`` pattern.  Every call is timed in full (sorting the indices,
@@ -41,6 +46,9 @@ from common import MissingOperation, main_wrapper, sync, time_fn
 HEADS, Q_LEN, BM, BN = 28, 32768, 64, 64
 KV_LENS = (131072, 1048576)
 BUDGETS = ((1000, 6096), (9192, 14288))  # (verticals, slashes) per head
+#: The query rows of one list chunk in the 1M-token layer (``yarnref_torch.sparse.LIST_BYTES`` at its joined
+#: widths: 66 row blocks), and twice and four times that.
+LAYER_Q_LENS = (4224, 8448, 16896)
 ROWS = (16, 32, 64)
 WARPS = (1, 2, 4)
 
@@ -103,6 +111,13 @@ def run_case(rec, ts, q_len, kv_len, n_vert, n_slash, heads, per_impl, sweep):
     if best is not None:
         rec.note(f"{case}: best {best['impl']} {best['ms']:.3f} ms, serial {base['ms']:.3f} ms "
                  f"({best['speedup_vs_serial']:.2f}x)")
+    with rec.guard(case, "default (chosen by the grid)"):  # what the backend runs: rows_per_program=None
+        chosen = ts.conversion_rows(-(-q_len // BM) * heads, device)
+        result = convert(None)
+        same = all(torch.equal(a, b) for a, b in zip(serial, result))
+        timing = time_fn(lambda: convert(None), device, per_impl)
+        rec.add(case, "default (chosen by the grid)", timing=timing, ok=same, rows_per_program=chosen,
+                speedup_vs_serial=base["ms"] / timing["ms"])
 
 
 def run(rec):
@@ -119,7 +134,9 @@ def run(rec):
         plan, sweep = [(100, 160, 10, 104)], ((8, 1),)
         heads, per_impl = 1, 0.01
     else:
-        plan, sweep = [(Q_LEN, kv, nv, ns) for kv in KV_LENS for nv, ns in BUDGETS], [(r, w) for r in ROWS for w in WARPS]
+        plan = [(Q_LEN, kv, nv, ns) for kv in KV_LENS for nv, ns in BUDGETS] + [
+            (q, KV_LENS[-1], *BUDGETS[-1]) for q in LAYER_Q_LENS]
+        sweep = [(r, w) for r in ROWS for w in WARPS]
         heads, per_impl = HEADS, 1.0
     budget = rec.args.budget or (60 if quick else 300)
     for q_len, kv_len, n_vert, n_slash in plan:

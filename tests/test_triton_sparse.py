@@ -556,6 +556,19 @@ def test_conversion_rejects_bad_launch():
     assert mod.DEFAULT_CONVERSION_ROWS in mod.CONVERSION_ROWS and mod.DEFAULT_CONVERSION_STEPS in mod.CONVERSION_STEPS
 
 
+def test_conversion_chooses_lanes_only_for_grids_beyond_one_wave():
+    """``rows_per_program=None``: the serial kernel while its one-warp programs fit the GPU at once, the lanes
+    kernel beyond; off CUDA the lanes kernel (what the interpreter tests run)."""
+    mod = _load(interpret=False)
+    assert mod.conversion_rows(1, torch.device("cpu")) == mod.DEFAULT_CONVERSION_ROWS > 1
+    if not CUDA:
+        return
+    device = torch.device("cuda")
+    fits = torch.cuda.get_device_properties(device).multi_processor_count * mod.RESIDENT_PROGRAMS_PER_SM
+    assert mod.conversion_rows(fits, device) == 1
+    assert mod.conversion_rows(fits + 1, device) == mod.DEFAULT_CONVERSION_ROWS
+
+
 @pytest.mark.parametrize("dtype", _dtypes(), ids=str)
 @pytest.mark.parametrize(
     "tq,tk,causal,force",

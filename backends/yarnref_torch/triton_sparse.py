@@ -185,11 +185,17 @@ PAIR_DOTS = ("split", "joint")
 #: Row blocks per program of the index conversion (``rows_per_program``): 1 is the serial kernel, the
 #: others the lanes kernel (see ``convert_vertical_slash_indexes_triton``).
 CONVERSION_ROWS = (1, 8, 16, 32, 64, 128)
-#: The conversion's default ``rows_per_program``: 32 lanes in one warp.  On an H200 (2026-11-28,
-#: ``benchmarks/bench_conversion.py``; 32768 queries, 28 heads) it converts 2.3-3.1x faster than the serial
-#: kernel (1.05 against 3.24 ms at 128K keys and 1000 / 6096 budgets, 4.29 against 10.74 ms at 1M keys and
-#: 9192 / 14288); 16 or 64 lanes, and more warps, were slower.
+#: The lanes kernel's ``rows_per_program`` when the conversion chooses: 32 lanes in one warp.  On an H200
+#: (2026-11-28, ``benchmarks/bench_conversion.py``; 32768 queries, 28 heads) it converts 2.3-3.1x faster than
+#: the serial kernel (1.05 against 3.24 ms at 128K keys and 1000 / 6096 budgets, 4.29 against 10.74 ms at 1M
+#: keys and 9192 / 14288); 16 or 64 lanes, and more warps, were slower.
 DEFAULT_CONVERSION_ROWS = 32
+#: One-warp programs an SM holds at once (Hopper: 32 resident blocks).  Lanes shorten no walk: a lanes
+#: program takes as long as the longest walk of its row blocks, and more per step than a serial one.  They
+#: pay where the serial grid needs several waves of programs; where it fits the GPU at once (the 1M-token
+#: layer converts 66 row blocks of 28 heads at a time), the serial kernel is faster (its conversions took
+#: 548-760 ms of the layer against 647-917 ms with lanes, same day).
+RESIDENT_PROGRAMS_PER_SM = 32
 #: Block starts a lane of the lanes kernel writes per loop step (a longer range takes more steps).
 CONVERSION_BLOCKS_PER_STEP = 4
 #: Merge steps of the lanes kernel between two tests of its loop condition (``steps_per_check``).
@@ -1445,6 +1451,17 @@ def _sorted_with_counts(idx, name: str, descending: bool):
     return ordered.to(torch.int32).contiguous(), counts.contiguous()
 
 
+def conversion_rows(row_blocks: int, device: torch.device) -> int:
+    """The conversion's ``rows_per_program`` for ``row_blocks`` (row blocks times batch times heads): the
+    lanes kernel (:data:`DEFAULT_CONVERSION_ROWS`) where the serial kernel's one-warp programs would not all
+    fit on the GPU at once (:data:`RESIDENT_PROGRAMS_PER_SM` per SM), else the serial kernel (1).  Off CUDA
+    (the interpreter), the lanes kernel."""
+    if device.type != "cuda":
+        return DEFAULT_CONVERSION_ROWS
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return DEFAULT_CONVERSION_ROWS if row_blocks > sms * RESIDENT_PROGRAMS_PER_SM else 1
+
+
 def convert_vertical_slash_indexes_triton(
     q_len: int,
     kv_len: int,
@@ -1491,7 +1508,7 @@ def convert_vertical_slash_indexes_triton(
       search (log steps) instead of one step each; a saved range writes up to
       ``CONVERSION_BLOCKS_PER_STEP`` block starts per step.
 
-    ``rows_per_program=None`` takes :data:`DEFAULT_CONVERSION_ROWS`.
+    ``rows_per_program=None`` chooses by the grid (:func:`conversion_rows`).
     ``num_warps`` (None, or one of 1, 2, 4, 8) is the launch's warp count;
     None takes 1 for the serial kernel and ``max(1, ROWS // 32)`` for the
     lanes kernel.  ``steps_per_check`` (None, or one of
@@ -1512,8 +1529,8 @@ def convert_vertical_slash_indexes_triton(
         raise InputError("block_size_n", bn, f"at least block_size_m = {bm} (the kernels use 64 x 64)")
     if not isinstance(causal, bool):
         raise InputError("causal", causal, "True or False")
-    rows = DEFAULT_CONVERSION_ROWS if rows_per_program is None else rows_per_program
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows not in CONVERSION_ROWS:
+    rows = rows_per_program
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows not in CONVERSION_ROWS):
         raise InputError("rows_per_program", rows_per_program, f"None or one of {CONVERSION_ROWS}")
     _check_launch("num_warps", num_warps, (1, 2, 4, 8))
     steps = DEFAULT_CONVERSION_STEPS if _check_launch("steps_per_check", steps_per_check, CONVERSION_STEPS) is None else steps_per_check
@@ -1543,6 +1560,8 @@ def convert_vertical_slash_indexes_triton(
     column_count = torch.empty((b, h, n_rows), dtype=torch.int32, device=device)
     block_offset = torch.full((b, h, n_rows, blk_cap), -1, dtype=torch.int32, device=device)
     column_index = torch.full((b, h, n_rows, col_cap), -1, dtype=torch.int32, device=device)
+    if rows is None:
+        rows = conversion_rows(n_rows * b * h, device)
     if rows == 1:
         _convert_vs_kernel[(n_rows, b * h)](
             verts, slashes, nv_count, ns_count,
