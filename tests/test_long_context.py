@@ -93,6 +93,32 @@ def test_lists_consumed_per_chunk_equal_one_shot(monkeypatch, q_len, kv_len, cau
     np.testing.assert_allclose(chunked_lse.numpy(), ref_lse, rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the Triton kernel and a side stream)")
+@pytest.mark.parametrize("causal", [True, False])
+def test_lists_converted_ahead_equal_converted_in_turn(monkeypatch, causal):
+    """On CUDA a long call converts the next chunk's lists on a side stream while the kernel consumes the
+    current chunk's: the outputs and lse are those of converting each chunk in turn, bit for bit."""
+    from yarnref_torch import sparse as torch_sparse
+
+    rng = np.random.default_rng(5)
+    q_len, kv_len = 700, 1500
+    q = torch.from_numpy(rng.standard_normal((1, 4, q_len, 64))).to("cuda", torch.bfloat16)
+    k = torch.from_numpy(rng.standard_normal((1, 2, kv_len, 64))).to("cuda", torch.bfloat16)
+    v = torch.from_numpy(rng.standard_normal((1, 2, kv_len, 64))).to("cuda", torch.bfloat16)
+    vertical, slash = _random_pattern(rng, 1, 4, kv_len, 40, 60)
+    if not causal:
+        slash = np.where(slash >= 0, slash + rng.integers(0, q_len, slash.shape), -1)
+    monkeypatch.setattr(torch_sparse, "LIST_BYTES", 3 * 4 * 4 * (60 + 40 + 2))  # three row blocks per chunk
+    results = {}
+    for ahead in (False, True):
+        monkeypatch.setattr(torch_sparse, "CONVERT_AHEAD", ahead)
+        with yarnref.use_backend("torch", device="cuda"):
+            results[ahead] = yarnref.vertical_slash_attention(q, k, v, vertical, slash, return_lse=True, causal=causal)
+    torch.cuda.synchronize()
+    assert torch.equal(results[True][0], results[False][0]) and torch.equal(results[True][1], results[False][1])
+
+
 def test_list_chunk_at_1m_tokens_is_bounded():
     """At 1M tokens, 28 heads, 1000/6096 budgets the lists come in chunks of at most LIST_BYTES."""
     from yarnref_torch import sparse as torch_sparse

@@ -504,16 +504,58 @@ def vertical_slash_attention(
     # start (a delta below start reaches no key of these rows: -1).
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse_parts = []
-    for start in range(0, q_len, step):
-        stop = min(start + step, q_len)
+    chunks = [(start, min(start + step, q_len)) for start in range(0, q_len, step)]
+
+    def convert(start, stop):
         keys = kv_len - q_len + stop if causal else kv_len
         chunk_slash = slash if causal else torch.where(slash >= start, slash - start, -1)
-        part_out, part_lse = _kernel_mode_rows(
-            q[:, :, start:stop], k[:, :, :keys], v[:, :, :keys], vertical, chunk_slash, scale, causal, bm, bn
-        )
+        return _convert(stop - start, keys, vertical, chunk_slash, bm, bn, causal)
+
+    ahead = CONVERT_AHEAD and _triton_can_run(_triton_module(q.device), q, v, bm, bn) and q.is_cuda
+    for (start, stop), converted in zip(chunks, (_converted_ahead if ahead else _converted_in_turn)(chunks, convert)):
+        keys = kv_len - q_len + stop if causal else kv_len
+        part_out, part_lse = _kernel_mode_rows(q[:, :, start:stop], k[:, :, :keys], v[:, :, :keys], vertical, None,
+                                               scale, causal, bm, bn, converted)
         out[:, :, start:stop] = part_out
         lse_parts.append(part_lse)
     return (out, torch.cat(lse_parts, dim=-1)) if return_lse else out
+
+
+#: Whether a long call converts the next chunk's lists on a side stream while the kernel consumes the
+#: current chunk's (CUDA with the Triton kernel).  The conversion is a walk bound by memory latency that
+#: occupies few of the GPU's resources, so it runs beside the attention kernel instead of before it; the
+#: lists and the outputs are the same as converting in turn.
+CONVERT_AHEAD = True
+
+
+def _converted_in_turn(chunks, convert):
+    for chunk in chunks:
+        yield convert(*chunk)
+
+
+def _converted_ahead(chunks, convert):
+    """``convert(*chunk)`` of each chunk, the next chunk's made on a side stream while the caller's work on
+    the current one (queued on the current stream after this yields) runs.
+
+    The side stream waits for the current stream's work so far (the index sets), the current stream waits
+    for each conversion before its lists are used, and the lists, made on the side stream, are recorded on
+    the current stream, so the allocator does not hand their memory out before the kernel that reads them
+    has run.  Two chunks' lists exist at once (2 x ``LIST_BYTES`` at most).
+    """
+    main = torch.cuda.current_stream()
+    side = torch.cuda.Stream(device=main.device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        upcoming = convert(*chunks[0])
+    for i in range(len(chunks)):
+        main.wait_stream(side)
+        current = upcoming
+        for t in current:
+            t.record_stream(main)
+        if i + 1 < len(chunks):
+            with torch.cuda.stream(side):
+                upcoming = convert(*chunks[i + 1])
+        yield current
 
 
 #: Bytes that the block and column lists of one ``vertical_slash_attention`` call may take at once.  At
@@ -531,10 +573,12 @@ def _list_chunk_rows(batch: int, heads: int, n_vertical: int, n_slash: int, bm: 
     return max(1, LIST_BYTES // per_row_block) * bm
 
 
-def _kernel_mode_rows(q, k, v, vertical, slash, scale, causal, bm, bn):
-    """``(out, lse)`` of the kernel-mode key sets of the whole ``q`` (the lists built here, then consumed)."""
+def _kernel_mode_rows(q, k, v, vertical, slash, scale, causal, bm, bn, converted=None):
+    """``(out, lse)`` of the kernel-mode key sets of the whole ``q`` (the lists built here, or given as
+    ``converted``, then consumed)."""
     batch, q_heads, _, q_len, kv_len, _ = check_qkv(q, k, v)
-    converted = _convert(q_len, kv_len, vertical, slash, bm, bn, causal)
+    if converted is None:
+        converted = _convert(q_len, kv_len, vertical, slash, bm, bn, causal)
     triton = _triton_module(q.device)
     if _triton_can_run(triton, q, v, bm, bn):
         return triton.sparse_attention_triton(q, k, v, *converted, scale, bm, bn, True, causal=causal)
