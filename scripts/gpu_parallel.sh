@@ -19,6 +19,9 @@
 #          split by phase (needs .patterns); GPU 2 the DCA and estimation profiles; GPU 3 the torch merge,
 #          attention, sparse, prefill, layer, RoPE and DCA suites, the split of index sets on both GPU
 #          backends, then the 1M-token suite.
+#   kernels: GPUs 0-1 as phases; GPU 2 the conversion and estimation benchmarks and the estimation profile;
+#          GPU 3 the suites of the Triton estimation and conversion, the sparse call, the prefill and the
+#          layer, then the index-set split on both GPU backends (the 1M-token suite among them).
 set -uo pipefail
 out=${1:?usage: scripts/gpu_parallel.sh OUT_DIR STAGE}; stage=${2:?stage}
 R=/tmp/yarnref-results/$stage; mkdir -p "$R" "$out"
@@ -79,7 +82,15 @@ case "$stage" in
     job 2 profiles 560 "cd benchmarks && python3 profile_dca.py --out $R && python3 profile_estimation.py --out $R"
     job 3 tests_torch 560 "$PYT tests/test_triton_merge.py tests/test_agree_attention.py tests/test_agree_sparse.py tests/test_triton_sparse.py tests/test_prefill.py tests/test_qwen_layer.py tests/test_agree_rope.py tests/test_agree_dca.py tests/test_rope.py tests/test_qwen_patterns.py -k 'not cupy'; $PYT tests/test_prefill.py tests/test_cupy_numpy_shim.py -k split; bash scripts/gpu_long_context.sh $R -s"
     ;;
-  *) echo "stage: early, cupydca, layer, cupy, final, probe, verify, tables or phases" >&2; exit 2 ;;
+  kernels)  # the layer at 1M and 128K-512K with the phase split; the conversion and estimation kernels timed
+    # against the paths they replace; the GPU suites of what changed, then the 1M-token suite
+    Q="cd benchmarks && python3 bench_qwen_layer.py --patterns $PWD/.patterns --budget 500"
+    job 0 layer_1m 560 "$Q --out $R/layer_1m --lengths 1048576 --variants dense,synthetic,smollm2"
+    job 1 layer_short 560 "$Q --out $R/layer_short --lengths 131072,262144,524288"
+    job 2 kernels 560 "cd benchmarks && python3 bench_conversion.py --out $R && python3 bench_estimation.py --out $R && python3 profile_estimation.py --out $R"
+    job 3 tests_torch 560 "$PYT tests/test_triton_estimate.py tests/test_triton_sparse.py tests/test_long_context.py tests/test_qwen_layer.py -k 'not cupy'; $PYT tests/test_prefill.py tests/test_cupy_numpy_shim.py -k 'split or qwen'"
+    ;;
+  *) echo "stage: early, cupydca, layer, cupy, final, probe, verify, tables, phases or kernels" >&2; exit 2 ;;
 esac
 wait
 grep -h "^\[.*\] rc=" "$R"/*.log
