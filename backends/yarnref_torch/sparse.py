@@ -190,7 +190,33 @@ def _unwritten_cells(m: int, device) -> torch.Tensor:
     return column[None, :] < (m - 1 - torch.arange(m, device=device))[:, None]
 
 
-def _head_scores(q_rows, keys, keys_cast, scale: float, logits, unwritten, key_step: int, vertical_out, slash_reversed_out):
+#: Whether CUDA half-precision estimations use the Triton kernels of :mod:`.estimate_triton` after the
+#: logits matmul (True), or the torch operations everywhere (False; for comparisons and benchmarks).
+FUSED_ESTIMATION = True
+
+
+def _fused_scores_available(q: torch.Tensor, m: int):
+    """The module :mod:`.estimate_triton` if the estimation's softmax sums run there, else None.
+
+    The one place that chooses: CUDA float16/bfloat16 inputs whose logits
+    come from the half-precision matmul (:func:`_half_matmul`), Triton
+    importable, at most ``estimate_triton.MAX_ROWS`` rows, and
+    :data:`FUSED_ESTIMATION` on.  Everything else (CPU, float32/float64, no
+    Triton) takes the torch operations of :func:`_head_scores`.
+    """
+    if not FUSED_ESTIMATION or not _half_matmul(q, q):
+        return None
+    try:
+        from . import estimate_triton
+    except ImportError:
+        return None
+    if estimate_triton.triton is None or m > estimate_triton.MAX_ROWS:
+        return None
+    return estimate_triton
+
+
+def _head_scores(q_rows, keys, keys_cast, scale: float, logits, unwritten, key_step: int, vertical_out, slash_reversed_out,
+                 fused=None):
     """Column and diagonal sums of one head's softmax, written into ``vertical_out`` and ``slash_reversed_out``.
 
     ``q_rows`` ``(m, d)``: the head's last ``m`` queries; ``keys`` ``(kv_len,
@@ -208,7 +234,9 @@ def _head_scores(q_rows, keys, keys_cast, scale: float, logits, unwritten, key_s
     the vertical scores are the weighted sum of the diagonal view's rows and
     the slash scores (reversed) of the buffer's first ``kv_len`` columns, each
     one matrix-vector product with the weights ``1 / sum_r``: the softmax is
-    never stored.
+    never stored.  With ``fused`` (the module of :func:`_fused_scores_available`)
+    everything after the matmul is its two Triton passes, which read only
+    the written, unmasked cells (no ``-inf`` fills).
     """
     m, width = logits.shape
     kv_len = width - m
@@ -221,6 +249,9 @@ def _head_scores(q_rows, keys, keys_cast, scale: float, logits, unwritten, key_s
             j1 = min(j0 + key_step, kv_len)
             chunk = keys_cast[j0:j1] if keys_cast is not None else keys[j0:j1].to(logits.dtype)
             torch.mm(q_rows, chunk.T, out=on_diagonals[:, j0:j1])
+    if fused is not None and fused.available(logits):
+        fused.estimate_scores(logits, scale, vertical_out, slash_reversed_out)
+        return
     logits[:, kv_len:] = -math.inf  # keys after each row's own position
     logits[:, : m - 1].masked_fill_(unwritten, -math.inf)  # keys before position 0
     row_max = logits.amax(dim=-1, keepdim=True)  # (m, 1) of the unscaled logits; finite: every row sees key 0
@@ -256,6 +287,7 @@ def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, 
     key_step = max(1, ESTIMATE_BYTES // (head_dim * itemsize))
     logits = torch.empty((m, kv_len + m), dtype=cdt, device=q.device)  # one head's, reused
     unwritten = _unwritten_cells(m, q.device)
+    fused = _fused_scores_available(q, m)
     vertical_score = torch.empty((batch, q_heads, kv_len), dtype=cdt, device=q.device)
     slash_score = torch.empty((batch, q_heads, kv_len), dtype=cdt, device=q.device)  # distances reversed, then flipped
     for b in range(batch):
@@ -266,7 +298,7 @@ def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, 
                 keys_cast = keys.to(cdt)  # once for the KV head's query heads (no copy when already cdt)
             for h in range(kv * group, (kv + 1) * group):  # a loop over the KV head's query heads
                 _head_scores(q[b, h, q_len - m :], keys, keys_cast, scale, logits, unwritten, key_step,
-                             vertical_score[b, h], slash_score[b, h])
+                             vertical_score[b, h], slash_score[b, h], fused)
             del keys_cast
     del logits
     slash_score = slash_score.flip(-1)  # (batch, q_heads, kv_len), distance 0 first
