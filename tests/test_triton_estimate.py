@@ -32,6 +32,10 @@ torch = pytest.importorskip("torch")
 MODULE_PATH = Path(__file__).resolve().parent.parent / "backends" / "yarnref_torch" / "estimate_triton.py"
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
+#: Relative tolerance of the scores: float32 sums in another order and float32 exponentials (NumPy's under
+#: the interpreter).  Compiled, Triton's exponential is ``exp2`` of a rounded ``x * log2(e)``, whose relative
+#: error grows with the argument's size, to ~1e-5 near -100 where float32 underflows.
+RTOL = 5e-5 if CUDA else 1e-5
 
 
 @pytest.fixture
@@ -117,8 +121,8 @@ def _check(et, m, kv_len, d, dtype, scale, seed, spread=2.0, programs=None):
     old_v, old_s = _torch_path(q, k, scale)
     for name, got, want, old in (("vertical", got_v, want_v, old_v), ("slash_reversed", got_s, want_s, old_s)):
         assert np.all(np.isfinite(got)), f"{name}: non-finite scores"
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-30, err_msg=f"{name} vs the float64 softmax")
-        np.testing.assert_allclose(got, old, rtol=1e-5, atol=1e-30, err_msg=f"{name} vs the torch path")
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-30, err_msg=f"{name} vs the float64 softmax")
+        np.testing.assert_allclose(got, old, rtol=RTOL, atol=1e-30, err_msg=f"{name} vs the torch path")
     # Every row's probabilities sum to 1: so do both score vectors together over the rows.
     assert abs(got_v.sum() - m) <= 1e-4 * m and abs(got_s.sum() - m) <= 1e-4 * m
 
@@ -148,8 +152,8 @@ def test_the_online_softmax_across_tiles_and_parts(et, m, kv_len, programs):
     want = _reference((q @ k.T).cpu().double().numpy(), 0.5)
     old = _torch_path(q, k, 0.5)
     for g, w, o in zip(got, want, old):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-30)
-        np.testing.assert_allclose(g, o, rtol=1e-5, atol=1e-30)
+        np.testing.assert_allclose(g, w, rtol=RTOL, atol=1e-30)
+        np.testing.assert_allclose(g, o, rtol=RTOL, atol=1e-30)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # the fixture only loads the module

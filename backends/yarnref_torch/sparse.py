@@ -9,7 +9,10 @@ as Qwen2.5-1M runs it (arXiv:2501.15383).
   vertical scores are column sums of :math:`\hat A`, slash scores its sums
   along each distance :math:`\delta = p_r - j`; the first ``force_verticals``
   columns and the ``force_slashes`` smallest distances are forced; each head
-  keeps its top ``min(kv_len, max(budget, 30 | 50))``.
+  keeps its top ``min(kv_len, max(budget, 30 | 50))``.  On CUDA with
+  float16/bfloat16 inputs and Triton, the softmax and both sums after the
+  logits matmul are two Triton passes over the logits
+  (:mod:`.estimate_triton`); elsewhere torch operations.
 * Conversion: vLLM's ``convert_vertical_slash_indexes`` merge (ranges of
   ``block_size_m`` columns per slash, merged and grown; uncovered verticals as
   columns; readable form in the spec).  On CUDA with Triton, its Triton port
@@ -267,7 +270,10 @@ def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, 
 
     One head at a time (:func:`_head_scores`), its keys cast once per KV head
     where they fit :data:`ESTIMATE_BYTES`; every head's scores, and so its
-    indices, do not depend on the other heads or on the key chunking.
+    indices, do not depend on the other heads or on the key chunking.  The
+    sums after the matmul run as Triton kernels where
+    :func:`_fused_scores_available` says so (the same scores to float32
+    rounding, so the same index sets up to near-ties).
     """
     q, k = _qk_tensors(conv, q=q, k=k)
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, k)
