@@ -10,15 +10,18 @@ shipped table's most common pair), at 256K and 1M keys.  For each length:
   ``yarnref_torch.estimate_triton``; the two index sets are compared
   (recall of the torch path's indices, over every head: at least 0.999, the
   rest are near-ties of float32 sums in another order);
-* one head's score stage alone (``_head_scores``: the matmul into the skewed
-  buffer and the sums), both ways, and the matmul alone, with the bytes each
-  moves at least and the achieved rate against the copy ceiling measured in
-  the same run.
+* one head's score stage alone (the matmul into the skewed buffer and the
+  sums: ``_head_scores`` with torch operations, ``_group_scores`` with the
+  Triton sums), the matmul alone, and one KV group's seven heads with as many
+  heads per matmul as ``vertical_slash_indices`` stacks (all seven at 256K,
+  one at 1M under ``ESTIMATE_BYTES``), per head; with the bytes each moves at
+  least and the achieved rate against the copy ceiling measured in the same
+  run.
 
 Bytes counted per head (``B = 4 * m * (kv_len + m)``, the float32 buffer;
 ``K = 2 * kv_len * head_dim``, the keys): the matmul reads ``K`` and writes
-``B``; the fused sums read ``B`` twice (the second view mostly from L2) and
-write ``8 * kv_len``; the torch operations read ``B`` six times and write it
+``B`` (stacking ``n`` heads: ``K / n`` per head); the fused sums read ``B``
+twice (the second view mostly from L2) and write ``8 * kv_len``; the torch operations read ``B`` six times and write it
 twice after the matmul (max; scaled subtraction and exponential, each a read
 and a write; sum; two products).
 Not part of run_all.sh: ``python benchmarks/bench_estimation.py --out DIR``
@@ -89,33 +92,43 @@ def run(rec):
                 ok = min(recall_v, recall_s) >= 0.999
                 rec.add(case, "index sets: triton sums vs torch ops", ok=ok, recall_vertical=recall_v, recall_slash=recall_s)
 
-        # One head's score stage: buffers as vertical_slash_indices makes them.
+        # One head's score stage, and one KV group's (heads stacked per matmul as vertical_slash_indices does).
         m = LAST_Q
         logits = torch.empty((m, kv_len + m), dtype=torch.float32, device=device)
         unwritten = ts._unwritten_cells(m, device)
-        v_out = torch.empty((kv_len,), dtype=torch.float32, device=device)
-        s_out = torch.empty((kv_len,), dtype=torch.float32, device=device)
-        q_rows, keys = q[0, 0], k[0, 0]
+        v_out = torch.empty((group, kv_len), dtype=torch.float32, device=device)
+        s_out = torch.empty((group, kv_len), dtype=torch.float32, device=device)
+        q_rows, keys = q[0, :, -m:], k[0, 0]  # (group, m, d), (kv_len, d)
         key_step = max(1, ts.ESTIMATE_BYTES // (HEAD_DIM * 4))
         buffer_bytes = 4 * m * (kv_len + m)
         key_bytes = 2 * kv_len * HEAD_DIM
         on_diagonals = logits.as_strided((m, kv_len), (kv_len + m - 1, 1), m - 1)
-        stages = [("logits matmul alone", None, key_bytes + buffer_bytes,
-                   lambda: ts._half_mm_into(q_rows, keys.T, on_diagonals))]
-        stages.append(("head scores, torch ops", None, key_bytes + 9 * buffer_bytes, None))
-        stages.append(("head scores, triton sums", fused, key_bytes + 3 * buffer_bytes + 8 * kv_len, None))
-        for impl, module, nbytes, fn in stages:
-            if "triton" in impl and module is None:
+        n = ts._fused_heads(group, m, kv_len)
+        flat = torch.empty((n * m * (kv_len + n * m),), dtype=torch.float32, device=device) if fused else None
+        stages = [
+            ("logits matmul alone, 1 head", key_bytes + buffer_bytes, False,
+             lambda: ts._half_mm_into(q_rows[0], keys.T, on_diagonals)),
+            ("head scores, torch ops, 1 head", key_bytes + 9 * buffer_bytes, False,
+             lambda: ts._head_scores(q_rows[0], keys, None, scale, logits, unwritten, key_step, v_out[0], s_out[0])),
+            ("head scores, triton sums, 1 head", key_bytes + 3 * buffer_bytes + 8 * kv_len, True,
+             lambda: ts._group_scores(q_rows[:1], keys, scale, flat, fused, v_out[:1], s_out[:1])),
+            # n heads per matmul: the keys read once per run of n heads; reported per head.
+            (f"group scores, triton sums, {n} heads per matmul (per head)", key_bytes / n + 3 * buffer_bytes + 8 * kv_len, True,
+             lambda: [ts._group_scores(q_rows[h0:h0 + n], keys, scale, flat, fused, v_out[h0:h0 + n], s_out[h0:h0 + n])
+                      for h0 in range(0, group, n)]),
+        ]
+        for impl, nbytes, needs_fused, fn in stages:
+            if needs_fused and fused is None:
                 rec.missing(case, impl, "the Triton sums need CUDA, Triton and half-precision inputs")
                 continue
-            if fn is None:
-                fn = lambda module=module: ts._head_scores(q_rows, keys, None, scale, logits, unwritten, key_step,  # noqa: E731
-                                                           v_out, s_out, module)
             with rec.guard(case, impl):
-                if not ts._half_matmul(q_rows, keys) and "matmul" in impl:
+                if not ts._half_matmul(q_rows, keys) and "matmul alone" in impl:
                     raise MissingOperation("the half-precision matmul into the buffer is CUDA-only")
-                rec.add(case, impl, timing=time_fn(fn, device, budget_s=1.0), nbytes=nbytes if copy_tbps else None,
-                        bytes_per_head=nbytes)
+                timing = time_fn(fn, device, budget_s=1.0)
+                if "per head" in impl:
+                    timing = dict(timing, ms=timing["ms"] / group, ms_group=timing["ms"])
+                rec.add(case, impl, timing=timing, nbytes=nbytes if copy_tbps else None, bytes_per_head=nbytes)
+        del flat
         del logits, q, k
         if device.type == "cuda":
             torch.cuda.empty_cache()

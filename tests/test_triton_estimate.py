@@ -109,7 +109,7 @@ def _torch_path(q, k, scale):
     logits = torch.empty((m, kv_len + m), dtype=torch.float32, device=q.device)
     vertical = torch.empty((kv_len,), dtype=torch.float32, device=q.device)
     slash_reversed = torch.empty((kv_len,), dtype=torch.float32, device=q.device)
-    ts._head_scores(q, k, k, scale, logits, ts._unwritten_cells(m, q.device), kv_len, vertical, slash_reversed, None)
+    ts._head_scores(q, k, k, scale, logits, ts._unwritten_cells(m, q.device), kv_len, vertical, slash_reversed)
     return vertical.cpu().double().numpy(), slash_reversed.cpu().double().numpy()
 
 
@@ -177,7 +177,44 @@ def test_the_choice_is_made_in_one_place():
         assert ts._fused_scores_available(half.float(), 64) is None
 
 
-# ----------------------------------------------------------------------------- CUDA: the whole estimation
+# ----------------------------------------------------------------------------- several heads per launch
+
+
+@pytest.mark.parametrize("n, m, kv_len", [(1, 64, 300), (3, 64, 200), (7, 5, 130), (2, 1, 40)])
+def test_stacked_heads_equal_one_head_at_a_time(et, n, m, kv_len):
+    """``_group_scores``: the heads' rows stacked into one skewed buffer (one matmul) give each head the
+    scores of the float64 softmax; the work buffer is larger than needed and NaN-filled."""
+    ts = _torch_sparse()
+    rng = np.random.default_rng(n * 100 + m)
+    q = torch.as_tensor(rng.standard_normal((n, m, 32)) * 2, dtype=torch.bfloat16).to(DEVICE, torch.float32)
+    k = torch.as_tensor(rng.standard_normal((kv_len, 32)) * 2, dtype=torch.bfloat16).to(DEVICE, torch.float32)
+    flat = torch.full((n * m * (kv_len + n * m) + 77,), math.nan, dtype=torch.float32, device=DEVICE)
+    vertical = torch.full((n, kv_len), math.nan, dtype=torch.float32, device=DEVICE)
+    slash_reversed = torch.full((n, kv_len), math.nan, dtype=torch.float32, device=DEVICE)
+    ts._group_scores(q, k, 0.3, flat, et, vertical, slash_reversed)
+    for h in range(n):
+        want = _reference((q[h] @ k.T).cpu().double().numpy(), 0.3)
+        for name, got, w in (("vertical", vertical[h], want[0]), ("slash_reversed", slash_reversed[h], want[1])):
+            np.testing.assert_allclose(got.cpu().double().numpy(), w, rtol=RTOL, atol=1e-30, err_msg=f"head {h}: {name}")
+
+
+def _scores64(q, k, m, force_verticals=30, force_slashes=100):
+    """Float64 estimation scores ``(vertical, slash)`` ``(batch, q_heads, kv_len)`` of the last ``m`` queries."""
+    batch, q_heads, _, d = q.shape
+    kv_len = k.shape[2]
+    q64 = q[:, :, -m:].double()
+    k64 = k.double().repeat_interleave(q_heads // k.shape[1], dim=1)
+    logits = (q64 @ k64.transpose(-1, -2)) / math.sqrt(d)
+    position = kv_len - m + torch.arange(m, device=q.device)
+    key = torch.arange(kv_len, device=q.device)
+    p = torch.softmax(logits.masked_fill(key[None, :] > position[:, None], -math.inf), dim=-1)
+    vertical = p.sum(-2)
+    delta = (position[:, None] - key[None, :]).clamp(min=0)  # masked cells carry p = 0
+    slash = torch.zeros_like(vertical).scatter_add_(
+        -1, delta.expand_as(p).reshape(batch, q_heads, -1), p.reshape(batch, q_heads, -1))
+    vertical[..., :force_verticals] = math.inf
+    slash[..., :force_slashes] = math.inf
+    return vertical.cpu().numpy(), slash.cpu().numpy()
 
 
 def _same_sets_up_to_ties(got, want, score, rtol, what):
@@ -193,6 +230,42 @@ def _same_sets_up_to_ties(got, want, score, rtol, what):
             assert abs(score[b, h, j] - kth) <= rtol * abs(kth), f"{what}[{b}, {h}]: index {j} differs beyond a tie"
 
 
+def _indices_both_ways(monkeypatch, ts, q, k, vertical_size, slash_size, fused_module=None):
+    """``vertical_slash_indices`` with the torch operations, then with the Triton sums (``fused_module``: the
+    module to use where the backend would not choose one, as on the CPU interpreter)."""
+    import yarnref
+
+    backend = yarnref.backend._backend_class("torch")(device=q.device.type)
+    results = {}
+    for fused in (False, True):
+        monkeypatch.setattr(ts, "FUSED_ESTIMATION", fused)
+        if fused and fused_module is not None:
+            monkeypatch.setattr(ts, "_fused_scores_available", lambda q, m: fused_module)
+        v, s = backend.vertical_slash_indices(q, k, vertical_size, slash_size, 64)
+        results[fused] = (v.cpu().numpy(), s.cpu().numpy())
+    return results
+
+
+def test_runs_of_heads_within_each_kv_head(et, monkeypatch):
+    """The estimation's loop over runs of heads (3, 3 and 1 of each KV head's 7, from a smaller buffer
+    budget) covers every head once, within its own KV head: the index sets are the torch path's."""
+    ts = _torch_sparse()
+    kv_len, m = 150, 64
+    monkeypatch.setattr(ts, "ESTIMATE_BYTES", 4 * 3 * m * (kv_len + 3 * m))
+    assert ts._fused_heads(7, m, kv_len) == 3
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn((2, 14, 70, 16), generator=g).to(torch.bfloat16).float().to(DEVICE)
+    k = torch.randn((2, 2, kv_len, 16), generator=g).to(torch.bfloat16).float().to(DEVICE)
+    sizes = np.arange(14) * 3 + 30
+    results = _indices_both_ways(monkeypatch, ts, q, k, sizes, sizes + 20, fused_module=et)
+    v_score, s_score = _scores64(q, k, m)
+    _same_sets_up_to_ties(results[True][0], results[False][0], v_score, 1e-4, "vertical")
+    _same_sets_up_to_ties(results[True][1], results[False][1], s_score, 1e-4, "slash")
+
+
+# ----------------------------------------------------------------------------- CUDA: the whole estimation
+
+
 @pytest.mark.skipif(not CUDA, reason="the fused estimation runs on CUDA only")
 @pytest.mark.parametrize("kv_len", [3000, 70001])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -200,8 +273,6 @@ def test_cuda_indices_with_and_without_the_kernels(monkeypatch, kv_len, dtype):
     """``vertical_slash_indices`` (GQA, per-head budgets) selects the same sets with the kernels as without."""
     if not HAVE_TRITON:
         pytest.skip("triton is not installed")
-    import yarnref
-
     ts = _torch_sparse()
     g = torch.Generator(device="cuda").manual_seed(kv_len)
     tdt = getattr(torch, dtype)
@@ -210,24 +281,9 @@ def test_cuda_indices_with_and_without_the_kernels(monkeypatch, kv_len, dtype):
     q[:, :, :, :8] *= 4  # some peaked rows
     vertical_size = np.array([30, 1000, 200, 64, 999, 30, 500, 100])
     slash_size = np.array([800, 50, 6096, 100, 300, 800, 2000, 64])
-    backend = yarnref.backend._backend_class("torch")(device="cuda")
-    results = {}
-    for fused in (False, True):
-        monkeypatch.setattr(ts, "FUSED_ESTIMATION", fused)
-        v, s = backend.vertical_slash_indices(q, k, vertical_size, slash_size, 64)
-        results[fused] = (v.cpu().numpy(), s.cpu().numpy())
-    # Scores in float64 from the same half inputs: ties are judged on them.
-    q64, k64 = q[:, :, -64:].double(), k.double().repeat_interleave(4, dim=1)
-    logits = (q64 @ k64.transpose(-1, -2)) / math.sqrt(128)
-    position = kv_len - 64 + torch.arange(64, device="cuda")
-    key = torch.arange(kv_len, device="cuda")
-    p = torch.softmax(logits.masked_fill(key[None, :] > position[:, None], -math.inf), dim=-1)
-    vertical_score = p.sum(-2)
-    delta = (position[:, None] - key[None, :]).clamp(min=0)  # masked cells carry p = 0
-    slash_score = torch.zeros_like(vertical_score).scatter_add_(-1, delta.expand_as(p).reshape(1, 8, -1), p.reshape(1, 8, -1))
-    vertical_score[..., :30] = math.inf
-    slash_score[..., :100] = math.inf
-    v_score, s_score = vertical_score.cpu().numpy(), slash_score.cpu().numpy()
+    assert ts._fused_scores_available(q, 64) is not None
+    results = _indices_both_ways(monkeypatch, ts, q, k, vertical_size, slash_size)
+    v_score, s_score = _scores64(q, k, 64)
     # float32 sums of float32 exponentials: both paths are within ~1e-5 of each other, relative.
     _same_sets_up_to_ties(results[True][0], results[False][0], v_score, 1e-4, "vertical")
     _same_sets_up_to_ties(results[True][1], results[False][1], s_score, 1e-4, "slash")

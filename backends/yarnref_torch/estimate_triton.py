@@ -29,6 +29,10 @@ same skewed buffer:
    its diagonal view.  The two views of one tile overlap in memory except for
    ``m - 1`` columns, so the second read is served mostly by the L2 cache.
 
+Several query heads of one KV head may share the buffer and so one matmul
+(the keys read once for all of them): their rows stacked, ``n * m`` rows in
+the same skewed layout; a program's second grid index is its head.
+
 Masked cells are never read: validity is computed from the indices (the keys
 after a row's position, the buffer's cells that row never writes), so the
 buffer needs no ``-inf`` fills and may hold anything there.
@@ -39,7 +43,11 @@ The buffer layout of :func:`yarnref_torch.sparse._head_scores`: ``logits``
 ``(m, kv_len + m)`` float32, contiguous; row ``r`` holds key ``j`` at column
 ``j + m - 1 - r``, so key ``j`` of every row sits at offset ``(m - 1) + r
 (kv_len + m - 1) + j`` (the diagonal view) and distance ``delta`` at column
-``kv_len - 1 - delta``.  Outputs: float32 rows of ``kv_len``, unit stride.  The
+``kv_len - 1 - delta``.  With ``n`` heads stacked (:func:`yarnref_torch.sparse._group_scores`):
+``(n m, kv_len + n m)``, head ``h``'s row ``r`` is row ``i = h m + r``, key
+``j`` at offset ``(n m - 1) + i (kv_len + n m - 1) + j``; the kernels read
+both sums through that formula (distance ``delta`` of row ``r`` is key
+``p_r - delta``).  Outputs: float32 rows of ``kv_len``, unit stride.  The
 exponential is Triton's float32 one (a few float32 ulps from torch's) and the
 sums run in another order than torch's, so the scores agree with the torch
 path to float32 rounding (relative ~1e-6), not bit for bit.
@@ -66,33 +74,38 @@ TILE_ELEMENTS = 8192
 STATS_PROGRAMS = 1024
 
 
-def available(logits: torch.Tensor) -> bool:
-    """True if :func:`estimate_scores` runs on this buffer: Triton, a CUDA float32 contiguous ``(m, kv_len + m)``
-    buffer with ``m <= MAX_ROWS``."""
+def available(logits: torch.Tensor, heads: int = 1) -> bool:
+    """True if :func:`estimate_scores` runs on this buffer: Triton, a CUDA float32 contiguous
+    ``(heads * m, kv_len + heads * m)`` buffer with ``m <= MAX_ROWS``."""
     return (
         triton is not None
         and logits.is_cuda
         and logits.dtype == torch.float32
         and logits.ndim == 2
         and logits.is_contiguous()
-        and 1 <= logits.shape[0] <= MAX_ROWS
+        and heads >= 1
+        and logits.shape[0] % heads == 0
+        and 1 <= logits.shape[0] // heads <= MAX_ROWS
         and logits.shape[1] > logits.shape[0]
     )
 
 
 if triton is not None:
 
-    @triton.jit(do_not_specialize=("m", "kv_len", "span"))
-    def _row_stats(X, PMAX, PSUM, m, kv_len, span, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        """Per row, the max and the sum of ``exp(scale * (x - max))`` over keys ``[t * span, (t + 1) * span)``.
+    @triton.jit(do_not_specialize=("m", "kv_len", "span", "n_parts", "base", "row_stride"))
+    def _row_stats(X, PMAX, PSUM, m, kv_len, span, n_parts, base, row_stride, scale,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Per row of head ``h``, the max and the sum of ``exp(scale * (x - max))`` over keys ``[t * span, (t + 1) * span)``.
 
-        Writes ``PMAX[t, r]`` and ``PSUM[t, r]`` (``(programs, BLOCK_M)``; ``-inf`` and 0 where the row has
-        no key in the span, and for padding rows ``r >= m``).
+        Element (head ``h``, row ``r``, key ``j``) lies at ``base + (h * m + r) * row_stride + j``.  Writes
+        ``PMAX[h, t, r]`` and ``PSUM[h, t, r]`` (``(heads, n_parts, BLOCK_M)``; ``-inf`` and 0 where the
+        row has no key in the span, and for padding rows ``r >= m``).
         """
         t = tl.program_id(0)
+        h = tl.program_id(1)
         r = tl.arange(0, BLOCK_M)
         last = kv_len - m + r  # row r's own position: its keys are 0 .. last
-        row_base = (m - 1) + r.to(tl.int64) * (kv_len + m - 1)  # offset of key 0 of row r (the diagonal view)
+        row_base = base + (h * m + r).to(tl.int64) * row_stride  # offset of key 0 of each row (the diagonal view)
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         start = t * span
@@ -104,49 +117,57 @@ if triton is not None:
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key so far
             l_i = l_i * tl.exp(scale * (m_i - m_safe)) + tl.sum(tl.exp(scale * (x - m_safe[:, None])), 1)
             m_i = m_new
-        tl.store(PMAX + t * BLOCK_M + r, m_i)
-        tl.store(PSUM + t * BLOCK_M + r, l_i)
+        out = (h * n_parts + t) * BLOCK_M + r
+        tl.store(PMAX + out, m_i)
+        tl.store(PSUM + out, l_i)
 
     @triton.jit(do_not_specialize=("m", "n_parts"))
     def _combine_stats(PMAX, PSUM, ROW_MAX, INV_Z, m, n_parts, scale, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr):
-        """``M_r`` and ``1 / Z_r`` from the ``(n_parts, BLOCK_M)`` partials (one program; every row has key 0)."""
+        """Head ``h``'s ``M_r`` and ``1 / Z_r`` (``(heads, BLOCK_M)``) from its ``(n_parts, BLOCK_M)`` partials
+        (one program per head; every row has key 0)."""
+        h = tl.program_id(0)
         r = tl.arange(0, BLOCK_M)
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
+        first = h * n_parts * BLOCK_M
         for t0 in range(0, n_parts, BLOCK_T):
             t = t0 + tl.arange(0, BLOCK_T)
             ok = t[:, None] < n_parts
-            pmax = tl.load(PMAX + t[:, None] * BLOCK_M + r[None, :], mask=ok, other=float("-inf"))  # (BLOCK_T, BLOCK_M)
-            psum = tl.load(PSUM + t[:, None] * BLOCK_M + r[None, :], mask=ok, other=0.0)
+            at = first + t[:, None] * BLOCK_M + r[None, :]
+            pmax = tl.load(PMAX + at, mask=ok, other=float("-inf"))  # (BLOCK_T, BLOCK_M)
+            psum = tl.load(PSUM + at, mask=ok, other=0.0)
             m_new = tl.maximum(m_i, tl.max(pmax, 0))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             l_i = l_i * tl.exp(scale * (m_i - m_safe)) + tl.sum(psum * tl.exp(scale * (pmax - m_safe[None, :])), 0)
             m_i = m_new
         row = r < m
-        tl.store(ROW_MAX + r, m_i, mask=row)
-        tl.store(INV_Z + r, 1.0 / tl.where(row, l_i, 1.0), mask=row)
+        tl.store(ROW_MAX + h * BLOCK_M + r, tl.where(row, m_i, 0.0))
+        tl.store(INV_Z + h * BLOCK_M + r, tl.where(row, 1.0 / tl.where(row, l_i, 1.0), 0.0))  # padding rows weigh 0
 
-    @triton.jit(do_not_specialize=("m", "kv_len"))
-    def _scores(X, ROW_MAX, INV_Z, VERTICAL, SLASH_REVERSED, m, kv_len, scale,
+    @triton.jit(do_not_specialize=("m", "kv_len", "base", "row_stride", "stride_v", "stride_s"))
+    def _scores(X, ROW_MAX, INV_Z, VERTICAL, SLASH_REVERSED, m, kv_len, base, row_stride, stride_v, stride_s, scale,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        """Both column sums of ``p`` for keys (and columns) ``[t * BLOCK_N, (t + 1) * BLOCK_N)``."""
+        """Both column sums of head ``h``'s ``p`` for keys (and reversed distances) ``[t * BLOCK_N, (t + 1) * BLOCK_N)``."""
         t = tl.program_id(0)
+        h = tl.program_id(1)
         r = tl.arange(0, BLOCK_M)
         c = t * BLOCK_N + tl.arange(0, BLOCK_N)
         row = r < m
-        row_max = tl.load(ROW_MAX + r, mask=row, other=0.0)
-        inv_z = tl.load(INV_Z + r, mask=row, other=0.0)  # padding rows weigh 0
-        r64 = r.to(tl.int64)
-        # Slash (reversed): cell (r, c) of the buffer, written where c >= m - 1 - r; c < kv_len holds a key <= p_r.
-        written = row[:, None] & (c[None, :] >= (m - 1 - r)[:, None]) & (c[None, :] < kv_len)
-        x = tl.load(X + r64[:, None] * (kv_len + m) + c[None, :], mask=written, other=float("-inf"))
+        row_max = tl.load(ROW_MAX + h * BLOCK_M + r)
+        inv_z = tl.load(INV_Z + h * BLOCK_M + r)
+        row_base = base + (h * m + r).to(tl.int64) * row_stride
+        in_range = row[:, None] & (c[None, :] < kv_len)
+        # Slash (reversed): column c is distance kv_len - 1 - c, i.e. key j = c + r - (m - 1) of row r, if j >= 0.
+        # (One head alone: row r's cells c of the buffer, written where c >= m - 1 - r.)
+        key = c[None, :] + (r - (m - 1))[:, None]
+        x = tl.load(X + row_base[:, None] + key, mask=in_range & (key >= 0), other=float("-inf"))
         p = tl.exp(scale * (x - row_max[:, None])) * inv_z[:, None]
-        tl.store(SLASH_REVERSED + c, tl.sum(p, 0), mask=c < kv_len)
-        # Vertical: key j = c of row r in the diagonal view, a key of that row where j <= p_r.
-        visible = row[:, None] & (c[None, :] <= (kv_len - m + r)[:, None])
-        x = tl.load(X + (m - 1) + r64[:, None] * (kv_len + m - 1) + c[None, :], mask=visible, other=float("-inf"))
+        tl.store(SLASH_REVERSED + h.to(tl.int64) * stride_s + c, tl.sum(p, 0), mask=c < kv_len)
+        # Vertical: key j = c of row r, a key of that row where j <= p_r = kv_len - m + r.
+        visible = in_range & (c[None, :] <= (kv_len - m + r)[:, None])
+        x = tl.load(X + row_base[:, None] + c[None, :], mask=visible, other=float("-inf"))
         p = tl.exp(scale * (x - row_max[:, None])) * inv_z[:, None]
-        tl.store(VERTICAL + c, tl.sum(p, 0), mask=c < kv_len)
+        tl.store(VERTICAL + h.to(tl.int64) * stride_v + c, tl.sum(p, 0), mask=c < kv_len)
 
 
 def _tiles(m: int) -> tuple[int, int]:
@@ -155,30 +176,42 @@ def _tiles(m: int) -> tuple[int, int]:
     return block_m, max(16, TILE_ELEMENTS // block_m)
 
 
-def estimate_scores(logits: torch.Tensor, scale: float, vertical_out: torch.Tensor, slash_reversed_out: torch.Tensor) -> None:
-    """Write one head's vertical sums and reversed slash sums from its filled logits buffer.
+def estimate_scores(logits: torch.Tensor, scale: float, vertical_out: torch.Tensor, slash_reversed_out: torch.Tensor,
+                    heads: int = 1) -> None:
+    """Write the vertical sums and reversed slash sums of ``heads`` heads from their filled logits buffer.
 
-    ``logits`` ``(m, kv_len + m)`` float32 in the skewed layout (only the
-    cells the matmul writes are read); ``vertical_out`` and
-    ``slash_reversed_out`` ``(kv_len,)`` float32 with unit stride, on the
-    same device.  Three launches: the row statistics, their combination,
-    the scores.
+    ``logits`` ``(heads * m, kv_len + heads * m)`` float32, contiguous: the
+    heads' rows stacked (head ``h``'s row ``r`` is row ``i = h * m + r``) in
+    one skewed layout, row ``i`` holding key ``j`` at column ``j + heads * m -
+    1 - i`` (one matmul of the stacked queries writes it; for one head this
+    is :func:`yarnref_torch.sparse._head_scores`'s buffer).  Only the cells
+    that matmul writes are read.  ``vertical_out`` and ``slash_reversed_out``
+    ``(heads, kv_len)`` (or ``(kv_len,)`` for one head) float32 with unit
+    last stride, on the same device.  Three launches: the row statistics,
+    their combination, the scores.
     """
-    m, width = logits.shape
-    kv_len = width - m
-    if not logits.is_contiguous() or vertical_out.stride(-1) != 1 or slash_reversed_out.stride(-1) != 1:
-        raise ValueError("estimate_scores needs a contiguous buffer and unit-stride outputs")
+    rows, width = logits.shape
+    m = rows // heads
+    kv_len = width - rows
+    vertical_out = vertical_out.reshape(heads, kv_len) if vertical_out.ndim == 1 else vertical_out
+    slash_reversed_out = slash_reversed_out.reshape(heads, kv_len) if slash_reversed_out.ndim == 1 else slash_reversed_out
+    if (not logits.is_contiguous() or rows != heads * m or vertical_out.shape != (heads, kv_len)
+            or slash_reversed_out.shape != (heads, kv_len) or vertical_out.stride(-1) != 1 or slash_reversed_out.stride(-1) != 1):
+        raise ValueError("estimate_scores needs a contiguous (heads * m, kv_len + heads * m) buffer and "
+                         "(heads, kv_len) outputs with unit last stride")
     block_m, block_n = _tiles(m)
     tiles = triton.cdiv(kv_len, block_n)
     span = triton.cdiv(tiles, STATS_PROGRAMS) * block_n  # keys per statistics program, whole tiles
     n_parts = triton.cdiv(kv_len, span)
+    base, row_stride = rows - 1, width - 1  # the diagonal view: element (i, j) at base + i * row_stride + j
     dev = logits.device
-    pmax = torch.empty((n_parts, block_m), dtype=torch.float32, device=dev)
-    psum = torch.empty((n_parts, block_m), dtype=torch.float32, device=dev)
-    row_max = torch.empty((m,), dtype=torch.float32, device=dev)
-    inv_z = torch.empty((m,), dtype=torch.float32, device=dev)
+    pmax = torch.empty((heads, n_parts, block_m), dtype=torch.float32, device=dev)
+    psum = torch.empty((heads, n_parts, block_m), dtype=torch.float32, device=dev)
+    row_max = torch.empty((heads, block_m), dtype=torch.float32, device=dev)
+    inv_z = torch.empty((heads, block_m), dtype=torch.float32, device=dev)
     scale = float(scale)
-    _row_stats[(n_parts,)](logits, pmax, psum, m, kv_len, span, scale, BLOCK_M=block_m, BLOCK_N=block_n)
-    _combine_stats[(1,)](pmax, psum, row_max, inv_z, m, n_parts, scale, BLOCK_M=block_m, BLOCK_T=max(16, 4096 // block_m))
-    _scores[(tiles,)](logits, row_max, inv_z, vertical_out, slash_reversed_out, m, kv_len, scale,
-                      BLOCK_M=block_m, BLOCK_N=block_n)
+    _row_stats[(n_parts, heads)](logits, pmax, psum, m, kv_len, span, n_parts, base, row_stride, scale,
+                                 BLOCK_M=block_m, BLOCK_N=block_n)
+    _combine_stats[(heads,)](pmax, psum, row_max, inv_z, m, n_parts, scale, BLOCK_M=block_m, BLOCK_T=max(16, 4096 // block_m))
+    _scores[(tiles, heads)](logits, row_max, inv_z, vertical_out, slash_reversed_out, m, kv_len, base, row_stride,
+                            vertical_out.stride(0), slash_reversed_out.stride(0), scale, BLOCK_M=block_m, BLOCK_N=block_n)
