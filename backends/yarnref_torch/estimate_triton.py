@@ -64,7 +64,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     triton = None
     tl = None
 
-__all__ = ["available", "MAX_ROWS", "estimate_scores"]
+__all__ = ["MAX_ROWS", "estimate_scores"]
 
 #: Most query rows one launch takes (the estimation uses 64; the row tile is the next power of two).
 MAX_ROWS = 256
@@ -72,22 +72,6 @@ MAX_ROWS = 256
 TILE_ELEMENTS = 8192
 #: Programs the statistics pass aims at (each one's span of keys is a whole number of tiles).
 STATS_PROGRAMS = 1024
-
-
-def available(logits: torch.Tensor, heads: int = 1) -> bool:
-    """True if :func:`estimate_scores` runs on this buffer: Triton, a CUDA float32 contiguous
-    ``(heads * m, kv_len + heads * m)`` buffer with ``m <= MAX_ROWS``."""
-    return (
-        triton is not None
-        and logits.is_cuda
-        and logits.dtype == torch.float32
-        and logits.ndim == 2
-        and logits.is_contiguous()
-        and heads >= 1
-        and logits.shape[0] % heads == 0
-        and 1 <= logits.shape[0] // heads <= MAX_ROWS
-        and logits.shape[1] > logits.shape[0]
-    )
 
 
 if triton is not None:
