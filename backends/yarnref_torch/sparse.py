@@ -146,6 +146,8 @@ def _host_budget(value):
 #: not cast at all (the product is formed by a half-precision matmul with a float32 result).  Besides
 #: these, one head's ``(last_q, kv_len + last_q)`` float32 logits (256 MiB at 1M keys) and the call's
 #: ``(batch, q_heads, kv_len)`` float32 scores (two of them, and the slash scores' flipped copy) are held.
+#: On the Triton path (:func:`_fused_scores_available`) the logits of as many query heads of one KV head
+#: as fit in these bytes share one buffer (:func:`_fused_heads`; one head's at least).
 ESTIMATE_BYTES = 1 << 29
 
 
