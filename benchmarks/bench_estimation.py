@@ -54,7 +54,9 @@ def _recall(got, want) -> float:
 
 def run(rec):
     import yarnref
-    import yarnref_torch.sparse as ts
+
+    with yarnref.use_backend("torch"):  # loads yarnref_torch (installed, or from this source checkout)
+        import yarnref_torch.sparse as ts
 
     device = rec.device
     lengths = [4096, 20000] if rec.args.quick else [262144, 1048576]
