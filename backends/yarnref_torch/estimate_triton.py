@@ -14,15 +14,15 @@ the online softmax of Milakov & Gimelshein, arXiv:1805.02867:
 with ``x`` the unscaled logits, ``s`` the softmax scale (> 0) and ``p_r = kv_len - m + r``
 row ``r``'s position.  The torch path (:func:`yarnref_torch.sparse._head_scores`)
 masks, takes the maximum, subtracts, exponentiates, sums and makes two
-matrix-vector products: about six passes over the ``(m, kv_len + m)`` float32
-buffer (256 MiB per head at 1M keys).  Here, after the same matmul into the
+matrix-vector products: it reads the ``(m, kv_len + m)`` float32 buffer (256
+MiB per head at 1M keys) six times and writes it twice.  Here, after the same matmul into the
 same skewed buffer:
 
 1. :func:`_row_stats`: one program per span of keys computes, per row, the
    maximum and the sum of exponentials over its keys with the online softmax
    (a maximum and sum per tile, rescaled as the maximum grows), and writes one
-   partial ``(max, sum)`` per row; :func:`_combine_stats` (one program) merges
-   the partials into ``M_r`` and ``1 / Z_r``.
+   partial ``(max, sum)`` per row; :func:`_combine_stats` (one program per
+   head) merges the partials into ``M_r`` and ``1 / Z_r``.
 2. :func:`_scores`: one program per tile of ``BLOCK_N`` keys forms ``p`` on
    the fly and writes both sums: the slash sums (reversed) as column sums of
    the buffer's first ``kv_len`` columns, the vertical sums as column sums of
@@ -50,7 +50,9 @@ both sums through that formula (distance ``delta`` of row ``r`` is key
 ``p_r - delta``).  Outputs: float32 rows of ``kv_len``, unit stride.  The
 exponential is Triton's float32 one (a few float32 ulps from torch's) and the
 sums run in another order than torch's, so the scores agree with the torch
-path to float32 rounding (relative ~1e-6), not bit for bit.
+path to float32 rounding (relative ~1e-6; up to ~1e-5 for probabilities
+near float32's underflow, whose exponent's rounding dominates), not bit for
+bit.
 """
 
 from __future__ import annotations
