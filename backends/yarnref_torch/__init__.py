@@ -16,7 +16,8 @@ Modules, one concept each:
 * :mod:`.dca`: Dual Chunk Attention (per-segment parts, LSE-merged).
 * :mod:`.sparse`: vertical-slash estimation, index conversion, masks and
   sparse attention, A-shape and tri-shape (pure torch; on CUDA the
-  vertical-slash attention uses the Triton kernel of ``triton_sparse``).
+  vertical-slash attention uses the Triton kernel of ``triton_sparse``, the
+  estimation the softmax sums of ``estimate_triton``).
 
 Everything is vectorised over batch, heads and tokens: the Python loops that
 remain run over query blocks, DCA segments, chunks or index positions.

@@ -9,7 +9,10 @@ as Qwen2.5-1M runs it (arXiv:2501.15383).
   vertical scores are column sums of :math:`\hat A`, slash scores its sums
   along each distance :math:`\delta = p_r - j`; the first ``force_verticals``
   columns and the ``force_slashes`` smallest distances are forced; each head
-  keeps its top ``min(kv_len, max(budget, 30 | 50))``.
+  keeps its top ``min(kv_len, max(budget, 30 | 50))``.  On CUDA with
+  float16/bfloat16 inputs and Triton, the softmax and both sums after the
+  logits matmul are two Triton passes over the logits
+  (:mod:`.estimate_triton`); elsewhere torch operations.
 * Conversion: vLLM's ``convert_vertical_slash_indexes`` merge (ranges of
   ``block_size_m`` columns per slash, merged and grown; uncovered verticals as
   columns; readable form in the spec).  On CUDA with Triton, its Triton port
@@ -143,6 +146,8 @@ def _host_budget(value):
 #: not cast at all (the product is formed by a half-precision matmul with a float32 result).  Besides
 #: these, one head's ``(last_q, kv_len + last_q)`` float32 logits (256 MiB at 1M keys) and the call's
 #: ``(batch, q_heads, kv_len)`` float32 scores (two of them, and the slash scores' flipped copy) are held.
+#: On the Triton path (:func:`_fused_scores_available`) the logits of as many query heads of one KV head
+#: as fit in these bytes share one buffer (:func:`_fused_heads`; one head's at least).
 ESTIMATE_BYTES = 1 << 29
 
 
@@ -190,6 +195,31 @@ def _unwritten_cells(m: int, device) -> torch.Tensor:
     return column[None, :] < (m - 1 - torch.arange(m, device=device))[:, None]
 
 
+#: Whether CUDA half-precision estimations use the Triton kernels of :mod:`.estimate_triton` after the
+#: logits matmul (True), or the torch operations everywhere (False; for comparisons and benchmarks).
+FUSED_ESTIMATION = True
+
+
+def _fused_scores_available(q: torch.Tensor, m: int):
+    """The module :mod:`.estimate_triton` if the estimation's softmax sums run there, else None.
+
+    The one place that chooses: CUDA float16/bfloat16 inputs whose logits
+    come from the half-precision matmul (:func:`_half_matmul`), Triton
+    importable, at most ``estimate_triton.MAX_ROWS`` rows, and
+    :data:`FUSED_ESTIMATION` on.  Everything else (CPU, float32/float64, no
+    Triton) takes the torch operations of :func:`_head_scores`.
+    """
+    if not FUSED_ESTIMATION or not _half_matmul(q, q):
+        return None
+    try:
+        from . import estimate_triton
+    except ImportError:
+        return None
+    if estimate_triton.triton is None or m > estimate_triton.MAX_ROWS:
+        return None
+    return estimate_triton
+
+
 def _head_scores(q_rows, keys, keys_cast, scale: float, logits, unwritten, key_step: int, vertical_out, slash_reversed_out):
     """Column and diagonal sums of one head's softmax, written into ``vertical_out`` and ``slash_reversed_out``.
 
@@ -231,12 +261,52 @@ def _head_scores(q_rows, keys, keys_cast, scale: float, logits, unwritten, key_s
     torch.mm(weights, logits[:, :kv_len], out=slash_reversed_out[None, :])  # (1, kv_len): column kv_len - 1 - delta
 
 
+def _fused_heads(group: int, m: int, kv_len: int) -> int:
+    """Query heads of one KV head whose stacked ``(n * m, kv_len + n * m)`` float32 buffer fits
+    :data:`ESTIMATE_BYTES` (at least 1).  At 64 rows: 7 heads up to 299,145 keys, 2 up to 1,048,448, so one
+    at 1M keys (its buffer alone is 256 MiB)."""
+    n = group
+    while n > 1 and 4 * n * m * (kv_len + n * m) > ESTIMATE_BYTES:
+        n -= 1
+    return n
+
+
+def _group_scores(q_rows, keys, scale: float, flat, fused, vertical_out, slash_reversed_out):
+    """The scores of ``n`` query heads of one KV head by one matmul and the Triton passes of ``fused``.
+
+    ``q_rows`` ``(n, m, d)``: the heads' last ``m`` queries; ``keys``
+    ``(kv_len, d)``; ``flat`` a float32 work buffer of at least ``n m (kv_len
+    + n m)`` numbers; ``vertical_out`` and ``slash_reversed_out`` ``(n,
+    kv_len)``.  The heads' rows are stacked (``i = h m + r``) into one skewed
+    buffer of ``n m`` rows (the layout of :func:`_head_scores` with ``n m``
+    rows), so one matmul writes every head's logits and reads the keys once;
+    row ``i`` holds key ``j`` at column ``j + n m - 1 - i``, and
+    :func:`estimate_triton.estimate_scores` reads each head's rows and
+    only the cells the matmul wrote (the masks come from indices: no fills).
+    """
+    n, m, d = q_rows.shape
+    kv_len = keys.shape[0]
+    rows, width = n * m, kv_len + n * m
+    logits = flat[: rows * width].view(rows, width)
+    on_diagonals = logits.as_strided((rows, kv_len), (width - 1, 1), logits.storage_offset() + rows - 1)  # [i, j]
+    stacked = q_rows.reshape(rows, d)
+    if _half_matmul(stacked, keys):
+        _half_mm_into(stacked, keys.T, on_diagonals)
+    else:  # float32 inputs (the kernels' tests on the CPU interpreter)
+        torch.mm(stacked.to(logits.dtype), keys.to(logits.dtype).T, out=on_diagonals)
+    fused.estimate_scores(logits, scale, vertical_out, slash_reversed_out, heads=n)
+
+
 def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, scale=None, force_verticals=30, force_slashes=100):
     """Each head's vertical columns and slash distances from its last queries; see :func:`yarnref.sparse.vertical_slash_indices`.
 
     One head at a time (:func:`_head_scores`), its keys cast once per KV head
     where they fit :data:`ESTIMATE_BYTES`; every head's scores, and so its
     indices, do not depend on the other heads or on the key chunking.
+    Where :func:`_fused_scores_available` says so, the heads of a KV head
+    whose stacked buffer fits :data:`ESTIMATE_BYTES` share one matmul and the
+    sums after it run as Triton kernels (:func:`_group_scores`; the same
+    scores to float32 rounding, so the same index sets up to near-ties).
     """
     q, k = _qk_tensors(conv, q=q, k=k)
     batch, q_heads, kv_heads, q_len, kv_len, head_dim = check_qkv(q, k, k)
@@ -254,21 +324,33 @@ def vertical_slash_indices(conv, q, k, vertical_size, slash_size, last_q=64, *, 
     cdt = compute_dtype(q.dtype)
     itemsize = torch.finfo(cdt).bits // 8
     key_step = max(1, ESTIMATE_BYTES // (head_dim * itemsize))
-    logits = torch.empty((m, kv_len + m), dtype=cdt, device=q.device)  # one head's, reused
-    unwritten = _unwritten_cells(m, q.device)
+    fused = _fused_scores_available(q, m)
     vertical_score = torch.empty((batch, q_heads, kv_len), dtype=cdt, device=q.device)
     slash_score = torch.empty((batch, q_heads, kv_len), dtype=cdt, device=q.device)  # distances reversed, then flipped
-    for b in range(batch):
-        for kv in range(kv_heads):
-            keys = k[b, kv]  # (kv_len, d)
-            keys_cast = None
-            if not _half_matmul(q, k) and kv_len <= key_step:
-                keys_cast = keys.to(cdt)  # once for the KV head's query heads (no copy when already cdt)
-            for h in range(kv * group, (kv + 1) * group):  # a loop over the KV head's query heads
-                _head_scores(q[b, h, q_len - m :], keys, keys_cast, scale, logits, unwritten, key_step,
-                             vertical_score[b, h], slash_score[b, h])
-            del keys_cast
-    del logits
+    if fused is not None:  # several query heads of a KV head per matmul and per launch, as their buffer fits
+        n = _fused_heads(group, m, kv_len)
+        flat = torch.empty((n * m * (kv_len + n * m),), dtype=torch.float32, device=q.device)
+        for b in range(batch):
+            for kv in range(kv_heads):
+                for h0 in range(kv * group, (kv + 1) * group, n):  # a loop over runs of the KV head's query heads
+                    h1 = min(h0 + n, (kv + 1) * group)
+                    _group_scores(q[b, h0:h1, q_len - m :], k[b, kv], scale, flat, fused,
+                                  vertical_score[b, h0:h1], slash_score[b, h0:h1])
+        del flat
+    else:
+        logits = torch.empty((m, kv_len + m), dtype=cdt, device=q.device)  # one head's, reused
+        unwritten = _unwritten_cells(m, q.device)
+        for b in range(batch):
+            for kv in range(kv_heads):
+                keys = k[b, kv]  # (kv_len, d)
+                keys_cast = None
+                if not _half_matmul(q, k) and kv_len <= key_step:
+                    keys_cast = keys.to(cdt)  # once for the KV head's query heads (no copy when already cdt)
+                for h in range(kv * group, (kv + 1) * group):  # a loop over the KV head's query heads
+                    _head_scores(q[b, h, q_len - m :], keys, keys_cast, scale, logits, unwritten, key_step,
+                                 vertical_score[b, h], slash_score[b, h])
+                del keys_cast
+        del logits
     slash_score = slash_score.flip(-1)  # (batch, q_heads, kv_len), distance 0 first
     vertical_score[..., :force_verticals] = math.inf
     slash_score[..., :force_slashes] = math.inf
