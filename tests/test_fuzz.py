@@ -332,6 +332,37 @@ def test_dca_config_and_qwen_pipeline(data):
          prefill_chunk_size=data.draw(maybe(st.none() | st.integers(1, 16))))
 
 
+@st.composite
+def sorted_index_groups(draw, descending: bool):
+    """Per-head-group index arrays as an estimation returns them (sometimes unsorted, float, or ragged)."""
+    groups = []
+    for _ in range(draw(st.integers(1, 2))):
+        rows = draw(hnp.arrays(np.int64, st.tuples(st.just(1), st.integers(1, 3), st.integers(0, 6)), elements=st.integers(-1, 30)))
+        if draw(st.booleans()) and descending:  # the order split_sparse_parts needs: sorted, padding at the end
+            rows = np.sort(rows, axis=-1)[..., ::-1]
+        elif draw(st.booleans()):
+            ascending = np.sort(np.where(rows >= 0, rows, 10**6), axis=-1)
+            rows = np.where(ascending < 10**6, ascending, -1)
+        groups.append(rows)
+    return groups
+
+
+@fuzz_settings
+@given(data=st.data())
+def test_split_sparse_parts(data):
+    L = data.draw(st.integers(1, 20))
+    cs = L * data.draw(st.integers(0, 3))
+    begin = data.draw(st.integers(cs, cs + L - 1))
+    end = data.draw(st.integers(begin + 1, cs + L))
+    result = call(yarnref.split_sparse_parts, data.draw(maybe(sorted_index_groups(False))),
+                  data.draw(maybe(sorted_index_groups(True))), data.draw(maybe(st.just(begin))),
+                  data.draw(maybe(st.just(end))), data.draw(maybe(st.just(cs))), data.draw(maybe(st.just(L))))
+    if result is not None:
+        for part in result[2].values():
+            check_result((part.vertical_idx, part.slash_idx))
+            assert part.vertical_idx.dtype == np.int64 and part.slash_idx.dtype == np.int64
+
+
 @fuzz_settings
 @given(data=st.data())
 def test_small_rope_functions(data):
