@@ -459,15 +459,21 @@ def phase_breakdown(phase_ms: dict, ms: float, estimation_ms: float | None, pair
                     ceilings: dict | None) -> dict:
     """The row's phase fields: ``<phase>_ms`` of :class:`PhaseTimes`, ``outside_attention_ms`` (the
     projections, the MLP, the norms and the cache writes: the call minus ``attention``),
-    ``estimation_conversion_share`` (the estimation and the list conversion over the call), and with counted
+    ``conversion_exposed_ms`` (the list conversion's time on the call's path: at most the sparse calls' time
+    outside the kernel, since a long call converts the next lists beside the kernel),
+    ``estimation_conversion_share`` (the estimation and that conversion time over the call), and with counted
     pairs ``kernel_pairs`` and the kernel's rate ``kernel_tflops`` against the GEMM and the L2 read ceilings
     of the run (a 64-row tile reads its 64 keys and values, 32 KB in bf16 at head_dim 128, from L2 for 64
     queries: ``64 * head_dim / 128`` flop per byte, so the L2 read rate allows ``L2 * 64 * head_dim / 128``
     flop/s)."""
     out = {f"{phase}_ms": value for phase, value in phase_ms.items()}
     out["outside_attention_ms"] = ms - phase_ms["attention"]
+    # The conversions of a long call run on a side stream beside the kernel (CONVERT_AHEAD): what they cost
+    # the call is at most the time its sparse calls spend outside the kernel.
+    exposed = min(phase_ms["conversion"], max(0.0, phase_ms["sparse_call"] - phase_ms["sparse_kernel"]))
+    out["conversion_exposed_ms"] = exposed
     if estimation_ms is not None:
-        out["estimation_conversion_share"] = (estimation_ms + phase_ms["conversion"]) / ms if ms else None
+        out["estimation_conversion_share"] = (estimation_ms + exposed) / ms if ms else None
     if pairs:
         out["kernel_pairs"] = pairs
         kernel_s = phase_ms["sparse_kernel"] / 1e3

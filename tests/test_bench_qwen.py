@@ -67,6 +67,7 @@ def test_bench_qwen_layer_quick(tmp_path):
         assert 0 < r["attention_ms"] <= r["ms"] and r["outside_attention_ms"] == pytest.approx(r["ms"] - r["attention_ms"])
         if r["sparse"]:
             assert 0 < r["conversion_ms"] <= r["sparse_call_ms"] <= r["attention_ms"]
+            assert 0 <= r["conversion_exposed_ms"] <= min(r["conversion_ms"], r["sparse_call_ms"] - r["sparse_kernel_ms"])
             assert 0 < r["estimation_conversion_share"] < 1
         else:
             assert r["sparse_call_ms"] == r["conversion_ms"] == 0 and 0 < r["dense_dca_ms"] <= r["attention_ms"]
