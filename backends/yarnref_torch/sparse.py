@@ -16,7 +16,10 @@ as Qwen2.5-1M runs it (arXiv:2501.15383).
 * Conversion: vLLM's ``convert_vertical_slash_indexes`` merge (ranges of
   ``block_size_m`` columns per slash, merged and grown; uncovered verticals as
   columns; readable form in the spec).  On CUDA with Triton, its Triton port
-  (``triton_sparse.convert_vertical_slash_indexes_triton``); elsewhere the
+  (``triton_sparse.convert_vertical_slash_indexes_triton``: one row block per
+  program, or row blocks as vector lanes where the grid is larger than the
+  GPU holds at once), in a long call converting the next chunk's lists on a
+  side stream beside the kernel (:data:`CONVERT_AHEAD`); elsewhere the
   vectorised form shared with the spec,
   :func:`yarnref.sparse_lockstep.convert_lockstep`, run on torch tensors.
 * Attention over a key set :math:`K_i`:
@@ -640,10 +643,10 @@ def _converted_ahead(chunks, convert):
         yield current
 
 
-#: Bytes that the block and column lists of one ``vertical_slash_attention`` call may take at once.  At
-#: 1M tokens, 28 heads and budgets of 1000 verticals / 6096 slashes the whole lists take 12.1 GiB (more
-#: than q, k and v together); calls convert and consume them per chunk of row blocks instead (causal or
-#: not).  On CUDA the Triton kernel's pair schedule adds at most 5/8 of the lists again (an int8 and an
+#: Bytes that the block and column lists of one chunk of row blocks may take.  At 1M tokens, 28 heads and
+#: budgets of 1000 verticals / 6096 slashes the whole lists take 12.1 GiB (more than q, k and v together);
+#: calls convert and consume them per chunk of row blocks instead (causal or not), two chunks' at once
+#: where the next one is converted beside the kernel (:data:`CONVERT_AHEAD`).  On CUDA the Triton kernel's pair schedule adds at most 5/8 of the lists again (an int8 and an
 #: int32 entry per pair of row blocks).  256 MiB: at Qwen2.5-7B's 28 heads and the largest budgets
 #: (19532 + 24528 entries per row block) about 54 row blocks (3456 rows) per chunk.
 LIST_BYTES = 1 << 28
