@@ -97,6 +97,21 @@ def load_triton_file(path, interpret: bool):
     return _triton_files[key]
 
 
+def runnable_triton_file(path, monkeypatch):
+    """A Triton kernel file ready to run its kernels here: compiled on CUDA, else under the CPU interpreter
+    (switched on for the test through ``monkeypatch``); ``pytest.skip`` where neither can run."""
+    import torch
+
+    if not HAVE_TRITON:
+        pytest.skip("triton is not installed")
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        if not TRITON_INTERPRETED:
+            pytest.skip("no CUDA, and triton was imported before the interpreter could be switched on")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    return load_triton_file(path, interpret=not cuda)
+
+
 def make_backend(backend_id: str):
     """The backend for a test id, or ``pytest.skip`` if it cannot run here."""
     wanted = os.environ.get("YARNREF_TEST_BACKENDS")

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import HAVE_TRITON, TRITON_INTERPRETED, load_triton_file
+from conftest import HAVE_TRITON, runnable_triton_file
 
 torch = pytest.importorskip("torch")
 
@@ -41,13 +41,7 @@ RTOL = 5e-5 if CUDA else 1e-5
 @pytest.fixture
 def et(monkeypatch):
     """The module, ready to run its kernels here (CUDA, or the CPU interpreter), else skip."""
-    if not HAVE_TRITON:
-        pytest.skip("triton is not installed")
-    if not CUDA:
-        if not TRITON_INTERPRETED:
-            pytest.skip("no CUDA, and triton was imported before the interpreter could be switched on")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    return load_triton_file(MODULE_PATH, interpret=not CUDA)
+    return runnable_triton_file(MODULE_PATH, monkeypatch)
 
 
 def _torch_sparse():

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from yarnref.softmax_attention import attention, merge_attention
 from yarnref.testing import assert_close
 
-from conftest import HAVE_TRITON, TRITON_INTERPRETED, load_triton_file
+from conftest import runnable_triton_file
 
 torch = pytest.importorskip("torch")
 
@@ -31,13 +31,7 @@ DEVICE = "cuda" if CUDA else "cpu"
 @pytest.fixture
 def mt(monkeypatch):
     """The module, ready to run its kernel here (CUDA, or the CPU interpreter), else skip."""
-    if not HAVE_TRITON:
-        pytest.skip("triton is not installed")
-    if not CUDA:
-        if not TRITON_INTERPRETED:
-            pytest.skip("no CUDA, and triton was imported before the interpreter could be switched on")
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    return load_triton_file(MODULE_PATH, interpret=not CUDA)
+    return runnable_triton_file(MODULE_PATH, monkeypatch)
 
 
 def _parts(rng, n_parts, shape, empty, kv_len=24):

@@ -115,6 +115,7 @@ __all__ = [
     "sparse_attention_config_for",
     "sorted_rows_disorder",
     "sparse_part_ranges",
+    "split_layout",
     "split_sparse_parts",
     "unsorted_rows_error",
     "vllm_fallback_indices",
@@ -297,6 +298,33 @@ def unsorted_rows_error(name: str, descending: bool) -> InputError:
     order = "descending" if descending else "ascending"
     return InputError(name, "rows out of order", f"rows sorted {order} with the -1 padding at the end, "
                       "as vertical_slash_indices returns them")
+
+
+def split_layout(summary: list, kept: list) -> list:
+    """What the one read-back of a backend's :func:`split_sparse_parts` decides.
+
+    ``summary``: the longest run of each of the ``P`` kept lists (``kept``,
+    their :class:`IndexRange`), then the shortest run of each, then whether
+    the verticals and whether the slashes have rows out of order
+    (:func:`sorted_rows_disorder`).  Raises the error of unsorted rows;
+    returns, per list, ``(width, fallback)``: the list's width, and where some
+    row keeps nothing and the part has a fallback, ``(length, spacing)`` of
+    vLLM's fallback ``[0, spacing, 2 spacing, ...]`` (else None), so that a
+    GPU backend makes it on its device.
+    """
+    n = len(kept)
+    longest, shortest, flags = summary[:n], summary[n : 2 * n], summary[2 * n :]
+    for name, unsorted, descending in (("verticals", flags[0], False), ("slashes", flags[1], True)):
+        if unsorted:
+            raise unsorted_rows_error(name, descending)
+    layout = []
+    for r, most, least in zip(kept, longest, shortest):
+        fallback = None
+        if r.fallback_len is not None and least == 0:  # some row keeps nothing
+            values = vllm_fallback_indices(r.fallback_len)
+            fallback = (values.size, int(values[1]) if values.size > 1 else 0)
+        layout.append((max(int(most), 1, fallback[0] if fallback else 1), fallback))
+    return layout
 
 
 def _valid_counts(idx: np.ndarray) -> np.ndarray:

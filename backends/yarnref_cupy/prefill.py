@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from yarnref.checks import check_index_groups
 from yarnref.errors import InputError
-from yarnref.prefill import SparsePart, sorted_rows_disorder, sparse_part_ranges, unsorted_rows_error, vllm_fallback_indices
+from yarnref.prefill import SparsePart, sorted_rows_disorder, sparse_part_ranges, split_layout
 
 __all__ = ["split_sparse_parts"]
 
@@ -76,17 +76,10 @@ def split_sparse_parts(xp, device, verticals, slashes, begin, end, chunk_start, 
     counts = xp.stack([count for *_, count in lists])  # (lists, batch, heads)
     flags = xp.stack([sorted_rows_disorder(vertical, False).any(), sorted_rows_disorder(slash, True).any()])
     summary = device.to_numpy(xp.concatenate([counts.max(axis=(1, 2)), counts.min(axis=(1, 2)), flags.astype(xp.int64)])).tolist()  # the one read-back
-    longest, shortest = summary[: len(lists)], summary[len(lists) : 2 * len(lists)]
-    for name, unsorted, descending in (("verticals", summary[-2], False), ("slashes", summary[-1], True)):
-        if unsorted:
-            raise unsorted_rows_error(name, descending)
     out = {}
-    for (name, which, idx, kept, first, count), most, least in zip(lists, longest, shortest):
-        fallback = None
-        if kept.fallback_len is not None and least == 0:  # some row keeps nothing
-            host = vllm_fallback_indices(kept.fallback_len)  # [0, s, 2s, ...], made on the device from its spacing
-            fallback = xp.arange(host.size, dtype=xp.int64) * (int(host[1]) if host.size > 1 else 0)
-        width = max(most, 1, fallback.size if fallback is not None else 1)
+    for (name, which, idx, kept, first, count), (width, fallback) in zip(lists, split_layout(summary, [l[3] for l in lists])):
+        if fallback is not None:  # vLLM's [0, s, 2s, ...] made on the device
+            fallback = xp.arange(fallback[0], dtype=xp.int64) * fallback[1]
         out[name, which] = _gather_run(xp, idx, first, count, width, kept.shift, fallback)
     parts = {name: SparsePart(r.keys, r.causal, out[name, "vertical"], out[name, "slash"]) for name, r in ranges.items()}
     return vertical, slash, parts

@@ -18,7 +18,7 @@ import torch
 
 from yarnref.checks import check_index_groups
 from yarnref.errors import InputError
-from yarnref.prefill import SparsePart, sorted_rows_disorder, sparse_part_ranges, unsorted_rows_error, vllm_fallback_indices
+from yarnref.prefill import SparsePart, sorted_rows_disorder, sparse_part_ranges, split_layout
 
 from ._arrays import ArrayConverter
 
@@ -56,13 +56,6 @@ def _run(idx: torch.Tensor, low: int, high: int | None, descending: bool) -> tup
     return first, inside.sum(-1)
 
 
-def _on_device(fallback, device) -> torch.Tensor:
-    """vLLM's fallback ``[0, s, 2s, ...]`` (:func:`yarnref.prefill.vllm_fallback_indices`) made on the device
-    from its length and spacing, so that no host array is copied (a pageable copy waits for the device)."""
-    spacing = int(fallback[1]) if fallback.size > 1 else 0
-    return torch.arange(fallback.size, dtype=torch.int64, device=device) * spacing
-
-
 def _gather_run(idx, first, count, width: int, shift: int, fallback) -> torch.Tensor:
     """``(batch, heads, width)``: each row's run plus ``shift``, ``-1`` after it; rows with an empty run get
     ``fallback`` (if not None)."""
@@ -92,16 +85,10 @@ def split_sparse_parts(conv: ArrayConverter, verticals, slashes, begin, end, chu
     counts = torch.stack([count for *_, count in lists])  # (lists, batch, heads)
     flags = torch.stack([sorted_rows_disorder(vertical, False).any(), sorted_rows_disorder(slash, True).any()])
     summary = torch.cat([counts.amax(dim=(1, 2)), counts.amin(dim=(1, 2)), flags.to(torch.int64)]).tolist()  # the one read-back
-    longest, shortest = summary[: len(lists)], summary[len(lists) : 2 * len(lists)]
-    for name, unsorted, descending in (("verticals", summary[-2], False), ("slashes", summary[-1], True)):
-        if unsorted:
-            raise unsorted_rows_error(name, descending)
     out = {}
-    for (name, which, idx, kept, first, count), most, least in zip(lists, longest, shortest):
-        fallback = None
-        if kept.fallback_len is not None and least == 0:  # some row keeps nothing
-            fallback = _on_device(vllm_fallback_indices(kept.fallback_len), idx.device)
-        width = max(most, 1, fallback.numel() if fallback is not None else 1)
+    for (name, which, idx, kept, first, count), (width, fallback) in zip(lists, split_layout(summary, [l[3] for l in lists])):
+        if fallback is not None:  # vLLM's [0, s, 2s, ...] made on the device: no host array is copied
+            fallback = torch.arange(fallback[0], dtype=torch.int64, device=idx.device) * fallback[1]
         out[name, which] = _gather_run(idx, first, count, width, kept.shift, fallback)
     parts = {name: SparsePart(r.keys, r.causal, out[name, "vertical"], out[name, "slash"]) for name, r in ranges.items()}
     return vertical, slash, parts
