@@ -108,6 +108,7 @@ __all__ = [
     "SparsePart",
     "IndexRange",
     "PartRanges",
+    "part_runs",
     "QwenSparseSegment",
     "chunked_prefill",
     "qwen_prefill",
@@ -292,6 +293,33 @@ def sorted_rows_disorder(idx, descending: bool):
     else:  # an entry below the one before it, or after padding
         disorder = (later >= 0) & ((later < earlier) | (earlier < 0))
     return disorder.any(-1)
+
+
+def part_runs(vertical, slash, ranges: dict) -> list:
+    """The runs a GPU backend's :func:`split_sparse_parts` gathers (any array library): for each part of
+    ``ranges`` (:func:`sparse_part_ranges`) and each of its lists, ``(part, "vertical" | "slash", idx,
+    IndexRange, first, count)``, where ``first`` and ``count`` ``(batch, heads)`` say where each row's entries
+    ``low <= x <= high`` start and how many there are.  ``vertical`` ascending and ``slash`` descending per row,
+    ``-1``-padded at the end.  Every part's ``low`` is at least 0, so the padding is never inside a range nor
+    above one: the valid entries below ``low`` come first in an ascending row, those above ``high`` in a
+    descending one."""
+    if tuple(slash.shape[:2]) != tuple(vertical.shape[:2]):
+        raise InputError("slashes", f"(batch, heads) = {tuple(slash.shape[:2])}", f"{tuple(vertical.shape[:2])} like verticals")
+    runs = []
+    for idx, which, descending in ((vertical, "vertical", False), (slash, "slash", True)):
+        n_valid = (idx >= 0).sum(-1)  # (batch, heads), shared by the parts
+        for name, r in ranges.items():
+            kept = r.vertical if which == "vertical" else r.slash
+            at_least = idx >= kept.low
+            inside = at_least & (idx <= kept.high) if kept.high is not None else at_least
+            if not descending:
+                first = n_valid - at_least.sum(-1)
+            elif kept.high is not None:
+                first = (idx > kept.high).sum(-1)
+            else:
+                first = n_valid * 0
+            runs.append((name, which, idx, kept, first, inside.sum(-1)))
+    return runs
 
 
 def unsorted_rows_error(name: str, descending: bool) -> InputError:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from yarnref.checks import check_index_groups
 from yarnref.errors import InputError
-from yarnref.prefill import SparsePart, sorted_rows_disorder, sparse_part_ranges, split_layout
+from yarnref.prefill import SparsePart, part_runs, sorted_rows_disorder, sparse_part_ranges, split_layout
 
 __all__ = ["split_sparse_parts"]
 
@@ -36,20 +36,6 @@ def _pad_join(xp, groups: list):
     return xp.concatenate([xp.pad(g, ((0, 0), (0, 0), (0, width - g.shape[-1])), constant_values=-1) for g in groups], axis=1)
 
 
-def _run(xp, idx, n_valid, low: int, high, descending: bool):
-    """``(first, count)`` ``(batch, heads)``: where each row's entries in ``[low, high]`` start, and how many
-    (``n_valid``: each row's entries before its padding; every part's ``low`` is at least 0)."""
-    at_least = idx >= low
-    inside = at_least & (idx <= high) if high is not None else at_least
-    if not descending:  # the valid entries below low come first
-        first = n_valid - at_least.sum(-1)
-    elif high is not None:  # the entries above high come first
-        first = (idx > high).sum(-1)
-    else:
-        first = xp.zeros_like(n_valid)
-    return first.astype(xp.int64), inside.sum(-1).astype(xp.int64)
-
-
 def _gather_run(xp, idx, first, count, width: int, shift: int, fallback):
     if idx.shape[-1] == 0:  # nothing to gather from: every run is empty
         idx = xp.full(idx.shape[:2] + (1,), -1, dtype=xp.int64)
@@ -68,14 +54,7 @@ def split_sparse_parts(xp, device, verticals, slashes, begin, end, chunk_start, 
     ranges = sparse_part_ranges(begin, end, chunk_start, chunk_len)
     vertical = _pad_join(xp, _index_groups(xp, device, "verticals", verticals))
     slash = _pad_join(xp, _index_groups(xp, device, "slashes", slashes))
-    if slash.shape[:2] != vertical.shape[:2]:
-        raise InputError("slashes", f"(batch, heads) = {tuple(slash.shape[:2])}", f"{tuple(vertical.shape[:2])} like verticals")
-    n_vertical, n_slash = (vertical >= 0).sum(-1), (slash >= 0).sum(-1)  # (batch, heads), shared by the parts
-    lists = []  # (part, which, idx, range, first, count)
-    for name, r in ranges.items():
-        for which, idx, n_valid, kept, descending in (("vertical", vertical, n_vertical, r.vertical, False),
-                                                      ("slash", slash, n_slash, r.slash, True)):
-            lists.append((name, which, idx, kept, *_run(xp, idx, n_valid, kept.low, kept.high, descending)))
+    lists = part_runs(vertical, slash, ranges)  # (part, which, idx, range, first, count)
     counts = xp.stack([count for *_, count in lists])  # (lists, batch, heads)
     flags = xp.stack([sorted_rows_disorder(vertical, False).any(), sorted_rows_disorder(slash, True).any()])
     summary = device.to_numpy(xp.concatenate([counts.max(axis=(1, 2)), counts.min(axis=(1, 2)), flags.astype(xp.int64)])).tolist()  # the one read-back

@@ -18,7 +18,7 @@ import torch
 
 from yarnref.checks import check_index_groups
 from yarnref.errors import InputError
-from yarnref.prefill import SparsePart, sorted_rows_disorder, sparse_part_ranges, split_layout
+from yarnref.prefill import SparsePart, part_runs, sorted_rows_disorder, sparse_part_ranges, split_layout
 
 from ._arrays import ArrayConverter
 
@@ -43,23 +43,6 @@ def _pad_join(groups: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([torch.nn.functional.pad(g, (0, width - g.shape[-1]), value=-1) for g in groups], dim=1)
 
 
-def _run(idx: torch.Tensor, n_valid: torch.Tensor, low: int, high: int | None, descending: bool):
-    """``(first, count)`` ``(batch, heads)``: where each row's entries in ``[low, high]`` start, and how many.
-
-    ``n_valid``: each row's entries before its padding.  Every part's ``low`` is at least 0
-    (:func:`yarnref.prefill.sparse_part_ranges`), so the ``-1`` padding is never inside a range nor above one.
-    """
-    at_least = idx >= low
-    inside = at_least & (idx <= high) if high is not None else at_least
-    if not descending:  # the valid entries below low come first
-        first = n_valid - at_least.sum(-1)
-    elif high is not None:  # the entries above high come first
-        first = (idx > high).sum(-1)
-    else:
-        first = torch.zeros_like(n_valid)
-    return first, inside.sum(-1)
-
-
 def _gather_run(idx, first, count, width: int, shift: int, fallback) -> torch.Tensor:
     """``(batch, heads, width)``: each row's run plus ``shift``, ``-1`` after it; rows with an empty run get
     ``fallback`` (if not None)."""
@@ -80,14 +63,7 @@ def split_sparse_parts(conv: ArrayConverter, verticals, slashes, begin, end, chu
     ranges = sparse_part_ranges(begin, end, chunk_start, chunk_len)
     vertical = _pad_join(_index_groups(conv, "verticals", verticals))
     slash = _pad_join(_index_groups(conv, "slashes", slashes))
-    if slash.shape[:2] != vertical.shape[:2]:
-        raise InputError("slashes", f"(batch, heads) = {tuple(slash.shape[:2])}", f"{tuple(vertical.shape[:2])} like verticals")
-    n_vertical, n_slash = (vertical >= 0).sum(-1), (slash >= 0).sum(-1)  # (batch, heads), shared by the parts
-    lists = []  # (part, which, idx, range, first, count)
-    for name, r in ranges.items():
-        for which, idx, n_valid, kept, descending in (("vertical", vertical, n_vertical, r.vertical, False),
-                                                      ("slash", slash, n_slash, r.slash, True)):
-            lists.append((name, which, idx, kept, *_run(idx, n_valid, kept.low, kept.high, descending)))
+    lists = part_runs(vertical, slash, ranges)  # (part, which, idx, range, first, count)
     counts = torch.stack([count for *_, count in lists])  # (lists, batch, heads)
     flags = torch.stack([sorted_rows_disorder(vertical, False).any(), sorted_rows_disorder(slash, True).any()])
     summary = torch.cat([counts.amax(dim=(1, 2)), counts.amin(dim=(1, 2)), flags.to(torch.int64)]).tolist()  # the one read-back
